@@ -1,0 +1,93 @@
+//! The `herald` command line. `main` parses arguments, runs one command and
+//! maps the outcome to an exit code with a documented meaning:
+//!
+//! * 0: success (for `verify`: the log is valid);
+//! * 1: the command ran and found problems (for `verify`: the log is not valid);
+//! * 2: the command could not run (bad input, missing files, usage errors).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod init;
+pub mod keygen;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the command ran and found problems.
+pub const EXIT_PROBLEMS: u8 = 1;
+/// Exit code: the command could not run.
+pub const EXIT_FAILED: u8 = 2;
+
+/// Any error a command reports; printed with its whole cause chain.
+pub type CliError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "A cryptographically signed, distributed event log")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a CA, node, client or channel key, or revoke a certificate.
+    #[command(subcommand)]
+    Keygen(keygen::KeygenCommand),
+    /// Provision a whole local cluster: keys and one config file per node.
+    Init(init::InitArgs),
+}
+
+/// Entry point used by `src/main.rs`.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0 and usage errors
+            // to stderr with exit 2, which matches our exit code contract.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_FAILED } else { EXIT_OK });
+        }
+    };
+    init_tracing();
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("herald: error: {}", render_error(e.as_ref()));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Runs one command and returns its exit code.
+pub fn run(command: Command) -> Result<u8, CliError> {
+    match command {
+        Command::Keygen(cmd) => keygen::run(cmd),
+        Command::Init(args) => init::run(args),
+    }
+}
+
+/// Renders an error and its causes as one line: `what: because: because`.
+pub fn render_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Many errors already include their source's message; don't repeat it.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

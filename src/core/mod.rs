@@ -1,0 +1,9 @@
+//! The sans-IO core: limits, the event, its canonical codec, sealing and
+//! verification. Nothing here reads a clock, touches a disk, opens a socket or
+//! asks the OS for randomness.
+
+pub mod codec;
+pub mod crypto;
+pub mod event;
+pub mod limits;
+pub mod verify;

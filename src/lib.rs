@@ -1,0 +1,24 @@
+//! herald: a cryptographically signed, distributed event log.
+//!
+//! Layout (see `docs/` and the architecture brief):
+//!
+//! * [`core`]: the sans-IO heart. Limits, the event and its canonical codec,
+//!   sealing (encrypt, chain, sign) and verification. No clock, no disk, no
+//!   sockets, no OS randomness: time and randomness are passed in.
+//! * [`identity`]: certificates, keys, the trust anchor and revocation.
+//! * [`store`]: the durable local log in SQLite, with a group-committing writer.
+//! * [`audit`]: the export bundle and offline verification.
+//! * [`config`]: the node configuration file.
+//! * [`cli`]: the `herald` command line.
+//! * [`bench`]: the benchmark harness behind `herald bench`.
+#![forbid(unsafe_code)]
+#![deny(unused_must_use)]
+
+pub mod audit;
+pub mod bench;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod core;
+pub mod identity;
+pub mod store;
