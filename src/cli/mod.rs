@@ -23,7 +23,11 @@ pub const EXIT_FAILED: u8 = 2;
 pub type CliError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about = "A cryptographically signed, distributed event log")]
+#[command(
+    name = "herald",
+    version,
+    about = "A cryptographically signed, distributed event log"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

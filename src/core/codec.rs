@@ -1,1 +1,243 @@
-//! Placeholder.
+//! Canonical encoding and decoding of headers and envelopes.
+//!
+//! Decoders check sizes before decoding, reject trailing bytes, check every
+//! limit, and re-encode to prove the input was the one canonical encoding (so
+//! no two byte strings describe the same event).
+
+use super::crypto::{self, Hash};
+use super::event::{Encryption, SignatureScope};
+use super::event::{Envelope, EventHeader, GENESIS_EVENT_TYPE, RESERVED_TYPE_PREFIX};
+use super::limits::*;
+
+/// Why bytes are not a well-formed event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("envelope is {found} bytes, over the limit of {limit}")]
+    EnvelopeTooLarge { found: usize, limit: usize },
+    #[error("header is {found} bytes, over the limit of {limit}")]
+    HeaderTooLarge { found: usize, limit: usize },
+    #[error("envelope is not decodable: {0}")]
+    Envelope(String),
+    #[error("header is not decodable: {0}")]
+    Header(String),
+    #[error("{what} has {found} trailing bytes")]
+    TrailingBytes { what: &'static str, found: usize },
+    #[error("{what} is not in canonical form")]
+    NotCanonical { what: &'static str },
+    #[error("unsupported format version {found} (this build reads {FORMAT_VERSION})")]
+    Version { found: u8 },
+    #[error("field {field} is invalid: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+/// Encodes a header canonically.
+pub fn encode_header(header: &EventHeader) -> Vec<u8> {
+    // postcard serialisation of plain data into a Vec cannot fail.
+    postcard::to_stdvec(header).unwrap_or_default()
+}
+
+/// Encodes an envelope canonically.
+pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
+    postcard::to_stdvec(envelope).unwrap_or_default()
+}
+
+/// The event hash: `SHA-256(EVENT_HASH_TAG ‖ header bytes)`.
+pub fn event_hash(header_bytes: &[u8]) -> Hash {
+    crypto::sha256(&[crypto::EVENT_HASH_TAG, header_bytes])
+}
+
+/// The message the author signs: `SIGNATURE_TAG ‖ event hash`.
+pub fn signing_message(hash: &Hash) -> [u8; 58] {
+    let mut msg = [0u8; 58];
+    msg[..crypto::SIGNATURE_TAG.len()].copy_from_slice(crypto::SIGNATURE_TAG);
+    msg[crypto::SIGNATURE_TAG.len()..].copy_from_slice(hash);
+    msg
+}
+
+/// Decodes an envelope and its header, checking limits and canonical form.
+pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, EventHeader), DecodeError> {
+    if bytes.len() > ENVELOPE_BYTES_MAX {
+        return Err(DecodeError::EnvelopeTooLarge {
+            found: bytes.len(),
+            limit: ENVELOPE_BYTES_MAX,
+        });
+    }
+    let (envelope, rest): (Envelope, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Envelope(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            what: "envelope",
+            found: rest.len(),
+        });
+    }
+    if encode_envelope(&envelope) != bytes {
+        return Err(DecodeError::NotCanonical { what: "envelope" });
+    }
+    let header = decode_header(&envelope.header)?;
+    if let Some(payload) = &envelope.payload
+        && payload.len() > PAYLOAD_BYTES_MAX
+    {
+        return Err(DecodeError::Field {
+            field: "payload",
+            reason: format!(
+                "{} bytes, over the limit of {PAYLOAD_BYTES_MAX}",
+                payload.len()
+            ),
+        });
+    }
+    Ok((envelope, header))
+}
+
+/// Decodes a header, checking limits, field rules and canonical form.
+pub fn decode_header(bytes: &[u8]) -> Result<EventHeader, DecodeError> {
+    if bytes.len() > HEADER_BYTES_MAX {
+        return Err(DecodeError::HeaderTooLarge {
+            found: bytes.len(),
+            limit: HEADER_BYTES_MAX,
+        });
+    }
+    // The version byte comes first so a future format is named as such rather
+    // than reported as garbage.
+    match bytes.first() {
+        Some(&FORMAT_VERSION) => {}
+        Some(&found) => return Err(DecodeError::Version { found }),
+        None => return Err(DecodeError::Header("empty".into())),
+    }
+    let (header, rest): (EventHeader, &[u8]) =
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Header(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes {
+            what: "header",
+            found: rest.len(),
+        });
+    }
+    check_header_fields(&header)?;
+    if encode_header(&header) != bytes {
+        return Err(DecodeError::NotCanonical { what: "header" });
+    }
+    Ok(header)
+}
+
+/// Checks every field rule of a header (also used before sealing).
+pub fn check_header_fields(header: &EventHeader) -> Result<(), DecodeError> {
+    let field = |field: &'static str, reason: String| Err(DecodeError::Field { field, reason });
+    if header.version != FORMAT_VERSION {
+        return Err(DecodeError::Version {
+            found: header.version,
+        });
+    }
+    if let Err(reason) = check_service_name(&header.author) {
+        return field("author", reason);
+    }
+    if let Err(reason) = check_event_type(&header.event_type) {
+        return field("event_type", reason);
+    }
+    if let Err(reason) = check_meta(&header.meta) {
+        return field("meta", reason);
+    }
+    if header.payload.len as usize > PAYLOAD_BYTES_MAX {
+        return field(
+            "payload.len",
+            format!(
+                "{} over the limit of {PAYLOAD_BYTES_MAX}",
+                header.payload.len
+            ),
+        );
+    }
+    let reserved = header.event_type.starts_with(RESERVED_TYPE_PREFIX);
+    if header.payload.encryption == Encryption::Plain && !reserved {
+        return field(
+            "payload.encryption",
+            "only herald.* event types may carry a plaintext payload".into(),
+        );
+    }
+    if header.signature_scope != SignatureScope::Event {
+        return field("signature_scope", "unsupported".into());
+    }
+    let genesis_type = header.event_type == GENESIS_EVENT_TYPE;
+    if genesis_type != (header.seq == 0) {
+        return field(
+            "event_type",
+            format!(
+                "{GENESIS_EVENT_TYPE} must be exactly the event at sequence 0 (found {} at {})",
+                header.event_type, header.seq
+            ),
+        );
+    }
+    if header.seq == 0 {
+        if header.prev != [0u8; 32] {
+            return field("prev", "genesis must have an all-zero previous hash".into());
+        }
+        if header.payload.encryption != Encryption::Plain {
+            return field("payload.encryption", "genesis payload must be plain".into());
+        }
+        if header.payload.len as usize > CERT_BYTES_MAX {
+            return field("payload.len", "genesis certificate too large".into());
+        }
+    }
+    Ok(())
+}
+
+/// A service name is a DNS label: 1 to 63 of `a-z 0-9 -`, no leading or
+/// trailing `-`. It doubles as the certificate SAN and the TLS server name.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > SERVICE_NAME_BYTES_MAX {
+        return Err(format!(
+            "service name must be 1 to {SERVICE_NAME_BYTES_MAX} bytes, found {}",
+            name.len()
+        ));
+    }
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !valid || name.starts_with('-') || name.ends_with('-') {
+        return Err(format!(
+            "service name {name:?} must use only a-z, 0-9 and inner '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// An event type is 1 to 128 printable ASCII characters without spaces.
+pub fn check_event_type(event_type: &str) -> Result<(), String> {
+    if event_type.is_empty() || event_type.len() > EVENT_TYPE_BYTES_MAX {
+        return Err(format!(
+            "event type must be 1 to {EVENT_TYPE_BYTES_MAX} bytes, found {}",
+            event_type.len()
+        ));
+    }
+    if !event_type.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "event type {event_type:?} must be printable ASCII without spaces"
+        ));
+    }
+    Ok(())
+}
+
+/// Metadata: at most 32 entries, keys 1..=64 bytes strictly ascending (so
+/// sorted and unique), values at most 1024 bytes.
+pub fn check_meta(meta: &[(String, String)]) -> Result<(), String> {
+    if meta.len() > META_ENTRIES_MAX {
+        return Err(format!(
+            "{} entries, over the limit of {META_ENTRIES_MAX}",
+            meta.len()
+        ));
+    }
+    for (i, (key, value)) in meta.iter().enumerate() {
+        if key.is_empty() || key.len() > META_KEY_BYTES_MAX {
+            return Err(format!(
+                "key {key:?} must be 1 to {META_KEY_BYTES_MAX} bytes"
+            ));
+        }
+        if value.len() > META_VALUE_BYTES_MAX {
+            return Err(format!(
+                "value of {key:?} is {} bytes, over the limit of {META_VALUE_BYTES_MAX}",
+                value.len()
+            ));
+        }
+        if i > 0 && meta[i - 1].0.as_str() >= key.as_str() {
+            return Err(format!("keys must be sorted and unique (at {key:?})"));
+        }
+    }
+    Ok(())
+}

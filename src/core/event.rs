@@ -1,1 +1,122 @@
-//! Placeholder.
+//! The event (`TruthProclamationEvent`): a header that commits to everything,
+//! a signature over the header's hash, and the (usually encrypted) payload.
+//!
+//! The exact bytes are specified in `docs/FORMAT.md`. In short:
+//!
+//! * `header bytes = postcard(EventHeader)`, canonical (one encoding per event);
+//! * `event hash = SHA-256("herald/v1/event-hash\0" ‖ header bytes)`;
+//! * `signature = Ed25519(author key, "herald/v1/event-signature\0" ‖ event hash)`;
+//! * `envelope = postcard(Envelope { header bytes, signature, payload? })`.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{ChannelKeyId, Hash};
+
+/// Event type of the first event of every feed; its plaintext payload is the
+/// author's DER certificate.
+pub const GENESIS_EVENT_TYPE: &str = "herald.genesis";
+/// Prefix reserved for the system's own event types.
+pub const RESERVED_TYPE_PREFIX: &str = "herald.";
+
+/// The signed part of an event. Field order is the wire order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventHeader {
+    /// Format version; currently [`super::limits::FORMAT_VERSION`].
+    pub version: u8,
+    /// UUID v7 of the event (16 bytes, big-endian as in RFC 9562).
+    pub id: [u8; 16],
+    /// The service that proclaimed the event and owns the feed.
+    pub author: String,
+    /// Position in the author's feed; the genesis event is 0.
+    pub seq: u64,
+    /// Hash of the previous event of the feed; all zeros for genesis.
+    pub prev: Hash,
+    /// When the author proclaimed it: microseconds since the Unix epoch, UTC.
+    pub timestamp_us: u64,
+    /// What kind of fact this is (`donation.received`).
+    pub event_type: String,
+    /// Version of the payload schema for this event type.
+    pub schema_version: u32,
+    /// Metadata (correlation id, causation id, ...), sorted by key, keys unique.
+    pub meta: Vec<(String, String)>,
+    /// How the payload is encrypted, and its hash and length.
+    pub payload: PayloadDescriptor,
+    /// What the signature covers; room for batch signatures later.
+    pub signature_scope: SignatureScope,
+}
+
+/// Commits the header to the payload bytes as stored (ciphertext when
+/// encrypted), so a payload can be pruned without breaking the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayloadDescriptor {
+    pub encryption: Encryption,
+    /// SHA-256 of the stored payload bytes.
+    pub hash: Hash,
+    /// Length of the stored payload bytes.
+    pub len: u32,
+}
+
+/// How the payload bytes are protected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encryption {
+    /// Stored in the clear. Only `herald.*` event types may use it.
+    Plain,
+    /// XChaCha20-Poly1305 under the channel key with this id.
+    XChaCha20Poly1305 {
+        key_id: ChannelKeyId,
+        nonce: [u8; 24],
+    },
+}
+
+/// What the event's signature covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignatureScope {
+    /// The signature covers this event's hash alone.
+    Event,
+}
+
+/// An event as stored and sent: header bytes, signature, payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The canonical header bytes the hash and signature cover.
+    #[serde(with = "serde_bytes")]
+    pub header: Vec<u8>,
+    /// Ed25519 signature (64 bytes).
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+    /// Payload bytes, or `None` when pruned.
+    #[serde(with = "serde_bytes")]
+    pub payload: Option<Vec<u8>>,
+}
+
+/// The fields that bind a ciphertext to its place in a feed (the AEAD's
+/// associated data, after a domain tag).
+#[derive(Debug, Serialize)]
+pub(crate) struct AssociatedData<'a> {
+    pub author: &'a str,
+    pub seq: u64,
+    pub prev: &'a Hash,
+    pub id: &'a [u8; 16],
+    pub event_type: &'a str,
+    pub key_id: &'a ChannelKeyId,
+}
+
+impl EventHeader {
+    /// The metadata value under `key`, if any.
+    pub fn meta_value(&self, key: &str) -> Option<&str> {
+        self.meta
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+            .map(|i| self.meta[i].1.as_str())
+    }
+
+    /// The event id as a UUID.
+    pub fn uuid(&self) -> uuid::Uuid {
+        uuid::Uuid::from_bytes(self.id)
+    }
+
+    /// Whether this is a feed's genesis event.
+    pub fn is_genesis(&self) -> bool {
+        self.seq == 0
+    }
+}

@@ -1,1 +1,604 @@
-//! Placeholder.
+//! The durable local log: one SQLite database per node (`DATA_DIR/herald.db`,
+//! WAL, `synchronous=FULL`), written by one group-committing writer thread and
+//! read through its own connection.
+//!
+//! A proclamation that returned a [`Receipt`] is on disk: the writer answers
+//! only after the transaction holding it committed.
+
+mod schema;
+mod writer;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OpenFlags, params};
+use serde::Serialize;
+
+pub use schema::SCHEMA_VERSION;
+use writer::{Request, Writer};
+
+use crate::clock;
+use crate::config::NodeConfig;
+use crate::core::codec;
+use crate::core::crypto::{ChannelKey, Hash};
+use crate::core::event::EventHeader;
+use crate::core::verify::{Draft, DraftError, Rejection, Sealer, VerifiedEvent};
+use crate::identity::{IdentityError, NodeIdentity, TrustAnchor};
+
+/// File name of the database inside a node's data directory.
+pub const DB_FILE: &str = "herald.db";
+/// File name of the lock that keeps two processes from appending to one feed.
+pub const LOCK_FILE: &str = "herald.lock";
+/// Requests that may wait for the writer before callers block (back-pressure).
+pub const WRITER_QUEUE_REQUESTS_MAX: usize = 256;
+
+/// Errors of the local log. Messages name the file or value and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "store {path} is in use by another herald process (lock {lock} is held); stop it or use its client endpoint"
+    )]
+    Locked { path: PathBuf, lock: PathBuf },
+    #[error("cannot open store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Schema(#[from] schema::SchemaError),
+    #[error("store {path} belongs to service {found}, not {expected}")]
+    WrongService {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "this node's certificate key differs from the key its feed began with; key rotation is not supported, restore the original key"
+    )]
+    KeyChanged,
+    #[error("store is damaged: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("unknown channel {name:?} (this node has keys for: {known})")]
+    UnknownChannel { name: String, known: String },
+    #[error(transparent)]
+    Draft(#[from] DraftError),
+    #[error("commit failed, nothing from this batch was stored: {0}")]
+    Commit(String),
+    #[error("event rejected: {0}")]
+    Rejected(#[from] Rejection),
+    #[error("feed {0} has forked; its events are no longer accepted")]
+    FeedForked(String),
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Proof that a proclamation is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The event id (UUID v7).
+    pub id: uuid::Uuid,
+    /// Its sequence number in this node's feed.
+    pub seq: u64,
+    /// Its event hash (hex in JSON).
+    #[serde(serialize_with = "hex_hash")]
+    pub hash: Hash,
+}
+
+impl Receipt {
+    fn of(event: &VerifiedEvent) -> Receipt {
+        Receipt {
+            id: event.header().uuid(),
+            seq: event.header().seq,
+            hash: *event.hash(),
+        }
+    }
+}
+
+/// What an ingest applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Events verified and committed.
+    pub applied: usize,
+    /// Events already held (skipped: applied exactly once).
+    pub duplicates: usize,
+    /// Forks detected and recorded as evidence.
+    pub forks: usize,
+    /// Why ingest stopped early, if it did: the first event that failed
+    /// verification (nothing after it was looked at).
+    pub rejected: Option<Rejection>,
+}
+
+/// A feed's head as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FeedHead {
+    pub feed: String,
+    pub seq: u64,
+    #[serde(serialize_with = "hex_hash")]
+    pub hash: Hash,
+    pub last_timestamp_us: u64,
+    /// `active`, or `forked` once fork evidence was recorded.
+    pub status: String,
+}
+
+/// An event read back from the store.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Node-local arrival position.
+    pub arrival: u64,
+    pub header: EventHeader,
+    pub hash: Hash,
+    /// The exact signed envelope bytes.
+    pub envelope: Vec<u8>,
+}
+
+/// Recorded fork evidence.
+#[derive(Debug, Clone)]
+pub struct ForkEvidence {
+    pub feed: String,
+    pub seq: u64,
+    /// The stored event's envelope at that sequence number.
+    pub stored_envelope: Vec<u8>,
+    /// The conflicting, validly signed envelope.
+    pub conflicting_envelope: Vec<u8>,
+}
+
+fn hex_hash<S: serde::Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(hash))
+}
+
+/// Everything a log needs, already loaded and checked.
+pub struct LogOptions {
+    pub data_dir: PathBuf,
+    pub identity: NodeIdentity,
+    pub trust: TrustAnchor,
+    pub channels: Vec<ChannelKey>,
+    pub default_channel: String,
+}
+
+impl LogOptions {
+    /// Loads keys, certificates and channel keys named by a node config.
+    pub fn from_config(config: &NodeConfig) -> Result<LogOptions, LogError> {
+        let trust = TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
+        let identity = NodeIdentity::load(
+            &config.service,
+            &config.key,
+            &config.cert,
+            &trust,
+            clock::now_us(),
+        )?;
+        let channels = config
+            .channels
+            .iter()
+            .map(|(name, path)| crate::identity::load_channel_key(name, path))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LogOptions {
+            data_dir: config.data_dir.clone(),
+            identity,
+            trust,
+            channels,
+            default_channel: config.default_channel.clone(),
+        })
+    }
+}
+
+/// A node's durable log.
+pub struct Log {
+    service: String,
+    db_path: PathBuf,
+    requests: Option<SyncSender<Request>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Mutex<Connection>,
+    channels: BTreeMap<String, Arc<ChannelKey>>,
+    default_channel: String,
+    trust: Arc<TrustAnchor>,
+    /// Held for the log's lifetime: one process appends to a feed at a time.
+    _lock: File,
+}
+
+impl Log {
+    /// Opens the log a node config describes.
+    pub fn open(config: &NodeConfig) -> Result<Log, LogError> {
+        Log::open_with(LogOptions::from_config(config)?)
+    }
+
+    /// Opens (creating if needed) a log. A new log begins its feed with a
+    /// genesis event carrying this node's certificate. Start-up reads feed
+    /// heads only; it never replays the log.
+    pub fn open_with(options: LogOptions) -> Result<Log, LogError> {
+        let LogOptions {
+            data_dir,
+            identity,
+            trust,
+            channels,
+            default_channel,
+        } = options;
+        std::fs::create_dir_all(&data_dir).map_err(|source| LogError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let lock = take_lock(&data_dir)?;
+        let db_path = data_dir.join(DB_FILE);
+        let mut conn = open_connection(&db_path, true)?;
+        schema::migrate(&mut conn)?;
+        claim_service(&conn, &db_path, &identity.service)?;
+        let sealer = open_own_feed(&mut conn, &identity, &trust)?;
+        let reader = open_connection(&db_path, false)?;
+        let trust = Arc::new(trust);
+        let (tx, rx) = sync_channel(WRITER_QUEUE_REQUESTS_MAX);
+        let writer = Writer {
+            conn,
+            sealer,
+            trust: trust.clone(),
+            verifiers: Default::default(),
+            own_service: identity.service.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("herald-writer-{}", identity.service))
+            .spawn(move || writer.run(rx))
+            .map_err(|e| LogError::Corrupt(format!("cannot start writer thread: {e}")))?;
+        Ok(Log {
+            service: identity.service,
+            db_path,
+            requests: Some(tx),
+            writer: Some(handle),
+            reader: Mutex::new(reader),
+            channels: channels
+                .into_iter()
+                .map(|k| (k.name().to_string(), Arc::new(k)))
+                .collect(),
+            default_channel,
+            trust,
+            _lock: lock,
+        })
+    }
+
+    /// This node's service name (its feed).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Path of the SQLite database.
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    /// The trust anchor this log verifies with.
+    pub fn trust(&self) -> &TrustAnchor {
+        &self.trust
+    }
+
+    /// The channel keys this node holds.
+    pub fn channel_keys(&self) -> Vec<ChannelKey> {
+        self.channels.values().map(|k| (**k).clone()).collect()
+    }
+
+    /// Resolves a channel name (`None`: the default channel).
+    pub fn channel(&self, name: Option<&str>) -> Result<Arc<ChannelKey>, LogError> {
+        let name = name.unwrap_or(&self.default_channel);
+        self.channels
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownChannel {
+                name: name.to_string(),
+                known: self.channels.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// Proclaims one event on the default channel and waits until it is durable.
+    pub fn proclaim(
+        &self,
+        event_type: &str,
+        payload: &[u8],
+        meta: Vec<(String, String)>,
+    ) -> Result<Receipt, LogError> {
+        let draft = Draft::new(event_type, 1, meta, payload.to_vec())?;
+        let channel = self.channel(None)?;
+        let mut receipts = self.submit(vec![(draft, channel)])?.wait()?;
+        receipts.pop().ok_or(LogError::WriterGone)
+    }
+
+    /// Proclaims a batch and waits until all of it is durable (one commit
+    /// when the batch fits [`COMMIT_BATCH_EVENTS_MAX`](crate::core::limits::COMMIT_BATCH_EVENTS_MAX)).
+    pub fn proclaim_batch(
+        &self,
+        drafts: Vec<(Draft, Arc<ChannelKey>)>,
+    ) -> Result<Vec<Receipt>, LogError> {
+        self.submit(drafts)?.wait()
+    }
+
+    /// Queues drafts for sealing and returns at once; [`Pending::wait`] gives
+    /// the receipts when they are durable. Blocks only while the writer's
+    /// queue is full (back-pressure).
+    pub fn submit(&self, drafts: Vec<(Draft, Arc<ChannelKey>)>) -> Result<Pending, LogError> {
+        let (reply, receiver) = sync_channel(1);
+        self.send(Request::Proclaim { drafts, reply })?;
+        Ok(Pending { receiver })
+    }
+
+    /// Verifies events of other feeds and commits those that pass, in order.
+    /// Stops at the first rejection (reported in the result); what came
+    /// before it is committed. `Err` means the store itself failed.
+    pub fn ingest(&self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
+        let (reply, receiver) = sync_channel(1);
+        self.send(Request::Ingest { envelopes, reply })?;
+        receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    fn send(&self, request: Request) -> Result<(), LogError> {
+        self.requests
+            .as_ref()
+            .ok_or(LogError::WriterGone)?
+            .send(request)
+            .map_err(|_| LogError::WriterGone)
+    }
+
+    /// The head of every feed this node holds.
+    pub fn heads(&self) -> Result<Vec<FeedHead>, LogError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT feed, head_seq, head_hash, last_timestamp_us, status FROM feeds ORDER BY feed",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(FeedHead {
+                feed: r.get(0)?,
+                seq: r.get::<_, i64>(1)? as u64,
+                hash: writer::blob32(r.get(2)?),
+                last_timestamp_us: r.get::<_, i64>(3)? as u64,
+                status: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Events of `feed` with sequence numbers in `range`, in order.
+    pub fn read(
+        &self,
+        feed: &str,
+        range: RangeInclusive<u64>,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT arrival, envelope FROM events WHERE feed = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+        )?;
+        let start = (*range.start()).min(i64::MAX as u64) as i64;
+        let end = (*range.end()).min(i64::MAX as u64) as i64;
+        let rows = stmt.query_map(params![feed, start, end], row_to_raw)?;
+        rows.map(|r| stored_event(r?)).collect()
+    }
+
+    /// Events in arrival order after position `after`, at most `limit`.
+    pub fn read_arrivals(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT arrival, envelope FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], row_to_raw)?;
+        rows.map(|r| stored_event(r?)).collect()
+    }
+
+    /// All recorded fork evidence.
+    pub fn forks(&self) -> Result<Vec<ForkEvidence>, LogError> {
+        let conn = self.reader()?;
+        read_forks(&conn)
+    }
+
+    fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, LogError> {
+        self.reader
+            .lock()
+            .map_err(|_| LogError::Corrupt("reader connection poisoned".into()))
+    }
+
+    /// Stops the writer after it has committed everything queued.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.requests.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Receipts that will arrive once a submitted batch is durable.
+pub struct Pending {
+    receiver: Receiver<Result<Vec<Receipt>, LogError>>,
+}
+
+impl Pending {
+    /// Waits until the batch is durable.
+    pub fn wait(self) -> Result<Vec<Receipt>, LogError> {
+        self.receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+}
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Vec<u8>)> {
+    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+}
+
+fn stored_event((arrival, envelope): (u64, Vec<u8>)) -> Result<StoredEvent, LogError> {
+    let (env, header) = codec::decode_envelope(&envelope)
+        .map_err(|e| LogError::Corrupt(format!("event at arrival {arrival}: {e}")))?;
+    Ok(StoredEvent {
+        arrival,
+        hash: codec::event_hash(&env.header),
+        header,
+        envelope,
+    })
+}
+
+pub(crate) fn read_forks(conn: &Connection) -> Result<Vec<ForkEvidence>, LogError> {
+    let mut stmt = conn.prepare(
+        "SELECT f.feed, f.seq, e.envelope, f.conflicting_envelope
+         FROM forks f JOIN events e ON e.feed = f.feed AND e.seq = f.seq ORDER BY f.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(ForkEvidence {
+            feed: r.get(0)?,
+            seq: r.get::<_, i64>(1)? as u64,
+            stored_envelope: r.get(2)?,
+            conflicting_envelope: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn take_lock(data_dir: &Path) -> Result<File, LogError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| LogError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => Err(LogError::Locked {
+            path: data_dir.join(DB_FILE),
+            lock: path,
+        }),
+    }
+}
+
+/// Opens a connection with the durability pragmas.
+pub(crate) fn open_connection(path: &Path, create: bool) -> Result<Connection, LogError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|source| LogError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    schema::configure(&conn).map_err(|source| LogError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+/// Opens a store read-only (for `herald verify DATA_DIR` and `herald log`
+/// while the node runs: no lock taken, nothing written).
+pub fn open_read_only(data_dir: &Path) -> Result<Connection, LogError> {
+    let path = data_dir.join(DB_FILE);
+    if !path.is_file() {
+        return Err(LogError::Open {
+            path: path.clone(),
+            source: rusqlite::Error::InvalidPath(path),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| LogError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(conn)
+}
+
+fn claim_service(conn: &Connection, db_path: &Path, service: &str) -> Result<(), LogError> {
+    let found: Option<String> = conn
+        .query_row(
+            "SELECT value FROM herald_meta WHERE key = 'service'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    match found {
+        Some(found) if found != service => Err(LogError::WrongService {
+            path: db_path.to_path_buf(),
+            expected: service.to_string(),
+            found,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            conn.execute(
+                "INSERT INTO herald_meta (key, value) VALUES ('service', ?1)",
+                [service],
+            )?;
+            Ok(())
+        }
+    }
+}
+
+/// Resumes this node's feed from its stored head, checking that the head row
+/// matches the last stored event; or starts the feed with a genesis event.
+fn open_own_feed(
+    conn: &mut Connection,
+    identity: &NodeIdentity,
+    trust: &TrustAnchor,
+) -> Result<Sealer, LogError> {
+    let service = &identity.service;
+    let Some(head) = writer::read_head(conn, service)? else {
+        let now_us = clock::now_us();
+        let id = writer::new_entropy(now_us).id;
+        let (sealer, genesis) = Sealer::genesis(
+            service,
+            identity.signing_key.clone(),
+            &identity.cert.der,
+            id,
+            now_us,
+        );
+        writer::commit_own(conn, &[genesis], service)?;
+        return Ok(sealer);
+    };
+    let genesis_key = trust
+        .admit_author(service, &head.genesis_cert)
+        .map(|c| c.public_key)
+        .ok();
+    if genesis_key.as_ref() != Some(&identity.cert.public_key) {
+        return Err(LogError::KeyChanged);
+    }
+    let last: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash FROM events WHERE feed = ?1 ORDER BY seq DESC LIMIT 1",
+            [service],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    match last {
+        Some((seq, hash)) if seq as u64 == head.seq && hash.as_slice() == head.hash => {}
+        other => {
+            return Err(LogError::Corrupt(format!(
+                "feed head says sequence {} but the last stored event is {:?}",
+                head.seq,
+                other.map(|o| o.0)
+            )));
+        }
+    }
+    Ok(Sealer::resume(
+        service,
+        identity.signing_key.clone(),
+        head.seq,
+        head.hash,
+        head.last_timestamp_us,
+    ))
+}

@@ -1,0 +1,469 @@
+//! The single writer thread: it owns the write connection and the feed's
+//! [`Sealer`], drains queued requests into batches, and commits each batch in
+//! one SQLite transaction (one fsync), so many proclamations share one sync.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::{IngestReport, LogError, Receipt};
+use crate::clock;
+use crate::core::crypto::{ChannelKey, Hash};
+use crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
+use crate::core::verify::{
+    Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
+};
+use crate::identity::TrustAnchor;
+
+/// Requests the writer accepts. Each carries its own reply channel.
+pub(crate) enum Request {
+    /// Seal and commit the drafts on this node's own feed.
+    Proclaim {
+        drafts: Vec<(Draft, Arc<ChannelKey>)>,
+        reply: SyncSender<Result<Vec<Receipt>, LogError>>,
+    },
+    /// Verify and commit events of other feeds (replication, import).
+    Ingest {
+        envelopes: Vec<Vec<u8>>,
+        reply: SyncSender<Result<IngestReport, LogError>>,
+    },
+}
+
+impl Request {
+    fn event_count(&self) -> usize {
+        match self {
+            Request::Proclaim { drafts, .. } => drafts.len(),
+            Request::Ingest { envelopes, .. } => envelopes.len(),
+        }
+    }
+}
+
+/// State owned by the writer thread.
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub sealer: Sealer,
+    pub trust: Arc<TrustAnchor>,
+    /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
+    pub verifiers: HashMap<String, FeedVerifier>,
+    pub own_service: String,
+}
+
+impl Writer {
+    /// Runs until every sender is dropped.
+    pub fn run(mut self, requests: Receiver<Request>) {
+        while let Ok(first) = requests.recv() {
+            let mut events = first.event_count();
+            let mut batch = vec![first];
+            while events < COMMIT_BATCH_EVENTS_MAX {
+                match requests.try_recv() {
+                    Ok(r) => {
+                        events += r.event_count();
+                        batch.push(r);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.process(batch);
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn process(&mut self, batch: Vec<Request>) {
+        let mut proclaims = Vec::new();
+        for request in batch {
+            match request {
+                Request::Proclaim { drafts, reply } => proclaims.push((drafts, reply)),
+                Request::Ingest { envelopes, reply } => {
+                    let result = self.ingest(envelopes);
+                    let _ = reply.send(result);
+                }
+            }
+        }
+        if !proclaims.is_empty() {
+            self.proclaim(proclaims);
+        }
+    }
+
+    /// Seals every draft of the batch together (signing on all cores), then
+    /// commits them in one transaction and answers each requester.
+    fn proclaim(
+        &mut self,
+        requests: Vec<(
+            Vec<(Draft, Arc<ChannelKey>)>,
+            SyncSender<Result<Vec<Receipt>, LogError>>,
+        )>,
+    ) {
+        let now_us = clock::now_us();
+        let mut sizes = Vec::with_capacity(requests.len());
+        let mut replies = Vec::with_capacity(requests.len());
+        let mut all_drafts = Vec::new();
+        for (drafts, reply) in requests {
+            sizes.push(drafts.len());
+            replies.push(reply);
+            all_drafts.extend(drafts);
+        }
+        let entropy: Vec<Entropy> = (0..all_drafts.len()).map(|_| new_entropy(now_us)).collect();
+        let inputs = all_drafts
+            .iter()
+            .zip(entropy)
+            .map(|((draft, key), e)| (draft.clone(), key.as_ref(), e))
+            .collect();
+        let events = self.sealer.seal_batch(inputs, now_us);
+        match commit_own(&mut self.conn, &events, &self.own_service) {
+            Ok(()) => {
+                let mut receipts = events.iter().map(Receipt::of);
+                for (size, reply) in sizes.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(receipts.by_ref().take(size).collect()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; reloading the feed head");
+                let message = e.to_string();
+                for reply in replies {
+                    let _ = reply.send(Err(LogError::Commit(message.clone())));
+                }
+                self.reload_head();
+            }
+        }
+    }
+
+    /// After a failed commit the sealer ran ahead of the disk: rewind it to
+    /// what is durable so the feed never forks itself.
+    fn reload_head(&mut self) {
+        match read_head(&self.conn, &self.own_service) {
+            Ok(Some(head)) => {
+                self.sealer = Sealer::resume(
+                    &self.own_service,
+                    self.sealer_key(),
+                    head.seq,
+                    head.hash,
+                    head.last_timestamp_us,
+                );
+            }
+            Ok(None) | Err(_) => {
+                tracing::error!("cannot reload the feed head; further proclamations will fail");
+            }
+        }
+    }
+
+    fn sealer_key(&self) -> ed25519_dalek::SigningKey {
+        self.sealer.signing_key().clone()
+    }
+
+    /// Verifies and commits foreign events, in order, stopping at the first
+    /// rejection. Duplicates are skipped (applied exactly once); a validly
+    /// signed event that conflicts with a stored one is kept as fork evidence
+    /// and the feed is no longer accepted.
+    fn ingest(&mut self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
+        let mut report = IngestReport::default();
+        let tx = self.conn.transaction()?;
+        for bytes in envelopes {
+            let outcome = match DecodedEvent::decode(bytes) {
+                Ok(event) => ingest_one(
+                    &tx,
+                    &self.trust,
+                    &mut self.verifiers,
+                    &self.own_service,
+                    event,
+                )?,
+                Err(e) => Outcome::Rejected(Rejection::decode(&e)),
+            };
+            match outcome {
+                Outcome::Applied => report.applied += 1,
+                Outcome::Duplicate => report.duplicates += 1,
+                Outcome::Fork(rejection) => {
+                    report.forks += 1;
+                    report.rejected = Some(rejection);
+                    break;
+                }
+                Outcome::Rejected(rejection) => {
+                    report.rejected = Some(rejection);
+                    break;
+                }
+            }
+        }
+        tx.commit()?;
+        if report.rejected.is_some() {
+            // A rejected run may have left a verifier mid-way; reload from disk.
+            self.verifiers.clear();
+        }
+        Ok(report)
+    }
+}
+
+/// What happened to one ingested event.
+enum Outcome {
+    Applied,
+    Duplicate,
+    Fork(Rejection),
+    Rejected(Rejection),
+}
+
+fn ingest_one(
+    tx: &Transaction<'_>,
+    trust: &TrustAnchor,
+    verifiers: &mut HashMap<String, FeedVerifier>,
+    own_service: &str,
+    event: DecodedEvent,
+) -> Result<Outcome, LogError> {
+    let author = event.header().author.clone();
+    let seq = event.header().seq;
+    if feed_status(tx, &author)?.as_deref() == Some("forked") {
+        return Ok(Outcome::Rejected(Rejection {
+            seq: Some(seq),
+            check: Check::Fork,
+            expected: format!("events of a feed that has not forked"),
+            found: format!("an event of {author}, whose feed forked"),
+        }));
+    }
+    if let Some(stored) = stored_hash(tx, &author, seq)? {
+        if &stored == event.hash() {
+            return Ok(Outcome::Duplicate);
+        }
+        let verifier = match load_verifier(tx, trust, verifiers, &author)? {
+            Ok(v) => v,
+            Err(r) => return Ok(Outcome::Rejected(r)),
+        };
+        let conflict = Rejection {
+            seq: Some(seq),
+            check: Check::Fork,
+            expected: hex::encode(stored),
+            found: hex::encode(event.hash()),
+        };
+        if verifier.is_fork_proof(&event, &event_at(tx, &author, seq)?) {
+            record_fork(tx, &event, stored)?;
+            return Ok(Outcome::Fork(conflict));
+        }
+        return Ok(Outcome::Rejected(Rejection {
+            check: Check::Signature,
+            expected: "a copy of the stored event or a validly signed fork".into(),
+            found: "an invalidly signed conflicting event".into(),
+            ..conflict
+        }));
+    }
+    if author == own_service {
+        // Our own feed ahead of our store: only recovery (a later issue) may
+        // append it, never a peer's push.
+        return Ok(Outcome::Rejected(Rejection {
+            seq: Some(seq),
+            check: Check::Author,
+            expected: "no events of this node's own feed beyond its head".into(),
+            found: format!("{author} event at sequence {seq}"),
+        }));
+    }
+    let verified = if seq == 0 {
+        match FeedVerifier::genesis(trust, event) {
+            Ok((verifier, verified)) => {
+                verifiers.insert(author, verifier);
+                verified
+            }
+            Err(r) => return Ok(Outcome::Rejected(r)),
+        }
+    } else {
+        let verifier = match load_verifier(tx, trust, verifiers, &author)? {
+            Ok(v) => v,
+            Err(r) => return Ok(Outcome::Rejected(r)),
+        };
+        let signature_ok = verifier.check_signatures(std::slice::from_ref(&event))[0];
+        match verifier.verify_next(event, signature_ok) {
+            Ok(v) => v,
+            Err(r) => return Ok(Outcome::Rejected(r)),
+        }
+    };
+    insert_event(tx, &verified)?;
+    upsert_head(tx, &verified)?;
+    Ok(Outcome::Applied)
+}
+
+/// Fresh per-event randomness: a UUID v7 at `now_us` and a random nonce.
+pub(crate) fn new_entropy(now_us: u64) -> Entropy {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        now_us / 1_000_000,
+        ((now_us % 1_000_000) * 1000) as u32,
+    );
+    Entropy {
+        id: *uuid::Uuid::new_v7(ts).as_bytes(),
+        nonce: clock::random_bytes::<24>(),
+    }
+}
+
+/// Commits a batch of this node's own events (and the new head) durably.
+pub(crate) fn commit_own(
+    conn: &mut Connection,
+    events: &[VerifiedEvent],
+    own_service: &str,
+) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for event in events {
+        debug_assert_eq!(event.header().author, own_service);
+        insert_event(&tx, event)?;
+    }
+    if let Some(last) = events.last() {
+        upsert_head(&tx, last)?;
+    }
+    tx.commit()
+}
+
+pub(crate) fn insert_event(tx: &Transaction<'_>, event: &VerifiedEvent) -> rusqlite::Result<()> {
+    let h = event.header();
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO events (feed, seq, hash, id, event_type, timestamp_us, envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    stmt.execute(params![
+        h.author,
+        h.seq as i64,
+        event.hash().as_slice(),
+        h.id.as_slice(),
+        h.event_type,
+        h.timestamp_us as i64,
+        event.bytes(),
+    ])?;
+    Ok(())
+}
+
+/// Moves a feed's head to `event`; a genesis event creates the feed row.
+pub(crate) fn upsert_head(tx: &Transaction<'_>, event: &VerifiedEvent) -> rusqlite::Result<()> {
+    let h = event.header();
+    if h.seq == 0 {
+        let cert = event.payload().unwrap_or_default();
+        tx.prepare_cached(
+            "INSERT INTO feeds (feed, head_seq, head_hash, last_timestamp_us, genesis_cert)
+             VALUES (?1, 0, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            h.author,
+            event.hash().as_slice(),
+            h.timestamp_us as i64,
+            cert
+        ])?;
+    } else {
+        tx.prepare_cached(
+            "UPDATE feeds SET head_seq = ?2, head_hash = ?3, last_timestamp_us = ?4 WHERE feed = ?1",
+        )?
+        .execute(params![
+            h.author,
+            h.seq as i64,
+            event.hash().as_slice(),
+            h.timestamp_us as i64
+        ])?;
+    }
+    Ok(())
+}
+
+/// A feed's durable head.
+pub(crate) struct HeadRow {
+    pub seq: u64,
+    pub hash: Hash,
+    pub last_timestamp_us: u64,
+    pub genesis_cert: Vec<u8>,
+}
+
+pub(crate) fn read_head(conn: &Connection, feed: &str) -> rusqlite::Result<Option<HeadRow>> {
+    conn.query_row(
+        "SELECT head_seq, head_hash, last_timestamp_us, genesis_cert FROM feeds WHERE feed = ?1",
+        [feed],
+        |r| {
+            Ok(HeadRow {
+                seq: r.get::<_, i64>(0)? as u64,
+                hash: blob32(r.get::<_, Vec<u8>>(1)?),
+                last_timestamp_us: r.get::<_, i64>(2)? as u64,
+                genesis_cert: r.get(3)?,
+            })
+        },
+    )
+    .optional()
+}
+
+/// A 32-byte blob column; a wrong length (a damaged store) yields zeros, which
+/// never match a real hash and so surface as a chain error.
+pub(crate) fn blob32(v: Vec<u8>) -> Hash {
+    let mut out = [0u8; 32];
+    if v.len() == 32 {
+        out.copy_from_slice(&v);
+    }
+    out
+}
+
+fn feed_status(tx: &Transaction<'_>, feed: &str) -> rusqlite::Result<Option<String>> {
+    tx.query_row("SELECT status FROM feeds WHERE feed = ?1", [feed], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
+fn stored_hash(tx: &Transaction<'_>, feed: &str, seq: u64) -> rusqlite::Result<Option<Hash>> {
+    tx.prepare_cached("SELECT hash FROM events WHERE feed = ?1 AND seq = ?2")?
+        .query_row(params![feed, seq as i64], |r| Ok(blob32(r.get(0)?)))
+        .optional()
+}
+
+fn event_at(tx: &Transaction<'_>, feed: &str, seq: u64) -> Result<DecodedEvent, LogError> {
+    let bytes: Vec<u8> = tx.query_row(
+        "SELECT envelope FROM events WHERE feed = ?1 AND seq = ?2",
+        params![feed, seq as i64],
+        |r| r.get(0),
+    )?;
+    DecodedEvent::decode(bytes).map_err(|e| LogError::Corrupt(format!("{feed}/{seq}: {e}")))
+}
+
+/// The verifier of `feed`, resumed from its stored head on first use. The
+/// inner `Err` is a rejection of the event (no genesis yet, revoked author).
+fn load_verifier<'a>(
+    tx: &Transaction<'_>,
+    trust: &TrustAnchor,
+    verifiers: &'a mut HashMap<String, FeedVerifier>,
+    feed: &str,
+) -> Result<Result<&'a mut FeedVerifier, Rejection>, LogError> {
+    if !verifiers.contains_key(feed) {
+        let Some(head) = read_head(tx, feed)? else {
+            return Ok(Err(Rejection {
+                seq: None,
+                check: Check::Author,
+                expected: format!("the genesis event of feed {feed} first"),
+                found: "an event of a feed this node has not started".into(),
+            }));
+        };
+        let resumed = FeedVerifier::resume(
+            trust,
+            feed,
+            &head.genesis_cert,
+            head.seq,
+            head.hash,
+            head.last_timestamp_us,
+        );
+        match resumed {
+            Ok(verifier) => verifiers.insert(feed.to_string(), verifier),
+            Err(r) => return Ok(Err(r)),
+        };
+    }
+    verifiers
+        .get_mut(feed)
+        .map(Ok)
+        .ok_or_else(|| LogError::Corrupt(format!("verifier for {feed} vanished")))
+}
+
+fn record_fork(tx: &Transaction<'_>, event: &DecodedEvent, stored: Hash) -> rusqlite::Result<()> {
+    let h = event.header();
+    tx.execute(
+        "INSERT OR IGNORE INTO forks (feed, seq, stored_hash, conflicting_hash, conflicting_envelope, detected_at_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            h.author,
+            h.seq as i64,
+            stored.as_slice(),
+            event.hash().as_slice(),
+            event.bytes(),
+            clock::now_us() as i64
+        ],
+    )?;
+    tx.execute(
+        "UPDATE feeds SET status = 'forked' WHERE feed = ?1",
+        [&h.author],
+    )?;
+    tracing::warn!(feed = %h.author, seq = h.seq, "fork detected; feed no longer accepted");
+    Ok(())
+}
