@@ -1,1 +1,4 @@
-//! Placeholder.
+//! Export bundles and offline verification (`herald export`, `herald verify`).
+
+pub mod export;
+pub mod verify;

@@ -9,8 +9,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod export;
 pub mod init;
 pub mod keygen;
+pub mod log;
+pub mod publish;
+pub mod verify;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -40,6 +44,14 @@ pub enum Command {
     Keygen(keygen::KeygenCommand),
     /// Provision a whole local cluster: keys and one config file per node.
     Init(init::InitArgs),
+    /// Proclaim events into the node's log and print their receipts.
+    Publish(publish::PublishArgs),
+    /// Print the events the node holds, decrypted where it has the key.
+    Log(log::LogArgs),
+    /// Write a self-contained audit bundle of every feed the node holds.
+    Export(export::ExportArgs),
+    /// Verify an export or a data directory offline (exit 0 valid, 1 problems, 2 could not run).
+    Verify(verify::VerifyArgs),
 }
 
 /// Entry point used by `src/main.rs`.
@@ -68,7 +80,46 @@ pub fn run(command: Command) -> Result<u8, CliError> {
     match command {
         Command::Keygen(cmd) => keygen::run(cmd),
         Command::Init(args) => init::run(args),
+        Command::Publish(args) => publish::run(args),
+        Command::Log(args) => log::run(args),
+        Command::Export(args) => export::run(args),
+        Command::Verify(args) => verify::run(args),
     }
+}
+
+/// Parses `key=value` metadata arguments.
+pub fn parse_meta(entries: &[String]) -> Result<Vec<(String, String)>, CliError> {
+    entries
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("--meta {e:?} must look like key=value").into()),
+        })
+        .collect()
+}
+
+/// Matches `text` against a pattern where `*` is any run of characters and
+/// `?` is one character (`donation.*`, `*.received`).
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Renders an error and its causes as one line: `what: because: because`.
@@ -94,4 +145,34 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_wildcards() {
+        assert!(glob_match("donation.*", "donation.received"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("*.received", "donation.received"));
+        assert!(glob_match("d?nation.*", "donation.x"));
+        assert!(!glob_match("donation.*", "volunteer.signed"));
+        assert!(!glob_match("donation", "donation.received"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+    }
+
+    #[test]
+    fn meta_needs_key_and_equals() {
+        assert_eq!(
+            parse_meta(&["correlation_id=42".into(), "k=a=b".into()]).unwrap(),
+            vec![
+                ("correlation_id".into(), "42".into()),
+                ("k".into(), "a=b".into())
+            ]
+        );
+        assert!(parse_meta(&["novalue".into()]).is_err());
+        assert!(parse_meta(&["=x".into()]).is_err());
+    }
 }

@@ -35,6 +35,11 @@ pub struct DecodedEvent {
 }
 
 impl DecodedEvent {
+    /// The payload bytes, if present.
+    pub fn payload(&self) -> Option<&[u8]> {
+        self.payload.as_deref()
+    }
+
     /// Decodes envelope bytes (checks limits and canonical form, hashes the header).
     pub fn decode(bytes: Vec<u8>) -> Result<DecodedEvent, DecodeError> {
         let (envelope, header) = codec::decode_envelope(&bytes)?;
@@ -58,6 +63,11 @@ impl DecodedEvent {
 
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
+    }
+
+    /// The raw signature bytes.
+    pub fn signature_bytes(&self) -> &[u8; 64] {
+        &self.signature
     }
 
     fn signature(&self) -> Signature {
@@ -344,6 +354,17 @@ impl FeedVerifier {
         event: DecodedEvent,
         signature_ok: bool,
     ) -> Result<VerifiedEvent, Rejection> {
+        self.check_next(&event, signature_ok)?;
+        Ok(VerifiedEvent::from_decoded(event))
+    }
+
+    /// [`Self::verify_next`] without producing the verified value (for
+    /// auditors, which only count and report).
+    pub fn check_next(
+        &mut self,
+        event: &DecodedEvent,
+        signature_ok: bool,
+    ) -> Result<(), Rejection> {
         let h = &event.header;
         if h.author != self.cert.service {
             return Err(Rejection::new(
@@ -366,13 +387,18 @@ impl FeedVerifier {
             ));
         }
         if h.seq != self.next_seq {
-            let duplicate = h.seq + 1 == self.next_seq && self.head_hash == Some(event.hash);
-            let check = if duplicate {
-                Check::Duplicate
-            } else {
-                Check::Sequence
-            };
-            return Err(Rejection::new(h.seq, check, self.next_seq, h.seq));
+            if h.seq + 1 == self.next_seq
+                && let Some(head) = &self.head_hash
+            {
+                // Same slot as the head: the same event again, or a second
+                // validly signed event there, which is a fork.
+                return Err(if *head == event.hash {
+                    Rejection::new(h.seq, Check::Duplicate, "each event once", "the head again")
+                } else {
+                    Rejection::new(h.seq, Check::Fork, hx(head), hx(&event.hash))
+                });
+            }
+            return Err(Rejection::new(h.seq, Check::Sequence, self.next_seq, h.seq));
         }
         if let Some(head) = &self.head_hash
             && h.prev != *head
@@ -399,7 +425,7 @@ impl FeedVerifier {
         self.next_seq = h.seq + 1;
         self.head_hash = Some(event.hash);
         self.last_timestamp_us = h.timestamp_us;
-        Ok(VerifiedEvent::from_decoded(event))
+        Ok(())
     }
 
     /// Audit resynchronisation after a rejected event, so one damaged event
@@ -824,7 +850,16 @@ pub enum DecryptError {
 /// (plain payloads are returned as they are).
 pub fn open_payload(event: &VerifiedEvent, keys: &[ChannelKey]) -> Result<Vec<u8>, DecryptError> {
     let payload = event.payload().ok_or(DecryptError::Pruned)?;
-    let h = event.header();
+    decrypt_payload(event.header(), payload, keys)
+}
+
+/// Decrypts payload bytes described by `h` (authenticated decryption: a wrong
+/// key or damaged bytes fail, they never yield wrong plaintext).
+pub fn decrypt_payload(
+    h: &EventHeader,
+    payload: &[u8],
+    keys: &[ChannelKey],
+) -> Result<Vec<u8>, DecryptError> {
     let (key_id, nonce) = match &h.payload.encryption {
         Encryption::Plain => return Ok(payload.to_vec()),
         Encryption::XChaCha20Poly1305 { key_id, nonce } => (key_id, nonce),

@@ -384,12 +384,7 @@ impl Log {
 
     /// Events in arrival order after position `after`, at most `limit`.
     pub fn read_arrivals(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT arrival, envelope FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], row_to_raw)?;
-        rows.map(|r| stored_event(r?)).collect()
+        read_arrivals_from(&*self.reader()?, after, limit)
     }
 
     /// All recorded fork evidence.
@@ -435,6 +430,26 @@ impl Pending {
     }
 }
 
+/// Events in arrival order after position `after`, at most `limit`, from any
+/// connection (including a read-only one).
+pub fn read_arrivals_from(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, LogError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT arrival, envelope FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], row_to_raw)?;
+    rows.map(|r| stored_event(r?)).collect()
+}
+
+/// A hash from a 32-byte blob column (zeros for a damaged blob, which never
+/// matches a real hash and so surfaces as a chain error).
+pub fn hash_from_blob(blob: &[u8]) -> Hash {
+    writer::blob32(blob.to_vec())
+}
+
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Vec<u8>)> {
     Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
 }
@@ -450,7 +465,7 @@ fn stored_event((arrival, envelope): (u64, Vec<u8>)) -> Result<StoredEvent, LogE
     })
 }
 
-pub(crate) fn read_forks(conn: &Connection) -> Result<Vec<ForkEvidence>, LogError> {
+pub fn read_forks(conn: &Connection) -> Result<Vec<ForkEvidence>, LogError> {
     let mut stmt = conn.prepare(
         "SELECT f.feed, f.seq, e.envelope, f.conflicting_envelope
          FROM forks f JOIN events e ON e.feed = f.feed AND e.seq = f.seq ORDER BY f.id",

@@ -1,0 +1,676 @@
+//! Offline verification of an export or a node's data directory.
+//!
+//! The auditor streams events in chunks: it decodes and hashes a chunk on all
+//! cores, admits each feed's author through its genesis certificate, checks
+//! every signature of the chunk in batches on all cores, then walks the chain
+//! in order. Memory holds one chunk and one small record per feed, so it
+//! stays flat however long the log is.
+//!
+//! A damaged event yields one problem, not a cascade: see
+//! [`FeedVerifier::resync`].
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::export::{self, ExportEnd, ExportRecord, FrameProblem, RecordReader};
+use crate::core::codec::DecodeError;
+use crate::core::crypto::{ChannelKey, Hash};
+use crate::core::event::Encryption;
+use crate::core::verify::{
+    Check, DecodedEvent, FeedVerifier, Rejection, batch_signatures_valid, decrypt_payload,
+};
+use crate::identity::TrustAnchor;
+
+/// Records decoded and verified together.
+pub const AUDIT_CHUNK_RECORDS: usize = 4096;
+/// Problems kept in a report; further ones are only counted.
+pub const PROBLEMS_REPORTED_MAX: usize = 1000;
+
+/// Why an audit could not run at all (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read store {path}: {message}")]
+    Store { path: PathBuf, message: String },
+}
+
+/// What to verify against.
+pub struct AuditOptions {
+    /// The CA (and revocation list) every author must chain to.
+    pub trust: TrustAnchor,
+    /// Channel keys: with any given, every encrypted event must decrypt.
+    pub channel_keys: Vec<ChannelKey>,
+    /// Show a progress bar on a terminal.
+    pub progress: bool,
+}
+
+/// The result of an audit. `valid` is true only when no problem was found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    pub source: String,
+    pub kind: &'static str,
+    pub valid: bool,
+    pub exporter: Option<String>,
+    pub events: u64,
+    pub feeds: Vec<FeedReport>,
+    pub problems_total: u64,
+    pub problems: Vec<Problem>,
+}
+
+/// One feed's summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedReport {
+    pub service: String,
+    /// Events of this feed found (valid or not).
+    pub events: u64,
+    /// Events that passed every check.
+    pub verified: u64,
+    pub head_seq: Option<u64>,
+    pub head_hash: Option<String>,
+    pub first_timestamp: Option<String>,
+    pub last_timestamp: Option<String>,
+    /// Events whose payload decrypted under a given channel key.
+    pub decrypted: u64,
+    /// `valid`, `invalid`, `forked` or `untrusted` (author not admitted).
+    pub status: &'static str,
+    pub problems: u64,
+}
+
+/// One problem: where, which check, expected against found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The feed, when known.
+    pub feed: Option<String>,
+    pub seq: Option<u64>,
+    /// Position in the source: `record N` of an export or `row N` of a store.
+    pub location: String,
+    pub check: &'static str,
+    pub expected: String,
+    pub found: String,
+}
+
+/// Per-feed audit state: small and fixed-size, whatever the feed's length.
+#[derive(Default)]
+struct FeedAudit {
+    verifier: Option<FeedVerifier>,
+    events: u64,
+    verified: u64,
+    decrypted: u64,
+    problems: u64,
+    untrusted: bool,
+    forked: bool,
+    first_ts: Option<u64>,
+    last_ts: Option<u64>,
+    /// The last event found (valid or not), for the end-record comparison.
+    last_seen: Option<(u64, Hash)>,
+}
+
+/// One event waiting in a chunk.
+struct Item {
+    location: String,
+    event: Result<DecodedEvent, DecodeError>,
+}
+
+/// The streaming verification engine shared by exports and data directories.
+struct Auditor<'a> {
+    options: &'a AuditOptions,
+    feeds: BTreeMap<String, FeedAudit>,
+    problems: Vec<Problem>,
+    problems_total: u64,
+    events: u64,
+}
+
+impl<'a> Auditor<'a> {
+    fn new(options: &'a AuditOptions) -> Auditor<'a> {
+        Auditor {
+            options,
+            feeds: BTreeMap::new(),
+            problems: Vec::new(),
+            problems_total: 0,
+            events: 0,
+        }
+    }
+
+    fn problem(&mut self, feed: Option<&str>, location: &str, r: Rejection) {
+        if let Some(f) = feed.and_then(|f| self.feeds.get_mut(f)) {
+            f.problems += 1;
+            if r.check == Check::Fork {
+                f.forked = true;
+            }
+        }
+        self.problems_total += 1;
+        if self.problems.len() < PROBLEMS_REPORTED_MAX {
+            self.problems.push(Problem {
+                feed: feed.map(str::to_string),
+                seq: r.seq,
+                location: location.to_string(),
+                check: r.check.name(),
+                expected: r.expected,
+                found: r.found,
+            });
+        }
+    }
+
+    /// Verifies one chunk of events (see the module comment for the passes).
+    fn push_chunk(&mut self, raw: Vec<(String, Vec<u8>)>) {
+        let items: Vec<Item> = raw
+            .into_par_iter()
+            .map(|(location, bytes)| Item {
+                location,
+                event: DecodedEvent::decode(bytes),
+            })
+            .collect();
+        // Pass 1: admit authors through genesis events; find each event's key.
+        let mut pending: Vec<(String, DecodedEvent)> = Vec::with_capacity(items.len());
+        let mut keyed: Vec<(VerifyingKey, Hash, Signature)> = Vec::with_capacity(items.len());
+        for item in items {
+            self.events += 1;
+            let event = match item.event {
+                Ok(e) => e,
+                Err(e) => {
+                    self.problem(None, &item.location, Rejection::decode(&e));
+                    continue;
+                }
+            };
+            let author = event.header().author.clone();
+            let feed = self.feeds.entry(author.clone()).or_default();
+            feed.events += 1;
+            feed.last_seen = Some((event.header().seq, *event.hash()));
+            if let Some(verifier) = &feed.verifier {
+                keyed.push((*verifier.key(), *event.hash(), signature_of(&event)));
+                pending.push((item.location, event));
+                continue;
+            }
+            if feed.untrusted {
+                // The author was refused once; that is the feed's problem.
+                continue;
+            }
+            match FeedVerifier::genesis(&self.options.trust, event) {
+                Ok((verifier, genesis)) => {
+                    feed.verifier = Some(verifier);
+                    feed.verified += 1;
+                    let ts = genesis.header().timestamp_us;
+                    feed.first_ts = Some(ts);
+                    feed.last_ts = Some(ts);
+                }
+                Err(r) => {
+                    feed.untrusted = r.check == Check::Certificate;
+                    self.problem(Some(&author), &item.location, r);
+                }
+            }
+        }
+        // Pass 2: every signature of the chunk, in batches on all cores.
+        let signature_ok = batch_signatures_valid(&keyed);
+        // Pass 3: the chain, in order.
+        for ((location, event), sig_ok) in pending.into_iter().zip(signature_ok) {
+            self.check_chained(&location, event, sig_ok);
+        }
+    }
+
+    fn check_chained(&mut self, location: &str, event: DecodedEvent, sig_ok: bool) {
+        let author = event.header().author.clone();
+        let keys = &self.options.channel_keys;
+        let Some(feed) = self.feeds.get_mut(&author) else {
+            return;
+        };
+        let Some(verifier) = feed.verifier.as_mut() else {
+            return;
+        };
+        match verifier.check_next(&event, sig_ok) {
+            Ok(()) => {
+                feed.verified += 1;
+                let ts = event.header().timestamp_us;
+                feed.first_ts.get_or_insert(ts);
+                feed.last_ts = Some(ts);
+                let decrypt = decrypt_check(&event, keys);
+                if decrypt == Some(true) {
+                    feed.decrypted += 1;
+                }
+                if decrypt == Some(false) {
+                    let r = decrypt_rejection(&event, keys);
+                    self.problem(Some(&author), location, r);
+                }
+            }
+            Err(r) => {
+                verifier.resync(&event, sig_ok);
+                self.problem(Some(&author), location, r);
+            }
+        }
+    }
+
+    fn push_fork(&mut self, location: &str, stored: Vec<u8>, conflicting: Vec<u8>) {
+        let decoded =
+            DecodedEvent::decode(stored).and_then(|a| Ok((a, DecodedEvent::decode(conflicting)?)));
+        let (a, b) = match decoded {
+            Ok(pair) => pair,
+            Err(e) => return self.problem(None, location, Rejection::decode(&e)),
+        };
+        let author = a.header().author.clone();
+        let proven = self
+            .feeds
+            .get(&author)
+            .and_then(|f| f.verifier.as_ref())
+            .map(|v| v.is_fork_proof(&a, &b))
+            .unwrap_or(false);
+        let r = Rejection {
+            seq: Some(a.header().seq),
+            check: if proven {
+                Check::Fork
+            } else {
+                Check::Signature
+            },
+            expected: hex::encode(a.hash()),
+            found: if proven {
+                hex::encode(b.hash())
+            } else {
+                "fork evidence that is not validly signed by the author".into()
+            },
+        };
+        self.problem(Some(&author), location, r);
+    }
+
+    /// Compares what was found with what the source says it holds (the
+    /// export's end record, or the store's feed heads).
+    fn compare_heads(&mut self, location: &str, claimed: &[(String, u64, Hash)]) {
+        let mut listed = std::collections::BTreeSet::new();
+        for (feed, head_seq, head_hash) in claimed {
+            listed.insert(feed.clone());
+            let found = self.feeds.get(feed).and_then(|f| f.last_seen);
+            if found != Some((*head_seq, *head_hash)) {
+                let r = Rejection {
+                    seq: Some(*head_seq),
+                    check: Check::Truncated,
+                    expected: format!(
+                        "feed {feed} to end at sequence {head_seq} ({})",
+                        hex::encode(head_hash)
+                    ),
+                    found: match found {
+                        Some((s, h)) => {
+                            format!("its last event at sequence {s} ({})", hex::encode(h))
+                        }
+                        None => "no events of that feed".into(),
+                    },
+                };
+                self.problem(Some(feed), location, r);
+            }
+        }
+        let extra: Vec<String> = self
+            .feeds
+            .keys()
+            .filter(|f| !listed.contains(*f))
+            .cloned()
+            .collect();
+        for feed in extra {
+            let r = Rejection {
+                seq: None,
+                check: Check::Truncated,
+                expected: "only the feeds listed at the end".into(),
+                found: format!("events of unlisted feed {feed}"),
+            };
+            self.problem(Some(&feed), location, r);
+        }
+    }
+
+    fn check_end(&mut self, location: &str, end: &ExportEnd) {
+        let exporter_key = self
+            .feeds
+            .get(&end.body.exporter)
+            .and_then(|f| f.verifier.as_ref())
+            .map(|v| *v.key());
+        let signed = exporter_key
+            .map(|k| {
+                k.verify(
+                    &end.body.signing_message(),
+                    &Signature::from_bytes(&end.signature),
+                )
+                .is_ok()
+            })
+            .unwrap_or(false);
+        if !signed {
+            let r = Rejection {
+                seq: None,
+                check: Check::Signature,
+                expected: format!("an end record signed by exporter {}", end.body.exporter),
+                found: "an end record without a valid signature".into(),
+            };
+            self.problem(None, location, r);
+        }
+        let claimed: Vec<(String, u64, Hash)> = end
+            .body
+            .feeds
+            .iter()
+            .map(|f| (f.feed.clone(), f.head_seq, f.head_hash))
+            .collect();
+        self.compare_heads(location, &claimed);
+    }
+
+    fn finish(self, source: &Path, kind: &'static str, exporter: Option<String>) -> AuditReport {
+        let feeds = self
+            .feeds
+            .into_iter()
+            .map(|(service, f)| {
+                let status = if f.untrusted {
+                    "untrusted"
+                } else if f.forked {
+                    "forked"
+                } else if f.problems > 0 || f.verifier.is_none() {
+                    "invalid"
+                } else {
+                    "valid"
+                };
+                FeedReport {
+                    service,
+                    events: f.events,
+                    verified: f.verified,
+                    head_seq: f.last_seen.map(|s| s.0),
+                    head_hash: f.last_seen.map(|s| hex::encode(s.1)),
+                    first_timestamp: f.first_ts.map(format_timestamp),
+                    last_timestamp: f.last_ts.map(format_timestamp),
+                    decrypted: f.decrypted,
+                    status,
+                    problems: f.problems,
+                }
+            })
+            .collect();
+        AuditReport {
+            source: source.display().to_string(),
+            kind,
+            valid: self.problems_total == 0,
+            exporter,
+            events: self.events,
+            feeds,
+            problems_total: self.problems_total,
+            problems: self.problems,
+        }
+    }
+}
+
+fn signature_of(event: &DecodedEvent) -> Signature {
+    Signature::from_bytes(event.signature_bytes())
+}
+
+/// `None` when no keys were given or the payload is plain or pruned;
+/// otherwise whether it decrypted.
+fn decrypt_check(event: &DecodedEvent, keys: &[ChannelKey]) -> Option<bool> {
+    if keys.is_empty() || event.header().payload.encryption == Encryption::Plain {
+        return None;
+    }
+    let payload = event.payload()?;
+    Some(decrypt_payload(event.header(), payload, keys).is_ok())
+}
+
+fn decrypt_rejection(event: &DecodedEvent, keys: &[ChannelKey]) -> Rejection {
+    let found = match (event.payload(), &event.header().payload.encryption) {
+        (Some(p), _) => match decrypt_payload(event.header(), p, keys) {
+            Err(e) => e.to_string(),
+            Ok(_) => "a readable payload".into(),
+        },
+        _ => "no payload".into(),
+    };
+    let names: Vec<&str> = keys.iter().map(|k| k.name()).collect();
+    Rejection {
+        seq: Some(event.header().seq),
+        check: Check::Decrypt,
+        expected: format!(
+            "a payload readable with the given channel key(s) {}",
+            names.join(", ")
+        ),
+        found,
+    }
+}
+
+/// RFC 3339 UTC with microseconds.
+pub fn format_timestamp(us: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
+fn progress_bar(enabled: bool, len: u64, unit: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let template = format!(
+        "{{spinner}} verifying [{{bar:40}}] {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})"
+    );
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Verifies an export file.
+pub fn audit_export(path: &Path, options: &AuditOptions) -> Result<AuditReport, AuditError> {
+    let file = File::open(path).map_err(|source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut reader = RecordReader::new(BufReader::with_capacity(1 << 20, file), path)?;
+    let bar = progress_bar(options.progress, len, "bytes");
+    let mut auditor = Auditor::new(options);
+    let mut exporter = None;
+    let mut chunk: Vec<(String, Vec<u8>)> = Vec::with_capacity(AUDIT_CHUNK_RECORDS);
+    let mut record_no = 0u64;
+    let mut ended = false;
+    let read_err = |source| AuditError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    while let Some(next) = reader.next_record().map_err(read_err)? {
+        record_no += 1;
+        let location = format!("record {record_no}");
+        let raw = match next {
+            Ok(raw) => raw,
+            Err(problem) => {
+                auditor.push_chunk(std::mem::take(&mut chunk));
+                auditor.problem(None, &location, frame_rejection(problem));
+                ended = true; // framing is lost; nothing after can be trusted
+                break;
+            }
+        };
+        bar.set_position(raw.offset);
+        if ended {
+            auditor.problem(
+                None,
+                &location,
+                Rejection {
+                    seq: None,
+                    check: Check::Truncated,
+                    expected: "nothing after the end record".into(),
+                    found: "another record".into(),
+                },
+            );
+            continue;
+        }
+        let record = match export::decode_record(&raw.body) {
+            Ok(r) => r,
+            Err(e) => {
+                auditor.problem(
+                    None,
+                    &location,
+                    Rejection {
+                        seq: None,
+                        check: Check::Decode,
+                        expected: "a well-formed export record".into(),
+                        found: e,
+                    },
+                );
+                continue;
+            }
+        };
+        match record {
+            ExportRecord::Event(bytes) => {
+                chunk.push((location, bytes));
+                if chunk.len() >= AUDIT_CHUNK_RECORDS {
+                    auditor.push_chunk(std::mem::take(&mut chunk));
+                }
+            }
+            other => {
+                auditor.push_chunk(std::mem::take(&mut chunk));
+                match other {
+                    ExportRecord::Begin { exporter: e, .. } if record_no == 1 => exporter = Some(e),
+                    ExportRecord::Begin { .. } => auditor.problem(
+                        None,
+                        &location,
+                        Rejection {
+                            seq: None,
+                            check: Check::Decode,
+                            expected: "one begin record, first".into(),
+                            found: "another begin record".into(),
+                        },
+                    ),
+                    ExportRecord::Fork {
+                        stored,
+                        conflicting,
+                    } => auditor.push_fork(&location, stored, conflicting),
+                    ExportRecord::End(end) => {
+                        auditor.check_end(&location, &end);
+                        ended = true;
+                    }
+                    ExportRecord::Event(_) => {}
+                }
+            }
+        }
+    }
+    auditor.push_chunk(chunk);
+    if !ended {
+        auditor.problem(
+            None,
+            &format!("after record {record_no}"),
+            Rejection {
+                seq: None,
+                check: Check::Truncated,
+                expected: "a signed end record".into(),
+                found: "the end of the file".into(),
+            },
+        );
+    }
+    if exporter.is_none() {
+        auditor.problem(
+            None,
+            "record 1",
+            Rejection {
+                seq: None,
+                check: Check::Decode,
+                expected: "a begin record first".into(),
+                found: "none".into(),
+            },
+        );
+    }
+    bar.finish_and_clear();
+    Ok(auditor.finish(path, "export", exporter))
+}
+
+fn frame_rejection(problem: FrameProblem) -> Rejection {
+    match problem {
+        FrameProblem::Oversized { offset, len } => Rejection {
+            seq: None,
+            check: Check::Decode,
+            expected: format!("a record of at most {} bytes", export::RECORD_BYTES_MAX),
+            found: format!("a length of {len} at byte {offset}"),
+        },
+        FrameProblem::Truncated {
+            offset,
+            wanted,
+            found,
+        } => Rejection {
+            seq: None,
+            check: Check::Truncated,
+            expected: format!("{wanted} bytes of the record at byte {offset}"),
+            found: format!("{found} bytes before the end of the file"),
+        },
+    }
+}
+
+/// Verifies a node's data directory (its SQLite store), read-only.
+pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport, AuditError> {
+    let store_err = |message: String| AuditError::Store {
+        path: dir.to_path_buf(),
+        message,
+    };
+    let conn = crate::store::open_read_only(dir).map_err(|e| store_err(e.to_string()))?;
+    let sql_err = |e: rusqlite::Error| store_err(e.to_string());
+    conn.execute_batch("BEGIN").map_err(sql_err)?;
+    let total: i64 = conn
+        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .map_err(sql_err)?;
+    let bar = progress_bar(options.progress, total as u64, "events");
+    let mut auditor = Auditor::new(options);
+    {
+        let mut stmt = conn
+            .prepare("SELECT arrival, envelope FROM events ORDER BY feed, seq")
+            .map_err(sql_err)?;
+        let mut rows = stmt.query([]).map_err(sql_err)?;
+        let mut chunk = Vec::with_capacity(AUDIT_CHUNK_RECORDS);
+        while let Some(row) = rows.next().map_err(sql_err)? {
+            let arrival: i64 = row.get(0).map_err(sql_err)?;
+            let envelope: Vec<u8> = row.get(1).map_err(sql_err)?;
+            chunk.push((format!("row {arrival}"), envelope));
+            if chunk.len() >= AUDIT_CHUNK_RECORDS {
+                bar.inc(chunk.len() as u64);
+                auditor.push_chunk(std::mem::take(&mut chunk));
+            }
+        }
+        auditor.push_chunk(chunk);
+    }
+    let forks = crate::store::read_forks(&conn).map_err(|e| store_err(e.to_string()))?;
+    for fork in forks {
+        auditor.push_fork(
+            "forks table",
+            fork.stored_envelope,
+            fork.conflicting_envelope,
+        );
+    }
+    let mut stmt = conn
+        .prepare("SELECT feed, head_seq, head_hash FROM feeds ORDER BY feed")
+        .map_err(sql_err)?;
+    let claimed: Vec<(String, u64, Hash)> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)? as u64,
+                crate::store::hash_from_blob(&r.get::<_, Vec<u8>>(2)?),
+            ))
+        })
+        .map_err(sql_err)?
+        .collect::<Result<_, _>>()
+        .map_err(sql_err)?;
+    auditor.compare_heads("feeds table", &claimed);
+    bar.finish_and_clear();
+    let service: Option<String> = conn
+        .query_row(
+            "SELECT value FROM herald_meta WHERE key = 'service'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    Ok(auditor.finish(dir, "data-dir", service))
+}
+
+/// Verifies `path`: a data directory if it is a directory, else an export.
+pub fn audit_path(path: &Path, options: &AuditOptions) -> Result<AuditReport, AuditError> {
+    if path.is_dir() {
+        audit_data_dir(path, options)
+    } else {
+        audit_export(path, options)
+    }
+}
