@@ -1,1 +1,339 @@
-//! Placeholder.
+//! The benchmark harness behind `herald bench`.
+//!
+//! Every figure is reported beside a ceiling measured in the same run on the
+//! same machine, because absolute numbers on a shared 2-core machine drift:
+//! the Ed25519 signing and batch-verification rates on all cores bound what
+//! durable proclaim and offline verification can reach.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::audit::export::export_store;
+use crate::audit::verify::{AuditOptions, audit_export};
+use crate::clock;
+use crate::core::verify::Draft;
+use crate::identity::{NodeIdentity, TrustAnchor};
+use crate::store::{Log, LogOptions, Pending};
+
+/// Events per submitted batch in the proclaim benchmark.
+pub const BENCH_BATCH_EVENTS: usize = 256;
+/// Batches in flight in the proclaim benchmark.
+pub const BENCH_BATCHES_IN_FLIGHT: usize = 8;
+/// Signatures per ceiling measurement.
+pub const CEILING_SIGNATURES: usize = 40_000;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub events: u64,
+    pub payload_bytes: usize,
+    pub progress: bool,
+}
+
+/// One run's figures. Rates are per second; latencies in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub ceiling: Ceiling,
+    pub proclaim: Proclaim,
+    pub verify: OfflineVerify,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub os: String,
+    pub arch: String,
+    pub herald_version: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    /// Ed25519 signatures per second on all cores.
+    pub sign_per_s: f64,
+    /// Ed25519 batch-verified signatures per second on all cores.
+    pub batch_verify_per_s: f64,
+    /// Single (non-batch) verifications per second on all cores.
+    pub single_verify_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Proclaim {
+    pub events: u64,
+    pub payload_bytes: usize,
+    pub events_per_s: f64,
+    pub mb_per_s: f64,
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+    /// events_per_s / sign_per_s.
+    pub fraction_of_sign_ceiling: f64,
+    pub bytes_on_disk_per_event: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OfflineVerify {
+    pub events: u64,
+    pub events_per_s: f64,
+    /// events_per_s / batch_verify_per_s.
+    pub fraction_of_batch_verify_ceiling: f64,
+    pub valid: bool,
+}
+
+/// Errors that stop a benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("benchmark setup failed: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Log(#[from] crate::store::LogError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error(transparent)]
+    Export(#[from] crate::audit::export::ExportError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::verify::AuditError),
+    #[error(transparent)]
+    Draft(#[from] crate::core::verify::DraftError),
+}
+
+/// Runs every benchmark in a scratch directory under `work_dir`.
+pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, BenchError> {
+    let machine = Machine {
+        cores: rayon::current_num_threads(),
+        os: std::env::consts::OS.into(),
+        arch: std::env::consts::ARCH.into(),
+        herald_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let ceiling = measure_ceiling();
+    let setup = provision(work_dir)?;
+    let proclaim = bench_proclaim(options, &setup, ceiling.sign_per_s)?;
+    let verify = bench_verify(&setup, work_dir, ceiling.batch_verify_per_s, options.progress)?;
+    Ok(BenchReport {
+        machine,
+        ceiling,
+        proclaim,
+        verify,
+    })
+}
+
+/// Sign and verify rates on all cores: the ceiling herald is measured against.
+pub fn measure_ceiling() -> Ceiling {
+    let key = SigningKey::from_bytes(&clock::random_bytes::<32>());
+    let vk = key.verifying_key();
+    let messages: Vec<[u8; 58]> = (0..CEILING_SIGNATURES)
+        .map(|i| {
+            let mut m = [0u8; 58];
+            m[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            m
+        })
+        .collect();
+    let start = Instant::now();
+    let signatures: Vec<Signature> = messages.par_iter().map(|m| key.sign(m)).collect();
+    let sign_per_s = rate(CEILING_SIGNATURES, start.elapsed());
+
+    let start = Instant::now();
+    let ok = messages
+        .par_chunks(crate::core::limits::VERIFY_BATCH_EVENTS)
+        .zip(signatures.par_chunks(crate::core::limits::VERIFY_BATCH_EVENTS))
+        .all(|(ms, ss)| {
+            let refs: Vec<&[u8]> = ms.iter().map(|m| m.as_slice()).collect();
+            let keys: Vec<VerifyingKey> = vec![vk; ms.len()];
+            ed25519_dalek::verify_batch(&refs, ss, &keys).is_ok()
+        });
+    let batch_verify_per_s = rate(CEILING_SIGNATURES, start.elapsed());
+    debug_assert!(ok);
+
+    let single = CEILING_SIGNATURES / 4;
+    let start = Instant::now();
+    let _ = messages[..single]
+        .par_iter()
+        .zip(&signatures[..single])
+        .all(|(m, s)| ed25519_dalek::Verifier::verify(&vk, m, s).is_ok());
+    let single_verify_per_s = rate(single, start.elapsed());
+    Ceiling {
+        sign_per_s,
+        batch_verify_per_s,
+        single_verify_per_s,
+    }
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// A provisioned single node in the scratch directory.
+struct Setup {
+    dir: std::path::PathBuf,
+}
+
+fn provision(work_dir: &Path) -> Result<Setup, BenchError> {
+    let keys = work_dir.join("keys");
+    crate::identity::create_ca(&keys, 30, true)?;
+    crate::identity::issue_node(&keys, "bench", 30, true)?;
+    crate::identity::create_channel(&keys, "default", true)?;
+    Ok(Setup {
+        dir: work_dir.to_path_buf(),
+    })
+}
+
+fn open_log(setup: &Setup) -> Result<Log, BenchError> {
+    let keys = setup.dir.join("keys");
+    let trust = TrustAnchor::load(&keys.join("ca.crt"), None)?;
+    let identity = NodeIdentity::load(
+        "bench",
+        &keys.join("bench.key"),
+        &keys.join("bench.crt"),
+        &trust,
+        clock::now_us(),
+    )?;
+    let channel = crate::identity::load_channel_key("default", &keys.join("channel-default.key"))?;
+    Ok(Log::open_with(LogOptions {
+        data_dir: setup.dir.join("data"),
+        identity,
+        trust,
+        channels: vec![channel],
+        default_channel: "default".into(),
+    })?)
+}
+
+fn bar(enabled: bool, len: u64, what: &str) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let template = format!("{what:<10} [{{bar:40}}] {{pos}}/{{len}} ({{per_sec}})");
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// Durable proclaim: batches submitted with several in flight; latency is
+/// from submission to the receipt (durable), counted per event.
+fn bench_proclaim(
+    options: &BenchOptions,
+    setup: &Setup,
+    sign_per_s: f64,
+) -> Result<Proclaim, BenchError> {
+    let log = open_log(setup)?;
+    let channel = log.channel(None)?;
+    let payload = vec![0x5au8; options.payload_bytes];
+    let draft = Draft::new("bench.event", 1, Vec::new(), payload)?;
+    let progress = bar(options.progress, options.events, "proclaim");
+    let mut latencies_us: Vec<u64> = Vec::with_capacity(options.events as usize);
+    let mut in_flight: std::collections::VecDeque<(Instant, usize, Pending)> = Default::default();
+    let mut remaining = options.events;
+    let start = Instant::now();
+    while remaining > 0 || !in_flight.is_empty() {
+        while remaining > 0 && in_flight.len() < BENCH_BATCHES_IN_FLIGHT {
+            let n = remaining.min(BENCH_BATCH_EVENTS as u64) as usize;
+            let drafts = (0..n).map(|_| (draft.clone(), Arc::clone(&channel))).collect();
+            in_flight.push_back((Instant::now(), n, log.submit(drafts)?));
+            remaining -= n as u64;
+        }
+        if let Some((submitted, n, pending)) = in_flight.pop_front() {
+            pending.wait()?;
+            let latency = submitted.elapsed().as_micros() as u64;
+            latencies_us.extend(std::iter::repeat_n(latency, n));
+            progress.inc(n as u64);
+        }
+    }
+    let elapsed = start.elapsed();
+    progress.finish_and_clear();
+    let db_bytes = dir_bytes(&setup.dir.join("data"));
+    log.close();
+    latencies_us.sort_unstable();
+    let events_per_s = rate(options.events as usize, elapsed);
+    Ok(Proclaim {
+        events: options.events,
+        payload_bytes: options.payload_bytes,
+        events_per_s,
+        mb_per_s: events_per_s * options.payload_bytes as f64 / 1e6,
+        latency_us_p50: percentile(&latencies_us, 0.50),
+        latency_us_p99: percentile(&latencies_us, 0.99),
+        latency_us_p999: percentile(&latencies_us, 0.999),
+        fraction_of_sign_ceiling: events_per_s / sign_per_s,
+        bytes_on_disk_per_event: db_bytes as f64 / options.events.max(1) as f64,
+    })
+}
+
+fn bench_verify(
+    setup: &Setup,
+    work_dir: &Path,
+    batch_verify_per_s: f64,
+    progress: bool,
+) -> Result<OfflineVerify, BenchError> {
+    let keys = setup.dir.join("keys");
+    let export_path = work_dir.join("bench.hrld");
+    {
+        let trust = TrustAnchor::load(&keys.join("ca.crt"), None)?;
+        let identity = NodeIdentity::load(
+            "bench",
+            &keys.join("bench.key"),
+            &keys.join("bench.crt"),
+            &trust,
+            clock::now_us(),
+        )?;
+        let conn = crate::store::open_read_only(&setup.dir.join("data"))?;
+        export_store(&conn, "bench", &identity.signing_key, clock::now_us(), &export_path)?;
+    }
+    let options = AuditOptions {
+        trust: TrustAnchor::load(&keys.join("ca.crt"), None)?,
+        channel_keys: Vec::new(),
+        progress,
+    };
+    let start = Instant::now();
+    let report = audit_export(&export_path, &options)?;
+    let elapsed = start.elapsed();
+    let events_per_s = rate(report.events as usize, elapsed);
+    Ok(OfflineVerify {
+        events: report.events,
+        events_per_s,
+        fraction_of_batch_verify_ceiling: events_per_s / batch_verify_per_s,
+        valid: report.valid,
+    })
+}
+
+/// The value at quantile `q` of sorted samples.
+pub fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentile_picks_the_nearest_rank() {
+        let samples: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&samples, 0.5), 500);
+        assert_eq!(percentile(&samples, 0.99), 990);
+        assert_eq!(percentile(&samples, 0.999), 999);
+        assert_eq!(percentile(&[7], 0.99), 7);
+        assert_eq!(percentile(&[], 0.5), 0);
+    }
+}

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+pub mod demo;
 pub mod export;
 pub mod init;
 pub mod keygen;
@@ -52,6 +54,10 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Verify an export or a data directory offline (exit 0 valid, 1 problems, 2 could not run).
     Verify(verify::VerifyArgs),
+    /// Measure throughput and latency against the signature ceiling.
+    Bench(bench::BenchArgs),
+    /// Provision a scratch cluster and run real traffic through every feature.
+    Demo(demo::DemoArgs),
 }
 
 /// Entry point used by `src/main.rs`.
@@ -84,6 +90,8 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Log(args) => log::run(args),
         Command::Export(args) => export::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 

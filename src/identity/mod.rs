@@ -61,3 +61,7 @@ pub fn load_channel_key(
 pub fn read_cert_pem(path: &Path) -> Result<Vec<u8>, IdentityError> {
     Err(IdentityError::Stub)
 }
+pub fn create_ca(dir: &Path, validity_days: u32, force: bool) -> Result<Vec<std::path::PathBuf>, IdentityError> { Err(IdentityError::Stub) }
+pub fn issue_node(dir: &Path, name: &str, validity_days: u32, force: bool) -> Result<Vec<std::path::PathBuf>, IdentityError> { Err(IdentityError::Stub) }
+pub fn create_channel(dir: &Path, name: &str, force: bool) -> Result<std::path::PathBuf, IdentityError> { Err(IdentityError::Stub) }
+pub fn init_cluster(dir: &Path, nodes: &[String], base_port: u16, validity_days: u32, force: bool) -> Result<Vec<std::path::PathBuf>, IdentityError> { Err(IdentityError::Stub) }

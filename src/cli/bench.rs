@@ -1,0 +1,95 @@
+//! `herald bench`: throughput and latency against the signature ceiling
+//! measured in the same run.
+
+use std::io::IsTerminal;
+
+use clap::Args;
+
+use super::{CliError, EXIT_OK};
+use crate::bench::{BenchOptions, BenchReport, run as run_bench};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events to proclaim (and then verify offline).
+    #[arg(long, default_value_t = 200_000)]
+    pub events: u64,
+    /// Payload bytes per event.
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<u8, CliError> {
+    if args.payload > crate::core::limits::PAYLOAD_PLAINTEXT_BYTES_MAX {
+        return Err(format!(
+            "--payload {} is over the limit of {} bytes",
+            args.payload,
+            crate::core::limits::PAYLOAD_PLAINTEXT_BYTES_MAX
+        )
+        .into());
+    }
+    if args.events == 0 {
+        return Err("--events must be at least 1".into());
+    }
+    let scratch = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
+    let options = BenchOptions {
+        events: args.events,
+        payload_bytes: args.payload,
+        progress: !args.json && std::io::stderr().is_terminal(),
+    };
+    let report = run_bench(&options, scratch.path())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(EXIT_OK)
+}
+
+fn print_table(r: &BenchReport) {
+    println!(
+        "herald bench {} on {} cores ({} {})",
+        r.machine.herald_version, r.machine.cores, r.machine.os, r.machine.arch
+    );
+    println!();
+    println!("{:<34} {:>14} {:>12}", "measure", "rate", "of ceiling");
+    println!(
+        "{:<34} {:>12.0}/s {:>12}",
+        "ceiling: Ed25519 sign", r.ceiling.sign_per_s, "1.00"
+    );
+    println!(
+        "{:<34} {:>12.0}/s {:>12}",
+        "ceiling: Ed25519 batch verify", r.ceiling.batch_verify_per_s, "1.00"
+    );
+    println!(
+        "{:<34} {:>12.0}/s {:>12}",
+        "       (single verify)", r.ceiling.single_verify_per_s, "-"
+    );
+    println!(
+        "{:<34} {:>12.0}/s {:>12.2}",
+        format!("durable proclaim ({} B payload)", r.proclaim.payload_bytes),
+        r.proclaim.events_per_s,
+        r.proclaim.fraction_of_sign_ceiling
+    );
+    println!(
+        "{:<34} {:>12.0}/s {:>12.2}",
+        "offline verify (export)", r.verify.events_per_s, r.verify.fraction_of_batch_verify_ceiling
+    );
+    println!();
+    println!(
+        "proclaim: {} events, {:.1} MB/s payload, latency call-to-durable p50 {} us, p99 {} us, p999 {} us, {:.0} bytes on disk per event",
+        r.proclaim.events,
+        r.proclaim.mb_per_s,
+        r.proclaim.latency_us_p50,
+        r.proclaim.latency_us_p99,
+        r.proclaim.latency_us_p999,
+        r.proclaim.bytes_on_disk_per_event
+    );
+    println!(
+        "verify: {} events, result {}",
+        r.verify.events,
+        if r.verify.valid { "valid" } else { "INVALID" }
+    );
+}

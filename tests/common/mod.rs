@@ -1,0 +1,51 @@
+//! Shared test fixtures: provisioned identities in temporary directories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use herald::config::NodeConfig;
+use herald::store::Log;
+
+/// A provisioned cluster directory (`herald init` layout).
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<String>,
+}
+
+impl Cluster {
+    pub fn new(nodes: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
+        herald::identity::init_cluster(dir.path(), &names, 17400, 365, false).expect("init cluster");
+        Cluster { dir, nodes: names }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self, node: &str) -> PathBuf {
+        self.path().join(format!("{node}.toml"))
+    }
+
+    pub fn config(&self, node: &str) -> NodeConfig {
+        NodeConfig::load(&self.config_path(node)).expect("load config")
+    }
+
+    pub fn open(&self, node: &str) -> Log {
+        Log::open(&self.config(node)).expect("open log")
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path().join("keys/ca.crt")
+    }
+
+    pub fn keys(&self) -> PathBuf {
+        self.path().join("keys")
+    }
+}
+
+/// The path of the herald binary built for these tests.
+pub fn herald_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_herald")
+}
