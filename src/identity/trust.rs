@@ -387,3 +387,273 @@ impl TrustAnchor {
         self.revoked.is_revoked(&cert.public_key, &cert.serial)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{
+        CertError, NodeIdentity, create_ca, issue_client, issue_node, issue_node_with_validity,
+        revoke,
+    };
+    use std::path::PathBuf;
+
+    struct Cluster {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+    }
+
+    fn cluster() -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        create_ca(&dir, 30, false).unwrap();
+        issue_node(&dir, "a", 10, false).unwrap();
+        Cluster { _tmp: tmp, dir }
+    }
+
+    fn anchor(dir: &Path) -> TrustAnchor {
+        TrustAnchor::load(&dir.join("ca.crt"), None).unwrap()
+    }
+
+    fn cert(dir: &Path, name: &str) -> Vec<u8> {
+        read_cert_pem(&dir.join(format!("{name}.crt"))).unwrap()
+    }
+
+    #[test]
+    fn admits_a_node_certificate() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        let der = cert(&c.dir, "a");
+        let admitted = trust.admit_author("a", &der).unwrap();
+        assert_eq!(admitted.service, "a");
+        assert_eq!(admitted.der, der);
+        assert_eq!(admitted.serial.len(), 16);
+        assert!(admitted.serial[0] & 0x80 == 0);
+        let key = crate::identity::pem::read_private_key(&c.dir.join("a.key")).unwrap();
+        assert_eq!(admitted.public_key, key.verifying_key().to_bytes());
+        let now = crate::clock::now_us();
+        assert!(admitted.not_before_us <= now && now <= admitted.not_after_us);
+        let ten_days = 10 * 86_400 * 1_000_000;
+        assert!(admitted.not_after_us.abs_diff(now + ten_days) < 5 * 1_000_000 * 60);
+        assert!(!trust.is_revoked(&admitted));
+        admitted.check_time(now).unwrap();
+        // The trust anchor is the CA certificate itself.
+        assert_eq!(trust.ca_der(), cert(&c.dir, "ca").as_slice());
+        let from_der =
+            TrustAnchor::from_ca_der(trust.ca_der(), RevocationList::empty()).unwrap();
+        assert!(from_der.admit_author("a", &der).is_ok());
+    }
+
+    #[test]
+    fn rejects_a_certificate_from_another_ca() {
+        let c = cluster();
+        let other = cluster();
+        let trust = anchor(&c.dir);
+        let e = trust.admit_author("a", &cert(&other.dir, "a")).unwrap_err();
+        assert!(matches!(e, CertError::NotIssuedByCa { .. }), "{e}");
+        // Same issuer name, different key: the signature check catches it.
+        let other_ca = cert(&other.dir, "ca");
+        let forged_issuer = TrustAnchor::from_ca_der(&other_ca, RevocationList::empty()).unwrap();
+        let mut spoof = forged_issuer.clone();
+        spoof.ca_subject_raw = trust.ca_subject_raw.clone();
+        let e = spoof.admit_author("a", &cert(&c.dir, "a")).unwrap_err();
+        assert_eq!(e, CertError::BadSignature);
+    }
+
+    #[test]
+    fn rejects_client_certificate_as_author() {
+        let c = cluster();
+        issue_client(&c.dir, "cli", 10, false).unwrap();
+        let e = anchor(&c.dir)
+            .admit_author("cli", &cert(&c.dir, "cli"))
+            .unwrap_err();
+        assert!(matches!(e, CertError::NotNodeCertificate { .. }), "{e}");
+        assert!(e.to_string().contains("only clientAuth"), "{e}");
+    }
+
+    #[test]
+    fn rejects_the_ca_itself() {
+        let c = cluster();
+        let ca = cert(&c.dir, "ca");
+        let e = anchor(&c.dir).admit_author("a", &ca).unwrap_err();
+        assert_eq!(e, CertError::IsCa);
+    }
+
+    #[test]
+    fn rejects_name_mismatch() {
+        let c = cluster();
+        let e = anchor(&c.dir)
+            .admit_author("b", &cert(&c.dir, "a"))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            CertError::NameMismatch {
+                expected: "b".into(),
+                found: "DNS names a".into()
+            }
+        );
+        assert!(e.to_string().contains("expected service \"b\""), "{e}");
+    }
+
+    #[test]
+    fn rejects_revoked_by_key_and_by_serial() {
+        let c = cluster();
+        let der = cert(&c.dir, "a");
+        let admitted = anchor(&c.dir).admit_author("a", &der).unwrap();
+        let ca_der = cert(&c.dir, "ca");
+
+        let by_key = RevocationList::parse(&format!(
+            "[[revoked]]\nname = \"a\"\npublic_key = \"{}\"\n",
+            hex::encode(admitted.public_key)
+        ))
+        .unwrap();
+        let trust = TrustAnchor::from_ca_der(&ca_der, by_key).unwrap();
+        let e = trust.admit_author("a", &der).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+        assert!(trust.is_revoked(&admitted));
+
+        let by_serial = RevocationList::parse(&format!(
+            "[[revoked]]\nname = \"a\"\nserial = \"{}\"\n",
+            admitted.serial_hex().to_uppercase()
+        ))
+        .unwrap();
+        let trust = TrustAnchor::from_ca_der(&ca_der, by_serial).unwrap();
+        let e = trust.admit_author("a", &der).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+
+        // Someone else's serial and key do not revoke `a`.
+        let other = RevocationList::parse(&format!(
+            "[[revoked]]\nname = \"x\"\nserial = \"01\"\npublic_key = \"{}\"\n",
+            hex::encode([5u8; 32])
+        ))
+        .unwrap();
+        let trust = TrustAnchor::from_ca_der(&ca_der, other).unwrap();
+        assert!(trust.admit_author("a", &der).is_ok());
+    }
+
+    #[test]
+    fn revoke_writes_the_list_idempotently() {
+        let c = cluster();
+        let path = revoke(&c.dir, "a").unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        revoke(&c.dir, "a").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        let list = RevocationList::load(&path).unwrap();
+        assert_eq!(list.len(), 1);
+        let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
+        let e = trust.admit_author("a", &cert(&c.dir, "a")).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+    }
+
+    #[test]
+    fn rejects_tampered_certificates() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        let der = cert(&c.dir, "a");
+        let parsed = parse_cert(&der).unwrap();
+        let serial = parsed.tbs_certificate.raw_serial();
+        let serial_end = serial.as_ptr() as usize - der.as_ptr() as usize + serial.len();
+        drop(parsed);
+
+        // A flipped bit in the signed part (the serial's last byte).
+        let mut t = der.clone();
+        t[serial_end - 1] ^= 0x01;
+        assert_eq!(trust.admit_author("a", &t).unwrap_err(), CertError::BadSignature);
+
+        // A flipped bit in the signature itself.
+        let mut t = der.clone();
+        let n = t.len();
+        t[n - 1] ^= 0x01;
+        assert_eq!(trust.admit_author("a", &t).unwrap_err(), CertError::BadSignature);
+
+        // Trailing bytes, truncation, oversize.
+        let mut t = der.clone();
+        t.push(0);
+        assert_eq!(
+            trust.admit_author("a", &t).unwrap_err(),
+            CertError::TrailingBytes { count: 1 }
+        );
+        let e = trust.admit_author("a", &der[..der.len() - 1]).unwrap_err();
+        assert!(matches!(e, CertError::Malformed { .. }), "{e}");
+        let big = vec![0u8; CERT_BYTES_MAX + 1];
+        assert!(matches!(
+            trust.admit_author("a", &big).unwrap_err(),
+            CertError::TooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_non_ed25519_certificates() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        // A P-256 node certificate with the right issuer name, signed by a P-256 key.
+        let ca_der = cert(&c.dir, "ca");
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca_der.as_slice().into(), &p256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a".to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let bad = params.signed_by(&leaf, &issuer).unwrap();
+        let e = trust.admit_author("a", bad.der()).unwrap_err();
+        assert!(matches!(e, CertError::UnsupportedSignatureAlgorithm { .. }), "{e}");
+
+        // A P-256 CA is not a usable trust anchor.
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let p256_ca = ca_params.self_signed(&p256).unwrap();
+        let e = TrustAnchor::from_ca_der(p256_ca.der(), RevocationList::empty()).unwrap_err();
+        assert!(e.to_string().contains("wrong type"), "{e}");
+        // A node certificate is not a CA.
+        let e = TrustAnchor::from_ca_der(&cert(&c.dir, "a"), RevocationList::empty()).unwrap_err();
+        assert!(e.to_string().contains("not a CA"), "{e}");
+    }
+
+    #[test]
+    fn node_identity_checks_key_and_time() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        let now = crate::clock::now_us();
+        let id = NodeIdentity::load("a", &c.dir.join("a.key"), &c.dir.join("a.crt"), &trust, now)
+            .unwrap();
+        assert_eq!(id.cert.public_key, id.signing_key.verifying_key().to_bytes());
+        assert!(!format!("{id:?}").contains(&hex::encode(id.signing_key.to_bytes())));
+
+        // Key of another node.
+        issue_node(&c.dir, "b", 10, false).unwrap();
+        let e = NodeIdentity::load("a", &c.dir.join("b.key"), &c.dir.join("a.crt"), &trust, now)
+            .unwrap_err();
+        assert!(matches!(e, crate::identity::IdentityError::KeyMismatch { .. }), "{e}");
+
+        // Expired and not yet valid.
+        let day = 86_400 * 1_000_000;
+        issue_node_with_validity(&c.dir, "old", now - 3 * day, now - day, false).unwrap();
+        let e = NodeIdentity::load("old", &c.dir.join("old.key"), &c.dir.join("old.crt"), &trust, now)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                crate::identity::IdentityError::Certificate {
+                    source: CertError::Expired { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("old.crt"), "{e}");
+        issue_node_with_validity(&c.dir, "new", now + day, now + 3 * day, false).unwrap();
+        let e = NodeIdentity::load("new", &c.dir.join("new.key"), &c.dir.join("new.crt"), &trust, now)
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                crate::identity::IdentityError::Certificate {
+                    source: CertError::NotYetValid { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
