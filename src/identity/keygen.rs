@@ -511,6 +511,12 @@ pub fn create_channel(dir: &Path, name: &str, force: bool) -> Result<PathBuf, Id
 /// current time to `dir/revoked.toml` (created if needed). Idempotent: a
 /// certificate whose serial and key are both already listed is not added again.
 pub fn revoke(dir: &Path, name: &str) -> Result<PathBuf, IdentityError> {
+    revoke_with_status(dir, name).map(|(path, _)| path)
+}
+
+/// Like [`revoke`], also telling whether the file changed (`false`: the
+/// certificate was already listed).
+pub fn revoke_with_status(dir: &Path, name: &str) -> Result<(PathBuf, bool), IdentityError> {
     validate_leaf_name(name)?;
     let cert_path = dir.join(format!("{name}.crt"));
     let der = read_cert_pem(&cert_path)?;
@@ -544,7 +550,7 @@ pub fn revoke(dir: &Path, name: &str) -> Result<PathBuf, IdentityError> {
         }
     })?;
     if list.contains_key(&public_key) && list.contains_serial(&serial) {
-        return Ok(list_path);
+        return Ok((list_path, false));
     }
     let entry = RevokedEntry {
         name: name.to_string(),
@@ -558,7 +564,7 @@ pub fn revoke(dir: &Path, name: &str) -> Result<PathBuf, IdentityError> {
     text.push('\n');
     text.push_str(&entry_toml(&entry));
     write_files(vec![PendingFile::public(list_path.clone(), text)], true)?;
-    Ok(list_path)
+    Ok((list_path, true))
 }
 
 /// Provisions a local cluster in `dir`: `dir/keys/` (CA, one node

@@ -32,7 +32,7 @@ pub mod trust;
 
 pub use keygen::{
     create_ca, create_channel, init_cluster, issue_client, issue_node, issue_node_with_validity,
-    revoke,
+    revoke, revoke_with_status,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
