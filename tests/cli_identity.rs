@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use herald::config::NodeConfig;
-use herald::identity::{
-    CertError, NodeIdentity, TrustAnchor, load_channel_key, read_cert_pem,
-};
+use herald::identity::{CertError, NodeIdentity, TrustAnchor, load_channel_key, read_cert_pem};
 
 fn herald(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -36,9 +34,18 @@ fn assert_ok(o: &Output) {
 
 #[track_caller]
 fn assert_failed(o: &Output, needle: &str) {
-    assert_eq!(o.status.code(), Some(2), "stdout: {} stderr: {}", stdout(o), stderr(o));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stdout: {} stderr: {}",
+        stdout(o),
+        stderr(o)
+    );
     let err = stderr(o);
-    assert!(err.contains(needle), "stderr {err:?} should mention {needle:?}");
+    assert!(
+        err.contains(needle),
+        "stderr {err:?} should mention {needle:?}"
+    );
     assert_eq!(err.trim_end().lines().count(), 1, "one error line: {err:?}");
 }
 
@@ -67,7 +74,14 @@ fn mode(p: &Path) -> u32 {
 
 fn ca_and_node(dir: &Path, node: &str) {
     assert_ok(&herald(&["keygen", "ca", "--dir", s(dir)]));
-    assert_ok(&herald(&["keygen", "node", "--dir", s(dir), "--name", node]));
+    assert_ok(&herald(&[
+        "keygen",
+        "node",
+        "--dir",
+        s(dir),
+        "--name",
+        node,
+    ]));
 }
 
 fn openssl_available() -> bool {
@@ -83,7 +97,14 @@ fn init_cluster_loads_back() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("cluster");
     let out = herald(&[
-        "init", "--dir", s(&dir), "--nodes", "a,b,c", "--base-port", "9100", "--json",
+        "init",
+        "--dir",
+        s(&dir),
+        "--nodes",
+        "a,b,c",
+        "--base-port",
+        "9100",
+        "--json",
     ]);
     assert_ok(&out);
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
@@ -93,11 +114,23 @@ fn init_cluster_loads_back() {
         .iter()
         .map(|v| v.as_str().unwrap().to_string())
         .collect();
-    for f in ["keys/ca.crt", "keys/ca.key", "keys/channel-default.key", "keys/revoked.toml"] {
-        assert!(written.contains(&s(&dir.join(f)).to_string()), "{f} in {written:?}");
+    for f in [
+        "keys/ca.crt",
+        "keys/ca.key",
+        "keys/channel-default.key",
+        "keys/revoked.toml",
+    ] {
+        assert!(
+            written.contains(&s(&dir.join(f)).to_string()),
+            "{f} in {written:?}"
+        );
     }
     for n in ["a", "b", "c"] {
-        for f in [format!("{n}.toml"), format!("keys/{n}.crt"), format!("keys/{n}.key")] {
+        for f in [
+            format!("{n}.toml"),
+            format!("keys/{n}.crt"),
+            format!("keys/{n}.key"),
+        ] {
             assert!(written.contains(&s(&dir.join(&f)).to_string()), "{f}");
         }
     }
@@ -136,7 +169,11 @@ fn init_cluster_loads_back() {
     let channel = std::fs::read_to_string(dir.join("keys/channel-default.key")).unwrap();
     assert_eq!(channel.len(), 65);
     assert!(channel.ends_with('\n'));
-    assert!(channel[..64].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert!(
+        channel[..64]
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
 
     // Key material never appears on stdout or stderr.
     let seed = &std::fs::read_to_string(dir.join("keys/a.key")).unwrap()[28..60];
@@ -160,7 +197,14 @@ fn init_cluster_loads_back() {
     assert_eq!(snapshot(&dir2).len(), 1);
     assert!(!dir2.join("keys").exists());
     // --force replaces everything with a fresh CA.
-    assert_ok(&herald(&["init", "--dir", s(&dir), "--nodes", "a,b,c", "--force"]));
+    assert_ok(&herald(&[
+        "init",
+        "--dir",
+        s(&dir),
+        "--nodes",
+        "a,b,c",
+        "--force",
+    ]));
     assert_ne!(
         std::fs::read(dir.join("keys/ca.crt")).unwrap(),
         before
@@ -180,10 +224,22 @@ fn openssl_reads_and_verifies_the_files() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     ca_and_node(dir, "a");
-    assert_ok(&herald(&["keygen", "client", "--dir", s(dir), "--name", "cli"]));
+    assert_ok(&herald(&[
+        "keygen",
+        "client",
+        "--dir",
+        s(dir),
+        "--name",
+        "cli",
+    ]));
     for cert in ["a.crt", "cli.crt"] {
         let o = Command::new("openssl")
-            .args(["verify", "-CAfile", s(&dir.join("ca.crt")), s(&dir.join(cert))])
+            .args([
+                "verify",
+                "-CAfile",
+                s(&dir.join("ca.crt")),
+                s(&dir.join(cert)),
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "verify {cert}: {}", stderr(&o));
@@ -220,7 +276,12 @@ fn openssl_reads_and_verifies_the_files() {
     let other = tempfile::tempdir().unwrap();
     ca_and_node(other.path(), "a");
     let o = Command::new("openssl")
-        .args(["verify", "-CAfile", s(&dir.join("ca.crt")), s(&other.path().join("a.crt"))])
+        .args([
+            "verify",
+            "-CAfile",
+            s(&dir.join("ca.crt")),
+            s(&other.path().join("a.crt")),
+        ])
         .output()
         .unwrap();
     assert!(!o.status.success());
@@ -242,7 +303,14 @@ fn openssl_reads_and_verifies_the_files() {
     // An RSA key is refused as the wrong type, naming the file.
     let rsa = dir.join("rsa.key");
     let o = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+        ])
         .arg(&rsa)
         .output()
         .unwrap();
@@ -259,7 +327,14 @@ fn keygen_refuses_to_overwrite_without_force() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     ca_and_node(dir, "a");
-    assert_ok(&herald(&["keygen", "channel", "--dir", s(dir), "--name", "ops"]));
+    assert_ok(&herald(&[
+        "keygen",
+        "channel",
+        "--dir",
+        s(dir),
+        "--name",
+        "ops",
+    ]));
     let before = snapshot(dir);
 
     let cases: [&[&str]; 3] = [
@@ -290,7 +365,11 @@ fn keygen_refuses_to_overwrite_without_force() {
     assert_ok(&out);
     assert_eq!(
         stdout(&out),
-        format!("wrote {}\nwrote {}\n", s(&dir.join("a.crt")), s(&dir.join("a.key")))
+        format!(
+            "wrote {}\nwrote {}\n",
+            s(&dir.join("a.crt")),
+            s(&dir.join("a.key"))
+        )
     );
     assert_ne!(std::fs::read(dir.join("a.key")).unwrap(), old_key);
     assert_eq!(mode(&dir.join("a.key")), 0o600);
@@ -298,9 +377,11 @@ fn keygen_refuses_to_overwrite_without_force() {
     assert_ok(&herald(&["keygen", "ca", "--dir", s(dir), "--force"]));
     assert_ne!(std::fs::read(dir.join("ca.key")).unwrap(), old_ca);
     // No temporary files are left behind.
-    assert!(snapshot(dir).iter().all(|(p, _)| {
-        !p.file_name().unwrap().to_str().unwrap().starts_with('.')
-    }));
+    assert!(
+        snapshot(dir)
+            .iter()
+            .all(|(p, _)| { !p.file_name().unwrap().to_str().unwrap().starts_with('.') })
+    );
 }
 
 #[test]
@@ -308,8 +389,22 @@ fn key_files_are_private() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     ca_and_node(dir, "a");
-    assert_ok(&herald(&["keygen", "client", "--dir", s(dir), "--name", "cli"]));
-    assert_ok(&herald(&["keygen", "channel", "--dir", s(dir), "--name", "ops"]));
+    assert_ok(&herald(&[
+        "keygen",
+        "client",
+        "--dir",
+        s(dir),
+        "--name",
+        "cli",
+    ]));
+    assert_ok(&herald(&[
+        "keygen",
+        "channel",
+        "--dir",
+        s(dir),
+        "--name",
+        "ops",
+    ]));
     for key in ["ca.key", "a.key", "cli.key", "channel-ops.key"] {
         assert_eq!(mode(&dir.join(key)), 0o600, "{key}");
     }
@@ -319,7 +414,12 @@ fn key_files_are_private() {
     let text = std::fs::read_to_string(dir.join("channel-ops.key")).unwrap();
     assert_eq!(text.len(), 65);
     assert!(text.ends_with('\n'));
-    assert_eq!(load_channel_key("ops", &dir.join("channel-ops.key")).unwrap().name(), "ops");
+    assert_eq!(
+        load_channel_key("ops", &dir.join("channel-ops.key"))
+            .unwrap()
+            .name(),
+        "ops"
+    );
 }
 
 #[test]
@@ -329,8 +429,11 @@ fn malformed_pem_fails_with_the_path() {
     ca_and_node(dir, "a");
     let before_key = std::fs::read(dir.join("ca.key")).unwrap();
 
-    std::fs::write(dir.join("ca.crt"), "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n")
-        .unwrap();
+    std::fs::write(
+        dir.join("ca.crt"),
+        "-----BEGIN CERTIFICATE-----\n%%%\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     let out = herald(&["keygen", "node", "--dir", s(dir), "--name", "b"]);
     assert_failed(&out, s(&dir.join("ca.crt")));
     assert!(stderr(&out).contains("malformed PEM"), "{}", stderr(&out));
@@ -367,6 +470,15 @@ fn unwritable_directory_fails() {
         assert!(std::fs::read_dir(&ro).unwrap().next().is_none());
     }
     std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if root {
+        // As root, use a directory the kernel refuses writes to, if there is one.
+        let sys = Path::new("/sys/kernel");
+        if sys.is_dir() && std::fs::write(sys.join("herald-probe"), b"x").is_err() {
+            let out = herald(&["keygen", "channel", "--dir", s(sys), "--name", "x"]);
+            assert_failed(&out, "cannot write");
+            assert!(stderr(&out).contains("/sys/kernel/channel-x.key"));
+        }
+    }
 
     let file = tmp.path().join("file");
     std::fs::write(&file, "x").unwrap();
@@ -394,7 +506,10 @@ fn revoke_then_admit_reports_revoked() {
     let json: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(json["written"][0], s(&list));
     let first = std::fs::read_to_string(&list).unwrap();
-    assert!(first.contains("[[revoked]]") && first.contains("name = \"a\""), "{first}");
+    assert!(
+        first.contains("[[revoked]]") && first.contains("name = \"a\""),
+        "{first}"
+    );
 
     // Idempotent.
     let out = herald(&["keygen", "revoke", "--dir", s(dir), "--name", "a"]);
@@ -411,7 +526,14 @@ fn revoke_then_admit_reports_revoked() {
     assert!(trust.admit_author("b", &b).is_ok());
 
     // Revoking a second node appends.
-    assert_ok(&herald(&["keygen", "revoke", "--dir", s(dir), "--name", "b"]));
+    assert_ok(&herald(&[
+        "keygen",
+        "revoke",
+        "--dir",
+        s(dir),
+        "--name",
+        "b",
+    ]));
     let trust = TrustAnchor::load(&dir.join("ca.crt"), Some(&list)).unwrap();
     assert!(trust.admit_author("b", &b).is_err());
     assert!(trust.admit_author("a", &a).is_err());
@@ -429,7 +551,17 @@ fn invalid_names_fail() {
     assert_ok(&herald(&["keygen", "ca", "--dir", s(dir)]));
     let before = snapshot(dir);
     let long = "x".repeat(64);
-    for name in ["Upper", "-lead", "trail-", "a.b", "a_b", "", long.as_str(), "ca", "channel-x"] {
+    for name in [
+        "Upper",
+        "-lead",
+        "trail-",
+        "a.b",
+        "a_b",
+        "",
+        long.as_str(),
+        "ca",
+        "channel-x",
+    ] {
         for kind in ["node", "client", "channel"] {
             if kind == "channel" && (name == "ca" || name == "channel-x") {
                 continue;
@@ -437,7 +569,11 @@ fn invalid_names_fail() {
             let name_arg = format!("--name={name}");
             let out = herald(&["keygen", kind, "--dir", s(dir), &name_arg]);
             assert_failed(&out, "invalid");
-            assert!(stderr(&out).contains(&format!("{name:?}")), "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains(&format!("{name:?}")),
+                "{}",
+                stderr(&out)
+            );
         }
     }
     let out = herald(&["init", "--dir", s(&dir.join("c")), "--nodes", "a,B"]);

@@ -35,8 +35,13 @@ pub struct InitArgs {
 }
 
 pub fn run(args: InitArgs) -> Result<u8, CliError> {
-    let written =
-        identity::init_cluster(&args.dir, &args.nodes, args.base_port, args.days, args.force)?;
+    let written = identity::init_cluster(
+        &args.dir,
+        &args.nodes,
+        args.base_port,
+        args.days,
+        args.force,
+    )?;
     print_written(&written, args.json);
     Ok(EXIT_OK)
 }

@@ -122,7 +122,11 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
                         serde_json::json!({ "written": [], "unchanged": [path] })
                     );
                 } else {
-                    println!("unchanged {} ({} is already revoked)", path.display(), a.name);
+                    println!(
+                        "unchanged {} ({} is already revoked)",
+                        path.display(),
+                        a.name
+                    );
                 }
                 return Ok(EXIT_OK);
             }

@@ -236,7 +236,8 @@ fn issue_leaf(
     let key = generate_key();
     let kp = rcgen_key(&key)?;
     let ca_kp = rcgen_key(&ca.key)?;
-    let issuer = Issuer::from_ca_cert_der(&ca.cert_der.as_slice().into(), ca_kp).map_err(gen_err)?;
+    let issuer =
+        Issuer::from_ca_cert_der(&ca.cert_der.as_slice().into(), ca_kp).map_err(gen_err)?;
     let mut params = CertificateParams::new(vec![name.to_string()]).map_err(gen_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, name);
@@ -394,7 +395,11 @@ fn write_files(files: Vec<PendingFile>, force: bool) -> Result<Vec<PathBuf>, Ide
 }
 
 /// Creates the cluster CA: `dir/ca.crt` and `dir/ca.key`.
-pub fn create_ca(dir: &Path, validity_days: u32, force: bool) -> Result<Vec<PathBuf>, IdentityError> {
+pub fn create_ca(
+    dir: &Path,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
     validate_days(validity_days)?;
     let cert_path = dir.join(CA_CERT_FILE);
     let key_path = dir.join(CA_KEY_FILE);
@@ -543,12 +548,11 @@ pub fn revoke_with_status(dir: &Path, name: &str) -> Result<(PathBuf, bool), Ide
         Err(_) => None,
     };
     let mut text = existing.unwrap_or_else(|| FILE_HEADER.to_string());
-    let list = RevocationList::parse(&text).map_err(|reason| {
-        IdentityError::MalformedRevocationList {
+    let list =
+        RevocationList::parse(&text).map_err(|reason| IdentityError::MalformedRevocationList {
             path: list_path.clone(),
             reason,
-        }
-    })?;
+        })?;
     if list.contains_key(&public_key) && list.contains_serial(&serial) {
         return Ok((list_path, false));
     }

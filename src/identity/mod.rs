@@ -55,9 +55,13 @@ pub enum CertError {
     Malformed { reason: String },
     #[error("certificate has {count} trailing bytes after the DER structure")]
     TrailingBytes { count: usize },
-    #[error("certificate is not issued by the cluster CA: issuer is \"{issuer}\", the CA is \"{ca}\"")]
+    #[error(
+        "certificate is not issued by the cluster CA: issuer is \"{issuer}\", the CA is \"{ca}\""
+    )]
     NotIssuedByCa { issuer: String, ca: String },
-    #[error("certificate is signed with unsupported algorithm {oid}, expected Ed25519 (1.3.101.112)")]
+    #[error(
+        "certificate is signed with unsupported algorithm {oid}, expected Ed25519 (1.3.101.112)"
+    )]
     UnsupportedSignatureAlgorithm { oid: String },
     #[error("certificate signature does not verify against the CA key")]
     BadSignature,
@@ -81,7 +85,9 @@ pub enum CertError {
         not_after_us: u64,
         now_us: u64,
     },
-    #[error("certificate for \"{service}\" is not valid before {not_before_us} us, now is {now_us} us")]
+    #[error(
+        "certificate for \"{service}\" is not valid before {not_before_us} us, now is {now_us} us"
+    )]
     NotYetValid {
         service: String,
         not_before_us: u64,
@@ -337,7 +343,10 @@ mod tests {
         ] {
             std::fs::write(&p, &bad).unwrap();
             let e = load_channel_key("default", &p).unwrap_err();
-            assert!(matches!(e, IdentityError::MalformedChannelKey { .. }), "{e}");
+            assert!(
+                matches!(e, IdentityError::MalformedChannelKey { .. }),
+                "{e}"
+            );
             assert!(e.to_string().contains(&p.display().to_string()));
         }
         let missing = dir.path().join("nope");

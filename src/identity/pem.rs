@@ -87,7 +87,9 @@ fn parse_single_block(
         .collect();
     match blocks.len() {
         0 => Err(malformed("no PEM block found".into())),
-        1 => blocks.pop().ok_or_else(|| malformed("no PEM block found".into())),
+        1 => blocks
+            .pop()
+            .ok_or_else(|| malformed("no PEM block found".into())),
         n => Err(malformed(format!(
             "expected exactly one PEM block, found {n} ({})",
             blocks
@@ -321,7 +323,10 @@ mod tests {
         ] {
             let p = write(dir.path(), name, text);
             let e = read_cert_pem(&p).unwrap_err();
-            assert!(matches!(e, IdentityError::MalformedPem { .. }), "{name}: {e}");
+            assert!(
+                matches!(e, IdentityError::MalformedPem { .. }),
+                "{name}: {e}"
+            );
             assert!(e.to_string().contains(&p.display().to_string()));
         }
         let p = write(

@@ -58,10 +58,7 @@ pub struct RevocationList {
 /// Serial numbers compare as unsigned integers: a DER leading zero (added to
 /// keep the INTEGER positive) does not make a different serial.
 fn normalize_serial(serial: &[u8]) -> Vec<u8> {
-    let start = serial
-        .iter()
-        .position(|b| *b != 0)
-        .unwrap_or(serial.len());
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
     serial[start..].to_vec()
 }
 

@@ -218,7 +218,9 @@ impl TrustAnchor {
             .basic_constraints()
             .map_err(|e| bad(format!("bad basicConstraints: {e}")))?;
         if !bc.is_some_and(|b| b.value.ca) {
-            return Err(bad("not a CA certificate (basicConstraints CA:TRUE missing)".into()));
+            return Err(bad(
+                "not a CA certificate (basicConstraints CA:TRUE missing)".into(),
+            ));
         }
         if let Some(ku) = tbs
             .key_usage()
@@ -438,8 +440,7 @@ mod tests {
         admitted.check_time(now).unwrap();
         // The trust anchor is the CA certificate itself.
         assert_eq!(trust.ca_der(), cert(&c.dir, "ca").as_slice());
-        let from_der =
-            TrustAnchor::from_ca_der(trust.ca_der(), RevocationList::empty()).unwrap();
+        let from_der = TrustAnchor::from_ca_der(trust.ca_der(), RevocationList::empty()).unwrap();
         assert!(from_der.admit_author("a", &der).is_ok());
     }
 
@@ -557,13 +558,19 @@ mod tests {
         // A flipped bit in the signed part (the serial's last byte).
         let mut t = der.clone();
         t[serial_end - 1] ^= 0x01;
-        assert_eq!(trust.admit_author("a", &t).unwrap_err(), CertError::BadSignature);
+        assert_eq!(
+            trust.admit_author("a", &t).unwrap_err(),
+            CertError::BadSignature
+        );
 
         // A flipped bit in the signature itself.
         let mut t = der.clone();
         let n = t.len();
         t[n - 1] ^= 0x01;
-        assert_eq!(trust.admit_author("a", &t).unwrap_err(), CertError::BadSignature);
+        assert_eq!(
+            trust.admit_author("a", &t).unwrap_err(),
+            CertError::BadSignature
+        );
 
         // Trailing bytes, truncation, oversize.
         let mut t = der.clone();
@@ -597,7 +604,10 @@ mod tests {
         let leaf = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let bad = params.signed_by(&leaf, &issuer).unwrap();
         let e = trust.admit_author("a", bad.der()).unwrap_err();
-        assert!(matches!(e, CertError::UnsupportedSignatureAlgorithm { .. }), "{e}");
+        assert!(
+            matches!(e, CertError::UnsupportedSignatureAlgorithm { .. }),
+            "{e}"
+        );
 
         // A P-256 CA is not a usable trust anchor.
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -617,20 +627,32 @@ mod tests {
         let now = crate::clock::now_us();
         let id = NodeIdentity::load("a", &c.dir.join("a.key"), &c.dir.join("a.crt"), &trust, now)
             .unwrap();
-        assert_eq!(id.cert.public_key, id.signing_key.verifying_key().to_bytes());
+        assert_eq!(
+            id.cert.public_key,
+            id.signing_key.verifying_key().to_bytes()
+        );
         assert!(!format!("{id:?}").contains(&hex::encode(id.signing_key.to_bytes())));
 
         // Key of another node.
         issue_node(&c.dir, "b", 10, false).unwrap();
         let e = NodeIdentity::load("a", &c.dir.join("b.key"), &c.dir.join("a.crt"), &trust, now)
             .unwrap_err();
-        assert!(matches!(e, crate::identity::IdentityError::KeyMismatch { .. }), "{e}");
+        assert!(
+            matches!(e, crate::identity::IdentityError::KeyMismatch { .. }),
+            "{e}"
+        );
 
         // Expired and not yet valid.
         let day = 86_400 * 1_000_000;
         issue_node_with_validity(&c.dir, "old", now - 3 * day, now - day, false).unwrap();
-        let e = NodeIdentity::load("old", &c.dir.join("old.key"), &c.dir.join("old.crt"), &trust, now)
-            .unwrap_err();
+        let e = NodeIdentity::load(
+            "old",
+            &c.dir.join("old.key"),
+            &c.dir.join("old.crt"),
+            &trust,
+            now,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -643,8 +665,14 @@ mod tests {
         );
         assert!(e.to_string().contains("old.crt"), "{e}");
         issue_node_with_validity(&c.dir, "new", now + day, now + 3 * day, false).unwrap();
-        let e = NodeIdentity::load("new", &c.dir.join("new.key"), &c.dir.join("new.crt"), &trust, now)
-            .unwrap_err();
+        let e = NodeIdentity::load(
+            "new",
+            &c.dir.join("new.key"),
+            &c.dir.join("new.crt"),
+            &trust,
+            now,
+        )
+        .unwrap_err();
         assert!(
             matches!(
                 e,
