@@ -496,7 +496,7 @@ pub fn issue_node_with_validity(
 
 fn channel_file(dir: &Path, name: &str) -> PendingFile {
     let key = Zeroizing::new(random_bytes::<32>());
-    let mut text = Zeroizing::new(hex::encode(*key));
+    let mut text = Zeroizing::new(hex::encode(&key[..]));
     text.push('\n');
     PendingFile::secret(dir.join(format!("channel-{name}.key")), text)
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use ed25519_dalek::pkcs8::{self, ObjectIdentifier, PrivateKeyInfoRef};
+use ed25519_dalek::pkcs8::{ObjectIdentifier, PrivateKeyInfoRef};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::{IdentityError, read_file};
@@ -177,11 +177,28 @@ pub(crate) fn signing_key_from_pkcs8(der: &[u8]) -> Result<SigningKey, KeyDecode
             "Ed25519 algorithm identifier must not have parameters".into(),
         ));
     }
-    let pair = pkcs8::KeypairBytes::try_from(info)
-        .map_err(|e| KeyDecodeError::Malformed(e.to_string()))?;
-    SigningKey::try_from(&pair).map_err(|_| {
-        KeyDecodeError::Malformed("the embedded public key does not match the private key".into())
-    })
+    // RFC 8410: privateKey is an OCTET STRING holding CurvePrivateKey, itself
+    // an OCTET STRING of the 32-byte seed.
+    let inner = info.private_key.as_bytes();
+    if inner.len() != 34 || inner[0] != 0x04 || inner[1] != 0x20 {
+        return Err(KeyDecodeError::Malformed(
+            "Ed25519 private key is not a 32-byte CurvePrivateKey".into(),
+        ));
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    seed.copy_from_slice(&inner[2..]);
+    let key = SigningKey::from_bytes(&seed);
+    if let Some(public) = info.public_key {
+        let public = public.as_bytes().ok_or_else(|| {
+            KeyDecodeError::Malformed("embedded public key has unused bits".into())
+        })?;
+        if public != key.verifying_key().as_bytes() {
+            return Err(KeyDecodeError::Malformed(
+                "the embedded public key does not match the private key".into(),
+            ));
+        }
+    }
+    Ok(key)
 }
 
 fn describe_key_oid(info: &PrivateKeyInfoRef<'_>) -> String {
