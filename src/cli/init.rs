@@ -1,12 +1,47 @@
-//! `herald init`: placeholder, implemented on the identity branch.
+//! `herald init`: provision a whole local cluster (keys and one config file per
+//! node) in one directory. See [`crate::identity::init_cluster`].
+
+use std::path::PathBuf;
 
 use clap::Args;
 
-use super::CliError;
+use super::keygen::{LEAF_DAYS_DEFAULT, print_written};
+use super::{CliError, EXIT_OK};
+use crate::identity;
+
+/// Default first listen port; node `i` listens on `base_port + i`.
+pub const BASE_PORT_DEFAULT: u16 = 7400;
 
 #[derive(Debug, Args)]
-pub struct InitArgs {}
+pub struct InitArgs {
+    /// Cluster directory: receives keys/ and one NAME.toml per node.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Node names, comma separated (e.g. a,b,c).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// UDP port of the first node; the others follow.
+    #[arg(long, default_value_t = BASE_PORT_DEFAULT)]
+    pub base_port: u16,
+    /// Validity of the CA and node certificates, in days.
+    #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+    /// Print one JSON object instead of one line per file.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: InitArgs) -> Result<u8, CliError> {
-    Err("init is not built yet".into())
+pub fn run(args: InitArgs) -> Result<u8, CliError> {
+    let written = identity::init_cluster(
+        &args.dir,
+        &args.nodes,
+        args.base_port,
+        args.days,
+        args.force,
+    )?;
+    print_written(&written, args.json);
+    Ok(EXIT_OK)
 }

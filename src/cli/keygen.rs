@@ -1,15 +1,154 @@
-//! `herald keygen`: placeholder, implemented on the identity branch.
+//! `herald keygen`: create the cluster CA, node and client certificates,
+//! channel keys, and revoke certificates. Prints one line per file written
+//! (or, with `--json`, one JSON object `{"written": [...]}`); never prints key
+//! material.
 
-use clap::Subcommand;
+use std::path::{Path, PathBuf};
 
-use super::CliError;
+use clap::{Args, Subcommand};
+
+use super::{CliError, EXIT_OK};
+use crate::identity;
+
+/// Default validity of a CA certificate, in days.
+pub const CA_DAYS_DEFAULT: u32 = 3650;
+/// Default validity of a node or client certificate, in days.
+pub const LEAF_DAYS_DEFAULT: u32 = 365;
 
 #[derive(Debug, Subcommand)]
 pub enum KeygenCommand {
-    /// Placeholder.
-    Ca,
+    /// Create the cluster CA: DIR/ca.crt and DIR/ca.key (Ed25519, self-signed).
+    Ca(CaArgs),
+    /// Issue a node certificate DIR/NAME.crt and key DIR/NAME.key, signed by the CA in DIR.
+    Node(LeafArgs),
+    /// Issue a client certificate (clientAuth only; cannot author events).
+    Client(LeafArgs),
+    /// Create a channel key DIR/channel-NAME.key (32 random bytes as hex, mode 0600).
+    Channel(ChannelArgs),
+    /// Revoke DIR/NAME.crt by adding it to DIR/revoked.toml.
+    Revoke(RevokeArgs),
 }
 
-pub fn run(_cmd: KeygenCommand) -> Result<u8, CliError> {
-    Err("keygen is not built yet".into())
+/// Options shared by every keygen command.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print one JSON object instead of one line per file.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CaArgs {
+    /// Key directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Validity in days.
+    #[arg(long, default_value_t = CA_DAYS_DEFAULT)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LeafArgs {
+    /// Key directory holding ca.crt and ca.key.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Service name: a DNS label ([a-z0-9-], 1 to 63 bytes).
+    #[arg(long)]
+    pub name: String,
+    /// Validity in days.
+    #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
+    pub days: u32,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ChannelArgs {
+    /// Key directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Channel name: a DNS label ([a-z0-9-], 1 to 63 bytes).
+    #[arg(long)]
+    pub name: String,
+    /// Overwrite an existing key.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Key directory holding NAME.crt; the list is DIR/revoked.toml.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Name of the certificate to revoke.
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
+    let (written, output) = match cmd {
+        KeygenCommand::Ca(a) => (identity::create_ca(&a.dir, a.days, a.force)?, a.output),
+        KeygenCommand::Node(a) => (
+            identity::issue_node(&a.dir, &a.name, a.days, a.force)?,
+            a.output,
+        ),
+        KeygenCommand::Client(a) => (
+            identity::issue_client(&a.dir, &a.name, a.days, a.force)?,
+            a.output,
+        ),
+        KeygenCommand::Channel(a) => (
+            vec![identity::create_channel(&a.dir, &a.name, a.force)?],
+            a.output,
+        ),
+        KeygenCommand::Revoke(a) => {
+            let (path, changed) = identity::revoke_with_status(&a.dir, &a.name)?;
+            if !changed {
+                if a.output.json {
+                    let path = display(&path);
+                    println!(
+                        "{}",
+                        serde_json::json!({ "written": [], "unchanged": [path] })
+                    );
+                } else {
+                    println!(
+                        "unchanged {} ({} is already revoked)",
+                        path.display(),
+                        a.name
+                    );
+                }
+                return Ok(EXIT_OK);
+            }
+            (vec![path], a.output)
+        }
+    };
+    print_written(&written, output.json);
+    Ok(EXIT_OK)
+}
+
+/// Prints the written paths: one line each, or `{"written": [...]}`.
+pub(crate) fn print_written(paths: &[PathBuf], json: bool) {
+    if json {
+        let list: Vec<String> = paths.iter().map(|p| display(p)).collect();
+        println!("{}", serde_json::json!({ "written": list }));
+    } else {
+        for p in paths {
+            println!("wrote {}", p.display());
+        }
+    }
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
 }

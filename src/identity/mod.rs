@@ -1,47 +1,253 @@
-//! TEMPORARY interface stub; replaced by the identity branch at merge.
-#![allow(dead_code, unused_variables)]
-use std::path::Path;
+//! Identity and trust: certificates, keys, the trust anchor and revocation.
+//!
+//! A cluster has one certificate authority (an Ed25519 key and a self-signed
+//! X.509 CA certificate). Node certificates name their service in a DNS SAN and
+//! hold the Ed25519 key that signs the node's events, so the TLS peer and the
+//! event author are one identity (see the architecture brief, section 2).
+//!
+//! * [`TrustAnchor`] is the pure verifier: the CA certificate plus the
+//!   [`RevocationList`]. [`TrustAnchor::admit_author`] turns certificate DER
+//!   into an [`AuthorCert`] or a [`CertError`] naming the reason.
+//! * [`NodeIdentity`] is a node's own signing key and admitted certificate.
+//! * The `keygen` functions ([`create_ca`], [`issue_node`], [`issue_client`],
+//!   [`create_channel`], [`revoke`], [`init_cluster`]) write standard PEM files
+//!   that OpenSSL reads. Private keys are PKCS#8 v1, mode 0600, and are never
+//!   overwritten without `force`.
+//!
+//! File formats: certificates are PEM `CERTIFICATE`, private keys PEM
+//! `PRIVATE KEY` (RFC 8410 PKCS#8; v1 written, v1 and v2 read), channel keys one
+//! line of 64 lowercase hex characters (see [`load_channel_key`]), revocation
+//! lists TOML (see [`revocation`]).
 
-#[derive(Debug, Clone)]
-pub struct AuthorCert {
-    pub service: String,
-    pub public_key: [u8; 32],
-    pub not_before_us: u64,
-    pub not_after_us: u64,
-    pub serial: Vec<u8>,
-    pub der: Vec<u8>,
-}
-#[derive(Debug, thiserror::Error)]
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::core::crypto::ChannelKey;
+
+pub mod keygen;
+pub mod pem;
+pub mod revocation;
+pub mod trust;
+
+pub use keygen::{
+    create_ca, create_channel, init_cluster, issue_client, issue_node, issue_node_with_validity,
+    revoke, revoke_with_status,
+};
+pub use pem::read_cert_pem;
+pub use revocation::RevocationList;
+pub use trust::{AuthorCert, TrustAnchor};
+
+/// Longest service or channel name, in bytes (a DNS label).
+pub const NAME_BYTES_MAX: usize = 63;
+
+/// Largest identity file (PEM key or certificate, channel key, revocation
+/// list) read into memory.
+pub const IDENTITY_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Why a certificate was not admitted. Every message names the value and the
+/// reason.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CertError {
-    #[error("stub")]
-    Stub,
+    #[error("certificate is {size} bytes, more than the limit of {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("certificate is malformed: {reason}")]
+    Malformed { reason: String },
+    #[error("certificate has {count} trailing bytes after the DER structure")]
+    TrailingBytes { count: usize },
+    #[error(
+        "certificate is not issued by the cluster CA: issuer is \"{issuer}\", the CA is \"{ca}\""
+    )]
+    NotIssuedByCa { issuer: String, ca: String },
+    #[error(
+        "certificate is signed with unsupported algorithm {oid}, expected Ed25519 (1.3.101.112)"
+    )]
+    UnsupportedSignatureAlgorithm { oid: String },
+    #[error("certificate signature does not verify against the CA key")]
+    BadSignature,
+    #[error("certificate key has the wrong type: {found}, expected Ed25519 (1.3.101.112)")]
+    WrongKeyType { found: String },
+    #[error("certificate key {key} is a weak (small-order) Ed25519 key")]
+    WeakKey { key: String },
+    #[error("certificate names {found}, expected service \"{expected}\"")]
+    NameMismatch { expected: String, found: String },
+    #[error("not a node certificate: {reason}")]
+    NotNodeCertificate { reason: String },
+    #[error("certificate is a CA certificate, not a node certificate")]
+    IsCa,
+    #[error("certificate has an unsupported critical extension {oid}")]
+    UnknownCriticalExtension { oid: String },
+    #[error("certificate for \"{service}\" (serial {serial}) is revoked")]
+    Revoked { service: String, serial: String },
+    #[error("certificate for \"{service}\" expired at {not_after_us} us, now is {now_us} us")]
+    Expired {
+        service: String,
+        not_after_us: u64,
+        now_us: u64,
+    },
+    #[error(
+        "certificate for \"{service}\" is not valid before {not_before_us} us, now is {now_us} us"
+    )]
+    NotYetValid {
+        service: String,
+        not_before_us: u64,
+        now_us: u64,
+    },
 }
+
+/// Errors loading or writing identity files. Every variant about a file names
+/// the path and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("stub")]
-    Stub,
+    #[error("{}: file not found", .path.display())]
+    Missing { path: PathBuf },
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: file is {size} bytes, more than the limit of {max}", .path.display())]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("{}: malformed PEM: {reason}", .path.display())]
+    MalformedPem { path: PathBuf, reason: String },
+    #[error("{}: wrong key type: {found}; expected an Ed25519 PKCS#8 private key", .path.display())]
+    WrongKeyType { path: PathBuf, found: String },
+    #[error("{}: malformed private key: {reason}", .path.display())]
+    MalformedKey { path: PathBuf, reason: String },
+    #[error("private key {} does not match certificate {}", .key.display(), .cert.display())]
+    KeyMismatch { key: PathBuf, cert: PathBuf },
+    #[error("certificate {} rejected: {source}", .path.display())]
+    Certificate {
+        path: PathBuf,
+        #[source]
+        source: CertError,
+    },
+    #[error("CA certificate {origin}: {reason}")]
+    BadCa { origin: String, reason: String },
+    #[error("{}: malformed channel key: {reason}", .path.display())]
+    MalformedChannelKey { path: PathBuf, reason: String },
+    #[error("{}: malformed revocation list: {reason}", .path.display())]
+    MalformedRevocationList { path: PathBuf, reason: String },
+    #[error("{} already exists; pass --force to overwrite it (nothing was written)", .path.display())]
+    WouldOverwrite { path: PathBuf },
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not a directory", .path.display())]
+    NotADirectory { path: PathBuf },
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("cannot create certificate: {0}")]
+    Generate(String),
 }
-pub struct TrustAnchor;
-impl TrustAnchor {
-    pub fn load(ca: &Path, revoked: Option<&Path>) -> Result<Self, IdentityError> {
-        Err(IdentityError::Stub)
+
+/// Checks that `name` is a DNS label: `[a-z0-9-]`, 1..=63 bytes, not starting
+/// or ending with `-`. `kind` ("service", "channel") names the value in errors.
+pub fn validate_name(kind: &'static str, name: &str) -> Result<(), IdentityError> {
+    let fail = |reason: &str| IdentityError::InvalidName {
+        kind,
+        name: name.to_string(),
+        reason: reason.to_string(),
+    };
+    if name.is_empty() {
+        return Err(fail("must not be empty"));
     }
-    pub fn ca_der(&self) -> &[u8] {
-        &[]
+    if name.len() > NAME_BYTES_MAX {
+        return Err(fail(&format!(
+            "is {} bytes, longer than {NAME_BYTES_MAX}",
+            name.len()
+        )));
     }
-    pub fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
-        Err(CertError::Stub)
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(fail(&format!(
+            "contains {c:?}; only lowercase letters a-z, digits 0-9 and '-' are allowed"
+        )));
     }
-    pub fn is_revoked(&self, cert: &AuthorCert) -> bool {
-        false
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(fail("must not start or end with '-'"));
+    }
+    Ok(())
+}
+
+/// Reads a whole identity file, refusing files larger than
+/// [`IDENTITY_FILE_BYTES_MAX`]. The buffer is zeroized on drop because it may
+/// hold key material.
+pub(crate) fn read_file(path: &Path) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| io_read_error(path, e))?;
+    let meta = file.metadata().map_err(|e| io_read_error(path, e))?;
+    if meta.is_dir() {
+        return Err(IdentityError::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("is a directory"),
+        });
+    }
+    if meta.len() > IDENTITY_FILE_BYTES_MAX {
+        return Err(IdentityError::TooLarge {
+            path: path.to_path_buf(),
+            size: meta.len(),
+            max: IDENTITY_FILE_BYTES_MAX,
+        });
+    }
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+    file.take(IDENTITY_FILE_BYTES_MAX + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_read_error(path, e))?;
+    if buf.len() as u64 > IDENTITY_FILE_BYTES_MAX {
+        return Err(IdentityError::TooLarge {
+            path: path.to_path_buf(),
+            size: buf.len() as u64,
+            max: IDENTITY_FILE_BYTES_MAX,
+        });
+    }
+    Ok(buf)
+}
+
+fn io_read_error(path: &Path, e: std::io::Error) -> IdentityError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        IdentityError::Missing {
+            path: path.to_path_buf(),
+        }
+    } else {
+        IdentityError::Read {
+            path: path.to_path_buf(),
+            source: e,
+        }
     }
 }
+
+/// A node's own identity: its signing key and its admitted certificate.
 pub struct NodeIdentity {
     pub service: String,
     pub signing_key: ed25519_dalek::SigningKey,
     pub cert: AuthorCert,
 }
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeIdentity")
+            .field("service", &self.service)
+            .field("public_key", &hex::encode(self.cert.public_key))
+            .field("serial", &hex::encode(&self.cert.serial))
+            .finish_non_exhaustive()
+    }
+}
+
 impl NodeIdentity {
+    /// Loads a node's PKCS#8 key and cert, admits the cert through `trust` for
+    /// `service`, checks the key matches the cert's public key and that
+    /// `now_us` is inside the validity window.
     pub fn load(
         service: &str,
         key_path: &Path,
@@ -49,19 +255,102 @@ impl NodeIdentity {
         trust: &TrustAnchor,
         now_us: u64,
     ) -> Result<Self, IdentityError> {
-        Err(IdentityError::Stub)
+        validate_name("service", service)?;
+        let signing_key = pem::read_private_key(key_path)?;
+        let der = read_cert_pem(cert_path)?;
+        let cert_err = |source| IdentityError::Certificate {
+            path: cert_path.to_path_buf(),
+            source,
+        };
+        let cert = trust.admit_author(service, &der).map_err(cert_err)?;
+        if signing_key.verifying_key().to_bytes() != cert.public_key {
+            return Err(IdentityError::KeyMismatch {
+                key: key_path.to_path_buf(),
+                cert: cert_path.to_path_buf(),
+            });
+        }
+        cert.check_time(now_us).map_err(cert_err)?;
+        Ok(NodeIdentity {
+            service: service.to_string(),
+            signing_key,
+            cert,
+        })
     }
 }
-pub fn load_channel_key(
-    name: &str,
-    path: &Path,
-) -> Result<crate::core::crypto::ChannelKey, IdentityError> {
-    Err(IdentityError::Stub)
+
+/// Loads a channel key file: one line of 64 lowercase hex characters (32
+/// bytes), optionally surrounded by whitespace. Anything else is rejected.
+pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityError> {
+    validate_name("channel", name)?;
+    let bytes = read_file(path)?;
+    let malformed = |reason: String| IdentityError::MalformedChannelKey {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| malformed("not UTF-8 text; expected 64 lowercase hex characters".into()))?;
+    let text = text.trim();
+    if text.len() != 64 {
+        return Err(malformed(format!(
+            "expected 64 lowercase hex characters, found {} characters",
+            text.chars().count()
+        )));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_digit() || ('a'..='f').contains(c)))
+    {
+        return Err(malformed(format!(
+            "unexpected character {c:?}; expected 64 lowercase hex characters"
+        )));
+    }
+    let mut key = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text, &mut key[..]).map_err(|e| malformed(e.to_string()))?;
+    Ok(ChannelKey::new(name, *key))
 }
-pub fn read_cert_pem(path: &Path) -> Result<Vec<u8>, IdentityError> {
-    Err(IdentityError::Stub)
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        for ok in ["a", "node-1", "0", &"x".repeat(63)] {
+            assert!(validate_name("service", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "ü", &"x".repeat(64)] {
+            let e = validate_name("service", bad).unwrap_err();
+            assert!(e.to_string().contains("invalid service name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn channel_key_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let hexkey = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+        std::fs::write(&p, format!("  {hexkey}\n\n")).unwrap();
+        let k = load_channel_key("default", &p).unwrap();
+        assert_eq!(hex::encode(k.key_bytes()), hexkey);
+        assert_eq!(k.name(), "default");
+
+        for bad in [
+            hexkey.to_uppercase(),
+            hexkey[..62].to_string(),
+            format!("{hexkey}00"),
+            format!("{} {}", &hexkey[..32], &hexkey[32..]),
+            String::new(),
+        ] {
+            std::fs::write(&p, &bad).unwrap();
+            let e = load_channel_key("default", &p).unwrap_err();
+            assert!(
+                matches!(e, IdentityError::MalformedChannelKey { .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains(&p.display().to_string()));
+        }
+        let missing = dir.path().join("nope");
+        let e = load_channel_key("default", &missing).unwrap_err();
+        assert!(matches!(e, IdentityError::Missing { .. }), "{e}");
+    }
 }
-pub fn create_ca(dir: &Path, validity_days: u32, force: bool) -> Result<Vec<std::path::PathBuf>, IdentityError> { Err(IdentityError::Stub) }
-pub fn issue_node(dir: &Path, name: &str, validity_days: u32, force: bool) -> Result<Vec<std::path::PathBuf>, IdentityError> { Err(IdentityError::Stub) }
-pub fn create_channel(dir: &Path, name: &str, force: bool) -> Result<std::path::PathBuf, IdentityError> { Err(IdentityError::Stub) }
-pub fn init_cluster(dir: &Path, nodes: &[String], base_port: u16, validity_days: u32, force: bool) -> Result<Vec<std::path::PathBuf>, IdentityError> { Err(IdentityError::Stub) }

@@ -1,0 +1,669 @@
+//! Key and certificate generation: the CA, node and client certificates,
+//! channel keys, revocation and whole-cluster provisioning.
+//!
+//! Every function validates its input and checks *all* target files before
+//! writing *any*. Files are written to a temporary file in the target
+//! directory (private keys created with mode 0600, others 0644) and renamed
+//! into place, so a failure never leaves a half-written file and a key file
+//! never exists with looser permissions. Existing files are only replaced
+//! with `force`.
+//!
+//! Layout of a key directory `D`:
+//!
+//! * `D/ca.crt`, `D/ca.key`: the CA (CN `herald cluster CA <random id>`,
+//!   `basicConstraints CA:TRUE, pathlen:0`, keyUsage keyCertSign, cRLSign,
+//!   digitalSignature).
+//! * `D/N.crt`, `D/N.key`: node or client `N` (CN and SAN DNS `N`, random
+//!   positive 16-byte serial, keyUsage digitalSignature, EKU serverAuth +
+//!   clientAuth for nodes, clientAuth only for clients, `CA:FALSE`).
+//! * `D/channel-C.key`: channel key `C`, see [`super::load_channel_key`].
+//! * `D/revoked.toml`: the revocation list, see [`super::revocation`].
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SerialNumber,
+};
+use zeroize::Zeroizing;
+
+use super::pem::{cert_pem, pkcs8_v1_der, private_key_pem, read_private_key};
+use super::revocation::{FILE_HEADER, RevokedEntry, entry_toml};
+use super::trust::{parse_cert, subject_ed25519_key};
+use super::{IdentityError, RevocationList, TrustAnchor, read_cert_pem, read_file, validate_name};
+use crate::clock::{now_us, random_bytes};
+use crate::config::{NodeConfig, PeerConfig};
+
+/// Longest validity accepted, in days (100 years).
+pub const VALIDITY_DAYS_MAX: u32 = 36_500;
+/// How far `not_before` is back-dated to tolerate clock skew, in microseconds.
+pub const BACKDATE_US: u64 = 60 * 60 * 1_000_000;
+/// File name of the CA certificate in a key directory.
+pub const CA_CERT_FILE: &str = "ca.crt";
+/// File name of the CA private key in a key directory.
+pub const CA_KEY_FILE: &str = "ca.key";
+/// File name of the revocation list in a key directory.
+pub const REVOKED_FILE: &str = "revoked.toml";
+/// Channel created by `init`.
+pub const DEFAULT_CHANNEL: &str = "default";
+
+const US_PER_DAY: u64 = 86_400 * 1_000_000;
+
+/// Which extended key usages a leaf certificate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeafKind {
+    /// serverAuth + clientAuth: a node, and an event author.
+    Node,
+    /// clientAuth only: may connect, may not author events.
+    Client,
+}
+
+/// A file to write: contents are zeroized on drop (they may be a key).
+struct PendingFile {
+    path: PathBuf,
+    contents: Zeroizing<Vec<u8>>,
+    secret: bool,
+}
+
+impl PendingFile {
+    fn public(path: PathBuf, contents: impl Into<Vec<u8>>) -> Self {
+        PendingFile {
+            path,
+            contents: Zeroizing::new(contents.into()),
+            secret: false,
+        }
+    }
+
+    fn secret(path: PathBuf, contents: Zeroizing<String>) -> Self {
+        PendingFile {
+            path,
+            contents: Zeroizing::new(contents.as_bytes().to_vec()),
+            secret: true,
+        }
+    }
+}
+
+/// The CA's certificate and key, in memory.
+struct CaMaterial {
+    cert_der: Vec<u8>,
+    key: SigningKey,
+    not_after_us: u64,
+}
+
+fn gen_err(e: impl std::fmt::Display) -> IdentityError {
+    IdentityError::Generate(e.to_string())
+}
+
+fn validate_days(days: u32) -> Result<(), IdentityError> {
+    if days == 0 || days > VALIDITY_DAYS_MAX {
+        return Err(IdentityError::InvalidArgument(format!(
+            "--days {days} is out of range 1..={VALIDITY_DAYS_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+/// Node and client names are service names; `ca` and `channel-*` are
+/// reserved because their files would clash with the CA and channel keys.
+fn validate_leaf_name(name: &str) -> Result<(), IdentityError> {
+    validate_name("service", name)?;
+    if name == "ca" || name.starts_with("channel-") {
+        return Err(IdentityError::InvalidName {
+            kind: "service",
+            name: name.to_string(),
+            reason: "is reserved (its files would clash with ca.* or channel-*.key)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Validity window starting (back-dated) now, lasting `days`.
+fn window(days: u32) -> (u64, u64) {
+    let now = now_us();
+    (
+        now.saturating_sub(BACKDATE_US),
+        now.saturating_add(u64::from(days) * US_PER_DAY),
+    )
+}
+
+fn generate_key() -> SigningKey {
+    let seed = Zeroizing::new(random_bytes::<32>());
+    SigningKey::from_bytes(&seed)
+}
+
+/// An rcgen (ring) key pair for signing, built from our PKCS#8 v1 encoding.
+fn rcgen_key(key: &SigningKey) -> Result<KeyPair, IdentityError> {
+    let der = pkcs8_v1_der(key.as_bytes());
+    KeyPair::from_pkcs8_der_and_sign_algo(&der.as_slice().into(), &PKCS_ED25519).map_err(gen_err)
+}
+
+/// A random, positive, 16-byte serial (top bit clear, second-top bit set so
+/// the DER INTEGER is exactly 16 bytes).
+fn random_serial() -> SerialNumber {
+    let mut serial = random_bytes::<16>();
+    serial[0] = (serial[0] & 0x7f) | 0x40;
+    SerialNumber::from_slice(&serial)
+}
+
+fn set_validity(
+    params: &mut CertificateParams,
+    not_before_us: u64,
+    not_after_us: u64,
+) -> Result<(), IdentityError> {
+    if not_before_us > not_after_us {
+        return Err(IdentityError::InvalidArgument(format!(
+            "not_before {not_before_us} us is after not_after {not_after_us} us"
+        )));
+    }
+    let to_time = |us: u64| {
+        let secs = i64::try_from(us / 1_000_000).map_err(gen_err)?;
+        x509_parser::time::ASN1Time::from_timestamp(secs)
+            .map(|t| t.to_datetime())
+            .map_err(gen_err)
+    };
+    params.not_before = to_time(not_before_us)?;
+    params.not_after = to_time(not_after_us)?;
+    Ok(())
+}
+
+fn generate_ca(not_before_us: u64, not_after_us: u64) -> Result<CaMaterial, IdentityError> {
+    let key = generate_key();
+    let kp = rcgen_key(&key)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    let id = hex::encode(random_bytes::<4>());
+    dn.push(DnType::CommonName, format!("herald cluster CA {id}"));
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(random_serial());
+    set_validity(&mut params, not_before_us, not_after_us)?;
+    let cert = params.self_signed(&kp).map_err(gen_err)?;
+    Ok(CaMaterial {
+        cert_der: cert.der().to_vec(),
+        key,
+        not_after_us: (not_after_us / 1_000_000) * 1_000_000,
+    })
+}
+
+/// Loads and checks the CA in `dir`: a valid CA certificate and the matching key.
+fn load_ca(dir: &Path) -> Result<CaMaterial, IdentityError> {
+    let cert_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    let cert_der = read_cert_pem(&cert_path)?;
+    let trust = TrustAnchor::load(&cert_path, None)?;
+    let key = read_private_key(&key_path)?;
+    if key.verifying_key().to_bytes() != trust.ca_public_key() {
+        return Err(IdentityError::KeyMismatch {
+            key: key_path,
+            cert: cert_path,
+        });
+    }
+    let not_after_us = parse_cert(&cert_der)
+        .map(|c| {
+            let secs = c.tbs_certificate.validity.not_after.timestamp();
+            u64::try_from(secs).unwrap_or(0).saturating_mul(1_000_000)
+        })
+        .map_err(|source| IdentityError::Certificate {
+            path: cert_path.clone(),
+            source,
+        })?;
+    Ok(CaMaterial {
+        cert_der,
+        key,
+        not_after_us,
+    })
+}
+
+/// Issues a leaf certificate for `name` signed by `ca`. The validity end is
+/// clamped to the CA's.
+fn issue_leaf(
+    ca: &CaMaterial,
+    name: &str,
+    kind: LeafKind,
+    not_before_us: u64,
+    not_after_us: u64,
+) -> Result<(Vec<u8>, SigningKey), IdentityError> {
+    let key = generate_key();
+    let kp = rcgen_key(&key)?;
+    let ca_kp = rcgen_key(&ca.key)?;
+    let issuer =
+        Issuer::from_ca_cert_der(&ca.cert_der.as_slice().into(), ca_kp).map_err(gen_err)?;
+    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(gen_err)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = match kind {
+        LeafKind::Node => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        LeafKind::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    let not_after_us = not_after_us.min(ca.not_after_us);
+    set_validity(&mut params, not_before_us.min(not_after_us), not_after_us)?;
+    let cert = params.signed_by(&kp, &issuer).map_err(gen_err)?;
+    Ok((cert.der().to_vec(), key))
+}
+
+fn leaf_files(dir: &Path, name: &str, cert_der: &[u8], key: &SigningKey) -> Vec<PendingFile> {
+    vec![
+        PendingFile::public(dir.join(format!("{name}.crt")), cert_pem(cert_der)),
+        PendingFile::secret(dir.join(format!("{name}.key")), private_key_pem(key)),
+    ]
+}
+
+/// Creates `dir` (mode 0700) if missing; refuses a non-directory.
+fn ensure_dir(dir: &Path) -> Result<(), IdentityError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(IdentityError::NotADirectory {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| IdentityError::Write {
+                path: dir.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            Err(IdentityError::NotADirectory {
+                path: dir.to_path_buf(),
+            })
+        }
+        Err(source) => Err(IdentityError::Write {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Fails on the first target that exists (unless `force`) or is a directory.
+fn check_targets<'a>(
+    paths: impl IntoIterator<Item = &'a Path>,
+    force: bool,
+) -> Result<(), IdentityError> {
+    for path in paths {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(IdentityError::Write {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other("is a directory"),
+                });
+            }
+            Ok(_) if !force => {
+                return Err(IdentityError::WouldOverwrite {
+                    path: path.to_path_buf(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+                return Err(IdentityError::NotADirectory {
+                    path: path.parent().unwrap_or(path).to_path_buf(),
+                });
+            }
+            Err(source) => {
+                return Err(IdentityError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn temp_path(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(".{name}.tmp-{}", hex::encode(random_bytes::<6>())))
+}
+
+fn stage(file: &PendingFile) -> Result<PathBuf, IdentityError> {
+    let tmp = temp_path(&file.path);
+    let write_err = |source| IdentityError::Write {
+        path: file.path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if file.secret { 0o600 } else { 0o644 })
+        .open(&tmp)
+        .map_err(write_err)?;
+    let result = f.write_all(&file.contents).and_then(|()| f.sync_all());
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(write_err(e));
+    }
+    Ok(tmp)
+}
+
+/// Writes all files or none: checks every target, stages every file next to
+/// its target, then renames them into place.
+fn write_files(files: Vec<PendingFile>, force: bool) -> Result<Vec<PathBuf>, IdentityError> {
+    check_targets(files.iter().map(|f| f.path.as_path()), force)?;
+    let mut staged: Vec<PathBuf> = Vec::with_capacity(files.len());
+    for file in &files {
+        match stage(file) {
+            Ok(tmp) => staged.push(tmp),
+            Err(e) => {
+                for tmp in &staged {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                return Err(e);
+            }
+        }
+    }
+    for (i, (file, tmp)) in files.iter().zip(&staged).enumerate() {
+        if let Err(source) = std::fs::rename(tmp, &file.path) {
+            for tmp in &staged[i..] {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(IdentityError::Write {
+                path: file.path.clone(),
+                source,
+            });
+        }
+    }
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.path.parent()).collect();
+    dirs.dedup();
+    for dir in dirs {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(files.into_iter().map(|f| f.path).collect())
+}
+
+/// Creates the cluster CA: `dir/ca.crt` and `dir/ca.key`.
+pub fn create_ca(
+    dir: &Path,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    validate_days(validity_days)?;
+    let cert_path = dir.join(CA_CERT_FILE);
+    let key_path = dir.join(CA_KEY_FILE);
+    check_targets([cert_path.as_path(), key_path.as_path()], force)?;
+    ensure_dir(dir)?;
+    let (nb, na) = window(validity_days);
+    let ca = generate_ca(nb, na)?;
+    write_files(
+        vec![
+            PendingFile::public(cert_path, cert_pem(&ca.cert_der)),
+            PendingFile::secret(key_path, private_key_pem(&ca.key)),
+        ],
+        force,
+    )
+}
+
+fn issue_from_dir(
+    dir: &Path,
+    name: &str,
+    kind: LeafKind,
+    window_us: Option<(u64, u64)>,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    validate_leaf_name(name)?;
+    if window_us.is_none() {
+        validate_days(validity_days)?;
+    }
+    check_targets(
+        [
+            dir.join(format!("{name}.crt")).as_path(),
+            dir.join(format!("{name}.key")).as_path(),
+        ],
+        force,
+    )?;
+    let ca = load_ca(dir)?;
+    let (nb, na) = match window_us {
+        Some(w) => w,
+        None => {
+            let w = window(validity_days);
+            if ca.not_after_us < w.0 {
+                return Err(IdentityError::BadCa {
+                    origin: dir.join(CA_CERT_FILE).display().to_string(),
+                    reason: "has expired; create a new CA".into(),
+                });
+            }
+            w
+        }
+    };
+    let (cert_der, key) = issue_leaf(&ca, name, kind, nb, na)?;
+    write_files(leaf_files(dir, name, &cert_der, &key), force)
+}
+
+/// Issues node certificate `dir/name.crt` and key `dir/name.key`, signed by
+/// the CA in `dir` (SAN DNS and CN `name`, EKU serverAuth + clientAuth).
+pub fn issue_node(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    issue_from_dir(dir, name, LeafKind::Node, None, validity_days, force)
+}
+
+/// Issues a client certificate (EKU clientAuth only: may connect, may not
+/// author events).
+pub fn issue_client(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    issue_from_dir(dir, name, LeafKind::Client, None, validity_days, force)
+}
+
+/// Test support: issues a node certificate with an explicit validity window
+/// (microseconds since the Unix epoch), e.g. an already expired one.
+pub fn issue_node_with_validity(
+    dir: &Path,
+    name: &str,
+    not_before_us: u64,
+    not_after_us: u64,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    issue_from_dir(
+        dir,
+        name,
+        LeafKind::Node,
+        Some((not_before_us, not_after_us)),
+        1,
+        force,
+    )
+}
+
+fn channel_file(dir: &Path, name: &str) -> PendingFile {
+    let key = Zeroizing::new(random_bytes::<32>());
+    let mut text = Zeroizing::new(hex::encode(&key[..]));
+    text.push('\n');
+    PendingFile::secret(dir.join(format!("channel-{name}.key")), text)
+}
+
+/// Creates channel key `dir/channel-name.key` (64 lowercase hex + newline, mode 0600).
+pub fn create_channel(dir: &Path, name: &str, force: bool) -> Result<PathBuf, IdentityError> {
+    validate_name("channel", name)?;
+    let file = channel_file(dir, name);
+    check_targets([file.path.as_path()], force)?;
+    ensure_dir(dir)?;
+    let path = file.path.clone();
+    write_files(vec![file], force)?;
+    Ok(path)
+}
+
+/// Revokes `dir/name.crt`: appends its name, serial, public key and the
+/// current time to `dir/revoked.toml` (created if needed). Idempotent: a
+/// certificate whose serial and key are both already listed is not added again.
+pub fn revoke(dir: &Path, name: &str) -> Result<PathBuf, IdentityError> {
+    revoke_with_status(dir, name).map(|(path, _)| path)
+}
+
+/// Like [`revoke`], also telling whether the file changed (`false`: the
+/// certificate was already listed).
+pub fn revoke_with_status(dir: &Path, name: &str) -> Result<(PathBuf, bool), IdentityError> {
+    validate_leaf_name(name)?;
+    let cert_path = dir.join(format!("{name}.crt"));
+    let der = read_cert_pem(&cert_path)?;
+    let cert_err = |source| IdentityError::Certificate {
+        path: cert_path.clone(),
+        source,
+    };
+    let cert = parse_cert(&der).map_err(cert_err)?;
+    let public_key = subject_ed25519_key(&cert).map_err(cert_err)?;
+    let serial = cert.tbs_certificate.raw_serial().to_vec();
+
+    let list_path = dir.join(REVOKED_FILE);
+    let existing = match std::fs::symlink_metadata(&list_path) {
+        Ok(_) => {
+            let bytes = read_file(&list_path)?;
+            let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                IdentityError::MalformedRevocationList {
+                    path: list_path.clone(),
+                    reason: "not UTF-8 text".into(),
+                }
+            })?;
+            Some(text)
+        }
+        Err(_) => None,
+    };
+    let mut text = existing.unwrap_or_else(|| FILE_HEADER.to_string());
+    let list =
+        RevocationList::parse(&text).map_err(|reason| IdentityError::MalformedRevocationList {
+            path: list_path.clone(),
+            reason,
+        })?;
+    if list.contains_key(&public_key) && list.contains_serial(&serial) {
+        return Ok((list_path, false));
+    }
+    let entry = RevokedEntry {
+        name: name.to_string(),
+        serial: Some(hex::encode(&serial)),
+        public_key: Some(hex::encode(public_key)),
+        revoked_at_us: Some(now_us()),
+    };
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(&entry_toml(&entry));
+    write_files(vec![PendingFile::public(list_path.clone(), text)], true)?;
+    Ok((list_path, true))
+}
+
+/// Provisions a local cluster in `dir`: `dir/keys/` (CA, one node
+/// certificate and key per name, `channel-default.key`, an empty
+/// `revoked.toml`) and one config `dir/NAME.toml` per node with paths
+/// relative to `dir`. Node `i` listens on `127.0.0.1:(base_port + i)` and
+/// peers with every other node. The CA and node certificates are valid for
+/// `validity_days`.
+pub fn init_cluster(
+    dir: &Path,
+    nodes: &[String],
+    base_port: u16,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    validate_days(validity_days)?;
+    if nodes.is_empty() {
+        return Err(IdentityError::InvalidArgument(
+            "--nodes needs at least one node name".into(),
+        ));
+    }
+    for (i, name) in nodes.iter().enumerate() {
+        validate_leaf_name(name)?;
+        if nodes[..i].contains(name) {
+            return Err(IdentityError::InvalidArgument(format!(
+                "node name \"{name}\" is listed twice"
+            )));
+        }
+    }
+    if base_port == 0 || u32::from(base_port) + (nodes.len() as u32 - 1) > u32::from(u16::MAX) {
+        return Err(IdentityError::InvalidArgument(format!(
+            "--base-port {base_port} with {} nodes does not fit in ports 1..=65535",
+            nodes.len()
+        )));
+    }
+    let keys_rel = PathBuf::from("keys");
+    let keys_dir = dir.join(&keys_rel);
+    let addr = |i: usize| SocketAddr::from((Ipv4Addr::LOCALHOST, base_port + i as u16));
+
+    // Every target, checked before anything is generated or written.
+    let mut targets: Vec<PathBuf> = vec![
+        keys_dir.join(CA_CERT_FILE),
+        keys_dir.join(CA_KEY_FILE),
+        keys_dir.join(format!("channel-{DEFAULT_CHANNEL}.key")),
+        keys_dir.join(REVOKED_FILE),
+    ];
+    for name in nodes {
+        targets.push(keys_dir.join(format!("{name}.crt")));
+        targets.push(keys_dir.join(format!("{name}.key")));
+        targets.push(dir.join(format!("{name}.toml")));
+    }
+    check_targets(targets.iter().map(PathBuf::as_path), force)?;
+
+    let (nb, na) = window(validity_days);
+    let ca = generate_ca(nb, na)?;
+    let mut files = vec![
+        PendingFile::public(keys_dir.join(CA_CERT_FILE), cert_pem(&ca.cert_der)),
+        PendingFile::secret(keys_dir.join(CA_KEY_FILE), private_key_pem(&ca.key)),
+        channel_file(&keys_dir, DEFAULT_CHANNEL),
+        PendingFile::public(keys_dir.join(REVOKED_FILE), FILE_HEADER),
+    ];
+    for name in nodes {
+        let (cert_der, key) = issue_leaf(&ca, name, LeafKind::Node, nb, na)?;
+        files.extend(leaf_files(&keys_dir, name, &cert_der, &key));
+    }
+    for (i, name) in nodes.iter().enumerate() {
+        let config = NodeConfig {
+            service: name.clone(),
+            data_dir: PathBuf::from("data").join(name),
+            key: keys_rel.join(format!("{name}.key")),
+            cert: keys_rel.join(format!("{name}.crt")),
+            ca: keys_rel.join(CA_CERT_FILE),
+            revoked: Some(keys_rel.join(REVOKED_FILE)),
+            default_channel: DEFAULT_CHANNEL.to_string(),
+            channels: BTreeMap::from([(
+                DEFAULT_CHANNEL.to_string(),
+                keys_rel.join(format!("channel-{DEFAULT_CHANNEL}.key")),
+            )]),
+            listen: addr(i),
+            peers: nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, peer)| PeerConfig {
+                    name: peer.clone(),
+                    address: addr(j),
+                })
+                .collect(),
+        };
+        files.push(PendingFile::public(
+            dir.join(format!("{name}.toml")),
+            config.to_toml(),
+        ));
+    }
+    ensure_dir(dir)?;
+    ensure_dir(&keys_dir)?;
+    write_files(files, force)
+}

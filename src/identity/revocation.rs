@@ -1,0 +1,234 @@
+//! The revocation list: certificates an operator has cut off.
+//!
+//! # File format (`revoked.toml`)
+//!
+//! A TOML file with zero or more `[[revoked]]` tables:
+//!
+//! ```toml
+//! [[revoked]]
+//! name = "b"                      # service name, informational
+//! serial = "5f3a...e1"            # certificate serial, hex (':' separators allowed)
+//! public_key = "9c1d...07"        # Ed25519 public key, 64 hex characters
+//! revoked_at_us = 1767225600000000 # when it was revoked, microseconds since the Unix epoch (UTC)
+//! ```
+//!
+//! `name` is required (it documents the entry). At least one of `serial` and
+//! `public_key` is required; a certificate is revoked when **either** its
+//! serial or its public key matches an entry (matching the key also cuts off
+//! any other certificate issued for the same key). Hex is case-insensitive.
+//! `revoked_at_us` is optional. Unknown fields are rejected, so a typo such as
+//! `serail` cannot silently leave a certificate trusted. A file without any
+//! `[[revoked]]` table (or an empty file) revokes nothing.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{IdentityError, read_file};
+
+/// One `[[revoked]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedEntry {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_us: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationFile {
+    #[serde(default)]
+    revoked: Vec<RevokedEntry>,
+}
+
+/// A parsed revocation list: pure data, lookups by public key or serial.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationList {
+    entries: Vec<RevokedEntry>,
+    keys: BTreeSet<[u8; 32]>,
+    serials: BTreeSet<Vec<u8>>,
+}
+
+/// Serial numbers compare as unsigned integers: a DER leading zero (added to
+/// keep the INTEGER positive) does not make a different serial.
+fn normalize_serial(serial: &[u8]) -> Vec<u8> {
+    let start = serial.iter().position(|b| *b != 0).unwrap_or(serial.len());
+    serial[start..].to_vec()
+}
+
+fn parse_hex(value: &str) -> Option<Vec<u8>> {
+    let cleaned: String = value.chars().filter(|c| *c != ':').collect();
+    hex::decode(cleaned).ok()
+}
+
+impl RevocationList {
+    /// A list that revokes nothing.
+    pub fn empty() -> Self {
+        RevocationList::default()
+    }
+
+    /// Builds a list from entries, checking each.
+    pub fn from_entries(entries: Vec<RevokedEntry>) -> Result<Self, String> {
+        let mut list = RevocationList::empty();
+        for (i, entry) in entries.into_iter().enumerate() {
+            list.insert(entry)
+                .map_err(|reason| format!("entry {}: {reason}", i + 1))?;
+        }
+        Ok(list)
+    }
+
+    fn insert(&mut self, entry: RevokedEntry) -> Result<(), String> {
+        if entry.serial.is_none() && entry.public_key.is_none() {
+            return Err(format!(
+                "\"{}\" has neither `serial` nor `public_key`",
+                entry.name
+            ));
+        }
+        if let Some(serial) = &entry.serial {
+            let bytes = parse_hex(serial)
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| format!("\"{}\": serial {serial:?} is not hex", entry.name))?;
+            self.serials.insert(normalize_serial(&bytes));
+        }
+        if let Some(key) = &entry.public_key {
+            let bytes = parse_hex(key)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "\"{}\": public_key {key:?} is not 64 hex characters",
+                        entry.name
+                    )
+                })?;
+            self.keys.insert(bytes);
+        }
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// Parses revocation-list TOML text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let file: RevocationFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        RevocationList::from_entries(file.revoked)
+    }
+
+    /// Reads and parses a revocation list file (format in the module docs).
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        let bytes = read_file(path)?;
+        let malformed = |reason: String| IdentityError::MalformedRevocationList {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let text = std::str::from_utf8(&bytes).map_err(|_| malformed("not UTF-8 text".into()))?;
+        RevocationList::parse(text).map_err(malformed)
+    }
+
+    /// True if either the public key or the serial is listed.
+    pub fn is_revoked(&self, public_key: &[u8; 32], serial: &[u8]) -> bool {
+        self.keys.contains(public_key) || self.serials.contains(&normalize_serial(serial))
+    }
+
+    /// True if an entry lists this public key.
+    pub fn contains_key(&self, public_key: &[u8; 32]) -> bool {
+        self.keys.contains(public_key)
+    }
+
+    /// True if an entry lists this serial.
+    pub fn contains_serial(&self, serial: &[u8]) -> bool {
+        self.serials.contains(&normalize_serial(serial))
+    }
+
+    /// The entries, in file order.
+    pub fn entries(&self) -> &[RevokedEntry] {
+        &self.entries
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if the list revokes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Renders one entry as a `[[revoked]]` TOML table (appended to a file).
+pub fn entry_toml(entry: &RevokedEntry) -> String {
+    #[derive(Serialize)]
+    struct One<'a> {
+        revoked: [&'a RevokedEntry; 1],
+    }
+    toml::to_string(&One { revoked: [entry] }).unwrap_or_default()
+}
+
+/// The header written at the top of a new `revoked.toml`.
+pub const FILE_HEADER: &str = "\
+# herald revocation list. A certificate is revoked when its serial OR its
+# Ed25519 public key matches an entry. Add entries with
+# `herald keygen revoke --dir DIR --name NAME`, or by hand:
+#
+# [[revoked]]
+# name = \"b\"                       # service name (informational)
+# serial = \"...\"                   # certificate serial, hex
+# public_key = \"...\"               # Ed25519 public key, 64 hex characters
+# revoked_at_us = 1767225600000000 # microseconds since the Unix epoch (UTC)
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_match() {
+        let key = [3u8; 32];
+        let text = format!(
+            "{FILE_HEADER}\n[[revoked]]\nname = \"a\"\nserial = \"00:AB:cd\"\n\n\
+             [[revoked]]\nname = \"b\"\npublic_key = \"{}\"\nrevoked_at_us = 5\n",
+            hex::encode(key)
+        );
+        let list = RevocationList::parse(&text).unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(list.is_revoked(&[0u8; 32], &[0xab, 0xcd]));
+        assert!(list.is_revoked(&[0u8; 32], &[0x00, 0xab, 0xcd]));
+        assert!(!list.is_revoked(&[0u8; 32], &[0xab, 0xce]));
+        assert!(list.is_revoked(&key, &[1]));
+        assert!(!list.is_revoked(&[4u8; 32], &[1]));
+        assert!(!RevocationList::empty().is_revoked(&key, &[0xab, 0xcd]));
+        assert!(RevocationList::parse(FILE_HEADER).unwrap().is_empty());
+        assert!(RevocationList::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn rejects_bad_entries() {
+        for bad in [
+            "[[revoked]]\nname = \"a\"\n",
+            "[[revoked]]\nname = \"a\"\nserail = \"01\"\n",
+            "[[revoked]]\nname = \"a\"\nserial = \"xyz\"\n",
+            "[[revoked]]\nname = \"a\"\npublic_key = \"0102\"\n",
+            "[[revoked]]\nserial = \"01\"\n",
+            "revoked = 3\n",
+        ] {
+            assert!(RevocationList::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn entry_roundtrip() {
+        let e = RevokedEntry {
+            name: "a".into(),
+            serial: Some("0102".into()),
+            public_key: Some(hex::encode([1u8; 32])),
+            revoked_at_us: Some(7),
+        };
+        let text = format!("{FILE_HEADER}\n{}", entry_toml(&e));
+        let list = RevocationList::parse(&text).unwrap();
+        assert_eq!(list.entries(), &[e]);
+    }
+}

@@ -1,0 +1,687 @@
+//! The trust anchor: the cluster CA certificate plus the revocation list, and
+//! the admission of author (node) certificates. Pure: no IO after
+//! construction, no clock (callers check time against the validity window).
+
+use std::path::Path;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::oid_registry::{
+    OID_SIG_ED25519, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_BASIC_CONSTRAINTS,
+    OID_X509_EXT_EXTENDED_KEY_USAGE, OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_ALT_NAME,
+    OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+};
+use x509_parser::x509::{AlgorithmIdentifier, X509Version};
+
+use super::{CertError, IdentityError, RevocationList, read_cert_pem};
+use crate::core::limits::CERT_BYTES_MAX;
+
+/// An admitted certificate, pure data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorCert {
+    /// The SAN DNS name that matched.
+    pub service: String,
+    /// Ed25519 key from the SubjectPublicKeyInfo.
+    pub public_key: [u8; 32],
+    /// Start of validity, microseconds since the Unix epoch (UTC).
+    pub not_before_us: u64,
+    /// End of validity (inclusive), microseconds since the Unix epoch (UTC).
+    pub not_after_us: u64,
+    /// Serial number as encoded (big-endian, DER INTEGER content).
+    pub serial: Vec<u8>,
+    /// The exact certificate DER.
+    pub der: Vec<u8>,
+}
+
+impl AuthorCert {
+    /// Checks `now_us` against the validity window (both ends inclusive).
+    pub fn check_time(&self, now_us: u64) -> Result<(), CertError> {
+        if now_us < self.not_before_us {
+            return Err(CertError::NotYetValid {
+                service: self.service.clone(),
+                not_before_us: self.not_before_us,
+                now_us,
+            });
+        }
+        if now_us > self.not_after_us {
+            return Err(CertError::Expired {
+                service: self.service.clone(),
+                not_after_us: self.not_after_us,
+                now_us,
+            });
+        }
+        Ok(())
+    }
+
+    /// The serial as lowercase hex.
+    pub fn serial_hex(&self) -> String {
+        hex::encode(&self.serial)
+    }
+}
+
+/// The CA certificate and revocation list every verification honours.
+#[derive(Debug, Clone)]
+pub struct TrustAnchor {
+    ca_der: Vec<u8>,
+    ca_subject_raw: Vec<u8>,
+    ca_subject: String,
+    ca_key: VerifyingKey,
+    revoked: RevocationList,
+}
+
+fn malformed(reason: impl std::fmt::Display) -> CertError {
+    CertError::Malformed {
+        reason: reason.to_string(),
+    }
+}
+
+/// Parses certificate DER, rejecting oversize input and trailing bytes.
+pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
+    if der.len() > CERT_BYTES_MAX {
+        return Err(CertError::TooLarge {
+            size: der.len(),
+            max: CERT_BYTES_MAX,
+        });
+    }
+    let (rest, cert) = x509_parser::parse_x509_certificate(der).map_err(malformed)?;
+    if !rest.is_empty() {
+        return Err(CertError::TrailingBytes { count: rest.len() });
+    }
+    if cert.tbs_certificate.version != X509Version::V3 {
+        return Err(malformed(format!(
+            "version {} is not X.509 v3",
+            cert.tbs_certificate.version.0 + 1
+        )));
+    }
+    Ok(cert)
+}
+
+fn is_ed25519_alg(alg: &AlgorithmIdentifier<'_>) -> bool {
+    alg.algorithm == OID_SIG_ED25519 && alg.parameters.is_none()
+}
+
+fn describe_key_alg(alg: &AlgorithmIdentifier<'_>) -> String {
+    let id = alg.algorithm.to_id_string();
+    let name = match id.as_str() {
+        "1.2.840.113549.1.1.1" | "1.2.840.113549.1.1.10" => "RSA",
+        "1.2.840.10045.2.1" => "EC",
+        "1.3.101.113" => "Ed448",
+        "1.3.101.110" => "X25519",
+        "1.3.101.112" => "Ed25519 with parameters",
+        _ => "algorithm",
+    };
+    format!("{name} ({id})")
+}
+
+/// The Ed25519 subject public key of a certificate.
+pub(crate) fn subject_ed25519_key(cert: &X509Certificate<'_>) -> Result<[u8; 32], CertError> {
+    let spki = &cert.tbs_certificate.subject_pki;
+    if !is_ed25519_alg(&spki.algorithm) {
+        return Err(CertError::WrongKeyType {
+            found: describe_key_alg(&spki.algorithm),
+        });
+    }
+    if spki.subject_public_key.unused_bits != 0 {
+        return Err(malformed("public key bit string has unused bits"));
+    }
+    <[u8; 32]>::try_from(spki.subject_public_key.data.as_ref()).map_err(|_| {
+        malformed(format!(
+            "Ed25519 public key is {} bytes, expected 32",
+            spki.subject_public_key.data.len()
+        ))
+    })
+}
+
+fn verifying_key(bytes: &[u8; 32]) -> Result<VerifyingKey, CertError> {
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| CertError::WrongKeyType {
+        found: format!("invalid Ed25519 point {}", hex::encode(bytes)),
+    })?;
+    if key.is_weak() {
+        return Err(CertError::WeakKey {
+            key: hex::encode(bytes),
+        });
+    }
+    Ok(key)
+}
+
+/// Checks `cert` is signed with Ed25519 by `key` over its exact TBS bytes.
+fn verify_signature(cert: &X509Certificate<'_>, key: &VerifyingKey) -> Result<(), CertError> {
+    if !is_ed25519_alg(&cert.signature_algorithm) {
+        return Err(CertError::UnsupportedSignatureAlgorithm {
+            oid: cert.signature_algorithm.algorithm.to_id_string(),
+        });
+    }
+    if cert.tbs_certificate.signature != cert.signature_algorithm {
+        return Err(malformed(
+            "inner and outer signature algorithms differ (RFC 5280 4.1.1.2)",
+        ));
+    }
+    let sig = &cert.signature_value;
+    if sig.unused_bits != 0 {
+        return Err(CertError::BadSignature);
+    }
+    let sig = Signature::from_slice(sig.data.as_ref()).map_err(|_| CertError::BadSignature)?;
+    key.verify_strict(cert.tbs_certificate.as_ref(), &sig)
+        .map_err(|_| CertError::BadSignature)
+}
+
+/// Rejects critical extensions herald does not understand (RFC 5280 4.2).
+fn check_critical_extensions(cert: &X509Certificate<'_>) -> Result<(), CertError> {
+    let known = [
+        OID_X509_EXT_BASIC_CONSTRAINTS,
+        OID_X509_EXT_KEY_USAGE,
+        OID_X509_EXT_EXTENDED_KEY_USAGE,
+        OID_X509_EXT_SUBJECT_ALT_NAME,
+        OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+        OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER,
+    ];
+    for ext in cert.tbs_certificate.extensions() {
+        if ext.critical && !known.contains(&ext.oid) {
+            return Err(CertError::UnknownCriticalExtension {
+                oid: ext.oid.to_id_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn time_us(t: &x509_parser::time::ASN1Time) -> u64 {
+    let secs = t.timestamp();
+    if secs <= 0 {
+        0
+    } else {
+        (secs as u64).saturating_mul(1_000_000)
+    }
+}
+
+impl TrustAnchor {
+    /// Builds a trust anchor from CA certificate DER. The CA must be a
+    /// self-signed Ed25519 certificate with `basicConstraints CA:TRUE`.
+    pub fn from_ca_der(ca_der: &[u8], revoked: RevocationList) -> Result<Self, IdentityError> {
+        Self::from_ca_der_named(ca_der, revoked, "(in-memory DER)")
+    }
+
+    fn from_ca_der_named(
+        ca_der: &[u8],
+        revoked: RevocationList,
+        origin: &str,
+    ) -> Result<Self, IdentityError> {
+        let bad = |reason: String| IdentityError::BadCa {
+            origin: origin.to_string(),
+            reason,
+        };
+        let cert = parse_cert(ca_der).map_err(|e| bad(e.to_string()))?;
+        let key_bytes = subject_ed25519_key(&cert).map_err(|e| bad(e.to_string()))?;
+        let ca_key = verifying_key(&key_bytes).map_err(|e| bad(e.to_string()))?;
+        let tbs = &cert.tbs_certificate;
+        let bc = tbs
+            .basic_constraints()
+            .map_err(|e| bad(format!("bad basicConstraints: {e}")))?;
+        if !bc.is_some_and(|b| b.value.ca) {
+            return Err(bad(
+                "not a CA certificate (basicConstraints CA:TRUE missing)".into(),
+            ));
+        }
+        if let Some(ku) = tbs
+            .key_usage()
+            .map_err(|e| bad(format!("bad keyUsage: {e}")))?
+            && !ku.value.key_cert_sign()
+        {
+            return Err(bad("keyUsage does not allow keyCertSign".into()));
+        }
+        if tbs.issuer.as_raw() != tbs.subject.as_raw() {
+            return Err(bad(format!(
+                "not self-signed: issuer \"{}\" differs from subject \"{}\"",
+                tbs.issuer, tbs.subject
+            )));
+        }
+        verify_signature(&cert, &ca_key).map_err(|e| bad(format!("self-signature: {e}")))?;
+        Ok(TrustAnchor {
+            ca_der: ca_der.to_vec(),
+            ca_subject_raw: tbs.subject.as_raw().to_vec(),
+            ca_subject: tbs.subject.to_string(),
+            ca_key,
+            revoked,
+        })
+    }
+
+    /// Loads the CA certificate (PEM) and, if given, the revocation list.
+    pub fn load(ca_pem_path: &Path, revoked_path: Option<&Path>) -> Result<Self, IdentityError> {
+        let der = read_cert_pem(ca_pem_path)?;
+        let revoked = match revoked_path {
+            Some(p) => RevocationList::load(p)?,
+            None => RevocationList::empty(),
+        };
+        Self::from_ca_der_named(&der, revoked, &ca_pem_path.display().to_string())
+    }
+
+    /// The CA certificate DER.
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca_der
+    }
+
+    /// The CA's Ed25519 public key.
+    pub fn ca_public_key(&self) -> [u8; 32] {
+        self.ca_key.to_bytes()
+    }
+
+    /// The revocation list this anchor honours.
+    pub fn revoked(&self) -> &RevocationList {
+        &self.revoked
+    }
+
+    /// Admits `cert_der` as the certificate of event author / node `service`.
+    ///
+    /// Checks, in order: size and DER well-formedness (no trailing bytes,
+    /// X.509 v3); issuer name equals the CA subject; the CA's Ed25519
+    /// signature over the TBS bytes; the subject key is Ed25519 and not weak;
+    /// no unknown critical extension; not a CA; EKU has serverAuth and
+    /// clientAuth (a node certificate) and keyUsage, if present, allows
+    /// digitalSignature; a DNS SAN equals `service`; not revoked. Does not
+    /// check time: see [`AuthorCert::check_time`].
+    pub fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
+        let cert = parse_cert(cert_der)?;
+        let tbs = &cert.tbs_certificate;
+        if tbs.issuer.as_raw() != self.ca_subject_raw.as_slice() {
+            return Err(CertError::NotIssuedByCa {
+                issuer: tbs.issuer.to_string(),
+                ca: self.ca_subject.clone(),
+            });
+        }
+        verify_signature(&cert, &self.ca_key)?;
+        let public_key = subject_ed25519_key(&cert)?;
+        verifying_key(&public_key)?;
+        check_critical_extensions(&cert)?;
+
+        let bc = tbs
+            .basic_constraints()
+            .map_err(|e| malformed(format!("basicConstraints: {e}")))?;
+        if bc.is_some_and(|b| b.value.ca) {
+            return Err(CertError::IsCa);
+        }
+        let eku = tbs
+            .extended_key_usage()
+            .map_err(|e| malformed(format!("extendedKeyUsage: {e}")))?;
+        match eku {
+            None => {
+                return Err(CertError::NotNodeCertificate {
+                    reason: "no extendedKeyUsage; a node needs serverAuth and clientAuth".into(),
+                });
+            }
+            Some(eku) if !(eku.value.server_auth && eku.value.client_auth) => {
+                let mut has = Vec::new();
+                if eku.value.server_auth {
+                    has.push("serverAuth");
+                }
+                if eku.value.client_auth {
+                    has.push("clientAuth");
+                }
+                let has = if has.is_empty() {
+                    "neither".to_string()
+                } else {
+                    format!("only {}", has.join(", "))
+                };
+                return Err(CertError::NotNodeCertificate {
+                    reason: format!(
+                        "extendedKeyUsage has {has}; a node needs serverAuth and clientAuth"
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+        let ku = tbs
+            .key_usage()
+            .map_err(|e| malformed(format!("keyUsage: {e}")))?;
+        if let Some(ku) = ku
+            && !ku.value.digital_signature()
+        {
+            return Err(CertError::NotNodeCertificate {
+                reason: "keyUsage does not allow digitalSignature".into(),
+            });
+        }
+
+        let san = tbs
+            .subject_alternative_name()
+            .map_err(|e| malformed(format!("subjectAltName: {e}")))?;
+        let dns_names: Vec<&str> = san
+            .map(|s| {
+                s.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::DNSName(d) => Some(*d),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !dns_names.contains(&service) {
+            let found = if dns_names.is_empty() {
+                "no DNS name".to_string()
+            } else {
+                format!("DNS names {}", dns_names.join(", "))
+            };
+            return Err(CertError::NameMismatch {
+                expected: service.to_string(),
+                found,
+            });
+        }
+
+        let serial = tbs.raw_serial().to_vec();
+        if self.revoked.is_revoked(&public_key, &serial) {
+            return Err(CertError::Revoked {
+                service: service.to_string(),
+                serial: hex::encode(&serial),
+            });
+        }
+        Ok(AuthorCert {
+            service: service.to_string(),
+            public_key,
+            not_before_us: time_us(&tbs.validity.not_before),
+            not_after_us: time_us(&tbs.validity.not_after),
+            serial,
+            der: cert_der.to_vec(),
+        })
+    }
+
+    /// True if the revocation list names the certificate's key or serial.
+    pub fn is_revoked(&self, cert: &AuthorCert) -> bool {
+        self.revoked.is_revoked(&cert.public_key, &cert.serial)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{
+        CertError, NodeIdentity, create_ca, issue_client, issue_node, issue_node_with_validity,
+        revoke,
+    };
+    use std::path::PathBuf;
+
+    struct Cluster {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+    }
+
+    fn cluster() -> Cluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        create_ca(&dir, 30, false).unwrap();
+        issue_node(&dir, "a", 10, false).unwrap();
+        Cluster { _tmp: tmp, dir }
+    }
+
+    fn anchor(dir: &Path) -> TrustAnchor {
+        TrustAnchor::load(&dir.join("ca.crt"), None).unwrap()
+    }
+
+    fn cert(dir: &Path, name: &str) -> Vec<u8> {
+        read_cert_pem(&dir.join(format!("{name}.crt"))).unwrap()
+    }
+
+    #[test]
+    fn admits_a_node_certificate() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        let der = cert(&c.dir, "a");
+        let admitted = trust.admit_author("a", &der).unwrap();
+        assert_eq!(admitted.service, "a");
+        assert_eq!(admitted.der, der);
+        assert_eq!(admitted.serial.len(), 16);
+        assert!(admitted.serial[0] & 0x80 == 0);
+        let key = crate::identity::pem::read_private_key(&c.dir.join("a.key")).unwrap();
+        assert_eq!(admitted.public_key, key.verifying_key().to_bytes());
+        let now = crate::clock::now_us();
+        assert!(admitted.not_before_us <= now && now <= admitted.not_after_us);
+        let ten_days = 10 * 86_400 * 1_000_000;
+        assert!(admitted.not_after_us.abs_diff(now + ten_days) < 5 * 1_000_000 * 60);
+        assert!(!trust.is_revoked(&admitted));
+        admitted.check_time(now).unwrap();
+        // The trust anchor is the CA certificate itself.
+        assert_eq!(trust.ca_der(), cert(&c.dir, "ca").as_slice());
+        let from_der = TrustAnchor::from_ca_der(trust.ca_der(), RevocationList::empty()).unwrap();
+        assert!(from_der.admit_author("a", &der).is_ok());
+    }
+
+    #[test]
+    fn rejects_a_certificate_from_another_ca() {
+        let c = cluster();
+        let other = cluster();
+        let trust = anchor(&c.dir);
+        let e = trust.admit_author("a", &cert(&other.dir, "a")).unwrap_err();
+        assert!(matches!(e, CertError::NotIssuedByCa { .. }), "{e}");
+        // Same issuer name, different key: the signature check catches it.
+        let other_ca = cert(&other.dir, "ca");
+        let forged_issuer = TrustAnchor::from_ca_der(&other_ca, RevocationList::empty()).unwrap();
+        let mut spoof = forged_issuer.clone();
+        spoof.ca_subject_raw = trust.ca_subject_raw.clone();
+        let e = spoof.admit_author("a", &cert(&c.dir, "a")).unwrap_err();
+        assert_eq!(e, CertError::BadSignature);
+    }
+
+    #[test]
+    fn rejects_client_certificate_as_author() {
+        let c = cluster();
+        issue_client(&c.dir, "cli", 10, false).unwrap();
+        let e = anchor(&c.dir)
+            .admit_author("cli", &cert(&c.dir, "cli"))
+            .unwrap_err();
+        assert!(matches!(e, CertError::NotNodeCertificate { .. }), "{e}");
+        assert!(e.to_string().contains("only clientAuth"), "{e}");
+    }
+
+    #[test]
+    fn rejects_the_ca_itself() {
+        let c = cluster();
+        let ca = cert(&c.dir, "ca");
+        let e = anchor(&c.dir).admit_author("a", &ca).unwrap_err();
+        assert_eq!(e, CertError::IsCa);
+    }
+
+    #[test]
+    fn rejects_name_mismatch() {
+        let c = cluster();
+        let e = anchor(&c.dir)
+            .admit_author("b", &cert(&c.dir, "a"))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            CertError::NameMismatch {
+                expected: "b".into(),
+                found: "DNS names a".into()
+            }
+        );
+        assert!(e.to_string().contains("expected service \"b\""), "{e}");
+    }
+
+    #[test]
+    fn rejects_revoked_by_key_and_by_serial() {
+        let c = cluster();
+        let der = cert(&c.dir, "a");
+        let admitted = anchor(&c.dir).admit_author("a", &der).unwrap();
+        let ca_der = cert(&c.dir, "ca");
+
+        let by_key = RevocationList::parse(&format!(
+            "[[revoked]]\nname = \"a\"\npublic_key = \"{}\"\n",
+            hex::encode(admitted.public_key)
+        ))
+        .unwrap();
+        let trust = TrustAnchor::from_ca_der(&ca_der, by_key).unwrap();
+        let e = trust.admit_author("a", &der).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+        assert!(trust.is_revoked(&admitted));
+
+        let by_serial = RevocationList::parse(&format!(
+            "[[revoked]]\nname = \"a\"\nserial = \"{}\"\n",
+            admitted.serial_hex().to_uppercase()
+        ))
+        .unwrap();
+        let trust = TrustAnchor::from_ca_der(&ca_der, by_serial).unwrap();
+        let e = trust.admit_author("a", &der).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+
+        // Someone else's serial and key do not revoke `a`.
+        let other = RevocationList::parse(&format!(
+            "[[revoked]]\nname = \"x\"\nserial = \"01\"\npublic_key = \"{}\"\n",
+            hex::encode([5u8; 32])
+        ))
+        .unwrap();
+        let trust = TrustAnchor::from_ca_der(&ca_der, other).unwrap();
+        assert!(trust.admit_author("a", &der).is_ok());
+    }
+
+    #[test]
+    fn revoke_writes_the_list_idempotently() {
+        let c = cluster();
+        let path = revoke(&c.dir, "a").unwrap();
+        let first = std::fs::read_to_string(&path).unwrap();
+        revoke(&c.dir, "a").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), first);
+        let list = RevocationList::load(&path).unwrap();
+        assert_eq!(list.len(), 1);
+        let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
+        let e = trust.admit_author("a", &cert(&c.dir, "a")).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+    }
+
+    #[test]
+    fn rejects_tampered_certificates() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        let der = cert(&c.dir, "a");
+        let parsed = parse_cert(&der).unwrap();
+        let serial = parsed.tbs_certificate.raw_serial();
+        let serial_end = serial.as_ptr() as usize - der.as_ptr() as usize + serial.len();
+        drop(parsed);
+
+        // A flipped bit in the signed part (the serial's last byte).
+        let mut t = der.clone();
+        t[serial_end - 1] ^= 0x01;
+        assert_eq!(
+            trust.admit_author("a", &t).unwrap_err(),
+            CertError::BadSignature
+        );
+
+        // A flipped bit in the signature itself.
+        let mut t = der.clone();
+        let n = t.len();
+        t[n - 1] ^= 0x01;
+        assert_eq!(
+            trust.admit_author("a", &t).unwrap_err(),
+            CertError::BadSignature
+        );
+
+        // Trailing bytes, truncation, oversize.
+        let mut t = der.clone();
+        t.push(0);
+        assert_eq!(
+            trust.admit_author("a", &t).unwrap_err(),
+            CertError::TrailingBytes { count: 1 }
+        );
+        let e = trust.admit_author("a", &der[..der.len() - 1]).unwrap_err();
+        assert!(matches!(e, CertError::Malformed { .. }), "{e}");
+        let big = vec![0u8; CERT_BYTES_MAX + 1];
+        assert!(matches!(
+            trust.admit_author("a", &big).unwrap_err(),
+            CertError::TooLarge { .. }
+        ));
+    }
+
+    #[test]
+    fn rejects_non_ed25519_certificates() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        // A P-256 node certificate with the right issuer name, signed by a P-256 key.
+        let ca_der = cert(&c.dir, "ca");
+        let p256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca_der.as_slice().into(), &p256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a".to_string()]).unwrap();
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let leaf = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let bad = params.signed_by(&leaf, &issuer).unwrap();
+        let e = trust.admit_author("a", bad.der()).unwrap_err();
+        assert!(
+            matches!(e, CertError::UnsupportedSignatureAlgorithm { .. }),
+            "{e}"
+        );
+
+        // A P-256 CA is not a usable trust anchor.
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let p256_ca = ca_params.self_signed(&p256).unwrap();
+        let e = TrustAnchor::from_ca_der(p256_ca.der(), RevocationList::empty()).unwrap_err();
+        assert!(e.to_string().contains("wrong type"), "{e}");
+        // A node certificate is not a CA.
+        let e = TrustAnchor::from_ca_der(&cert(&c.dir, "a"), RevocationList::empty()).unwrap_err();
+        assert!(e.to_string().contains("not a CA"), "{e}");
+    }
+
+    #[test]
+    fn node_identity_checks_key_and_time() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        let now = crate::clock::now_us();
+        let id = NodeIdentity::load("a", &c.dir.join("a.key"), &c.dir.join("a.crt"), &trust, now)
+            .unwrap();
+        assert_eq!(
+            id.cert.public_key,
+            id.signing_key.verifying_key().to_bytes()
+        );
+        assert!(!format!("{id:?}").contains(&hex::encode(id.signing_key.to_bytes())));
+
+        // Key of another node.
+        issue_node(&c.dir, "b", 10, false).unwrap();
+        let e = NodeIdentity::load("a", &c.dir.join("b.key"), &c.dir.join("a.crt"), &trust, now)
+            .unwrap_err();
+        assert!(
+            matches!(e, crate::identity::IdentityError::KeyMismatch { .. }),
+            "{e}"
+        );
+
+        // Expired and not yet valid.
+        let day = 86_400 * 1_000_000;
+        issue_node_with_validity(&c.dir, "old", now - 3 * day, now - day, false).unwrap();
+        let e = NodeIdentity::load(
+            "old",
+            &c.dir.join("old.key"),
+            &c.dir.join("old.crt"),
+            &trust,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                crate::identity::IdentityError::Certificate {
+                    source: CertError::Expired { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("old.crt"), "{e}");
+        issue_node_with_validity(&c.dir, "new", now + day, now + 3 * day, false).unwrap();
+        let e = NodeIdentity::load(
+            "new",
+            &c.dir.join("new.key"),
+            &c.dir.join("new.crt"),
+            &trust,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                crate::identity::IdentityError::Certificate {
+                    source: CertError::NotYetValid { .. },
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
