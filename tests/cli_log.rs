@@ -39,9 +39,16 @@ fn publish_log_export_verify_round_trip() {
     init(dir);
     let config = path(dir, "a.toml");
     let o = herald(&[
-        "publish", "--config", &config, "--type", "donation.received",
-        "--data", r#"{"donor":"D-1","amount_cents":2500}"#,
-        "--meta", "correlation_id=c-9", "--json",
+        "publish",
+        "--config",
+        &config,
+        "--type",
+        "donation.received",
+        "--data",
+        r#"{"donor":"D-1","amount_cents":2500}"#,
+        "--meta",
+        "correlation_id=c-9",
+        "--json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let receipt: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
@@ -49,21 +56,43 @@ fn publish_log_export_verify_round_trip() {
     assert_eq!(receipt["hash"].as_str().unwrap().len(), 64);
 
     let o = herald(&[
-        "publish", "--config", &config, "--type", "volunteer.signed_up",
-        "--data", r#"{"v":1}"#, "--count", "600", "--json",
+        "publish",
+        "--config",
+        &config,
+        "--type",
+        "volunteer.signed_up",
+        "--data",
+        r#"{"v":1}"#,
+        "--count",
+        "600",
+        "--json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let seqs: Vec<u64> = stdout(&o)
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"].as_u64().unwrap())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
         .collect();
-    assert_eq!(seqs, (2..=601).collect::<Vec<_>>(), "one receipt per event, in order");
+    assert_eq!(
+        seqs,
+        (2..=601).collect::<Vec<_>>(),
+        "one receipt per event, in order"
+    );
 
     let o = herald(&["log", "--config", &config, "--type", "donation.*", "--json"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let lines: Vec<serde_json::Value> = stdout(&o).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0]["data"]["donor"], "D-1", "decrypted with the channel key");
+    assert_eq!(
+        lines[0]["data"]["donor"], "D-1",
+        "decrypted with the channel key"
+    );
     assert_eq!(lines[0]["meta"]["correlation_id"], "c-9");
     assert_eq!(lines[0]["channel"], "default");
 
@@ -75,7 +104,15 @@ fn publish_log_export_verify_round_trip() {
 
     let ca = path(dir, "keys/ca.crt");
     let key = path(dir, "keys/channel-default.key");
-    let o = herald(&["verify", &export, "--ca", &ca, "--channel-key", &key, "--json"]);
+    let o = herald(&[
+        "verify",
+        &export,
+        "--ca",
+        &ca,
+        "--channel-key",
+        &key,
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(report["valid"], true);
@@ -96,13 +133,23 @@ fn publish_log_export_verify_round_trip() {
     std::fs::write(&tampered, bytes).unwrap();
     let o = herald(&["verify", &tampered, "--ca", &ca]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
-    assert!(stdout(&o).contains("problem: feed a seq "), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("problem: feed a seq "),
+        "{}",
+        stdout(&o)
+    );
     assert!(stdout(&o).contains("INVALID"));
 
     // Another cluster's CA: every feed is untrusted.
     let other = tempfile::tempdir().unwrap();
     init(other.path());
-    let o = herald(&["verify", &export, "--ca", &path(other.path(), "keys/ca.crt"), "--json"]);
+    let o = herald(&[
+        "verify",
+        &export,
+        "--ca",
+        &path(other.path(), "keys/ca.crt"),
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(report["feeds"][0]["status"], "untrusted");
@@ -110,14 +157,37 @@ fn publish_log_export_verify_round_trip() {
 
     // A wrong channel key is reported.
     let wrong_key = path(other.path(), "keys/channel-default.key");
-    let o = herald(&["verify", &export, "--ca", &ca, "--channel-key", &wrong_key, "--json"]);
+    let o = herald(&[
+        "verify",
+        &export,
+        "--ca",
+        &ca,
+        "--channel-key",
+        &wrong_key,
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("\"check\":\"decrypt\""));
 
     // Revoking the author makes the export fail verification.
-    let o = herald(&["keygen", "revoke", "--dir", &path(dir, "keys"), "--name", "a"]);
+    let o = herald(&[
+        "keygen",
+        "revoke",
+        "--dir",
+        &path(dir, "keys"),
+        "--name",
+        "a",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let o = herald(&["verify", &export, "--ca", &ca, "--revoked", &path(dir, "keys/revoked.toml"), "--json"]);
+    let o = herald(&[
+        "verify",
+        &export,
+        "--ca",
+        &ca,
+        "--revoked",
+        &path(dir, "keys/revoked.toml"),
+        "--json",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
     let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(report["feeds"][0]["status"], "untrusted");
@@ -131,12 +201,27 @@ fn bad_input_exits_2_with_a_clear_error_and_writes_nothing() {
     let config = path(dir, "a.toml");
     let db = dir.join("data/a/herald.db");
 
-    let o = herald(&["publish", "--config", &config, "--type", "t.x", "--data", "{not json"]);
+    let o = herald(&[
+        "publish",
+        "--config",
+        &config,
+        "--type",
+        "t.x",
+        "--data",
+        "{not json",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("--data is not valid JSON"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--data is not valid JSON"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!db.exists(), "invalid JSON wrote nothing");
 
-    let big = format!("\"{}\"", "x".repeat(herald::core::limits::PAYLOAD_PLAINTEXT_BYTES_MAX + 1));
+    let big = format!(
+        "\"{}\"",
+        "x".repeat(herald::core::limits::PAYLOAD_PLAINTEXT_BYTES_MAX + 1)
+    );
     let big_file = dir.join("big.json");
     std::fs::write(&big_file, &big).unwrap();
     let o = Command::new(herald_bin())
@@ -150,15 +235,42 @@ fn bad_input_exits_2_with_a_clear_error_and_writes_nothing() {
     }
     assert!(!db.exists(), "an oversized payload wrote nothing");
 
-    let o = herald(&["publish", "--config", &config, "--type", "t.x", "--data", "{}", "--channel", "finance"]);
+    let o = herald(&[
+        "publish",
+        "--config",
+        &config,
+        "--type",
+        "t.x",
+        "--data",
+        "{}",
+        "--channel",
+        "finance",
+    ]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("unknown channel \"finance\""), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("unknown channel \"finance\""),
+        "{}",
+        stderr(&o)
+    );
 
-    let o = herald(&["publish", "--config", &path(dir, "missing.toml"), "--type", "t.x", "--data", "{}"]);
+    let o = herald(&[
+        "publish",
+        "--config",
+        &path(dir, "missing.toml"),
+        "--type",
+        "t.x",
+        "--data",
+        "{}",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing.toml"), "{}", stderr(&o));
 
-    let o = herald(&["verify", &path(dir, "nope.hrld"), "--ca", &path(dir, "keys/ca.crt")]);
+    let o = herald(&[
+        "verify",
+        &path(dir, "nope.hrld"),
+        "--ca",
+        &path(dir, "keys/ca.crt"),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nope.hrld"), "{}", stderr(&o));
 
@@ -170,7 +282,9 @@ fn bad_input_exits_2_with_a_clear_error_and_writes_nothing() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("missing-ca.crt"), "{}", stderr(&o));
 
-    let o = herald(&["publish", "--config", &config, "--type", "t.x", "--data", "{}", "--meta", "oops"]);
+    let o = herald(&[
+        "publish", "--config", &config, "--type", "t.x", "--data", "{}", "--meta", "oops",
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("key=value"));
 }
@@ -181,10 +295,17 @@ fn truncated_and_reordered_exports_are_caught() {
     let dir = tmp.path();
     init(dir);
     let config = path(dir, "a.toml");
-    let o = herald(&["publish", "--config", &config, "--type", "t.x", "--data", "{}", "--count", "20"]);
+    let o = herald(&[
+        "publish", "--config", &config, "--type", "t.x", "--data", "{}", "--count", "20",
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let export = path(dir, "a.hrld");
-    assert_eq!(herald(&["export", "--config", &config, "--out", &export]).status.code(), Some(0));
+    assert_eq!(
+        herald(&["export", "--config", &config, "--out", &export])
+            .status
+            .code(),
+        Some(0)
+    );
     let ca = path(dir, "keys/ca.crt");
     let bytes = std::fs::read(&export).unwrap();
     let records = split_records(&bytes);
@@ -195,7 +316,11 @@ fn truncated_and_reordered_exports_are_caught() {
         std::fs::write(&p, &bytes[..cut]).unwrap();
         let o = herald(&["verify", &p, "--ca", &ca, "--json"]);
         assert_eq!(o.status.code(), Some(1));
-        assert!(stdout(&o).contains("\"check\":\"truncated\""), "{}", stdout(&o));
+        assert!(
+            stdout(&o).contains("\"check\":\"truncated\""),
+            "{}",
+            stdout(&o)
+        );
     }
 
     // Swap two event records: both are named.
@@ -211,7 +336,12 @@ fn truncated_and_reordered_exports_are_caught() {
     let o = herald(&["verify", &p, "--ca", &ca, "--json"]);
     assert_eq!(o.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
-    let checks: Vec<&str> = report["problems"].as_array().unwrap().iter().map(|p| p["check"].as_str().unwrap()).collect();
+    let checks: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["check"].as_str().unwrap())
+        .collect();
     assert_eq!(checks, vec!["sequence", "sequence"], "{report}");
 
     // Drop one event record: one sequence problem names the gap.

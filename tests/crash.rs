@@ -22,7 +22,15 @@ fn every_acknowledged_event_survives_sigkill() {
         let mut child = Command::new(herald_bin())
             .args(["publish", "--config"])
             .arg(&config)
-            .args(["--type", "crash.test", "--data", r#"{"round":1}"#, "--count", "1000000", "--json"])
+            .args([
+                "--type",
+                "crash.test",
+                "--data",
+                r#"{"round":1}"#,
+                "--count",
+                "1000000",
+                "--json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -34,27 +42,42 @@ fn every_acknowledged_event_survives_sigkill() {
         while seen < receipts_before_kill && Instant::now() < deadline {
             let Some(Ok(line)) = lines.next() else { break };
             let v: serde_json::Value = serde_json::from_str(&line).expect("receipt json");
-            acknowledged.push((v["seq"].as_u64().unwrap(), v["hash"].as_str().unwrap().to_string()));
+            acknowledged.push((
+                v["seq"].as_u64().unwrap(),
+                v["hash"].as_str().unwrap().to_string(),
+            ));
             seen += 1;
         }
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix
         // Receipts already printed before the kill count as acknowledged.
         for line in lines.map_while(Result::ok) {
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                acknowledged.push((v["seq"].as_u64().unwrap(), v["hash"].as_str().unwrap().to_string()));
+                acknowledged.push((
+                    v["seq"].as_u64().unwrap(),
+                    v["hash"].as_str().unwrap().to_string(),
+                ));
             }
         }
         let _ = child.wait();
-        assert!(seen >= receipts_before_kill, "round {round}: publisher too slow");
+        assert!(
+            seen >= receipts_before_kill,
+            "round {round}: publisher too slow"
+        );
 
         // Reopen: every acknowledged event is there with the same hash.
         let log = cluster.open("a");
         let head = log.heads().unwrap()[0].seq;
         let stored = log.read("a", 0..=head).unwrap();
         for (seq, hash) in &acknowledged {
-            let event = stored.get(*seq as usize).expect("acknowledged event present");
+            let event = stored
+                .get(*seq as usize)
+                .expect("acknowledged event present");
             assert_eq!(event.header.seq, *seq);
-            assert_eq!(&hex::encode(event.hash), hash, "round {round}: seq {seq} changed");
+            assert_eq!(
+                &hex::encode(event.hash),
+                hash,
+                "round {round}: seq {seq} changed"
+            );
         }
         // And the log continues its chain.
         let next = log.proclaim("crash.after", b"{}", vec![]).unwrap();

@@ -58,7 +58,13 @@ fn fixture() -> Fixture {
     let drafts = (1..=3u8)
         .map(|i| {
             let meta = vec![("correlation_id".to_string(), format!("c-{i}"))];
-            let draft = Draft::new("donation.received", 1, meta, format!(r#"{{"n":{i}}}"#).into_bytes()).unwrap();
+            let draft = Draft::new(
+                "donation.received",
+                1,
+                meta,
+                format!(r#"{{"n":{i}}}"#).into_bytes(),
+            )
+            .unwrap();
             (draft, &channel, entropy(i))
         })
         .collect();
@@ -123,11 +129,18 @@ fn every_single_byte_change_is_rejected() {
 fn order_gaps_duplicates_and_foreign_authors_are_rejected() {
     let f = fixture();
     let bytes = |i: usize| f.events[i].bytes().to_vec();
-    assert_eq!(verify_first(&f, bytes(1)).err(), Some(Check::Sequence), "gap");
+    assert_eq!(
+        verify_first(&f, bytes(1)).err(),
+        Some(Check::Sequence),
+        "gap"
+    );
     let mut v = verifier(&f);
     let first = DecodedEvent::decode(bytes(0)).unwrap();
     v.verify_next(first.clone(), true).unwrap();
-    assert_eq!(v.verify_next(first, true).err().map(|r| r.check), Some(Check::Duplicate));
+    assert_eq!(
+        v.verify_next(first, true).err().map(|r| r.check),
+        Some(Check::Duplicate)
+    );
     // The genesis of the feed cannot be replayed as a later event either.
     let genesis = DecodedEvent::decode(f.genesis.bytes().to_vec()).unwrap();
     assert!(v.verify_next(genesis, true).is_err());
@@ -143,7 +156,12 @@ fn ciphertext_moved_to_another_event_does_not_decrypt() {
     let (env2, mut h2) = codec::decode_envelope(f.events[1].bytes()).unwrap();
     let payload = env1.payload.unwrap();
     h2.payload = PayloadDescriptor {
-        encryption: match codec::decode_envelope(f.events[0].bytes()).unwrap().1.payload.encryption {
+        encryption: match codec::decode_envelope(f.events[0].bytes())
+            .unwrap()
+            .1
+            .payload
+            .encryption
+        {
             e @ Encryption::XChaCha20Poly1305 { .. } => e,
             Encryption::Plain => unreachable!(),
         },
@@ -152,7 +170,11 @@ fn ciphertext_moved_to_another_event_does_not_decrypt() {
     };
     let header = codec::encode_header(&h2);
     let hash = codec::event_hash(&header);
-    let signature = f.identity.signing_key.sign(&codec::signing_message(&hash)).to_bytes();
+    let signature = f
+        .identity
+        .signing_key
+        .sign(&codec::signing_message(&hash))
+        .to_bytes();
     let moved = codec::encode_envelope(&herald::core::event::Envelope {
         header,
         signature,
@@ -163,7 +185,9 @@ fn ciphertext_moved_to_another_event_does_not_decrypt() {
     let e1 = DecodedEvent::decode(f.events[0].bytes().to_vec()).unwrap();
     v.verify_next(e1, true).unwrap();
     let decoded = DecodedEvent::decode(moved).unwrap();
-    let verified = v.verify_next(decoded, true).expect("validly signed by the author");
+    let verified = v
+        .verify_next(decoded, true)
+        .expect("validly signed by the author");
     assert!(open_payload(&verified, std::slice::from_ref(&f.channel)).is_err());
 }
 
@@ -180,7 +204,12 @@ fn batch_verification_names_the_one_bad_signature() {
         .collect();
     items[437].1[0] ^= 1;
     let results = batch_signatures_valid(&items);
-    let bad: Vec<usize> = results.iter().enumerate().filter(|(_, ok)| !**ok).map(|(i, _)| i).collect();
+    let bad: Vec<usize> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, ok)| !**ok)
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(bad, vec![437]);
 }
 
@@ -196,7 +225,10 @@ fn trailing_bytes_and_unknown_versions_are_refused() {
     let (_, header) = codec::decode_envelope(f.events[0].bytes()).unwrap();
     let mut header_bytes = codec::encode_header(&header);
     header_bytes[0] = 2;
-    assert_eq!(codec::decode_header(&header_bytes).err(), Some(DecodeError::Version { found: 2 }));
+    assert_eq!(
+        codec::decode_header(&header_bytes).err(),
+        Some(DecodeError::Version { found: 2 })
+    );
     let oversized = vec![0u8; herald::core::limits::ENVELOPE_BYTES_MAX + 1];
     assert!(matches!(
         DecodedEvent::decode(oversized).err(),
@@ -214,25 +246,34 @@ fn arb_header() -> impl Strategy<Value = EventHeader> {
         "[a-z]{1,10}\\.[a-z_]{1,20}",
         any::<u32>(),
         proptest::collection::btree_map("[a-z_]{1,12}", "[ -~]{0,40}", 0..6),
-        (any::<[u8; 16]>(), any::<[u8; 24]>(), any::<[u8; 32]>(), 0u32..1_000_000),
+        (
+            any::<[u8; 16]>(),
+            any::<[u8; 24]>(),
+            any::<[u8; 32]>(),
+            0u32..1_000_000,
+        ),
     )
-        .prop_map(|(id, author, seq, prev, ts, event_type, schema, meta, (key_id, nonce, hash, len))| EventHeader {
-            version: herald::core::limits::FORMAT_VERSION,
-            id,
-            author,
-            seq,
-            prev,
-            timestamp_us: ts,
-            event_type,
-            schema_version: schema,
-            meta: meta.into_iter().collect(),
-            payload: PayloadDescriptor {
-                encryption: Encryption::XChaCha20Poly1305 { key_id, nonce },
-                hash,
-                len,
+        .prop_map(
+            |(id, author, seq, prev, ts, event_type, schema, meta, (key_id, nonce, hash, len))| {
+                EventHeader {
+                    version: herald::core::limits::FORMAT_VERSION,
+                    id,
+                    author,
+                    seq,
+                    prev,
+                    timestamp_us: ts,
+                    event_type,
+                    schema_version: schema,
+                    meta: meta.into_iter().collect(),
+                    payload: PayloadDescriptor {
+                        encryption: Encryption::XChaCha20Poly1305 { key_id, nonce },
+                        hash,
+                        len,
+                    },
+                    signature_scope: SignatureScope::Event,
+                }
             },
-            signature_scope: SignatureScope::Event,
-        })
+        )
 }
 
 proptest! {

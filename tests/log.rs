@@ -23,23 +23,35 @@ fn audit_options(cluster: &Cluster) -> AuditOptions {
 fn proclaim_read_and_reopen_continue_one_valid_chain() {
     let cluster = Cluster::new(&["a"]);
     let log = cluster.open("a");
-    let first = log.proclaim("donation.received", br#"{"amount":1}"#, vec![]).unwrap();
+    let first = log
+        .proclaim("donation.received", br#"{"amount":1}"#, vec![])
+        .unwrap();
     assert_eq!(first.seq, 1, "sequence 0 is the genesis event");
     let channel = log.channel(None).unwrap();
     let drafts = (0..10)
         .map(|i| {
-            let d = Draft::new("donation.received", 1, vec![], format!("{i}").into_bytes()).unwrap();
+            let d =
+                Draft::new("donation.received", 1, vec![], format!("{i}").into_bytes()).unwrap();
             (d, Arc::clone(&channel))
         })
         .collect();
     let batch = log.proclaim_batch(drafts).unwrap();
-    assert_eq!(batch.iter().map(|r| r.seq).collect::<Vec<_>>(), (2..=11).collect::<Vec<_>>());
+    assert_eq!(
+        batch.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (2..=11).collect::<Vec<_>>()
+    );
     let events = log.read("a", 0..=100).unwrap();
     assert_eq!(events.len(), 12);
     for pair in events.windows(2) {
-        assert_eq!(pair[1].header.prev, pair[0].hash, "each event links to its predecessor");
+        assert_eq!(
+            pair[1].header.prev, pair[0].hash,
+            "each event links to its predecessor"
+        );
     }
-    assert_eq!(events[11].hash, batch[9].hash, "the receipt's hash is the stored hash");
+    assert_eq!(
+        events[11].hash, batch[9].hash,
+        "the receipt's hash is the stored hash"
+    );
     log.close();
 
     let log = cluster.open("a");
@@ -83,10 +95,23 @@ fn bad_drafts_are_refused_and_change_nothing() {
         log.proclaim("has space", b"{}", vec![]),
         Err(LogError::Draft(_))
     ));
-    let dup_meta = vec![("k".to_string(), "1".to_string()), ("k".to_string(), "2".to_string())];
-    assert!(matches!(log.proclaim("x.y", b"{}", dup_meta), Err(LogError::Draft(_))));
-    assert!(matches!(log.channel(Some("finance")), Err(LogError::UnknownChannel { .. })));
-    assert_eq!(log.heads().unwrap()[0].seq, 0, "only the genesis event exists");
+    let dup_meta = vec![
+        ("k".to_string(), "1".to_string()),
+        ("k".to_string(), "2".to_string()),
+    ];
+    assert!(matches!(
+        log.proclaim("x.y", b"{}", dup_meta),
+        Err(LogError::Draft(_))
+    ));
+    assert!(matches!(
+        log.channel(Some("finance")),
+        Err(LogError::UnknownChannel { .. })
+    ));
+    assert_eq!(
+        log.heads().unwrap()[0].seq,
+        0,
+        "only the genesis event exists"
+    );
 }
 
 #[test]
@@ -94,16 +119,29 @@ fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
     let cluster = Cluster::new(&["a", "b"]);
     let a = cluster.open("a");
     for i in 0..5 {
-        a.proclaim("volunteer.signed_up", format!("{i}").as_bytes(), vec![]).unwrap();
+        a.proclaim("volunteer.signed_up", format!("{i}").as_bytes(), vec![])
+            .unwrap();
     }
-    let a_events: Vec<Vec<u8>> = a.read("a", 0..=10).unwrap().into_iter().map(|e| e.envelope).collect();
+    let a_events: Vec<Vec<u8>> = a
+        .read("a", 0..=10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
     a.close();
 
     let b = cluster.open("b");
     let report = b.ingest(a_events.clone()).unwrap();
-    assert_eq!((report.applied, report.duplicates, report.rejected.clone()), (6, 0, None));
+    assert_eq!(
+        (report.applied, report.duplicates, report.rejected.clone()),
+        (6, 0, None)
+    );
     let again = b.ingest(a_events.clone()).unwrap();
-    assert_eq!((again.applied, again.duplicates), (0, 6), "applied exactly once");
+    assert_eq!(
+        (again.applied, again.duplicates),
+        (0, 6),
+        "applied exactly once"
+    );
 
     // A tampered event is rejected and nothing after it is applied.
     let mut tampered = a_events[3].clone();
@@ -112,7 +150,11 @@ fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
     let heads_before = b.heads().unwrap();
     let r = b.ingest(vec![tampered]).unwrap();
     assert_eq!(r.applied, 0);
-    assert_eq!(b.heads().unwrap(), heads_before, "a rejected event changes nothing");
+    assert_eq!(
+        b.heads().unwrap(),
+        heads_before,
+        "a rejected event changes nothing"
+    );
 
     // Fork: copy a's store, rewind the copy to head 5, and let both
     // proclaim a different sequence 6 with the same key.
@@ -127,7 +169,9 @@ fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
     // Rewind the copy to head 5 so it re-proclaims sequence 6 differently.
     rewind_to(&fork_config.data_dir, "a", 5);
     let forked = Log::open(&fork_config).unwrap();
-    let other_six = forked.proclaim("volunteer.signed_up", b"second", vec![]).unwrap();
+    let other_six = forked
+        .proclaim("volunteer.signed_up", b"second", vec![])
+        .unwrap();
     assert_eq!(other_six.seq, six.seq);
     assert_ne!(other_six.hash, six.hash);
     let other_bytes = forked.read("a", 6..=6).unwrap().remove(0).envelope;
@@ -140,14 +184,24 @@ fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
     let evidence = b.forks().unwrap();
     assert_eq!(evidence.len(), 1);
     assert_eq!((evidence[0].feed.as_str(), evidence[0].seq), ("a", 6));
-    let head_a = b.heads().unwrap().into_iter().find(|h| h.feed == "a").unwrap();
+    let head_a = b
+        .heads()
+        .unwrap()
+        .into_iter()
+        .find(|h| h.feed == "a")
+        .unwrap();
     assert_eq!(head_a.status, "forked");
     b.close();
 
     // The audit of b's store reports the fork.
     let report = audit_data_dir(&cluster.config("b").data_dir, &audit_options(&cluster)).unwrap();
     assert!(!report.valid);
-    assert!(report.problems.iter().any(|p| p.check == "fork" && p.seq == Some(6)));
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.check == "fork" && p.seq == Some(6))
+    );
     let feed_a = report.feeds.iter().find(|f| f.service == "a").unwrap();
     assert_eq!(feed_a.status, "forked");
 }
@@ -163,7 +217,10 @@ fn open_with_a_certificate_from_another_ca_fails_clearly() {
         Ok(_) => panic!("a certificate from another CA must not open"),
     };
     assert!(!err.is_empty());
-    assert!(!cluster.config("a").data_dir.join("herald.db").exists(), "nothing written");
+    assert!(
+        !cluster.config("a").data_dir.join("herald.db").exists(),
+        "nothing written"
+    );
 }
 
 #[test]
@@ -189,8 +246,11 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 /// Test-only surgery: drop a feed's events above `head` and move its head back.
 fn rewind_to(data_dir: &std::path::Path, feed: &str, head: i64) {
     let conn = rusqlite::Connection::open(data_dir.join("herald.db")).unwrap();
-    conn.execute("DELETE FROM events WHERE feed = ?1 AND seq > ?2", rusqlite::params![feed, head])
-        .unwrap();
+    conn.execute(
+        "DELETE FROM events WHERE feed = ?1 AND seq > ?2",
+        rusqlite::params![feed, head],
+    )
+    .unwrap();
     let (hash, ts): (Vec<u8>, i64) = conn
         .query_row(
             "SELECT hash, timestamp_us FROM events WHERE feed = ?1 AND seq = ?2",

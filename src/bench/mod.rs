@@ -114,7 +114,12 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
     let ceiling = measure_ceiling();
     let setup = provision(work_dir)?;
     let proclaim = bench_proclaim(options, &setup, ceiling.sign_per_s)?;
-    let verify = bench_verify(&setup, work_dir, ceiling.batch_verify_per_s, options.progress)?;
+    let verify = bench_verify(
+        &setup,
+        work_dir,
+        ceiling.batch_verify_per_s,
+        options.progress,
+    )?;
     Ok(BenchReport {
         machine,
         ceiling,
@@ -234,7 +239,9 @@ fn bench_proclaim(
     while remaining > 0 || !in_flight.is_empty() {
         while remaining > 0 && in_flight.len() < BENCH_BATCHES_IN_FLIGHT {
             let n = remaining.min(BENCH_BATCH_EVENTS as u64) as usize;
-            let drafts = (0..n).map(|_| (draft.clone(), Arc::clone(&channel))).collect();
+            let drafts = (0..n)
+                .map(|_| (draft.clone(), Arc::clone(&channel)))
+                .collect();
             in_flight.push_back((Instant::now(), n, log.submit(drafts)?));
             remaining -= n as u64;
         }
@@ -282,7 +289,13 @@ fn bench_verify(
             clock::now_us(),
         )?;
         let conn = crate::store::open_read_only(&setup.dir.join("data"))?;
-        export_store(&conn, "bench", &identity.signing_key, clock::now_us(), &export_path)?;
+        export_store(
+            &conn,
+            "bench",
+            &identity.signing_key,
+            clock::now_us(),
+            &export_path,
+        )?;
     }
     let options = AuditOptions {
         trust: TrustAnchor::load(&keys.join("ca.crt"), None)?,

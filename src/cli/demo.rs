@@ -68,7 +68,10 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     std::fs::create_dir_all(&exports)?;
     let trust_options = || -> Result<AuditOptions, CliError> {
         Ok(AuditOptions {
-            trust: TrustAnchor::load(&dir.join("keys/ca.crt"), Some(&dir.join("keys/revoked.toml")))?,
+            trust: TrustAnchor::load(
+                &dir.join("keys/ca.crt"),
+                Some(&dir.join("keys/revoked.toml")),
+            )?,
             channel_keys: keys.clone(),
             progress: false,
         })
@@ -91,12 +94,14 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     let report = audit_path(&tampered, &trust_options()?)?;
     let mut out = std::io::stdout().lock();
     super::verify::print_report(&mut out, &report)?;
-    let named = report
-        .problems
-        .iter()
-        .any(|p| p.feed.as_deref() == Some("fundraising") && p.seq == Some(seq) && p.check == "payload-hash");
+    let named = report.problems.iter().any(|p| {
+        p.feed.as_deref() == Some("fundraising") && p.seq == Some(seq) && p.check == "payload-hash"
+    });
     ok &= expect(!report.valid, "tampered export is rejected");
-    ok &= expect(named, "the damaged event is named (fundraising, its sequence, payload-hash)");
+    ok &= expect(
+        named,
+        "the damaged event is named (fundraising, its sequence, payload-hash)",
+    );
 
     println!();
     if ok {
@@ -118,11 +123,14 @@ fn expect(condition: bool, what: &str) -> bool {
     condition
 }
 
+/// An event type, its JSON payload and metadata.
+type StoryEvent = (&'static str, String, Vec<(String, String)>);
+
 /// Each service's part of the story: a ratified policy, donations, sign-ups.
 fn proclaim_story(dir: &Path, service: &str) -> Result<(), CliError> {
     let config = NodeConfig::load(&dir.join(format!("{service}.toml")))?;
     let log = Log::open(&config)?;
-    let events: Vec<(&str, String, Vec<(String, String)>)> = match service {
+    let events: Vec<StoryEvent> = match service {
         "council" => vec![(
             "policy.ratified",
             r#"{"policy":"clean-energy-2027","vote":"7-2"}"#.into(),
@@ -132,7 +140,11 @@ fn proclaim_story(dir: &Path, service: &str) -> Result<(), CliError> {
             .map(|i| {
                 (
                     "donation.received",
-                    format!(r#"{{"donor":"D-{}","amount_cents":{},"currency":"USD"}}"#, 1000 + i, 2500 * i),
+                    format!(
+                        r#"{{"donor":"D-{}","amount_cents":{},"currency":"USD"}}"#,
+                        1000 + i,
+                        2500 * i
+                    ),
                     vec![("correlation_id".into(), format!("donation-{i}"))],
                 )
             })
@@ -162,8 +174,19 @@ fn export_node(dir: &Path, service: &str, exports: &Path) -> Result<PathBuf, Cli
     let identity = NodeIdentity::load(service, &config.key, &config.cert, &trust, clock::now_us())?;
     let conn = crate::store::open_read_only(&config.data_dir)?;
     let path = exports.join(format!("{service}.hrld"));
-    let summary = export_store(&conn, service, &identity.signing_key, clock::now_us(), &path)?;
-    println!("   exported {} events of {} to {}", summary.events, service, path.display());
+    let summary = export_store(
+        &conn,
+        service,
+        &identity.signing_key,
+        clock::now_us(),
+        &path,
+    )?;
+    println!(
+        "   exported {} events of {} to {}",
+        summary.events,
+        service,
+        path.display()
+    );
     Ok(path)
 }
 

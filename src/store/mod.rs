@@ -88,6 +88,9 @@ pub enum LogError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+/// One event to proclaim: a validated draft and the channel that encrypts it.
+pub type Proclamation = (Draft, Arc<ChannelKey>);
+
 /// Proof that a proclamation is durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Receipt {
@@ -315,17 +318,14 @@ impl Log {
 
     /// Proclaims a batch and waits until all of it is durable (one commit
     /// when the batch fits [`COMMIT_BATCH_EVENTS_MAX`](crate::core::limits::COMMIT_BATCH_EVENTS_MAX)).
-    pub fn proclaim_batch(
-        &self,
-        drafts: Vec<(Draft, Arc<ChannelKey>)>,
-    ) -> Result<Vec<Receipt>, LogError> {
+    pub fn proclaim_batch(&self, drafts: Vec<Proclamation>) -> Result<Vec<Receipt>, LogError> {
         self.submit(drafts)?.wait()
     }
 
     /// Queues drafts for sealing and returns at once; [`Pending::wait`] gives
     /// the receipts when they are durable. Blocks only while the writer's
     /// queue is full (back-pressure).
-    pub fn submit(&self, drafts: Vec<(Draft, Arc<ChannelKey>)>) -> Result<Pending, LogError> {
+    pub fn submit(&self, drafts: Vec<Proclamation>) -> Result<Pending, LogError> {
         let (reply, receiver) = sync_channel(1);
         self.send(Request::Proclaim { drafts, reply })?;
         Ok(Pending { receiver })

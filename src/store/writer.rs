@@ -8,21 +8,24 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
-use super::{IngestReport, LogError, Receipt};
+use super::{IngestReport, LogError, Proclamation, Receipt};
 use crate::clock;
-use crate::core::crypto::{ChannelKey, Hash};
+use crate::core::crypto::Hash;
 use crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
 use crate::core::verify::{
-    Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
+    Check, DecodedEvent, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
 };
 use crate::identity::TrustAnchor;
+
+/// Where the writer sends a proclamation's receipts.
+pub(crate) type ReceiptReply = SyncSender<Result<Vec<Receipt>, LogError>>;
 
 /// Requests the writer accepts. Each carries its own reply channel.
 pub(crate) enum Request {
     /// Seal and commit the drafts on this node's own feed.
     Proclaim {
-        drafts: Vec<(Draft, Arc<ChannelKey>)>,
-        reply: SyncSender<Result<Vec<Receipt>, LogError>>,
+        drafts: Vec<Proclamation>,
+        reply: ReceiptReply,
     },
     /// Verify and commit events of other feeds (replication, import).
     Ingest {
@@ -88,13 +91,7 @@ impl Writer {
 
     /// Seals every draft of the batch together (signing on all cores), then
     /// commits them in one transaction and answers each requester.
-    fn proclaim(
-        &mut self,
-        requests: Vec<(
-            Vec<(Draft, Arc<ChannelKey>)>,
-            SyncSender<Result<Vec<Receipt>, LogError>>,
-        )>,
-    ) {
+    fn proclaim(&mut self, requests: Vec<(Vec<Proclamation>, ReceiptReply)>) {
         let now_us = clock::now_us();
         let mut sizes = Vec::with_capacity(requests.len());
         let mut replies = Vec::with_capacity(requests.len());
@@ -214,7 +211,7 @@ fn ingest_one(
         return Ok(Outcome::Rejected(Rejection {
             seq: Some(seq),
             check: Check::Fork,
-            expected: format!("events of a feed that has not forked"),
+            expected: "events of a feed that has not forked".into(),
             found: format!("an event of {author}, whose feed forked"),
         }));
     }
