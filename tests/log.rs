@@ -264,3 +264,44 @@ fn rewind_to(data_dir: &std::path::Path, feed: &str, head: i64) {
     )
     .unwrap();
 }
+
+#[test]
+fn a_failed_commit_loses_nothing_acknowledged_and_never_forks_the_feed() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let before = log.proclaim("x.y", b"1", vec![]).unwrap();
+    // Another connection holds SQLite's write lock past the writer's busy
+    // timeout, so the next commits fail.
+    let db = cluster.config("a").data_dir.join("herald.db");
+    let blocker = rusqlite::Connection::open(&db).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let channel = log.channel(None).unwrap();
+    let pending: Vec<_> = (0..3)
+        .map(|i| {
+            let d = Draft::new("x.y", 1, vec![], vec![i]).unwrap();
+            log.submit(vec![(d, Arc::clone(&channel))]).unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let outcomes: Vec<_> = pending.into_iter().map(|p| p.wait()).collect();
+    assert!(outcomes[0].is_err(), "the blocked commit reports failure");
+    // Whatever failed was not stored; whatever succeeded is; and the chain
+    // continues from the durable head without a gap or a second event at
+    // any sequence number.
+    let after = log.proclaim("x.y", b"after", vec![]).unwrap();
+    let events = log.read("a", 0..=after.seq).unwrap();
+    assert_eq!(events.len() as u64, after.seq + 1, "no gaps");
+    assert_eq!(events[1].hash, before.hash);
+    for pair in events.windows(2) {
+        assert_eq!(pair[1].header.prev, pair[0].hash);
+    }
+    for outcome in outcomes.into_iter().flatten() {
+        for r in outcome {
+            assert_eq!(events[r.seq as usize].hash, r.hash, "acknowledged means stored");
+        }
+    }
+    log.close();
+    let report = audit_data_dir(&cluster.config("a").data_dir, &audit_options(&cluster)).unwrap();
+    assert!(report.valid, "{:?}", report.problems);
+}

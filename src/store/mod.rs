@@ -20,7 +20,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
 pub use schema::SCHEMA_VERSION;
-use writer::{Request, Writer};
+use writer::Request;
 
 use crate::clock;
 use crate::config::NodeConfig;
@@ -242,19 +242,22 @@ impl Log {
         claim_service(&conn, &db_path, &identity.service)?;
         let sealer = open_own_feed(&mut conn, &identity, &trust)?;
         let reader = open_connection(&db_path, false)?;
+        let head_conn = open_connection(&db_path, false)?;
         let trust = Arc::new(trust);
         let (tx, rx) = sync_channel(WRITER_QUEUE_REQUESTS_MAX);
-        let writer = Writer {
-            conn,
+        let seal = writer::SealStage {
             sealer,
+            head_conn,
+            own_service: identity.service.clone(),
+        };
+        let commit = writer::CommitStage {
+            conn,
             trust: trust.clone(),
             verifiers: Default::default(),
             own_service: identity.service.clone(),
         };
-        let handle = std::thread::Builder::new()
-            .name(format!("herald-writer-{}", identity.service))
-            .spawn(move || writer.run(rx))
-            .map_err(|e| LogError::Corrupt(format!("cannot start writer thread: {e}")))?;
+        let handle = writer::spawn(seal, commit, rx)
+            .map_err(|e| LogError::Corrupt(format!("cannot start writer threads: {e}")))?;
         Ok(Log {
             service: identity.service,
             db_path,

@@ -67,13 +67,18 @@ pub enum SchemaError {
     Sqlite(#[from] rusqlite::Error),
 }
 
+/// How long a statement waits for another connection's lock before failing.
+/// The writer is the only writer (the lock file sees to that), so waiting
+/// longer would only hide a stuck external tool holding the database.
+pub const STORE_BUSY_TIMEOUT_MS: u64 = 1000;
+
 /// Sets the durability pragmas every connection needs.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit is durable when it returns (fsync of the WAL).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(std::time::Duration::from_millis(STORE_BUSY_TIMEOUT_MS))?;
     Ok(())
 }
 

@@ -1,24 +1,42 @@
-//! The single writer thread: it owns the write connection and the feed's
-//! [`Sealer`], drains queued requests into batches, and commits each batch in
-//! one SQLite transaction (one fsync), so many proclamations share one sync.
+//! The write path: two threads in a pipeline so signing and fsync overlap.
+//!
+//! * The **seal stage** owns the feed's [`Sealer`]: it drains queued requests
+//!   into a batch (up to [`COMMIT_BATCH_EVENTS_MAX`] events), encrypts and
+//!   chains them, and signs them on all cores.
+//! * The **commit stage** owns the write connection: it commits each sealed
+//!   batch in one SQLite transaction (one fsync), then answers the callers.
+//!
+//! While batch N waits for its fsync, batch N+1 is being signed. If a commit
+//! fails, the seal stage has already chained later batches onto events that
+//! are not on disk, so the commit stage bumps an epoch: batches sealed in the
+//! old epoch are refused, and the seal stage rewinds to the durable head
+//! before sealing again. The feed never forks itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
+use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::{IngestReport, LogError, Proclamation, Receipt};
 use crate::clock;
-use crate::core::crypto::Hash;
+use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
 use crate::core::verify::{
-    Check, DecodedEvent, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
+    Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
 };
 use crate::identity::TrustAnchor;
 
+/// Sealed batches that may wait for the commit stage (bounds memory and
+/// how far the seal stage runs ahead of the disk).
+pub const SEALED_BATCHES_QUEUED_MAX: usize = 2;
+
 /// Where the writer sends a proclamation's receipts.
 pub(crate) type ReceiptReply = SyncSender<Result<Vec<Receipt>, LogError>>;
+/// Where the writer sends an ingest's outcome.
+pub(crate) type IngestReply = SyncSender<Result<IngestReport, LogError>>;
 
 /// Requests the writer accepts. Each carries its own reply channel.
 pub(crate) enum Request {
@@ -30,7 +48,7 @@ pub(crate) enum Request {
     /// Verify and commit events of other feeds (replication, import).
     Ingest {
         envelopes: Vec<Vec<u8>>,
-        reply: SyncSender<Result<IngestReport, LogError>>,
+        reply: IngestReply,
     },
 }
 
@@ -43,19 +61,63 @@ impl Request {
     }
 }
 
-/// State owned by the writer thread.
-pub(crate) struct Writer {
-    pub conn: Connection,
+/// What the seal stage hands to the commit stage.
+enum Work {
+    Sealed {
+        epoch: u64,
+        events: Vec<VerifiedEvent>,
+        /// Each caller's reply and how many of `events` are theirs, in order.
+        replies: Vec<(usize, ReceiptReply)>,
+    },
+    Ingest {
+        envelopes: Vec<Vec<u8>>,
+        reply: IngestReply,
+    },
+}
+
+/// The seal stage's state.
+pub(crate) struct SealStage {
     pub sealer: Sealer,
+    /// Read connection used to find the durable head after a failed commit.
+    pub head_conn: Connection,
+    pub own_service: String,
+}
+
+/// The commit stage's state.
+pub(crate) struct CommitStage {
+    pub conn: Connection,
     pub trust: Arc<TrustAnchor>,
     /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
     pub verifiers: HashMap<String, FeedVerifier>,
     pub own_service: String,
 }
 
-impl Writer {
-    /// Runs until every sender is dropped.
-    pub fn run(mut self, requests: Receiver<Request>) {
+/// Starts both stages; the returned thread ends after both have drained
+/// every request (when all senders are dropped).
+pub(crate) fn spawn(
+    seal: SealStage,
+    commit: CommitStage,
+    requests: Receiver<Request>,
+) -> std::io::Result<JoinHandle<()>> {
+    let epoch = Arc::new(AtomicU64::new(0));
+    let (work_tx, work_rx) = sync_channel(SEALED_BATCHES_QUEUED_MAX);
+    let commit_epoch = Arc::clone(&epoch);
+    let name = seal.own_service.clone();
+    let committer = std::thread::Builder::new()
+        .name(format!("herald-commit-{name}"))
+        .spawn(move || commit.run(work_rx, &commit_epoch))?;
+    std::thread::Builder::new()
+        .name(format!("herald-seal-{name}"))
+        .spawn(move || {
+            seal.run(requests, work_tx, &epoch);
+            let _ = committer.join();
+            tracing::debug!("store writer stopped");
+        })
+}
+
+impl SealStage {
+    fn run(mut self, requests: Receiver<Request>, work: SyncSender<Work>, epoch: &AtomicU64) {
+        let mut sealed_epoch = epoch.load(Ordering::Acquire);
         while let Ok(first) = requests.recv() {
             let mut events = first.event_count();
             let mut batch = vec![first];
@@ -68,85 +130,124 @@ impl Writer {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.process(batch);
+            let current = epoch.load(Ordering::Acquire);
+            if current != sealed_epoch {
+                self.rewind_to_durable_head();
+                sealed_epoch = current;
+            }
+            for item in self.seal(batch, sealed_epoch) {
+                if work.send(item).is_err() {
+                    return;
+                }
+            }
         }
-        tracing::debug!("store writer stopped");
     }
 
-    fn process(&mut self, batch: Vec<Request>) {
-        let mut proclaims = Vec::new();
+    /// Seals every draft of the batch together (signing on all cores);
+    /// ingests pass through untouched.
+    fn seal(&mut self, batch: Vec<Request>, epoch: u64) -> Vec<Work> {
+        let mut out = Vec::new();
+        let mut replies = Vec::new();
+        let mut drafts: Vec<Draft> = Vec::new();
+        let mut keys: Vec<Arc<ChannelKey>> = Vec::new();
         for request in batch {
             match request {
-                Request::Proclaim { drafts, reply } => proclaims.push((drafts, reply)),
-                Request::Ingest { envelopes, reply } => {
-                    let result = self.ingest(envelopes);
-                    let _ = reply.send(result);
+                Request::Proclaim { drafts: d, reply } => {
+                    replies.push((d.len(), reply));
+                    for (draft, key) in d {
+                        drafts.push(draft);
+                        keys.push(key);
+                    }
                 }
+                Request::Ingest { envelopes, reply } => out.push(Work::Ingest { envelopes, reply }),
             }
         }
-        if !proclaims.is_empty() {
-            self.proclaim(proclaims);
+        if !drafts.is_empty() {
+            let now_us = clock::now_us();
+            let inputs = drafts
+                .into_iter()
+                .zip(keys.iter())
+                .map(|(draft, key)| (draft, key.as_ref(), new_entropy(now_us)))
+                .collect();
+            let events = self.sealer.seal_batch(inputs, now_us);
+            out.push(Work::Sealed {
+                epoch,
+                events,
+                replies,
+            });
         }
-    }
-
-    /// Seals every draft of the batch together (signing on all cores), then
-    /// commits them in one transaction and answers each requester.
-    fn proclaim(&mut self, requests: Vec<(Vec<Proclamation>, ReceiptReply)>) {
-        let now_us = clock::now_us();
-        let mut sizes = Vec::with_capacity(requests.len());
-        let mut replies = Vec::with_capacity(requests.len());
-        let mut all_drafts = Vec::new();
-        for (drafts, reply) in requests {
-            sizes.push(drafts.len());
-            replies.push(reply);
-            all_drafts.extend(drafts);
-        }
-        let entropy: Vec<Entropy> = (0..all_drafts.len()).map(|_| new_entropy(now_us)).collect();
-        let inputs = all_drafts
-            .iter()
-            .zip(entropy)
-            .map(|((draft, key), e)| (draft.clone(), key.as_ref(), e))
-            .collect();
-        let events = self.sealer.seal_batch(inputs, now_us);
-        match commit_own(&mut self.conn, &events, &self.own_service) {
-            Ok(()) => {
-                let mut receipts = events.iter().map(Receipt::of);
-                for (size, reply) in sizes.into_iter().zip(replies) {
-                    let _ = reply.send(Ok(receipts.by_ref().take(size).collect()));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "commit failed; reloading the feed head");
-                let message = e.to_string();
-                for reply in replies {
-                    let _ = reply.send(Err(LogError::Commit(message.clone())));
-                }
-                self.reload_head();
-            }
-        }
+        out
     }
 
     /// After a failed commit the sealer ran ahead of the disk: rewind it to
     /// what is durable so the feed never forks itself.
-    fn reload_head(&mut self) {
-        match read_head(&self.conn, &self.own_service) {
+    fn rewind_to_durable_head(&mut self) {
+        match read_head(&self.head_conn, &self.own_service) {
             Ok(Some(head)) => {
+                tracing::warn!(seq = head.seq, "rewinding the sealer to the durable head");
                 self.sealer = Sealer::resume(
                     &self.own_service,
-                    self.sealer_key(),
+                    self.sealer.signing_key().clone(),
                     head.seq,
                     head.hash,
                     head.last_timestamp_us,
                 );
             }
             Ok(None) | Err(_) => {
-                tracing::error!("cannot reload the feed head; further proclamations will fail");
+                tracing::error!("cannot read the durable feed head; keeping the sealer as is");
+            }
+        }
+    }
+}
+
+impl CommitStage {
+    fn run(mut self, work: Receiver<Work>, epoch: &AtomicU64) {
+        while let Ok(item) = work.recv() {
+            match item {
+                Work::Ingest { envelopes, reply } => {
+                    let _ = reply.send(self.ingest(envelopes));
+                }
+                Work::Sealed {
+                    epoch: sealed_in,
+                    events,
+                    replies,
+                } => self.commit_sealed(sealed_in, events, replies, epoch),
             }
         }
     }
 
-    fn sealer_key(&self) -> ed25519_dalek::SigningKey {
-        self.sealer.signing_key().clone()
+    fn commit_sealed(
+        &mut self,
+        sealed_in: u64,
+        events: Vec<VerifiedEvent>,
+        replies: Vec<(usize, ReceiptReply)>,
+        epoch: &AtomicU64,
+    ) {
+        if sealed_in != epoch.load(Ordering::Acquire) {
+            // Chained onto a batch whose commit failed: never store it.
+            for (_, reply) in replies {
+                let _ = reply.send(Err(LogError::Commit(
+                    "an earlier batch failed to commit; nothing from this batch was stored".into(),
+                )));
+            }
+            return;
+        }
+        match commit_own(&mut self.conn, &events, &self.own_service) {
+            Ok(()) => {
+                let mut receipts = events.iter().map(Receipt::of);
+                for (size, reply) in replies {
+                    let _ = reply.send(Ok(receipts.by_ref().take(size).collect()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; the sealer will rewind");
+                epoch.fetch_add(1, Ordering::AcqRel);
+                let message = e.to_string();
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(LogError::Commit(message.clone())));
+                }
+            }
+        }
     }
 
     /// Verifies and commits foreign events, in order, stopping at the first
@@ -274,16 +375,18 @@ fn ingest_one(
     Ok(Outcome::Applied)
 }
 
-/// Fresh per-event randomness: a UUID v7 at `now_us` and a random nonce.
+/// Fresh per-event randomness: a UUID v7 at `now_us` (millisecond precision,
+/// 74 random bits) and a random nonce, from the thread's CSPRNG.
 pub(crate) fn new_entropy(now_us: u64) -> Entropy {
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        now_us / 1_000_000,
-        ((now_us % 1_000_000) * 1000) as u32,
-    );
+    let random = clock::random_bytes::<34>();
+    let mut id_random = [0u8; 10];
+    id_random.copy_from_slice(&random[..10]);
+    let mut nonce = [0u8; 24];
+    nonce.copy_from_slice(&random[10..]);
+    let id = uuid::Builder::from_unix_timestamp_millis(now_us / 1000, &id_random).into_uuid();
     Entropy {
-        id: *uuid::Uuid::new_v7(ts).as_bytes(),
-        nonce: clock::random_bytes::<24>(),
+        id: *id.as_bytes(),
+        nonce,
     }
 }
 
