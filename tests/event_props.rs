@@ -214,6 +214,18 @@ fn batch_verification_names_the_one_bad_signature() {
 }
 
 #[test]
+fn ids_must_be_uuid_v7_and_sequence_numbers_bounded() {
+    let f = fixture();
+    let (_, header) = codec::decode_envelope(f.events[0].bytes()).unwrap();
+    let mut h = header.clone();
+    h.id[6] = 0x40; // version 4
+    assert!(codec::decode_header(&codec::encode_header(&h)).is_err());
+    let mut h = header;
+    h.seq = herald::core::limits::SEQ_MAX + 1;
+    assert!(codec::decode_header(&codec::encode_header(&h)).is_err());
+}
+
+#[test]
 fn trailing_bytes_and_unknown_versions_are_refused() {
     let f = fixture();
     let mut bytes = f.events[0].bytes().to_vec();
@@ -240,9 +252,9 @@ fn arb_header() -> impl Strategy<Value = EventHeader> {
     (
         any::<[u8; 16]>(),
         "[a-z][a-z0-9-]{0,20}[a-z0-9]",
-        1u64..u64::MAX,
+        1u64..=herald::core::limits::SEQ_MAX,
         any::<[u8; 32]>(),
-        any::<u64>(),
+        0u64..=herald::core::limits::TIMESTAMP_US_MAX,
         "[a-z]{1,10}\\.[a-z_]{1,20}",
         any::<u32>(),
         proptest::collection::btree_map("[a-z_]{1,12}", "[ -~]{0,40}", 0..6),
@@ -254,7 +266,19 @@ fn arb_header() -> impl Strategy<Value = EventHeader> {
         ),
     )
         .prop_map(
-            |(id, author, seq, prev, ts, event_type, schema, meta, (key_id, nonce, hash, len))| {
+            |(
+                mut id,
+                author,
+                seq,
+                prev,
+                ts,
+                event_type,
+                schema,
+                meta,
+                (key_id, nonce, hash, len),
+            )| {
+                id[6] = 0x70 | (id[6] & 0x0f); // UUID version 7
+                id[8] = 0x80 | (id[8] & 0x3f); // RFC 9562 variant
                 EventHeader {
                     version: herald::core::limits::FORMAT_VERSION,
                     id,

@@ -41,13 +41,38 @@ const NONCE: [u8; 24] = [0x24; 24];
 // ---------------------------------------------------------------------------
 // The example's outputs, exactly as docs/FORMAT.md shows them.
 
-const EXPECTED_HEADER_HEX: &str = "";
-const EXPECTED_HASH_HEX: &str = "";
-const EXPECTED_SIGNATURE_HEX: &str = "";
-const EXPECTED_KEY_ID_HEX: &str = "";
-const EXPECTED_AAD_HEX: &str = "";
-const EXPECTED_CIPHERTEXT_HEX: &str = "";
-const EXPECTED_ENVELOPE_HEX: &str = "";
+const EXPECTED_HEADER_HEX: &str = concat!(
+    "010190f3a00000700080000000000000010b66756e6472616973696e672a1111",
+    "1111111111111111111111111111111111111111111111111111111111118180",
+    "cddde8dc940311646f6e6174696f6e2e726563656976656401010e636f727265",
+    "6c6174696f6e5f696403632d3101fc7cd415e0c734f951de1650d8ba23242424",
+    "2424242424242424242424242424242424242424242453e2c77cd6dc089a473f",
+    "437948b221b07408c4b8952bf4735afd4c6c52828d761d00",
+);
+const EXPECTED_HASH_HEX: &str = "44508bdbf8d83eaa354a323024b9b7f9d7a6971d12155c15a13e86e190cce884";
+const EXPECTED_SIGNATURE_HEX: &str = concat!(
+    "7568e63a2b0f0fb5baae7021a3d883d144b93e673932e203595336a8a73c2e36",
+    "92db2e4d15511596c816c6152c71cc73640c8bed19e671a3ceb14d85d4cc6002",
+);
+const EXPECTED_KEY_ID_HEX: &str = "fc7cd415e0c734f951de1650d8ba2324";
+const EXPECTED_AAD_HEX: &str = concat!(
+    "686572616c642f76312f7061796c6f61642d616164000b66756e647261697369",
+    "6e672a1111111111111111111111111111111111111111111111111111111111",
+    "1111110190f3a000007000800000000000000111646f6e6174696f6e2e726563",
+    "6569766564fc7cd415e0c734f951de1650d8ba2324",
+);
+const EXPECTED_CIPHERTEXT_HEX: &str = "de7cb608015122d280150d0f73b6401749084acf162d86d8dc17e9d0c4";
+const EXPECTED_ENVELOPE_HEX: &str = concat!(
+    "b801010190f3a00000700080000000000000010b66756e6472616973696e672a",
+    "1111111111111111111111111111111111111111111111111111111111111111",
+    "8180cddde8dc940311646f6e6174696f6e2e726563656976656401010e636f72",
+    "72656c6174696f6e5f696403632d3101fc7cd415e0c734f951de1650d8ba2324",
+    "24242424242424242424242424242424242424242424242453e2c77cd6dc089a",
+    "473f437948b221b07408c4b8952bf4735afd4c6c52828d761d00407568e63a2b",
+    "0f0fb5baae7021a3d883d144b93e673932e203595336a8a73c2e3692db2e4d15",
+    "511596c816c6152c71cc73640c8bed19e671a3ceb14d85d4cc6002011dde7cb6",
+    "08015122d280150d0f73b6401749084acf162d86d8dc17e9d0c4",
+);
 
 /// Seals the example through herald's public API.
 fn seal_example() -> Vec<u8> {
@@ -102,11 +127,20 @@ fn worked_example_bytes_are_pinned() {
     let env = spec::parse_envelope(&envelope).expect("spec parses the envelope");
     assert_eq!(hex::encode(&env.header), EXPECTED_HEADER_HEX);
     assert_eq!(hex::encode(decoded.hash()), EXPECTED_HASH_HEX);
-    assert_eq!(hex::encode(decoded.signature_bytes()), EXPECTED_SIGNATURE_HEX);
-    assert_eq!(hex::encode(env.payload.as_deref().unwrap()), EXPECTED_CIPHERTEXT_HEX);
+    assert_eq!(
+        hex::encode(decoded.signature_bytes()),
+        EXPECTED_SIGNATURE_HEX
+    );
+    assert_eq!(
+        hex::encode(env.payload.as_deref().unwrap()),
+        EXPECTED_CIPHERTEXT_HEX
+    );
     assert_eq!(hex::encode(&envelope), EXPECTED_ENVELOPE_HEX);
     let header = spec::parse_header(&env.header).unwrap();
-    assert_eq!(hex::encode(spec::associated_data(&header)), EXPECTED_AAD_HEX);
+    assert_eq!(
+        hex::encode(spec::associated_data(&header)),
+        EXPECTED_AAD_HEX
+    );
     assert_eq!(
         hex::encode(ChannelKey::new("default", CHANNEL_KEY).id()),
         EXPECTED_KEY_ID_HEX
@@ -224,6 +258,40 @@ fn every_single_byte_flip_is_caught() {
     assert!(decoded_count > 0);
 }
 
+/// docs/FORMAT.md shows exactly the bytes pinned here: every constant
+/// appears as one fenced hex block (whitespace ignored) or inline.
+#[test]
+fn format_doc_shows_the_pinned_bytes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/FORMAT.md");
+    let doc = std::fs::read_to_string(&path).expect("docs/FORMAT.md exists");
+    let blocks: Vec<String> = doc
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|b| b.split_whitespace().collect())
+        .collect();
+    for (name, hex) in [
+        ("header", EXPECTED_HEADER_HEX),
+        ("event hash", EXPECTED_HASH_HEX),
+        ("signature", EXPECTED_SIGNATURE_HEX),
+        ("aad", EXPECTED_AAD_HEX),
+        ("ciphertext", EXPECTED_CIPHERTEXT_HEX),
+        ("envelope", EXPECTED_ENVELOPE_HEX),
+    ] {
+        assert!(
+            blocks.iter().any(|b| b == hex),
+            "FORMAT.md lacks the {name} block {hex}"
+        );
+    }
+    let message = hex::encode(spec::signing_message(
+        &hex::decode(EXPECTED_HASH_HEX).unwrap().try_into().unwrap(),
+    ));
+    assert!(blocks.contains(&message), "signing message block");
+    assert!(doc.contains(EXPECTED_KEY_ID_HEX));
+    let verifying_key = SigningKey::from_bytes(&SIGNING_SEED).verifying_key();
+    assert!(doc.contains(&hex::encode(verifying_key.as_bytes())));
+}
+
 /// Prints the example for the doc (run with `--nocapture`).
 #[test]
 fn print_worked_example() {
@@ -243,18 +311,231 @@ fn print_worked_example() {
     println!("signature: {}", hex::encode(env.signature));
     println!(
         "verifying key: {}",
-        hex::encode(SigningKey::from_bytes(&SIGNING_SEED).verifying_key().as_bytes())
+        hex::encode(
+            SigningKey::from_bytes(&SIGNING_SEED)
+                .verifying_key()
+                .as_bytes()
+        )
     );
-    println!("key id: {}", hex::encode(spec::channel_key_id(&CHANNEL_KEY)));
+    println!(
+        "key id: {}",
+        hex::encode(spec::channel_key_id(&CHANNEL_KEY))
+    );
     let aad = spec::associated_data(&header);
     println!("aad ({} bytes): {}", aad.len(), hex::encode(&aad));
     let ct = env.payload.as_deref().unwrap();
     println!("ciphertext ({} bytes): {}", ct.len(), hex::encode(ct));
+    println!("payload hash: {}", hex::encode(Sha256::digest(ct)));
     println!(
-        "payload hash: {}",
-        hex::encode(Sha256::digest(ct))
+        "envelope ({} bytes): {}",
+        envelope.len(),
+        hex::encode(&envelope)
     );
-    println!("envelope ({} bytes): {}", envelope.len(), hex::encode(&envelope));
+}
+
+/// FORMAT.md, "Signature": batch verification does NOT have exactly the
+/// accept set of single verification. ed25519-dalek's `verify_batch` checks
+/// the cofactorless equation with random 128-bit weights `z`, so a signature
+/// whose `R` carries a small-order component `T` passes a batch whenever
+/// `z·T = 0` (for the order-2 point: whenever `z` is even), while the single
+/// check `verify` always rejects it. The weights are derived from the batch's
+/// contents, so the outcome is deterministic per batch but differs between
+/// batches. Only the holder of the signing key can make such a signature.
+///
+/// This test pins the current behaviour so the doc stays honest; if herald
+/// starts refusing these signatures everywhere, flip the assertion and the
+/// doc together.
+#[test]
+fn batch_and_single_verification_differ_on_torsion_signatures() {
+    use herald::core::verify::{batch_signatures_valid, signature_valid};
+    use sha2::Sha512;
+
+    let author = SigningKey::from_bytes(&SIGNING_SEED);
+    let a = scalar::clamp(author.to_scalar_bytes()); // secret scalar a, A = aB
+    let public = author.verifying_key();
+    // Any known scalar r with R = rB: another key's clamped scalar.
+    let nonce_key = SigningKey::from_bytes(&[9u8; 32]);
+    let r = scalar::clamp(nonce_key.to_scalar_bytes());
+    let big_r = nonce_key.verifying_key().to_bytes();
+    // R' = R + T where T = (0, -1) has order 2: R' = (-x, -y).
+    let r_prime = scalar::negate_point_encoding(&big_r);
+
+    let mut batch_accepts = 0;
+    for i in 0u8..32 {
+        let hash = [i; 32];
+        let message = spec::signing_message(&hash);
+        let k = scalar::reduce512(
+            &Sha512::new()
+                .chain_update(r_prime)
+                .chain_update(public.as_bytes())
+                .chain_update(&message)
+                .finalize()
+                .into(),
+        );
+        // s = r + k·a (mod l), so sB = R + kA = R' - T + kA.
+        let s = scalar::mul_add(&k, &a, &r);
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r_prime);
+        sig[32..].copy_from_slice(&s);
+        let sig = Signature::from_bytes(&sig);
+        assert!(
+            !signature_valid(&public, &hash, &sig),
+            "single verification must reject a torsion signature"
+        );
+        if batch_signatures_valid(&[(public, hash, sig)])[0] {
+            batch_accepts += 1;
+        }
+        // Control: the same construction without T verifies everywhere.
+        let k = scalar::reduce512(
+            &Sha512::new()
+                .chain_update(big_r)
+                .chain_update(public.as_bytes())
+                .chain_update(&message)
+                .finalize()
+                .into(),
+        );
+        let mut good = [0u8; 64];
+        good[..32].copy_from_slice(&big_r);
+        good[32..].copy_from_slice(&scalar::mul_add(&k, &a, &r));
+        let good = Signature::from_bytes(&good);
+        assert!(signature_valid(&public, &hash, &good));
+        assert!(batch_signatures_valid(&[(public, hash, good)])[0]);
+    }
+    println!("batch verification accepted {batch_accepts} of 32 torsion signatures");
+    // About half of the 32 batches accept (z even); deterministic.
+    assert!(
+        batch_accepts > 0 && batch_accepts < 32,
+        "batch accepted {batch_accepts} of 32 torsion signatures"
+    );
+}
+
+/// Just enough 256-bit arithmetic for the torsion test: scalars mod
+/// l = 2^252 + 27742317777372353535851937790883648493 and the field prime
+/// p = 2^255 - 19, little-endian 64-bit limbs.
+mod scalar {
+    type U256 = [u64; 4];
+    const L: U256 = [
+        0x5812631a5cf5d3ed,
+        0x14def9dea2f79cd6,
+        0x0000000000000000,
+        0x1000000000000000,
+    ];
+    const P: U256 = [
+        0xffffffffffffffed,
+        0xffffffffffffffff,
+        0xffffffffffffffff,
+        0x7fffffffffffffff,
+    ];
+
+    /// RFC 8032 clamping of the first half of SHA-512(seed).
+    pub fn clamp(mut b: [u8; 32]) -> [u8; 32] {
+        b[0] &= 0b1111_1000;
+        b[31] &= 0b0111_1111;
+        b[31] |= 0b0100_0000;
+        b
+    }
+
+    fn from_le(b: &[u8]) -> Vec<u64> {
+        b.chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    fn to_le(x: &U256) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, limb) in x.iter().enumerate() {
+            out[8 * i..8 * i + 8].copy_from_slice(&limb.to_le_bytes());
+        }
+        out
+    }
+
+    fn geq(a: &U256, b: &U256) -> bool {
+        for i in (0..4).rev() {
+            if a[i] != b[i] {
+                return a[i] > b[i];
+            }
+        }
+        true
+    }
+
+    fn sub(a: &U256, b: &U256) -> U256 {
+        let mut out = [0u64; 4];
+        let mut borrow = 0u64;
+        for i in 0..4 {
+            let (d, b1) = a[i].overflowing_sub(b[i]);
+            let (d, b2) = d.overflowing_sub(borrow);
+            out[i] = d;
+            borrow = (b1 || b2) as u64;
+        }
+        out
+    }
+
+    /// `limbs` (little-endian, any length) mod l, bit by bit.
+    fn reduce(limbs: &[u64]) -> U256 {
+        let mut acc: U256 = [0; 4];
+        for limb in limbs.iter().rev() {
+            for bit in (0..64).rev() {
+                // acc < l < 2^253, so 2·acc + 1 fits.
+                let mut shifted = [0u64; 4];
+                for i in (0..4).rev() {
+                    shifted[i] = (acc[i] << 1) | if i > 0 { acc[i - 1] >> 63 } else { 0 };
+                }
+                shifted[0] |= (limb >> bit) & 1;
+                acc = if geq(&shifted, &L) {
+                    sub(&shifted, &L)
+                } else {
+                    shifted
+                };
+            }
+        }
+        acc
+    }
+
+    /// A 64-byte little-endian integer (a SHA-512 output) mod l.
+    pub fn reduce512(bytes: &[u8; 64]) -> [u8; 32] {
+        to_le(&reduce(&from_le(bytes)))
+    }
+
+    /// (k·a + r) mod l for 32-byte little-endian integers.
+    pub fn mul_add(k: &[u8; 32], a: &[u8; 32], r: &[u8; 32]) -> [u8; 32] {
+        let (k, a, r) = (from_le(k), from_le(a), from_le(r));
+        let mut product = [0u64; 9];
+        for i in 0..4 {
+            let mut carry = 0u128;
+            for j in 0..4 {
+                let t = product[i + j] as u128 + (k[i] as u128) * (a[j] as u128) + carry;
+                product[i + j] = t as u64;
+                carry = t >> 64;
+            }
+            let mut idx = i + 4;
+            while carry > 0 {
+                let t = product[idx] as u128 + carry;
+                product[idx] = t as u64;
+                carry = t >> 64;
+                idx += 1;
+            }
+        }
+        let mut carry = 0u128;
+        for i in 0..9 {
+            let t = product[i] as u128 + if i < 4 { r[i] as u128 } else { 0 } + carry;
+            product[i] = t as u64;
+            carry = t >> 64;
+        }
+        to_le(&reduce(&product))
+    }
+
+    /// Encoding of (-x, -y) given the encoding of (x, y): y' = p - y and the
+    /// sign bit of x flipped (x is never 0 for the points used here).
+    pub fn negate_point_encoding(enc: &[u8; 32]) -> [u8; 32] {
+        let sign = enc[31] >> 7;
+        let mut y = [0u8; 32];
+        y.copy_from_slice(enc);
+        y[31] &= 0x7f;
+        let y: U256 = from_le(&y).try_into().unwrap();
+        let mut out = to_le(&sub(&P, &y));
+        out[31] |= (sign ^ 1) << 7;
+        out
+    }
 }
 
 /// An independent reading of docs/FORMAT.md. Only `sha2`, `ed25519-dalek`
@@ -520,6 +801,12 @@ mod spec {
     }
 
     fn check_fields(h: &Header) -> Result<(), String> {
+        if h.id[6] >> 4 != 7 || h.id[8] >> 6 != 0b10 {
+            return Err("id is not a UUID v7".into());
+        }
+        if h.seq > (1u64 << 63) - 2 || h.timestamp_us > (1u64 << 63) - 1 {
+            return Err("seq or timestamp over the limit".into());
+        }
         let a = h.author.as_bytes();
         let label = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
         if a.is_empty()
@@ -531,7 +818,9 @@ mod spec {
             return Err("author".into());
         }
         let t = h.event_type.as_bytes();
-        if t.is_empty() || t.len() > EVENT_TYPE_BYTES_MAX || !t.iter().all(|b| (0x21..=0x7e).contains(b))
+        if t.is_empty()
+            || t.len() > EVENT_TYPE_BYTES_MAX
+            || !t.iter().all(|b| (0x21..=0x7e).contains(b))
         {
             return Err("event_type".into());
         }
@@ -649,7 +938,7 @@ mod spec {
     /// Prints the header as an annotated hex table (offset, bytes, field).
     pub fn annotate_header(bytes: &[u8]) {
         let mut r = Reader { buf: bytes, pos: 0 };
-        let mut row = |r: &mut Reader<'_>, start: usize, what: &str| {
+        let row = |r: &mut Reader<'_>, start: usize, what: &str| {
             println!(
                 "| {start:>3} | `{}` | {what} |",
                 hex::encode(&r.buf[start..r.pos])

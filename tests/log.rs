@@ -298,7 +298,10 @@ fn a_failed_commit_loses_nothing_acknowledged_and_never_forks_the_feed() {
     }
     for outcome in outcomes.into_iter().flatten() {
         for r in outcome {
-            assert_eq!(events[r.seq as usize].hash, r.hash, "acknowledged means stored");
+            assert_eq!(
+                events[r.seq as usize].hash, r.hash,
+                "acknowledged means stored"
+            );
         }
     }
     log.close();

@@ -339,5 +339,9 @@ pub fn decode_record(body: &[u8]) -> Result<ExportRecord, String> {
     {
         return Err(format!("end record lists over {EXPORT_FEEDS_MAX} feeds"));
     }
+    // One encoding per record, as for events.
+    if postcard::to_stdvec(&record).map_err(|e| e.to_string())? != body {
+        return Err("record is not in canonical form".into());
+    }
     Ok(record)
 }

@@ -30,6 +30,9 @@ use crate::identity::TrustAnchor;
 
 /// Records decoded and verified together.
 pub const AUDIT_CHUNK_RECORDS: usize = 4096;
+/// Bytes of records decoded together: with the record limit this bounds
+/// the auditor's memory whatever the export holds.
+pub const AUDIT_CHUNK_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// Problems kept in a report; further ones are only counted.
 pub const PROBLEMS_REPORTED_MAX: usize = 1000;
 
@@ -116,6 +119,8 @@ struct FeedAudit {
     decrypted: u64,
     problems: u64,
     untrusted: bool,
+    /// No genesis could be admitted: later events are counted, not checked.
+    unverifiable: bool,
     forked: bool,
     first_ts: Option<u64>,
     last_ts: Option<u64>,
@@ -199,8 +204,8 @@ impl<'a> Auditor<'a> {
                 pending.push((item.location, event));
                 continue;
             }
-            if feed.untrusted {
-                // The author was refused once; that is the feed's problem.
+            if feed.unverifiable {
+                // The genesis was refused once; that is the feed's problem.
                 continue;
             }
             match FeedVerifier::genesis(&self.options.trust, event) {
@@ -212,7 +217,10 @@ impl<'a> Auditor<'a> {
                     feed.last_ts = Some(ts);
                 }
                 Err(r) => {
+                    // Without an admitted genesis nothing else of this feed
+                    // can be checked; report the cause once.
                     feed.untrusted = r.check == Check::Certificate;
+                    feed.unverifiable = true;
                     self.problem(Some(&author), &item.location, r);
                 }
             }
@@ -329,7 +337,42 @@ impl<'a> Auditor<'a> {
         }
     }
 
-    fn check_end(&mut self, location: &str, end: &ExportEnd) {
+    /// Checks the end record: signed by the exporter, written by the same
+    /// export as the begin record, and listing exactly what was found.
+    fn check_end(
+        &mut self,
+        location: &str,
+        end: &ExportEnd,
+        begin: Option<(String, u64)>,
+        fork_records: u64,
+    ) {
+        let same_export = begin
+            .as_ref()
+            .is_some_and(|(e, t)| *e == end.body.exporter && *t == end.body.created_us);
+        if !same_export {
+            let r = Rejection {
+                seq: None,
+                check: Check::Truncated,
+                expected: format!(
+                    "an end record of the export begun by {:?}",
+                    begin.as_ref().map(|b| &b.0)
+                ),
+                found: format!(
+                    "the end record of an export by {} at {}",
+                    end.body.exporter, end.body.created_us
+                ),
+            };
+            self.problem(None, location, r);
+        }
+        if end.body.forks != fork_records {
+            let r = Rejection {
+                seq: None,
+                check: Check::Truncated,
+                expected: format!("{} fork records", end.body.forks),
+                found: format!("{fork_records} fork records"),
+            };
+            self.problem(None, location, r);
+        }
         let exporter_key = self
             .feeds
             .get(&end.body.exporter)
@@ -468,7 +511,10 @@ pub fn audit_export(path: &Path, options: &AuditOptions) -> Result<AuditReport, 
     let bar = progress_bar(options.progress, len, "bytes");
     let mut auditor = Auditor::new(options);
     let mut exporter = None;
+    let mut begin_created_us = None;
+    let mut fork_records = 0u64;
     let mut chunk: Vec<(String, Vec<u8>)> = Vec::with_capacity(AUDIT_CHUNK_RECORDS);
+    let mut chunk_bytes = 0usize;
     let mut record_no = 0u64;
     let mut ended = false;
     let read_err = |source| AuditError::Read {
@@ -519,15 +565,24 @@ pub fn audit_export(path: &Path, options: &AuditOptions) -> Result<AuditReport, 
         };
         match record {
             ExportRecord::Event(bytes) => {
+                chunk_bytes += bytes.len();
                 chunk.push((location, bytes));
-                if chunk.len() >= AUDIT_CHUNK_RECORDS {
+                if chunk.len() >= AUDIT_CHUNK_RECORDS || chunk_bytes >= AUDIT_CHUNK_BYTES_MAX {
                     auditor.push_chunk(std::mem::take(&mut chunk));
+                    chunk_bytes = 0;
                 }
             }
             other => {
                 auditor.push_chunk(std::mem::take(&mut chunk));
+                chunk_bytes = 0;
                 match other {
-                    ExportRecord::Begin { exporter: e, .. } if record_no == 1 => exporter = Some(e),
+                    ExportRecord::Begin {
+                        exporter: e,
+                        created_us,
+                    } if record_no == 1 => {
+                        exporter = Some(e);
+                        begin_created_us = Some(created_us);
+                    }
                     ExportRecord::Begin { .. } => auditor.problem(
                         None,
                         &location,
@@ -541,9 +596,13 @@ pub fn audit_export(path: &Path, options: &AuditOptions) -> Result<AuditReport, 
                     ExportRecord::Fork {
                         stored,
                         conflicting,
-                    } => auditor.push_fork(&location, stored, conflicting),
+                    } => {
+                        fork_records += 1;
+                        auditor.push_fork(&location, stored, conflicting)
+                    }
                     ExportRecord::End(end) => {
-                        auditor.check_end(&location, &end);
+                        let begin = exporter.clone().zip(begin_created_us);
+                        auditor.check_end(&location, &end, begin, fork_records);
                         ended = true;
                     }
                     ExportRecord::Event(_) => {}
@@ -621,13 +680,16 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
             .map_err(sql_err)?;
         let mut rows = stmt.query([]).map_err(sql_err)?;
         let mut chunk = Vec::with_capacity(AUDIT_CHUNK_RECORDS);
+        let mut chunk_bytes = 0usize;
         while let Some(row) = rows.next().map_err(sql_err)? {
             let arrival: i64 = row.get(0).map_err(sql_err)?;
             let envelope: Vec<u8> = row.get(1).map_err(sql_err)?;
+            chunk_bytes += envelope.len();
             chunk.push((format!("row {arrival}"), envelope));
-            if chunk.len() >= AUDIT_CHUNK_RECORDS {
+            if chunk.len() >= AUDIT_CHUNK_RECORDS || chunk_bytes >= AUDIT_CHUNK_BYTES_MAX {
                 bar.inc(chunk.len() as u64);
                 auditor.push_chunk(std::mem::take(&mut chunk));
+                chunk_bytes = 0;
             }
         }
         auditor.push_chunk(chunk);

@@ -279,7 +279,11 @@ fn bench_proclaim(options: &BenchOptions, setup: &Setup) -> Result<Proclaim, Ben
     })
 }
 
-fn bench_verify(setup: &Setup, work_dir: &Path, progress: bool) -> Result<OfflineVerify, BenchError> {
+fn bench_verify(
+    setup: &Setup,
+    work_dir: &Path,
+    progress: bool,
+) -> Result<OfflineVerify, BenchError> {
     let keys = setup.dir.join("keys");
     let export_path = work_dir.join("bench.hrld");
     {

@@ -126,6 +126,21 @@ pub fn check_header_fields(header: &EventHeader) -> Result<(), DecodeError> {
             found: header.version,
         });
     }
+    if header.seq > SEQ_MAX {
+        return field("seq", format!("{} over the limit of {SEQ_MAX}", header.seq));
+    }
+    if header.timestamp_us > TIMESTAMP_US_MAX {
+        return field(
+            "timestamp_us",
+            format!(
+                "{} over the limit of {TIMESTAMP_US_MAX}",
+                header.timestamp_us
+            ),
+        );
+    }
+    if !is_uuid_v7(&header.id) {
+        return field("id", format!("{} is not a UUID v7", hex::encode(header.id)));
+    }
     if let Err(reason) = check_service_name(&header.author) {
         return field("author", reason);
     }
@@ -176,6 +191,12 @@ pub fn check_header_fields(header: &EventHeader) -> Result<(), DecodeError> {
         }
     }
     Ok(())
+}
+
+/// Version 7 in the high nibble of byte 6, RFC 9562 variant (`10`) in the
+/// top bits of byte 8.
+pub fn is_uuid_v7(id: &[u8; 16]) -> bool {
+    id[6] >> 4 == 7 && id[8] >> 6 == 0b10
 }
 
 /// A service name is a DNS label: 1 to 63 of `a-z 0-9 -`, no leading or

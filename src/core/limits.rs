@@ -28,5 +28,10 @@ pub const CERT_BYTES_MAX: usize = 16 * 1024;
 pub const COMMIT_BATCH_EVENTS_MAX: usize = 1024;
 /// Events verified together in one batch-verification call.
 pub const VERIFY_BATCH_EVENTS: usize = 256;
-/// Longest channel name, in bytes.
-pub const CHANNEL_NAME_BYTES_MAX: usize = 64;
+/// Longest channel name, in bytes (a DNS label, like service names).
+pub const CHANNEL_NAME_BYTES_MAX: usize = 63;
+/// Highest sequence number: SQLite stores integers as i64, and a bound
+/// below `u64::MAX` keeps `seq + 1` from overflowing anywhere.
+pub const SEQ_MAX: u64 = i64::MAX as u64 - 1;
+/// Latest timestamp (microseconds since the epoch) an event may carry.
+pub const TIMESTAMP_US_MAX: u64 = i64::MAX as u64;
