@@ -88,7 +88,10 @@ pub fn event_json(event: &StoredEvent, keys: &[ChannelKey]) -> serde_json::Value
     };
     let data = readable.map(|bytes| {
         if h.is_genesis() {
-            serde_json::json!({ "certificate_der_hex": hex::encode(bytes) })
+            serde_json::json!({
+                "certificate_sha256": hex::encode(crate::core::crypto::sha256(&[&bytes])),
+                "certificate_bytes": bytes.len(),
+            })
         } else {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| {
                 serde_json::Value::String(String::from_utf8_lossy(&bytes).into())

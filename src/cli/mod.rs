@@ -74,6 +74,10 @@ pub fn main() -> ExitCode {
     init_tracing();
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(e.as_ref()) => {
+            // The reader went away (`herald log | head`): not an error.
+            ExitCode::from(EXIT_OK)
+        }
         Err(e) => {
             eprintln!("herald: error: {}", render_error(e.as_ref()));
             ExitCode::from(EXIT_FAILED)
@@ -128,6 +132,12 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == '*')
+}
+
+fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Renders an error and its causes as one line: `what: because: because`.
