@@ -50,7 +50,10 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
         proclaim_story(&dir, service)?;
     }
 
-    step("3. the fundraising log, decrypted with the channel key");
+    step("3. council receives the other feeds, verifying every event before it stores it");
+    ok &= relay_to_council(&dir)?;
+
+    step("4. the fundraising log, decrypted with the channel key");
     let config = NodeConfig::load(&dir.join("fundraising.toml"))?;
     let keys: Vec<_> = config
         .channels
@@ -63,7 +66,7 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     }
     drop(conn);
 
-    step("4. export every log and verify it offline with only the CA certificate");
+    step("5. export every log and verify it offline with only the CA certificate");
     let exports = dir.join("exports");
     std::fs::create_dir_all(&exports)?;
     let trust_options = || -> Result<AuditOptions, CliError> {
@@ -84,9 +87,12 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     }
     let report = audit_path(&dir.join("data/council"), &trust_options()?)?;
     print_short(&report);
-    ok &= expect(report.valid, "council data directory verifies");
+    ok &= expect(
+        report.valid && report.feeds.len() == 3,
+        "council's data directory (three feeds) verifies",
+    );
 
-    step("5. tamper one byte of a donation in a copy of the export");
+    step("6. tamper one byte of a donation in a copy of the export");
     let original = exports.join("fundraising.hrld");
     let tampered = exports.join("fundraising-tampered.hrld");
     let (offset, seq) = flip_payload_byte(&original, &tampered, 2)?;
@@ -166,6 +172,52 @@ fn proclaim_story(dir: &Path, service: &str) -> Result<(), CliError> {
     }
     log.close();
     Ok(())
+}
+
+/// Hands every event of fundraising and volunteers to council's log, which
+/// verifies each (certificate, signature, chain) before committing it; a
+/// second delivery is recognised and applied once.
+fn relay_to_council(dir: &Path) -> Result<bool, CliError> {
+    let council = Log::open(&NodeConfig::load(&dir.join("council.toml"))?)?;
+    let mut ok = true;
+    for service in ["fundraising", "volunteers"] {
+        let config = NodeConfig::load(&dir.join(format!("{service}.toml")))?;
+        let conn = crate::store::open_read_only(&config.data_dir)?;
+        let envelopes: Vec<Vec<u8>> = crate::store::read_arrivals_from(&conn, 0, 1000)?
+            .into_iter()
+            .map(|e| e.envelope)
+            .collect();
+        let first = council.ingest(envelopes.clone())?;
+        let again = council.ingest(envelopes)?;
+        println!(
+            "   council <- {service}: {} verified and applied, then {} duplicates skipped on redelivery",
+            first.applied, again.duplicates
+        );
+        ok &= expect(
+            first.rejected.is_none() && again.applied == 0,
+            &format!("{service}'s events applied exactly once"),
+        );
+    }
+    // A forged copy: one flipped bit in the header of volunteers' last event.
+    let config = NodeConfig::load(&dir.join("volunteers.toml"))?;
+    let conn = crate::store::open_read_only(&config.data_dir)?;
+    let mut forged = crate::store::read_arrivals_from(&conn, 0, 1000)?
+        .pop()
+        .map(|e| e.envelope)
+        .ok_or("volunteers has no events")?;
+    forged[12] ^= 0x01;
+    let heads_before = council.heads()?;
+    let outcome = council.ingest(vec![forged])?;
+    match &outcome.rejected {
+        Some(r) => println!("   council <- forged volunteers event: rejected ({r})"),
+        None => println!("   council <- forged volunteers event: ACCEPTED"),
+    }
+    ok &= expect(
+        outcome.rejected.is_some() && outcome.applied == 0 && council.heads()? == heads_before,
+        "a forged event is rejected and changes nothing",
+    );
+    council.close();
+    Ok(ok)
 }
 
 fn export_node(dir: &Path, service: &str, exports: &Path) -> Result<PathBuf, CliError> {
