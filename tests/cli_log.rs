@@ -361,6 +361,45 @@ fn truncated_and_reordered_exports_are_caught() {
     assert_eq!(report["problems"][0]["found"], "7");
 }
 
+#[test]
+fn an_old_event_replayed_after_the_head_is_one_problem_and_the_head_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init(dir);
+    let config = path(dir, "a.toml");
+    let o = herald(&[
+        "publish", "--config", &config, "--type", "t.x", "--data", "{}", "--count", "5",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let export = path(dir, "a.hrld");
+    assert_eq!(
+        herald(&["export", "--config", &config, "--out", &export])
+            .status
+            .code(),
+        Some(0)
+    );
+    let bytes = std::fs::read(&export).unwrap();
+    let records = split_records(&bytes);
+    // Records: begin, seq 0..=5, end. Replay seq 2 just before the end record.
+    let end = records.len() - 1;
+    let mut replayed = bytes[..records[end].0].to_vec();
+    replayed.extend_from_slice(&bytes[records[3].0..records[3].1]);
+    replayed.extend_from_slice(&bytes[records[end].0..records[end].1]);
+    let p = path(dir, "replayed.hrld");
+    std::fs::write(&p, &replayed).unwrap();
+    let o = herald(&["verify", &p, "--ca", &path(dir, "keys/ca.crt"), "--json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["check"], "sequence");
+    assert_eq!(problems[0]["seq"], 2);
+    assert_eq!(
+        report["feeds"][0]["head_seq"], 5,
+        "the head is the last verified event"
+    );
+}
+
 /// (start, end) byte ranges of every record after the magic.
 fn split_records(bytes: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();

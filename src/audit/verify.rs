@@ -128,6 +128,24 @@ struct FeedAudit {
     last_seen: Option<(u64, Hash)>,
 }
 
+impl FeedAudit {
+    /// The last event that passed every check (or was adopted after a
+    /// reported problem): the feed's head as far as the audit can vouch.
+    fn verified_head(&self) -> Option<(u64, Hash)> {
+        self.verifier
+            .as_ref()
+            .map(|v| (v.next_seq() - 1, *v.head_hash()))
+    }
+}
+
+impl FeedAudit {
+    /// The head a report shows: the verified head, or for a feed whose
+    /// author was never admitted, the last event found.
+    fn reported_head(&self) -> Option<(u64, Hash)> {
+        self.verified_head().or(self.last_seen)
+    }
+}
+
 /// One event waiting in a chunk.
 struct Item {
     location: String,
@@ -301,8 +319,16 @@ impl<'a> Auditor<'a> {
         let mut listed = std::collections::BTreeSet::new();
         for (feed, head_seq, head_hash) in claimed {
             listed.insert(feed.clone());
-            let found = self.feeds.get(feed).and_then(|f| f.last_seen);
-            if found != Some((*head_seq, *head_hash)) {
+            let claim = Some((*head_seq, *head_hash));
+            let (verified, last_seen) = self
+                .feeds
+                .get(feed)
+                .map(|f| (f.verified_head(), f.last_seen))
+                .unwrap_or((None, None));
+            // The last event found may itself be damaged (already reported):
+            // either it or the last verified event may carry the claimed head.
+            if verified != claim && last_seen != claim {
+                let found = verified.or(last_seen);
                 let r = Rejection {
                     seq: Some(*head_seq),
                     check: Check::Truncated,
@@ -423,8 +449,8 @@ impl<'a> Auditor<'a> {
                     service,
                     events: f.events,
                     verified: f.verified,
-                    head_seq: f.last_seen.map(|s| s.0),
-                    head_hash: f.last_seen.map(|s| hex::encode(s.1)),
+                    head_seq: f.reported_head().map(|s| s.0),
+                    head_hash: f.reported_head().map(|s| hex::encode(s.1)),
                     first_timestamp: f.first_ts.map(format_timestamp),
                     last_timestamp: f.last_ts.map(format_timestamp),
                     decrypted: f.decrypted,

@@ -211,9 +211,12 @@ pub struct FeedVerifier {
     cert: AuthorCert,
     key: VerifyingKey,
     next_seq: u64,
-    /// `None` right after a damaged event during an audit: the next event's
-    /// `prev` cannot be checked against bytes that were not authentic.
-    head_hash: Option<Hash>,
+    head_hash: Hash,
+    /// During an audit: the slot where an unauthentic event stood. The real
+    /// event for that slot may still come (the damaged one was inserted),
+    /// or the next one may follow it (the real one was damaged), whose
+    /// `prev` then cannot be checked against bytes that were not authentic.
+    damaged_slot: Option<u64>,
     last_timestamp_us: u64,
 }
 
@@ -263,7 +266,8 @@ impl FeedVerifier {
             cert,
             key,
             next_seq: 1,
-            head_hash: Some(event.hash),
+            head_hash: event.hash,
+            damaged_slot: None,
             last_timestamp_us: header.timestamp_us,
         };
         Ok((verifier, VerifiedEvent::from_decoded(event)))
@@ -289,7 +293,8 @@ impl FeedVerifier {
             cert,
             key,
             next_seq: head_seq + 1,
-            head_hash: Some(head_hash),
+            head_hash,
+            damaged_slot: None,
             last_timestamp_us,
         })
     }
@@ -314,9 +319,9 @@ impl FeedVerifier {
         self.next_seq
     }
 
-    /// Hash of the head, if known.
-    pub fn head_hash(&self) -> Option<&Hash> {
-        self.head_hash.as_ref()
+    /// Hash of the head (the last event that passed every check).
+    pub fn head_hash(&self) -> &Hash {
+        &self.head_hash
     }
 
     /// Verifies a run of events of this feed, checking signatures in batches
@@ -386,27 +391,24 @@ impl FeedVerifier {
                 "an invalid signature",
             ));
         }
-        if h.seq != self.next_seq {
-            if h.seq + 1 == self.next_seq
-                && let Some(head) = &self.head_hash
-            {
+        let after_damage = self.damaged_slot == Some(self.next_seq) && h.seq == self.next_seq + 1;
+        if h.seq != self.next_seq && !after_damage {
+            if h.seq + 1 == self.next_seq {
                 // Same slot as the head: the same event again, or a second
                 // validly signed event there, which is a fork.
-                return Err(if *head == event.hash {
+                return Err(if self.head_hash == event.hash {
                     Rejection::new(h.seq, Check::Duplicate, "each event once", "the head again")
                 } else {
-                    Rejection::new(h.seq, Check::Fork, hx(head), hx(&event.hash))
+                    Rejection::new(h.seq, Check::Fork, hx(&self.head_hash), hx(&event.hash))
                 });
             }
             return Err(Rejection::new(h.seq, Check::Sequence, self.next_seq, h.seq));
         }
-        if let Some(head) = &self.head_hash
-            && h.prev != *head
-        {
+        if !after_damage && h.prev != self.head_hash {
             return Err(Rejection::new(
                 h.seq,
                 Check::PreviousHash,
-                hx(head),
+                hx(&self.head_hash),
                 hx(&h.prev),
             ));
         }
@@ -423,15 +425,19 @@ impl FeedVerifier {
             check_payload(h, payload)?;
         }
         self.next_seq = h.seq + 1;
-        self.head_hash = Some(event.hash);
+        self.head_hash = event.hash;
+        self.damaged_slot = None;
         self.last_timestamp_us = h.timestamp_us;
         Ok(())
     }
 
     /// Audit resynchronisation after a rejected event, so one damaged event
-    /// yields one problem rather than a cascade: an authentic event (valid
-    /// signature) further ahead becomes the new head; a damaged event in the
-    /// expected slot is stepped over, and the next `prev` goes unchecked.
+    /// yields one problem rather than a cascade. An authentic event (valid
+    /// signature) further ahead becomes the new head (events were dropped or
+    /// reordered). An unauthentic event is taken to stand in the expected
+    /// slot: the real event for that slot may still follow (the bad one was
+    /// inserted), or the next slot's event may (the real one was damaged).
+    /// Never used on the ingest path, which stops at the first rejection.
     pub fn resync(&mut self, event: &DecodedEvent, signature_ok: bool) {
         let h = &event.header;
         if h.author != self.cert.service {
@@ -439,11 +445,11 @@ impl FeedVerifier {
         }
         if signature_ok && h.seq >= self.next_seq {
             self.next_seq = h.seq + 1;
-            self.head_hash = Some(event.hash);
+            self.head_hash = event.hash;
+            self.damaged_slot = None;
             self.last_timestamp_us = self.last_timestamp_us.max(h.timestamp_us);
-        } else if !signature_ok && h.seq == self.next_seq {
-            self.next_seq += 1;
-            self.head_hash = None;
+        } else if !signature_ok {
+            self.damaged_slot = Some(self.next_seq);
         }
     }
 
