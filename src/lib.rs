@@ -8,6 +8,8 @@
 //! * [`identity`]: certificates, keys, the trust anchor and revocation.
 //! * [`store`]: the durable local log in SQLite, with a group-committing writer.
 //! * [`audit`]: the export bundle and offline verification.
+//! * [`net`]: QUIC with mutual TLS: endpoints, certificate checks, framing.
+//! * [`node`]: a running peer: replication, status, subscriptions, queries.
 //! * [`config`]: the node configuration file.
 //! * [`cli`]: the `herald` command line.
 //! * [`bench`]: the benchmark harness behind `herald bench`.
@@ -21,4 +23,6 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod identity;
+pub mod net;
+pub mod node;
 pub mod store;

@@ -7,3 +7,4 @@ pub mod crypto;
 pub mod event;
 pub mod limits;
 pub mod verify;
+pub mod wire;

@@ -210,6 +210,8 @@ pub struct Log {
     channels: BTreeMap<String, Arc<ChannelKey>>,
     default_channel: String,
     trust: Arc<TrustAnchor>,
+    /// Counts commits that added events (see [`Log::changes`]).
+    changes: tokio::sync::watch::Receiver<u64>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
     _lock: File,
 }
@@ -250,8 +252,10 @@ impl Log {
             head_conn,
             own_service: identity.service.clone(),
         };
+        let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
         let commit = writer::CommitStage {
             conn,
+            changes: changes_tx,
             trust: trust.clone(),
             verifiers: Default::default(),
             own_service: identity.service.clone(),
@@ -270,6 +274,7 @@ impl Log {
                 .collect(),
             default_channel,
             trust,
+            changes,
             _lock: lock,
         })
     }
@@ -282,6 +287,12 @@ impl Log {
     /// Path of the SQLite database.
     pub fn db_path(&self) -> &Path {
         &self.db_path
+    }
+
+    /// A receiver that changes after every commit that added events (own
+    /// proclamations or ingested ones): wait on it instead of polling.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.clone()
     }
 
     /// The trust anchor this log verifies with.

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves a store from version `i` to
 /// `i + 1`. Never edit a released migration; append a new one.
@@ -52,6 +52,25 @@ const MIGRATIONS: &[&str] = &[
         conflicting_envelope BLOB    NOT NULL,
         detected_at_us       INTEGER NOT NULL,
         UNIQUE (feed, seq, conflicting_hash)
+    );
+    "#,
+    // 1 -> 2: replication and subscriptions.
+    r#"
+    -- The outbox's delivery cursors: per peer and feed, the highest sequence
+    -- number the peer acknowledged holding. Advanced only on acknowledgement.
+    CREATE TABLE peer_cursors (
+        peer            TEXT    NOT NULL,
+        feed            TEXT    NOT NULL,
+        acked_seq       INTEGER NOT NULL,
+        acked_at_us     INTEGER NOT NULL,
+        PRIMARY KEY (peer, feed)
+    );
+    -- Durable subscription cursors: per consumer, the last arrival handled.
+    CREATE TABLE consumer_cursors (
+        consumer        TEXT PRIMARY KEY,
+        pattern         TEXT    NOT NULL,
+        last_arrival    INTEGER NOT NULL,
+        updated_at_us   INTEGER NOT NULL
     );
     "#,
 ];

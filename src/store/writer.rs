@@ -86,6 +86,9 @@ pub(crate) struct SealStage {
 /// The commit stage's state.
 pub(crate) struct CommitStage {
     pub conn: Connection,
+    /// Bumped after every commit that added events, so replication and
+    /// subscriptions wake without polling.
+    pub changes: tokio::sync::watch::Sender<u64>,
     pub trust: Arc<TrustAnchor>,
     /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
     pub verifiers: HashMap<String, FeedVerifier>,
@@ -205,7 +208,11 @@ impl CommitStage {
         while let Ok(item) = work.recv() {
             match item {
                 Work::Ingest { envelopes, reply } => {
-                    let _ = reply.send(self.ingest(envelopes));
+                    let outcome = self.ingest(envelopes);
+                    if matches!(&outcome, Ok(r) if r.applied > 0) {
+                        self.changes.send_modify(|v| *v += 1);
+                    }
+                    let _ = reply.send(outcome);
                 }
                 Work::Sealed {
                     epoch: sealed_in,
@@ -234,6 +241,7 @@ impl CommitStage {
         }
         match commit_own(&mut self.conn, &events, &self.own_service) {
             Ok(()) => {
+                self.changes.send_modify(|v| *v += 1);
                 let mut receipts = events.iter().map(Receipt::of);
                 for (size, reply) in replies {
                     let _ = reply.send(Ok(receipts.by_ref().take(size).collect()));

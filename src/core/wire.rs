@@ -1,0 +1,65 @@
+//! The wire protocol's messages (see `docs/PROTOCOL.md`). Every message
+//! travels as a frame: `len: u32 little-endian ‖ postcard(message)`, with
+//! `len ≤ FRAME_BYTES_MAX` checked before anything is allocated.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::Hash;
+use super::limits::ENVELOPE_BYTES_MAX;
+
+/// Version carried in `Hello`; peers with another version are refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// ALPN of node-to-node connections (replication and queries).
+pub const ALPN_PEER: &[u8] = b"herald-peer/1";
+/// ALPN of command-line clients talking to a node.
+pub const ALPN_CLIENT: &[u8] = b"herald-client/1";
+
+/// Largest frame: one maximal event plus room for framing.
+pub const FRAME_BYTES_MAX: usize = ENVELOPE_BYTES_MAX + 64 * 1024;
+/// Most events in one `Events` frame.
+pub const FRAME_EVENTS_MAX: usize = 512;
+/// A sender stops adding events to a frame once it holds this many bytes.
+pub const FRAME_TARGET_BYTES: usize = 256 * 1024;
+/// Most feed positions in a `Hello` or `Ack`.
+pub const FRAME_FEEDS_MAX: usize = 10_000;
+/// Events a sender may have in flight (sent, not yet acknowledged) per peer.
+pub const REPLICATION_WINDOW_EVENTS: u64 = 16_384;
+
+/// QUIC application close codes.
+pub mod close {
+    /// Orderly shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// A frame did not decode, was out of place, or broke a limit.
+    pub const PROTOCOL_VIOLATION: u32 = 1;
+    /// An event failed verification (signature, certificate, decoding).
+    pub const VERIFICATION_FAILED: u32 = 2;
+    /// A frame's length prefix exceeded `FRAME_BYTES_MAX`.
+    pub const FRAME_TOO_LARGE: u32 = 3;
+    /// The peer's certificate or ALPN does not allow what it attempted.
+    pub const UNAUTHORIZED: u32 = 4;
+    /// Another version of the protocol.
+    pub const VERSION_MISMATCH: u32 = 5;
+}
+
+/// Where a feed stands: its head's sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedPosition {
+    pub feed: String,
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+/// Messages on the replication stream (both directions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// First message each way: who I am and the head of every feed I hold.
+    Hello {
+        protocol: u32,
+        service: String,
+        heads: Vec<FeedPosition>,
+    },
+    /// Events the receiver lacks, each feed's in sequence order.
+    Events { events: Vec<serde_bytes::ByteBuf> },
+    /// Cumulative acknowledgement: the heads the sender now holds durably.
+    Ack { heads: Vec<FeedPosition> },
+}

@@ -1,0 +1,1 @@
+//! Placeholder: the QUIC transport (built on branch net).
