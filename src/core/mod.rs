@@ -6,4 +6,5 @@ pub mod codec;
 pub mod crypto;
 pub mod event;
 pub mod limits;
+pub mod signature;
 pub mod verify;
