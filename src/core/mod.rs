@@ -6,5 +6,6 @@ pub mod codec;
 pub mod crypto;
 pub mod event;
 pub mod limits;
+pub mod signature;
 pub mod verify;
 pub mod wire;
