@@ -512,11 +512,11 @@ impl VerifiedEvent {
     }
 }
 
-/// One signature check: cofactorless RFC 8032 verification of the signing
-/// message (weak keys are refused when the certificate is admitted).
+/// One signature check under herald's rule (cofactored, ZIP-215 style; see
+/// [`super::signature`]): the single and batch paths accept exactly the same
+/// signatures, so every node and auditor reaches the same verdict.
 pub fn signature_valid(key: &VerifyingKey, hash: &Hash, signature: &Signature) -> bool {
-    use ed25519_dalek::Verifier;
-    key.verify(&codec::signing_message(hash), signature).is_ok()
+    super::signature::verify_single(key, &codec::signing_message(hash), signature)
 }
 
 /// Checks many signatures: batches of [`VERIFY_BATCH_EVENTS`] verified on all
@@ -529,11 +529,12 @@ pub fn batch_signatures_valid(items: &[(VerifyingKey, Hash, Signature)]) -> Vec<
                 .iter()
                 .map(|(_, h, _)| codec::signing_message(h))
                 .collect();
-            let message_refs: Vec<&[u8]> = messages.iter().map(|m| m.as_slice()).collect();
-            let signatures: Vec<Signature> = chunk.iter().map(|(_, _, s)| *s).collect();
-            let keys: Vec<VerifyingKey> = chunk.iter().map(|(k, _, _)| *k).collect();
-            let all_ok = ed25519_dalek::verify_batch(&message_refs, &signatures, &keys).is_ok();
-            let results: Vec<bool> = if all_ok {
+            let batch: Vec<(VerifyingKey, &[u8], Signature)> = chunk
+                .iter()
+                .zip(&messages)
+                .map(|((k, _, s), m)| (*k, m.as_slice(), *s))
+                .collect();
+            let results: Vec<bool> = if super::signature::verify_batch(&batch) {
                 vec![true; chunk.len()]
             } else {
                 chunk
