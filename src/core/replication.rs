@@ -1,0 +1,384 @@
+//! The replication session with one peer, sans-IO.
+//!
+//! It reads no clock and touches no socket or disk: the driver passes in the
+//! time, the messages that arrived and the local heads, and gets back what to
+//! send. That makes it testable in a seeded simulation that drops, delays,
+//! duplicates and reorders messages and crashes nodes
+//! (`tests/replication_sim.rs`).
+//!
+//! The protocol (`docs/PROTOCOL.md`): each side opens with `Hello` carrying
+//! the head of every feed it holds. Each side then sends what the other lacks,
+//! oldest first, feed by feed, in bounded `Events` frames, and keeps pushing
+//! new events as they are committed locally. The receiver verifies and
+//! commits, then answers with a cumulative `Ack` of its heads. A sender's
+//! view of the peer (`peer_next`) advances only on `Hello` and `Ack`; at most
+//! [`REPLICATION_WINDOW_EVENTS`] events are in flight, and if no
+//! acknowledgement arrives for [`RETRANSMIT_AFTER_US`] the sender rewinds to
+//! what was acknowledged and sends again (receivers apply each event once).
+
+use std::collections::BTreeMap;
+
+use super::wire::{
+    FRAME_FEEDS_MAX, FeedPosition, PROTOCOL_VERSION, PeerMessage, REPLICATION_WINDOW_EVENTS,
+};
+
+/// How long a sender waits for acknowledgement progress before resending
+/// everything unacknowledged.
+pub const RETRANSMIT_AFTER_US: u64 = 2_000_000;
+
+/// A contiguous run of one feed's events to send: `from..=to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRange {
+    pub feed: String,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// A peer broke the protocol: the driver closes the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("peer sent {0} before Hello")]
+    BeforeHello(&'static str),
+    #[error("peer sent a second Hello")]
+    DuplicateHello,
+    #[error("peer speaks protocol version {found}, this node {PROTOCOL_VERSION}")]
+    Version { found: u32 },
+    #[error("peer says it is {found}, but its certificate names {expected}")]
+    WrongService { expected: String, found: String },
+    #[error("peer listed {found} feeds, over the limit of {FRAME_FEEDS_MAX}")]
+    TooManyFeeds { found: usize },
+}
+
+/// What an incoming message asks of the driver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Nothing to do beyond polling for sends.
+    Nothing,
+    /// Verify and commit these envelopes, then send [`ack`].
+    Events(Vec<Vec<u8>>),
+}
+
+/// One side of a replication session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    peer: String,
+    /// Per feed, the first sequence number the peer does not hold (its head
+    /// plus one), as it told us in `Hello` and `Ack`. Only ever grows.
+    peer_next: BTreeMap<String, u64>,
+    /// Per feed, the next sequence number to send (at least `peer_next`).
+    send_next: BTreeMap<String, u64>,
+    hello_received: bool,
+    /// When acknowledgement last made progress (or the session started).
+    last_progress_us: u64,
+    /// How many times unacknowledged events were sent again.
+    retransmits: u64,
+}
+
+impl Session {
+    /// A session with `peer` (the service its certificate names).
+    pub fn new(peer: &str, now_us: u64) -> Session {
+        Session {
+            peer: peer.to_string(),
+            peer_next: BTreeMap::new(),
+            send_next: BTreeMap::new(),
+            hello_received: false,
+            last_progress_us: now_us,
+            retransmits: 0,
+        }
+    }
+
+    /// The peer's service name.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Whether the peer's `Hello` has arrived.
+    pub fn established(&self) -> bool {
+        self.hello_received
+    }
+
+    /// The opening message.
+    pub fn hello(service: &str, local_heads: &[FeedPosition]) -> PeerMessage {
+        PeerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            service: service.to_string(),
+            heads: local_heads.to_vec(),
+        }
+    }
+
+    /// The acknowledgement to send after committing received events.
+    pub fn ack(heads: Vec<FeedPosition>) -> PeerMessage {
+        PeerMessage::Ack { heads }
+    }
+
+    /// Handles one message from the peer.
+    pub fn on_message(
+        &mut self,
+        now_us: u64,
+        message: PeerMessage,
+    ) -> Result<Received, ProtocolError> {
+        match message {
+            PeerMessage::Hello {
+                protocol,
+                service,
+                heads,
+            } => {
+                if self.hello_received {
+                    return Err(ProtocolError::DuplicateHello);
+                }
+                if protocol != PROTOCOL_VERSION {
+                    return Err(ProtocolError::Version { found: protocol });
+                }
+                if service != self.peer {
+                    return Err(ProtocolError::WrongService {
+                        expected: self.peer.clone(),
+                        found: service,
+                    });
+                }
+                self.check_feed_count(heads.len())?;
+                self.hello_received = true;
+                self.last_progress_us = now_us;
+                for head in heads {
+                    self.advance(&head.feed, head.seq + 1);
+                }
+                // Start sending from what the peer holds, whatever an
+                // earlier connection had in flight.
+                self.send_next = self.peer_next.clone();
+                Ok(Received::Nothing)
+            }
+            PeerMessage::Ack { heads } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::BeforeHello("Ack"));
+                }
+                self.check_feed_count(heads.len())?;
+                let mut progressed = false;
+                for head in heads {
+                    progressed |= self.advance(&head.feed, head.seq + 1);
+                }
+                if progressed {
+                    self.last_progress_us = now_us;
+                }
+                Ok(Received::Nothing)
+            }
+            PeerMessage::Events { events } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::BeforeHello("Events"));
+                }
+                Ok(Received::Events(
+                    events.into_iter().map(|b| b.into_vec()).collect(),
+                ))
+            }
+        }
+    }
+
+    fn check_feed_count(&self, found: usize) -> Result<(), ProtocolError> {
+        if found > FRAME_FEEDS_MAX {
+            return Err(ProtocolError::TooManyFeeds { found });
+        }
+        Ok(())
+    }
+
+    /// Records that the peer holds `feed` below `next`; returns whether that
+    /// is news.
+    fn advance(&mut self, feed: &str, next: u64) -> bool {
+        let known = self.peer_next.entry(feed.to_string()).or_insert(0);
+        if next <= *known {
+            return false;
+        }
+        *known = next;
+        let send = self.send_next.entry(feed.to_string()).or_insert(0);
+        *send = (*send).max(next);
+        true
+    }
+
+    /// Events sent but not yet acknowledged.
+    pub fn in_flight(&self) -> u64 {
+        self.send_next
+            .iter()
+            .map(|(feed, send)| send.saturating_sub(self.peer_next.get(feed).copied().unwrap_or(0)))
+            .sum()
+    }
+
+    /// What to send next, given the local heads (feed to head sequence
+    /// number): oldest first per feed, within the window. Marks it sent.
+    pub fn poll_send(&mut self, local_heads: &BTreeMap<String, u64>) -> Vec<SendRange> {
+        if !self.hello_received {
+            return Vec::new();
+        }
+        let mut budget = REPLICATION_WINDOW_EVENTS.saturating_sub(self.in_flight());
+        let mut ranges = Vec::new();
+        for (feed, &head) in local_heads {
+            if budget == 0 {
+                break;
+            }
+            let next = self.send_next.get(feed).copied().unwrap_or(0);
+            if next > head {
+                continue;
+            }
+            let to = head.min(next + budget - 1);
+            budget -= to - next + 1;
+            self.send_next.insert(feed.clone(), to + 1);
+            ranges.push(SendRange {
+                feed: feed.clone(),
+                from: next,
+                to,
+            });
+        }
+        ranges
+    }
+
+    /// When the driver should call [`Self::handle_timeout`], if ever.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        (self.in_flight() > 0).then_some(self.last_progress_us + RETRANSMIT_AFTER_US)
+    }
+
+    /// If acknowledgements stalled, rewinds to what the peer acknowledged
+    /// so the next [`Self::poll_send`] sends it again.
+    pub fn handle_timeout(&mut self, now_us: u64) {
+        if self.in_flight() > 0 && now_us >= self.last_progress_us + RETRANSMIT_AFTER_US {
+            self.send_next = self.peer_next.clone();
+            self.last_progress_us = now_us;
+            self.retransmits += 1;
+        }
+    }
+
+    /// Events the peer still lacks, given the local heads.
+    pub fn backlog(&self, local_heads: &BTreeMap<String, u64>) -> u64 {
+        local_heads
+            .iter()
+            .map(|(feed, head)| {
+                (head + 1).saturating_sub(self.peer_next.get(feed).copied().unwrap_or(0))
+            })
+            .sum()
+    }
+
+    /// Per feed, the first sequence number the peer does not hold.
+    pub fn acknowledged(&self) -> &BTreeMap<String, u64> {
+        &self.peer_next
+    }
+
+    /// How many times this session resent unacknowledged events.
+    pub fn retransmits(&self) -> u64 {
+        self.retransmits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(feed: &str, seq: u64) -> FeedPosition {
+        FeedPosition {
+            feed: feed.into(),
+            seq,
+            hash: [0; 32],
+        }
+    }
+
+    fn heads(list: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        list.iter().map(|(f, s)| (f.to_string(), *s)).collect()
+    }
+
+    #[test]
+    fn sends_only_what_the_peer_lacks_oldest_first() {
+        let mut s = Session::new("b", 0);
+        assert!(
+            s.poll_send(&heads(&[("a", 9)])).is_empty(),
+            "nothing before Hello"
+        );
+        s.on_message(0, Session::hello("b", &[pos("a", 4), pos("b", 7)]))
+            .unwrap();
+        let ranges = s.poll_send(&heads(&[("a", 9), ("b", 7), ("c", 2)]));
+        assert_eq!(
+            ranges,
+            vec![
+                SendRange {
+                    feed: "a".into(),
+                    from: 5,
+                    to: 9
+                },
+                SendRange {
+                    feed: "c".into(),
+                    from: 0,
+                    to: 2
+                },
+            ]
+        );
+        assert_eq!(s.in_flight(), 8);
+        assert!(
+            s.poll_send(&heads(&[("a", 9), ("c", 2)])).is_empty(),
+            "already sent"
+        );
+    }
+
+    #[test]
+    fn acks_advance_and_timeouts_resend_only_the_unacknowledged() {
+        let mut s = Session::new("b", 0);
+        s.on_message(0, Session::hello("b", &[])).unwrap();
+        let local = heads(&[("a", 9)]);
+        s.poll_send(&local);
+        s.on_message(10, Session::ack(vec![pos("a", 3)])).unwrap();
+        assert_eq!(s.in_flight(), 6);
+        assert_eq!(s.poll_timeout(), Some(10 + RETRANSMIT_AFTER_US));
+        s.handle_timeout(10 + RETRANSMIT_AFTER_US - 1);
+        assert!(s.poll_send(&local).is_empty(), "not yet");
+        s.handle_timeout(10 + RETRANSMIT_AFTER_US);
+        assert_eq!(
+            s.poll_send(&local),
+            vec![SendRange {
+                feed: "a".into(),
+                from: 4,
+                to: 9
+            }]
+        );
+        assert_eq!(s.retransmits(), 1);
+        // An old, smaller ack never moves the cursor back.
+        s.on_message(20, Session::ack(vec![pos("a", 1)])).unwrap();
+        assert_eq!(s.acknowledged()["a"], 4);
+        s.on_message(30, Session::ack(vec![pos("a", 9)])).unwrap();
+        assert_eq!(
+            (s.in_flight(), s.backlog(&local), s.poll_timeout()),
+            (0, 0, None)
+        );
+    }
+
+    #[test]
+    fn the_window_bounds_events_in_flight() {
+        let mut s = Session::new("b", 0);
+        s.on_message(0, Session::hello("b", &[])).unwrap();
+        let local = heads(&[("a", 100_000)]);
+        let sent: u64 = s.poll_send(&local).iter().map(|r| r.to - r.from + 1).sum();
+        assert_eq!(sent, REPLICATION_WINDOW_EVENTS);
+        assert!(s.poll_send(&local).is_empty());
+        s.on_message(1, Session::ack(vec![pos("a", 99)])).unwrap();
+        let more: u64 = s.poll_send(&local).iter().map(|r| r.to - r.from + 1).sum();
+        assert_eq!(more, 100);
+    }
+
+    #[test]
+    fn protocol_violations_are_named() {
+        let mut s = Session::new("b", 0);
+        assert_eq!(
+            s.on_message(0, PeerMessage::Events { events: vec![] }),
+            Err(ProtocolError::BeforeHello("Events"))
+        );
+        assert!(matches!(
+            s.on_message(0, Session::hello("mallory", &[])),
+            Err(ProtocolError::WrongService { .. })
+        ));
+        let bad_version = PeerMessage::Hello {
+            protocol: 99,
+            service: "b".into(),
+            heads: vec![],
+        };
+        assert_eq!(
+            s.on_message(0, bad_version),
+            Err(ProtocolError::Version { found: 99 })
+        );
+        s.on_message(0, Session::hello("b", &[])).unwrap();
+        assert_eq!(
+            s.on_message(0, Session::hello("b", &[])),
+            Err(ProtocolError::DuplicateHello)
+        );
+    }
+}
