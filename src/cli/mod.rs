@@ -15,7 +15,10 @@ pub mod export;
 pub mod init;
 pub mod keygen;
 pub mod log;
+pub mod node;
 pub mod publish;
+pub mod query;
+pub mod status;
 pub mod verify;
 
 /// Exit code: success.
@@ -54,6 +57,12 @@ pub enum Command {
     Export(export::ExportArgs),
     /// Verify an export or a data directory offline (exit 0 valid, 1 problems, 2 could not run).
     Verify(verify::VerifyArgs),
+    /// Run a peer node in the foreground until SIGINT or SIGTERM.
+    Node(node::NodeArgs),
+    /// Show peers (connected, backlog, retries, errors) and feed heads.
+    Status(status::StatusArgs),
+    /// Ask a service a synchronous question through the running node.
+    Query(query::QueryArgs),
     /// Measure throughput and latency against the signature ceiling.
     Bench(bench::BenchArgs),
     /// Provision a scratch cluster and run real traffic through every feature.
@@ -71,7 +80,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_FAILED } else { EXIT_OK });
         }
     };
-    init_tracing();
+    match &cli.command {
+        Command::Node(args) => init_tracing("info", args.log_format == node::LogFormat::Json),
+        _ => init_tracing("warn", false),
+    }
     match run(cli.command) {
         Ok(code) => ExitCode::from(code),
         Err(e) if is_broken_pipe(e.as_ref()) => {
@@ -94,6 +106,9 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Log(args) => log::run(args),
         Command::Export(args) => export::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Node(args) => node::run(args),
+        Command::Status(args) => status::run(args),
+        Command::Query(args) => query::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
     }
@@ -156,13 +171,19 @@ pub fn render_error(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-fn init_tracing() {
+/// Logs to stderr at `HERALD_LOG` (or `default_level`), as JSON lines if
+/// asked.
+fn init_tracing(default_level: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use clap::Args;
 use super::{CliError, EXIT_OK, parse_meta};
 use crate::config::NodeConfig;
 use crate::core::verify::Draft;
+use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
 use crate::store::{Log, Pending, Receipt};
 
 /// Events per submitted batch for `--count`.
@@ -49,6 +50,10 @@ pub fn run(args: PublishArgs) -> Result<u8, CliError> {
     // Validate before touching the store, so bad input writes nothing.
     let draft = Draft::new(&args.event_type, 1, meta, payload)?;
     let config = NodeConfig::load(&args.config)?;
+    if crate::store::is_locked(&config.data_dir) {
+        // The node (or another publisher) holds the store: go through it.
+        return publish_via_node(&config, &args, draft_payload(&args)?);
+    }
     let log = Log::open(&config)?;
     let channel = log.channel(args.channel.as_deref())?;
     let mut out = std::io::stdout().lock();
@@ -68,6 +73,44 @@ pub fn run(args: PublishArgs) -> Result<u8, CliError> {
         }
     }
     log.close();
+    Ok(EXIT_OK)
+}
+
+fn draft_payload(args: &PublishArgs) -> Result<Vec<u8>, CliError> {
+    let value: serde_json::Value = serde_json::from_str(&args.data)
+        .map_err(|e| format!("--data is not valid JSON: {e}"))?;
+    Ok(serde_json::to_vec(&value)?)
+}
+
+/// Publishes through the running node's client endpoint, printing receipts
+/// as the node reports them durable.
+fn publish_via_node(config: &NodeConfig, args: &PublishArgs, payload: Vec<u8>) -> Result<u8, CliError> {
+    let request = ClientRequest::Publish {
+        event_type: args.event_type.clone(),
+        payload,
+        meta: parse_meta(&args.meta)?,
+        channel: args.channel.clone(),
+        count: args.count,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = NodeClient::connect(config).await?;
+        let mut out = std::io::stdout().lock();
+        client
+            .request(&request, |r| match r {
+                ClientResponse::Receipts(receipts) => {
+                    for r in receipts {
+                        print_receipt(&mut out, &config.service, &r.into(), args.json).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                }
+                ClientResponse::Error(e) => Err(e),
+                _ => Err("unexpected answer to a publish".into()),
+            })
+            .await?;
+        client.close();
+        Ok::<_, CliError>(())
+    })?;
     Ok(EXIT_OK)
 }
 

@@ -1,1 +1,467 @@
-//! Placeholder: the node.
+//! A running peer (`herald node`): the durable log, QUIC endpoint with mutual
+//! TLS, one replication session per configured peer, synchronous queries,
+//! subscriptions and the client endpoint for command-line tools.
+//!
+//! Connections: of each configured pair, the node whose service name sorts
+//! first dials and the other accepts, so every pair keeps one connection.
+//! A lost connection is redialled with exponential backoff
+//! ([`RECONNECT_BACKOFF_MIN_MS`] to [`RECONNECT_BACKOFF_MAX_MS`]).
+
+pub mod client;
+pub mod peer;
+pub mod query;
+mod streams;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{RwLock, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock;
+use crate::config::NodeConfig;
+use crate::core::query::{QueryOutcome, QueryRequest, QueryStatus, SignedQueryResult, verify_result};
+use crate::core::wire::{ALPN_CLIENT, ALPN_PEER, close};
+use crate::identity::TrustAnchor;
+use crate::net::{self, Role, TlsIdentity};
+use crate::store::{FeedHead, Log, LogError, LogOptions, Receipt};
+use query::QueryRegistry;
+
+/// First wait before redialling a peer.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+/// Longest wait between redials.
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 5_000;
+/// How long shutdown waits for connections to close politely.
+pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
+/// Client connections served at once; more are refused.
+pub const CLIENT_CONNECTIONS_MAX: usize = 64;
+
+/// Errors starting or running a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// What `herald status` shows about one peer.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerState {
+    pub name: String,
+    pub address: String,
+    pub connected: bool,
+    /// Events this node holds that the peer has not acknowledged.
+    pub backlog: u64,
+    /// Reconnection attempts and retransmissions.
+    pub retries: u64,
+    pub last_error: Option<String>,
+    /// When the peer last acknowledged new events (microseconds since epoch).
+    pub last_ack_at_us: Option<u64>,
+}
+
+/// A node's status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub service: String,
+    pub running: bool,
+    pub peers: Vec<PeerState>,
+    pub feeds: Vec<FeedHead>,
+}
+
+/// State shared by the node's tasks.
+pub(crate) struct Inner {
+    pub service: String,
+    pub log: Arc<Log>,
+    pub signing_key: SigningKey,
+    pub trust: Arc<TrustAnchor>,
+    pub tls: TlsIdentity,
+    pub endpoint: quinn::Endpoint,
+    pub config: NodeConfig,
+    pub peers: Mutex<BTreeMap<String, PeerState>>,
+    /// Live peer connections and the peer's key (to verify query answers).
+    pub connections: Mutex<BTreeMap<String, (quinn::Connection, VerifyingKey)>>,
+    pub queries: RwLock<QueryRegistry>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A running node.
+pub struct Node {
+    inner: Arc<Inner>,
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Node {
+    /// Opens the log, binds the endpoint, and starts replicating with the
+    /// configured peers. Must be called inside a tokio runtime.
+    pub async fn start(config: &NodeConfig) -> Result<Node, NodeError> {
+        let options = LogOptions::from_config(config)?;
+        let signing_key = options.identity.signing_key.clone();
+        let trust = Arc::new(options.trust.clone());
+        let log = Arc::new(
+            tokio::task::spawn_blocking(move || Log::open_with(options))
+                .await
+                .map_err(|e| NodeError::Task(e.to_string()))??,
+        );
+        let tls = TlsIdentity::from_files(&config.cert, &config.key, trust.clone())?;
+        let endpoint = net::bind(config.listen, &tls)?;
+        let mut registry = QueryRegistry::new();
+        registry.register_builtins(log.clone());
+        for handler in &config.query_handlers {
+            registry.register_exec(
+                &handler.query_type,
+                handler.command.clone(),
+                handler.timeout_ms.unwrap_or(crate::core::query::QUERY_TIMEOUT_MS_MAX),
+            );
+        }
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let peers = config
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    PeerState {
+                        name: p.name.clone(),
+                        address: p.address.to_string(),
+                        ..PeerState::default()
+                    },
+                )
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            service: config.service.clone(),
+            log,
+            signing_key,
+            trust,
+            tls,
+            endpoint,
+            config: config.clone(),
+            peers: Mutex::new(peers),
+            connections: Mutex::new(BTreeMap::new()),
+            queries: RwLock::new(registry),
+            shutdown: shutdown_rx,
+        });
+        let mut tasks = vec![tokio::spawn(accept_loop(inner.clone()))];
+        for p in &config.peers {
+            if config.service < p.name {
+                tasks.push(tokio::spawn(dial_loop(inner.clone(), p.name.clone(), p.address)));
+            }
+        }
+        tracing::info!(service = %config.service, listen = %config.listen, "node started");
+        Ok(Node {
+            inner,
+            shutdown: shutdown_tx,
+            tasks: Mutex::new(tasks),
+        })
+    }
+
+    /// This node's service name.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// The node's durable log.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.inner.log
+    }
+
+    /// The UDP address the node listens on.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.endpoint.local_addr().ok()
+    }
+
+    /// Proclaims an event on the default channel; returns once it is durable.
+    pub async fn proclaim(
+        &self,
+        event_type: &str,
+        payload: &[u8],
+        meta: Vec<(String, String)>,
+    ) -> Result<Receipt, LogError> {
+        let log = self.inner.log.clone();
+        let (event_type, payload) = (event_type.to_string(), payload.to_vec());
+        tokio::task::spawn_blocking(move || log.proclaim(&event_type, &payload, meta))
+            .await
+            .map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Registers a Rust query handler for `query_type`.
+    pub async fn register_query_handler(&self, query_type: &str, handler: query::QueryHandler) {
+        self.inner.queries.write().await.register(query_type, handler);
+    }
+
+    /// Asks `target` a synchronous question and waits at most `timeout`. The
+    /// answer is signed by the responder and verified here; `Timeout` and
+    /// `Unreachable` are decided locally.
+    pub async fn query(
+        &self,
+        target: &str,
+        query_type: &str,
+        payload: Vec<u8>,
+        correlation_id: &str,
+        timeout: Duration,
+    ) -> QueryOutcome {
+        query_peer(&self.inner, target, query_type, payload, correlation_id, timeout).await
+    }
+
+    /// The node's status: peers and feed heads.
+    pub async fn status(&self) -> NodeStatus {
+        status_of(&self.inner).await
+    }
+
+    /// Stops the node: tells peers, lets in-flight commits finish, closes
+    /// the log.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
+        for task in tasks {
+            let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), task).await;
+        }
+        self.inner
+            .endpoint
+            .close(close::SHUTDOWN.into(), b"node shutting down");
+        let _ = tokio::time::timeout(
+            Duration::from_millis(SHUTDOWN_GRACE_MS),
+            self.inner.endpoint.wait_idle(),
+        )
+        .await;
+        tracing::info!(service = %self.inner.service, "node stopped");
+    }
+}
+
+pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
+    let log = inner.log.clone();
+    let feeds = tokio::task::spawn_blocking(move || log.heads())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let peers = inner
+        .peers
+        .lock()
+        .map(|p| p.values().cloned().collect())
+        .unwrap_or_default();
+    NodeStatus {
+        service: inner.service.clone(),
+        running: true,
+        peers,
+        feeds,
+    }
+}
+
+/// Accepts connections: configured peers replicate; clients get the client
+/// protocol; anyone else is refused.
+async fn accept_loop(inner: Arc<Inner>) {
+    let clients = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        let incoming = tokio::select! {
+            incoming = inner.endpoint.accept() => incoming,
+            _ = shutdown.changed() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let inner = inner.clone();
+        let clients = clients.clone();
+        tokio::spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "handshake failed");
+                    return;
+                }
+            };
+            let peer = match net::authenticated_peer(&conn, &inner.trust) {
+                Ok(peer) => peer,
+                Err(e) => {
+                    tracing::warn!(remote = %conn.remote_address(), error = %e, "refusing connection");
+                    conn.close(close::UNAUTHORIZED.into(), e.to_string().as_bytes());
+                    return;
+                }
+            };
+            let alpn = net::negotiated_alpn(&conn);
+            if alpn.as_deref() == Some(ALPN_CLIENT) {
+                let Ok(_permit) = clients.try_acquire() else {
+                    conn.close(close::UNAUTHORIZED.into(), b"too many clients");
+                    return;
+                };
+                client::serve(inner, conn).await;
+                return;
+            }
+            let configured = inner
+                .peers
+                .lock()
+                .map(|p| p.contains_key(&peer.service))
+                .unwrap_or(false);
+            if alpn.as_deref() != Some(ALPN_PEER) || peer.role != Role::Node || !configured {
+                tracing::warn!(peer = %peer.service, "refusing an unconfigured or non-node peer");
+                conn.close(close::UNAUTHORIZED.into(), b"not a configured peer");
+                return;
+            }
+            serve_peer(inner, conn, peer.service, peer.cert.public_key, false).await;
+        });
+    }
+}
+
+/// Keeps a connection to `name` open, redialling with backoff.
+async fn dial_loop(inner: Arc<Inner>, name: String, address: std::net::SocketAddr) {
+    let mut backoff = RECONNECT_BACKOFF_MIN_MS;
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let attempt = net::connect(&inner.endpoint, address, &name, ALPN_PEER, &inner.tls).await;
+        match attempt {
+            Ok(conn) => match net::authenticated_peer(&conn, &inner.trust) {
+                Ok(peer) if peer.service == name => {
+                    backoff = RECONNECT_BACKOFF_MIN_MS;
+                    serve_peer(inner.clone(), conn, name.clone(), peer.cert.public_key, true).await;
+                }
+                Ok(peer) => {
+                    conn.close(close::UNAUTHORIZED.into(), b"unexpected peer");
+                    record_error(&inner, &name, format!("dialled {name} but {} answered", peer.service));
+                }
+                Err(e) => record_error(&inner, &name, e.to_string()),
+            },
+            Err(e) => record_error(&inner, &name, e.to_string()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+            _ = shutdown.changed() => return,
+        }
+        backoff = (backoff * 2).min(RECONNECT_BACKOFF_MAX_MS);
+    }
+}
+
+fn record_error(inner: &Inner, peer: &str, error: String) {
+    tracing::debug!(peer, %error, "peer connection failed");
+    peer::update_status(inner, peer, |s| {
+        s.connected = false;
+        s.retries += 1;
+        s.last_error = Some(error);
+    });
+}
+
+/// Runs one authenticated peer connection to its end.
+async fn serve_peer(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    name: String,
+    public_key: [u8; 32],
+    dialer: bool,
+) {
+    let Ok(key) = VerifyingKey::from_bytes(&public_key) else {
+        conn.close(close::UNAUTHORIZED.into(), b"bad key");
+        return;
+    };
+    if let Ok(mut c) = inner.connections.lock() {
+        c.insert(name.clone(), (conn.clone(), key));
+    }
+    peer::update_status(&inner, &name, |s| {
+        s.connected = true;
+        s.last_error = None;
+    });
+    tracing::info!(peer = %name, "peer connected");
+    let error = peer::run_connection(inner.clone(), conn.clone(), name.clone(), dialer).await;
+    if let Ok(mut c) = inner.connections.lock()
+        && c.get(&name).is_some_and(|(existing, _)| existing.stable_id() == conn.stable_id())
+    {
+        c.remove(&name);
+    }
+    let shutting_down = matches!(error, peer::PeerError::Shutdown);
+    tracing::info!(peer = %name, reason = %error, "peer disconnected");
+    peer::update_status(&inner, &name, |s| {
+        s.connected = false;
+        if !shutting_down {
+            s.last_error = Some(error.to_string());
+        }
+    });
+}
+
+/// Sends a query to `target` (or answers it here if it is this node).
+pub(crate) async fn query_peer(
+    inner: &Inner,
+    target: &str,
+    query_type: &str,
+    payload: Vec<u8>,
+    correlation_id: &str,
+    timeout: Duration,
+) -> QueryOutcome {
+    let timeout_ms = timeout.as_millis().min(crate::core::query::QUERY_TIMEOUT_MS_MAX as u128) as u32;
+    let request = QueryRequest {
+        id: *uuid::Uuid::now_v7().as_bytes(),
+        caller: inner.service.clone(),
+        target: target.to_string(),
+        query_type: query_type.to_string(),
+        correlation_id: correlation_id.to_string(),
+        payload,
+        timeout_ms,
+    };
+    let local = |status: QueryStatus, reason: &str| QueryOutcome {
+        status,
+        payload: reason.as_bytes().to_vec(),
+        responder: target.to_string(),
+        correlation_id: correlation_id.to_string(),
+        request_id: request.id,
+        timestamp_us: clock::now_us(),
+        signed_by_responder: false,
+    };
+    if let Err(e) = crate::core::query::validate_request(&request) {
+        return local(QueryStatus::Error, &e.to_string());
+    }
+    let (signed, key) = if target == inner.service {
+        let registry = inner.queries.read().await;
+        let answer = tokio::time::timeout(
+            timeout,
+            registry.answer(&request, &inner.service, &inner.signing_key, clock::now_us),
+        )
+        .await;
+        match answer {
+            Ok(a) => (a, inner.signing_key.verifying_key()),
+            Err(_) => return local(QueryStatus::Timeout, "no answer before the deadline"),
+        }
+    } else {
+        let connection = inner
+            .connections
+            .lock()
+            .ok()
+            .and_then(|c| c.get(target).cloned());
+        let Some((conn, key)) = connection else {
+            return local(QueryStatus::Unreachable, "no connection to the target");
+        };
+        match tokio::time::timeout(timeout, ask(&conn, &request)).await {
+            Ok(Ok(signed)) => (signed, key),
+            Ok(Err(e)) => return local(QueryStatus::Unreachable, &e.to_string()),
+            Err(_) => return local(QueryStatus::Timeout, "no answer before the deadline"),
+        }
+    };
+    match verify_result(&signed, &key, &request) {
+        Ok(body) => QueryOutcome {
+            status: body.status,
+            payload: body.payload,
+            responder: body.responder,
+            correlation_id: body.correlation_id,
+            request_id: body.request_id,
+            timestamp_us: body.timestamp_us,
+            signed_by_responder: true,
+        },
+        Err(e) => local(QueryStatus::Error, &format!("answer failed verification: {e}")),
+    }
+}
+
+async fn ask(conn: &quinn::Connection, request: &QueryRequest) -> Result<SignedQueryResult, net::NetError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    net::write_frame(&mut send, &peer::StreamOpen::Query(request.clone())).await?;
+    let _ = send.finish();
+    net::read_frame::<SignedQueryResult>(&mut recv)
+        .await?
+        .ok_or_else(|| net::NetError::Closed("the peer closed the query stream without answering".into()))
+}

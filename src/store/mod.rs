@@ -5,6 +5,7 @@
 //! A proclamation that returned a [`Receipt`] is on disk: the writer answers
 //! only after the transaction holding it committed.
 
+mod peers;
 mod schema;
 mod writer;
 
@@ -19,6 +20,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
+pub use peers::{PeerCursor, READ_ENVELOPES_BYTES_MAX, read_peer_cursors};
 pub use schema::SCHEMA_VERSION;
 use writer::Request;
 
@@ -128,11 +130,11 @@ pub struct IngestReport {
 }
 
 /// A feed's head as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct FeedHead {
     pub feed: String,
     pub seq: u64,
-    #[serde(serialize_with = "hex_hash")]
+    #[serde(serialize_with = "hex_hash", deserialize_with = "hash_from_hex")]
     pub hash: Hash,
     pub last_timestamp_us: u64,
     /// `active`, or `forked` once fork evidence was recorded.
@@ -159,6 +161,14 @@ pub struct ForkEvidence {
     pub stored_envelope: Vec<u8>,
     /// The conflicting, validly signed envelope.
     pub conflicting_envelope: Vec<u8>,
+}
+
+fn hash_from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
+    bytes
+        .try_into()
+        .map_err(|_| serde::de::Error::custom("a hash is 32 bytes"))
 }
 
 fn hex_hash<S: serde::Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
@@ -210,6 +220,8 @@ pub struct Log {
     channels: BTreeMap<String, Arc<ChannelKey>>,
     default_channel: String,
     trust: Arc<TrustAnchor>,
+    /// Connection for delivery-cursor writes, opened on first use.
+    cursor_writer: Mutex<Option<Connection>>,
     /// Counts commits that added events (see [`Log::changes`]).
     changes: tokio::sync::watch::Receiver<u64>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
@@ -275,6 +287,7 @@ impl Log {
             default_channel,
             trust,
             changes,
+            cursor_writer: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -364,21 +377,9 @@ impl Log {
 
     /// The head of every feed this node holds.
     pub fn heads(&self) -> Result<Vec<FeedHead>, LogError> {
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT feed, head_seq, head_hash, last_timestamp_us, status FROM feeds ORDER BY feed",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(FeedHead {
-                feed: r.get(0)?,
-                seq: r.get::<_, i64>(1)? as u64,
-                hash: writer::blob32(r.get(2)?),
-                last_timestamp_us: r.get::<_, i64>(3)? as u64,
-                status: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        read_heads_from(&self.reader()?)
     }
+
 
     /// Events of `feed` with sequence numbers in `range`, in order.
     pub fn read(
@@ -407,7 +408,7 @@ impl Log {
         read_forks(&conn)
     }
 
-    fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, LogError> {
+    pub(crate) fn reader(&self) -> Result<std::sync::MutexGuard<'_, Connection>, LogError> {
         self.reader
             .lock()
             .map_err(|_| LogError::Corrupt("reader connection poisoned".into()))
@@ -456,6 +457,23 @@ pub fn read_arrivals_from(
     )?;
     let rows = stmt.query_map(params![after as i64, limit as i64], row_to_raw)?;
     rows.map(|r| stored_event(r?)).collect()
+}
+
+/// The head of every feed, from any connection (read-only included).
+pub fn read_heads_from(conn: &Connection) -> Result<Vec<FeedHead>, LogError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT feed, head_seq, head_hash, last_timestamp_us, status FROM feeds ORDER BY feed",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(FeedHead {
+            feed: r.get(0)?,
+            seq: r.get::<_, i64>(1)? as u64,
+            hash: writer::blob32(r.get(2)?),
+            last_timestamp_us: r.get::<_, i64>(3)? as u64,
+            status: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// A hash from a 32-byte blob column (zeros for a damaged blob, which never
@@ -630,4 +648,21 @@ fn open_own_feed(
         head.hash,
         head.last_timestamp_us,
     ))
+}
+
+/// Whether another process holds the store's lock (a running node, or a
+/// `publish` in progress). Tools use it to choose between the node's client
+/// endpoint and the store itself.
+pub fn is_locked(data_dir: &Path) -> bool {
+    let path = data_dir.join(LOCK_FILE);
+    let Ok(file) = File::options().read(true).write(true).open(&path) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(_) => true,
+    }
 }

@@ -1,0 +1,122 @@
+//! `herald status`: peers (connected, backlog, retries, last error, last
+//! acknowledgement) and feed heads, from the running node or, when it is
+//! not running, from its store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::{CliError, EXIT_OK};
+use crate::audit::verify::format_timestamp;
+use crate::config::NodeConfig;
+use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
+use crate::node::{NodeStatus, PeerState};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node's config file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: StatusArgs) -> Result<u8, CliError> {
+    let config = NodeConfig::load(&args.config)?;
+    let status = if crate::store::is_locked(&config.data_dir) {
+        running_status(&config)?
+    } else {
+        offline_status(&config)?
+    };
+    if args.json {
+        println!("{}", serde_json::to_string(&status)?);
+    } else {
+        print_status(&status);
+    }
+    Ok(EXIT_OK)
+}
+
+fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = NodeClient::connect(config).await?;
+        let mut json = None;
+        client
+            .request(&ClientRequest::Status, |r| match r {
+                ClientResponse::Status(s) => {
+                    json = Some(s);
+                    Ok(())
+                }
+                ClientResponse::Error(e) => Err(e),
+                _ => Err("unexpected answer to a status request".into()),
+            })
+            .await?;
+        client.close();
+        let json = json.ok_or("the node sent no status")?;
+        Ok(serde_json::from_str(&json)?)
+    })
+}
+
+/// The status a stopped node's store can tell: heads, and per peer the
+/// backlog against the last persisted acknowledgements.
+fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
+    let conn = crate::store::open_read_only(&config.data_dir)?;
+    let feeds = crate::store::read_heads_from(&conn)?;
+    let cursors = crate::store::read_peer_cursors(&conn)?;
+    let mut acked: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
+    for c in &cursors {
+        acked.insert((c.peer.as_str(), c.feed.as_str()), (c.acked_seq, c.acked_at_us));
+    }
+    let peers = config
+        .peers
+        .iter()
+        .map(|p| {
+            let backlog = feeds
+                .iter()
+                .map(|f| match acked.get(&(p.name.as_str(), f.feed.as_str())) {
+                    Some((seq, _)) => f.seq.saturating_sub(*seq),
+                    None => f.seq + 1,
+                })
+                .sum();
+            let last_ack_at_us = cursors.iter().filter(|c| c.peer == p.name).map(|c| c.acked_at_us).max();
+            PeerState {
+                name: p.name.clone(),
+                address: p.address.to_string(),
+                connected: false,
+                backlog,
+                retries: 0,
+                last_error: Some("node is not running".into()),
+                last_ack_at_us,
+            }
+        })
+        .collect();
+    Ok(NodeStatus {
+        service: config.service.clone(),
+        running: false,
+        peers,
+        feeds,
+    })
+}
+
+fn print_status(s: &NodeStatus) {
+    println!("node {} ({})", s.service, if s.running { "running" } else { "not running" });
+    println!("{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} LAST ERROR", "PEER", "ADDRESS", "STATE", "BACKLOG", "RETRIES", "LAST ACK");
+    for p in &s.peers {
+        println!(
+            "{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} {}",
+            p.name,
+            p.address,
+            if p.connected { "connected" } else { "down" },
+            p.backlog,
+            p.retries,
+            p.last_ack_at_us.map(format_timestamp).unwrap_or("-".into()),
+            p.last_error.as_deref().unwrap_or("-")
+        );
+    }
+    println!("{:<16} {:>10} {:<66} STATUS", "FEED", "HEAD", "HASH");
+    for f in &s.feeds {
+        println!("{:<16} {:>10} {:<66} {}", f.feed, f.seq, hex::encode(f.hash), f.status);
+    }
+}

@@ -1,0 +1,308 @@
+//! The shell around the replication session: one task per peer connection
+//! pumps frames between QUIC and [`Session`], commits what arrives through
+//! the log's verifying ingest, and sends what the peer lacks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::{Inner, PeerState};
+use crate::clock;
+use crate::core::query::QueryRequest;
+use crate::core::replication::{Received, Session};
+use crate::core::verify::{Check, Rejection};
+use crate::core::wire::{FRAME_EVENTS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, close};
+use crate::net::{self, NetError};
+
+/// Frames read ahead of the session before the reader waits (back-pressure
+/// onto QUIC flow control).
+pub const INCOMING_FRAMES_QUEUED_MAX: usize = 16;
+/// How often acknowledged cursors are persisted for `herald status` (the
+/// protocol itself needs no persisted cursor: `Hello` re-establishes it).
+pub const ACK_PERSIST_INTERVAL_MS: u64 = 500;
+/// How long the accepting side waits for the dialer's replication stream.
+pub const REPLICATION_STREAM_WAIT_MS: u64 = 10_000;
+
+/// First frame on every bidirectional stream: what the stream is for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum StreamOpen {
+    /// The replication stream (opened once, by the dialling side).
+    Replication,
+    /// A synchronous query; the answer is one `SignedQueryResult` frame.
+    Query(QueryRequest),
+}
+
+/// Why a peer connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("peer sent an event that failed verification: {0}")]
+    Verification(Rejection),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::LogError),
+    #[error("shutting down")]
+    Shutdown,
+    #[error("peer did not open the replication stream in time")]
+    NoReplicationStream,
+}
+
+impl PeerError {
+    /// The QUIC close code that tells the peer why.
+    pub fn close_code(&self) -> u32 {
+        match self {
+            PeerError::Net(e) => net::close_code(e),
+            PeerError::Protocol(_) => close::PROTOCOL_VIOLATION,
+            PeerError::Verification(_) => close::VERIFICATION_FAILED,
+            PeerError::Shutdown => close::SHUTDOWN,
+            PeerError::Store(_) | PeerError::NoReplicationStream => close::PROTOCOL_VIOLATION,
+        }
+    }
+}
+
+/// Whether a rejected event proves the sender misbehaved. Gaps, duplicates
+/// and forks can reach an honest relay (forks are the author's doing);
+/// anything that fails a cryptographic or structural check cannot.
+pub fn is_misbehaviour(r: &Rejection) -> bool {
+    !matches!(
+        r.check,
+        Check::Sequence | Check::Duplicate | Check::Fork | Check::Author
+    )
+}
+
+/// Runs replication on `conn` until it ends; returns why.
+pub(crate) async fn run_connection(
+    inner: Arc<Inner>,
+    conn: quinn::Connection,
+    peer: String,
+    dialer: bool,
+) -> PeerError {
+    let (repl_tx, repl_rx) = tokio::sync::oneshot::channel();
+    let acceptor = tokio::spawn(super::streams::accept_streams(
+        inner.clone(),
+        conn.clone(),
+        peer.clone(),
+        (!dialer).then_some(repl_tx),
+    ));
+    let result = async {
+        let (send, recv) = if dialer {
+            let (mut send, recv) = conn.open_bi().await.map_err(NetError::from)?;
+            net::write_frame(&mut send, &StreamOpen::Replication).await?;
+            (send, recv)
+        } else {
+            match tokio::time::timeout(Duration::from_millis(REPLICATION_STREAM_WAIT_MS), repl_rx).await {
+                Ok(Ok(streams)) => streams,
+                _ => return Err(PeerError::NoReplicationStream),
+            }
+        };
+        replicate(&inner, &peer, send, recv).await
+    }
+    .await;
+    acceptor.abort();
+    let error = match result {
+        Ok(()) => PeerError::Shutdown,
+        Err(e) => e,
+    };
+    conn.close(error.close_code().into(), error.to_string().as_bytes());
+    error
+}
+
+/// The replication loop of one connection.
+async fn replicate(
+    inner: &Arc<Inner>,
+    peer: &str,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), PeerError> {
+    let log = inner.log.clone();
+    let mut changes = log.changes();
+    let mut shutdown = inner.shutdown.clone();
+    let mut session = Session::new(peer, clock::now_us());
+    net::write_frame(&mut send, &Session::hello(&inner.service, &positions(inner).await?)).await?;
+
+    // A separate reader task, so a partially read frame is never lost to a
+    // select! branch being dropped.
+    let (incoming_tx, mut incoming) = mpsc::channel(INCOMING_FRAMES_QUEUED_MAX);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = net::read_frame::<PeerMessage>(&mut recv).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if incoming_tx.send(frame).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let mut last_persist = tokio::time::Instant::now();
+    let result = loop {
+        let heads = head_map(inner).await?;
+        update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
+        if let Err(e) = send_missing(inner, &mut session, &heads, &mut send).await {
+            break Err(e);
+        }
+        let timer = session
+            .poll_timeout()
+            .map(|at| Duration::from_micros(at.saturating_sub(clock::now_us())))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            frame = incoming.recv() => {
+                let message = match frame {
+                    Some(Ok(Some(m))) => m,
+                    Some(Ok(None)) | None => break Err(PeerError::Protocol("replication stream ended".into())),
+                    Some(Err(e)) => break Err(PeerError::Net(e)),
+                };
+                let acked_before = session.acknowledged().clone();
+                match session.on_message(clock::now_us(), message) {
+                    Ok(Received::Nothing) => {}
+                    Ok(Received::Events(envelopes)) => {
+                        if let Err(e) = apply(inner, peer, envelopes, &mut send).await {
+                            break Err(e);
+                        }
+                    }
+                    Err(e) => break Err(PeerError::Protocol(e.to_string())),
+                }
+                if session.acknowledged() != &acked_before {
+                    update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
+                    if last_persist.elapsed() >= Duration::from_millis(ACK_PERSIST_INTERVAL_MS) {
+                        last_persist = tokio::time::Instant::now();
+                        persist_acks(inner, peer, session.acknowledged());
+                    }
+                }
+            }
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(timer) => {
+                let before = session.retransmits();
+                session.handle_timeout(clock::now_us());
+                if session.retransmits() > before {
+                    update_status(inner, peer, |s| s.retries += 1);
+                }
+            }
+            _ = shutdown.changed() => break Err(PeerError::Shutdown),
+        }
+    };
+    persist_acks(inner, peer, session.acknowledged());
+    reader.abort();
+    result
+}
+
+/// Verifies and commits received events, then acknowledges. A peer that
+/// sent an event failing verification is cut off; nothing it sent after
+/// that event is applied.
+async fn apply(
+    inner: &Arc<Inner>,
+    peer: &str,
+    envelopes: Vec<Vec<u8>>,
+    send: &mut quinn::SendStream,
+) -> Result<(), PeerError> {
+    let log = inner.log.clone();
+    let report = tokio::task::spawn_blocking(move || log.ingest(envelopes))
+        .await
+        .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
+    if let Some(rejection) = report.rejected {
+        if is_misbehaviour(&rejection) {
+            tracing::warn!(peer, %rejection, "peer sent an event that failed verification; disconnecting");
+            return Err(PeerError::Verification(rejection));
+        }
+        tracing::debug!(peer, %rejection, "skipped an event that does not extend its feed yet");
+    }
+    net::write_frame(send, &Session::ack(positions(inner).await?)).await?;
+    Ok(())
+}
+
+/// Sends every event the peer lacks (within the session's window), framed.
+async fn send_missing(
+    inner: &Arc<Inner>,
+    session: &mut Session,
+    heads: &BTreeMap<String, u64>,
+    send: &mut quinn::SendStream,
+) -> Result<(), PeerError> {
+    for range in session.poll_send(heads) {
+        let mut from = range.from;
+        while from <= range.to {
+            let log = inner.log.clone();
+            let feed = range.feed.clone();
+            let to = range.to;
+            let envelopes = tokio::task::spawn_blocking(move || log.read_envelopes(&feed, from, to))
+                .await
+                .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
+            if envelopes.is_empty() {
+                break;
+            }
+            from += envelopes.len() as u64;
+            for frame in frames(envelopes) {
+                net::write_frame(send, &PeerMessage::Events { events: frame }).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Splits envelopes into frames of at most [`FRAME_EVENTS_MAX`] events and
+/// about [`FRAME_TARGET_BYTES`] bytes.
+fn frames(envelopes: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
+    let mut out = Vec::new();
+    let mut frame = Vec::new();
+    let mut bytes = 0;
+    for e in envelopes {
+        bytes += e.len();
+        frame.push(serde_bytes::ByteBuf::from(e));
+        if frame.len() >= FRAME_EVENTS_MAX || bytes >= FRAME_TARGET_BYTES {
+            out.push(std::mem::take(&mut frame));
+            bytes = 0;
+        }
+    }
+    if !frame.is_empty() {
+        out.push(frame);
+    }
+    out
+}
+
+async fn positions(inner: &Arc<Inner>) -> Result<Vec<FeedPosition>, PeerError> {
+    let log = inner.log.clone();
+    let heads = tokio::task::spawn_blocking(move || log.heads())
+        .await
+        .map_err(|e| PeerError::Protocol(format!("heads task failed: {e}")))??;
+    Ok(heads
+        .into_iter()
+        .map(|h| FeedPosition {
+            feed: h.feed,
+            seq: h.seq,
+            hash: h.hash,
+        })
+        .collect())
+}
+
+async fn head_map(inner: &Arc<Inner>) -> Result<BTreeMap<String, u64>, PeerError> {
+    Ok(positions(inner)
+        .await?
+        .into_iter()
+        .map(|p| (p.feed, p.seq))
+        .collect())
+}
+
+fn persist_acks(inner: &Arc<Inner>, peer: &str, acked: &BTreeMap<String, u64>) {
+    let rows: Vec<(String, u64)> = acked
+        .iter()
+        .filter(|(_, next)| **next > 0)
+        .map(|(feed, next)| (feed.clone(), next - 1))
+        .collect();
+    let log = inner.log.clone();
+    let peer = peer.to_string();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = log.record_peer_acks(&peer, &rows) {
+            tracing::warn!(peer, error = %e, "cannot persist delivery cursors");
+        }
+    });
+}
+
+pub(crate) fn update_status(inner: &Inner, peer: &str, f: impl FnOnce(&mut PeerState)) {
+    if let Ok(mut peers) = inner.peers.lock()
+        && let Some(state) = peers.get_mut(peer)
+    {
+        f(state);
+    }
+}

@@ -1,0 +1,93 @@
+//! Reads for replication (envelope ranges) and the outbox's per-peer
+//! delivery cursors.
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use super::{Log, LogError, open_connection};
+use crate::clock;
+
+/// Bytes of envelopes one [`Log::read_envelopes`] call returns at most (it
+/// always returns at least one event if any is in range).
+pub const READ_ENVELOPES_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// A peer's acknowledged position in one feed, as persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PeerCursor {
+    pub peer: String,
+    pub feed: String,
+    /// Highest sequence number the peer acknowledged holding.
+    pub acked_seq: u64,
+    /// When that acknowledgement arrived (microseconds since the epoch).
+    pub acked_at_us: u64,
+}
+
+impl Log {
+    /// Envelopes of `feed` from `from` to `to` (inclusive), in order, up to
+    /// [`READ_ENVELOPES_BYTES_MAX`] bytes.
+    pub fn read_envelopes(&self, feed: &str, from: u64, to: u64) -> Result<Vec<Vec<u8>>, LogError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT envelope FROM events WHERE feed = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query(params![feed, from as i64, to.min(i64::MAX as u64) as i64])?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next()? {
+            let envelope: Vec<u8> = row.get(0)?;
+            bytes += envelope.len();
+            out.push(envelope);
+            if bytes >= READ_ENVELOPES_BYTES_MAX {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Persists a peer's acknowledged heads (cursors only move forward).
+    pub fn record_peer_acks(&self, peer: &str, acked: &[(String, u64)]) -> Result<(), LogError> {
+        let mut guard = self
+            .cursor_writer
+            .lock()
+            .map_err(|_| LogError::Corrupt("cursor connection poisoned".into()))?;
+        if guard.is_none() {
+            *guard = Some(open_connection(self.db_path(), false)?);
+        }
+        let Some(conn) = guard.as_mut() else {
+            return Ok(());
+        };
+        let tx = conn.transaction()?;
+        let now = clock::now_us() as i64;
+        for (feed, seq) in acked {
+            tx.execute(
+                "INSERT INTO peer_cursors (peer, feed, acked_seq, acked_at_us) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (peer, feed) DO UPDATE SET acked_seq = excluded.acked_seq, acked_at_us = excluded.acked_at_us
+                 WHERE excluded.acked_seq > peer_cursors.acked_seq",
+                params![peer, feed, *seq as i64, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every persisted peer cursor.
+    pub fn peer_cursors(&self) -> Result<Vec<PeerCursor>, LogError> {
+        read_peer_cursors(&*self.reader()?)
+    }
+}
+
+/// Every persisted peer cursor, from any connection (read-only included).
+pub fn read_peer_cursors(conn: &Connection) -> Result<Vec<PeerCursor>, LogError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT peer, feed, acked_seq, acked_at_us FROM peer_cursors ORDER BY peer, feed",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(PeerCursor {
+            peer: r.get(0)?,
+            feed: r.get(1)?,
+            acked_seq: r.get::<_, i64>(2)? as u64,
+            acked_at_us: r.get::<_, i64>(3)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
