@@ -6,5 +6,6 @@ pub mod codec;
 pub mod crypto;
 pub mod event;
 pub mod limits;
+pub mod query;
 pub mod verify;
 pub mod wire;
