@@ -184,7 +184,10 @@ default = "keys/channel-default.key"
             QueryHandlerConfig {
                 query_type: "stock.level".into(),
                 command: vec![
-                    dir.path().join("handlers/stock.sh").to_string_lossy().into_owned(),
+                    dir.path()
+                        .join("handlers/stock.sh")
+                        .to_string_lossy()
+                        .into_owned(),
                     "--fast".into(),
                 ],
                 timeout_ms: Some(2500),

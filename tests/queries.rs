@@ -76,7 +76,10 @@ impl Node {
             herald::clock::now_us(),
         )
         .expect("answer verifies with the node certificate");
-        assert_eq!(verify_result(&signed, &self.public(), request), Ok(body.clone()));
+        assert_eq!(
+            verify_result(&signed, &self.public(), request),
+            Ok(body.clone())
+        );
         assert_tamper_evident(&signed, &self.public(), request);
         body
     }
@@ -124,7 +127,10 @@ fn text(body: &QueryResultBody) -> String {
 #[tokio::test]
 async fn query_builtin_head() {
     let node = Node::new();
-    let receipt = node.log.proclaim("order.placed", b"{}", vec![]).expect("proclaim");
+    let receipt = node
+        .log
+        .proclaim("order.placed", b"{}", vec![])
+        .expect("proclaim");
     let registry = node.registry();
 
     let body = node
@@ -137,7 +143,10 @@ async fn query_builtin_head() {
     assert_eq!(head["hash"], hex::encode(receipt.hash));
 
     let body = node
-        .ask(&registry, &request("herald.head", br#"{"feed":"zz"}"#, 2000))
+        .ask(
+            &registry,
+            &request("herald.head", br#"{"feed":"zz"}"#, 2000),
+        )
         .await;
     assert_eq!(body.status, QueryStatus::NotFound);
     assert_eq!(json(&body)["feed"], "zz");
@@ -155,13 +164,20 @@ async fn query_builtin_event_by_id_never_decrypts() {
     let secret = br#"{"card":"4111-secret"}"#;
     let receipt = node
         .log
-        .proclaim("payment.taken", secret, vec![("correlation_id".into(), "c9".into())])
+        .proclaim(
+            "payment.taken",
+            secret,
+            vec![("correlation_id".into(), "c9".into())],
+        )
         .expect("proclaim");
     let registry = node.registry();
 
     let payload = format!(r#"{{"id":"{}"}}"#, receipt.id);
     let body = node
-        .ask(&registry, &request("herald.event", payload.as_bytes(), 2000))
+        .ask(
+            &registry,
+            &request("herald.event", payload.as_bytes(), 2000),
+        )
         .await;
     assert_eq!(body.status, QueryStatus::Success, "{}", text(&body));
     let event = json(&body);
@@ -182,23 +198,35 @@ async fn query_builtin_event_by_id_never_decrypts() {
     // Restricted to the right feed it is found; to another feed it is not.
     let payload = format!(r#"{{"id":"{}","feed":"a"}}"#, receipt.id);
     let body = node
-        .ask(&registry, &request("herald.event", payload.as_bytes(), 2000))
+        .ask(
+            &registry,
+            &request("herald.event", payload.as_bytes(), 2000),
+        )
         .await;
     assert_eq!(body.status, QueryStatus::Success);
     let payload = format!(r#"{{"id":"{}","feed":"b"}}"#, receipt.id);
     let body = node
-        .ask(&registry, &request("herald.event", payload.as_bytes(), 2000))
+        .ask(
+            &registry,
+            &request("herald.event", payload.as_bytes(), 2000),
+        )
         .await;
     assert_eq!(body.status, QueryStatus::NotFound);
 
     let unknown = format!(r#"{{"id":"{}"}}"#, uuid::Uuid::now_v7());
     let body = node
-        .ask(&registry, &request("herald.event", unknown.as_bytes(), 2000))
+        .ask(
+            &registry,
+            &request("herald.event", unknown.as_bytes(), 2000),
+        )
         .await;
     assert_eq!(body.status, QueryStatus::NotFound);
 
     let body = node
-        .ask(&registry, &request("herald.event", br#"{"id":"nope"}"#, 2000))
+        .ask(
+            &registry,
+            &request("herald.event", br#"{"id":"nope"}"#, 2000),
+        )
         .await;
     assert_eq!(body.status, QueryStatus::Error);
     assert!(text(&body).contains("nope"), "{}", text(&body));
@@ -232,17 +260,26 @@ async fn query_rust_handler_answers_and_overrun_times_out() {
     registry.register("failing", failing).expect("register");
 
     let body = node.ask(&registry, &request("echo", b"hi", 500)).await;
-    assert_eq!((body.status, body.payload.as_slice()), (QueryStatus::Success, &b"echo:hi"[..]));
+    assert_eq!(
+        (body.status, body.payload.as_slice()),
+        (QueryStatus::Success, &b"echo:hi"[..])
+    );
 
     let body = node.ask(&registry, &request("failing", b"", 500)).await;
-    assert_eq!((body.status, text(&body)), (QueryStatus::Error, "no db".to_string()));
+    assert_eq!(
+        (body.status, text(&body)),
+        (QueryStatus::Error, "no db".to_string())
+    );
 
     let started = Instant::now();
     let body = node.ask(&registry, &request("slow", b"", 200)).await;
     let elapsed = started.elapsed();
     assert_eq!(body.status, QueryStatus::Timeout, "{}", text(&body));
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(200) + DEADLINE_SLACK, "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(200) + DEADLINE_SLACK,
+        "{elapsed:?}"
+    );
 }
 
 #[tokio::test]
@@ -251,11 +288,16 @@ async fn query_for_another_node_or_invalid_is_error() {
     let registry = node.registry();
     let mut r = request("herald.head", br#"{"feed":"a"}"#, 500);
     r.target = "c".into();
-    let signed = registry.answer(&r, "a", node.key(), herald::clock::now_us).await;
+    let signed = registry
+        .answer(&r, "a", node.key(), herald::clock::now_us)
+        .await;
     // Signed by `a`, but the caller asked `c`: the caller refuses it.
     assert!(matches!(
         verify_result(&signed, &node.public(), &r),
-        Err(QueryError::Mismatch { field: "responder", .. })
+        Err(QueryError::Mismatch {
+            field: "responder",
+            ..
+        })
     ));
     let mut r = request("herald.head", br#"{"feed":"a"}"#, 500);
     r.timeout_ms = 0;
@@ -298,13 +340,37 @@ async fn query_exec_handlers() {
                 r#"printf '%s|%s|%s|' "$HERALD_QUERY_TYPE" "$HERALD_CALLER" "$HERALD_CORRELATION_ID"; cat"#,
             ),
         ),
-        ("missing", script(dir, "missing.sh", "cat >/dev/null; echo 'no such sku'; exit 3")),
-        ("broken", script(dir, "broken.sh", "echo 'partial'; echo 'boom: stock db down' >&2; exit 1")),
-        ("loud", script(dir, "loud.sh", "head -c 70000 /dev/zero; exit 0")),
-        ("chatty", script(dir, "chatty.sh", "head -c 100000 /dev/zero >&2; exit 2")),
+        (
+            "missing",
+            script(
+                dir,
+                "missing.sh",
+                "cat >/dev/null; echo 'no such sku'; exit 3",
+            ),
+        ),
+        (
+            "broken",
+            script(
+                dir,
+                "broken.sh",
+                "echo 'partial'; echo 'boom: stock db down' >&2; exit 1",
+            ),
+        ),
+        (
+            "loud",
+            script(dir, "loud.sh", "head -c 70000 /dev/zero; exit 0"),
+        ),
+        (
+            "chatty",
+            script(dir, "chatty.sh", "head -c 100000 /dev/zero >&2; exit 2"),
+        ),
         (
             "sleeper",
-            script(dir, "sleeper.sh", &format!("echo $$ > '{}'\nsleep 5", pid_file.display())),
+            script(
+                dir,
+                "sleeper.sh",
+                &format!("echo $$ > '{}'\nsleep 5", pid_file.display()),
+            ),
         ),
     ];
     let mut registry = node.registry();
@@ -314,19 +380,34 @@ async fn query_exec_handlers() {
             .expect("register exec");
     }
     registry
-        .register_exec("absent", vec![dir.join("absent.sh").to_string_lossy().into()], 5000)
+        .register_exec(
+            "absent",
+            vec![dir.join("absent.sh").to_string_lossy().into()],
+            5000,
+        )
         .expect("register exec");
 
-    let body = node.ask(&registry, &request("ok", b"stdin-data", 3000)).await;
+    let body = node
+        .ask(&registry, &request("ok", b"stdin-data", 3000))
+        .await;
     assert_eq!(body.status, QueryStatus::Success, "{}", text(&body));
     assert_eq!(text(&body), "ok|b|corr-1|stdin-data");
 
-    let body = node.ask(&registry, &request("missing", b"sku-9", 3000)).await;
-    assert_eq!((body.status, text(&body)), (QueryStatus::NotFound, "no such sku\n".into()));
+    let body = node
+        .ask(&registry, &request("missing", b"sku-9", 3000))
+        .await;
+    assert_eq!(
+        (body.status, text(&body)),
+        (QueryStatus::NotFound, "no such sku\n".into())
+    );
 
     let body = node.ask(&registry, &request("broken", b"", 3000)).await;
     assert_eq!(body.status, QueryStatus::Error);
-    assert!(text(&body).contains("boom: stock db down"), "{}", text(&body));
+    assert!(
+        text(&body).contains("boom: stock db down"),
+        "{}",
+        text(&body)
+    );
     assert!(!text(&body).contains("partial"), "{}", text(&body));
 
     let body = node.ask(&registry, &request("loud", b"", 3000)).await;
@@ -336,7 +417,11 @@ async fn query_exec_handlers() {
     // Stderr is drained in full (no deadlock) but kept only up to the limit.
     let body = node.ask(&registry, &request("chatty", b"", 3000)).await;
     assert_eq!(body.status, QueryStatus::Error, "{}", text(&body));
-    assert!(body.payload.len() <= EXEC_STDERR_BYTES_MAX + 64, "{}", body.payload.len());
+    assert!(
+        body.payload.len() <= EXEC_STDERR_BYTES_MAX + 64,
+        "{}",
+        body.payload.len()
+    );
 
     let body = node.ask(&registry, &request("absent", b"", 3000)).await;
     assert_eq!(body.status, QueryStatus::Error);
@@ -347,7 +432,10 @@ async fn query_exec_handlers() {
     let elapsed = started.elapsed();
     assert_eq!(body.status, QueryStatus::Timeout, "{}", text(&body));
     assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
-    assert!(elapsed < Duration::from_millis(200) + DEADLINE_SLACK, "{elapsed:?}");
+    assert!(
+        elapsed < Duration::from_millis(200) + DEADLINE_SLACK,
+        "{elapsed:?}"
+    );
     let pid: u32 = std::fs::read_to_string(&pid_file)
         .expect("the sleeper started")
         .trim()
@@ -357,7 +445,10 @@ async fn query_exec_handlers() {
     while !dead(pid) && Instant::now() < killed_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(dead(pid), "handler process {pid} still runs after its deadline");
+    assert!(
+        dead(pid),
+        "handler process {pid} still runs after its deadline"
+    );
 
     // The handler's own, shorter deadline applies too.
     let mut short = QueryRegistry::new();

@@ -146,7 +146,10 @@ fn check_user_query_type(query_type: &str) -> Result<(), RegisterError> {
 
 enum Handler {
     Rust(QueryHandler),
-    Exec { command: Vec<String>, timeout_ms: u32 },
+    Exec {
+        command: Vec<String>,
+        timeout_ms: u32,
+    },
 }
 
 /// Query type to handler, and the slots that bound how many run at once.
@@ -173,7 +176,11 @@ impl QueryRegistry {
     }
 
     /// Registers a Rust handler. `herald.*` types are reserved for built-ins.
-    pub fn register(&mut self, query_type: &str, handler: QueryHandler) -> Result<(), RegisterError> {
+    pub fn register(
+        &mut self,
+        query_type: &str,
+        handler: QueryHandler,
+    ) -> Result<(), RegisterError> {
         check_user_query_type(query_type)?;
         self.insert(query_type, Handler::Rust(handler))
     }
@@ -243,26 +250,37 @@ impl QueryRegistry {
         now_us: impl Fn() -> u64,
     ) -> SignedQueryResult {
         let (status, payload) = match self.run(request, responder).await {
-            HandlerOutcome::Reply(HandlerReply::Success(p)) if p.len() > QUERY_PAYLOAD_BYTES_MAX => (
-                QueryStatus::Error,
-                reason(format!(
-                    "handler result is {} bytes, over the limit of {QUERY_PAYLOAD_BYTES_MAX}",
-                    p.len()
-                )),
-            ),
-            HandlerOutcome::Reply(HandlerReply::NotFound(p)) if p.len() > QUERY_PAYLOAD_BYTES_MAX => (
-                QueryStatus::Error,
-                reason(format!(
-                    "handler not-found payload is {} bytes, over the limit of {QUERY_PAYLOAD_BYTES_MAX}",
-                    p.len()
-                )),
-            ),
+            HandlerOutcome::Reply(HandlerReply::Success(p))
+                if p.len() > QUERY_PAYLOAD_BYTES_MAX =>
+            {
+                (
+                    QueryStatus::Error,
+                    reason(format!(
+                        "handler result is {} bytes, over the limit of {QUERY_PAYLOAD_BYTES_MAX}",
+                        p.len()
+                    )),
+                )
+            }
+            HandlerOutcome::Reply(HandlerReply::NotFound(p))
+                if p.len() > QUERY_PAYLOAD_BYTES_MAX =>
+            {
+                (
+                    QueryStatus::Error,
+                    reason(format!(
+                        "handler not-found payload is {} bytes, over the limit of {QUERY_PAYLOAD_BYTES_MAX}",
+                        p.len()
+                    )),
+                )
+            }
             HandlerOutcome::Reply(HandlerReply::Success(p)) => (QueryStatus::Success, p),
             HandlerOutcome::Reply(HandlerReply::NotFound(p)) => (QueryStatus::NotFound, p),
             HandlerOutcome::Reply(HandlerReply::Error(e)) => (QueryStatus::Error, reason(e)),
             HandlerOutcome::NoHandler => (
                 QueryStatus::NoHandler,
-                reason(format!("no handler for query type {:?}", request.query_type)),
+                reason(format!(
+                    "no handler for query type {:?}",
+                    request.query_type
+                )),
             ),
             HandlerOutcome::Timeout(ms) => (
                 QueryStatus::Timeout,
