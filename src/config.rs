@@ -48,6 +48,9 @@ pub struct NodeConfig {
     /// Peers this node keeps a connection to.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Executable query handlers (see `docs/QUERIES.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_handlers: Vec<QueryHandlerConfig>,
 }
 
 /// A configured peer.
@@ -58,6 +61,22 @@ pub struct PeerConfig {
     pub name: String,
     /// The peer's UDP address.
     pub address: SocketAddr,
+}
+
+/// An executable that answers one query type (contract in `docs/QUERIES.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueryHandlerConfig {
+    /// The query type it answers; `herald.*` is reserved for built-ins.
+    pub query_type: String,
+    /// Program and arguments (no shell). A program containing `/` is a path,
+    /// relative to the config file's directory unless absolute; a bare name
+    /// is looked up in `PATH` when the handler runs.
+    pub command: Vec<String>,
+    /// Its own deadline; the request's deadline still applies when shorter.
+    /// Default: [`EXEC_TIMEOUT_MS_DEFAULT`](crate::node::query::EXEC_TIMEOUT_MS_DEFAULT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u32>,
 }
 
 impl NodeConfig {
@@ -77,6 +96,17 @@ impl NodeConfig {
                 path: path.to_path_buf(),
                 message: "`service` is empty".into(),
             });
+        }
+        for handler in &config.query_handlers {
+            crate::node::query::check_exec_handler(
+                &handler.query_type,
+                &handler.command,
+                handler.timeout_ms,
+            )
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("query handler: {e}"),
+            })?;
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -104,6 +134,87 @@ impl NodeConfig {
         }
         for p in self.channels.values_mut() {
             resolve(p);
+        }
+        for handler in &mut self.query_handlers {
+            if let Some(program) = handler.command.first_mut()
+                && program.contains('/')
+                && Path::new(program.as_str()).is_relative()
+            {
+                *program = base.join(program.as_str()).to_string_lossy().into_owned();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+service = "a"
+data_dir = "data-a"
+key = "keys/a.key"
+cert = "keys/a.crt"
+ca = "keys/ca.crt"
+default_channel = "default"
+listen = "127.0.0.1:17400"
+
+[channels]
+default = "keys/channel-default.key"
+"#;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("a.toml");
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    #[test]
+    fn query_handlers_default_to_none_and_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = NodeConfig::load(&write(dir.path(), BASE)).expect("existing config loads");
+        assert!(old.query_handlers.is_empty());
+        assert!(!old.to_toml().contains("query_handlers"));
+
+        let text = format!(
+            "{BASE}\n[[query_handlers]]\nquery_type = \"stock.level\"\ncommand = [\"handlers/stock.sh\", \"--fast\"]\ntimeout_ms = 2500\n\n[[query_handlers]]\nquery_type = \"price\"\ncommand = [\"jq\", \".\"]\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text)).expect("loads");
+        let expected = vec![
+            QueryHandlerConfig {
+                query_type: "stock.level".into(),
+                command: vec![
+                    dir.path()
+                        .join("handlers/stock.sh")
+                        .to_string_lossy()
+                        .into_owned(),
+                    "--fast".into(),
+                ],
+                timeout_ms: Some(2500),
+            },
+            QueryHandlerConfig {
+                query_type: "price".into(),
+                command: vec!["jq".into(), ".".into()],
+                timeout_ms: None,
+            },
+        ];
+        assert_eq!(config.query_handlers, expected);
+        let again: NodeConfig = toml::from_str(&config.to_toml()).expect("reparses");
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn query_handler_config_is_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for bad in [
+            "query_type = \"herald.head\"\ncommand = [\"x\"]",
+            "query_type = \"ok\"\ncommand = []",
+            "query_type = \"ok\"\ncommand = [\"x\"]\ntimeout_ms = 0",
+            "query_type = \"has space\"\ncommand = [\"x\"]",
+        ] {
+            let text = format!("{BASE}\n[[query_handlers]]\n{bad}\n");
+            let e = NodeConfig::load(&write(dir.path(), &text)).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{bad}: {e}");
         }
     }
 }

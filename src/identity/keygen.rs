@@ -657,6 +657,7 @@ pub fn init_cluster(
                     address: addr(j),
                 })
                 .collect(),
+            query_handlers: Vec::new(),
         };
         files.push(PendingFile::public(
             dir.join(format!("{name}.toml")),

@@ -397,6 +397,19 @@ impl Log {
         rows.map(|r| stored_event(r?)).collect()
     }
 
+    /// Events with this id (UUID v7 bytes), in arrival order, at most
+    /// `limit`. Ids are chosen by authors, so more than one feed may hold an
+    /// event with the same id; uses the `events_by_id` index.
+    pub fn read_by_id(&self, id: &[u8; 16], limit: usize) -> Result<Vec<StoredEvent>, LogError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT arrival, envelope FROM events WHERE id = ?1 ORDER BY arrival LIMIT ?2",
+        )?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = stmt.query_map(params![id.as_slice(), limit], row_to_raw)?;
+        rows.map(|r| stored_event(r?)).collect()
+    }
+
     /// Events in arrival order after position `after`, at most `limit`.
     pub fn read_arrivals(&self, after: u64, limit: usize) -> Result<Vec<StoredEvent>, LogError> {
         read_arrivals_from(&*self.reader()?, after, limit)
