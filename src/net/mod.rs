@@ -180,3 +180,29 @@ pub fn close_with(conn: &quinn::Connection, err: &NetError) {
         close_reason(&err.to_string()),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reasons_are_bounded() {
+        let long = "x".repeat(CLOSE_REASON_BYTES_MAX * 2);
+        assert_eq!(close_reason(&long).len(), CLOSE_REASON_BYTES_MAX);
+        assert_eq!(close_reason("short"), b"short");
+    }
+
+    #[test]
+    fn close_codes_name_the_fault() {
+        let too_large = NetError::FrameTooLarge { len: 1, max: 0 };
+        assert_eq!(close_code(&too_large), close::FRAME_TOO_LARGE);
+        let decode = NetError::Decode { reason: "x".into() };
+        assert_eq!(close_code(&decode), close::PROTOCOL_VIOLATION);
+        let unauthorized = NetError::Unauthorized { reason: "x".into() };
+        assert_eq!(close_code(&unauthorized), close::UNAUTHORIZED);
+        assert_eq!(
+            close_code(&NetError::Io(std::io::Error::other("x"))),
+            close::SHUTDOWN
+        );
+    }
+}

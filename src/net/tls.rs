@@ -421,3 +421,99 @@ impl ClientCertVerifier for PeerClientVerifier {
         SIGNATURE_SCHEMES.to_vec()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        keys: std::path::PathBuf,
+        trust: Arc<TrustAnchor>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        crate::identity::init_cluster(dir.path(), &["a".to_string()], 17400, 30, false).unwrap();
+        let keys = dir.path().join("keys");
+        let trust = Arc::new(TrustAnchor::load(&keys.join("ca.crt"), None).unwrap());
+        Fixture {
+            _dir: dir,
+            keys,
+            trust,
+        }
+    }
+
+    fn der(f: &Fixture, name: &str) -> CertificateDer<'static> {
+        CertificateDer::from(read_cert_pem(&f.keys.join(format!("{name}.crt"))).unwrap())
+    }
+
+    #[test]
+    fn loads_identity_and_builds_configs() {
+        let f = fixture();
+        let id = TlsIdentity::from_files(
+            &f.keys.join("a.crt"),
+            &f.keys.join("a.key"),
+            f.trust.clone(),
+        )
+        .unwrap();
+        assert_eq!((id.service(), id.role()), ("a", Role::Node));
+        server_config(&id).unwrap();
+        client_config(&id, ALPN_PEER).unwrap();
+        client_config(&id, ALPN_CLIENT).unwrap();
+        // The key must match the certificate.
+        crate::identity::issue_node(&f.keys, "b", 10, false).unwrap();
+        let e = TlsIdentity::from_files(
+            &f.keys.join("a.crt"),
+            &f.keys.join("b.key"),
+            f.trust.clone(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn verifiers_refuse_intermediates_and_names_that_do_not_match() {
+        let f = fixture();
+        let provider = provider();
+        let server = NodeServerVerifier {
+            trust: f.trust.clone(),
+            provider: provider.clone(),
+            now_us: crate::clock::now_us,
+        };
+        let a = der(&f, "a");
+        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        server.check(&a, &[], &name("a")).unwrap();
+        let e = server.check(&a, &[der(&f, "ca")], &name("a")).unwrap_err();
+        assert!(e.to_string().contains("intermediate"), "{e}");
+        let e = server.check(&a, &[], &name("b")).unwrap_err();
+        assert!(matches!(e, CertError::NameMismatch { .. }), "{e}");
+        let ip = ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+        assert!(server.check(&a, &[], &ip).is_err());
+        assert_eq!(
+            server.supported_verify_schemes(),
+            vec![SignatureScheme::ED25519]
+        );
+
+        let client = PeerClientVerifier {
+            trust: f.trust.clone(),
+            provider,
+            now_us: || 0,
+        };
+        let e = client.check(&a, &[]).unwrap_err();
+        assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
+        assert!(client.client_auth_mandatory());
+    }
+
+    #[test]
+    fn refusals_map_to_tls_alerts() {
+        assert_eq!(
+            refusal(CertError::BadSignature),
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature)
+        );
+        assert!(matches!(
+            refusal(CertError::IsCa),
+            rustls::Error::InvalidCertificate(CertificateError::Other(_))
+        ));
+    }
+}
