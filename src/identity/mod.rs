@@ -36,7 +36,7 @@ pub use keygen::{
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
-pub use trust::{AuthorCert, TrustAnchor};
+pub use trust::{AuthorCert, CertRole, TrustAnchor};
 
 /// Longest service or channel name, in bytes (a DNS label).
 pub const NAME_BYTES_MAX: usize = 63;
@@ -73,6 +73,8 @@ pub enum CertError {
     NameMismatch { expected: String, found: String },
     #[error("not a node certificate: {reason}")]
     NotNodeCertificate { reason: String },
+    #[error("not a node or client certificate: {reason}")]
+    NotPeerCertificate { reason: String },
     #[error("certificate is a CA certificate, not a node certificate")]
     IsCa,
     #[error("certificate has an unsupported critical extension {oid}")]

@@ -13,7 +13,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::x509::{AlgorithmIdentifier, X509Version};
 
-use super::{CertError, IdentityError, RevocationList, read_cert_pem};
+use super::{CertError, IdentityError, RevocationList, read_cert_pem, validate_name};
 use crate::core::limits::CERT_BYTES_MAX;
 
 /// An admitted certificate, pure data.
@@ -57,6 +57,17 @@ impl AuthorCert {
     pub fn serial_hex(&self) -> String {
         hex::encode(&self.serial)
     }
+}
+
+/// What a certificate admitted by [`TrustAnchor::admit_peer`] may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CertRole {
+    /// A node certificate (EKU serverAuth + clientAuth): may serve, connect
+    /// and author events.
+    Node,
+    /// A client certificate (EKU clientAuth only): may connect to a node as a
+    /// client, may not serve or author events.
+    Client,
 }
 
 /// The CA certificate and revocation list every verification honours.
@@ -280,6 +291,30 @@ impl TrustAnchor {
     /// digitalSignature; a DNS SAN equals `service`; not revoked. Does not
     /// check time: see [`AuthorCert::check_time`].
     pub fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
+        self.admit(cert_der, Some(service), false)
+            .map(|(cert, _)| cert)
+    }
+
+    /// Admits `cert_der` as the certificate of a TLS peer whose name is not
+    /// known in advance (the server side of a handshake): the name is the
+    /// certificate's own DNS SAN, which must be the only one and a valid
+    /// service name. Node certificates (EKU serverAuth + clientAuth) are
+    /// admitted as [`CertRole::Node`], client certificates (EKU clientAuth
+    /// without serverAuth) as [`CertRole::Client`]. Every other check is the
+    /// one of [`TrustAnchor::admit_author`], in the same order. Does not check
+    /// time: see [`AuthorCert::check_time`].
+    pub fn admit_peer(&self, cert_der: &[u8]) -> Result<(AuthorCert, CertRole), CertError> {
+        self.admit(cert_der, None, true)
+    }
+
+    /// The shared admission. `service: None` takes the name from the single
+    /// DNS SAN; `allow_client` admits clientAuth-only certificates.
+    fn admit(
+        &self,
+        cert_der: &[u8],
+        service: Option<&str>,
+        allow_client: bool,
+    ) -> Result<(AuthorCert, CertRole), CertError> {
         let cert = parse_cert(cert_der)?;
         let tbs = &cert.tbs_certificate;
         if tbs.issuer.as_raw() != self.ca_subject_raw.as_slice() {
@@ -302,41 +337,51 @@ impl TrustAnchor {
         let eku = tbs
             .extended_key_usage()
             .map_err(|e| malformed(format!("extendedKeyUsage: {e}")))?;
-        match eku {
-            None => {
-                return Err(CertError::NotNodeCertificate {
-                    reason: "no extendedKeyUsage; a node needs serverAuth and clientAuth".into(),
-                });
+        let (server_auth, client_auth) = eku.as_ref().map_or((false, false), |e| {
+            (e.value.server_auth, e.value.client_auth)
+        });
+        let role = if server_auth && client_auth {
+            CertRole::Node
+        } else if allow_client && client_auth {
+            CertRole::Client
+        } else {
+            let mut has = Vec::new();
+            if server_auth {
+                has.push("serverAuth");
             }
-            Some(eku) if !(eku.value.server_auth && eku.value.client_auth) => {
-                let mut has = Vec::new();
-                if eku.value.server_auth {
-                    has.push("serverAuth");
-                }
-                if eku.value.client_auth {
-                    has.push("clientAuth");
-                }
-                let has = if has.is_empty() {
-                    "neither".to_string()
-                } else {
-                    format!("only {}", has.join(", "))
-                };
-                return Err(CertError::NotNodeCertificate {
+            if client_auth {
+                has.push("clientAuth");
+            }
+            let has = if eku.is_none() {
+                "no extendedKeyUsage".to_string()
+            } else if has.is_empty() {
+                "extendedKeyUsage has neither".to_string()
+            } else {
+                format!("extendedKeyUsage has only {}", has.join(", "))
+            };
+            return Err(if allow_client {
+                CertError::NotPeerCertificate {
                     reason: format!(
-                        "extendedKeyUsage has {has}; a node needs serverAuth and clientAuth"
+                        "{has}; a node needs serverAuth and clientAuth, a client needs clientAuth"
                     ),
-                });
-            }
-            Some(_) => {}
-        }
+                }
+            } else {
+                CertError::NotNodeCertificate {
+                    reason: format!("{has}; a node needs serverAuth and clientAuth"),
+                }
+            });
+        };
         let ku = tbs
             .key_usage()
             .map_err(|e| malformed(format!("keyUsage: {e}")))?;
         if let Some(ku) = ku
             && !ku.value.digital_signature()
         {
-            return Err(CertError::NotNodeCertificate {
-                reason: "keyUsage does not allow digitalSignature".into(),
+            let reason = "keyUsage does not allow digitalSignature".to_string();
+            return Err(if allow_client {
+                CertError::NotPeerCertificate { reason }
+            } else {
+                CertError::NotNodeCertificate { reason }
             });
         }
 
@@ -355,17 +400,33 @@ impl TrustAnchor {
                     .collect()
             })
             .unwrap_or_default();
-        if !dns_names.contains(&service) {
-            let found = if dns_names.is_empty() {
+        let describe = |names: &[&str]| {
+            if names.is_empty() {
                 "no DNS name".to_string()
             } else {
-                format!("DNS names {}", dns_names.join(", "))
-            };
-            return Err(CertError::NameMismatch {
-                expected: service.to_string(),
-                found,
-            });
-        }
+                format!("DNS names {}", names.join(", "))
+            }
+        };
+        let service = match service {
+            Some(service) => {
+                if !dns_names.contains(&service) {
+                    return Err(CertError::NameMismatch {
+                        expected: service.to_string(),
+                        found: describe(&dns_names),
+                    });
+                }
+                service
+            }
+            None => match dns_names.as_slice() {
+                [one] if validate_name("service", one).is_ok() => *one,
+                _ => {
+                    return Err(CertError::NameMismatch {
+                        expected: "exactly one DNS name that is a valid service name".into(),
+                        found: describe(&dns_names),
+                    });
+                }
+            },
+        };
 
         let serial = tbs.raw_serial().to_vec();
         if self.revoked.is_revoked(&public_key, &serial) {
@@ -374,14 +435,15 @@ impl TrustAnchor {
                 serial: hex::encode(&serial),
             });
         }
-        Ok(AuthorCert {
+        let admitted = AuthorCert {
             service: service.to_string(),
             public_key,
             not_before_us: time_us(&tbs.validity.not_before),
             not_after_us: time_us(&tbs.validity.not_after),
             serial,
             der: cert_der.to_vec(),
-        })
+        };
+        Ok((admitted, role))
     }
 
     /// True if the revocation list names the certificate's key or serial.
@@ -394,8 +456,8 @@ impl TrustAnchor {
 mod tests {
     use super::*;
     use crate::identity::{
-        CertError, NodeIdentity, create_ca, issue_client, issue_node, issue_node_with_validity,
-        revoke,
+        CertError, CertRole, NodeIdentity, create_ca, issue_client, issue_node,
+        issue_node_with_validity, revoke,
     };
     use std::path::PathBuf;
 
@@ -469,6 +531,81 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, CertError::NotNodeCertificate { .. }), "{e}");
         assert!(e.to_string().contains("only clientAuth"), "{e}");
+    }
+
+    #[test]
+    fn admit_peer_takes_the_name_and_role_from_the_certificate() {
+        let c = cluster();
+        issue_client(&c.dir, "cli", 10, false).unwrap();
+        let trust = anchor(&c.dir);
+        let (node, role) = trust.admit_peer(&cert(&c.dir, "a")).unwrap();
+        assert_eq!((node.service.as_str(), role), ("a", CertRole::Node));
+        assert_eq!(node, trust.admit_author("a", &cert(&c.dir, "a")).unwrap());
+        let (client, role) = trust.admit_peer(&cert(&c.dir, "cli")).unwrap();
+        assert_eq!((client.service.as_str(), role), ("cli", CertRole::Client));
+    }
+
+    #[test]
+    fn admit_peer_refuses_what_admit_author_refuses() {
+        let c = cluster();
+        let other = cluster();
+        let trust = anchor(&c.dir);
+        let e = trust.admit_peer(&cert(&other.dir, "a")).unwrap_err();
+        assert!(matches!(e, CertError::NotIssuedByCa { .. }), "{e}");
+        assert_eq!(
+            trust.admit_peer(&cert(&c.dir, "ca")).unwrap_err(),
+            CertError::IsCa
+        );
+        let path = revoke(&c.dir, "a").unwrap();
+        let revoked = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
+        let e = revoked.admit_peer(&cert(&c.dir, "a")).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+        let mut der = cert(&c.dir, "a");
+        der.push(0);
+        assert_eq!(
+            trust.admit_peer(&der).unwrap_err(),
+            CertError::TrailingBytes { count: 1 }
+        );
+    }
+
+    #[test]
+    fn admit_peer_needs_client_auth_and_one_service_name() {
+        let c = cluster();
+        let ca_key = crate::identity::pem::read_private_key(&c.dir.join("ca.key")).unwrap();
+        let ca_pkcs8 = crate::identity::pem::pkcs8_v1_der(&ca_key.to_bytes());
+        let ca_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+            &ca_pkcs8.as_slice().into(),
+            &rcgen::PKCS_ED25519,
+        )
+        .unwrap();
+        let ca_der = cert(&c.dir, "ca");
+        let issuer = rcgen::Issuer::from_ca_cert_der(&ca_der.as_slice().into(), &ca_pair).unwrap();
+        let leaf = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let trust = anchor(&c.dir);
+
+        // serverAuth only: neither a node nor a client.
+        let mut params = rcgen::CertificateParams::new(vec!["s".to_string()]).unwrap();
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let der = params.signed_by(&leaf, &issuer).unwrap().der().to_vec();
+        let e = trust.admit_peer(&der).unwrap_err();
+        assert!(matches!(e, CertError::NotPeerCertificate { .. }), "{e}");
+        assert!(e.to_string().contains("only serverAuth"), "{e}");
+        // admit_author keeps its own error for the same certificate.
+        let e = trust.admit_author("s", &der).unwrap_err();
+        assert!(matches!(e, CertError::NotNodeCertificate { .. }), "{e}");
+
+        // Two DNS names, or one that is not a service name: ambiguous.
+        for names in [vec!["a", "b"], vec!["Not_A_Name"]] {
+            let names: Vec<String> = names.into_iter().map(String::from).collect();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let der = params.signed_by(&leaf, &issuer).unwrap().der().to_vec();
+            let e = trust.admit_peer(&der).unwrap_err();
+            assert!(matches!(e, CertError::NameMismatch { .. }), "{e}");
+        }
     }
 
     #[test]

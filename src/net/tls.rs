@@ -1,0 +1,519 @@
+//! The node's TLS identity, the rustls configurations, and the certificate
+//! verifiers built on the cluster trust anchor.
+//!
+//! Rules, both directions: TLS 1.3 only; Ed25519 handshake signatures only;
+//! exactly one certificate (the end entity, issued directly by the cluster CA;
+//! intermediates are refused); admitted by [`TrustAnchor::admit_peer`] or
+//! [`TrustAnchor::admit_author`] (CA signature, Ed25519 key, not a CA, key
+//! usage, not revoked); within its validity window at the identity's clock.
+//! A server's certificate must be a node certificate whose SAN equals the
+//! name the client dialled. A client's certificate must carry clientAuth
+//! (node certificates do); whether it may use the negotiated ALPN is decided
+//! after the handshake by [`super::authenticated_peer`]. Session resumption
+//! and 0-RTT are off, so every connection runs these checks in full.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use super::{
+    IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, MAX_CONCURRENT_BIDI_STREAMS, MAX_CONCURRENT_UNI_STREAMS,
+    NetError, Role,
+};
+use crate::core::wire::{ALPN_CLIENT, ALPN_PEER};
+use crate::identity::trust::parse_cert;
+use crate::identity::{AuthorCert, CertError, TrustAnchor, pem, read_cert_pem};
+
+/// The only handshake signature scheme offered and accepted.
+const SIGNATURE_SCHEMES: &[SignatureScheme] = &[SignatureScheme::ED25519];
+
+/// This node's (or client's) TLS identity: certificate, PKCS#8 key and the
+/// trust anchor it verifies peers against, plus the clock it checks validity
+/// windows with.
+pub struct TlsIdentity {
+    cert_der: CertificateDer<'static>,
+    key_der: PrivatePkcs8KeyDer<'static>,
+    cert: AuthorCert,
+    role: Role,
+    trust: Arc<TrustAnchor>,
+    now_us: fn() -> u64,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsIdentity")
+            .field("service", &self.cert.service)
+            .field("role", &self.role)
+            .field("serial", &self.cert.serial_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsIdentity {
+    /// Loads a certificate (PEM) and its Ed25519 private key (PKCS#8 PEM).
+    /// The certificate must be admitted by `trust` (node or client) and match
+    /// the key. Its validity window is not checked here (it is checked at every
+    /// handshake, by the peer); `NodeIdentity::load` checks it at start-up.
+    pub fn from_files(
+        cert_path: &Path,
+        key_path: &Path,
+        trust: Arc<TrustAnchor>,
+    ) -> Result<Self, NetError> {
+        let der = read_cert_pem(cert_path)?;
+        let signing_key = pem::read_private_key(key_path)?;
+        let (cert, role) = trust
+            .admit_peer(&der)
+            .map_err(|source| NetError::OwnCertificate {
+                path: cert_path.display().to_string(),
+                source,
+            })?;
+        if signing_key.verifying_key().to_bytes() != cert.public_key {
+            return Err(crate::identity::IdentityError::KeyMismatch {
+                key: key_path.to_path_buf(),
+                cert: cert_path.to_path_buf(),
+            }
+            .into());
+        }
+        let pkcs8 = pem::pkcs8_v1_der(&signing_key.to_bytes());
+        Ok(TlsIdentity {
+            cert_der: CertificateDer::from(der),
+            key_der: PrivatePkcs8KeyDer::from(pkcs8.to_vec()),
+            cert,
+            role,
+            trust,
+            now_us: crate::clock::now_us,
+        })
+    }
+
+    /// Replaces the clock (microseconds since the Unix epoch) used to check
+    /// peers' validity windows. Default: [`crate::clock::now_us`].
+    pub fn with_clock(mut self, now_us: fn() -> u64) -> Self {
+        self.now_us = now_us;
+        self
+    }
+
+    /// Verifies peers against `trust` instead of the anchor that admitted this
+    /// identity's own certificate (e.g. while a cluster moves to a new CA, or
+    /// in tests that present a foreign certificate to a server).
+    pub fn with_trust(mut self, trust: Arc<TrustAnchor>) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// The service named by this identity's certificate.
+    pub fn service(&self) -> &str {
+        &self.cert.service
+    }
+
+    /// Node or client.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// This identity's admitted certificate.
+    pub fn cert(&self) -> &AuthorCert {
+        &self.cert
+    }
+
+    /// The trust anchor peers are verified against.
+    pub fn trust(&self) -> &Arc<TrustAnchor> {
+        &self.trust
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key_der.clone_key())
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// QUIC transport limits shared by both sides (see the constants in
+/// [`super`]).
+fn transport_config() -> Result<Arc<quinn::TransportConfig>, NetError> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
+                .map_err(|e| NetError::Config(format!("idle timeout: {e}")))?,
+        ))
+        .keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    Ok(Arc::new(t))
+}
+
+/// The server configuration: TLS 1.3, ALPNs `herald-peer/1` and
+/// `herald-client/1`, client certificates required and verified against the
+/// identity's trust anchor, no session resumption. The identity must be a node.
+pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, NetError> {
+    if id.role != Role::Node {
+        return Err(NetError::Unauthorized {
+            reason: format!(
+                "certificate \"{}\" is a client certificate and cannot serve; a server needs a node certificate",
+                id.cert.service
+            ),
+        });
+    }
+    let provider = provider();
+    let verifier = Arc::new(PeerClientVerifier {
+        trust: id.trust.clone(),
+        provider: provider.clone(),
+        now_us: id.now_us,
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![id.cert_der.clone()], id.key())?;
+    tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
+    tls.max_early_data_size = 0;
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| NetError::Config(format!("QUIC server TLS: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(transport_config()?);
+    Ok(config)
+}
+
+/// A client configuration offering `alpn` and presenting the identity's
+/// certificate; the server must present a node certificate named as dialled.
+pub fn client_config(
+    id: &TlsIdentity,
+    alpn: &'static [u8],
+) -> Result<quinn::ClientConfig, NetError> {
+    let provider = provider();
+    let verifier = Arc::new(NodeServerVerifier {
+        trust: id.trust.clone(),
+        provider: provider.clone(),
+        now_us: id.now_us,
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![id.cert_der.clone()], id.key())?;
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.enable_early_data = false;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| NetError::Config(format!("QUIC client TLS: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(transport_config()?);
+    Ok(config)
+}
+
+/// The presented certificate's subject, for logs.
+fn subject_of(der: &[u8]) -> String {
+    match parse_cert(der) {
+        Ok(cert) => cert.tbs_certificate.subject.to_string(),
+        Err(e) => format!("(unparseable certificate: {e})"),
+    }
+}
+
+/// The rustls error (and so the TLS alert) for a refused certificate.
+fn refusal(e: CertError) -> rustls::Error {
+    let kind = match e {
+        CertError::NotIssuedByCa { .. } => CertificateError::UnknownIssuer,
+        CertError::BadSignature => CertificateError::BadSignature,
+        CertError::Revoked { .. } => CertificateError::Revoked,
+        CertError::Expired { .. } => CertificateError::Expired,
+        CertError::NotYetValid { .. } => CertificateError::NotValidYet,
+        CertError::NameMismatch { .. } => CertificateError::NotValidForName,
+        CertError::UnknownCriticalExtension { .. } => CertificateError::UnhandledCriticalExtension,
+        CertError::Malformed { .. }
+        | CertError::TooLarge { .. }
+        | CertError::TrailingBytes { .. } => CertificateError::BadEncoding,
+        other => CertificateError::Other(rustls::OtherError(Arc::new(other))),
+    };
+    rustls::Error::InvalidCertificate(kind)
+}
+
+/// Refuses intermediates: herald certificates are issued directly by the CA.
+fn no_intermediates(intermediates: &[CertificateDer<'_>]) -> Result<(), CertError> {
+    if intermediates.is_empty() {
+        Ok(())
+    } else {
+        Err(CertError::Malformed {
+            reason: format!(
+                "{} intermediate certificate(s) presented; herald certificates are issued directly by the cluster CA",
+                intermediates.len()
+            ),
+        })
+    }
+}
+
+fn verify_ed25519_tls13(
+    provider: &CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    if !SIGNATURE_SCHEMES.contains(&dss.scheme) {
+        return Err(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ));
+    }
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+fn tls12_refused() -> rustls::Error {
+    rustls::Error::General("TLS 1.2 is not supported; herald speaks TLS 1.3 only".into())
+}
+
+/// Verifies servers: a node certificate named as dialled.
+#[derive(Debug)]
+struct NodeServerVerifier {
+    trust: Arc<TrustAnchor>,
+    provider: Arc<CryptoProvider>,
+    now_us: fn() -> u64,
+}
+
+impl NodeServerVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+    ) -> Result<(), CertError> {
+        no_intermediates(intermediates)?;
+        let name = match server_name {
+            ServerName::DnsName(d) => d.as_ref(),
+            other => {
+                return Err(CertError::NameMismatch {
+                    expected: format!("{other:?}"),
+                    found: "a service name (servers are dialled by service name)".into(),
+                });
+            }
+        };
+        let cert = self.trust.admit_author(name, end_entity)?;
+        cert.check_time((self.now_us)())
+    }
+}
+
+impl ServerCertVerifier for NodeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.check(end_entity, intermediates, server_name) {
+            Ok(()) => Ok(ServerCertVerified::assertion()),
+            Err(e) => {
+                tracing::warn!(
+                    subject = %subject_of(end_entity),
+                    dialled = ?server_name,
+                    reason = %e,
+                    "refused server certificate"
+                );
+                Err(refusal(e))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_ed25519_tls13(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        SIGNATURE_SCHEMES.to_vec()
+    }
+}
+
+/// Verifies clients: node or client certificates of the cluster.
+#[derive(Debug)]
+struct PeerClientVerifier {
+    trust: Arc<TrustAnchor>,
+    provider: Arc<CryptoProvider>,
+    now_us: fn() -> u64,
+}
+
+impl PeerClientVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), CertError> {
+        no_intermediates(intermediates)?;
+        let (cert, _role) = self.trust.admit_peer(end_entity)?;
+        cert.check_time((self.now_us)())
+    }
+}
+
+impl ClientCertVerifier for PeerClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match self.check(end_entity, intermediates) {
+            Ok(()) => Ok(ClientCertVerified::assertion()),
+            Err(e) => {
+                tracing::warn!(
+                    subject = %subject_of(end_entity),
+                    reason = %e,
+                    "refused client certificate"
+                );
+                Err(refusal(e))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_ed25519_tls13(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        SIGNATURE_SCHEMES.to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        keys: std::path::PathBuf,
+        trust: Arc<TrustAnchor>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        crate::identity::init_cluster(dir.path(), &["a".to_string()], 17400, 30, false).unwrap();
+        let keys = dir.path().join("keys");
+        let trust = Arc::new(TrustAnchor::load(&keys.join("ca.crt"), None).unwrap());
+        Fixture {
+            _dir: dir,
+            keys,
+            trust,
+        }
+    }
+
+    fn der(f: &Fixture, name: &str) -> CertificateDer<'static> {
+        CertificateDer::from(read_cert_pem(&f.keys.join(format!("{name}.crt"))).unwrap())
+    }
+
+    #[test]
+    fn loads_identity_and_builds_configs() {
+        let f = fixture();
+        let id = TlsIdentity::from_files(
+            &f.keys.join("a.crt"),
+            &f.keys.join("a.key"),
+            f.trust.clone(),
+        )
+        .unwrap();
+        assert_eq!((id.service(), id.role()), ("a", Role::Node));
+        server_config(&id).unwrap();
+        client_config(&id, ALPN_PEER).unwrap();
+        client_config(&id, ALPN_CLIENT).unwrap();
+        // The key must match the certificate.
+        crate::identity::issue_node(&f.keys, "b", 10, false).unwrap();
+        let e = TlsIdentity::from_files(
+            &f.keys.join("a.crt"),
+            &f.keys.join("b.key"),
+            f.trust.clone(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn verifiers_refuse_intermediates_and_names_that_do_not_match() {
+        let f = fixture();
+        let provider = provider();
+        let server = NodeServerVerifier {
+            trust: f.trust.clone(),
+            provider: provider.clone(),
+            now_us: crate::clock::now_us,
+        };
+        let a = der(&f, "a");
+        let name = |n: &str| ServerName::try_from(n.to_string()).unwrap();
+        server.check(&a, &[], &name("a")).unwrap();
+        let e = server.check(&a, &[der(&f, "ca")], &name("a")).unwrap_err();
+        assert!(e.to_string().contains("intermediate"), "{e}");
+        let e = server.check(&a, &[], &name("b")).unwrap_err();
+        assert!(matches!(e, CertError::NameMismatch { .. }), "{e}");
+        let ip = ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+        assert!(server.check(&a, &[], &ip).is_err());
+        assert_eq!(
+            server.supported_verify_schemes(),
+            vec![SignatureScheme::ED25519]
+        );
+
+        let client = PeerClientVerifier {
+            trust: f.trust.clone(),
+            provider,
+            now_us: || 0,
+        };
+        let e = client.check(&a, &[]).unwrap_err();
+        assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
+        assert!(client.client_auth_mandatory());
+    }
+
+    #[test]
+    fn refusals_map_to_tls_alerts() {
+        assert_eq!(
+            refusal(CertError::BadSignature),
+            rustls::Error::InvalidCertificate(CertificateError::BadSignature)
+        );
+        assert!(matches!(
+            refusal(CertError::IsCa),
+            rustls::Error::InvalidCertificate(CertificateError::Other(_))
+        ));
+    }
+}
