@@ -77,14 +77,18 @@ pub fn run(args: PublishArgs) -> Result<u8, CliError> {
 }
 
 fn draft_payload(args: &PublishArgs) -> Result<Vec<u8>, CliError> {
-    let value: serde_json::Value = serde_json::from_str(&args.data)
-        .map_err(|e| format!("--data is not valid JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&args.data).map_err(|e| format!("--data is not valid JSON: {e}"))?;
     Ok(serde_json::to_vec(&value)?)
 }
 
 /// Publishes through the running node's client endpoint, printing receipts
 /// as the node reports them durable.
-fn publish_via_node(config: &NodeConfig, args: &PublishArgs, payload: Vec<u8>) -> Result<u8, CliError> {
+fn publish_via_node(
+    config: &NodeConfig,
+    args: &PublishArgs,
+    payload: Vec<u8>,
+) -> Result<u8, CliError> {
     let request = ClientRequest::Publish {
         event_type: args.event_type.clone(),
         payload,
@@ -92,7 +96,9 @@ fn publish_via_node(config: &NodeConfig, args: &PublishArgs, payload: Vec<u8>) -
         channel: args.channel.clone(),
         count: args.count,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let client = NodeClient::connect(config).await?;
         let mut out = std::io::stdout().lock();
@@ -100,7 +106,8 @@ fn publish_via_node(config: &NodeConfig, args: &PublishArgs, payload: Vec<u8>) -
             .request(&request, |r| match r {
                 ClientResponse::Receipts(receipts) => {
                     for r in receipts {
-                        print_receipt(&mut out, &config.service, &r.into(), args.json).map_err(|e| e.to_string())?;
+                        print_receipt(&mut out, &config.service, &r.into(), args.json)
+                            .map_err(|e| e.to_string())?;
                     }
                     Ok(())
                 }

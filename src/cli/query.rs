@@ -57,7 +57,9 @@ pub fn run(args: QueryArgs) -> Result<u8, CliError> {
         correlation_id: args.correlation_id.clone(),
         timeout_ms: args.timeout.as_millis().min(u32::MAX as u128) as u32,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let outcome = runtime.block_on(async {
         let client = NodeClient::connect(&config).await?;
         let mut outcome = None;
@@ -75,7 +77,11 @@ pub fn run(args: QueryArgs) -> Result<u8, CliError> {
         outcome.ok_or_else(|| CliError::from("the node sent no answer"))
     })?;
     print_outcome(&outcome, args.json)?;
-    Ok(if outcome.status == QueryStatus::Success { EXIT_OK } else { EXIT_PROBLEMS })
+    Ok(if outcome.status == QueryStatus::Success {
+        EXIT_OK
+    } else {
+        EXIT_PROBLEMS
+    })
 }
 
 /// The stable name of a status, as printed and in JSON.
@@ -91,8 +97,9 @@ pub fn status_name(status: QueryStatus) -> &'static str {
 }
 
 fn print_outcome(o: &QueryOutcome, json: bool) -> Result<(), CliError> {
-    let payload = serde_json::from_slice::<serde_json::Value>(&o.payload)
-        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&o.payload).into_owned()));
+    let payload = serde_json::from_slice::<serde_json::Value>(&o.payload).unwrap_or_else(|_| {
+        serde_json::Value::String(String::from_utf8_lossy(&o.payload).into_owned())
+    });
     if json {
         let value = serde_json::json!({
             "id": uuid::Uuid::from_bytes(o.request_id),
@@ -109,7 +116,11 @@ fn print_outcome(o: &QueryOutcome, json: bool) -> Result<(), CliError> {
             "{} from {}{}: {}",
             status_name(o.status),
             o.responder,
-            if o.signed_by_responder { " (signed)" } else { "" },
+            if o.signed_by_responder {
+                " (signed)"
+            } else {
+                ""
+            },
             payload
         );
     }

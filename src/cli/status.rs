@@ -39,7 +39,9 @@ pub fn run(args: StatusArgs) -> Result<u8, CliError> {
 }
 
 fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let client = NodeClient::connect(config).await?;
         let mut json = None;
@@ -67,7 +69,10 @@ fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
     let cursors = crate::store::read_peer_cursors(&conn)?;
     let mut acked: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
     for c in &cursors {
-        acked.insert((c.peer.as_str(), c.feed.as_str()), (c.acked_seq, c.acked_at_us));
+        acked.insert(
+            (c.peer.as_str(), c.feed.as_str()),
+            (c.acked_seq, c.acked_at_us),
+        );
     }
     let peers = config
         .peers
@@ -80,7 +85,11 @@ fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
                     None => f.seq + 1,
                 })
                 .sum();
-            let last_ack_at_us = cursors.iter().filter(|c| c.peer == p.name).map(|c| c.acked_at_us).max();
+            let last_ack_at_us = cursors
+                .iter()
+                .filter(|c| c.peer == p.name)
+                .map(|c| c.acked_at_us)
+                .max();
             PeerState {
                 name: p.name.clone(),
                 address: p.address.to_string(),
@@ -101,8 +110,15 @@ fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
 }
 
 fn print_status(s: &NodeStatus) {
-    println!("node {} ({})", s.service, if s.running { "running" } else { "not running" });
-    println!("{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} LAST ERROR", "PEER", "ADDRESS", "STATE", "BACKLOG", "RETRIES", "LAST ACK");
+    println!(
+        "node {} ({})",
+        s.service,
+        if s.running { "running" } else { "not running" }
+    );
+    println!(
+        "{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} LAST ERROR",
+        "PEER", "ADDRESS", "STATE", "BACKLOG", "RETRIES", "LAST ACK"
+    );
     for p in &s.peers {
         println!(
             "{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} {}",
@@ -117,6 +133,12 @@ fn print_status(s: &NodeStatus) {
     }
     println!("{:<16} {:>10} {:<66} STATUS", "FEED", "HEAD", "HASH");
     for f in &s.feeds {
-        println!("{:<16} {:>10} {:<66} {}", f.feed, f.seq, hex::encode(f.hash), f.status);
+        println!(
+            "{:<16} {:>10} {:<66} {}",
+            f.feed,
+            f.seq,
+            hex::encode(f.hash),
+            f.status
+        );
     }
 }

@@ -125,7 +125,7 @@ pub struct SignedQueryResult {
 
 /// What the caller ends up with: a verified answer, or a status it decided
 /// itself (`Timeout`, `Unreachable`), which nobody signed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct QueryOutcome {
     pub status: QueryStatus,
     pub payload: Vec<u8>,

@@ -127,6 +127,17 @@ pub enum NetError {
     Unauthorized { reason: String },
     #[error("{what} timed out after {after:?}")]
     Timeout { what: String, after: Duration },
+    /// The other side answered with an error of its own.
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// The ALPN protocol negotiated on `conn`, if any.
+pub fn negotiated_alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+    conn.handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
 }
 
 impl From<quinn::ReadError> for NetError {

@@ -99,7 +99,8 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: quinn::Connection) {
                 Ok(Some(r)) => r,
                 Ok(None) => return,
                 Err(e) => {
-                    let _ = net::write_frame(&mut send, &ClientResponse::Error(e.to_string())).await;
+                    let _ =
+                        net::write_frame(&mut send, &ClientResponse::Error(e.to_string())).await;
                     return;
                 }
             };
@@ -111,12 +112,18 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: quinn::Connection) {
     }
 }
 
-async fn handle(inner: &Arc<Inner>, request: ClientRequest, send: &mut quinn::SendStream) -> Result<(), String> {
+async fn handle(
+    inner: &Arc<Inner>,
+    request: ClientRequest,
+    send: &mut quinn::SendStream,
+) -> Result<(), String> {
     match request {
         ClientRequest::Status => {
             let status = status_of(inner).await;
             let json = serde_json::to_string(&status).map_err(|e| e.to_string())?;
-            net::write_frame(send, &ClientResponse::Status(json)).await.map_err(|e| e.to_string())
+            net::write_frame(send, &ClientResponse::Status(json))
+                .await
+                .map_err(|e| e.to_string())
         }
         ClientRequest::Query {
             target,
@@ -134,7 +141,9 @@ async fn handle(inner: &Arc<Inner>, request: ClientRequest, send: &mut quinn::Se
                 Duration::from_millis(timeout_ms as u64),
             )
             .await;
-            net::write_frame(send, &ClientResponse::Query(outcome)).await.map_err(|e| e.to_string())
+            net::write_frame(send, &ClientResponse::Query(outcome))
+                .await
+                .map_err(|e| e.to_string())
         }
         ClientRequest::Publish {
             event_type,
@@ -142,7 +151,18 @@ async fn handle(inner: &Arc<Inner>, request: ClientRequest, send: &mut quinn::Se
             meta,
             channel,
             count,
-        } => publish(inner, &event_type, payload, meta, channel.as_deref(), count, send).await,
+        } => {
+            publish(
+                inner,
+                &event_type,
+                payload,
+                meta,
+                channel.as_deref(),
+                count,
+                send,
+            )
+            .await
+        }
     }
 }
 
@@ -156,7 +176,9 @@ async fn publish(
     send: &mut quinn::SendStream,
 ) -> Result<(), String> {
     if count == 0 || count > CLIENT_PUBLISH_COUNT_MAX {
-        return Err(format!("count must be 1 to {CLIENT_PUBLISH_COUNT_MAX}, found {count}"));
+        return Err(format!(
+            "count must be 1 to {CLIENT_PUBLISH_COUNT_MAX}, found {count}"
+        ));
     }
     let draft = Draft::new(event_type, 1, meta, payload).map_err(|e| e.to_string())?;
     let key = inner.log.channel(channel).map_err(|e| e.to_string())?;
@@ -193,18 +215,16 @@ impl NodeClient {
     /// Connects to the node a config describes, as that node's own identity
     /// (its certificate allows client authentication).
     pub async fn connect(config: &NodeConfig) -> Result<NodeClient, NetError> {
-        let trust = Arc::new(
-            TrustAnchor::load(&config.ca, config.revoked.as_deref())
-                .map_err(|e| NetError::Tls(e.to_string()))?,
-        );
+        let trust = Arc::new(TrustAnchor::load(&config.ca, config.revoked.as_deref())?);
         let tls = TlsIdentity::from_files(&config.cert, &config.key, trust)?;
         let bind: SocketAddr = if config.listen.is_ipv6() {
-            "[::]:0".parse().unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+            "[::]:0"
+                .parse()
+                .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
         } else {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| NetError::Tls(e.to_string()))?;
-        endpoint.set_default_client_config(net::client_config(&tls, ALPN_CLIENT)?);
+        let endpoint = net::bind_client(bind)?;
         let target = if config.listen.ip().is_unspecified() {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), config.listen.port())
         } else {
@@ -213,7 +233,10 @@ impl NodeClient {
         let connect = net::connect(&endpoint, target, &config.service, ALPN_CLIENT, &tls);
         let conn = tokio::time::timeout(Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS), connect)
             .await
-            .map_err(|_| NetError::Closed(format!("node {} did not answer at {target}", config.service)))??;
+            .map_err(|_| NetError::Timeout {
+                what: format!("reaching node {} at {target}", config.service),
+                after: Duration::from_millis(CLIENT_CONNECT_TIMEOUT_MS),
+            })??;
         Ok(NodeClient {
             _endpoint: endpoint,
             conn,
@@ -230,13 +253,14 @@ impl NodeClient {
         net::write_frame(&mut send, request).await?;
         let _ = send.finish();
         while let Some(response) = net::read_frame::<ClientResponse>(&mut recv).await? {
-            on_response(response).map_err(NetError::Closed)?;
+            on_response(response).map_err(NetError::Remote)?;
         }
         Ok(())
     }
 
     /// Closes the connection politely.
     pub fn close(&self) {
-        self.conn.close(crate::core::wire::close::SHUTDOWN.into(), b"done");
+        self.conn
+            .close(crate::core::wire::close::SHUTDOWN.into(), b"done");
     }
 }

@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 
 use crate::clock;
 use crate::config::NodeConfig;
-use crate::core::query::{QueryOutcome, QueryRequest, QueryStatus, SignedQueryResult, verify_result};
+use crate::core::query::{
+    QueryOutcome, QueryRequest, QueryStatus, SignedQueryResult, verify_result,
+};
 use crate::core::wire::{ALPN_CLIENT, ALPN_PEER, close};
 use crate::identity::TrustAnchor;
 use crate::net::{self, Role, TlsIdentity};
@@ -84,7 +86,6 @@ pub(crate) struct Inner {
     pub trust: Arc<TrustAnchor>,
     pub tls: TlsIdentity,
     pub endpoint: quinn::Endpoint,
-    pub config: NodeConfig,
     pub peers: Mutex<BTreeMap<String, PeerState>>,
     /// Live peer connections and the peer's key (to verify query answers).
     pub connections: Mutex<BTreeMap<String, (quinn::Connection, VerifyingKey)>>,
@@ -115,13 +116,9 @@ impl Node {
         let endpoint = net::bind(config.listen, &tls)?;
         let mut registry = QueryRegistry::new();
         registry.register_builtins(log.clone());
-        for handler in &config.query_handlers {
-            registry.register_exec(
-                &handler.query_type,
-                handler.command.clone(),
-                handler.timeout_ms.unwrap_or(crate::core::query::QUERY_TIMEOUT_MS_MAX),
-            );
-        }
+        registry
+            .register_config(&config.query_handlers)
+            .map_err(|e| NodeError::Task(format!("query handler in config: {e}")))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let peers = config
             .peers
@@ -144,7 +141,6 @@ impl Node {
             trust,
             tls,
             endpoint,
-            config: config.clone(),
             peers: Mutex::new(peers),
             connections: Mutex::new(BTreeMap::new()),
             queries: RwLock::new(registry),
@@ -153,7 +149,11 @@ impl Node {
         let mut tasks = vec![tokio::spawn(accept_loop(inner.clone()))];
         for p in &config.peers {
             if config.service < p.name {
-                tasks.push(tokio::spawn(dial_loop(inner.clone(), p.name.clone(), p.address)));
+                tasks.push(tokio::spawn(dial_loop(
+                    inner.clone(),
+                    p.name.clone(),
+                    p.address,
+                )));
             }
         }
         tracing::info!(service = %config.service, listen = %config.listen, "node started");
@@ -194,8 +194,16 @@ impl Node {
     }
 
     /// Registers a Rust query handler for `query_type`.
-    pub async fn register_query_handler(&self, query_type: &str, handler: query::QueryHandler) {
-        self.inner.queries.write().await.register(query_type, handler);
+    pub async fn register_query_handler(
+        &self,
+        query_type: &str,
+        handler: query::QueryHandler,
+    ) -> Result<(), query::RegisterError> {
+        self.inner
+            .queries
+            .write()
+            .await
+            .register(query_type, handler)
     }
 
     /// Asks `target` a synchronous question and waits at most `timeout`. The
@@ -209,7 +217,15 @@ impl Node {
         correlation_id: &str,
         timeout: Duration,
     ) -> QueryOutcome {
-        query_peer(&self.inner, target, query_type, payload, correlation_id, timeout).await
+        query_peer(
+            &self.inner,
+            target,
+            query_type,
+            payload,
+            correlation_id,
+            timeout,
+        )
+        .await
     }
 
     /// The node's status: peers and feed heads.
@@ -221,7 +237,11 @@ impl Node {
     /// the log.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
+        let tasks: Vec<JoinHandle<()>> = self
+            .tasks
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
         for task in tasks {
             let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_GRACE_MS), task).await;
         }
@@ -271,18 +291,10 @@ async fn accept_loop(inner: Arc<Inner>) {
         let inner = inner.clone();
         let clients = clients.clone();
         tokio::spawn(async move {
-            let conn = match incoming.await {
-                Ok(conn) => conn,
+            let (conn, peer) = match net::accept(incoming, &inner.trust).await {
+                Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "handshake failed");
-                    return;
-                }
-            };
-            let peer = match net::authenticated_peer(&conn, &inner.trust) {
-                Ok(peer) => peer,
-                Err(e) => {
-                    tracing::warn!(remote = %conn.remote_address(), error = %e, "refusing connection");
-                    conn.close(close::UNAUTHORIZED.into(), e.to_string().as_bytes());
+                    tracing::warn!(error = %e, "refusing connection");
                     return;
                 }
             };
@@ -323,11 +335,22 @@ async fn dial_loop(inner: Arc<Inner>, name: String, address: std::net::SocketAdd
             Ok(conn) => match net::authenticated_peer(&conn, &inner.trust) {
                 Ok(peer) if peer.service == name => {
                     backoff = RECONNECT_BACKOFF_MIN_MS;
-                    serve_peer(inner.clone(), conn, name.clone(), peer.cert.public_key, true).await;
+                    serve_peer(
+                        inner.clone(),
+                        conn,
+                        name.clone(),
+                        peer.cert.public_key,
+                        true,
+                    )
+                    .await;
                 }
                 Ok(peer) => {
                     conn.close(close::UNAUTHORIZED.into(), b"unexpected peer");
-                    record_error(&inner, &name, format!("dialled {name} but {} answered", peer.service));
+                    record_error(
+                        &inner,
+                        &name,
+                        format!("dialled {name} but {} answered", peer.service),
+                    );
                 }
                 Err(e) => record_error(&inner, &name, e.to_string()),
             },
@@ -372,7 +395,8 @@ async fn serve_peer(
     tracing::info!(peer = %name, "peer connected");
     let error = peer::run_connection(inner.clone(), conn.clone(), name.clone(), dialer).await;
     if let Ok(mut c) = inner.connections.lock()
-        && c.get(&name).is_some_and(|(existing, _)| existing.stable_id() == conn.stable_id())
+        && c.get(&name)
+            .is_some_and(|(existing, _)| existing.stable_id() == conn.stable_id())
     {
         c.remove(&name);
     }
@@ -395,7 +419,9 @@ pub(crate) async fn query_peer(
     correlation_id: &str,
     timeout: Duration,
 ) -> QueryOutcome {
-    let timeout_ms = timeout.as_millis().min(crate::core::query::QUERY_TIMEOUT_MS_MAX as u128) as u32;
+    let timeout_ms = timeout
+        .as_millis()
+        .min(crate::core::query::QUERY_TIMEOUT_MS_MAX as u128) as u32;
     let request = QueryRequest {
         id: *uuid::Uuid::now_v7().as_bytes(),
         caller: inner.service.clone(),
@@ -453,15 +479,21 @@ pub(crate) async fn query_peer(
             timestamp_us: body.timestamp_us,
             signed_by_responder: true,
         },
-        Err(e) => local(QueryStatus::Error, &format!("answer failed verification: {e}")),
+        Err(e) => local(
+            QueryStatus::Error,
+            &format!("answer failed verification: {e}"),
+        ),
     }
 }
 
-async fn ask(conn: &quinn::Connection, request: &QueryRequest) -> Result<SignedQueryResult, net::NetError> {
+async fn ask(
+    conn: &quinn::Connection,
+    request: &QueryRequest,
+) -> Result<SignedQueryResult, net::NetError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     net::write_frame(&mut send, &peer::StreamOpen::Query(request.clone())).await?;
     let _ = send.finish();
     net::read_frame::<SignedQueryResult>(&mut recv)
         .await?
-        .ok_or_else(|| net::NetError::Closed("the peer closed the query stream without answering".into()))
+        .ok_or(net::NetError::StreamEnded)
 }

@@ -95,7 +95,9 @@ pub(crate) async fn run_connection(
             net::write_frame(&mut send, &StreamOpen::Replication).await?;
             (send, recv)
         } else {
-            match tokio::time::timeout(Duration::from_millis(REPLICATION_STREAM_WAIT_MS), repl_rx).await {
+            match tokio::time::timeout(Duration::from_millis(REPLICATION_STREAM_WAIT_MS), repl_rx)
+                .await
+            {
                 Ok(Ok(streams)) => streams,
                 _ => return Err(PeerError::NoReplicationStream),
             }
@@ -123,7 +125,11 @@ async fn replicate(
     let mut changes = log.changes();
     let mut shutdown = inner.shutdown.clone();
     let mut session = Session::new(peer, clock::now_us());
-    net::write_frame(&mut send, &Session::hello(&inner.service, &positions(inner).await?)).await?;
+    net::write_frame(
+        &mut send,
+        &Session::hello(&inner.service, &positions(inner).await?),
+    )
+    .await?;
 
     // A separate reader task, so a partially read frame is never lost to a
     // select! branch being dropped.
@@ -226,9 +232,10 @@ async fn send_missing(
             let log = inner.log.clone();
             let feed = range.feed.clone();
             let to = range.to;
-            let envelopes = tokio::task::spawn_blocking(move || log.read_envelopes(&feed, from, to))
-                .await
-                .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
+            let envelopes =
+                tokio::task::spawn_blocking(move || log.read_envelopes(&feed, from, to))
+                    .await
+                    .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
             if envelopes.is_empty() {
                 break;
             }

@@ -25,7 +25,9 @@ pub(crate) async fn accept_streams(
     peer: String,
     mut replication: Option<ReplicationStreams>,
 ) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(QUERIES_IN_PROGRESS_PER_PEER_MAX));
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        QUERIES_IN_PROGRESS_PER_PEER_MAX,
+    ));
     while let Ok((send, mut recv)) = conn.accept_bi().await {
         let open = tokio::time::timeout(
             Duration::from_millis(STREAM_OPEN_TIMEOUT_MS),
@@ -70,7 +72,12 @@ pub(crate) async fn accept_streams(
 }
 
 /// Answers one query from `peer`, signed by this node.
-async fn answer_query(inner: &Inner, peer: &str, request: QueryRequest, mut send: quinn::SendStream) {
+async fn answer_query(
+    inner: &Inner,
+    peer: &str,
+    request: QueryRequest,
+    mut send: quinn::SendStream,
+) {
     if request.caller != peer || request.target != inner.service {
         tracing::warn!(peer, "query names another caller or target; refusing");
         let _ = send.reset(crate::core::wire::close::UNAUTHORIZED.into());

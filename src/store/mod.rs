@@ -377,9 +377,8 @@ impl Log {
 
     /// The head of every feed this node holds.
     pub fn heads(&self) -> Result<Vec<FeedHead>, LogError> {
-        read_heads_from(&self.reader()?)
+        read_heads_from(&*self.reader()?)
     }
-
 
     /// Events of `feed` with sequence numbers in `range`, in order.
     pub fn read(
