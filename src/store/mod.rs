@@ -6,6 +6,7 @@
 //! only after the transaction holding it committed.
 
 mod schema;
+mod subscribe;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
 pub use schema::SCHEMA_VERSION;
+pub use subscribe::*;
 use writer::Request;
 
 use crate::clock;
@@ -86,6 +88,8 @@ pub enum LogError {
     WriterGone,
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
 }
 
 /// One event to proclaim: a validated draft and the channel that encrypts it.
