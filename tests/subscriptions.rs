@@ -259,10 +259,10 @@ async fn run_subscription_redelivers_a_failed_event_and_commits_the_end() {
             failed_once = true;
             return Err(format!("transient failure on {}", event.arrival));
         }
-        if event.arrival == last_job {
-            if let Some(tx) = done_tx.take() {
-                let _ = tx.send(());
-            }
+        if event.arrival == last_job
+            && let Some(tx) = done_tx.take()
+        {
+            let _ = tx.send(());
         }
         Ok(())
     };
@@ -367,4 +367,28 @@ fn events_ingested_from_another_feed_are_delivered_in_arrival_order() {
     let d = drain(&mut donations, 10);
     assert_eq!(d.len(), 5, "genesis events do not match donation.*");
     assert!(arrivals(&d).windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_can_be_spawned_and_stops_while_idle() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let sub = log.subscribe("spawned", "*", StartFrom::Now).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // tokio::spawn needs a Send future: a node runs subscriptions as tasks.
+    let task = tokio::spawn(run_subscription(
+        sub,
+        |_event: &StoredEvent| Ok(()),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!task.is_finished(), "idle until there is work or a stop");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops promptly while waiting for events")
+        .unwrap()
+        .unwrap();
 }
