@@ -274,7 +274,7 @@ impl Subscription {
 
 /// Runs `handler` for every matching event, committing the cursor after each
 /// batch the handler accepted; stops when `stop` resolves (checked between
-/// events' batches and while idle or backing off).
+/// batches and while idle or backing off).
 ///
 /// At-least-once: if the handler returns `Err`, the cursor is committed up to
 /// just before the failing event, which is redelivered after a backoff that
