@@ -118,7 +118,7 @@ pub fn event_json(event: &StoredEvent, keys: &[ChannelKey]) -> serde_json::Value
     })
 }
 
-fn print_event(
+pub(crate) fn print_event(
     out: &mut impl Write,
     event: &StoredEvent,
     keys: &[ChannelKey],

@@ -19,6 +19,7 @@ pub mod node;
 pub mod publish;
 pub mod query;
 pub mod status;
+pub mod tail;
 pub mod verify;
 
 /// Exit code: success.
@@ -53,6 +54,8 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Print the events the node holds, decrypted where it has the key.
     Log(log::LogArgs),
+    /// Print events in arrival order from a start point; with --follow, keep printing new ones.
+    Tail(tail::TailArgs),
     /// Write a self-contained audit bundle of every feed the node holds.
     Export(export::ExportArgs),
     /// Verify an export or a data directory offline (exit 0 valid, 1 problems, 2 could not run).
@@ -104,6 +107,7 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Init(args) => init::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Log(args) => log::run(args),
+        Command::Tail(args) => tail::run(args),
         Command::Export(args) => export::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Node(args) => node::run(args),

@@ -7,6 +7,7 @@
 
 mod peers;
 mod schema;
+mod subscribe;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use serde::Serialize;
 
 pub use peers::{PeerCursor, READ_ENVELOPES_BYTES_MAX, read_peer_cursors};
 pub use schema::SCHEMA_VERSION;
+pub use subscribe::*;
 use writer::Request;
 
 use crate::clock;
@@ -88,6 +90,8 @@ pub enum LogError {
     WriterGone,
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Subscription(#[from] SubscriptionError),
 }
 
 /// One event to proclaim: a validated draft and the channel that encrypts it.

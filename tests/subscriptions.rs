@@ -1,0 +1,394 @@
+//! Durable subscriptions through the library API, on a real store: patterns,
+//! arrival order, resuming a cursor, start points, the at-least-once runner,
+//! waiting for new events, and events ingested from another feed.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+use herald::store::{
+    LogError, SUBSCRIPTION_RETRY_MS, StartFrom, StoredEvent, Subscription, SubscriptionError,
+    run_subscription,
+};
+
+/// Everything the subscription delivers from its position to the end of the
+/// log, in batches of `max`.
+fn drain(sub: &mut Subscription, max: usize) -> Vec<StoredEvent> {
+    let mut all = Vec::new();
+    loop {
+        let batch = sub.next_batch(max).unwrap();
+        assert!(batch.len() <= max, "a batch holds at most max events");
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch);
+    }
+}
+
+fn arrivals(events: &[StoredEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.arrival).collect()
+}
+
+fn seqs(events: &[StoredEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.header.seq).collect()
+}
+
+#[test]
+fn two_consumers_each_see_exactly_their_events_in_arrival_order() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let types = [
+        "donation.received",
+        "volunteer.signed_up",
+        "donation.refunded",
+        "volunteer.left",
+        "donation.received",
+        "audit.note",
+        "volunteer.signed_up",
+    ];
+    let receipts: Vec<_> = types
+        .iter()
+        .map(|t| log.proclaim(t, b"{}", vec![]).unwrap())
+        .collect();
+    let expect = |prefix: &str| -> Vec<u64> {
+        types
+            .iter()
+            .zip(&receipts)
+            .filter(|(t, _)| t.starts_with(prefix))
+            .map(|(_, r)| r.seq)
+            .collect()
+    };
+
+    let mut donations = log
+        .subscribe("donations", "donation.*", StartFrom::Start)
+        .unwrap();
+    let mut volunteers = log
+        .subscribe("volunteers", "volunteer.*", StartFrom::Start)
+        .unwrap();
+    let got_d = drain(&mut donations, 2);
+    let got_v = drain(&mut volunteers, 1);
+    assert_eq!(seqs(&got_d), expect("donation."));
+    assert_eq!(seqs(&got_v), expect("volunteer."));
+    assert!(
+        got_d
+            .iter()
+            .all(|e| e.header.event_type.starts_with("donation."))
+    );
+    for got in [&got_d, &got_v] {
+        let a = arrivals(got);
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "arrival order: {a:?}");
+    }
+    // The read position ends past the last row scanned, matching or not.
+    let last = log.read_arrivals(0, 100).unwrap().last().unwrap().arrival;
+    assert_eq!(donations.position(), last);
+    assert_eq!(donations.committed(), 0, "next_batch does not commit");
+}
+
+#[test]
+fn a_resubscribed_consumer_resumes_exactly_after_its_cursor() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    for i in 0..6 {
+        log.proclaim("job.queued", format!("{i}").as_bytes(), vec![])
+            .unwrap();
+    }
+    let mut sub = log.subscribe("worker", "job.*", StartFrom::Start).unwrap();
+    let first = sub.next_batch(4).unwrap();
+    assert_eq!(seqs(&first), vec![1, 2, 3, 4]);
+    // Handled two of the four; the other two were read but not committed.
+    sub.commit(first[1].arrival).unwrap();
+    assert_eq!(sub.committed(), first[1].arrival);
+    let ahead = sub.position() + 1;
+    match sub.commit(ahead) {
+        Err(LogError::Subscription(SubscriptionError::CommitAhead { arrival, .. })) => {
+            assert_eq!(arrival, ahead)
+        }
+        other => panic!("committing past what was read must fail, got {other:?}"),
+    }
+    // Commits never move the cursor back.
+    sub.commit(first[0].arrival).unwrap();
+    assert_eq!(sub.committed(), first[1].arrival);
+    drop(sub);
+
+    for i in 6..8 {
+        log.proclaim("job.queued", format!("{i}").as_bytes(), vec![])
+            .unwrap();
+    }
+    let mut sub = log.subscribe("worker", "job.*", StartFrom::Stored).unwrap();
+    assert_eq!(sub.position(), first[1].arrival);
+    let rest = drain(&mut sub, 3);
+    assert_eq!(
+        seqs(&rest),
+        vec![3, 4, 5, 6, 7, 8],
+        "uncommitted 3 and 4 are redelivered, nothing committed is, nothing is lost"
+    );
+    drop(sub);
+
+    // Resuming under another pattern is refused and names both.
+    let err = log
+        .subscribe("worker", "mail.*", StartFrom::Stored)
+        .err()
+        .expect("a changed pattern is refused");
+    let text = err.to_string();
+    assert!(text.contains("job.*") && text.contains("mail.*"), "{text}");
+
+    // An explicit start repositions the durable cursor and stores the pattern
+    // at once, so a later Stored resumes from there.
+    drop(log.subscribe("worker", "mail.*", StartFrom::Now).unwrap());
+    let mut sub = log
+        .subscribe("worker", "mail.*", StartFrom::Stored)
+        .unwrap();
+    assert!(drain(&mut sub, 10).is_empty());
+    log.proclaim("mail.sent", b"{}", vec![]).unwrap();
+    assert_eq!(drain(&mut sub, 10).len(), 1);
+
+    // A new consumer resuming its (absent) cursor starts at the beginning.
+    let mut fresh = log.subscribe("fresh", "job.*", StartFrom::Stored).unwrap();
+    assert_eq!(drain(&mut fresh, 100).len(), 8);
+}
+
+#[test]
+fn consumer_names_and_patterns_are_checked() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let too_long = "c".repeat(65);
+    for bad in ["", "has space", "slash/name", too_long.as_str()] {
+        match log.subscribe(bad, "*", StartFrom::Start) {
+            Err(LogError::Subscription(SubscriptionError::InvalidConsumer { name, .. })) => {
+                assert_eq!(name, bad)
+            }
+            Err(other) => panic!("{bad:?}: wrong error {other}"),
+            Ok(_) => panic!("{bad:?} must be refused"),
+        }
+    }
+    assert!(
+        log.subscribe(&"c".repeat(64), "*", StartFrom::Start)
+            .is_ok()
+    );
+    assert!(log.subscribe("A.b_c-9", "*", StartFrom::Start).is_ok());
+    assert!(matches!(
+        log.subscribe("ok", "", StartFrom::Start),
+        Err(LogError::Subscription(
+            SubscriptionError::InvalidPattern { .. }
+        ))
+    ));
+}
+
+#[test]
+fn timestamp_start_begins_at_the_first_event_at_or_after_it() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    for i in 0..4 {
+        log.proclaim("tick", format!("{i}").as_bytes(), vec![])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let events = log.read("a", 1..=4).unwrap();
+    let third = &events[2];
+    let mut sub = log
+        .subscribe("t1", "*", StartFrom::Timestamp(third.header.timestamp_us))
+        .unwrap();
+    assert_eq!(seqs(&drain(&mut sub, 10)), vec![3, 4]);
+
+    // One microsecond later excludes the third event.
+    let mut sub = log
+        .subscribe(
+            "t2",
+            "*",
+            StartFrom::Timestamp(third.header.timestamp_us + 1),
+        )
+        .unwrap();
+    assert_eq!(seqs(&drain(&mut sub, 10)), vec![4]);
+
+    // After every event: behaves like Now.
+    let mut sub = log
+        .subscribe("t3", "*", StartFrom::Timestamp(u64::MAX))
+        .unwrap();
+    assert!(drain(&mut sub, 10).is_empty());
+    let later = log.proclaim("tick", b"late", vec![]).unwrap();
+    assert_eq!(seqs(&drain(&mut sub, 10)), vec![later.seq]);
+}
+
+#[test]
+fn now_start_sees_only_later_events() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    for _ in 0..3 {
+        log.proclaim("before", b"{}", vec![]).unwrap();
+    }
+    let mut sub = log.subscribe("late", "*", StartFrom::Now).unwrap();
+    assert!(sub.next_batch(10).unwrap().is_empty());
+    let r = log.proclaim("after", b"{}", vec![]).unwrap();
+    let got = drain(&mut sub, 10);
+    assert_eq!(seqs(&got), vec![r.seq]);
+    assert_eq!(got[0].header.event_type, "after");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_subscription_redelivers_a_failed_event_and_commits_the_end() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    for i in 0..8 {
+        log.proclaim("job.run", format!("{i}").as_bytes(), vec![])
+            .unwrap();
+    }
+    // A trailing event the pattern skips: the cursor still ends past it.
+    log.proclaim("other.thing", b"{}", vec![]).unwrap();
+    let jobs: Vec<u64> = log
+        .read_arrivals(0, 100)
+        .unwrap()
+        .iter()
+        .filter(|e| e.header.event_type == "job.run")
+        .map(|e| e.arrival)
+        .collect();
+    let last_arrival = log.read_arrivals(0, 100).unwrap().last().unwrap().arrival;
+    let failing = jobs[4];
+    let last_job = *jobs.last().unwrap();
+
+    let sub = log.subscribe("runner", "job.*", StartFrom::Start).unwrap();
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut done_tx = Some(done_tx);
+    let mut failed_once = false;
+    let seen = delivered.clone();
+    let handler = move |event: &StoredEvent| -> Result<(), String> {
+        seen.lock().unwrap().push(event.arrival);
+        if event.arrival == failing && !failed_once {
+            failed_once = true;
+            return Err(format!("transient failure on {}", event.arrival));
+        }
+        if event.arrival == last_job
+            && let Some(tx) = done_tx.take()
+        {
+            let _ = tx.send(());
+        }
+        Ok(())
+    };
+    let started = Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        run_subscription(sub, handler, async {
+            let _ = done_rx.await;
+        }),
+    )
+    .await
+    .expect("the runner stops when told")
+    .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(SUBSCRIPTION_RETRY_MS),
+        "redelivery waits for the backoff"
+    );
+
+    let mut expected: Vec<u64> = jobs[..=4].to_vec();
+    expected.extend_from_slice(&jobs[4..]);
+    assert_eq!(
+        *delivered.lock().unwrap(),
+        expected,
+        "only the failed event is delivered twice"
+    );
+    let resumed = log.subscribe("runner", "job.*", StartFrom::Stored).unwrap();
+    assert_eq!(resumed.committed(), last_arrival);
+    assert_eq!(resumed.position(), last_arrival);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_wakes_on_a_proclamation_and_times_out_otherwise() {
+    let cluster = Cluster::new(&["a"]);
+    let log = Arc::new(cluster.open("a"));
+    let mut sub = log.subscribe("waiter", "*", StartFrom::Now).unwrap();
+
+    let started = Instant::now();
+    assert!(!sub.wait(Duration::from_millis(300)).await);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let writer = log.clone();
+    let proclaimer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        writer.proclaim("ping", b"{}", vec![]).unwrap();
+    });
+    let started = Instant::now();
+    assert!(sub.wait(Duration::from_secs(30)).await);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "woke promptly, not at the timeout: {waited:?}"
+    );
+    proclaimer.join().unwrap();
+    // Already pending events: true at once, without consuming them.
+    assert!(sub.wait(Duration::from_secs(30)).await);
+    assert_eq!(drain(&mut sub, 10).len(), 1);
+    assert!(!sub.wait(Duration::from_millis(100)).await);
+}
+
+#[test]
+fn events_ingested_from_another_feed_are_delivered_in_arrival_order() {
+    let cluster = Cluster::new(&["a", "b"]);
+    let a = cluster.open("a");
+    for i in 0..3 {
+        a.proclaim("donation.received", format!("{i}").as_bytes(), vec![])
+            .unwrap();
+    }
+    let a_events: Vec<Vec<u8>> = a
+        .read("a", 0..=10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    a.close();
+
+    let b = cluster.open("b");
+    let mut sub = b.subscribe("all", "*", StartFrom::Start).unwrap();
+    let mut donations = b
+        .subscribe("donations", "donation.*", StartFrom::Start)
+        .unwrap();
+    b.proclaim("donation.received", b"\"b1\"", vec![]).unwrap();
+    assert_eq!(b.ingest(a_events).unwrap().applied, 4);
+    b.proclaim("donation.received", b"\"b2\"", vec![]).unwrap();
+
+    let got: Vec<(String, u64)> = drain(&mut sub, 2)
+        .iter()
+        .map(|e| (e.header.author.clone(), e.header.seq))
+        .collect();
+    let want: Vec<(String, u64)> = [
+        ("b", 0),
+        ("b", 1),
+        ("a", 0),
+        ("a", 1),
+        ("a", 2),
+        ("a", 3),
+        ("b", 2),
+    ]
+    .iter()
+    .map(|(f, s)| (f.to_string(), *s))
+    .collect();
+    assert_eq!(got, want);
+    let d = drain(&mut donations, 10);
+    assert_eq!(d.len(), 5, "genesis events do not match donation.*");
+    assert!(arrivals(&d).windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runner_can_be_spawned_and_stops_while_idle() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let sub = log.subscribe("spawned", "*", StartFrom::Now).unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // tokio::spawn needs a Send future: a node runs subscriptions as tasks.
+    let task = tokio::spawn(run_subscription(
+        sub,
+        |_event: &StoredEvent| Ok(()),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!task.is_finished(), "idle until there is work or a stop");
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops promptly while waiting for events")
+        .unwrap()
+        .unwrap();
+}
