@@ -201,6 +201,8 @@ impl Session {
 
     /// What to send next, given the local heads (feed to head sequence
     /// number): oldest first per feed, within the window. Marks it sent.
+    /// The peer's own feed is never sent to it: an author always holds its
+    /// own feed (recovering a lost store from peers is not supported yet).
     pub fn poll_send(&mut self, local_heads: &BTreeMap<String, u64>) -> Vec<SendRange> {
         if !self.hello_received {
             return Vec::new();
@@ -210,6 +212,10 @@ impl Session {
         for (feed, &head) in local_heads {
             if budget == 0 {
                 break;
+            }
+            if *feed == self.peer {
+                // The author holds its own feed; it is never sent back.
+                continue;
             }
             let next = self.send_next.get(feed).copied().unwrap_or(0);
             if next > head {
@@ -246,6 +252,7 @@ impl Session {
     pub fn backlog(&self, local_heads: &BTreeMap<String, u64>) -> u64 {
         local_heads
             .iter()
+            .filter(|(feed, _)| **feed != self.peer)
             .map(|(feed, head)| {
                 (head + 1).saturating_sub(self.peer_next.get(feed).copied().unwrap_or(0))
             })
@@ -288,7 +295,7 @@ mod tests {
         );
         s.on_message(0, Session::hello("b", &[pos("a", 4), pos("b", 7)]))
             .unwrap();
-        let ranges = s.poll_send(&heads(&[("a", 9), ("b", 7), ("c", 2)]));
+        let ranges = s.poll_send(&heads(&[("a", 9), ("b", 12), ("c", 2)]));
         assert_eq!(
             ranges,
             vec![

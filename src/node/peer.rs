@@ -23,6 +23,10 @@ pub const INCOMING_FRAMES_QUEUED_MAX: usize = 16;
 /// How often acknowledged cursors are persisted for `herald status` (the
 /// protocol itself needs no persisted cursor: `Hello` re-establishes it).
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 500;
+/// Most replication frames a peer may send per second. An honest peer sends
+/// up to 512 events per frame, so this allows millions of events a second;
+/// more frames than that is a flood and the peer is disconnected.
+pub const PEER_FRAMES_PER_SECOND_MAX: u32 = 5_000;
 /// How long the accepting side waits for the dialer's replication stream.
 pub const REPLICATION_STREAM_WAIT_MS: u64 = 10_000;
 
@@ -59,20 +63,25 @@ impl PeerError {
             PeerError::Net(e) => net::close_code(e),
             PeerError::Protocol(_) => close::PROTOCOL_VIOLATION,
             PeerError::Verification(_) => close::VERIFICATION_FAILED,
-            PeerError::Shutdown => close::SHUTDOWN,
-            PeerError::Store(_) | PeerError::NoReplicationStream => close::PROTOCOL_VIOLATION,
+            // Our own store failing is not the peer's fault.
+            PeerError::Shutdown | PeerError::Store(_) => close::SHUTDOWN,
+            PeerError::NoReplicationStream => close::PROTOCOL_VIOLATION,
         }
     }
 }
 
-/// Whether a rejected event proves the sender misbehaved. Gaps, duplicates
-/// and forks can reach an honest relay (forks are the author's doing);
-/// anything that fails a cryptographic or structural check cannot.
-pub fn is_misbehaviour(r: &Rejection) -> bool {
-    !matches!(
-        r.check,
-        Check::Sequence | Check::Duplicate | Check::Fork | Check::Author
-    )
+/// Whether a rejected event proves the sender misbehaved. An honest peer
+/// sends each feed in order from what we acknowledged, over one ordered
+/// stream, so a gap, an event of a feed we never got a genesis for, or
+/// anything failing a cryptographic or structural check is its fault.
+/// Duplicates and forks are not (forks are the author's doing and are kept
+/// as evidence), nor is our own feed coming back to us.
+pub fn is_misbehaviour(r: &Rejection, own_feed_event: bool) -> bool {
+    match r.check {
+        Check::Duplicate | Check::Fork => false,
+        Check::Author => !own_feed_event,
+        _ => true,
+    }
 }
 
 /// Runs replication on `conn` until it ends; returns why.
@@ -144,6 +153,8 @@ async fn replicate(
         }
     });
     let mut last_persist = tokio::time::Instant::now();
+    let mut window_start = tokio::time::Instant::now();
+    let mut frames_in_window = 0u32;
     let result = loop {
         let heads = head_map(inner).await?;
         update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
@@ -156,6 +167,17 @@ async fn replicate(
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
             frame = incoming.recv() => {
+                if window_start.elapsed() >= Duration::from_secs(1) {
+                    window_start = tokio::time::Instant::now();
+                    frames_in_window = 0;
+                }
+                frames_in_window += 1;
+                if frames_in_window > PEER_FRAMES_PER_SECOND_MAX {
+                    tracing::warn!(peer, "peer flooded the replication stream; disconnecting");
+                    break Err(PeerError::Protocol(format!(
+                        "more than {PEER_FRAMES_PER_SECOND_MAX} frames in one second"
+                    )));
+                }
                 let message = match frame {
                     Some(Ok(Some(m))) => m,
                     Some(Ok(None)) | None => break Err(PeerError::Protocol("replication stream ended".into())),
@@ -209,7 +231,8 @@ async fn apply(
         .await
         .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
     if let Some(rejection) = report.rejected {
-        if is_misbehaviour(&rejection) {
+        let own_feed_event = report.rejected_feed.as_deref() == Some(inner.service.as_str());
+        if is_misbehaviour(&rejection, own_feed_event) {
             tracing::warn!(peer, %rejection, "peer sent an event that failed verification; disconnecting");
             return Err(PeerError::Verification(rejection));
         }

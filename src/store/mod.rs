@@ -131,6 +131,8 @@ pub struct IngestReport {
     /// Why ingest stopped early, if it did: the first event that failed
     /// verification (nothing after it was looked at).
     pub rejected: Option<Rejection>,
+    /// The feed of the rejected event, when it decoded far enough to say.
+    pub rejected_feed: Option<String>,
 }
 
 /// A feed's head as stored.
@@ -224,8 +226,6 @@ pub struct Log {
     channels: BTreeMap<String, Arc<ChannelKey>>,
     default_channel: String,
     trust: Arc<TrustAnchor>,
-    /// Connection for delivery-cursor writes, opened on first use.
-    cursor_writer: Mutex<Option<Connection>>,
     /// Counts commits that added events (see [`Log::changes`]).
     changes: tokio::sync::watch::Receiver<u64>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
@@ -291,7 +291,6 @@ impl Log {
             default_channel,
             trust,
             changes,
-            cursor_writer: Mutex::new(None),
             _lock: lock,
         })
     }
@@ -371,6 +370,13 @@ impl Log {
         receiver.recv().map_err(|_| LogError::WriterGone)?
     }
 
+    /// A handle that runs small writes through the writer.
+    pub(crate) fn write_handle(&self) -> Result<WriteHandle, LogError> {
+        Ok(WriteHandle {
+            requests: self.requests.clone().ok_or(LogError::WriterGone)?,
+        })
+    }
+
     fn send(&self, request: Request) -> Result<(), LogError> {
         self.requests
             .as_ref()
@@ -436,7 +442,9 @@ impl Log {
     }
 
     fn shutdown(&mut self) {
-        self.requests.take();
+        if let Some(requests) = self.requests.take() {
+            let _ = requests.send(Request::Shutdown);
+        }
         if let Some(handle) = self.writer.take() {
             let _ = handle.join();
         }
@@ -446,6 +454,23 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Runs non-event writes through the log's single writer.
+#[derive(Clone)]
+pub(crate) struct WriteHandle {
+    requests: SyncSender<Request>,
+}
+
+impl WriteHandle {
+    /// Runs `job` in its own transaction on the writer; waits until durable.
+    pub(crate) fn write(&self, job: writer::WriteJob) -> Result<(), LogError> {
+        let (reply, receiver) = sync_channel(1);
+        self.requests
+            .send(Request::Write { job, reply })
+            .map_err(|_| LogError::WriterGone)?;
+        receiver.recv().map_err(|_| LogError::WriterGone)?
     }
 }
 

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::{Log, LogError, open_connection};
+use super::{Log, LogError};
 use crate::clock;
 
 /// Bytes of envelopes one [`Log::read_envelopes`] call returns at most (it
@@ -46,34 +46,33 @@ impl Log {
 
     /// Persists a peer's acknowledged heads (cursors only move forward).
     pub fn record_peer_acks(&self, peer: &str, acked: &[(String, u64)]) -> Result<(), LogError> {
-        let mut guard = self
-            .cursor_writer
-            .lock()
-            .map_err(|_| LogError::Corrupt("cursor connection poisoned".into()))?;
-        if guard.is_none() {
-            *guard = Some(open_connection(self.db_path(), false)?);
-        }
-        let Some(conn) = guard.as_mut() else {
-            return Ok(());
-        };
-        let tx = conn.transaction()?;
-        let now = clock::now_us() as i64;
-        for (feed, seq) in acked {
-            tx.execute(
-                "INSERT INTO peer_cursors (peer, feed, acked_seq, acked_at_us) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (peer, feed) DO UPDATE SET acked_seq = excluded.acked_seq, acked_at_us = excluded.acked_at_us
-                 WHERE excluded.acked_seq > peer_cursors.acked_seq",
-                params![peer, feed, *seq as i64, now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        let peer = peer.to_string();
+        let acked = acked.to_vec();
+        self.write_handle()?
+            .write(Box::new(move |tx| record_acks(tx, &peer, &acked)))
     }
 
     /// Every persisted peer cursor.
     pub fn peer_cursors(&self) -> Result<Vec<PeerCursor>, LogError> {
         read_peer_cursors(&*self.reader()?)
     }
+}
+
+fn record_acks(
+    tx: &rusqlite::Transaction<'_>,
+    peer: &str,
+    acked: &[(String, u64)],
+) -> Result<(), LogError> {
+    let now = clock::now_us() as i64;
+    for (feed, seq) in acked {
+        tx.execute(
+                "INSERT INTO peer_cursors (peer, feed, acked_seq, acked_at_us) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (peer, feed) DO UPDATE SET acked_seq = excluded.acked_seq, acked_at_us = excluded.acked_at_us
+                 WHERE excluded.acked_seq > peer_cursors.acked_seq",
+                params![peer, feed, *seq as i64, now],
+            )?;
+    }
+    Ok(())
 }
 
 /// Every persisted peer cursor, from any connection (read-only included).

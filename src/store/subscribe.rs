@@ -101,6 +101,8 @@ pub struct Subscription {
     consumer: String,
     pattern: String,
     conn: Connection,
+    /// Cursor writes go through the log's single writer.
+    writer: super::WriteHandle,
     /// Events after this arrival are delivered next.
     position: u64,
     /// The durable cursor as this subscription last wrote or read it.
@@ -137,7 +139,7 @@ impl Log {
             }
             (from, _) => {
                 let position = position_for(&conn, from)?;
-                write_cursor(&conn, consumer, pattern, position)?;
+                save_cursor(&self.write_handle()?, consumer, pattern, position)?;
                 position
             }
         };
@@ -146,6 +148,7 @@ impl Log {
             consumer: consumer.to_string(),
             pattern: pattern.to_string(),
             conn,
+            writer: self.write_handle()?,
             position,
             committed: position,
             changes: self.changes(),
@@ -213,7 +216,7 @@ impl Subscription {
         if arrival <= self.committed {
             return Ok(());
         }
-        write_cursor(&self.conn, &self.consumer, &self.pattern, arrival)?;
+        save_cursor(&self.writer, &self.consumer, &self.pattern, arrival)?;
         self.committed = arrival;
         Ok(())
     }
@@ -409,6 +412,19 @@ fn read_cursor(conn: &Connection, consumer: &str) -> Result<Option<(String, u64)
         .optional()?;
     row.map(|(pattern, last)| Ok((pattern, from_sql(last)?)))
         .transpose()
+}
+
+/// Writes a consumer's cursor durably through the log's writer.
+fn save_cursor(
+    writer: &super::WriteHandle,
+    consumer: &str,
+    pattern: &str,
+    last_arrival: u64,
+) -> Result<(), LogError> {
+    let (consumer, pattern) = (consumer.to_string(), pattern.to_string());
+    writer.write(Box::new(move |tx| {
+        write_cursor(tx, &consumer, &pattern, last_arrival)
+    }))
 }
 
 fn write_cursor(

@@ -26,8 +26,10 @@ use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
 use crate::core::verify::{
     Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
+    batch_signatures_valid,
 };
 use crate::identity::TrustAnchor;
+use ed25519_dalek::Signature;
 
 /// Sealed batches that may wait for the commit stage (bounds memory and
 /// how far the seal stage runs ahead of the disk).
@@ -38,8 +40,21 @@ pub(crate) type ReceiptReply = SyncSender<Result<Vec<Receipt>, LogError>>;
 /// Where the writer sends an ingest's outcome.
 pub(crate) type IngestReply = SyncSender<Result<IngestReport, LogError>>;
 
+/// A small write that is not an event (delivery and consumer cursors), run
+/// by the commit stage in its own transaction so the store keeps exactly
+/// one writer and nothing starves waiting for SQLite's lock.
+pub(crate) type WriteJob = Box<dyn FnOnce(&Transaction<'_>) -> Result<(), LogError> + Send>;
+
 /// Requests the writer accepts. Each carries its own reply channel.
 pub(crate) enum Request {
+    /// Finish what is queued, then stop (handles that outlive the log get
+    /// `WriterGone` instead of keeping the writer alive).
+    Shutdown,
+    /// Run a non-event write.
+    Write {
+        job: WriteJob,
+        reply: SyncSender<Result<(), LogError>>,
+    },
     /// Seal and commit the drafts on this node's own feed.
     Proclaim {
         drafts: Vec<Proclamation>,
@@ -57,6 +72,7 @@ impl Request {
         match self {
             Request::Proclaim { drafts, .. } => drafts.len(),
             Request::Ingest { envelopes, .. } => envelopes.len(),
+            Request::Write { .. } | Request::Shutdown => 1,
         }
     }
 }
@@ -72,6 +88,10 @@ enum Work {
     Ingest {
         envelopes: Vec<Vec<u8>>,
         reply: IngestReply,
+    },
+    Write {
+        job: WriteJob,
+        reply: SyncSender<Result<(), LogError>>,
     },
 }
 
@@ -133,6 +153,7 @@ impl SealStage {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
+            let stop = batch.iter().any(|r| matches!(r, Request::Shutdown));
             let current = epoch.load(Ordering::Acquire);
             if current != sealed_epoch {
                 self.rewind_to_durable_head();
@@ -142,6 +163,9 @@ impl SealStage {
                 if work.send(item).is_err() {
                     return;
                 }
+            }
+            if stop {
+                return;
             }
         }
     }
@@ -163,6 +187,8 @@ impl SealStage {
                     }
                 }
                 Request::Ingest { envelopes, reply } => out.push(Work::Ingest { envelopes, reply }),
+                Request::Write { job, reply } => out.push(Work::Write { job, reply }),
+                Request::Shutdown => {}
             }
         }
         if !drafts.is_empty() {
@@ -214,6 +240,9 @@ impl CommitStage {
                     }
                     let _ = reply.send(outcome);
                 }
+                Work::Write { job, reply } => {
+                    let _ = reply.send(self.run_job(job));
+                }
                 Work::Sealed {
                     epoch: sealed_in,
                     events,
@@ -258,21 +287,37 @@ impl CommitStage {
         }
     }
 
+    fn run_job(&mut self, job: WriteJob) -> Result<(), LogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        job(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Verifies and commits foreign events, in order, stopping at the first
     /// rejection. Duplicates are skipped (applied exactly once); a validly
     /// signed event that conflicts with a stored one is kept as fork evidence
     /// and the feed is no longer accepted.
     fn ingest(&mut self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
         let mut report = IngestReport::default();
-        let tx = self.conn.transaction()?;
-        for bytes in envelopes {
-            let outcome = match DecodedEvent::decode(bytes) {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let decoded: Vec<Result<DecodedEvent, _>> =
+            envelopes.into_iter().map(DecodedEvent::decode).collect();
+        let signatures = precheck_signatures(&tx, &self.trust, &mut self.verifiers, &decoded)?;
+        for (event, signature_ok) in decoded.into_iter().zip(signatures) {
+            let feed = event.as_ref().ok().map(|e| e.header().author.clone());
+            let outcome = match event {
                 Ok(event) => ingest_one(
                     &tx,
                     &self.trust,
                     &mut self.verifiers,
                     &self.own_service,
                     event,
+                    signature_ok,
                 )?,
                 Err(e) => Outcome::Rejected(Rejection::decode(&e)),
             };
@@ -282,10 +327,12 @@ impl CommitStage {
                 Outcome::Fork(rejection) => {
                     report.forks += 1;
                     report.rejected = Some(rejection);
+                    report.rejected_feed = feed;
                     break;
                 }
                 Outcome::Rejected(rejection) => {
                     report.rejected = Some(rejection);
+                    report.rejected_feed = feed;
                     break;
                 }
             }
@@ -307,12 +354,54 @@ enum Outcome {
     Rejected(Rejection),
 }
 
+/// Checks the signatures of every event whose author's key is known (a
+/// stored feed, or a genesis in the batch), in batches on all cores, before
+/// the events are applied in order. `None`: check when applying.
+fn precheck_signatures(
+    tx: &Transaction<'_>,
+    trust: &TrustAnchor,
+    verifiers: &mut HashMap<String, FeedVerifier>,
+    events: &[Result<DecodedEvent, crate::core::codec::DecodeError>],
+) -> Result<Vec<Option<bool>>, LogError> {
+    let mut keys: HashMap<String, Option<ed25519_dalek::VerifyingKey>> = HashMap::new();
+    let mut items = Vec::new();
+    let mut slots = Vec::with_capacity(events.len());
+    for event in events {
+        let Ok(event) = event else {
+            slots.push(None);
+            continue;
+        };
+        let author = &event.header().author;
+        if !keys.contains_key(author) {
+            let key = match load_verifier(tx, trust, verifiers, author)? {
+                Ok(v) => Some(*v.key()),
+                Err(_) => None,
+            };
+            keys.insert(author.clone(), key);
+        }
+        match keys.get(author).copied().flatten() {
+            Some(key) if event.header().seq > 0 => {
+                slots.push(Some(items.len()));
+                items.push((
+                    key,
+                    *event.hash(),
+                    Signature::from_bytes(event.signature_bytes()),
+                ));
+            }
+            _ => slots.push(None),
+        }
+    }
+    let results = batch_signatures_valid(&items);
+    Ok(slots.into_iter().map(|s| s.map(|i| results[i])).collect())
+}
+
 fn ingest_one(
     tx: &Transaction<'_>,
     trust: &TrustAnchor,
     verifiers: &mut HashMap<String, FeedVerifier>,
     own_service: &str,
     event: DecodedEvent,
+    signature_ok: Option<bool>,
 ) -> Result<Outcome, LogError> {
     let author = event.header().author.clone();
     let seq = event.header().seq;
@@ -372,7 +461,8 @@ fn ingest_one(
             Ok(v) => v,
             Err(r) => return Ok(Outcome::Rejected(r)),
         };
-        let signature_ok = verifier.check_signatures(std::slice::from_ref(&event))[0];
+        let signature_ok = signature_ok
+            .unwrap_or_else(|| verifier.check_signatures(std::slice::from_ref(&event))[0]);
         match verifier.verify_next(event, signature_ok) {
             Ok(v) => v,
             Err(r) => return Ok(Outcome::Rejected(r)),
@@ -404,7 +494,7 @@ pub(crate) fn commit_own(
     events: &[VerifiedEvent],
     own_service: &str,
 ) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     for event in events {
         debug_assert_eq!(event.header().author, own_service);
         insert_event(&tx, event)?;
