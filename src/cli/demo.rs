@@ -98,8 +98,8 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     let (offset, seq) = flip_payload_byte(&original, &tampered, 2)?;
     println!("   flipped the byte at offset {offset} (inside fundraising/{seq}'s payload)");
     let report = audit_path(&tampered, &trust_options()?)?;
-    let mut out = std::io::stdout().lock();
-    super::verify::print_report(&mut out, &report)?;
+    // Scoped: a held stdout lock would block the live part's threads.
+    super::verify::print_report(&mut std::io::stdout().lock(), &report)?;
     let named = report.problems.iter().any(|p| {
         p.feed.as_deref() == Some("fundraising") && p.seq == Some(seq) && p.check == "payload-hash"
     });
@@ -108,6 +108,9 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
         named,
         "the damaged event is named (fundraising, its sequence, payload-hash)",
     );
+
+    step("7. three live nodes on loopback: replication, queries, a SIGKILL, an audit");
+    ok &= super::demo_live::run_live(&dir)?;
 
     println!();
     if ok {

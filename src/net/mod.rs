@@ -42,11 +42,13 @@ pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 64;
 /// bidirectional streams.
 pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 0;
 /// A connection with no traffic for this long is closed. Keep-alives keep a
-/// healthy but quiet connection open.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// healthy but quiet connection open, so this is also how long it takes to
+/// notice a peer that died without closing (SIGKILL, power loss): the node
+/// that dials it redials only after that.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interval of QUIC keep-alive pings on a quiet connection; well under
 /// [`IDLE_TIMEOUT`] so a few lost pings do not drop it.
-pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a server waits for an incoming connection's handshake to finish.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client waits to dial and finish the handshake with a server.

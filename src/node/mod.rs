@@ -228,6 +228,34 @@ impl Node {
         .await
     }
 
+    /// Runs `handler` for every event whose type matches `pattern`, under the
+    /// durable consumer name `consumer`: at-least-once, in this node's arrival
+    /// order, resuming after a restart (`StartFrom::Stored`) or replaying
+    /// from the start or a point in time. A handler error redelivers the
+    /// event after a backoff. The task ends when the node shuts down.
+    pub fn subscribe<F>(
+        &self,
+        consumer: &str,
+        pattern: &str,
+        from: crate::store::StartFrom,
+        handler: F,
+    ) -> Result<JoinHandle<Result<(), LogError>>, LogError>
+    where
+        F: FnMut(&crate::store::StoredEvent) -> Result<(), String> + Send + 'static,
+    {
+        let subscription = self.inner.log.subscribe(consumer, pattern, from)?;
+        let mut shutdown = self.inner.shutdown.clone();
+        let stop = async move {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let task = tokio::spawn(crate::store::run_subscription(subscription, handler, stop));
+        Ok(task)
+    }
+
     /// The node's status: peers and feed heads.
     pub async fn status(&self) -> NodeStatus {
         status_of(&self.inner).await

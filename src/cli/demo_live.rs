@@ -1,0 +1,428 @@
+//! `herald demo`, second part: three real `herald node` processes on
+//! loopback (QUIC, mutual TLS, fsync), replicating, answering a synchronous
+//! identity query, surviving a SIGKILL, and audited at the end.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::CliError;
+use crate::audit::export::export_store;
+use crate::audit::verify::{AuditOptions, audit_path};
+use crate::clock;
+use crate::config::{NodeConfig, QueryHandlerConfig};
+use crate::core::query::QueryStatus;
+use crate::identity::{NodeIdentity, TrustAnchor};
+use crate::node::NodeStatus;
+use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
+
+/// The live cluster's services.
+const LIVE: [&str; 3] = ["fundraising", "identity", "press"];
+/// How long the demo waits for the cluster to connect or converge.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The identity service's donor check: a query handler any executable can
+/// implement (exit 0 = found, exit 3 = not found).
+const VERIFY_DONOR_SCRIPT: &str = r#"#!/bin/sh
+input=$(cat)
+case "$input" in
+  *'"D-1001"'*) echo '{"donor":"D-1001","verified":true,"checked":"government id"}'; exit 0 ;;
+  *) echo '{"verified":false}'; exit 3 ;;
+esac
+"#;
+
+/// Runs the live part; returns whether every expectation held.
+pub fn run_live(dir: &Path) -> Result<bool, CliError> {
+    let live = dir.join("live");
+    let configs = provision(&live)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut nodes: BTreeMap<&str, Child> = BTreeMap::new();
+    for service in LIVE {
+        nodes.insert(service, spawn_node(&configs[service], &live, service)?);
+    }
+    let outcome = runtime.block_on(drive(&live, &configs, &mut nodes));
+    for (service, child) in nodes.iter_mut() {
+        stop_gracefully(service, child);
+    }
+    let mut ok = outcome?;
+    ok &= audit_all(&live, &configs)?;
+    Ok(ok)
+}
+
+fn expect(condition: bool, what: &str) -> bool {
+    println!("   [{}] {what}", if condition { "ok" } else { "FAILED" });
+    condition
+}
+
+/// A fresh three-node cluster on free loopback ports; identity answers
+/// `identity.verify_donor` with a shell script.
+fn provision(live: &Path) -> Result<BTreeMap<&'static str, PathBuf>, CliError> {
+    let names: Vec<String> = LIVE.iter().map(|s| s.to_string()).collect();
+    crate::identity::init_cluster(live, &names, 7400, 365, true)?;
+    let ports: BTreeMap<&str, SocketAddr> = LIVE
+        .iter()
+        .map(|s| Ok((*s, free_port()?)))
+        .collect::<Result<_, std::io::Error>>()?;
+    let script = live.join("verify-donor.sh");
+    std::fs::write(&script, VERIFY_DONOR_SCRIPT)?;
+    set_executable(&script)?;
+    let mut paths = BTreeMap::new();
+    for service in LIVE {
+        let path = live.join(format!("{service}.toml"));
+        let mut config = NodeConfig::load(&path)?;
+        config.listen = ports[service];
+        for peer in &mut config.peers {
+            if let Some(addr) = ports.get(peer.name.as_str()) {
+                peer.address = *addr;
+            }
+        }
+        if service == "identity" {
+            config.query_handlers = vec![QueryHandlerConfig {
+                query_type: "identity.verify_donor".into(),
+                command: vec![script.display().to_string()],
+                timeout_ms: Some(2_000),
+            }];
+        }
+        std::fs::write(&path, config.to_toml())?;
+        paths.insert(service, path);
+    }
+    println!(
+        "   provisioned {} on loopback ports {}",
+        LIVE.join(", "),
+        ports
+            .values()
+            .map(|a| a.port().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(paths)
+}
+
+fn free_port() -> std::io::Result<SocketAddr> {
+    UdpSocket::bind("127.0.0.1:0")?.local_addr()
+}
+
+#[cfg(unix)]
+fn set_executable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+#[cfg(not(unix))]
+fn set_executable(_path: &Path) -> std::io::Result<()> {
+    Ok(())
+}
+
+fn spawn_node(config: &Path, live: &Path, service: &str) -> Result<Child, CliError> {
+    let log = std::fs::File::create(live.join(format!("{service}.log")))?;
+    Ok(Command::new(std::env::current_exe()?)
+        .args(["node", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?)
+}
+
+/// SIGTERM, then wait: the node finishes in-flight commits and tells peers.
+fn stop_gracefully(service: &str, child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            println!("   {service} stopped ({status})");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("   {service} did not stop in time; killed");
+}
+
+async fn client(config: &Path) -> Result<(NodeConfig, NodeClient), CliError> {
+    let config = NodeConfig::load(config)?;
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        match NodeClient::connect(&config).await {
+            Ok(c) => return Ok((config, c)),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+async fn status(client: &NodeClient) -> Result<NodeStatus, CliError> {
+    let mut json = None;
+    client
+        .request(&ClientRequest::Status, |r| match r {
+            ClientResponse::Status(s) => {
+                json = Some(s);
+                Ok(())
+            }
+            other => Err(format!("unexpected answer {other:?}")),
+        })
+        .await?;
+    Ok(serde_json::from_str(&json.ok_or("no status")?)?)
+}
+
+async fn publish(
+    client: &NodeClient,
+    service: &str,
+    event_type: &str,
+    data: &str,
+) -> Result<(), CliError> {
+    let request = ClientRequest::Publish {
+        event_type: event_type.into(),
+        payload: data.as_bytes().to_vec(),
+        meta: vec![],
+        channel: None,
+        count: 1,
+    };
+    client
+        .request(&request, |r| match r {
+            ClientResponse::Receipts(rs) => {
+                for r in rs {
+                    println!("   {service}/{} {event_type} {data}", r.seq);
+                }
+                Ok(())
+            }
+            ClientResponse::Error(e) => Err(e),
+            other => Err(format!("unexpected answer {other:?}")),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn query(client: &NodeClient, donor: &str) -> Result<(QueryStatus, String, bool), CliError> {
+    let request = ClientRequest::Query {
+        target: "identity".into(),
+        query_type: "identity.verify_donor".into(),
+        payload: format!(r#"{{"donor":"{donor}"}}"#).into_bytes(),
+        correlation_id: format!("check-{donor}"),
+        timeout_ms: 2_000,
+    };
+    let mut answer = None;
+    client
+        .request(&request, |r| match r {
+            ClientResponse::Query(o) => {
+                answer = Some((
+                    o.status,
+                    String::from_utf8_lossy(&o.payload).trim().to_string(),
+                    o.signed_by_responder,
+                ));
+                Ok(())
+            }
+            other => Err(format!("unexpected answer {other:?}")),
+        })
+        .await?;
+    Ok(answer.ok_or("no answer")?)
+}
+
+/// Waits until every node reports every peer connected and identical heads.
+async fn wait_converged(
+    clients: &BTreeMap<&str, NodeClient>,
+    want_connected: bool,
+) -> Result<bool, CliError> {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let mut heads = Vec::new();
+        let mut connected = true;
+        for client in clients.values() {
+            let s = status(client).await?;
+            connected &= s.peers.iter().all(|p| p.connected);
+            heads.push(
+                s.feeds
+                    .iter()
+                    .map(|f| (f.feed.clone(), f.seq, f.hash))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        let same = heads.windows(2).all(|w| w[0] == w[1]) && heads[0].len() == LIVE.len();
+        if same && (connected || !want_connected) {
+            return Ok(true);
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn drive(
+    live: &Path,
+    configs: &BTreeMap<&'static str, PathBuf>,
+    nodes: &mut BTreeMap<&'static str, Child>,
+) -> Result<bool, CliError> {
+    let mut ok = true;
+    let mut clients = BTreeMap::new();
+    for service in LIVE {
+        clients.insert(service, client(&configs[service]).await?.1);
+    }
+    ok &= expect(
+        wait_converged(&clients, true).await?,
+        "three nodes connected over QUIC with mutual TLS",
+    );
+
+    println!("   -- a subscriber on press prints donations as they arrive");
+    let stop = Arc::new(AtomicBool::new(false));
+    let subscriber = spawn_subscriber(configs["press"].clone(), stop.clone());
+
+    publish(
+        &clients["fundraising"],
+        "fundraising",
+        "donation.received",
+        r#"{"donor":"D-1001","amount_cents":2500}"#,
+    )
+    .await?;
+    publish(
+        &clients["identity"],
+        "identity",
+        "donor.verified",
+        r#"{"donor":"D-1001"}"#,
+    )
+    .await?;
+    publish(
+        &clients["press"],
+        "press",
+        "press.release",
+        r#"{"title":"Clean energy 2027 ratified"}"#,
+    )
+    .await?;
+    ok &= expect(
+        wait_converged(&clients, true).await?,
+        "every event reached every node, verified",
+    );
+
+    println!("   -- synchronous identity queries from fundraising (signed by identity)");
+    let (status, payload, signed) = query(&clients["fundraising"], "D-1001").await?;
+    println!("   verify_donor D-1001 -> {status:?} {payload}");
+    ok &= expect(
+        status == QueryStatus::Success && signed,
+        "known donor verified, answer signed by identity",
+    );
+    let (status, payload, _) = query(&clients["fundraising"], "D-9999").await?;
+    println!("   verify_donor D-9999 -> {status:?} {payload}");
+    ok &= expect(
+        status == QueryStatus::NotFound,
+        "unknown donor is not found",
+    );
+
+    println!("   -- SIGKILL press, keep proclaiming, restart press");
+    if let Some(mut press) = nodes.remove("press") {
+        let _ = press.kill();
+        let _ = press.wait();
+    }
+    clients.remove("press");
+    for i in 2..=6 {
+        let data = format!(r#"{{"donor":"D-100{i}","amount_cents":{}}}"#, 1000 * i);
+        publish(
+            &clients["fundraising"],
+            "fundraising",
+            "donation.received",
+            &data,
+        )
+        .await?;
+    }
+    nodes.insert("press", spawn_node(&configs["press"], live, "press")?);
+    clients.insert("press", client(&configs["press"]).await?.1);
+    ok &= expect(
+        wait_converged(&clients, true).await?,
+        "press restarted and caught up",
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = subscriber.join().unwrap_or(0);
+    ok &= expect(
+        seen >= 6,
+        &format!("the subscriber saw all 6 donations ({seen})"),
+    );
+    for c in clients.values() {
+        c.close();
+    }
+    Ok(ok)
+}
+
+/// Follows press's store read-only (as `herald tail --follow` does) and
+/// prints donations as they arrive; returns how many it saw.
+fn spawn_subscriber(config: PathBuf, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let Ok(config) = NodeConfig::load(&config) else {
+            return 0;
+        };
+        let keys: Vec<_> = config
+            .channels
+            .iter()
+            .filter_map(|(n, p)| crate::identity::load_channel_key(n, p).ok())
+            .collect();
+        let mut after = 0;
+        let mut seen = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let events = crate::store::open_read_only(&config.data_dir)
+                .and_then(|conn| crate::store::read_arrivals_from(&conn, after, 1000));
+            if let Err(e) = &events {
+                eprintln!("subscriber: {e}");
+            }
+            if let Ok(events) = events {
+                for e in events {
+                    after = e.arrival;
+                    if e.header.event_type == "donation.received" {
+                        seen += 1;
+                        let json = super::log::event_json(&e, &keys);
+                        println!(
+                            "   [press subscriber] {}/{} {}",
+                            e.header.author, e.header.seq, json["data"]
+                        );
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        seen
+    })
+}
+
+/// Exports every node's log and verifies it offline with only the CA.
+fn audit_all(live: &Path, configs: &BTreeMap<&'static str, PathBuf>) -> Result<bool, CliError> {
+    let mut ok = true;
+    for service in LIVE {
+        let config = NodeConfig::load(&configs[service])?;
+        let trust = TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
+        let identity =
+            NodeIdentity::load(service, &config.key, &config.cert, &trust, clock::now_us())?;
+        let conn = crate::store::open_read_only(&config.data_dir)?;
+        let path = live.join(format!("{service}.hrld"));
+        export_store(
+            &conn,
+            service,
+            &identity.signing_key,
+            clock::now_us(),
+            &path,
+        )?;
+        let report = audit_path(
+            &path,
+            &AuditOptions {
+                trust,
+                channel_keys: Vec::new(),
+                progress: false,
+            },
+        )?;
+        let summary: Vec<String> = report
+            .feeds
+            .iter()
+            .map(|f| format!("{}:{}", f.service, f.events))
+            .collect();
+        ok &= expect(
+            report.valid && report.feeds.len() == LIVE.len(),
+            &format!("{service}'s export verifies ({})", summary.join(" ")),
+        );
+    }
+    Ok(ok)
+}
