@@ -5,6 +5,8 @@
 //! the Ed25519 signing and batch-verification rates on all cores bound what
 //! durable proclaim and offline verification can reach.
 
+pub mod cluster;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +34,8 @@ pub const CEILING_SIGNATURES: usize = 40_000;
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub events: u64,
+    /// Events for each cluster scenario (0 skips the cluster).
+    pub cluster_events: u64,
     pub payload_bytes: usize,
     pub progress: bool,
 }
@@ -43,6 +47,7 @@ pub struct BenchReport {
     pub ceiling: Ceiling,
     pub proclaim: Proclaim,
     pub verify: OfflineVerify,
+    pub cluster: Option<cluster::ClusterReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +123,17 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
     let setup = provision(work_dir)?;
     let proclaim = bench_proclaim(options, &setup)?;
     let verify = bench_verify(&setup, work_dir, options.progress)?;
+    let cluster_run = if options.cluster_events > 0 {
+        Some(cluster::run_cluster(
+            work_dir,
+            options.cluster_events,
+            options.payload_bytes,
+            before.sign_per_s,
+            before.batch_verify_per_s,
+        )?)
+    } else {
+        None
+    };
     let after = measure_ceiling();
     let ceiling = Ceiling {
         sign_per_s: before.sign_per_s.max(after.sign_per_s),
@@ -132,12 +148,25 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
         fraction_of_batch_verify_ceiling: verify.events_per_s / ceiling.batch_verify_per_s,
         ..verify
     };
+    let cluster = cluster_run.map(|c| rescale_cluster(c, &ceiling));
     Ok(BenchReport {
         machine,
         ceiling,
         proclaim,
         verify,
+        cluster,
     })
+}
+
+/// Recomputes the cluster fractions against the final (higher) ceilings.
+fn rescale_cluster(mut c: cluster::ClusterReport, ceiling: &Ceiling) -> cluster::ClusterReport {
+    let nodes = c.nodes as f64;
+    c.topology_ceiling_per_s =
+        1.0 / (1.0 / ceiling.sign_per_s + (nodes - 1.0) / ceiling.batch_verify_per_s);
+    for run in c.runs.iter_mut().chain(std::iter::once(&mut c.half_rate)) {
+        run.fraction_of_topology_ceiling = run.events_per_s / c.topology_ceiling_per_s;
+    }
+    c
 }
 
 /// Sign and verify rates on all cores: the ceiling herald is measured against.

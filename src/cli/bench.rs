@@ -13,6 +13,9 @@ pub struct BenchArgs {
     /// Events to proclaim (and then verify offline).
     #[arg(long, default_value_t = 200_000)]
     pub events: u64,
+    /// Events per cluster scenario (three nodes on loopback); 0 skips it.
+    #[arg(long, default_value_t = 60_000)]
+    pub cluster_events: u64,
     /// Payload bytes per event.
     #[arg(long, default_value_t = 256)]
     pub payload: usize,
@@ -36,6 +39,7 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     let scratch = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
     let options = BenchOptions {
         events: args.events,
+        cluster_events: args.cluster_events,
         payload_bytes: args.payload,
         progress: !args.json && std::io::stderr().is_terminal(),
     };
@@ -87,6 +91,35 @@ fn print_table(r: &BenchReport) {
         r.proclaim.latency_us_p999,
         r.proclaim.bytes_on_disk_per_event
     );
+    if let Some(c) = &r.cluster {
+        println!();
+        println!(
+            "cluster: {} nodes on loopback (QUIC, mutual TLS, fsync); topology ceiling {:.0}/s = 1/(1/sign + {}/batch-verify)",
+            c.nodes,
+            c.topology_ceiling_per_s,
+            c.nodes - 1
+        );
+        println!(
+            "{:<26} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}",
+            "scenario", "events", "events/s", "of ceil.", "p50 us", "p99 us", "p999 us"
+        );
+        for run in c.runs.iter().chain(std::iter::once(&c.half_rate)) {
+            println!(
+                "{:<26} {:>8} {:>12.0} {:>10.2} {:>10} {:>10} {:>10}",
+                run.scenario,
+                run.events,
+                run.events_per_s,
+                run.fraction_of_topology_ceiling,
+                run.latency_us_p50,
+                run.latency_us_p99,
+                run.latency_us_p999
+            );
+        }
+        println!(
+            "peak resident memory of the process running all three nodes: {:.0} MB",
+            c.peak_rss_mb_all_nodes
+        );
+    }
     println!(
         "verify: {} events, result {}",
         r.verify.events,

@@ -96,7 +96,10 @@ fn publish_via_node(
         channel: args.channel.clone(),
         count: args.count,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two workers: while one waits on a slow stdout, the other keeps the
+    // QUIC connection alive (keep-alives, flow control).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async {

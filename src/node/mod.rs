@@ -422,20 +422,31 @@ async fn serve_peer(
     });
     tracing::info!(peer = %name, "peer connected");
     let error = peer::run_connection(inner.clone(), conn.clone(), name.clone(), dialer).await;
-    if let Ok(mut c) = inner.connections.lock()
-        && c.get(&name)
-            .is_some_and(|(existing, _)| existing.stable_id() == conn.stable_id())
-    {
-        c.remove(&name);
-    }
+    // Only the current connection may mark the peer down: a stale one (a
+    // peer that restarted and reconnected before the old connection timed
+    // out) ending must not hide the live one.
+    let current = match inner.connections.lock() {
+        Ok(mut c) => {
+            let current = c
+                .get(&name)
+                .is_some_and(|(existing, _)| existing.stable_id() == conn.stable_id());
+            if current {
+                c.remove(&name);
+            }
+            current
+        }
+        Err(_) => false,
+    };
     let shutting_down = matches!(error, peer::PeerError::Shutdown);
     tracing::info!(peer = %name, reason = %error, "peer disconnected");
-    peer::update_status(&inner, &name, |s| {
-        s.connected = false;
-        if !shutting_down {
-            s.last_error = Some(error.to_string());
-        }
-    });
+    if current {
+        peer::update_status(&inner, &name, |s| {
+            s.connected = false;
+            if !shutting_down {
+                s.last_error = Some(error.to_string());
+            }
+        });
+    }
 }
 
 /// Sends a query to `target` (or answers it here if it is this node).

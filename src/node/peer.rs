@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::{Inner, PeerState};
 use crate::clock;
@@ -17,9 +16,6 @@ use crate::core::verify::{Check, Rejection};
 use crate::core::wire::{FRAME_EVENTS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, close};
 use crate::net::{self, NetError};
 
-/// Frames read ahead of the session before the reader waits (back-pressure
-/// onto QUIC flow control).
-pub const INCOMING_FRAMES_QUEUED_MAX: usize = 16;
 /// How often acknowledged cursors are persisted for `herald status` (the
 /// protocol itself needs no persisted cursor: `Hello` re-establishes it).
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 500;
@@ -46,6 +42,8 @@ pub enum PeerError {
     Net(#[from] NetError),
     #[error("protocol violation: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    Version(String),
     #[error("peer sent an event that failed verification: {0}")]
     Verification(Rejection),
     #[error("store: {0}")]
@@ -62,6 +60,7 @@ impl PeerError {
         match self {
             PeerError::Net(e) => net::close_code(e),
             PeerError::Protocol(_) => close::PROTOCOL_VIOLATION,
+            PeerError::Version(_) => close::VERSION_MISMATCH,
             PeerError::Verification(_) => close::VERIFICATION_FAILED,
             // Our own store failing is not the peer's fault.
             PeerError::Shutdown | PeerError::Store(_) => close::SHUTDOWN,
@@ -123,15 +122,142 @@ pub(crate) async fn run_connection(
     error
 }
 
-/// The replication loop of one connection.
+/// What the inbound half hands to the outbound half. Acknowledgements are
+/// cumulative, so they merge (highest head per feed wins) instead of queueing:
+/// the inbound half never waits for the outbound half, and neither side can
+/// deadlock the other through full flow-control windows.
+#[derive(Default)]
+struct Handoff {
+    /// The peer's `Hello` heads, once.
+    hello: Option<Vec<FeedPosition>>,
+    /// Merged `Ack` heads not yet applied to the session.
+    acks: BTreeMap<String, FeedPosition>,
+    /// We committed received events: send our heads.
+    ack_due: bool,
+}
+
+struct Shared {
+    handoff: std::sync::Mutex<Handoff>,
+    wake: tokio::sync::Notify,
+}
+
+/// Replication on one connection: an inbound half that reads, verifies and
+/// commits, and an outbound half that sends what the peer lacks and our
+/// acknowledgements. Returns when either half ends.
 async fn replicate(
     inner: &Arc<Inner>,
     peer: &str,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
 ) -> Result<(), PeerError> {
-    let log = inner.log.clone();
-    let mut changes = log.changes();
+    let shared = Arc::new(Shared {
+        handoff: std::sync::Mutex::new(Handoff::default()),
+        wake: tokio::sync::Notify::new(),
+    });
+    let mut inbound = tokio::spawn(inbound(
+        inner.clone(),
+        peer.to_string(),
+        recv,
+        shared.clone(),
+    ));
+    let mut outbound = tokio::spawn(outbound(inner.clone(), peer.to_string(), send, shared));
+    let result = tokio::select! {
+        r = &mut inbound => r,
+        r = &mut outbound => r,
+    };
+    inbound.abort();
+    outbound.abort();
+    result.unwrap_or_else(|e| Err(PeerError::Protocol(format!("replication task failed: {e}"))))
+}
+
+/// Reads frames, checks the protocol, verifies and commits events.
+async fn inbound(
+    inner: Arc<Inner>,
+    peer: String,
+    mut recv: quinn::RecvStream,
+    shared: Arc<Shared>,
+) -> Result<(), PeerError> {
+    let peer = peer.as_str();
+    // A session of its own, used only to check what arrives is in order.
+    let mut checker = Session::new(peer, clock::now_us());
+    let mut shutdown = inner.shutdown.clone();
+    let mut window_start = tokio::time::Instant::now();
+    let mut frames_in_window = 0u32;
+    loop {
+        let frame = tokio::select! {
+            frame = net::read_frame::<PeerMessage>(&mut recv) => frame,
+            _ = shutdown.changed() => return Err(PeerError::Shutdown),
+        };
+        let message = match frame {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(PeerError::Protocol("replication stream ended".into())),
+            Err(e) => return Err(PeerError::Net(e)),
+        };
+        if window_start.elapsed() >= Duration::from_secs(1) {
+            window_start = tokio::time::Instant::now();
+            frames_in_window = 0;
+        }
+        frames_in_window += 1;
+        if frames_in_window > PEER_FRAMES_PER_SECOND_MAX {
+            tracing::warn!(peer, "peer flooded the replication stream; disconnecting");
+            return Err(PeerError::Protocol(format!(
+                "more than {PEER_FRAMES_PER_SECOND_MAX} frames in one second"
+            )));
+        }
+        let forwarded = match &message {
+            PeerMessage::Hello { heads, .. } => Some((true, heads.clone())),
+            PeerMessage::Ack { heads } => Some((false, heads.clone())),
+            PeerMessage::Events { .. } => None,
+        };
+        match checker.on_message(clock::now_us(), message) {
+            Ok(Received::Nothing) => {}
+            Ok(Received::Events(envelopes)) => {
+                apply(&inner, peer, envelopes).await?;
+                lock(&shared).ack_due = true;
+                shared.wake.notify_one();
+            }
+            Err(e @ crate::core::replication::ProtocolError::Version { .. }) => {
+                return Err(PeerError::Version(e.to_string()));
+            }
+            Err(e) => return Err(PeerError::Protocol(e.to_string())),
+        }
+        if let Some((hello, heads)) = forwarded {
+            let mut handoff = lock(&shared);
+            if hello {
+                handoff.hello = Some(heads);
+            } else {
+                for head in heads {
+                    let newer = handoff
+                        .acks
+                        .get(&head.feed)
+                        .is_none_or(|h| h.seq < head.seq);
+                    if newer {
+                        handoff.acks.insert(head.feed.clone(), head);
+                    }
+                }
+            }
+            drop(handoff);
+            shared.wake.notify_one();
+        }
+    }
+}
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Handoff> {
+    // A poisoned lock only means another task panicked mid-update of plain
+    // data; the data is still usable.
+    shared.handoff.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends `Hello`, then whatever the peer lacks and our acknowledgements.
+async fn outbound(
+    inner: Arc<Inner>,
+    peer: String,
+    mut send: quinn::SendStream,
+    shared: Arc<Shared>,
+) -> Result<(), PeerError> {
+    let inner = &inner;
+    let peer = peer.as_str();
+    let mut changes = inner.log.changes();
     let mut shutdown = inner.shutdown.clone();
     let mut session = Session::new(peer, clock::now_us());
     net::write_frame(
@@ -139,23 +265,42 @@ async fn replicate(
         &Session::hello(&inner.service, &positions(inner).await?),
     )
     .await?;
-
-    // A separate reader task, so a partially read frame is never lost to a
-    // select! branch being dropped.
-    let (incoming_tx, mut incoming) = mpsc::channel(INCOMING_FRAMES_QUEUED_MAX);
-    let reader = tokio::spawn(async move {
-        loop {
-            let frame = net::read_frame::<PeerMessage>(&mut recv).await;
-            let end = !matches!(frame, Ok(Some(_)));
-            if incoming_tx.send(frame).await.is_err() || end {
-                break;
+    let mut last_persist = tokio::time::Instant::now();
+    let result = loop {
+        let (hello, acks, ack_due) = {
+            let mut handoff = lock(&shared);
+            let acks: Vec<FeedPosition> = std::mem::take(&mut handoff.acks).into_values().collect();
+            (
+                handoff.hello.take(),
+                acks,
+                std::mem::take(&mut handoff.ack_due),
+            )
+        };
+        let acked_before = session.acknowledged().clone();
+        if let Some(heads) = hello {
+            let hello = Session::hello(peer, &heads);
+            if let Err(e) = session.on_message(clock::now_us(), hello) {
+                break Err(PeerError::Protocol(e.to_string()));
             }
         }
-    });
-    let mut last_persist = tokio::time::Instant::now();
-    let mut window_start = tokio::time::Instant::now();
-    let mut frames_in_window = 0u32;
-    let result = loop {
+        if !acks.is_empty() && session.established() {
+            if let Err(e) = session.on_message(clock::now_us(), Session::ack(acks)) {
+                break Err(PeerError::Protocol(e.to_string()));
+            }
+        }
+        if session.acknowledged() != &acked_before {
+            update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
+            if last_persist.elapsed() >= Duration::from_millis(ACK_PERSIST_INTERVAL_MS) {
+                last_persist = tokio::time::Instant::now();
+                persist_acks(inner, peer, session.acknowledged());
+            }
+        }
+        if ack_due {
+            let ack = Session::ack(positions(inner).await?);
+            if let Err(e) = net::write_frame(&mut send, &ack).await {
+                break Err(e.into());
+            }
+        }
         let heads = head_map(inner).await?;
         update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
         if let Err(e) = send_missing(inner, &mut session, &heads, &mut send).await {
@@ -166,41 +311,7 @@ async fn replicate(
             .map(|at| Duration::from_micros(at.saturating_sub(clock::now_us())))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
-            frame = incoming.recv() => {
-                if window_start.elapsed() >= Duration::from_secs(1) {
-                    window_start = tokio::time::Instant::now();
-                    frames_in_window = 0;
-                }
-                frames_in_window += 1;
-                if frames_in_window > PEER_FRAMES_PER_SECOND_MAX {
-                    tracing::warn!(peer, "peer flooded the replication stream; disconnecting");
-                    break Err(PeerError::Protocol(format!(
-                        "more than {PEER_FRAMES_PER_SECOND_MAX} frames in one second"
-                    )));
-                }
-                let message = match frame {
-                    Some(Ok(Some(m))) => m,
-                    Some(Ok(None)) | None => break Err(PeerError::Protocol("replication stream ended".into())),
-                    Some(Err(e)) => break Err(PeerError::Net(e)),
-                };
-                let acked_before = session.acknowledged().clone();
-                match session.on_message(clock::now_us(), message) {
-                    Ok(Received::Nothing) => {}
-                    Ok(Received::Events(envelopes)) => {
-                        if let Err(e) = apply(inner, peer, envelopes, &mut send).await {
-                            break Err(e);
-                        }
-                    }
-                    Err(e) => break Err(PeerError::Protocol(e.to_string())),
-                }
-                if session.acknowledged() != &acked_before {
-                    update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
-                    if last_persist.elapsed() >= Duration::from_millis(ACK_PERSIST_INTERVAL_MS) {
-                        last_persist = tokio::time::Instant::now();
-                        persist_acks(inner, peer, session.acknowledged());
-                    }
-                }
-            }
+            _ = shared.wake.notified() => {}
             _ = changes.changed() => {}
             _ = tokio::time::sleep(timer) => {
                 let before = session.retransmits();
@@ -213,19 +324,12 @@ async fn replicate(
         }
     };
     persist_acks(inner, peer, session.acknowledged());
-    reader.abort();
     result
 }
 
-/// Verifies and commits received events, then acknowledges. A peer that
-/// sent an event failing verification is cut off; nothing it sent after
-/// that event is applied.
-async fn apply(
-    inner: &Arc<Inner>,
-    peer: &str,
-    envelopes: Vec<Vec<u8>>,
-    send: &mut quinn::SendStream,
-) -> Result<(), PeerError> {
+/// Verifies and commits received events. A peer that sent an event failing
+/// verification is cut off; nothing it sent after that event is applied.
+async fn apply(inner: &Arc<Inner>, peer: &str, envelopes: Vec<Vec<u8>>) -> Result<(), PeerError> {
     let log = inner.log.clone();
     let report = tokio::task::spawn_blocking(move || log.ingest(envelopes))
         .await
@@ -236,9 +340,8 @@ async fn apply(
             tracing::warn!(peer, %rejection, "peer sent an event that failed verification; disconnecting");
             return Err(PeerError::Verification(rejection));
         }
-        tracing::debug!(peer, %rejection, "skipped an event that does not extend its feed yet");
+        tracing::debug!(peer, %rejection, "skipped an event this node already holds");
     }
-    net::write_frame(send, &Session::ack(positions(inner).await?)).await?;
     Ok(())
 }
 

@@ -379,8 +379,13 @@ fn precheck_signatures(
             };
             keys.insert(author.clone(), key);
         }
+        // Events this node already holds are duplicates (or fork evidence,
+        // checked on its own when applied): don't spend a verification.
+        let held = verifiers
+            .get(author)
+            .is_some_and(|v| event.header().seq < v.next_seq());
         match keys.get(author).copied().flatten() {
-            Some(key) if event.header().seq > 0 => {
+            Some(key) if event.header().seq > 0 && !held => {
                 slots.push(Some(items.len()));
                 items.push((
                     key,

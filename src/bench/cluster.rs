@@ -1,0 +1,310 @@
+//! The cluster benchmark: three nodes on loopback (real QUIC, mutual TLS,
+//! fsync), in this process. Throughput counts events per second until every
+//! event is verified and durable on every node; latency is from the call to
+//! proclaim until the last node has committed the event.
+
+use std::collections::VecDeque;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{BenchError, percentile};
+use crate::config::NodeConfig;
+use crate::core::verify::Draft;
+use crate::node::Node;
+use crate::store::{Log, Pending};
+
+/// Services of the benchmark cluster.
+pub const CLUSTER_NODES: [&str; 3] = ["bench-a", "bench-b", "bench-c"];
+/// Events per submitted batch.
+const BATCH_EVENTS: usize = 256;
+/// Batches in flight per publisher.
+const BATCHES_IN_FLIGHT: usize = 8;
+/// Longest the benchmark waits for the cluster to converge.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// One cluster scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterRun {
+    /// `one-publisher` or `all-publish`.
+    pub scenario: String,
+    pub events: u64,
+    /// Events per second until every event is durable on every node.
+    pub events_per_s: f64,
+    /// Proclaim call to durable on every node.
+    pub latency_us_p50: u64,
+    pub latency_us_p99: u64,
+    pub latency_us_p999: u64,
+    /// events_per_s over the topology ceiling.
+    pub fraction_of_topology_ceiling: f64,
+}
+
+/// The cluster section of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterReport {
+    pub nodes: usize,
+    /// cores / (sign + (nodes − 1) × batch-verify time per event), from the
+    /// ceilings measured in the same run.
+    pub topology_ceiling_per_s: f64,
+    pub runs: Vec<ClusterRun>,
+    /// A paced run at half the one-publisher rate: the latency a user sees
+    /// when the cluster is not saturated.
+    pub half_rate: ClusterRun,
+    /// Peak resident memory of this process (all three nodes), in MB.
+    pub peak_rss_mb_all_nodes: f64,
+}
+
+/// Starts three nodes in `work_dir/cluster` on free loopback ports.
+async fn start_cluster(work_dir: &Path) -> Result<Vec<Node>, BenchError> {
+    let dir = work_dir.join("cluster");
+    let names: Vec<String> = CLUSTER_NODES.iter().map(|s| s.to_string()).collect();
+    crate::identity::init_cluster(&dir, &names, 7400, 30, true)?;
+    let ports: Vec<std::net::SocketAddr> = names
+        .iter()
+        .map(|_| UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| BenchError::Setup(format!("no free port: {e}")))?;
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut config = NodeConfig::load(&dir.join(format!("{name}.toml")))
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        config.listen = ports[i];
+        for peer in &mut config.peers {
+            if let Some(j) = names.iter().position(|n| *n == peer.name) {
+                peer.address = ports[j];
+            }
+        }
+        nodes.push(
+            Node::start(&config)
+                .await
+                .map_err(|e| BenchError::Setup(e.to_string()))?,
+        );
+    }
+    // Wait until every node has every genesis: the mesh is up.
+    wait_for(
+        &nodes,
+        |heads| heads.len() == CLUSTER_NODES.len(),
+        Duration::from_secs(30),
+    )
+    .await?;
+    Ok(nodes)
+}
+
+/// Polls every node's heads until `done` holds for all of them.
+async fn wait_for(
+    nodes: &[Node],
+    done: impl Fn(&[crate::store::FeedHead]) -> bool,
+    timeout: Duration,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut all = true;
+        for node in nodes {
+            all &= done(&node.log().heads()?);
+        }
+        if all {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup(
+                "the cluster did not converge in time".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The lowest head of `feed` across `logs` (None if one lacks it).
+fn min_head(logs: &[Arc<Log>], feed: &str) -> Option<u64> {
+    logs.iter()
+        .map(|log| {
+            log.heads()
+                .ok()
+                .and_then(|h| h.into_iter().find(|f| f.feed == feed).map(|f| f.seq))
+        })
+        .min()
+        .flatten()
+}
+
+/// One publisher's load: proclaims `events` on `publisher` (paced to
+/// `rate_per_s` if given) and records, per event, the time from the call to
+/// the moment every node holds it.
+async fn publish_and_measure(
+    publisher: Arc<Log>,
+    all: Vec<Arc<Log>>,
+    events: u64,
+    payload_bytes: usize,
+    rate_per_s: Option<f64>,
+) -> Result<Vec<u64>, BenchError> {
+    let feed = publisher.service().to_string();
+    let channel = publisher.channel(None)?;
+    let draft = Draft::new("bench.event", 1, Vec::new(), vec![0x5a; payload_bytes])?;
+    let mut latencies = Vec::with_capacity(events as usize);
+    // (last seq of the batch, size, submitted at)
+    let mut waiting: VecDeque<(u64, usize, Instant)> = VecDeque::new();
+    let mut in_flight: VecDeque<(Pending, usize, Instant)> = VecDeque::new();
+    let mut remaining = events;
+    let start = Instant::now();
+    let mut submitted = 0u64;
+    while remaining > 0 || !in_flight.is_empty() || !waiting.is_empty() {
+        while remaining > 0 && in_flight.len() < BATCHES_IN_FLIGHT {
+            if let Some(rate) = rate_per_s {
+                let due = start + Duration::from_secs_f64(submitted as f64 / rate);
+                if Instant::now() < due {
+                    break;
+                }
+            }
+            let n = remaining.min(BATCH_EVENTS as u64) as usize;
+            let drafts = (0..n).map(|_| (draft.clone(), channel.clone())).collect();
+            in_flight.push_back((publisher.submit(drafts)?, n, Instant::now()));
+            remaining -= n as u64;
+            submitted += n as u64;
+        }
+        // A batch durable locally moves to "waiting for the others".
+        if let Some((pending, n, at)) = in_flight.pop_front() {
+            let receipts = tokio::task::spawn_blocking(move || pending.wait())
+                .await
+                .map_err(|e| BenchError::Setup(e.to_string()))??;
+            let last = receipts.last().map(|r| r.seq).unwrap_or(0);
+            waiting.push_back((last, n, at));
+        }
+        if let Some(everywhere) = min_head(&all, &feed) {
+            while waiting
+                .front()
+                .is_some_and(|(last, _, _)| *last <= everywhere)
+            {
+                if let Some((_, n, at)) = waiting.pop_front() {
+                    let latency = at.elapsed().as_micros() as u64;
+                    latencies.extend(std::iter::repeat_n(latency, n));
+                }
+            }
+        }
+        if in_flight.is_empty() && (!waiting.is_empty() || remaining > 0) {
+            if start.elapsed() > CONVERGE_TIMEOUT + Duration::from_secs(events / 1000) {
+                return Err(BenchError::Setup("replication stalled".into()));
+            }
+            tokio::time::sleep(Duration::from_micros(300)).await;
+        }
+    }
+    Ok(latencies)
+}
+
+async fn scenario(
+    nodes: &[Node],
+    name: &str,
+    publishers: &[usize],
+    events: u64,
+    payload_bytes: usize,
+    rate_per_s: Option<f64>,
+    ceiling: f64,
+) -> Result<ClusterRun, BenchError> {
+    let logs: Vec<Arc<Log>> = nodes.iter().map(|n| n.log().clone()).collect();
+    let per_publisher = events / publishers.len() as u64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for &p in publishers {
+        tasks.push(tokio::spawn(publish_and_measure(
+            logs[p].clone(),
+            logs.clone(),
+            per_publisher,
+            payload_bytes,
+            rate_per_s.map(|r| r / publishers.len() as f64),
+        )));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.map_err(|e| BenchError::Setup(e.to_string()))??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    let total = per_publisher * publishers.len() as u64;
+    let events_per_s = total as f64 / elapsed.as_secs_f64().max(1e-9);
+    Ok(ClusterRun {
+        scenario: name.into(),
+        events: total,
+        events_per_s,
+        latency_us_p50: percentile(&latencies, 0.50),
+        latency_us_p99: percentile(&latencies, 0.99),
+        latency_us_p999: percentile(&latencies, 0.999),
+        fraction_of_topology_ceiling: events_per_s / ceiling,
+    })
+}
+
+/// Runs the cluster scenarios. `sign_per_s` and `batch_verify_per_s` are the
+/// all-core ceilings measured in the same run.
+pub fn run_cluster(
+    work_dir: &Path,
+    events: u64,
+    payload_bytes: usize,
+    sign_per_s: f64,
+    batch_verify_per_s: f64,
+) -> Result<ClusterReport, BenchError> {
+    let nodes_n = CLUSTER_NODES.len() as f64;
+    // Per event, the cluster signs once and batch-verifies at each other node.
+    let ceiling = 1.0 / (1.0 / sign_per_s + (nodes_n - 1.0) / batch_verify_per_s);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    runtime.block_on(async {
+        let nodes = start_cluster(work_dir).await?;
+        let one = scenario(
+            &nodes,
+            "one-publisher",
+            &[0],
+            events,
+            payload_bytes,
+            None,
+            ceiling,
+        )
+        .await?;
+        let all = scenario(
+            &nodes,
+            "all-publish",
+            &[0, 1, 2],
+            events,
+            payload_bytes,
+            None,
+            ceiling,
+        )
+        .await?;
+        let half_rate = scenario(
+            &nodes,
+            "one-publisher-half-rate",
+            &[0],
+            (events / 2).max(1),
+            payload_bytes,
+            Some(one.events_per_s / 2.0),
+            ceiling,
+        )
+        .await?;
+        for node in nodes {
+            node.shutdown().await;
+        }
+        Ok(ClusterReport {
+            nodes: CLUSTER_NODES.len(),
+            topology_ceiling_per_s: ceiling,
+            runs: vec![one, all],
+            half_rate,
+            peak_rss_mb_all_nodes: peak_rss_mb(),
+        })
+    })
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in MB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
