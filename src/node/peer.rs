@@ -283,10 +283,11 @@ async fn outbound(
                 break Err(PeerError::Protocol(e.to_string()));
             }
         }
-        if !acks.is_empty() && session.established() {
-            if let Err(e) = session.on_message(clock::now_us(), Session::ack(acks)) {
-                break Err(PeerError::Protocol(e.to_string()));
-            }
+        if !acks.is_empty()
+            && session.established()
+            && let Err(e) = session.on_message(clock::now_us(), Session::ack(acks))
+        {
+            break Err(PeerError::Protocol(e.to_string()));
         }
         if session.acknowledged() != &acked_before {
             update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
