@@ -1128,13 +1128,11 @@ async fn foreign_revoked_and_expired_nodes_never_get_a_round_trip() {
             peer.name
         );
     }
-    assert_eq!(
-        status
-            .feeds
-            .iter()
-            .map(|f| f.feed.as_str())
-            .collect::<Vec<_>>(),
-        ["t"]
+    // t holds no feed but (once its recovery settles) its own.
+    assert!(
+        status.feeds.iter().all(|f| f.feed == "t"),
+        "{:?}",
+        status.feeds
     );
     conn.close(0u32.into(), b"done");
     t.shutdown().await;
@@ -1195,9 +1193,23 @@ esac"#,
     });
     let a = Node::start(&net.config("a")).await.expect("start a");
     let b = Node::start(&net.config("b")).await.expect("start b");
-    // Connected both ways once each holds the other's genesis.
-    let both = heads_of(&[a.status().await.feeds, b.status().await.feeds].concat());
-    converge(&[&a, &b], &both).await;
+    // Connected both ways once each holds the other's genesis (with c down,
+    // a fresh node starts its feed after RECOVERY_ALL_PEERS_WAIT_MS).
+    for node in [&a, &b] {
+        wait_async(
+            &format!("{} to hold a's and b's feeds", node.service()),
+            CONVERGE,
+            || async {
+                let h = node_heads(node).await;
+                if h.contains_key("a") && h.contains_key("b") {
+                    Ok(())
+                } else {
+                    Err(show(&h))
+                }
+            },
+        )
+        .await;
+    }
 
     let ask = |type_: &'static str, payload: &'static str, corr: &'static str, ms: u64| {
         let a = &a;
@@ -1540,4 +1552,71 @@ fn publish_survives_a_slow_reader() {
         &["a"],
         &[("a".to_string(), head)].into_iter().collect(),
     );
+}
+
+// ---------------------------------------------------------------------------
+// A node that lost its store recovers its own feed before proclaiming again.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_store_recovers_its_feed_and_never_forks_it() {
+    let net = Net::mesh(&["a", "b", "c"]);
+    let a = Node::start(&net.config("a")).await.expect("start a");
+    let b = Node::start(&net.config("b")).await.expect("start b");
+    let c = Node::start(&net.config("c")).await.expect("start c");
+    let mut last = None;
+    for i in 0..20 {
+        let r = c
+            .proclaim(
+                "recovery.test",
+                format!(r#"{{"i":{i}}}"#).as_bytes(),
+                vec![],
+            )
+            .await
+            .expect("proclaim");
+        last = Some((r.seq, r.hash));
+    }
+    let (before_seq, _) = last.expect("proclaimed");
+    let mut expected = node_heads(&a).await;
+    expected.insert("c".into(), last.expect("proclaimed"));
+    wait_async("a and b to hold c's feed", CONVERGE, || async {
+        let (ha, hb) = (node_heads(&a).await, node_heads(&b).await);
+        if ha.get("c") == expected.get("c") && hb.get("c") == expected.get("c") {
+            Ok(())
+        } else {
+            Err(format!("a {} b {}", show(&ha), show(&hb)))
+        }
+    })
+    .await;
+
+    // c loses its whole store.
+    c.shutdown().await;
+    std::fs::remove_dir_all(net.data_dir("c")).expect("remove c's store");
+    let c = Node::start(&net.config("c")).await.expect("restart c");
+    // Its next proclamation continues the old feed: it waited to recover it.
+    let next = c
+        .proclaim("recovery.test", b"{\"after\":true}", vec![])
+        .await
+        .expect("proclaim after recovery");
+    assert_eq!(
+        next.seq,
+        before_seq + 1,
+        "c resumed its feed instead of starting a new one"
+    );
+    expected.insert("c".into(), (next.seq, next.hash));
+    let b_head = node_heads(&b).await["b"];
+    expected.insert("b".into(), b_head);
+    converge(&[&a, &b, &c], &expected).await;
+    for node in [a, b, c] {
+        let heads = node_heads(&node).await;
+        node.shutdown().await;
+        let _ = heads;
+    }
+    for node in ["a", "b", "c"] {
+        let report = audit(&net, node);
+        assert!(report.valid, "{node}: {:?}", report.problems);
+        assert!(
+            report.feeds.iter().all(|f| f.status == "valid"),
+            "no fork anywhere"
+        );
+    }
 }

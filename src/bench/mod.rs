@@ -246,6 +246,7 @@ fn open_log(setup: &Setup) -> Result<Log, BenchError> {
         trust,
         channels: vec![channel],
         default_channel: "default".into(),
+        recover_own_feed: false,
     })?)
 }
 

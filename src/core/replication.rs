@@ -72,6 +72,14 @@ pub struct Session {
     last_progress_us: u64,
     /// How many times unacknowledged events were sent again.
     retransmits: u64,
+    /// The peer's own feed as its `Hello` reported it (first missing
+    /// sequence number; 0 if it holds none).
+    peer_own_next_at_hello: Option<u64>,
+    /// Sequence numbers of the peer's own feed below this are sent to it: it
+    /// lost (part of) its store and recovers its feed from us. Fixed at the
+    /// first send after `Hello`, so an author is never sent back the events
+    /// it is still proclaiming.
+    own_feed_recovery_limit: Option<u64>,
 }
 
 impl Session {
@@ -84,6 +92,8 @@ impl Session {
             hello_received: false,
             last_progress_us: now_us,
             retransmits: 0,
+            peer_own_next_at_hello: None,
+            own_feed_recovery_limit: None,
         }
     }
 
@@ -138,6 +148,13 @@ impl Session {
                 self.check_feed_count(heads.len())?;
                 self.hello_received = true;
                 self.last_progress_us = now_us;
+                self.peer_own_next_at_hello = Some(
+                    heads
+                        .iter()
+                        .find(|h| h.feed == self.peer)
+                        .map(|h| h.seq + 1)
+                        .unwrap_or(0),
+                );
                 for head in heads {
                     self.advance(&head.feed, head.seq + 1);
                 }
@@ -201,11 +218,16 @@ impl Session {
 
     /// What to send next, given the local heads (feed to head sequence
     /// number): oldest first per feed, within the window. Marks it sent.
-    /// The peer's own feed is never sent to it: an author always holds its
-    /// own feed (recovering a lost store from peers is not supported yet).
+    /// The peer's own feed is sent to it only if its `Hello` showed it lacks
+    /// part of it (it lost its store and is recovering).
     pub fn poll_send(&mut self, local_heads: &BTreeMap<String, u64>) -> Vec<SendRange> {
         if !self.hello_received {
             return Vec::new();
+        }
+        if self.own_feed_recovery_limit.is_none() {
+            let ours = local_heads.get(&self.peer).map(|h| h + 1).unwrap_or(0);
+            let theirs = self.peer_own_next_at_hello.unwrap_or(0);
+            self.own_feed_recovery_limit = Some(if theirs < ours { ours } else { 0 });
         }
         let mut budget = REPLICATION_WINDOW_EVENTS.saturating_sub(self.in_flight());
         let mut ranges = Vec::new();
@@ -213,9 +235,14 @@ impl Session {
             if budget == 0 {
                 break;
             }
+            let mut head = head;
             if *feed == self.peer {
-                // The author holds its own feed; it is never sent back.
-                continue;
+                // An author holds its own feed; it gets it back only when it
+                // lost it (recovery), and only what it lacked then.
+                match self.own_feed_recovery_limit {
+                    Some(limit) if limit > 0 => head = head.min(limit - 1),
+                    _ => continue,
+                }
             }
             let next = self.send_next.get(feed).copied().unwrap_or(0);
             if next > head {
@@ -264,6 +291,12 @@ impl Session {
         &self.peer_next
     }
 
+    /// The head of its own feed the peer reported in `Hello` (`Some(None)`:
+    /// it holds none), once `Hello` arrived.
+    pub fn peer_own_head_at_hello(&self) -> Option<Option<u64>> {
+        self.peer_own_next_at_hello.map(|n| n.checked_sub(1))
+    }
+
     /// How many times this session resent unacknowledged events.
     pub fn retransmits(&self) -> u64 {
         self.retransmits
@@ -295,7 +328,7 @@ mod tests {
         );
         s.on_message(0, Session::hello("b", &[pos("a", 4), pos("b", 7)]))
             .unwrap();
-        let ranges = s.poll_send(&heads(&[("a", 9), ("b", 12), ("c", 2)]));
+        let ranges = s.poll_send(&heads(&[("a", 9), ("b", 7), ("c", 2)]));
         assert_eq!(
             ranges,
             vec![
@@ -347,6 +380,34 @@ mod tests {
             (s.in_flight(), s.backlog(&local), s.poll_timeout()),
             (0, 0, None)
         );
+    }
+
+    #[test]
+    fn an_author_that_lost_its_store_gets_its_feed_back_but_only_then() {
+        let mut s = Session::new("b", 0);
+        s.on_message(0, Session::hello("b", &[])).unwrap();
+        assert_eq!(
+            s.poll_send(&heads(&[("b", 4)])),
+            vec![SendRange {
+                feed: "b".into(),
+                from: 0,
+                to: 4
+            }],
+            "b holds none of its own feed: it is recovering"
+        );
+        // Events b proclaims after recovering are not echoed back.
+        assert!(s.poll_send(&heads(&[("b", 9)])).is_empty());
+
+        let mut healthy = Session::new("b", 0);
+        healthy
+            .on_message(0, Session::hello("b", &[pos("b", 4)]))
+            .unwrap();
+        assert!(healthy.poll_send(&heads(&[("b", 4)])).is_empty());
+        assert!(
+            healthy.poll_send(&heads(&[("b", 6)])).is_empty(),
+            "never echo an author"
+        );
+        assert_eq!(healthy.peer_own_head_at_hello(), Some(Some(4)));
     }
 
     #[test]

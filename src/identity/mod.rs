@@ -230,6 +230,7 @@ fn io_read_error(path: &Path, e: std::io::Error) -> IdentityError {
 }
 
 /// A node's own identity: its signing key and its admitted certificate.
+#[derive(Clone)]
 pub struct NodeIdentity {
     pub service: String,
     pub signing_key: ed25519_dalek::SigningKey,

@@ -91,6 +91,9 @@ pub(crate) struct Inner {
     pub connections: Mutex<BTreeMap<String, (quinn::Connection, VerifyingKey)>>,
     pub queries: RwLock<QueryRegistry>,
     pub shutdown: watch::Receiver<bool>,
+    /// Per peer, the head of this node's own feed its `Hello` reported
+    /// (`None`: it holds none). Drives recovery of a lost store.
+    pub own_feed_reported: Mutex<BTreeMap<String, Option<u64>>>,
 }
 
 /// A running node.
@@ -104,7 +107,10 @@ impl Node {
     /// Opens the log, binds the endpoint, and starts replicating with the
     /// configured peers. Must be called inside a tokio runtime.
     pub async fn start(config: &NodeConfig) -> Result<Node, NodeError> {
-        let options = LogOptions::from_config(config)?;
+        let mut options = LogOptions::from_config(config)?;
+        // A node with no feed of its own yet asks its peers first: if the
+        // store was lost, the feed comes back from them before any new event.
+        options.recover_own_feed = true;
         let signing_key = options.identity.signing_key.clone();
         let trust = Arc::new(options.trust.clone());
         let log = Arc::new(
@@ -145,8 +151,12 @@ impl Node {
             connections: Mutex::new(BTreeMap::new()),
             queries: RwLock::new(registry),
             shutdown: shutdown_rx,
+            own_feed_reported: Mutex::new(BTreeMap::new()),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(inner.clone()))];
+        if inner.log.is_recovering() {
+            tasks.push(tokio::spawn(recover_own_feed(inner.clone())));
+        }
         for p in &config.peers {
             if config.service < p.name {
                 tasks.push(tokio::spawn(dial_loop(
@@ -302,6 +312,82 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
         running: true,
         peers,
         feeds,
+    }
+}
+
+/// How often recovery checks whether every peer has answered.
+pub const RECOVERY_POLL_MS: u64 = 50;
+/// How often recovery says what it is waiting for.
+pub const RECOVERY_REPORT_MS: u64 = 5_000;
+/// After this long, recovery settles for the peers that answered (at least
+/// one) instead of all of them, so one peer being down does not keep a
+/// fresh node from starting. Every peer replicates every feed, so any peer
+/// that was up while this node proclaimed holds its feed.
+pub const RECOVERY_ALL_PEERS_WAIT_MS: u64 = 5_000;
+
+/// This node's store holds no feed of its own: before proclaiming, hear from
+/// the configured peers (all of them, or after
+/// [`RECOVERY_ALL_PEERS_WAIT_MS`] at least one). If any holds this node's
+/// feed (the store was lost), wait until it has been received and verified,
+/// then resume it; if none does, start a new feed. Proclamations queue
+/// meanwhile. With no peer answering, the node keeps waiting: starting a new
+/// feed while a peer might hold the old one could fork it.
+async fn recover_own_feed(inner: Arc<Inner>) {
+    let peers: Vec<String> = inner
+        .peers
+        .lock()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
+    let mut shutdown = inner.shutdown.clone();
+    let started = tokio::time::Instant::now();
+    let mut last_report = tokio::time::Instant::now();
+    loop {
+        let reported = inner
+            .own_feed_reported
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default();
+        let missing: Vec<&String> = peers
+            .iter()
+            .filter(|p| !reported.contains_key(*p))
+            .collect();
+        let settle = !reported.is_empty()
+            && started.elapsed() >= Duration::from_millis(RECOVERY_ALL_PEERS_WAIT_MS);
+        if missing.is_empty() || settle {
+            let target = reported.values().flatten().max().copied();
+            let log = inner.log.clone();
+            let service = inner.service.clone();
+            let held = tokio::task::spawn_blocking(move || {
+                log.heads()
+                    .ok()
+                    .and_then(|h| h.into_iter().find(|f| f.feed == service).map(|f| f.seq))
+            })
+            .await
+            .ok()
+            .flatten();
+            if target.is_none_or(|t| held.is_some_and(|h| h >= t)) {
+                let log = inner.log.clone();
+                match tokio::task::spawn_blocking(move || log.finish_recovery()).await {
+                    Ok(Ok(())) => {
+                        tracing::info!(recovered_head = ?held, "own feed ready to proclaim");
+                        return;
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot start the own feed"),
+                    Err(e) => tracing::error!(error = %e, "recovery task failed"),
+                }
+                return;
+            }
+        } else if last_report.elapsed() >= Duration::from_millis(RECOVERY_REPORT_MS) {
+            last_report = tokio::time::Instant::now();
+            tracing::warn!(
+                waiting_for = ?missing,
+                "new store: waiting to hear from every peer before starting this node's feed"
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(RECOVERY_POLL_MS)) => {}
+            _ = shutdown.changed() => return,
+        }
     }
 }
 

@@ -278,6 +278,13 @@ async fn outbound(
         };
         let acked_before = session.acknowledged().clone();
         if let Some(heads) = hello {
+            let ours = heads
+                .iter()
+                .find(|h| h.feed == inner.service)
+                .map(|h| h.seq);
+            if let Ok(mut reported) = inner.own_feed_reported.lock() {
+                reported.insert(peer.to_string(), ours);
+            }
             let hello = Session::hello(peer, &heads);
             if let Err(e) = session.on_message(clock::now_us(), hello) {
                 break Err(PeerError::Protocol(e.to_string()));

@@ -188,6 +188,11 @@ pub struct LogOptions {
     pub trust: TrustAnchor,
     pub channels: Vec<ChannelKey>,
     pub default_channel: String,
+    /// When the store holds no feed of this node yet, wait for
+    /// [`Log::finish_recovery`] before starting it, so a node that lost its
+    /// store first recovers its feed from peers (and never forks itself).
+    /// Proclamations queue until then. `false`: start a new feed at once.
+    pub recover_own_feed: bool,
 }
 
 impl LogOptions {
@@ -212,6 +217,7 @@ impl LogOptions {
             trust,
             channels,
             default_channel: config.default_channel.clone(),
+            recover_own_feed: false,
         })
     }
 }
@@ -226,6 +232,8 @@ pub struct Log {
     channels: BTreeMap<String, Arc<ChannelKey>>,
     default_channel: String,
     trust: Arc<TrustAnchor>,
+    /// True while this node's feed waits to be recovered from peers.
+    recovering: Arc<std::sync::atomic::AtomicBool>,
     /// Counts commits that added events (see [`Log::changes`]).
     changes: tokio::sync::watch::Receiver<u64>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
@@ -248,6 +256,7 @@ impl Log {
             trust,
             channels,
             default_channel,
+            recover_own_feed,
         } = options;
         std::fs::create_dir_all(&data_dir).map_err(|source| LogError::DataDir {
             path: data_dir.clone(),
@@ -258,7 +267,8 @@ impl Log {
         let mut conn = open_connection(&db_path, true)?;
         schema::migrate(&mut conn)?;
         claim_service(&conn, &db_path, &identity.service)?;
-        let sealer = open_own_feed(&mut conn, &identity, &trust)?;
+        let sealer = open_own_feed(&mut conn, &identity, &trust, recover_own_feed)?;
+        let recovering = Arc::new(std::sync::atomic::AtomicBool::new(sealer.is_none()));
         let reader = open_connection(&db_path, false)?;
         let head_conn = open_connection(&db_path, false)?;
         let trust = Arc::new(trust);
@@ -267,6 +277,8 @@ impl Log {
             sealer,
             head_conn,
             own_service: identity.service.clone(),
+            identity: identity.clone(),
+            deferred: Vec::new(),
         };
         let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
         let commit = writer::CommitStage {
@@ -275,6 +287,7 @@ impl Log {
             trust: trust.clone(),
             verifiers: Default::default(),
             own_service: identity.service.clone(),
+            recovering: recovering.clone(),
         };
         let handle = writer::spawn(seal, commit, rx)
             .map_err(|e| LogError::Corrupt(format!("cannot start writer threads: {e}")))?;
@@ -291,6 +304,7 @@ impl Log {
             default_channel,
             trust,
             changes,
+            recovering,
             _lock: lock,
         })
     }
@@ -367,6 +381,21 @@ impl Log {
     pub fn ingest(&self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
         let (reply, receiver) = sync_channel(1);
         self.send(Request::Ingest { envelopes, reply })?;
+        receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Whether this node's own feed is still being recovered from peers
+    /// (see [`LogOptions::recover_own_feed`]).
+    pub fn is_recovering(&self) -> bool {
+        self.recovering.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Ends recovery: resumes this node's feed from what was recovered, or
+    /// starts it with a genesis event if no peer held it. Proclamations that
+    /// queued meanwhile are sealed after it. Idempotent.
+    pub fn finish_recovery(&self) -> Result<(), LogError> {
+        let (reply, receiver) = sync_channel(1);
+        self.send(Request::FinishRecovery { reply })?;
         receiver.recv().map_err(|_| LogError::WriterGone)?
     }
 
@@ -640,6 +669,22 @@ fn claim_service(conn: &Connection, db_path: &Path, service: &str) -> Result<(),
 /// Resumes this node's feed from its stored head, checking that the head row
 /// matches the last stored event; or starts the feed with a genesis event.
 fn open_own_feed(
+    conn: &mut Connection,
+    identity: &NodeIdentity,
+    trust: &TrustAnchor,
+    recover: bool,
+) -> Result<Option<Sealer>, LogError> {
+    let service = &identity.service;
+    let head = writer::read_head(conn, service)?;
+    if head.is_none() && recover {
+        return Ok(None);
+    }
+    start_or_resume(conn, identity, trust).map(Some)
+}
+
+/// Resumes this node's feed from its stored head (checking the key and the
+/// head row), or starts it with a genesis event if there is none.
+pub(crate) fn start_or_resume(
     conn: &mut Connection,
     identity: &NodeIdentity,
     trust: &TrustAnchor,

@@ -50,6 +50,10 @@ pub(crate) enum Request {
     /// Finish what is queued, then stop (handles that outlive the log get
     /// `WriterGone` instead of keeping the writer alive).
     Shutdown,
+    /// End recovery of this node's feed: resume it or start it.
+    FinishRecovery {
+        reply: SyncSender<Result<(), LogError>>,
+    },
     /// Run a non-event write.
     Write {
         job: WriteJob,
@@ -72,7 +76,7 @@ impl Request {
         match self {
             Request::Proclaim { drafts, .. } => drafts.len(),
             Request::Ingest { envelopes, .. } => envelopes.len(),
-            Request::Write { .. } | Request::Shutdown => 1,
+            Request::Write { .. } | Request::Shutdown | Request::FinishRecovery { .. } => 1,
         }
     }
 }
@@ -93,11 +97,21 @@ enum Work {
         job: WriteJob,
         reply: SyncSender<Result<(), LogError>>,
     },
+    /// Stop accepting this node's own feed from peers and hand back a sealer
+    /// for what is durable (or a new feed).
+    FinishRecovery {
+        identity: Box<crate::identity::NodeIdentity>,
+        reply: SyncSender<Result<Sealer, LogError>>,
+    },
 }
 
 /// The seal stage's state.
 pub(crate) struct SealStage {
-    pub sealer: Sealer,
+    /// `None` while the feed is being recovered from peers.
+    pub sealer: Option<Sealer>,
+    pub identity: crate::identity::NodeIdentity,
+    /// Proclamations waiting for recovery to end, in order.
+    pub deferred: Vec<Request>,
     /// Read connection used to find the durable head after a failed commit.
     pub head_conn: Connection,
     pub own_service: String,
@@ -113,6 +127,8 @@ pub(crate) struct CommitStage {
     /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
     pub verifiers: HashMap<String, FeedVerifier>,
     pub own_service: String,
+    /// While true, this node's own feed is accepted from peers (recovery).
+    pub recovering: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Starts both stages; the returned thread ends after both have drained
@@ -159,6 +175,21 @@ impl SealStage {
                 self.rewind_to_durable_head();
                 sealed_epoch = current;
             }
+            let (finish, mut batch): (Vec<Request>, Vec<Request>) = batch
+                .into_iter()
+                .partition(|r| matches!(r, Request::FinishRecovery { .. }));
+            for request in finish {
+                if let Request::FinishRecovery { reply } = request {
+                    let outcome = self.finish_recovery(&work);
+                    if outcome.is_ok() {
+                        // Proclamations that waited go first, in order.
+                        let mut waited = std::mem::take(&mut self.deferred);
+                        waited.append(&mut batch);
+                        batch = waited;
+                    }
+                    let _ = reply.send(outcome);
+                }
+            }
             for item in self.seal(batch, sealed_epoch) {
                 if work.send(item).is_err() {
                     return;
@@ -179,6 +210,9 @@ impl SealStage {
         let mut keys: Vec<Arc<ChannelKey>> = Vec::new();
         for request in batch {
             match request {
+                Request::Proclaim { drafts, reply } if self.sealer.is_none() => {
+                    self.deferred.push(Request::Proclaim { drafts, reply });
+                }
                 Request::Proclaim { drafts: d, reply } => {
                     replies.push((d.len(), reply));
                     for (draft, key) in d {
@@ -188,17 +222,17 @@ impl SealStage {
                 }
                 Request::Ingest { envelopes, reply } => out.push(Work::Ingest { envelopes, reply }),
                 Request::Write { job, reply } => out.push(Work::Write { job, reply }),
-                Request::Shutdown => {}
+                Request::Shutdown | Request::FinishRecovery { .. } => {}
             }
         }
-        if !drafts.is_empty() {
+        if let (false, Some(sealer)) = (drafts.is_empty(), self.sealer.as_mut()) {
             let now_us = clock::now_us();
             let inputs = drafts
                 .into_iter()
                 .zip(keys.iter())
                 .map(|(draft, key)| (draft, key.as_ref(), new_entropy(now_us)))
                 .collect();
-            let events = self.sealer.seal_batch(inputs, now_us);
+            let events = sealer.seal_batch(inputs, now_us);
             out.push(Work::Sealed {
                 epoch,
                 events,
@@ -208,19 +242,40 @@ impl SealStage {
         out
     }
 
+    /// Asks the commit stage (which has applied every ingest queued before
+    /// this) to close recovery and hand back a sealer for the durable head.
+    fn finish_recovery(&mut self, work: &SyncSender<Work>) -> Result<(), LogError> {
+        if self.sealer.is_some() {
+            return Ok(());
+        }
+        let (reply, receiver) = sync_channel(1);
+        work.send(Work::FinishRecovery {
+            identity: Box::new(self.identity.clone()),
+            reply,
+        })
+        .map_err(|_| LogError::WriterGone)?;
+        let sealer = receiver.recv().map_err(|_| LogError::WriterGone)??;
+        tracing::info!(next_seq = sealer.next_seq(), "own feed ready");
+        self.sealer = Some(sealer);
+        Ok(())
+    }
+
     /// After a failed commit the sealer ran ahead of the disk: rewind it to
     /// what is durable so the feed never forks itself.
     fn rewind_to_durable_head(&mut self) {
+        let Some(sealer) = self.sealer.as_ref() else {
+            return;
+        };
         match read_head(&self.head_conn, &self.own_service) {
             Ok(Some(head)) => {
                 tracing::warn!(seq = head.seq, "rewinding the sealer to the durable head");
-                self.sealer = Sealer::resume(
+                self.sealer = Some(Sealer::resume(
                     &self.own_service,
-                    self.sealer.signing_key().clone(),
+                    sealer.signing_key().clone(),
                     head.seq,
                     head.hash,
                     head.last_timestamp_us,
-                );
+                ));
             }
             Ok(None) | Err(_) => {
                 tracing::error!("cannot read the durable feed head; keeping the sealer as is");
@@ -242,6 +297,15 @@ impl CommitStage {
                 }
                 Work::Write { job, reply } => {
                     let _ = reply.send(self.run_job(job));
+                }
+                Work::FinishRecovery { identity, reply } => {
+                    self.recovering.store(false, Ordering::Release);
+                    self.verifiers.remove(&self.own_service);
+                    let sealer = super::start_or_resume(&mut self.conn, &identity, &self.trust);
+                    if sealer.is_ok() {
+                        self.changes.send_modify(|v| *v += 1);
+                    }
+                    let _ = reply.send(sealer);
                 }
                 Work::Sealed {
                     epoch: sealed_in,
@@ -305,6 +369,13 @@ impl CommitStage {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // While recovering, this node's own feed is verified and stored like
+        // any other; afterwards only its sealer appends to it.
+        let own_guard = if self.recovering.load(Ordering::Acquire) {
+            String::new()
+        } else {
+            self.own_service.clone()
+        };
         let decoded: Vec<Result<DecodedEvent, _>> =
             envelopes.into_iter().map(DecodedEvent::decode).collect();
         let signatures = precheck_signatures(&tx, &self.trust, &mut self.verifiers, &decoded)?;
@@ -315,7 +386,7 @@ impl CommitStage {
                     &tx,
                     &self.trust,
                     &mut self.verifiers,
-                    &self.own_service,
+                    &own_guard,
                     event,
                     signature_ok,
                 )?,
@@ -444,8 +515,8 @@ fn ingest_one(
         }));
     }
     if author == own_service {
-        // Our own feed ahead of our store: only recovery (a later issue) may
-        // append it, never a peer's push.
+        // Our own feed ahead of our store: only recovery may append it,
+        // never a peer's push once this node proclaims.
         return Ok(Outcome::Rejected(Rejection {
             seq: Some(seq),
             check: Check::Author,
