@@ -1086,6 +1086,32 @@ async fn foreign_revoked_and_expired_nodes_never_get_a_round_trip() {
         }
     }
 
+    // Tools act for the node they talk to: a client certificate issued for
+    // t is served, one issued for another name (or another node's own
+    // certificate) is refused on the client protocol.
+    herald::identity::issue_client(&keys, "t-ops", 30, false).expect("client cert");
+    let endpoint = net::bind_client("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let other = net.tls("t-ops");
+    let conn = net::connect(&endpoint, target, "t", ALPN_CLIENT, &other).await;
+    let answered = match conn {
+        Ok(conn) => net::open_exchange::<_, ClientResponse>(&conn, &ClientRequest::Status)
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !answered,
+        "a client certificate for another name must not act for t"
+    );
+    let own = net.tls("t");
+    let conn = net::connect(&endpoint, target, "t", ALPN_CLIENT, &own)
+        .await
+        .expect("t's own certificate connects");
+    let (_, _, status) = net::open_exchange::<_, ClientResponse>(&conn, &ClientRequest::Status)
+        .await
+        .expect("t's own certificate is served");
+    assert!(matches!(status, ClientResponse::Status(_)));
+
     // A valid node of the cluster that t does not list as a peer: admitted
     // by TLS, then closed as UNAUTHORIZED for the peer protocol.
     herald::identity::issue_node(&keys, "stranger", 30, false).expect("stranger cert");

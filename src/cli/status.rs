@@ -64,6 +64,24 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
 /// The status a stopped node's store can tell: heads, and per peer the
 /// backlog against the last persisted acknowledgements.
 fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
+    if !config.data_dir.join(crate::store::DB_FILE).exists() {
+        // Never run: no store yet, nothing proclaimed, nothing to deliver.
+        return Ok(NodeStatus {
+            service: config.service.clone(),
+            running: false,
+            peers: config
+                .peers
+                .iter()
+                .map(|p| PeerState {
+                    name: p.name.clone(),
+                    address: p.address.to_string(),
+                    last_error: Some("node has never run (no store yet)".into()),
+                    ..PeerState::default()
+                })
+                .collect(),
+            feeds: Vec::new(),
+        });
+    }
     let conn = crate::store::open_read_only(&config.data_dir)?;
     let feeds = crate::store::read_heads_from(&conn)?;
     let cursors = crate::store::read_peer_cursors(&conn)?;
@@ -78,8 +96,10 @@ fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
         .peers
         .iter()
         .map(|p| {
+            // As the running node counts it: every feed but the peer's own.
             let backlog = feeds
                 .iter()
+                .filter(|f| f.feed != p.name)
                 .map(|f| match acked.get(&(p.name.as_str(), f.feed.as_str())) {
                     Some((seq, _)) => f.seq.saturating_sub(*seq),
                     None => f.seq + 1,

@@ -414,6 +414,17 @@ async fn accept_loop(inner: Arc<Inner>) {
             };
             let alpn = net::negotiated_alpn(&conn);
             if alpn.as_deref() == Some(ALPN_CLIENT) {
+                // A tool acts for this node (publishes into its feed, asks in
+                // its name), so only a certificate naming this node may: the
+                // node's own, or a client certificate issued for its name.
+                if peer.service != inner.service {
+                    tracing::warn!(client = %peer.service, "refusing a client certificate for another service");
+                    conn.close(
+                        close::UNAUTHORIZED.into(),
+                        b"client certificate names another service",
+                    );
+                    return;
+                }
                 let Ok(_permit) = clients.try_acquire() else {
                     conn.close(close::UNAUTHORIZED.into(), b"too many clients");
                     return;
