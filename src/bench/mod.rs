@@ -292,8 +292,9 @@ fn bench_proclaim(options: &BenchOptions, setup: &Setup) -> Result<Proclaim, Ben
     }
     let elapsed = start.elapsed();
     progress.finish_and_clear();
-    let db_bytes = dir_bytes(&setup.dir.join("data"));
     log.close();
+    // After close the WAL is checkpointed into the database file.
+    let db_bytes = dir_bytes(&setup.dir.join("data"));
     latencies_us.sort_unstable();
     let events_per_s = rate(options.events as usize, elapsed);
     Ok(Proclaim {

@@ -38,6 +38,10 @@ use crate::identity::{IdentityError, NodeIdentity, TrustAnchor};
 pub const DB_FILE: &str = "herald.db";
 /// File name of the lock that keeps two processes from appending to one feed.
 pub const LOCK_FILE: &str = "herald.lock";
+/// How often the checkpointer moves the WAL into the database file. The
+/// writer never checkpoints itself, so copying pages and their fsync stay
+/// off the commit path.
+pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
 /// Requests that may wait for the writer before callers block (back-pressure).
 pub const WRITER_QUEUE_REQUESTS_MAX: usize = 256;
 
@@ -232,6 +236,8 @@ pub struct Log {
     channels: BTreeMap<String, Arc<ChannelKey>>,
     default_channel: String,
     trust: Arc<TrustAnchor>,
+    /// Moves the WAL into the database in the background.
+    _checkpointer: Checkpointer,
     /// True while this node's feed waits to be recovered from peers.
     recovering: Arc<std::sync::atomic::AtomicBool>,
     /// Counts commits that added events (see [`Log::changes`]).
@@ -266,6 +272,8 @@ impl Log {
         let db_path = data_dir.join(DB_FILE);
         let mut conn = open_connection(&db_path, true)?;
         schema::migrate(&mut conn)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let checkpointer = Checkpointer::start(&db_path)?;
         claim_service(&conn, &db_path, &identity.service)?;
         let sealer = open_own_feed(&mut conn, &identity, &trust, recover_own_feed)?;
         let recovering = Arc::new(std::sync::atomic::AtomicBool::new(sealer.is_none()));
@@ -305,6 +313,7 @@ impl Log {
             trust,
             changes,
             recovering,
+            _checkpointer: checkpointer,
             _lock: lock,
         })
     }
@@ -483,6 +492,50 @@ impl Log {
 impl Drop for Log {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// A background thread that checkpoints the WAL every
+/// [`CHECKPOINT_INTERVAL_MS`] (PASSIVE: it never blocks the writer or
+/// readers). Stopped and joined on drop.
+struct Checkpointer {
+    stop: Option<SyncSender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(db_path: &Path) -> Result<Checkpointer, LogError> {
+        let conn = open_connection(db_path, false)?;
+        let (stop, stopped) = sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("herald-checkpoint".into())
+            .spawn(move || {
+                let interval = std::time::Duration::from_millis(CHECKPOINT_INTERVAL_MS);
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(interval)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::debug!(error = %e, "checkpoint skipped");
+                    }
+                }
+                // On close, fold the whole WAL into the database file.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            })
+            .map_err(|e| LogError::Corrupt(format!("cannot start checkpoint thread: {e}")))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
