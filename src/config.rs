@@ -119,6 +119,36 @@ impl NodeConfig {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
+    /// The trust anchor (CA and revocation list) and this node's identity,
+    /// checked valid at `now_us`.
+    pub fn load_identity(
+        &self,
+        now_us: u64,
+    ) -> Result<
+        (crate::identity::TrustAnchor, crate::identity::NodeIdentity),
+        crate::identity::IdentityError,
+    > {
+        let trust = crate::identity::TrustAnchor::load(&self.ca, self.revoked.as_deref())?;
+        let identity = crate::identity::NodeIdentity::load(
+            &self.service,
+            &self.key,
+            &self.cert,
+            &trust,
+            now_us,
+        )?;
+        Ok((trust, identity))
+    }
+
+    /// Every channel key the config names.
+    pub fn load_channel_keys(
+        &self,
+    ) -> Result<Vec<crate::core::crypto::ChannelKey>, crate::identity::IdentityError> {
+        self.channels
+            .iter()
+            .map(|(name, path)| crate::identity::load_channel_key(name, path))
+            .collect()
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {

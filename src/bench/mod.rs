@@ -229,7 +229,8 @@ fn provision(work_dir: &Path) -> Result<Setup, BenchError> {
     })
 }
 
-fn open_log(setup: &Setup) -> Result<Log, BenchError> {
+/// The benchmark node's trust anchor and identity.
+fn bench_identity(setup: &Setup) -> Result<(TrustAnchor, NodeIdentity), BenchError> {
     let keys = setup.dir.join("keys");
     let trust = TrustAnchor::load(&keys.join("ca.crt"), None)?;
     let identity = NodeIdentity::load(
@@ -239,6 +240,12 @@ fn open_log(setup: &Setup) -> Result<Log, BenchError> {
         &trust,
         clock::now_us(),
     )?;
+    Ok((trust, identity))
+}
+
+fn open_log(setup: &Setup) -> Result<Log, BenchError> {
+    let keys = setup.dir.join("keys");
+    let (trust, identity) = bench_identity(setup)?;
     let channel = crate::identity::load_channel_key("default", &keys.join("channel-default.key"))?;
     Ok(Log::open_with(LogOptions {
         data_dir: setup.dir.join("data"),
@@ -318,14 +325,7 @@ fn bench_verify(
     let keys = setup.dir.join("keys");
     let export_path = work_dir.join("bench.hrld");
     {
-        let trust = TrustAnchor::load(&keys.join("ca.crt"), None)?;
-        let identity = NodeIdentity::load(
-            "bench",
-            &keys.join("bench.key"),
-            &keys.join("bench.crt"),
-            &trust,
-            clock::now_us(),
-        )?;
+        let (_, identity) = bench_identity(setup)?;
         let conn = crate::store::open_read_only(&setup.dir.join("data"))?;
         export_store(
             &conn,

@@ -12,7 +12,7 @@ use crate::audit::export::{RecordReader, export_store};
 use crate::audit::verify::{AuditOptions, AuditReport, audit_path};
 use crate::clock;
 use crate::config::NodeConfig;
-use crate::identity::{NodeIdentity, TrustAnchor};
+use crate::identity::TrustAnchor;
 use crate::store::Log;
 
 /// The demo's services and what each proclaims.
@@ -225,8 +225,7 @@ fn relay_to_council(dir: &Path) -> Result<bool, CliError> {
 
 fn export_node(dir: &Path, service: &str, exports: &Path) -> Result<PathBuf, CliError> {
     let config = NodeConfig::load(&dir.join(format!("{service}.toml")))?;
-    let trust = TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
-    let identity = NodeIdentity::load(service, &config.key, &config.cert, &trust, clock::now_us())?;
+    let (_, identity) = config.load_identity(clock::now_us())?;
     let conn = crate::store::open_read_only(&config.data_dir)?;
     let path = exports.join(format!("{service}.hrld"));
     let summary = export_store(

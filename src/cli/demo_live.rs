@@ -16,7 +16,6 @@ use crate::audit::verify::{AuditOptions, audit_path};
 use crate::clock;
 use crate::config::{NodeConfig, QueryHandlerConfig};
 use crate::core::query::QueryStatus;
-use crate::identity::{NodeIdentity, TrustAnchor};
 use crate::node::NodeStatus;
 use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
 
@@ -394,9 +393,7 @@ fn audit_all(live: &Path, configs: &BTreeMap<&'static str, PathBuf>) -> Result<b
     let mut ok = true;
     for service in LIVE {
         let config = NodeConfig::load(&configs[service])?;
-        let trust = TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
-        let identity =
-            NodeIdentity::load(service, &config.key, &config.cert, &trust, clock::now_us())?;
+        let (trust, identity) = config.load_identity(clock::now_us())?;
         let conn = crate::store::open_read_only(&config.data_dir)?;
         let path = live.join(format!("{service}.hrld"));
         export_store(

@@ -8,7 +8,6 @@ use super::{CliError, EXIT_OK};
 use crate::audit::export::export_store;
 use crate::clock;
 use crate::config::NodeConfig;
-use crate::identity::{NodeIdentity, TrustAnchor};
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -25,14 +24,7 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> Result<u8, CliError> {
     let config = NodeConfig::load(&args.config)?;
-    let trust = TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
-    let identity = NodeIdentity::load(
-        &config.service,
-        &config.key,
-        &config.cert,
-        &trust,
-        clock::now_us(),
-    )?;
+    let (_, identity) = config.load_identity(clock::now_us())?;
     // Read-only snapshot: works while the node runs.
     let conn = crate::store::open_read_only(&config.data_dir)?;
     let summary = export_store(

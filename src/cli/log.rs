@@ -34,11 +34,7 @@ pub struct LogArgs {
 
 pub fn run(args: LogArgs) -> Result<u8, CliError> {
     let config = NodeConfig::load(&args.config)?;
-    let keys: Vec<ChannelKey> = config
-        .channels
-        .iter()
-        .map(|(name, path)| crate::identity::load_channel_key(name, path))
-        .collect::<Result<_, _>>()?;
+    let keys: Vec<ChannelKey> = config.load_channel_keys()?;
     // Read-only: works beside a running node and never takes its lock.
     let conn = crate::store::open_read_only(&config.data_dir)?;
     let mut out = std::io::stdout().lock();

@@ -73,11 +73,7 @@ fn parse_from(text: &str) -> Result<StartFrom, String> {
 
 pub fn run(args: TailArgs) -> Result<u8, CliError> {
     let config = NodeConfig::load(&args.config)?;
-    let keys: Vec<ChannelKey> = config
-        .channels
-        .iter()
-        .map(|(name, path)| crate::identity::load_channel_key(name, path))
-        .collect::<Result<_, _>>()?;
+    let keys: Vec<ChannelKey> = config.load_channel_keys()?;
     // Read-only: works beside a running node and never takes its lock.
     let conn = crate::store::open_read_only(&config.data_dir)?;
     let mut tail = Tail {

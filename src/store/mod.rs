@@ -202,19 +202,8 @@ pub struct LogOptions {
 impl LogOptions {
     /// Loads keys, certificates and channel keys named by a node config.
     pub fn from_config(config: &NodeConfig) -> Result<LogOptions, LogError> {
-        let trust = TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
-        let identity = NodeIdentity::load(
-            &config.service,
-            &config.key,
-            &config.cert,
-            &trust,
-            clock::now_us(),
-        )?;
-        let channels = config
-            .channels
-            .iter()
-            .map(|(name, path)| crate::identity::load_channel_key(name, path))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (trust, identity) = config.load_identity(clock::now_us())?;
+        let channels = config.load_channel_keys()?;
         Ok(LogOptions {
             data_dir: config.data_dir.clone(),
             identity,
