@@ -719,6 +719,17 @@ impl Sealer {
         drafts: Vec<(Draft, &ChannelKey, Entropy)>,
         now_us: u64,
     ) -> Vec<VerifiedEvent> {
+        self.chain_batch(drafts, now_us).sign()
+    }
+
+    /// The sequential half of sealing: encrypts and chains the drafts (the
+    /// feed advances now). [`ChainedBatch::sign`] finishes them, possibly on
+    /// another thread while the next batch is being chained.
+    pub fn chain_batch(
+        &mut self,
+        drafts: Vec<(Draft, &ChannelKey, Entropy)>,
+        now_us: u64,
+    ) -> ChainedBatch {
         let unsigned: Vec<Unsigned> = drafts
             .into_iter()
             .map(|(draft, channel, entropy)| {
@@ -726,11 +737,10 @@ impl Sealer {
                 self.chain(header_and_payload.0, header_and_payload.1)
             })
             .collect();
-        let key = &self.key;
-        unsigned
-            .into_par_iter()
-            .map(|u| sign_with(key, u))
-            .collect()
+        ChainedBatch {
+            key: self.key.clone(),
+            unsigned,
+        }
     }
 
     fn encrypt(
@@ -805,6 +815,39 @@ impl Sealer {
 
     fn sign(&self, unsigned: Unsigned) -> VerifiedEvent {
         sign_with(&self.key, unsigned)
+    }
+}
+
+/// Events encrypted and chained by a [`Sealer`], waiting for signatures.
+pub struct ChainedBatch {
+    key: SigningKey,
+    unsigned: Vec<Unsigned>,
+}
+
+impl ChainedBatch {
+    /// Signs every event on all cores.
+    pub fn sign(self) -> Vec<VerifiedEvent> {
+        let key = &self.key;
+        self.unsigned
+            .into_par_iter()
+            .map(|u| sign_with(key, u))
+            .collect()
+    }
+
+    /// Events in the batch.
+    pub fn len(&self) -> usize {
+        self.unsigned.len()
+    }
+
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.unsigned.is_empty()
+    }
+}
+
+impl fmt::Debug for ChainedBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChainedBatch({} events)", self.unsigned.len())
     }
 }
 

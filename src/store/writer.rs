@@ -81,8 +81,14 @@ impl Request {
     }
 }
 
-/// What the seal stage hands to the commit stage.
+/// What the seal stage hands on (through the sign stage) to the commit stage.
 enum Work {
+    /// Chained by the seal stage; the sign stage turns it into `Sealed`.
+    Chained {
+        epoch: u64,
+        batch: crate::core::verify::ChainedBatch,
+        replies: Vec<(usize, ReceiptReply)>,
+    },
     Sealed {
         epoch: u64,
         events: Vec<VerifiedEvent>,
@@ -139,16 +145,41 @@ pub(crate) fn spawn(
     requests: Receiver<Request>,
 ) -> std::io::Result<JoinHandle<()>> {
     let epoch = Arc::new(AtomicU64::new(0));
+    let (chained_tx, chained_rx) = sync_channel::<Work>(SEALED_BATCHES_QUEUED_MAX);
     let (work_tx, work_rx) = sync_channel(SEALED_BATCHES_QUEUED_MAX);
     let commit_epoch = Arc::clone(&epoch);
     let name = seal.own_service.clone();
     let committer = std::thread::Builder::new()
         .name(format!("herald-commit-{name}"))
         .spawn(move || commit.run(work_rx, &commit_epoch))?;
+    // The sign stage signs batch N on all cores while the seal stage chains
+    // batch N+1 and the commit stage waits for batch N-1's fsync.
+    let signer = std::thread::Builder::new()
+        .name(format!("herald-sign-{name}"))
+        .spawn(move || {
+            while let Ok(work) = chained_rx.recv() {
+                let work = match work {
+                    Work::Chained {
+                        epoch,
+                        batch,
+                        replies,
+                    } => Work::Sealed {
+                        epoch,
+                        events: batch.sign(),
+                        replies,
+                    },
+                    other => other,
+                };
+                if work_tx.send(work).is_err() {
+                    return;
+                }
+            }
+        })?;
     std::thread::Builder::new()
         .name(format!("herald-seal-{name}"))
         .spawn(move || {
-            seal.run(requests, work_tx, &epoch);
+            seal.run(requests, chained_tx, &epoch);
+            let _ = signer.join();
             let _ = committer.join();
             tracing::debug!("store writer stopped");
         })
@@ -232,10 +263,10 @@ impl SealStage {
                 .zip(keys.iter())
                 .map(|(draft, key)| (draft, key.as_ref(), new_entropy(now_us)))
                 .collect();
-            let events = sealer.seal_batch(inputs, now_us);
-            out.push(Work::Sealed {
+            let batch = sealer.chain_batch(inputs, now_us);
+            out.push(Work::Chained {
                 epoch,
-                events,
+                batch,
                 replies,
             });
         }
@@ -312,6 +343,11 @@ impl CommitStage {
                     events,
                     replies,
                 } => self.commit_sealed(sealed_in, events, replies, epoch),
+                Work::Chained {
+                    epoch: sealed_in,
+                    batch,
+                    replies,
+                } => self.commit_sealed(sealed_in, batch.sign(), replies, epoch),
             }
         }
     }
