@@ -86,7 +86,7 @@ enum Work {
     /// Chained by the seal stage; the sign stage turns it into `Sealed`.
     Chained {
         epoch: u64,
-        batch: crate::core::verify::ChainedBatch,
+        batch: Box<crate::core::verify::ChainedBatch>,
         replies: Vec<(usize, ReceiptReply)>,
     },
     Sealed {
@@ -263,7 +263,7 @@ impl SealStage {
                 .zip(keys.iter())
                 .map(|(draft, key)| (draft, key.as_ref(), new_entropy(now_us)))
                 .collect();
-            let batch = sealer.chain_batch(inputs, now_us);
+            let batch = Box::new(sealer.chain_batch(inputs, now_us));
             out.push(Work::Chained {
                 epoch,
                 batch,
