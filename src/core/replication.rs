@@ -26,6 +26,14 @@ use super::wire::{
 /// everything unacknowledged.
 pub const RETRANSMIT_AFTER_US: u64 = 2_000_000;
 
+/// How long a third party's events wait before they are relayed. In a mesh
+/// the author delivers them directly well within this, and the peer's
+/// cumulative `Ack` then says so, so relays rarely send duplicates; without a
+/// direct link the relay still delivers them, this much later.
+pub const RELAY_DELAY_US: u64 = 500_000;
+/// Head samples kept per relayed feed (bounds [`Session::relay_heads`]).
+const RELAY_HISTORY_MAX: usize = 64;
+
 /// A contiguous run of one feed's events to send: `from..=to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRange {
@@ -80,6 +88,8 @@ pub struct Session {
     /// first send after `Hello`, so an author is never sent back the events
     /// it is still proclaiming.
     own_feed_recovery_limit: Option<u64>,
+    /// Per third-party feed, when this node held which head (oldest first).
+    relay_history: BTreeMap<String, std::collections::VecDeque<(u64, u64)>>,
 }
 
 impl Session {
@@ -94,6 +104,7 @@ impl Session {
             retransmits: 0,
             peer_own_next_at_hello: None,
             own_feed_recovery_limit: None,
+            relay_history: BTreeMap::new(),
         }
     }
 
@@ -260,6 +271,53 @@ impl Session {
         ranges
     }
 
+    /// The heads to offer the peer at `now_us`: this node's own feed and the
+    /// peer's own feed as they are; every third party's feed as it was
+    /// [`RELAY_DELAY_US`] ago (see there). The second value is when a held
+    /// back head becomes sendable, if one is held back.
+    pub fn relay_heads(
+        &mut self,
+        local_heads: &BTreeMap<String, u64>,
+        own_service: &str,
+        now_us: u64,
+    ) -> (BTreeMap<String, u64>, Option<u64>) {
+        let mut offer = BTreeMap::new();
+        let mut wake: Option<u64> = None;
+        for (feed, &head) in local_heads {
+            if feed == own_service || *feed == self.peer {
+                offer.insert(feed.clone(), head);
+                continue;
+            }
+            let history = self.relay_history.entry(feed.clone()).or_default();
+            if history.back().is_none_or(|&(_, h)| h < head) {
+                history.push_back((now_us, head));
+                if history.len() > RELAY_HISTORY_MAX {
+                    history.pop_front();
+                }
+            }
+            // The newest head held for at least the delay.
+            let cutoff = now_us.saturating_sub(RELAY_DELAY_US);
+            while history.len() > 1 && history[1].0 <= cutoff {
+                history.pop_front();
+            }
+            match history.front() {
+                Some(&(at, h)) if at <= cutoff => {
+                    offer.insert(feed.clone(), h);
+                    if let Some(&(next_at, _)) = history.get(1) {
+                        let due = next_at + RELAY_DELAY_US;
+                        wake = Some(wake.map_or(due, |w| w.min(due)));
+                    }
+                }
+                Some(&(at, _)) => {
+                    let due = at + RELAY_DELAY_US;
+                    wake = Some(wake.map_or(due, |w| w.min(due)));
+                }
+                None => {}
+            }
+        }
+        (offer, wake)
+    }
+
     /// When the driver should call [`Self::handle_timeout`], if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
         (self.in_flight() > 0).then_some(self.last_progress_us + RETRANSMIT_AFTER_US)
@@ -408,6 +466,22 @@ mod tests {
             "never echo an author"
         );
         assert_eq!(healthy.peer_own_head_at_hello(), Some(Some(4)));
+    }
+
+    #[test]
+    fn third_party_events_are_relayed_only_after_the_delay() {
+        let mut s = Session::new("b", 0);
+        let local = heads(&[("me", 3), ("b", 2), ("c", 5)]);
+        let (offer, wake) = s.relay_heads(&local, "me", 1_000);
+        assert_eq!(offer.get("me"), Some(&3));
+        assert_eq!(offer.get("b"), Some(&2));
+        assert_eq!(offer.get("c"), None, "c's events wait");
+        assert_eq!(wake, Some(1_000 + RELAY_DELAY_US));
+        let later = heads(&[("me", 3), ("b", 2), ("c", 9)]);
+        let (offer, _) = s.relay_heads(&later, "me", 1_000 + RELAY_DELAY_US);
+        assert_eq!(offer.get("c"), Some(&5), "only what was held a delay ago");
+        let (offer, _) = s.relay_heads(&later, "me", 1_000 + 3 * RELAY_DELAY_US);
+        assert_eq!(offer.get("c"), Some(&9));
     }
 
     #[test]

@@ -311,11 +311,15 @@ async fn outbound(
         }
         let heads = head_map(inner).await?;
         update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
-        if let Err(e) = send_missing(inner, &mut session, &heads, &mut send).await {
+        let (offer, relay_due) = session.relay_heads(&heads, &inner.service, clock::now_us());
+        if let Err(e) = send_missing(inner, &mut session, &offer, &mut send).await {
             break Err(e);
         }
-        let timer = session
-            .poll_timeout()
+        let wake_at = match (session.poll_timeout(), relay_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timer = wake_at
             .map(|at| Duration::from_micros(at.saturating_sub(clock::now_us())))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
@@ -323,6 +327,8 @@ async fn outbound(
             _ = changes.changed() => {}
             _ = tokio::time::sleep(timer) => {
                 let before = session.retransmits();
+                // Also wakes for relays coming due; handle_timeout only acts
+                // when acknowledgements really stalled.
                 session.handle_timeout(clock::now_us());
                 if session.retransmits() > before {
                     update_status(inner, peer, |s| s.retries += 1);

@@ -415,6 +415,9 @@ impl CommitStage {
         let decoded: Vec<Result<DecodedEvent, _>> =
             envelopes.into_iter().map(DecodedEvent::decode).collect();
         let signatures = precheck_signatures(&tx, &self.trust, &mut self.verifiers, &decoded)?;
+        // Heads move once per feed per batch, not once per event.
+        let mut new_heads: HashMap<String, (u64, Hash, u64)> = HashMap::new();
+        let mut forked: HashMap<String, bool> = HashMap::new();
         for (event, signature_ok) in decoded.into_iter().zip(signatures) {
             let feed = event.as_ref().ok().map(|e| e.header().author.clone());
             let outcome = match event {
@@ -422,6 +425,7 @@ impl CommitStage {
                     &tx,
                     &self.trust,
                     &mut self.verifiers,
+                    &mut forked,
                     &own_guard,
                     event,
                     signature_ok,
@@ -429,7 +433,12 @@ impl CommitStage {
                 Err(e) => Outcome::Rejected(Rejection::decode(&e)),
             };
             match outcome {
-                Outcome::Applied => report.applied += 1,
+                Outcome::Applied(head) => {
+                    report.applied += 1;
+                    if let Some(feed) = &feed {
+                        new_heads.insert(feed.clone(), head);
+                    }
+                }
                 Outcome::Duplicate => report.duplicates += 1,
                 Outcome::Fork(rejection) => {
                     report.forks += 1;
@@ -444,6 +453,9 @@ impl CommitStage {
                 }
             }
         }
+        for (feed, (seq, hash, timestamp_us)) in &new_heads {
+            set_head(&tx, feed, *seq, hash, *timestamp_us)?;
+        }
         tx.commit()?;
         if report.rejected.is_some() {
             // A rejected run may have left a verifier mid-way; reload from disk.
@@ -455,7 +467,8 @@ impl CommitStage {
 
 /// What happened to one ingested event.
 enum Outcome {
-    Applied,
+    /// Stored; the feed's new head (sequence, hash, timestamp).
+    Applied((u64, Hash, u64)),
     Duplicate,
     Fork(Rejection),
     Rejected(Rejection),
@@ -511,13 +524,22 @@ fn ingest_one(
     tx: &Transaction<'_>,
     trust: &TrustAnchor,
     verifiers: &mut HashMap<String, FeedVerifier>,
+    forked: &mut HashMap<String, bool>,
     own_service: &str,
     event: DecodedEvent,
     signature_ok: Option<bool>,
 ) -> Result<Outcome, LogError> {
     let author = event.header().author.clone();
     let seq = event.header().seq;
-    if feed_status(tx, &author)?.as_deref() == Some("forked") {
+    let is_forked = match forked.get(&author) {
+        Some(f) => *f,
+        None => {
+            let f = feed_status(tx, &author)?.as_deref() == Some("forked");
+            forked.insert(author.clone(), f);
+            f
+        }
+    };
+    if is_forked {
         return Ok(Outcome::Rejected(Rejection {
             seq: Some(seq),
             check: Check::Fork,
@@ -541,6 +563,7 @@ fn ingest_one(
         };
         if verifier.is_fork_proof(&event, &event_at(tx, &author, seq)?) {
             record_fork(tx, &event, stored)?;
+            forked.insert(author.clone(), true);
             return Ok(Outcome::Fork(conflict));
         }
         return Ok(Outcome::Rejected(Rejection {
@@ -581,8 +604,32 @@ fn ingest_one(
         }
     };
     insert_event(tx, &verified)?;
-    upsert_head(tx, &verified)?;
-    Ok(Outcome::Applied)
+    if seq == 0 {
+        // The feed's row (with its certificate) must exist from genesis on.
+        upsert_head(tx, &verified)?;
+    }
+    let h = verified.header();
+    Ok(Outcome::Applied((h.seq, *verified.hash(), h.timestamp_us)))
+}
+
+/// Moves a feed's head (the feed's row exists since its genesis).
+fn set_head(
+    tx: &Transaction<'_>,
+    feed: &str,
+    seq: u64,
+    hash: &Hash,
+    timestamp_us: u64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE feeds SET head_seq = ?2, head_hash = ?3, last_timestamp_us = ?4 WHERE feed = ?1",
+    )?
+    .execute(params![
+        feed,
+        seq as i64,
+        hash.as_slice(),
+        timestamp_us as i64
+    ])?;
+    Ok(())
 }
 
 /// Fresh per-event randomness: a UUID v7 at `now_us` (millisecond precision,
