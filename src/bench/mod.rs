@@ -6,6 +6,7 @@
 //! durable proclaim and offline verification can reach.
 
 pub mod cluster;
+pub mod scale;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct BenchOptions {
     pub events: u64,
     /// Events for each cluster scenario (0 skips the cluster).
     pub cluster_events: u64,
+    /// Events for the scale run (0 skips it).
+    pub scale_events: u64,
     pub payload_bytes: usize,
     pub progress: bool,
 }
@@ -48,6 +51,7 @@ pub struct BenchReport {
     pub proclaim: Proclaim,
     pub verify: OfflineVerify,
     pub cluster: Option<cluster::ClusterReport>,
+    pub scale: Option<scale::ScaleReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -149,12 +153,22 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
         ..verify
     };
     let cluster = cluster_run.map(|c| rescale_cluster(c, &ceiling));
+    let scale = if options.scale_events > 0 {
+        Some(scale::run_scale(
+            work_dir,
+            options.scale_events,
+            options.payload_bytes,
+        )?)
+    } else {
+        None
+    };
     Ok(BenchReport {
         machine,
         ceiling,
         proclaim,
         verify,
         cluster,
+        scale,
     })
 }
 

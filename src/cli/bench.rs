@@ -16,6 +16,11 @@ pub struct BenchArgs {
     /// Events per cluster scenario (three nodes on loopback); 0 skips it.
     #[arg(long, default_value_t = 60_000)]
     pub cluster_events: u64,
+    /// Also measure at scale: fill one log with this many events, then time
+    /// re-opening it, verify its export (memory growth) and a fresh peer's
+    /// catch-up. 0 (the default) skips it; 1000000 takes a few minutes.
+    #[arg(long, default_value_t = 0)]
+    pub scale: u64,
     /// Payload bytes per event.
     #[arg(long, default_value_t = 256)]
     pub payload: usize,
@@ -40,6 +45,7 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     let options = BenchOptions {
         events: args.events,
         cluster_events: args.cluster_events,
+        scale_events: args.scale,
         payload_bytes: args.payload,
         progress: !args.json && std::io::stderr().is_terminal(),
     };
@@ -118,6 +124,20 @@ fn print_table(r: &BenchReport) {
         println!(
             "peak resident memory of the process running all three nodes: {:.0} MB",
             c.peak_rss_mb_all_nodes
+        );
+    }
+    if let Some(s) = &r.scale {
+        println!();
+        println!(
+            "scale: {} events ({:.0} MB store): filled at {:.0}/s; store re-opened in {:.1} ms; \
+             export verified at {:.0}/s with {:.1} MB resident growth; a fresh peer caught up at {:.0}/s",
+            s.events,
+            s.store_bytes as f64 / 1e6,
+            s.fill_events_per_s,
+            s.reopen_ms,
+            s.verify_events_per_s,
+            s.verify_rss_growth_mb,
+            s.catch_up_events_per_s
         );
     }
     println!(
