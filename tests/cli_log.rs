@@ -293,19 +293,7 @@ fn bad_input_exits_2_with_a_clear_error_and_writes_nothing() {
 fn truncated_and_reordered_exports_are_caught() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    init(dir);
-    let config = path(dir, "a.toml");
-    let o = herald(&[
-        "publish", "--config", &config, "--type", "t.x", "--data", "{}", "--count", "20",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let export = path(dir, "a.hrld");
-    assert_eq!(
-        herald(&["export", "--config", &config, "--out", &export])
-            .status
-            .code(),
-        Some(0)
-    );
+    let export = published_export(dir, 20);
     let ca = path(dir, "keys/ca.crt");
     let bytes = std::fs::read(&export).unwrap();
     let records = split_records(&bytes);
@@ -365,19 +353,7 @@ fn truncated_and_reordered_exports_are_caught() {
 fn an_old_event_replayed_after_the_head_is_one_problem_and_the_head_stays() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    init(dir);
-    let config = path(dir, "a.toml");
-    let o = herald(&[
-        "publish", "--config", &config, "--type", "t.x", "--data", "{}", "--count", "5",
-    ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    let export = path(dir, "a.hrld");
-    assert_eq!(
-        herald(&["export", "--config", &config, "--out", &export])
-            .status
-            .code(),
-        Some(0)
-    );
+    let export = published_export(dir, 5);
     let bytes = std::fs::read(&export).unwrap();
     let records = split_records(&bytes);
     // Records: begin, seq 0..=5, end. Replay seq 2 just before the end record.
@@ -398,6 +374,22 @@ fn an_old_event_replayed_after_the_head_is_one_problem_and_the_head_stays() {
         report["feeds"][0]["head_seq"], 5,
         "the head is the last verified event"
     );
+}
+
+/// Provisions a cluster in `dir`, publishes `count` events on `a` and exports
+/// its log; returns the export's path.
+fn published_export(dir: &Path, count: u32) -> String {
+    init(dir);
+    let config = path(dir, "a.toml");
+    let count = count.to_string();
+    let o = herald(&[
+        "publish", "--config", &config, "--type", "t.x", "--data", "{}", "--count", &count,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let export = path(dir, "a.hrld");
+    let o = herald(&["export", "--config", &config, "--out", &export]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    export
 }
 
 /// (start, end) byte ranges of every record after the magic.

@@ -303,13 +303,12 @@ async fn outbound(
                 persist_acks(inner, peer, session.acknowledged());
             }
         }
-        if ack_due {
-            let ack = Session::ack(positions(inner).await?);
-            if let Err(e) = net::write_frame(&mut send, &ack).await {
-                break Err(e.into());
-            }
+        // One read of the heads serves the acknowledgement and the sends.
+        let local = positions(inner).await?;
+        let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
+        if ack_due && let Err(e) = net::write_frame(&mut send, &Session::ack(local)).await {
+            break Err(e.into());
         }
-        let heads = head_map(inner).await?;
         update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
         let (offer, relay_due) = session.relay_heads(&heads, &inner.service, clock::now_us());
         if let Err(e) = send_missing(inner, &mut session, &offer, &mut send).await {
@@ -420,14 +419,6 @@ async fn positions(inner: &Arc<Inner>) -> Result<Vec<FeedPosition>, PeerError> {
             seq: h.seq,
             hash: h.hash,
         })
-        .collect())
-}
-
-async fn head_map(inner: &Arc<Inner>) -> Result<BTreeMap<String, u64>, PeerError> {
-    Ok(positions(inner)
-        .await?
-        .into_iter()
-        .map(|p| (p.feed, p.seq))
         .collect())
 }
 
