@@ -711,6 +711,25 @@ impl Sealer {
         &self.head_hash
     }
 
+    /// Where the feed stands now, to [`Sealer::restore`] if what is chained
+    /// after this point is thrown away (an aborted transaction).
+    pub fn mark(&self) -> SealerMark {
+        SealerMark {
+            next_seq: self.next_seq,
+            head_hash: self.head_hash,
+            last_timestamp_us: self.last_timestamp_us,
+        }
+    }
+
+    /// Goes back to a [`Sealer::mark`]: events chained since are forgotten,
+    /// so the next event reuses their sequence numbers. Only sound when none
+    /// of them was stored or sent.
+    pub fn restore(&mut self, mark: SealerMark) {
+        self.next_seq = mark.next_seq;
+        self.head_hash = mark.head_hash;
+        self.last_timestamp_us = mark.last_timestamp_us;
+    }
+
     /// Seals a batch: encrypts and chains each draft in order (cheap,
     /// sequential), then signs all of them on every core. Timestamps never go
     /// backwards even if the clock does.
@@ -818,6 +837,14 @@ impl Sealer {
     }
 }
 
+/// A point in a feed a [`Sealer`] can go back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealerMark {
+    next_seq: u64,
+    head_hash: Hash,
+    last_timestamp_us: u64,
+}
+
 /// Events encrypted and chained by a [`Sealer`], waiting for signatures.
 pub struct ChainedBatch {
     key: SigningKey,
@@ -837,6 +864,18 @@ impl ChainedBatch {
     /// Events in the batch.
     pub fn len(&self) -> usize {
         self.unsigned.len()
+    }
+
+    /// Appends `later`, which must have been chained after this batch by
+    /// the same sealer, so both are signed together.
+    pub fn append(&mut self, mut later: ChainedBatch) {
+        debug_assert_eq!(self.key.verifying_key(), later.key.verifying_key());
+        self.unsigned.append(&mut later.unsigned);
+    }
+
+    /// The headers of the chained events, in feed order.
+    pub fn headers(&self) -> impl Iterator<Item = &EventHeader> {
+        self.unsigned.iter().map(|u| &u.header)
     }
 
     /// Whether the batch is empty.

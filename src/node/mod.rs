@@ -29,7 +29,7 @@ use crate::core::query::{
 use crate::core::wire::{ALPN_CLIENT, ALPN_PEER, close};
 use crate::identity::TrustAnchor;
 use crate::net::{self, Role, TlsIdentity};
-use crate::store::{FeedHead, Log, LogError, LogOptions, Receipt};
+use crate::store::{Committed, FeedHead, Log, LogError, LogOptions, Receipt, Tx, TxError};
 use query::QueryRegistry;
 
 /// First wait before redialling a peer.
@@ -254,15 +254,80 @@ impl Node {
         F: FnMut(&crate::store::StoredEvent) -> Result<(), String> + Send + 'static,
     {
         let subscription = self.inner.log.subscribe(consumer, pattern, from)?;
-        let mut shutdown = self.inner.shutdown.clone();
-        let stop = async move {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    return;
+        let stop = stopped(self.inner.shutdown.clone());
+        let task = tokio::spawn(crate::store::run_subscription(subscription, handler, stop));
+        Ok(task)
+    }
+
+    /// Runs `work` as one atomic transaction: the application state it
+    /// writes and the events it proclaims commit together or not at all
+    /// (see [`Log::transact`]). This is the only way to change state.
+    pub async fn transact<T, F>(&self, work: F) -> Result<Committed<T>, TxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, TxError> + Send + 'static,
+    {
+        let log = self.inner.log.clone();
+        tokio::task::spawn_blocking(move || log.transact(work))
+            .await
+            .map_err(|e| TxError::Store(LogError::Commit(format!("transaction task: {e}"))))?
+    }
+
+    /// The committed value of `key` in application-state `table`.
+    pub async fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, TxError> {
+        let log = self.inner.log.clone();
+        let (table, key) = (table.to_string(), key.to_string());
+        tokio::task::spawn_blocking(move || log.get(&table, &key))
+            .await
+            .map_err(|e| TxError::Store(LogError::Commit(format!("read task: {e}"))))?
+    }
+
+    /// An idempotent consumer (the inbox): like [`Node::subscribe`], but
+    /// `handler` runs inside a transaction that also records the event as
+    /// handled by `consumer`. Delivery is at-least-once; an event already
+    /// recorded is skipped, so effects happen exactly once. A handler error
+    /// rolls its transaction back and redelivers the event after a backoff.
+    pub fn consume<F>(
+        &self,
+        consumer: &str,
+        pattern: &str,
+        from: crate::store::StartFrom,
+        handler: F,
+    ) -> Result<JoinHandle<Result<(), LogError>>, LogError>
+    where
+        F: Fn(&mut Tx<'_>, &crate::store::StoredEvent) -> Result<(), TxError>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let subscription = self.inner.log.subscribe(consumer, pattern, from)?;
+        let handler = Arc::new(handler);
+        let log = self.inner.log.clone();
+        let name = consumer.to_string();
+        let run_one = move |event: crate::store::StoredEvent| {
+            let (log, handler, name) = (log.clone(), handler.clone(), name.clone());
+            async move {
+                let outcome = tokio::task::spawn_blocking(move || {
+                    log.transact(move |tx| {
+                        if !tx.mark_handled(&name, &event.header.id)? {
+                            return Ok(());
+                        }
+                        handler(tx, &event)
+                    })
+                })
+                .await;
+                match outcome {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("consumer task: {e}")),
                 }
             }
         };
-        let task = tokio::spawn(crate::store::run_subscription(subscription, handler, stop));
+        let task = tokio::spawn(crate::store::run_subscription_async(
+            subscription,
+            run_one,
+            stopped(self.inner.shutdown.clone()),
+        ));
         Ok(task)
     }
 
@@ -292,6 +357,15 @@ impl Node {
         )
         .await;
         tracing::info!(service = %self.inner.service, "node stopped");
+    }
+}
+
+/// Resolves when the node is shutting down.
+pub(crate) async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 mod peers;
 mod schema;
 mod subscribe;
+mod transact;
 mod writer;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,10 @@ use serde::Serialize;
 pub use peers::{PeerCursor, READ_ENVELOPES_BYTES_MAX, read_peer_cursors};
 pub use schema::SCHEMA_VERSION;
 pub use subscribe::*;
+pub use transact::{
+    Committed, EventRef, RESERVED_TABLE_PREFIX, STATE_KEY_BYTES_MAX, STATE_SCAN_ROWS_MAX,
+    STATE_TABLE_BYTES_MAX, STATE_VALUE_BYTES_MAX, TRANSACT_EVENTS_MAX, Tx, TxError,
+};
 use writer::Request;
 
 use crate::clock;
@@ -278,7 +283,15 @@ impl Log {
             deferred: Vec::new(),
         };
         let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
+        let channels: BTreeMap<String, Arc<ChannelKey>> = channels
+            .into_iter()
+            .map(|k| (k.name().to_string(), Arc::new(k)))
+            .collect();
         let commit = writer::CommitStage {
+            channels: Arc::new(transact::Channels {
+                keys: channels.clone(),
+                default: default_channel.clone(),
+            }),
             conn,
             changes: changes_tx,
             trust: trust.clone(),
@@ -294,10 +307,7 @@ impl Log {
             requests: Some(tx),
             writer: Some(handle),
             reader: Mutex::new(reader),
-            channels: channels
-                .into_iter()
-                .map(|k| (k.name().to_string(), Arc::new(k)))
-                .collect(),
+            channels,
             default_channel,
             trust,
             changes,
@@ -380,6 +390,53 @@ impl Log {
         let (reply, receiver) = sync_channel(1);
         self.send(Request::Ingest { envelopes, reply })?;
         receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Runs `work` on the writer inside one SQLite transaction: state it
+    /// writes and events it proclaims through [`Tx`] commit together (one
+    /// fsync) or, if it returns `Err` or panics, not at all. Returns once
+    /// durable. `work` runs on the writer thread: keep it short and free of
+    /// I/O. See [`transact`](self::transact) for the guarantees.
+    pub fn transact<T, F>(&self, work: F) -> Result<Committed<T>, TxError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, TxError> + Send + 'static,
+    {
+        let (value_tx, value_rx) = sync_channel(1);
+        let run = Box::new(move |tx: &mut Tx<'_>| {
+            let value = work(tx)?;
+            // Received only if the transaction commits.
+            let _ = value_tx.send(value);
+            Ok(())
+        });
+        let (reply, receiver) = sync_channel(1);
+        self.send(Request::Transact(transact::TransactJob { run, reply }))?;
+        let receipts = receiver.recv().map_err(|_| LogError::WriterGone)??;
+        let value = value_rx.recv().map_err(|_| LogError::WriterGone)?;
+        Ok(Committed { value, receipts })
+    }
+
+    /// The committed value of `key` in application-state `table`.
+    pub fn get(&self, table: &str, key: &str) -> Result<Option<Vec<u8>>, TxError> {
+        transact::check_read(table, Some(key))?;
+        Ok(transact::read_state(&*self.reader()?, table, key)?)
+    }
+
+    /// Committed rows of `table` in key order after `after`, at most
+    /// `limit` (capped at [`STATE_SCAN_ROWS_MAX`]).
+    pub fn scan(
+        &self,
+        table: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, TxError> {
+        transact::check_read(table, None)?;
+        Ok(transact::scan_state(&*self.reader()?, table, after, limit)?)
+    }
+
+    /// Whether `consumer` recorded event `event_id` as handled.
+    pub fn was_handled(&self, consumer: &str, event_id: &[u8; 16]) -> Result<bool, LogError> {
+        Ok(transact::was_handled(&*self.reader()?, consumer, event_id)?)
     }
 
     /// Whether this node's own feed is still being recovered from peers

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves a store from version `i` to
 /// `i + 1`. Never edit a released migration; append a new one.
@@ -72,6 +72,51 @@ const MIGRATIONS: &[&str] = &[
         last_arrival    INTEGER NOT NULL,
         updated_at_us   INTEGER NOT NULL
     );
+    "#,
+    // 2 -> 3: application state, the inbox and sagas (the outbox API).
+    r#"
+    -- Application state, written only inside `transact` together with the
+    -- events that proclaim its changes.
+    CREATE TABLE app_state (
+        tbl           TEXT    NOT NULL,
+        key           TEXT    NOT NULL,
+        value         BLOB    NOT NULL,
+        updated_at_us INTEGER NOT NULL,
+        PRIMARY KEY (tbl, key)
+    ) WITHOUT ROWID;
+    -- Events a consumer has handled, recorded in the same transaction as
+    -- the handler's effects: at-least-once delivery, exactly-once effects.
+    CREATE TABLE inbox (
+        consumer      TEXT    NOT NULL,
+        event_id      BLOB    NOT NULL,
+        handled_at_us INTEGER NOT NULL,
+        PRIMARY KEY (consumer, event_id)
+    ) WITHOUT ROWID;
+    -- Sagas this node orchestrates: the state machine, serialised as JSON,
+    -- next to the columns `herald saga list` filters on.
+    CREATE TABLE sagas (
+        id            BLOB    PRIMARY KEY,
+        saga_type     TEXT    NOT NULL,
+        status        TEXT    NOT NULL,
+        initiator     TEXT    NOT NULL,
+        started_at_us INTEGER NOT NULL,
+        deadline_us   INTEGER NOT NULL,
+        updated_at_us INTEGER NOT NULL,
+        state         TEXT    NOT NULL
+    );
+    CREATE INDEX sagas_by_status ON sagas (status, started_at_us);
+    -- Saga commands this node ran as a participant, and how they ended, so
+    -- a compensation knows whether there is anything to undo.
+    CREATE TABLE saga_commands (
+        saga_id       BLOB    NOT NULL,
+        step          INTEGER NOT NULL,
+        kind          TEXT    NOT NULL,
+        attempt       INTEGER NOT NULL,
+        command_id    BLOB    NOT NULL,
+        outcome       TEXT    NOT NULL,
+        handled_at_us INTEGER NOT NULL,
+        PRIMARY KEY (saga_id, step, kind, attempt)
+    ) WITHOUT ROWID;
     "#,
 ];
 

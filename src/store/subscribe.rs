@@ -339,6 +339,73 @@ where
     }
 }
 
+/// [`run_subscription`] for a handler that must wait (run a transaction on
+/// the writer, call an executable): events are handled one at a time, in
+/// arrival order, each only after the one before it succeeded. Same cursor
+/// and redelivery rules.
+pub async fn run_subscription_async<F, Fut>(
+    mut sub: Subscription,
+    mut handler: F,
+    stop: impl Future<Output = ()>,
+) -> Result<(), LogError>
+where
+    F: FnMut(StoredEvent) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let mut stop = std::pin::pin!(stop);
+    let mut backoff_ms = SUBSCRIPTION_RETRY_MS;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return Ok(()),
+            _ = std::future::ready(()) => {}
+        }
+        let batch = sub.next_batch(SUBSCRIPTION_BATCH_EVENTS_MAX)?;
+        if batch.is_empty() {
+            sub.commit(sub.position())?;
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = sub.wait(Duration::from_millis(SUBSCRIPTION_IDLE_WAIT_MS)) => {}
+            }
+            continue;
+        }
+        let mut failed = None;
+        for event in batch {
+            let arrival = event.arrival;
+            let outcome = tokio::select! {
+                _ = &mut stop => return Ok(()),
+                outcome = handler(event) => outcome,
+            };
+            if let Err(reason) = outcome {
+                failed = Some((arrival, reason));
+                break;
+            }
+        }
+        match failed {
+            None => {
+                sub.commit(sub.position())?;
+                backoff_ms = SUBSCRIPTION_RETRY_MS;
+            }
+            Some((arrival, reason)) => {
+                sub.commit(arrival.saturating_sub(1))?;
+                sub.rewind();
+                tracing::warn!(
+                    consumer = %sub.consumer,
+                    arrival,
+                    reason = %reason,
+                    backoff_ms,
+                    "handler failed; redelivering after backoff"
+                );
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                }
+                backoff_ms = (backoff_ms * 2).min(SUBSCRIPTION_RETRY_MS_MAX);
+            }
+        }
+    }
+}
+
 /// The arrival a reader starting at `from` should read after, on any
 /// connection (including a read-only one). [`StartFrom::Stored`] needs a
 /// consumer and is treated as [`StartFrom::Start`] here.
@@ -367,7 +434,7 @@ pub fn last_arrival(conn: &Connection) -> Result<u64, LogError> {
     last.map_or(Ok(0), from_sql)
 }
 
-fn check_consumer(name: &str) -> Result<(), SubscriptionError> {
+pub(crate) fn check_consumer(name: &str) -> Result<(), SubscriptionError> {
     let invalid = |reason: String| SubscriptionError::InvalidConsumer {
         name: name.to_string(),
         reason,

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::transact::{Channels, TransactJob, Tx, TxError, TxReply};
 use super::{IngestReport, LogError, Proclamation, Receipt};
 use crate::clock;
 use crate::core::crypto::{ChannelKey, Hash};
@@ -69,6 +70,8 @@ pub(crate) enum Request {
         envelopes: Vec<Vec<u8>>,
         reply: IngestReply,
     },
+    /// Run an application transaction (state and events, atomically).
+    Transact(TransactJob),
 }
 
 impl Request {
@@ -76,7 +79,10 @@ impl Request {
         match self {
             Request::Proclaim { drafts, .. } => drafts.len(),
             Request::Ingest { envelopes, .. } => envelopes.len(),
-            Request::Write { .. } | Request::Shutdown | Request::FinishRecovery { .. } => 1,
+            Request::Write { .. }
+            | Request::Transact(_)
+            | Request::Shutdown
+            | Request::FinishRecovery { .. } => 1,
         }
     }
 }
@@ -102,6 +108,14 @@ enum Work {
     Write {
         job: WriteJob,
         reply: SyncSender<Result<(), LogError>>,
+    },
+    /// Transactions that need the sealer: the commit stage runs them (after
+    /// every batch queued before them is durable) and hands the sealer back.
+    Transact {
+        epoch: u64,
+        sealer: Box<Sealer>,
+        jobs: Vec<TransactJob>,
+        give_back: SyncSender<Sealer>,
     },
     /// Stop accepting this node's own feed from peers and hand back a sealer
     /// for what is durable (or a new feed).
@@ -135,6 +149,8 @@ pub(crate) struct CommitStage {
     pub own_service: String,
     /// While true, this node's own feed is accepted from peers (recovery).
     pub recovering: Arc<std::sync::atomic::AtomicBool>,
+    /// Channel keys for events proclaimed inside transactions.
+    pub channels: Arc<Channels>,
 }
 
 /// Starts both stages; the returned thread ends after both have drained
@@ -221,15 +237,96 @@ impl SealStage {
                     let _ = reply.send(outcome);
                 }
             }
-            for item in self.seal(batch, sealed_epoch) {
-                if work.send(item).is_err() {
-                    return;
-                }
+            if self
+                .seal_in_order(batch, &work, epoch, &mut sealed_epoch)
+                .is_err()
+            {
+                return;
             }
             if stop {
                 return;
             }
         }
+    }
+
+    /// Seals the batch in request order: runs of proclamations are sealed
+    /// together; each run of transactions is handed, with the sealer, to the
+    /// commit stage, which runs them after everything before them is durable.
+    fn seal_in_order(
+        &mut self,
+        batch: Vec<Request>,
+        work: &SyncSender<Work>,
+        epoch: &AtomicU64,
+        sealed_epoch: &mut u64,
+    ) -> Result<(), LogError> {
+        let mut others: Vec<Request> = Vec::new();
+        let mut transacts: Vec<TransactJob> = Vec::new();
+        for request in batch {
+            match request {
+                Request::Transact(job) if self.sealer.is_none() => {
+                    self.deferred.push(Request::Transact(job));
+                }
+                Request::Transact(job) => {
+                    self.send_sealed(std::mem::take(&mut others), work, *sealed_epoch)?;
+                    transacts.push(job);
+                }
+                other => {
+                    self.run_transacts(std::mem::take(&mut transacts), work, epoch, sealed_epoch)?;
+                    others.push(other);
+                }
+            }
+        }
+        self.run_transacts(transacts, work, epoch, sealed_epoch)?;
+        self.send_sealed(others, work, *sealed_epoch)
+    }
+
+    fn send_sealed(
+        &mut self,
+        requests: Vec<Request>,
+        work: &SyncSender<Work>,
+        epoch: u64,
+    ) -> Result<(), LogError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        for item in self.seal(requests, epoch) {
+            work.send(item).map_err(|_| LogError::WriterGone)?;
+        }
+        Ok(())
+    }
+
+    /// Lends the sealer to the commit stage for a run of transactions and
+    /// waits for it to come back (rewinding if a commit failed meanwhile).
+    fn run_transacts(
+        &mut self,
+        jobs: Vec<TransactJob>,
+        work: &SyncSender<Work>,
+        epoch: &AtomicU64,
+        sealed_epoch: &mut u64,
+    ) -> Result<(), LogError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let Some(sealer) = self.sealer.take() else {
+            self.deferred
+                .extend(jobs.into_iter().map(Request::Transact));
+            return Ok(());
+        };
+        let (give_back, returned) = sync_channel(1);
+        work.send(Work::Transact {
+            epoch: *sealed_epoch,
+            sealer: Box::new(sealer),
+            jobs,
+            give_back,
+        })
+        .map_err(|_| LogError::WriterGone)?;
+        self.sealer = Some(returned.recv().map_err(|_| LogError::WriterGone)?);
+        let current = epoch.load(Ordering::Acquire);
+        if current != *sealed_epoch {
+            self.rewind_to_durable_head();
+            *sealed_epoch = current;
+        }
+        Ok(())
     }
 
     /// Seals every draft of the batch together (signing on all cores);
@@ -253,6 +350,12 @@ impl SealStage {
                 }
                 Request::Ingest { envelopes, reply } => out.push(Work::Ingest { envelopes, reply }),
                 Request::Write { job, reply } => out.push(Work::Write { job, reply }),
+                // `seal_in_order` routes transactions elsewhere.
+                Request::Transact(job) => {
+                    let _ = job.reply.send(Err(TxError::Store(LogError::Corrupt(
+                        "internal: a transaction reached the proclamation sealer".into(),
+                    ))));
+                }
                 Request::Shutdown | Request::FinishRecovery { .. } => {}
             }
         }
@@ -348,6 +451,97 @@ impl CommitStage {
                     batch,
                     replies,
                 } => self.commit_sealed(sealed_in, batch.sign(), replies, epoch),
+                Work::Transact {
+                    epoch: sealed_in,
+                    mut sealer,
+                    jobs,
+                    give_back,
+                } => {
+                    if sealed_in == epoch.load(Ordering::Acquire) {
+                        self.run_transacts(&mut sealer, jobs);
+                    } else {
+                        for job in jobs {
+                            let _ = job.reply.send(Err(TxError::Store(LogError::Commit(
+                                "an earlier batch failed to commit; the transaction did not run"
+                                    .into(),
+                            ))));
+                        }
+                    }
+                    let _ = give_back.send(*sealer);
+                }
+            }
+        }
+    }
+
+    /// Runs each transaction in its own savepoint of one SQLite transaction,
+    /// signs every event they proclaimed on all cores, stores them and
+    /// commits once. A closure that fails (or panics) rolls back its own
+    /// savepoint and un-chains its events; the others still commit. If the
+    /// commit fails, the sealer goes back to where the run started.
+    fn run_transacts(&mut self, sealer: &mut Sealer, jobs: Vec<TransactJob>) {
+        let start = sealer.mark();
+        let channels = Arc::clone(&self.channels);
+        let mut accepted: Vec<(usize, TxReply)> = Vec::new();
+        let mut chained: Option<crate::core::verify::ChainedBatch> = None;
+        let outcome = (|| -> Result<Vec<VerifiedEvent>, LogError> {
+            let mut tx = self
+                .conn
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for job in jobs {
+                let mark = sealer.mark();
+                let savepoint = tx.savepoint()?;
+                let mut handle = Tx::new(&savepoint, sealer, &channels);
+                let run = job.run;
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut handle)))
+                        .unwrap_or_else(|panic| Err(TxError::Panicked(panic_message(&panic))));
+                let events = handle.into_chained();
+                let result = result.and_then(|()| savepoint.commit().map_err(TxError::from));
+                match result {
+                    Ok(()) => {
+                        let count = events.as_ref().map_or(0, |e| e.len());
+                        if let Some(events) = events {
+                            match chained.as_mut() {
+                                Some(all) => all.append(events),
+                                None => chained = Some(events),
+                            }
+                        }
+                        accepted.push((count, job.reply));
+                    }
+                    Err(e) => {
+                        // The savepoint rolled back when dropped.
+                        sealer.restore(mark);
+                        let _ = job.reply.send(Err(e));
+                    }
+                }
+            }
+            let events = chained.take().map(|c| c.sign()).unwrap_or_default();
+            for event in &events {
+                insert_event(&tx, event)?;
+            }
+            if let Some(last) = events.last() {
+                upsert_head(&tx, last)?;
+            }
+            tx.commit()?;
+            Ok(events)
+        })();
+        match outcome {
+            Ok(events) => {
+                if !events.is_empty() {
+                    self.changes.send_modify(|v| *v += 1);
+                }
+                let mut receipts = events.iter().map(Receipt::of);
+                for (count, reply) in accepted {
+                    let _ = reply.send(Ok(receipts.by_ref().take(count).collect()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "transaction commit failed; nothing of it was stored");
+                sealer.restore(start);
+                let message = e.to_string();
+                for (_, reply) in accepted {
+                    let _ = reply.send(Err(TxError::Store(LogError::Commit(message.clone()))));
+                }
             }
         }
     }
@@ -630,6 +824,14 @@ fn set_head(
         timestamp_us as i64
     ])?;
     Ok(())
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic".into())
 }
 
 /// Fresh per-event randomness: a UUID v7 at `now_us` (millisecond precision,
