@@ -1,0 +1,21 @@
+//! Sagas: multi-step operations across services, undone in reverse order
+//! when a step fails.
+//!
+//! One node, the orchestrator, drives a saga by proclaiming a command event
+//! addressed to each step's service in turn; the service replies with a
+//! completed or failed event. When a step fails or times out, the steps that
+//! took effect are compensated in strict reverse order, each compensation
+//! retried with backoff up to a budget. Every saga reaches a terminal state:
+//! there are no zombie sagas and no endless compensation loops.
+//!
+//! This module is the sans-IO part, with no clock, IO or randomness:
+//!
+//! * [`definition`]: what a saga does ([`SagaDefinition`]), from TOML or a
+//!   builder, validated up front.
+
+pub mod definition;
+
+pub use definition::{
+    COMPENSATION_ATTEMPTS_MAX, CompensationPolicy, DefinitionError, SAGA_DEADLINE_MS_MAX,
+    SAGA_NAME_BYTES_MAX, SAGA_STEPS_MAX, SagaBuilder, SagaDefinition, StepDefinition,
+};
