@@ -12,10 +12,17 @@
 //!
 //! * [`definition`]: what a saga does ([`SagaDefinition`]), from TOML or a
 //!   builder, validated up front.
+//! * [`machine`]: the state machine ([`Saga`]) that turns replies and the
+//!   current time into [`Action`]s for the orchestrator to carry out.
 
 pub mod definition;
+pub mod machine;
 
 pub use definition::{
     COMPENSATION_ATTEMPTS_MAX, CompensationPolicy, DefinitionError, SAGA_DEADLINE_MS_MAX,
     SAGA_NAME_BYTES_MAX, SAGA_STEPS_MAX, SagaBuilder, SagaDefinition, StepDefinition,
+};
+pub use machine::{
+    Action, CommandKind, ParseStatusError, Reply, ReplyOutcome, Saga, SagaStatus, StepState,
+    StepStatus, Transition,
 };
