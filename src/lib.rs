@@ -11,6 +11,7 @@
 //! * [`net`]: QUIC with mutual TLS: endpoints, certificate checks, framing.
 //! * [`node`]: a running peer: replication, status, subscriptions, queries.
 //! * [`config`]: the node configuration file.
+//! * [`saga`]: sans-IO saga definitions and the saga state machine.
 //! * [`cli`]: the `herald` command line.
 //! * [`bench`]: the benchmark harness behind `herald bench`.
 #![forbid(unsafe_code)]
@@ -25,4 +26,5 @@ pub mod core;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod saga;
 pub mod store;
