@@ -51,6 +51,25 @@ pub struct NodeConfig {
     /// Executable query handlers (see `docs/QUERIES.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_handlers: Vec<QueryHandlerConfig>,
+    /// Executable saga command handlers (see `docs/SAGAS.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_handlers: Vec<CommandHandlerConfig>,
+}
+
+/// An executable that runs a saga command (or compensation) type.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandHandlerConfig {
+    /// The command type it runs (a step's `command` or `compensation`).
+    pub command_type: String,
+    /// Program and arguments (no shell), resolved like a query handler's.
+    /// It reads the command (JSON) on stdin; exit 0 completes the step with
+    /// stdout as the result, any other exit fails it with stderr.
+    pub command: Vec<String>,
+    /// How long it may run before it is killed and the step fails.
+    /// Default: [`EXEC_TIMEOUT_MS_DEFAULT`](crate::saga::participant::EXEC_TIMEOUT_MS_DEFAULT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 /// A configured peer.
@@ -107,6 +126,22 @@ impl NodeConfig {
                 path: path.to_path_buf(),
                 message: format!("query handler: {e}"),
             })?;
+        }
+        for handler in &config.command_handlers {
+            if handler.command_type.is_empty()
+                || handler
+                    .command_type
+                    .starts_with(crate::core::event::RESERVED_TYPE_PREFIX)
+                || handler.command.first().is_none_or(|p| p.is_empty())
+            {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "command handler {:?}: needs a command_type outside herald.* and a non-empty command",
+                        handler.command_type
+                    ),
+                });
+            }
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -165,8 +200,13 @@ impl NodeConfig {
         for p in self.channels.values_mut() {
             resolve(p);
         }
-        for handler in &mut self.query_handlers {
-            if let Some(program) = handler.command.first_mut()
+        let programs = self
+            .query_handlers
+            .iter_mut()
+            .map(|h| &mut h.command)
+            .chain(self.command_handlers.iter_mut().map(|h| &mut h.command));
+        for command in programs {
+            if let Some(program) = command.first_mut()
                 && program.contains('/')
                 && Path::new(program.as_str()).is_relative()
             {

@@ -11,7 +11,8 @@
 //! * [`net`]: QUIC with mutual TLS: endpoints, certificate checks, framing.
 //! * [`node`]: a running peer: replication, status, subscriptions, queries.
 //! * [`config`]: the node configuration file.
-//! * [`saga`]: sans-IO saga definitions and the saga state machine.
+//! * [`saga`]: sagas across peers: definitions, the sans-IO state machine,
+//!   the orchestrator and participants.
 //! * [`cli`]: the `herald` command line.
 //! * [`bench`]: the benchmark harness behind `herald bench`.
 #![forbid(unsafe_code)]

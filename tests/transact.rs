@@ -23,7 +23,7 @@ fn increment(log: &Log) -> Result<u64, TxError> {
     let committed = log.transact(|tx| {
         let n = tx
             .get(COUNTER, "n")?
-            .map(|v| u64::from_str_radix(std::str::from_utf8(&v).unwrap_or("0"), 10))
+            .map(|v| std::str::from_utf8(&v).unwrap_or("0").parse::<u64>())
             .transpose()
             .map_err(|e| TxError::abort(format!("counter is not a number: {e}")))?
             .unwrap_or(0)
@@ -173,14 +173,14 @@ fn a_failed_transaction_does_not_undo_its_neighbours_in_the_same_commit() {
     assert!(own_events(&log, "doomed.event").is_empty());
 }
 
+/// A transaction body that breaks one rule.
+type BadAccess = Box<dyn Fn(&mut herald::store::Tx<'_>) -> Result<(), TxError> + Send + Sync>;
+
 #[test]
 fn bad_state_access_is_refused_and_changes_nothing() {
     let cluster = Cluster::new(&["a"]);
     let log = cluster.open("a");
-    let cases: Vec<(
-        &str,
-        Box<dyn Fn(&mut herald::store::Tx<'_>) -> Result<(), TxError> + Send + Sync>,
-    )> = vec![
+    let cases: Vec<(&str, BadAccess)> = vec![
         (
             "reserved table",
             Box::new(|tx| tx.put("herald.sagas", "k", b"v")),

@@ -155,6 +155,8 @@ struct Item {
 /// The streaming verification engine shared by exports and data directories.
 struct Auditor<'a> {
     options: &'a AuditOptions,
+    /// Sees every event that passed every check, in feed order.
+    visitor: Option<&'a mut (dyn FnMut(&DecodedEvent) + 'a)>,
     feeds: BTreeMap<String, FeedAudit>,
     problems: Vec<Problem>,
     problems_total: u64,
@@ -165,6 +167,7 @@ impl<'a> Auditor<'a> {
     fn new(options: &'a AuditOptions) -> Auditor<'a> {
         Auditor {
             options,
+            visitor: None,
             feeds: BTreeMap::new(),
             problems: Vec::new(),
             problems_total: 0,
@@ -273,6 +276,9 @@ impl<'a> Auditor<'a> {
                 if decrypt == Some(false) {
                     let r = decrypt_rejection(&event, keys);
                     self.problem(Some(&author), location, r);
+                }
+                if let Some(visit) = self.visitor.as_mut() {
+                    visit(&event);
                 }
             }
             Err(r) => {
@@ -528,6 +534,16 @@ fn progress_bar(enabled: bool, len: u64, unit: &str) -> ProgressBar {
 
 /// Verifies an export file.
 pub fn audit_export(path: &Path, options: &AuditOptions) -> Result<AuditReport, AuditError> {
+    audit_export_visiting(path, options, None)
+}
+
+/// [`audit_export`], also handing every fully verified event (genesis
+/// events excepted) to `visitor`, in feed order, as it is checked.
+pub fn audit_export_visiting<'a>(
+    path: &Path,
+    options: &'a AuditOptions,
+    visitor: Option<&'a mut (dyn FnMut(&DecodedEvent) + 'a)>,
+) -> Result<AuditReport, AuditError> {
     let file = File::open(path).map_err(|source| AuditError::Open {
         path: path.to_path_buf(),
         source,
@@ -536,6 +552,7 @@ pub fn audit_export(path: &Path, options: &AuditOptions) -> Result<AuditReport, 
     let mut reader = RecordReader::new(BufReader::with_capacity(1 << 20, file), path)?;
     let bar = progress_bar(options.progress, len, "bytes");
     let mut auditor = Auditor::new(options);
+    auditor.visitor = visitor;
     let mut exporter = None;
     let mut begin_created_us = None;
     let mut fork_records = 0u64;

@@ -57,11 +57,10 @@ pub struct ClusterReport {
     pub peak_rss_mb_all_nodes: f64,
 }
 
-/// Starts three nodes in `work_dir/cluster` on free loopback ports.
-async fn start_cluster(work_dir: &Path) -> Result<Vec<Node>, BenchError> {
-    let dir = work_dir.join("cluster");
+/// Starts three nodes in `dir` on free loopback ports.
+pub(super) async fn start_cluster(dir: &Path) -> Result<Vec<Node>, BenchError> {
     let names: Vec<String> = CLUSTER_NODES.iter().map(|s| s.to_string()).collect();
-    crate::identity::init_cluster(&dir, &names, 7400, 30, true)?;
+    crate::identity::init_cluster(dir, &names, 7400, 30, true)?;
     let ports: Vec<std::net::SocketAddr> = names
         .iter()
         .map(|_| UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()))
@@ -250,7 +249,7 @@ pub fn run_cluster(
         .build()
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     runtime.block_on(async {
-        let nodes = start_cluster(work_dir).await?;
+        let nodes = start_cluster(&work_dir.join("cluster")).await?;
         let one = scenario(
             &nodes,
             "one-publisher",

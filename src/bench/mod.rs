@@ -6,6 +6,7 @@
 //! durable proclaim and offline verification can reach.
 
 pub mod cluster;
+pub mod sagas;
 pub mod scale;
 
 use std::path::Path;
@@ -39,6 +40,8 @@ pub struct BenchOptions {
     pub cluster_events: u64,
     /// Events for the scale run (0 skips it).
     pub scale_events: u64,
+    /// Three-step sagas across the cluster (0 skips them).
+    pub sagas: u64,
     pub payload_bytes: usize,
     pub progress: bool,
 }
@@ -51,6 +54,7 @@ pub struct BenchReport {
     pub proclaim: Proclaim,
     pub verify: OfflineVerify,
     pub cluster: Option<cluster::ClusterReport>,
+    pub sagas: Option<sagas::SagaReport>,
     pub scale: Option<scale::ScaleReport>,
 }
 
@@ -138,6 +142,11 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
     } else {
         None
     };
+    let sagas = if options.sagas > 0 {
+        Some(sagas::run_sagas(work_dir, options.sagas)?)
+    } else {
+        None
+    };
     let after = measure_ceiling();
     let ceiling = Ceiling {
         sign_per_s: before.sign_per_s.max(after.sign_per_s),
@@ -168,6 +177,7 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
         proclaim,
         verify,
         cluster,
+        sagas,
         scale,
     })
 }

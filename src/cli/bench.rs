@@ -16,6 +16,9 @@ pub struct BenchArgs {
     /// Events per cluster scenario (three nodes on loopback); 0 skips it.
     #[arg(long, default_value_t = 60_000)]
     pub cluster_events: u64,
+    /// Three-step sagas across the three-node cluster; 0 skips them.
+    #[arg(long, default_value_t = 500)]
+    pub sagas: u64,
     /// Also measure at scale: fill one log with this many events, then time
     /// re-opening it, verify its export (memory growth) and a fresh peer's
     /// catch-up. 0 (the default) skips it; 1000000 takes a few minutes.
@@ -46,6 +49,7 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
         events: args.events,
         cluster_events: args.cluster_events,
         scale_events: args.scale,
+        sagas: args.sagas,
         payload_bytes: args.payload,
         progress: !args.json && std::io::stderr().is_terminal(),
     };
@@ -124,6 +128,19 @@ fn print_table(r: &BenchReport) {
         println!(
             "peak resident memory of the process running all three nodes: {:.0} MB",
             c.peak_rss_mb_all_nodes
+        );
+    }
+    if let Some(s) = &r.sagas {
+        println!();
+        println!(
+            "sagas: {} three-step sagas across the three nodes ({} in flight): {:.0} sagas/s, \
+             start-to-completed p50 {:.1} ms, p99 {:.1} ms, {:.1} signed events per saga",
+            s.sagas,
+            s.in_flight,
+            s.sagas_per_s,
+            s.latency_us_p50 as f64 / 1000.0,
+            s.latency_us_p99 as f64 / 1000.0,
+            s.events_per_saga
         );
     }
     if let Some(s) = &r.scale {

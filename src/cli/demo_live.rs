@@ -34,6 +34,56 @@ case "$input" in
 esac
 "#;
 
+/// Every saga step on every node is this script: it does the work (here:
+/// says it did) and fails a forward step when the saga input names it in
+/// `fail_at`, so the demo can show compensation.
+const CAMPAIGN_STEP_SCRIPT: &str = r#"#!/bin/sh
+input=$(cat)
+if [ "$HERALD_KIND" = do ] && printf '%s' "$input" | grep -q "\"fail_at\":\"$HERALD_STEP\""; then
+  echo "the $HERALD_STEP partner refused" >&2
+  exit 1
+fi
+printf '{"done":"%s","attempt":%s}\n' "$HERALD_COMMAND" "$HERALD_ATTEMPT"
+"#;
+
+/// The demo saga, in the TOML form `herald saga start --definition` takes.
+const CAMPAIGN_SAGA: &str = r#"saga_type = "NationalAdvocacyCampaign"
+deadline_ms = 60000
+
+[compensation]
+attempts = 3
+backoff_initial_ms = 200
+backoff_max_ms = 2000
+
+[[steps]]
+name = "secure_media_partners"
+service = "press"
+command = "media.secure"
+compensation = "media.release"
+deadline_ms = 10000
+
+[[steps]]
+name = "schedule_local_events"
+service = "fundraising"
+command = "events.schedule"
+compensation = "events.cancel"
+deadline_ms = 10000
+
+[[steps]]
+name = "draft_endorsements"
+service = "identity"
+command = "endorsements.draft"
+compensation = "endorsements.retract"
+deadline_ms = 10000
+
+[[steps]]
+name = "activate_phone_banks"
+service = "press"
+command = "phonebank.activate"
+compensation = "phonebank.deactivate"
+deadline_ms = 10000
+"#;
+
 /// Runs the live part; returns whether every expectation held.
 pub fn run_live(dir: &Path) -> Result<bool, CliError> {
     let live = dir.join("live");
@@ -45,12 +95,14 @@ pub fn run_live(dir: &Path) -> Result<bool, CliError> {
     for service in LIVE {
         nodes.insert(service, spawn_node(&configs[service], &live, service)?);
     }
-    let outcome = runtime.block_on(drive(&live, &configs, &mut nodes));
+    let mut sagas = Vec::new();
+    let outcome = runtime.block_on(drive(&live, &configs, &mut nodes, &mut sagas));
     for (service, child) in nodes.iter_mut() {
         stop_gracefully(service, child);
     }
     let mut ok = outcome?;
     ok &= audit_all(&live, &configs)?;
+    ok &= print_timelines(&live, &sagas)?;
     Ok(ok)
 }
 
@@ -71,6 +123,10 @@ fn provision(live: &Path) -> Result<BTreeMap<&'static str, PathBuf>, CliError> {
     let script = live.join("verify-donor.sh");
     std::fs::write(&script, VERIFY_DONOR_SCRIPT)?;
     set_executable(&script)?;
+    let step_script = live.join("campaign-step.sh");
+    std::fs::write(&step_script, CAMPAIGN_STEP_SCRIPT)?;
+    set_executable(&step_script)?;
+    let definition = crate::saga::SagaDefinition::from_toml(CAMPAIGN_SAGA)?;
     let mut paths = BTreeMap::new();
     for service in LIVE {
         let path = live.join(format!("{service}.toml"));
@@ -81,6 +137,17 @@ fn provision(live: &Path) -> Result<BTreeMap<&'static str, PathBuf>, CliError> {
                 peer.address = *addr;
             }
         }
+        config.command_handlers = definition
+            .steps
+            .iter()
+            .filter(|step| step.service == service)
+            .flat_map(|step| [step.command.clone(), step.compensation.clone()])
+            .map(|command_type| crate::config::CommandHandlerConfig {
+                command_type,
+                command: vec![step_script.display().to_string()],
+                timeout_ms: Some(10_000),
+            })
+            .collect();
         if service == "identity" {
             config.query_handlers = vec![QueryHandlerConfig {
                 query_type: "identity.verify_donor".into(),
@@ -259,6 +326,7 @@ async fn drive(
     live: &Path,
     configs: &BTreeMap<&'static str, PathBuf>,
     nodes: &mut BTreeMap<&'static str, Child>,
+    sagas: &mut Vec<(uuid::Uuid, &'static str)>,
 ) -> Result<bool, CliError> {
     let mut ok = true;
     let mut clients = BTreeMap::new();
@@ -343,8 +411,112 @@ async fn drive(
         seen >= 6,
         &format!("the subscriber saw all 6 donations ({seen})"),
     );
+
+    println!("   -- saga NationalAdvocacyCampaign, orchestrated by fundraising");
+    let data_dir = NodeConfig::load(&configs["fundraising"])?.data_dir;
+    let (id, saga) = run_saga(&clients["fundraising"], &data_dir, "{}").await?;
+    sagas.push((id, "succeeding"));
+    ok &= expect(
+        saga.status == crate::saga::SagaStatus::Completed,
+        &format!(
+            "saga {id} completed all four steps ({})",
+            saga.status.as_str()
+        ),
+    );
+    let (id, saga) = run_saga(
+        &clients["fundraising"],
+        &data_dir,
+        r#"{"fail_at":"activate_phone_banks"}"#,
+    )
+    .await?;
+    sagas.push((id, "failing at activate_phone_banks"));
+    let compensated: Vec<usize> = saga
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.status == crate::saga::StepStatus::Compensated)
+        .map(|(i, _)| i)
+        .collect();
+    ok &= expect(
+        saga.status == crate::saga::SagaStatus::Compensated && compensated == [0, 1, 2],
+        &format!(
+            "saga {id} failed at step 3 and compensated steps 2, 1, 0 ({})",
+            saga.status.as_str()
+        ),
+    );
     for c in clients.values() {
         c.close();
+    }
+    Ok(ok)
+}
+
+/// Starts the campaign saga through fundraising's client endpoint and
+/// waits (reading fundraising's store) until it ends.
+async fn run_saga(
+    client: &NodeClient,
+    data_dir: &Path,
+    input: &str,
+) -> Result<(uuid::Uuid, crate::saga::Saga), CliError> {
+    let mut id = None;
+    client
+        .request(
+            &ClientRequest::StartSaga {
+                definition: CAMPAIGN_SAGA.to_string(),
+                input: input.to_string(),
+            },
+            |r| match r {
+                ClientResponse::SagaStarted(s) => {
+                    id = Some(s);
+                    Ok(())
+                }
+                ClientResponse::Error(e) => Err(e),
+                _ => Err("unexpected answer to a saga start".into()),
+            },
+        )
+        .await?;
+    let id = uuid::Uuid::parse_str(&id.ok_or("no saga id")?)?;
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let conn = crate::store::open_read_only(data_dir)?;
+        if let Some(saga) = crate::saga::orchestrator::load(&conn, id)?
+            && (saga.is_terminal() || Instant::now() >= deadline)
+        {
+            return Ok((id, saga));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rebuilds both sagas' timelines from fundraising's verified export (only
+/// the CA and the channel key needed) and prints them.
+fn print_timelines(live: &Path, sagas: &[(uuid::Uuid, &str)]) -> Result<bool, CliError> {
+    let mut ok = true;
+    let config = NodeConfig::load(&live.join("fundraising.toml"))?;
+    let (trust, _) = config.load_identity(clock::now_us())?;
+    let options = AuditOptions {
+        trust,
+        channel_keys: config.load_channel_keys()?,
+        progress: false,
+    };
+    for (id, label) in sagas {
+        let history = crate::saga::history::rebuild(&live.join("fundraising.hrld"), &options, *id)?;
+        println!("   -- timeline of the {label} saga, rebuilt offline from the verified export");
+        for e in &history.entries {
+            println!(
+                "   {}  {:<11}#{:<3} {}",
+                crate::audit::verify::format_timestamp(e.timestamp_us),
+                e.author,
+                e.seq,
+                e.describe()
+            );
+            if let Some(detail) = e.detail() {
+                println!("   {:>44}{detail}", "");
+            }
+        }
+        ok &= expect(
+            history.report.valid && !history.entries.is_empty(),
+            &format!("{} signed saga events, all verified", history.entries.len()),
+        );
     }
     Ok(ok)
 }

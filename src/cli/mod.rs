@@ -19,6 +19,7 @@ pub mod log;
 pub mod node;
 pub mod publish;
 pub mod query;
+pub mod saga;
 pub mod status;
 pub mod tail;
 pub mod verify;
@@ -67,6 +68,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Ask a service a synchronous question through the running node.
     Query(query::QueryArgs),
+    /// Start sagas, show their state, rebuild their history offline.
+    #[command(subcommand)]
+    Saga(saga::SagaCommand),
     /// Measure throughput and latency against the signature ceiling.
     Bench(bench::BenchArgs),
     /// Provision a scratch cluster and run real traffic through every feature.
@@ -114,6 +118,7 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Node(args) => node::run(args),
         Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),
+        Command::Saga(cmd) => saga::run(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
     }

@@ -52,7 +52,7 @@ pub fn run(args: VerifyArgs) -> Result<u8, CliError> {
 }
 
 /// `channel-NAME.key` names channel NAME; any other file is named by its stem.
-fn channel_name(path: &Path) -> String {
+pub(crate) fn channel_name(path: &Path) -> String {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())

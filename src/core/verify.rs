@@ -696,6 +696,11 @@ impl Sealer {
         }
     }
 
+    /// The feed this sealer appends to.
+    pub fn author(&self) -> &str {
+        &self.author
+    }
+
     /// The sequence number the next event will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

@@ -658,6 +658,7 @@ pub fn init_cluster(
                 })
                 .collect(),
             query_handlers: Vec::new(),
+            command_handlers: Vec::new(),
         };
         files.push(PendingFile::public(
             dir.join(format!("{name}.toml")),

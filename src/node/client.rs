@@ -48,6 +48,11 @@ pub enum ClientRequest {
         correlation_id: String,
         timeout_ms: u32,
     },
+    /// Start a saga this node orchestrates (definition as TOML, input as JSON).
+    StartSaga {
+        definition: String,
+        input: String,
+    },
 }
 
 /// A receipt on the wire.
@@ -86,6 +91,8 @@ pub enum ClientResponse {
     /// Durable receipts, in order; several frames for a large publish.
     Receipts(Vec<WireReceipt>),
     Query(QueryOutcome),
+    /// The id of a saga whose start is durable.
+    SagaStarted(String),
     /// The request failed; nothing (more) was done.
     Error(String),
 }
@@ -142,6 +149,20 @@ async fn handle(
             )
             .await;
             net::write_frame(send, &ClientResponse::Query(outcome))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        ClientRequest::StartSaga { definition, input } => {
+            let definition =
+                crate::saga::SagaDefinition::from_toml(&definition).map_err(|e| e.to_string())?;
+            let input: serde_json::Value =
+                serde_json::from_str(&input).map_err(|e| format!("saga input is not JSON: {e}"))?;
+            let id = inner
+                .orchestrator
+                .start(definition, input, &inner.service)
+                .await
+                .map_err(|e| e.to_string())?;
+            net::write_frame(send, &ClientResponse::SagaStarted(id.to_string()))
                 .await
                 .map_err(|e| e.to_string())
         }

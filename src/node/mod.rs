@@ -94,6 +94,10 @@ pub(crate) struct Inner {
     /// Per peer, the head of this node's own feed its `Hello` reported
     /// (`None`: it holds none). Drives recovery of a lost store.
     pub own_feed_reported: Mutex<BTreeMap<String, Option<u64>>>,
+    /// Drives the sagas this node starts.
+    pub orchestrator: crate::saga::orchestrator::Orchestrator,
+    /// Saga command handlers of this node (participant side).
+    pub command_handlers: crate::saga::participant::Handlers,
 }
 
 /// A running node.
@@ -126,6 +130,24 @@ impl Node {
             .register_config(&config.query_handlers)
             .map_err(|e| NodeError::Task(format!("query handler in config: {e}")))?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let command_handlers = crate::saga::participant::Handlers::default();
+        for h in &config.command_handlers {
+            command_handlers.register(
+                &h.command_type,
+                crate::saga::participant::Handler::Exec(
+                    h.command.clone(),
+                    h.timeout_ms
+                        .unwrap_or(crate::saga::participant::EXEC_TIMEOUT_MS_DEFAULT),
+                ),
+            );
+        }
+        let participant = crate::saga::participant::spawn(
+            log.clone(),
+            command_handlers.clone(),
+            stopped(shutdown_rx.clone()),
+        )?;
+        let (orchestrator, saga_tasks) =
+            crate::saga::orchestrator::Orchestrator::spawn(log.clone(), shutdown_rx.clone())?;
         let peers = config
             .peers
             .iter()
@@ -152,8 +174,11 @@ impl Node {
             queries: RwLock::new(registry),
             shutdown: shutdown_rx,
             own_feed_reported: Mutex::new(BTreeMap::new()),
+            orchestrator,
+            command_handlers,
         });
-        let mut tasks = vec![tokio::spawn(accept_loop(inner.clone()))];
+        let mut tasks = vec![tokio::spawn(accept_loop(inner.clone())), participant];
+        tasks.extend(saga_tasks);
         if inner.log.is_recovering() {
             tasks.push(tokio::spawn(recover_own_feed(inner.clone())));
         }
@@ -329,6 +354,57 @@ impl Node {
             stopped(self.inner.shutdown.clone()),
         ));
         Ok(task)
+    }
+
+    /// Starts a saga this node orchestrates; returns its id once the start
+    /// (and the first command) is durable. See `docs/SAGAS.md`.
+    pub async fn start_saga(
+        &self,
+        definition: crate::saga::SagaDefinition,
+        input: serde_json::Value,
+    ) -> Result<uuid::Uuid, crate::saga::SagaError> {
+        self.inner
+            .orchestrator
+            .start(definition, input, &self.inner.service)
+            .await
+    }
+
+    /// A saga this node orchestrates, as last stored.
+    pub async fn saga(&self, id: uuid::Uuid) -> Result<crate::saga::Saga, crate::saga::SagaError> {
+        let data_dir = self.data_dir()?;
+        tokio::task::spawn_blocking(move || {
+            let conn = crate::store::open_read_only(&data_dir)?;
+            crate::saga::orchestrator::load(&conn, id)?.ok_or(crate::saga::SagaError::NotFound(id))
+        })
+        .await
+        .map_err(|e| crate::saga::SagaError::Store(e.to_string()))?
+    }
+
+    /// Runs `handler` for saga commands of `command_type` addressed to this
+    /// node: at most once each, inside the transaction that records the
+    /// reply (so its state writes are exactly-once). `Ok(result)` completes
+    /// the step, `Err(reason)` fails it. Keep it short: it runs on the
+    /// writer thread. Replaces a handler from the config.
+    pub fn on_command<F>(&self, command_type: &str, handler: F)
+    where
+        F: Fn(&mut Tx<'_>, &crate::saga::CommandPayload) -> Result<serde_json::Value, String>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.inner.command_handlers.register(
+            command_type,
+            crate::saga::participant::Handler::Rust(Arc::new(handler)),
+        );
+    }
+
+    fn data_dir(&self) -> Result<std::path::PathBuf, crate::saga::SagaError> {
+        self.inner
+            .log
+            .db_path()
+            .parent()
+            .map(|p| p.to_path_buf())
+            .ok_or_else(|| crate::saga::SagaError::Store("store path has no directory".into()))
     }
 
     /// The node's status: peers and feed heads.

@@ -344,13 +344,44 @@ where
 /// arrival order, each only after the one before it succeeded. Same cursor
 /// and redelivery rules.
 pub async fn run_subscription_async<F, Fut>(
-    mut sub: Subscription,
+    sub: Subscription,
     mut handler: F,
     stop: impl Future<Output = ()>,
 ) -> Result<(), LogError>
 where
     F: FnMut(StoredEvent) -> Fut,
     Fut: Future<Output = Result<(), String>>,
+{
+    let one_by_one = move |batch: Vec<StoredEvent>| {
+        let mut futures = Vec::with_capacity(batch.len());
+        for event in batch {
+            let arrival = event.arrival;
+            futures.push((arrival, handler(event)));
+        }
+        async move {
+            for (arrival, future) in futures {
+                future.await.map_err(|reason| (arrival, reason))?;
+            }
+            Ok(())
+        }
+    };
+    run_subscription_batches(sub, one_by_one, stop).await
+}
+
+/// The most general runner: `handler` gets each batch of matching events (in
+/// arrival order) and may work on them concurrently; `Err((arrival,
+/// reason))` names the first event it could not handle. The cursor is
+/// committed just before that event, which (with everything after it) is
+/// redelivered after the backoff; handlers must therefore be idempotent
+/// for the events after a failure (an inbox makes them so).
+pub async fn run_subscription_batches<F, Fut>(
+    mut sub: Subscription,
+    mut handler: F,
+    stop: impl Future<Output = ()>,
+) -> Result<(), LogError>
+where
+    F: FnMut(Vec<StoredEvent>) -> Fut,
+    Fut: Future<Output = Result<(), (u64, String)>>,
 {
     let mut stop = std::pin::pin!(stop);
     let mut backoff_ms = SUBSCRIPTION_RETRY_MS;
@@ -369,24 +400,16 @@ where
             }
             continue;
         }
-        let mut failed = None;
-        for event in batch {
-            let arrival = event.arrival;
-            let outcome = tokio::select! {
-                _ = &mut stop => return Ok(()),
-                outcome = handler(event) => outcome,
-            };
-            if let Err(reason) = outcome {
-                failed = Some((arrival, reason));
-                break;
-            }
-        }
-        match failed {
-            None => {
+        let outcome = tokio::select! {
+            _ = &mut stop => return Ok(()),
+            outcome = handler(batch) => outcome,
+        };
+        match outcome {
+            Ok(()) => {
                 sub.commit(sub.position())?;
                 backoff_ms = SUBSCRIPTION_RETRY_MS;
             }
-            Some((arrival, reason)) => {
+            Err((arrival, reason)) => {
                 sub.commit(arrival.saturating_sub(1))?;
                 sub.rewind();
                 tracing::warn!(

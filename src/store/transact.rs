@@ -94,9 +94,12 @@ pub struct Committed<T> {
 /// A queued transaction: the closure, with the caller's value captured
 /// inside it, and where to send the outcome.
 pub(crate) struct TransactJob {
-    pub run: Box<dyn FnOnce(&mut Tx<'_>) -> Result<(), TxError> + Send>,
+    pub run: TransactFn,
     pub reply: TxReply,
 }
+
+/// A transaction's body as the writer runs it.
+pub(crate) type TransactFn = Box<dyn FnOnce(&mut Tx<'_>) -> Result<(), TxError> + Send>;
 
 /// Where the writer sends a transaction's outcome.
 pub(crate) type TxReply = std::sync::mpsc::SyncSender<Result<Vec<super::Receipt>, TxError>>;
@@ -206,6 +209,11 @@ impl<'a> Tx<'a> {
     /// Whether `consumer` already handled event `event_id`.
     pub fn was_handled(&self, consumer: &str, event_id: &[u8; 16]) -> Result<bool, TxError> {
         Ok(was_handled(self.sql, consumer, event_id)?)
+    }
+
+    /// This node's service name (the feed events are proclaimed on).
+    pub fn service(&self) -> &str {
+        self.sealer.author()
     }
 
     /// When the transaction started (microseconds since the epoch).

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use herald::config::NodeConfig;
 use herald::store::Log;
 
+pub mod net;
+
 /// A provisioned cluster directory (`herald init` layout).
 pub struct Cluster {
     pub dir: tempfile::TempDir,

@@ -1,0 +1,425 @@
+//! Participants: run the saga commands addressed to this node.
+//!
+//! A durable subscription reads every `herald.saga.command` event in arrival
+//! order (a feed's events arrive in order, so a step's command is always
+//! handled before its compensation) and keeps those whose `service` is this
+//! node. Each command runs at most once: the inbox records its event id in
+//! the same transaction as the reply event, and a Rust handler's state
+//! writes commit in that transaction too, so its effects are exactly-once.
+//! An executable handler runs outside the transaction (it may take long);
+//! if the node dies after it ran and before the reply committed, it runs
+//! again on restart, so it gets the command id (`HERALD_COMMAND_ID`) to
+//! make its own side effects idempotent.
+//!
+//! Decisions a participant makes without a handler:
+//!
+//! * a command that arrives after its deadline is not run; it fails with
+//!   "deadline passed" (the orchestrator has given up on it already);
+//! * a compensation of a step that did not complete here (it failed, was
+//!   refused, or never ran) has nothing to undo and completes at once.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rusqlite::{OptionalExtension, params};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uuid::Uuid;
+
+use super::events::{self, CommandPayload, ReplyPayload, meta};
+use super::machine::{CommandKind, ReplyOutcome};
+use crate::clock;
+use crate::store::{Log, StartFrom, StoredEvent, Tx, TxError};
+
+/// Durable consumer name (and inbox name) of the command subscription.
+pub const COMMAND_CONSUMER: &str = "herald.saga.participant";
+/// Largest result an executable handler may print (bytes of stdout).
+pub const EXEC_RESULT_BYTES_MAX: usize = 64 * 1024;
+/// Most stderr bytes kept for a failure reason.
+pub const EXEC_REASON_BYTES_MAX: usize = 4 * 1024;
+/// How long an executable handler may run unless its config says otherwise.
+/// Deliberately not the step's deadline: a handler that finishes late
+/// reports it, and the orchestrator compensates the late completion.
+pub const EXEC_TIMEOUT_MS_DEFAULT: u64 = 60_000;
+/// Longest run time a handler's config may allow.
+pub const EXEC_TIMEOUT_MS_MAX: u64 = 10 * 60 * 1000;
+
+/// A Rust command handler: runs inside the transaction that records the
+/// reply, so what it writes through `tx` commits exactly once with it.
+/// `Err(reason)` fails the step and rolls its writes back.
+pub type CommandHandler =
+    Arc<dyn Fn(&mut Tx<'_>, &CommandPayload) -> Result<serde_json::Value, String> + Send + Sync>;
+
+/// How a command type is handled.
+#[derive(Clone)]
+pub enum Handler {
+    Rust(CommandHandler),
+    /// Program and arguments, and how long it may run (ms); the command
+    /// payload (JSON) on stdin; exit 0 completes with stdout as the result
+    /// (JSON, or a string), any other exit fails with stderr (or stdout) as
+    /// the reason.
+    Exec(Vec<String>, u64),
+}
+
+/// Command handlers by command type.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    map: Arc<RwLock<HashMap<String, Handler>>>,
+}
+
+impl Handlers {
+    /// Registers (or replaces) the handler of `command_type`.
+    pub fn register(&self, command_type: &str, handler: Handler) {
+        if let Ok(mut map) = self.map.write() {
+            map.insert(command_type.to_string(), handler);
+        }
+    }
+
+    fn get(&self, command_type: &str) -> Option<Handler> {
+        self.map.read().ok()?.get(command_type).cloned()
+    }
+}
+
+/// Starts the participant's subscription.
+pub(crate) fn spawn(
+    log: Arc<Log>,
+    handlers: Handlers,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, crate::store::LogError> {
+    let subscription = log.subscribe(COMMAND_CONSUMER, events::COMMAND, StartFrom::Stored)?;
+    let handle_one = move |event: StoredEvent| {
+        let (log, handlers) = (log.clone(), handlers.clone());
+        async move { handle_command(&log, &handlers, event).await }
+    };
+    Ok(tokio::spawn(async move {
+        if let Err(e) = crate::store::run_subscription_async(subscription, handle_one, stop).await {
+            tracing::error!(error = %e, "saga command subscription stopped");
+        }
+    }))
+}
+
+/// Handles one command event; `Err` redelivers it after a backoff.
+async fn handle_command(
+    log: &Arc<Log>,
+    handlers: &Handlers,
+    event: StoredEvent,
+) -> Result<(), String> {
+    if event.header.meta_value(meta::SERVICE) != Some(log.service()) {
+        return Ok(());
+    }
+    let command_id = event.header.id;
+    if log
+        .was_handled(COMMAND_CONSUMER, &command_id)
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(());
+    }
+    let keys = log.channel_keys();
+    let command: CommandPayload = match events::decode_payload(
+        &event.header,
+        &event.envelope,
+        &keys,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(author = %event.header.author, seq = event.header.seq, error = %e, "unreadable saga command skipped");
+            return Ok(());
+        }
+    };
+    let orchestrator = event.header.author.clone();
+    let reply = ReplyTo {
+        command_id,
+        orchestrator,
+    };
+    let now = clock::now_us();
+    if command.kind == CommandKind::Do && now >= command.deadline_us {
+        let reason = "deadline passed before the command ran; not run".to_string();
+        return commit_reply(log, &reply, &command, ReplyOutcome::Failed { reason }, None).await;
+    }
+    if command.kind == CommandKind::Compensate {
+        let note = if !completed_here(log, &command, CommandKind::Do).await? {
+            Some("the step did not complete on this service; nothing to undo")
+        } else if completed_here(log, &command, CommandKind::Compensate).await? {
+            // An earlier attempt succeeded but its reply came too late for
+            // the orchestrator, which retried: undo once, confirm again.
+            Some("an earlier compensation attempt already undid this step")
+        } else {
+            None
+        };
+        if let Some(note) = note {
+            let result = serde_json::json!({ "undone": false, "note": note });
+            return commit_reply(
+                log,
+                &reply,
+                &command,
+                ReplyOutcome::Completed { result },
+                None,
+            )
+            .await;
+        }
+    }
+    match handlers.get(&command.command) {
+        None => {
+            let reason = format!(
+                "service {} has no handler for command {:?}",
+                log.service(),
+                command.command
+            );
+            commit_reply(log, &reply, &command, ReplyOutcome::Failed { reason }, None).await
+        }
+        Some(Handler::Rust(handler)) => {
+            let outcome = commit_reply(
+                log,
+                &reply,
+                &command,
+                ReplyOutcome::Completed {
+                    result: serde_json::Value::Null,
+                },
+                Some(handler),
+            )
+            .await;
+            match outcome {
+                Err(reason) if reason.starts_with(HANDLER_FAILED) => {
+                    let reason = reason[HANDLER_FAILED.len()..].to_string();
+                    commit_reply(log, &reply, &command, ReplyOutcome::Failed { reason }, None).await
+                }
+                other => other,
+            }
+        }
+        Some(Handler::Exec(program, timeout_ms)) => {
+            let outcome = run_exec(&program, timeout_ms, &command, &reply.command_id).await;
+            commit_reply(log, &reply, &command, outcome, None).await
+        }
+    }
+}
+
+/// Marks a handler's own failure, as opposed to a store failure.
+const HANDLER_FAILED: &str = "handler failed: ";
+
+/// Where a reply goes.
+struct ReplyTo {
+    command_id: [u8; 16],
+    orchestrator: String,
+}
+
+/// Commits the reply (and, for a Rust handler, runs it first in the same
+/// transaction): inbox record, `saga_commands` row, reply event.
+async fn commit_reply(
+    log: &Arc<Log>,
+    reply: &ReplyTo,
+    command: &CommandPayload,
+    outcome: ReplyOutcome,
+    handler: Option<CommandHandler>,
+) -> Result<(), String> {
+    let command = command.clone();
+    let (command_id, orchestrator) = (reply.command_id, reply.orchestrator.clone());
+    let log2 = log.clone();
+    let committed = tokio::task::spawn_blocking(move || {
+        log2.transact(move |tx| {
+            if !tx.mark_handled(COMMAND_CONSUMER, &command_id)? {
+                return Ok(());
+            }
+            let outcome = match handler {
+                Some(handler) => match handler(tx, &command) {
+                    Ok(result) => ReplyOutcome::Completed { result },
+                    Err(reason) => return Err(TxError::abort(format!("{HANDLER_FAILED}{reason}"))),
+                },
+                None => outcome,
+            };
+            record_and_reply(tx, &command, command_id, &orchestrator, outcome)
+        })
+    })
+    .await
+    .map_err(|e| format!("participant task: {e}"))?;
+    match committed {
+        Ok(_) => Ok(()),
+        Err(TxError::Aborted(reason)) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn record_and_reply(
+    tx: &mut Tx<'_>,
+    command: &CommandPayload,
+    command_id: [u8; 16],
+    orchestrator: &str,
+    outcome: ReplyOutcome,
+) -> Result<(), TxError> {
+    let outcome_name = match &outcome {
+        ReplyOutcome::Completed { .. } => "completed",
+        ReplyOutcome::Failed { .. } => "failed",
+    };
+    tx.sql()
+        .prepare_cached(
+            "INSERT OR REPLACE INTO saga_commands (saga_id, step, kind, attempt, command_id, outcome, handled_at_us)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            command.saga_id.as_bytes().as_slice(),
+            command.step as i64,
+            events::kind_str(command.kind),
+            command.attempt as i64,
+            command_id.as_slice(),
+            outcome_name,
+            tx.now_us() as i64,
+        ])?;
+    let payload = ReplyPayload {
+        saga_id: command.saga_id,
+        step: command.step,
+        kind: command.kind,
+        attempt: command.attempt,
+        command_id: Uuid::from_bytes(command_id),
+        outcome,
+    };
+    let bytes = serde_json::to_vec(&payload)
+        .map_err(|e| TxError::abort(format!("encoding a saga reply: {e}")))?;
+    let meta = vec![
+        (meta::SAGA_ID.to_string(), command.saga_id.to_string()),
+        (meta::SAGA_TYPE.to_string(), command.saga_type.clone()),
+        (meta::STEP.to_string(), command.step.to_string()),
+        (meta::STEP_NAME.to_string(), command.step_name.clone()),
+        (meta::SERVICE.to_string(), tx.service().to_string()),
+        (
+            meta::KIND.to_string(),
+            events::kind_str(command.kind).to_string(),
+        ),
+        (meta::ATTEMPT.to_string(), command.attempt.to_string()),
+        (meta::OUTCOME.to_string(), outcome_name.to_string()),
+        (
+            meta::COMMAND_ID.to_string(),
+            Uuid::from_bytes(command_id).to_string(),
+        ),
+        (meta::ORCHESTRATOR.to_string(), orchestrator.to_string()),
+    ];
+    tx.proclaim_system(events::REPLY, &bytes, meta)?;
+    Ok(())
+}
+
+/// Whether this service completed a command of `kind` for the step (any
+/// attempt).
+async fn completed_here(
+    log: &Arc<Log>,
+    command: &CommandPayload,
+    kind: CommandKind,
+) -> Result<bool, String> {
+    let data_dir = log
+        .db_path()
+        .parent()
+        .map(|p| p.to_path_buf())
+        .ok_or("store path has no directory")?;
+    let (saga_id, step) = (command.saga_id, command.step);
+    tokio::task::spawn_blocking(move || -> Result<bool, String> {
+        let conn = crate::store::open_read_only(&data_dir).map_err(|e| e.to_string())?;
+        let found: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM saga_commands WHERE saga_id = ?1 AND step = ?2 AND kind = ?3 AND outcome = 'completed' LIMIT 1",
+                params![saga_id.as_bytes().as_slice(), step as i64, events::kind_str(kind)],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| e.to_string())?;
+        Ok(found.is_some())
+    })
+    .await
+    .map_err(|e| format!("participant task: {e}"))?
+}
+
+/// Runs an executable handler until it exits or the command's deadline.
+async fn run_exec(
+    program: &[String],
+    timeout_ms: u64,
+    command: &CommandPayload,
+    command_id: &[u8; 16],
+) -> ReplyOutcome {
+    let failed = |reason: String| ReplyOutcome::Failed { reason };
+    let Some((path, args)) = program.split_first() else {
+        return failed("handler has an empty command".into());
+    };
+    let input = match serde_json::to_vec(command) {
+        Ok(b) => b,
+        Err(e) => return failed(format!("encoding the command: {e}")),
+    };
+    let spawned = tokio::process::Command::new(path)
+        .args(args)
+        .env("HERALD_SAGA_ID", command.saga_id.to_string())
+        .env(
+            "HERALD_COMMAND_ID",
+            Uuid::from_bytes(*command_id).to_string(),
+        )
+        .env("HERALD_COMMAND", &command.command)
+        .env("HERALD_STEP", &command.step_name)
+        .env("HERALD_KIND", events::kind_str(command.kind))
+        .env("HERALD_ATTEMPT", command.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => return failed(format!("cannot start handler {path:?}: {e}")),
+    };
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return failed("handler pipes were not opened".into());
+    };
+    let timeout_ms = timeout_ms.clamp(1, EXEC_TIMEOUT_MS_MAX);
+    let io = async {
+        // A handler may exit without reading its input.
+        let _ = stdin.write_all(&input).await;
+        drop(stdin);
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let mut stdout = stdout.take(EXEC_RESULT_BYTES_MAX as u64 + 1);
+        let mut stderr = stderr.take(EXEC_REASON_BYTES_MAX as u64);
+        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
+        // Drain what is over the limits so the handler never blocks on a
+        // full pipe (the overflow is reported below).
+        let (mut rest_out, mut rest_err) = (stdout.into_inner(), stderr.into_inner());
+        let mut sink = tokio::io::sink();
+        let mut sink2 = tokio::io::sink();
+        let _ = tokio::join!(
+            tokio::io::copy(&mut rest_out, &mut sink),
+            tokio::io::copy(&mut rest_err, &mut sink2)
+        );
+        let status = child.wait().await;
+        (status, out, err)
+    };
+    let Ok((status, out, err)) = tokio::time::timeout(Duration::from_millis(timeout_ms), io).await
+    else {
+        return failed(format!(
+            "handler {path:?} did not finish within {timeout_ms} ms"
+        ));
+    };
+    if out.len() > EXEC_RESULT_BYTES_MAX {
+        return failed(format!(
+            "handler wrote more than {EXEC_RESULT_BYTES_MAX} bytes to stdout"
+        ));
+    }
+    match status {
+        Ok(s) if s.success() => {
+            let text = String::from_utf8_lossy(&out);
+            let trimmed = text.trim();
+            let result = if trimmed.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_str(trimmed)
+                    .unwrap_or_else(|_| serde_json::Value::String(trimmed.to_string()))
+            };
+            ReplyOutcome::Completed { result }
+        }
+        Ok(s) => {
+            let err = String::from_utf8_lossy(&err);
+            let out = String::from_utf8_lossy(&out);
+            let text = if err.trim().is_empty() {
+                out.trim()
+            } else {
+                err.trim()
+            };
+            failed(format!("handler {s}: {text}"))
+        }
+        Err(e) => failed(format!("cannot wait for handler {path:?}: {e}")),
+    }
+}
