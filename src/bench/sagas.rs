@@ -5,11 +5,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::cluster::{CLUSTER_NODES, start_cluster};
@@ -45,11 +45,17 @@ pub fn run_sagas(work_dir: &Path, sagas: u64) -> Result<SagaReport, BenchError> 
         .build()
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     runtime.block_on(async {
-        let nodes = start_cluster(&work_dir.join("sagas")).await?;
+        let nodes: Vec<Arc<Node>> = start_cluster(&work_dir.join("sagas"))
+            .await?
+            .into_iter()
+            .map(Arc::new)
+            .collect();
         let outcome = tokio::time::timeout(SAGA_RUN_TIMEOUT, drive(&nodes, sagas)).await;
         let events_before_shutdown = count_events(&nodes)?;
         for node in nodes {
-            node.shutdown().await;
+            if let Ok(node) = Arc::try_unwrap(node) {
+                node.shutdown().await;
+            }
         }
         let (elapsed, mut latencies) =
             outcome.map_err(|_| BenchError::Setup("sagas did not complete in time".into()))??;
@@ -87,7 +93,7 @@ fn definition() -> Result<SagaDefinition, BenchError> {
 
 /// Starts every saga (at most [`SAGAS_IN_FLIGHT`] at once) and waits for
 /// each to complete; returns the wall time and each saga's latency.
-async fn drive(nodes: &[Node], sagas: u64) -> Result<(Duration, Vec<u64>), BenchError> {
+async fn drive(nodes: &[Arc<Node>], sagas: u64) -> Result<(Duration, Vec<u64>), BenchError> {
     for (i, node) in nodes.iter().enumerate() {
         // Each step records its effect in the participant's state, in the
         // reply's transaction, like a real service would.
@@ -111,49 +117,56 @@ async fn drive(nodes: &[Node], sagas: u64) -> Result<(Duration, Vec<u64>), Bench
         },
     )?;
     let definition = definition()?;
-    let permits = Arc::new(Semaphore::new(SAGAS_IN_FLIGHT));
-    let started: Arc<Mutex<HashMap<Uuid, Instant>>> = Arc::default();
-    let mut latencies = Vec::with_capacity(sagas as usize);
+    let mut starting = tokio::task::JoinSet::new();
+    let mut started: HashMap<Uuid, Instant> = HashMap::new();
     let mut early: HashMap<Uuid, Instant> = HashMap::new();
+    let mut latencies = Vec::with_capacity(sagas as usize);
     let start = Instant::now();
     let mut launched = 0u64;
+    let mut in_flight = 0usize;
     while latencies.len() < sagas as usize {
-        while launched < sagas {
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                break;
-            };
-            let t0 = Instant::now();
-            let id = orchestrator
-                .start_saga(definition.clone(), serde_json::json!({ "n": launched }))
-                .await
-                .map_err(|e| BenchError::Setup(format!("start saga: {e}")))?;
-            permit.forget();
+        // Starts run concurrently, so they share the orchestrator's commits
+        // as a busy service's would.
+        while launched < sagas && in_flight < SAGAS_IN_FLIGHT {
+            let orchestrator = Arc::clone(orchestrator);
+            let definition = definition.clone();
+            let n = launched;
+            starting.spawn(async move {
+                let t0 = Instant::now();
+                let id = orchestrator
+                    .start_saga(definition, serde_json::json!({ "n": n }))
+                    .await;
+                (id, t0)
+            });
             launched += 1;
-            // A completion seen before its start returned (possible in
-            // principle) is matched here.
-            match early.remove(&id) {
-                Some(done_at) => {
-                    latencies.push(done_at.duration_since(t0).as_micros() as u64);
-                    permits.add_permits(1);
-                }
-                None => {
-                    if let Ok(mut s) = started.lock() {
-                        s.insert(id, t0);
+            in_flight += 1;
+        }
+        tokio::select! {
+            Some(joined) = starting.join_next(), if !starting.is_empty() => {
+                let (id, t0) = joined.map_err(|e| BenchError::Setup(e.to_string()))?;
+                let id = id.map_err(|e| BenchError::Setup(format!("start saga: {e}")))?;
+                // A completion seen before its start returned is matched here.
+                match early.remove(&id) {
+                    Some(done_at) => {
+                        latencies.push(done_at.duration_since(t0).as_micros() as u64);
+                        in_flight -= 1;
+                    }
+                    None => {
+                        started.insert(id, t0);
                     }
                 }
             }
-        }
-        let Some(id) = done_rx.recv().await else {
-            return Err(BenchError::Setup("completion feed ended".into()));
-        };
-        let t0 = started.lock().ok().and_then(|mut s| s.remove(&id));
-        match t0 {
-            Some(t0) => {
-                latencies.push(t0.elapsed().as_micros() as u64);
-                permits.add_permits(1);
-            }
-            None => {
-                early.insert(id, Instant::now());
+            done = done_rx.recv() => {
+                let id = done.ok_or_else(|| BenchError::Setup("completion feed ended".into()))?;
+                match started.remove(&id) {
+                    Some(t0) => {
+                        latencies.push(t0.elapsed().as_micros() as u64);
+                        in_flight -= 1;
+                    }
+                    None => {
+                        early.insert(id, Instant::now());
+                    }
+                }
             }
         }
     }
@@ -161,7 +174,7 @@ async fn drive(nodes: &[Node], sagas: u64) -> Result<(Duration, Vec<u64>), Bench
 }
 
 /// Events across the cluster that are saga events.
-fn count_events(nodes: &[Node]) -> Result<u64, BenchError> {
+fn count_events(nodes: &[Arc<Node>]) -> Result<u64, BenchError> {
     let mut total = 0;
     for node in nodes {
         if let Some(own) = node

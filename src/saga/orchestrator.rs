@@ -101,7 +101,7 @@ impl Orchestrator {
             let stop = crate::node::stopped(shutdown.clone());
             async move {
                 if let Err(e) =
-                    crate::store::run_subscription_async(subscription, forward, stop).await
+                    crate::store::run_subscription_batches(subscription, forward, stop).await
                 {
                     tracing::error!(error = %e, "saga reply subscription stopped");
                 }
@@ -143,51 +143,72 @@ impl Orchestrator {
 }
 
 /// Turns reply events addressed to this node into messages for the
-/// orchestrator, and waits until each is applied durably.
+/// orchestrator (a whole batch at once, so they share one transaction) and
+/// waits until each is applied durably.
 fn forward_replies(
     log: Arc<Log>,
     tx: mpsc::Sender<Msg>,
 ) -> impl FnMut(
-    StoredEvent,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
-    move |event: StoredEvent| {
+    Vec<StoredEvent>,
+)
+    -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), (u64, String)>> + Send>> {
+    move |batch: Vec<StoredEvent>| {
         let (log, tx) = (log.clone(), tx.clone());
         Box::pin(async move {
-            if event.header.meta_value(meta::ORCHESTRATOR) != Some(log.service()) {
-                return Ok(());
-            }
             let keys = log.channel_keys();
-            let payload: ReplyPayload = match events::decode_payload(
-                &event.header,
-                &event.envelope,
-                &keys,
-            ) {
-                Ok(p) => p,
-                Err(e) => {
-                    // A reply we cannot read can never be applied:
-                    // skipping it lets the step time out instead.
-                    tracing::warn!(author = %event.header.author, seq = event.header.seq, error = %e, "unreadable saga reply skipped");
-                    return Ok(());
-                }
-            };
-            let (ack, applied) = oneshot::channel();
-            let reply = Reply {
-                step: payload.step,
-                kind: payload.kind,
-                attempt: payload.attempt,
-                outcome: payload.outcome,
-            };
-            tx.send(Msg::Reply {
-                saga_id: payload.saga_id,
-                reply,
-                ack,
-            })
-            .await
-            .map_err(|_| "orchestrator stopped".to_string())?;
-            applied
+            let mut acks = Vec::new();
+            for event in batch {
+                let Some(reply) = reply_for(&log, &keys, &event) else {
+                    continue;
+                };
+                let (ack, applied) = oneshot::channel();
+                let (saga_id, reply) = reply;
+                tx.send(Msg::Reply {
+                    saga_id,
+                    reply,
+                    ack,
+                })
                 .await
-                .map_err(|_| "orchestrator stopped".to_string())?
+                .map_err(|_| (event.arrival, "orchestrator stopped".to_string()))?;
+                acks.push((event.arrival, applied));
+            }
+            for (arrival, applied) in acks {
+                applied
+                    .await
+                    .map_err(|_| "orchestrator stopped".to_string())
+                    .and_then(|r| r)
+                    .map_err(|reason| (arrival, reason))?;
+            }
+            Ok(())
         })
+    }
+}
+
+/// The reply in `event`, if it is addressed to this node and readable.
+fn reply_for(
+    log: &Log,
+    keys: &[crate::core::crypto::ChannelKey],
+    event: &StoredEvent,
+) -> Option<(Uuid, Reply)> {
+    if event.header.meta_value(meta::ORCHESTRATOR) != Some(log.service()) {
+        return None;
+    }
+    match events::decode_payload::<ReplyPayload>(&event.header, &event.envelope, keys) {
+        Ok(p) => Some((
+            p.saga_id,
+            Reply {
+                step: p.step,
+                kind: p.kind,
+                attempt: p.attempt,
+                outcome: p.outcome,
+            },
+        )),
+        Err(e) => {
+            // A reply we cannot read can never be applied: skipping it
+            // lets the step time out instead.
+            tracing::warn!(author = %event.header.author, seq = event.header.seq, error = %e, "unreadable saga reply skipped");
+            None
+        }
     }
 }
 

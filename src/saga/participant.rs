@@ -81,6 +81,10 @@ impl Handlers {
     }
 }
 
+/// Commands handled at once (across sagas; one saga's commands always run
+/// one after another, in order).
+pub const PARTICIPANT_CONCURRENCY_MAX: usize = 32;
+
 /// Starts the participant's subscription.
 pub(crate) fn spawn(
     log: Arc<Log>,
@@ -88,15 +92,64 @@ pub(crate) fn spawn(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>, crate::store::LogError> {
     let subscription = log.subscribe(COMMAND_CONSUMER, events::COMMAND, StartFrom::Stored)?;
-    let handle_one = move |event: StoredEvent| {
-        let (log, handlers) = (log.clone(), handlers.clone());
-        async move { handle_command(&log, &handlers, event).await }
-    };
+    let handle_batch =
+        move |batch: Vec<StoredEvent>| handle_batch(log.clone(), handlers.clone(), batch);
     Ok(tokio::spawn(async move {
-        if let Err(e) = crate::store::run_subscription_async(subscription, handle_one, stop).await {
+        if let Err(e) =
+            crate::store::run_subscription_batches(subscription, handle_batch, stop).await
+        {
             tracing::error!(error = %e, "saga command subscription stopped");
         }
     }))
+}
+
+/// Handles a batch of command events: each saga's commands in order, different
+/// sagas concurrently (so their transactions share commits). Returns the
+/// earliest event that failed; events after it that succeeded are skipped on
+/// redelivery by the inbox.
+async fn handle_batch(
+    log: Arc<Log>,
+    handlers: Handlers,
+    batch: Vec<StoredEvent>,
+) -> Result<(), (u64, String)> {
+    let mut groups: Vec<Vec<StoredEvent>> = Vec::new();
+    let mut group_of: HashMap<Option<Uuid>, usize> = HashMap::new();
+    for event in batch {
+        let key = events::saga_id_of(&event.header);
+        let index = *group_of.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[index].push(event);
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(PARTICIPANT_CONCURRENCY_MAX));
+    let mut tasks = tokio::task::JoinSet::new();
+    for group in groups {
+        let (log, handlers, permits) = (log.clone(), handlers.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            for event in group {
+                let arrival = event.arrival;
+                handle_command(&log, &handlers, event)
+                    .await
+                    .map_err(|reason| (arrival, reason))?;
+            }
+            Ok::<(), (u64, String)>(())
+        });
+    }
+    let mut first_failure: Option<(u64, String)> = None;
+    while let Some(joined) = tasks.join_next().await {
+        let failure = match joined {
+            Ok(Ok(())) => continue,
+            Ok(Err(failure)) => failure,
+            // A panicking handler task: redeliver from the batch's start.
+            Err(e) => (0, format!("participant task: {e}")),
+        };
+        if first_failure.as_ref().is_none_or(|(a, _)| failure.0 < *a) {
+            first_failure = Some(failure);
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
 }
 
 /// Handles one command event; `Err` redelivers it after a backoff.
