@@ -142,16 +142,17 @@ impl Orchestrator {
     }
 }
 
+/// What handling one batch of reply events resolves to.
+type BatchFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), (u64, String)>> + Send>>;
+
 /// Turns reply events addressed to this node into messages for the
 /// orchestrator (a whole batch at once, so they share one transaction) and
 /// waits until each is applied durably.
 fn forward_replies(
     log: Arc<Log>,
     tx: mpsc::Sender<Msg>,
-) -> impl FnMut(
-    Vec<StoredEvent>,
-)
-    -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), (u64, String)>> + Send>> {
+) -> impl FnMut(Vec<StoredEvent>) -> BatchFuture {
     move |batch: Vec<StoredEvent>| {
         let (log, tx) = (log.clone(), tx.clone());
         Box::pin(async move {
