@@ -325,3 +325,116 @@ fn transactions_survive_sigkill_at_random_points() {
     }
     assert!(acknowledged > 0, "the child never committed anything");
 }
+
+/// The total the `ledger` consumer has recorded.
+async fn ledger_total(node: &herald::node::Node) -> u64 {
+    node.get("ledger", "total")
+        .await
+        .unwrap()
+        .map(|v| String::from_utf8(v).unwrap().parse().unwrap())
+        .unwrap_or(0)
+}
+
+async fn wait_total(node: &herald::node::Node, expected: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ledger_total(node).await != expected {
+        assert!(
+            Instant::now() < deadline,
+            "ledger total {} never reached {expected}",
+            ledger_total(node).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts the `ledger` consumer: adds each donation's `amount` metadata to a
+/// running total. The first delivery of the donation of 3 fails on purpose
+/// after writing, to show the rollback and redelivery.
+fn start_ledger(node: &herald::node::Node, fail_once: Arc<std::sync::atomic::AtomicBool>) {
+    node.consume(
+        "ledger",
+        "donation.*",
+        herald::store::StartFrom::Stored,
+        move |tx, event| {
+            let amount: u64 = event
+                .header
+                .meta_value("amount")
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| TxError::abort("donation without an amount"))?;
+            let total = tx
+                .get("ledger", "total")?
+                .map(|v| String::from_utf8_lossy(&v).parse::<u64>().unwrap_or(0))
+                .unwrap_or(0);
+            tx.put("ledger", "total", (total + amount).to_string().as_bytes())?;
+            if amount == 3 && fail_once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(TxError::abort("transient failure after writing"));
+            }
+            Ok(())
+        },
+    )
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_consumer_applies_each_event_once_across_redelivery() {
+    let net = common::net::Net::mesh(&["a"]);
+    let node = herald::node::Node::start(&net.config("a")).await.unwrap();
+    let fail_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    start_ledger(&node, fail_once.clone());
+    for amount in 1..=5u64 {
+        node.proclaim(
+            "donation.received",
+            b"{}",
+            vec![("amount".into(), amount.to_string())],
+        )
+        .await
+        .unwrap();
+    }
+    wait_total(&node, 15).await;
+    assert!(
+        !fail_once.load(std::sync::atomic::Ordering::SeqCst),
+        "the failure happened"
+    );
+    node.shutdown().await;
+
+    // Rewind the consumer's cursor to the start: every donation is delivered
+    // again, and the inbox skips them all.
+    {
+        let log = Log::open(&net.config("a")).unwrap();
+        log.subscribe("ledger", "donation.*", herald::store::StartFrom::Start)
+            .unwrap();
+        log.close();
+    }
+    let node = herald::node::Node::start(&net.config("a")).await.unwrap();
+    start_ledger(&node, Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    node.proclaim(
+        "donation.received",
+        b"{}",
+        vec![("amount".into(), "100".into())],
+    )
+    .await
+    .unwrap();
+    wait_total(&node, 115).await;
+    // Once the consumer's cursor is past every event, nothing more can be
+    // (wrongly) added by redelivery.
+    let dir = net.config("a").data_dir;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let conn = herald::store::open_read_only(&dir).unwrap();
+        let last = herald::store::last_arrival(&conn).unwrap();
+        let cursor: i64 = conn
+            .query_row(
+                "SELECT last_arrival FROM consumer_cursors WHERE consumer = 'ledger'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if cursor as u64 >= last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the consumer never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ledger_total(&node).await, 115);
+    node.shutdown().await;
+}
