@@ -32,13 +32,25 @@ pub enum DecodeError {
 
 /// Encodes a header canonically.
 pub fn encode_header(header: &EventHeader) -> Vec<u8> {
+    // Sized up front so encoding never reallocates on the hot path: fixed
+    // fields (at most ~200 bytes with varints) plus the variable strings.
+    let variable = header.author.len()
+        + header.event_type.len()
+        + header
+            .meta
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 4)
+            .sum::<usize>();
     // postcard serialisation of plain data into a Vec cannot fail.
-    postcard::to_stdvec(header).unwrap_or_default()
+    postcard::to_extend(header, Vec::with_capacity(224 + variable)).unwrap_or_default()
 }
 
 /// Encodes an envelope canonically.
 pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
-    postcard::to_stdvec(envelope).unwrap_or_default()
+    // Two length prefixes (at most 5 bytes each), the signature with its
+    // prefix, the option tag: 80 bytes of room is enough.
+    let size = envelope.header.len() + envelope.payload.as_ref().map_or(0, Vec::len) + 80;
+    postcard::to_extend(envelope, Vec::with_capacity(size)).unwrap_or_default()
 }
 
 /// The event hash: `SHA-256(EVENT_HASH_TAG ‖ header bytes)`.

@@ -924,9 +924,12 @@ fn sign_with(key: &SigningKey, u: Unsigned) -> VerifiedEvent {
 
 /// The AEAD associated data: `AAD_TAG ‖ postcard(AssociatedData)`.
 pub(crate) fn associated_data(fields: &AssociatedData<'_>) -> Vec<u8> {
-    let mut aad = crypto::AAD_TAG.to_vec();
-    aad.extend_from_slice(&postcard::to_stdvec(fields).unwrap_or_default());
-    aad
+    // Tag, then the fields (strings plus ~100 bytes of fixed fields).
+    let mut aad = Vec::with_capacity(
+        crypto::AAD_TAG.len() + fields.author.len() + fields.event_type.len() + 112,
+    );
+    aad.extend_from_slice(crypto::AAD_TAG);
+    postcard::to_extend(fields, aad).unwrap_or_default()
 }
 
 /// Why a payload could not be read.
