@@ -779,3 +779,72 @@ fn saga_commands_reject_bad_input_clearly() {
     assert_eq!(code, 2);
     assert!(err.contains("not running"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn saga_start_wait_reports_the_outcome_in_its_exit_code() {
+    let net = Net::mesh(&["a", "b", "c"]);
+    let nodes = start_nodes(&net, &["a", "b", "c"]).await;
+    let def_path = net.path().join("campaign.toml");
+    std::fs::write(&def_path, definition(Duration::from_secs(10), 3).to_toml()).unwrap();
+    let run = |data: &'static str| {
+        let (config, def, dir) = (
+            net.config_path("a"),
+            def_path.clone(),
+            net.path().to_path_buf(),
+        );
+        tokio::task::spawn_blocking(move || {
+            herald(
+                &[
+                    "saga",
+                    "start",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--definition",
+                    def.to_str().unwrap(),
+                    "--data",
+                    data,
+                    "--wait",
+                    "30s",
+                    "--json",
+                ],
+                &dir,
+            )
+        })
+    };
+    let (code, out, err) = run("{}").await.unwrap();
+    assert_eq!(code, 0, "completed: {err}");
+    let saga: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(saga["status"], "completed");
+    let (code, out, err) = run(r#"{"fail_step":1}"#).await.unwrap();
+    assert_eq!(code, 1, "compensated: {err}");
+    let saga: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(saga["status"], "compensated");
+    let id = saga["id"].as_str().unwrap().to_string();
+    // status by id (text), and a missing id is an error naming it.
+    let config = net.config_path("a");
+    let (code, out, _) = herald(
+        &["saga", "status", &id, "--config", config.to_str().unwrap()],
+        net.path(),
+    );
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("compensated") && out.contains("schedule_events"),
+        "{out}"
+    );
+    let missing = Uuid::now_v7().to_string();
+    let (code, _, err) = herald(
+        &[
+            "saga",
+            "status",
+            &missing,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        net.path(),
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains(&missing), "{err}");
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
