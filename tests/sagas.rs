@@ -848,3 +848,34 @@ async fn saga_start_wait_reports_the_outcome_in_its_exit_code() {
         node.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_step_result_fails_the_step_instead_of_the_saga_engine() {
+    let net = Net::mesh(&["a"]);
+    let node = Node::start(&net.config("a")).await.unwrap();
+    let limit = herald::saga::participant::STEP_RESULT_BYTES_MAX;
+    node.on_command("report.build", move |_, _| {
+        Ok(serde_json::Value::String("x".repeat(limit + 1)))
+    });
+    let definition = SagaDefinition::builder("Report")
+        .deadline(Duration::from_secs(30))
+        .step(StepDefinition::new(
+            "build",
+            "a",
+            "report.build",
+            "report.discard",
+            Duration::from_secs(10),
+        ))
+        .build()
+        .unwrap();
+    let id = node
+        .start_saga(definition, serde_json::json!({}))
+        .await
+        .unwrap();
+    let saga = wait_end(&node, id).await;
+    assert_eq!(saga.status, SagaStatus::Compensated, "{:#?}", saga.steps);
+    assert_eq!(saga.steps[0].status, StepStatus::Failed);
+    let reason = saga.steps[0].reason.as_deref().unwrap();
+    assert!(reason.contains("over the limit"), "{reason}");
+    node.shutdown().await;
+}

@@ -34,8 +34,11 @@ use crate::store::{Log, StartFrom, StoredEvent, Tx, TxError};
 
 /// Durable consumer name (and inbox name) of the command subscription.
 pub const COMMAND_CONSUMER: &str = "herald.saga.participant";
-/// Largest result an executable handler may print (bytes of stdout).
-pub const EXEC_RESULT_BYTES_MAX: usize = 64 * 1024;
+/// Largest step result (JSON bytes), from a Rust handler or an executable's
+/// stdout. Every later command carries the results of the steps before it,
+/// so 32 steps of this size plus the largest saga input stay well inside
+/// one event's payload limit.
+pub const STEP_RESULT_BYTES_MAX: usize = 16 * 1024;
 /// Most stderr bytes kept for a failure reason.
 pub const EXEC_REASON_BYTES_MAX: usize = 4 * 1024;
 /// How long an executable handler may run unless its config says otherwise.
@@ -275,7 +278,15 @@ async fn commit_reply(
             }
             let outcome = match handler {
                 Some(handler) => match handler(tx, &command) {
-                    Ok(result) => ReplyOutcome::Completed { result },
+                    Ok(result) => {
+                        let size = serde_json::to_vec(&result).map_or(usize::MAX, |v| v.len());
+                        if size > STEP_RESULT_BYTES_MAX {
+                            return Err(TxError::abort(format!(
+                                "{HANDLER_FAILED}result of {size} bytes is over the limit of {STEP_RESULT_BYTES_MAX}"
+                            )));
+                        }
+                        ReplyOutcome::Completed { result }
+                    }
                     Err(reason) => return Err(TxError::abort(format!("{HANDLER_FAILED}{reason}"))),
                 },
                 None => outcome,
@@ -425,7 +436,7 @@ async fn run_exec(
         drop(stdin);
         let mut out = Vec::new();
         let mut err = Vec::new();
-        let mut stdout = stdout.take(EXEC_RESULT_BYTES_MAX as u64 + 1);
+        let mut stdout = stdout.take(STEP_RESULT_BYTES_MAX as u64 + 1);
         let mut stderr = stderr.take(EXEC_REASON_BYTES_MAX as u64);
         let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
         // Drain what is over the limits so the handler never blocks on a
@@ -446,9 +457,9 @@ async fn run_exec(
             "handler {path:?} did not finish within {timeout_ms} ms"
         ));
     };
-    if out.len() > EXEC_RESULT_BYTES_MAX {
+    if out.len() > STEP_RESULT_BYTES_MAX {
         return failed(format!(
-            "handler wrote more than {EXEC_RESULT_BYTES_MAX} bytes to stdout"
+            "handler wrote more than {STEP_RESULT_BYTES_MAX} bytes to stdout"
         ));
     }
     match status {
