@@ -879,3 +879,49 @@ async fn an_oversized_step_result_fails_the_step_instead_of_the_saga_engine() {
     assert!(reason.contains("over the limit"), "{reason}");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_sagas_timing_out_at_once_all_end() {
+    // 600 sagas wait on a service that never answers; the orchestrator is
+    // stopped past their deadlines, so after the restart every one of them
+    // times out in the same instant: far more events than one transaction
+    // may hold. Each must still end (failed, with its alert).
+    let net = Net::mesh(&["a"]);
+    let definition = SagaDefinition::builder("Unanswered")
+        .deadline(Duration::from_secs(60))
+        .compensation_attempts(1)
+        .step(StepDefinition::new(
+            "ask",
+            "ghost",
+            "ghost.ask",
+            "ghost.forget",
+            Duration::from_millis(1500),
+        ))
+        .build()
+        .unwrap();
+    let node = std::sync::Arc::new(Node::start(&net.config("a")).await.unwrap());
+    let mut starts = tokio::task::JoinSet::new();
+    for _ in 0..600 {
+        let (node, definition) = (node.clone(), definition.clone());
+        starts.spawn(async move { node.start_saga(definition, serde_json::json!({})).await });
+    }
+    let mut ids = Vec::new();
+    while let Some(id) = starts.join_next().await {
+        ids.push(id.unwrap().unwrap());
+    }
+    let node = std::sync::Arc::try_unwrap(node).ok().expect("sole owner");
+    node.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let node = Node::start(&net.config("a")).await.unwrap();
+    for id in &ids {
+        let saga = wait_end(&node, *id).await;
+        assert_eq!(saga.status, SagaStatus::Failed, "{:#?}", saga.steps);
+        assert_eq!(saga.steps[0].status, StepStatus::CompensationFailed);
+    }
+    assert_eq!(
+        saga_events(node.log(), ids[0], "herald.saga.alert").len(),
+        1,
+        "each failed saga has its alert"
+    );
+    node.shutdown().await;
+}

@@ -358,31 +358,44 @@ struct Proclamation {
     meta: Vec<(String, String)>,
 }
 
-/// Stores each saga's new state and proclaims its actions, atomically.
+/// Stores each saga's new state and proclaims its actions: each saga's row
+/// and events in one transaction, sagas grouped so no transaction exceeds
+/// [`TRANSACT_EVENTS_MAX`](crate::store::TRANSACT_EVENTS_MAX) events (many
+/// sagas timing out at once must never make a transition unstorable).
 async fn persist(log: &Arc<Log>, writes: Vec<(Saga, Vec<Action>)>) -> Result<(), SagaError> {
     let orchestrator = log.service().to_string();
-    let mut rows = Vec::with_capacity(writes.len());
-    let mut proclamations = Vec::new();
+    let mut chunks: Vec<Vec<(SagaRow, Vec<Proclamation>)>> = vec![Vec::new()];
+    let mut chunk_events = 0usize;
     for (saga, actions) in writes {
-        for action in &actions {
-            proclamations.push(proclamation_for(&saga, action, &orchestrator)?);
+        let proclamations = actions
+            .iter()
+            .map(|action| proclamation_for(&saga, action, &orchestrator))
+            .collect::<Result<Vec<_>, _>>()?;
+        if chunk_events + proclamations.len() > crate::store::TRANSACT_EVENTS_MAX {
+            chunks.push(Vec::new());
+            chunk_events = 0;
         }
-        rows.push(SagaRow::of(&saga)?);
+        chunk_events += proclamations.len();
+        if let Some(chunk) = chunks.last_mut() {
+            chunk.push((SagaRow::of(&saga)?, proclamations));
+        }
     }
-    let log = log.clone();
-    tokio::task::spawn_blocking(move || {
-        log.transact(move |tx| {
-            for row in &rows {
-                row.upsert(tx)?;
-            }
-            for p in proclamations {
-                tx.proclaim_system(p.event_type, &p.payload, p.meta)?;
-            }
-            Ok(())
+    for chunk in chunks.into_iter().filter(|c| !c.is_empty()) {
+        let log = log.clone();
+        tokio::task::spawn_blocking(move || {
+            log.transact(move |tx| {
+                for (row, proclamations) in chunk {
+                    row.upsert(tx)?;
+                    for p in proclamations {
+                        tx.proclaim_system(p.event_type, &p.payload, p.meta)?;
+                    }
+                }
+                Ok(())
+            })
         })
-    })
-    .await
-    .map_err(|e| SagaError::Store(format!("orchestrator task: {e}")))??;
+        .await
+        .map_err(|e| SagaError::Store(format!("orchestrator task: {e}")))??;
+    }
     Ok(())
 }
 
