@@ -285,58 +285,21 @@ impl Subscription {
 /// [`SUBSCRIPTION_RETRY_MS_MAX`]; a success resets it. Store errors end the
 /// run with `Err`.
 pub async fn run_subscription<F>(
-    mut sub: Subscription,
+    sub: Subscription,
     mut handler: F,
     stop: impl Future<Output = ()>,
 ) -> Result<(), LogError>
 where
     F: FnMut(&StoredEvent) -> Result<(), String>,
 {
-    let mut stop = std::pin::pin!(stop);
-    let mut backoff_ms = SUBSCRIPTION_RETRY_MS;
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut stop => return Ok(()),
-            _ = std::future::ready(()) => {}
-        }
-        let batch = sub.next_batch(SUBSCRIPTION_BATCH_EVENTS_MAX)?;
-        if batch.is_empty() {
-            // Non-matching rows scanned: remember we are past them.
-            sub.commit(sub.position())?;
-            tokio::select! {
-                _ = &mut stop => return Ok(()),
-                _ = sub.wait(Duration::from_millis(SUBSCRIPTION_IDLE_WAIT_MS)) => {}
-            }
-            continue;
-        }
-        let failed = batch
-            .iter()
-            .find_map(|event| handler(event).err().map(|reason| (event.arrival, reason)));
-        match failed {
-            None => {
-                sub.commit(sub.position())?;
-                backoff_ms = SUBSCRIPTION_RETRY_MS;
-            }
-            Some((arrival, reason)) => {
-                // Arrivals start at 1, so `arrival - 1` is everything before it.
-                sub.commit(arrival.saturating_sub(1))?;
-                sub.rewind();
-                tracing::warn!(
-                    consumer = %sub.consumer,
-                    arrival,
-                    reason = %reason,
-                    backoff_ms,
-                    "handler failed; redelivering after backoff"
-                );
-                tokio::select! {
-                    _ = &mut stop => return Ok(()),
-                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                }
-                backoff_ms = (backoff_ms * 2).min(SUBSCRIPTION_RETRY_MS_MAX);
-            }
-        }
-    }
+    let in_order = move |batch: Vec<StoredEvent>| {
+        std::future::ready(
+            batch
+                .iter()
+                .try_for_each(|event| handler(event).map_err(|reason| (event.arrival, reason))),
+        )
+    };
+    run_subscription_batches(sub, in_order, stop).await
 }
 
 /// [`run_subscription`] for a handler that must wait (run a transaction on
