@@ -275,21 +275,17 @@ async fn query(client: &NodeClient, donor: &str) -> Result<(QueryStatus, String,
         correlation_id: format!("check-{donor}"),
         timeout_ms: 2_000,
     };
-    let mut answer = None;
-    client
-        .request(&request, |r| match r {
-            ClientResponse::Query(o) => {
-                answer = Some((
-                    o.status,
-                    String::from_utf8_lossy(&o.payload).trim().to_string(),
-                    o.signed_by_responder,
-                ));
-                Ok(())
-            }
-            other => Err(format!("unexpected answer {other:?}")),
+    let answer = client
+        .request_one(&request, "a query", |r| match r {
+            ClientResponse::Query(o) => Some((
+                o.status,
+                String::from_utf8_lossy(&o.payload).trim().to_string(),
+                o.signed_by_responder,
+            )),
+            _ => None,
         })
         .await?;
-    Ok(answer.ok_or("no answer")?)
+    Ok(answer)
 }
 
 /// Waits until every node reports every peer connected and identical heads.
@@ -457,24 +453,17 @@ async fn run_saga(
     data_dir: &Path,
     input: &str,
 ) -> Result<(uuid::Uuid, crate::saga::Saga), CliError> {
-    let mut id = None;
-    client
-        .request(
-            &ClientRequest::StartSaga {
-                definition: CAMPAIGN_SAGA.to_string(),
-                input: input.to_string(),
-            },
-            |r| match r {
-                ClientResponse::SagaStarted(s) => {
-                    id = Some(s);
-                    Ok(())
-                }
-                ClientResponse::Error(e) => Err(e),
-                _ => Err("unexpected answer to a saga start".into()),
-            },
-        )
+    let request = ClientRequest::StartSaga {
+        definition: CAMPAIGN_SAGA.to_string(),
+        input: input.to_string(),
+    };
+    let id = client
+        .request_one(&request, "a saga start", |r| match r {
+            ClientResponse::SagaStarted(id) => Some(id),
+            _ => None,
+        })
         .await?;
-    let id = uuid::Uuid::parse_str(&id.ok_or("no saga id")?)?;
+    let id = uuid::Uuid::parse_str(&id)?;
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     loop {
         let conn = crate::store::open_read_only(data_dir)?;

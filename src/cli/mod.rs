@@ -124,6 +124,35 @@ pub fn run(command: Command) -> Result<u8, CliError> {
     }
 }
 
+/// Asks the running node of `config` one question through its client
+/// endpoint (see [`NodeClient::request_one`](crate::node::client::NodeClient::request_one)).
+/// Refuses with a hint when the node is not running.
+pub fn ask_running_node<T>(
+    config_path: &std::path::Path,
+    config: &crate::config::NodeConfig,
+    request: &crate::node::client::ClientRequest,
+    what: &str,
+    pick: impl Fn(crate::node::client::ClientResponse) -> Option<T>,
+) -> Result<T, CliError> {
+    if !crate::store::is_locked(&config.data_dir) {
+        return Err(format!(
+            "node {} is not running; start it with `herald node --config {}`",
+            config.service,
+            config_path.display()
+        )
+        .into());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = crate::node::client::NodeClient::connect(config).await?;
+        let answer = client.request_one(request, what, pick).await;
+        client.close();
+        Ok(answer?)
+    })
+}
+
 /// Parses `key=value` metadata arguments.
 pub fn parse_meta(entries: &[String]) -> Result<Vec<(String, String)>, CliError> {
     entries

@@ -11,7 +11,7 @@ use super::{CliError, EXIT_OK, EXIT_PROBLEMS};
 use crate::audit::verify::format_timestamp;
 use crate::config::NodeConfig;
 use crate::core::query::{QueryOutcome, QueryStatus};
-use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
+use crate::node::client::{ClientRequest, ClientResponse};
 
 #[derive(Debug, Args)]
 pub struct QueryArgs {
@@ -42,14 +42,6 @@ pub fn run(args: QueryArgs) -> Result<u8, CliError> {
     let value: serde_json::Value =
         serde_json::from_str(&args.data).map_err(|e| format!("--data is not valid JSON: {e}"))?;
     let config = NodeConfig::load(&args.config)?;
-    if !crate::store::is_locked(&config.data_dir) {
-        return Err(format!(
-            "node {} is not running; start it with `herald node --config {}`",
-            config.service,
-            args.config.display()
-        )
-        .into());
-    }
     let request = ClientRequest::Query {
         target: args.to.clone(),
         query_type: args.query_type.clone(),
@@ -57,25 +49,11 @@ pub fn run(args: QueryArgs) -> Result<u8, CliError> {
         correlation_id: args.correlation_id.clone(),
         timeout_ms: args.timeout.as_millis().min(u32::MAX as u128) as u32,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let outcome = runtime.block_on(async {
-        let client = NodeClient::connect(&config).await?;
-        let mut outcome = None;
-        client
-            .request(&request, |r| match r {
-                ClientResponse::Query(o) => {
-                    outcome = Some(o);
-                    Ok(())
-                }
-                ClientResponse::Error(e) => Err(e),
-                _ => Err("unexpected answer to a query".into()),
-            })
-            .await?;
-        client.close();
-        outcome.ok_or_else(|| CliError::from("the node sent no answer"))
-    })?;
+    let outcome =
+        super::ask_running_node(&args.config, &config, &request, "a query", |r| match r {
+            ClientResponse::Query(o) => Some(o),
+            _ => None,
+        })?;
     print_outcome(&outcome, args.json)?;
     Ok(if outcome.status == QueryStatus::Success {
         EXIT_OK

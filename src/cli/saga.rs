@@ -12,7 +12,7 @@ use super::{CliError, EXIT_OK, EXIT_PROBLEMS};
 use crate::audit::verify::{AuditOptions, format_timestamp};
 use crate::config::NodeConfig;
 use crate::identity::TrustAnchor;
-use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
+use crate::node::client::{ClientRequest, ClientResponse};
 use crate::saga::{Saga, SagaDefinition, SagaStatus};
 
 /// Most sagas `herald saga list` prints unless told otherwise.
@@ -119,37 +119,20 @@ fn start(args: StartArgs) -> Result<u8, CliError> {
     serde_json::from_str::<serde_json::Value>(&args.data)
         .map_err(|e| format!("--data is not valid JSON: {e}"))?;
     let config = NodeConfig::load(&args.config)?;
-    if !crate::store::is_locked(&config.data_dir) {
-        return Err(format!(
-            "node {} is not running; start it with `herald node --config {}`",
-            config.service,
-            args.config.display()
-        )
-        .into());
-    }
     let request = ClientRequest::StartSaga {
         definition: text,
         input: args.data.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let id = runtime.block_on(async {
-        let client = NodeClient::connect(&config).await?;
-        let mut id = None;
-        client
-            .request(&request, |r| match r {
-                ClientResponse::SagaStarted(s) => {
-                    id = Some(s);
-                    Ok(())
-                }
-                ClientResponse::Error(e) => Err(e),
-                _ => Err("unexpected answer to a saga start".into()),
-            })
-            .await?;
-        client.close();
-        id.ok_or_else(|| CliError::from("the node sent no saga id"))
-    })?;
+    let id = super::ask_running_node(
+        &args.config,
+        &config,
+        &request,
+        "a saga start",
+        |r| match r {
+            ClientResponse::SagaStarted(id) => Some(id),
+            _ => None,
+        },
+    )?;
     let id = Uuid::parse_str(&id).map_err(|e| format!("the node sent a bad saga id: {e}"))?;
     let Some(wait) = args.wait else {
         let mut out = std::io::stdout().lock();

@@ -279,6 +279,27 @@ impl NodeClient {
         Ok(())
     }
 
+    /// Sends a request answered by one frame; `pick` takes the value out of
+    /// the answer it expects (`None`: any other answer, an error naming
+    /// `what`). An `Error` frame from the node is returned as its message.
+    pub async fn request_one<T>(
+        &self,
+        request: &ClientRequest,
+        what: &str,
+        pick: impl Fn(ClientResponse) -> Option<T>,
+    ) -> Result<T, NetError> {
+        let mut answer = None;
+        self.request(request, |response| match response {
+            ClientResponse::Error(e) => Err(e),
+            other => {
+                answer = Some(pick(other).ok_or_else(|| format!("unexpected answer to {what}"))?);
+                Ok(())
+            }
+        })
+        .await?;
+        answer.ok_or_else(|| NetError::Remote(format!("the node sent no answer to {what}")))
+    }
+
     /// Closes the connection politely.
     pub fn close(&self) {
         self.conn
