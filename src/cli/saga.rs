@@ -1,7 +1,7 @@
 //! `herald saga`: start sagas through the running node, show their state
 //! from the node's store, and rebuild a saga's timeline offline.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -9,9 +9,8 @@ use clap::{Args, Subcommand};
 use uuid::Uuid;
 
 use super::{CliError, EXIT_OK, EXIT_PROBLEMS};
-use crate::audit::verify::{AuditOptions, format_timestamp};
+use crate::audit::verify::format_timestamp;
 use crate::config::NodeConfig;
-use crate::identity::TrustAnchor;
 use crate::node::client::{ClientRequest, ClientResponse};
 use crate::saga::{Saga, SagaDefinition, SagaStatus};
 
@@ -88,15 +87,10 @@ pub struct HistoryArgs {
     /// An export (`herald export`) of any node that holds the saga's events.
     #[arg(long)]
     pub export: PathBuf,
-    /// The cluster CA certificate.
-    #[arg(long)]
-    pub ca: PathBuf,
-    /// A revocation list to honour.
-    #[arg(long)]
-    pub revoked: Option<PathBuf>,
-    /// Channel key files: with them the timeline shows payloads too.
-    #[arg(long = "channel-key", value_name = "FILE")]
-    pub channel_keys: Vec<PathBuf>,
+    /// The CA, revocation list and channel keys (with channel keys the
+    /// timeline shows payloads too).
+    #[command(flatten)]
+    pub keys: super::verify::AuditKeys,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -264,17 +258,7 @@ fn list(args: ListArgs) -> Result<u8, CliError> {
 }
 
 fn history(args: HistoryArgs) -> Result<u8, CliError> {
-    let trust = TrustAnchor::load(&args.ca, args.revoked.as_deref())?;
-    let channel_keys = args
-        .channel_keys
-        .iter()
-        .map(|p| crate::identity::load_channel_key(&super::verify::channel_name(p), p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let options = AuditOptions {
-        trust,
-        channel_keys,
-        progress: !args.json && std::io::stderr().is_terminal(),
-    };
+    let options = args.keys.options(args.json)?;
     let history = crate::saga::history::rebuild(&args.export, &options, args.id)?;
     if history.entries.is_empty() {
         return Err(format!(

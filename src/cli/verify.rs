@@ -14,6 +14,17 @@ use crate::identity::TrustAnchor;
 pub struct VerifyArgs {
     /// An export file or a node's data directory.
     pub path: PathBuf,
+    #[command(flatten)]
+    pub keys: AuditKeys,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What an offline audit trusts and reads with (shared by `verify` and
+/// `saga history`).
+#[derive(Debug, Args)]
+pub struct AuditKeys {
     /// The cluster CA certificate every author must chain to.
     #[arg(long)]
     pub ca: PathBuf,
@@ -24,23 +35,28 @@ pub struct VerifyArgs {
     /// every encrypted event must decrypt under one of them.
     #[arg(long = "channel-key", value_name = "FILE")]
     pub channel_keys: Vec<PathBuf>,
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    pub json: bool,
+}
+
+impl AuditKeys {
+    /// Loads the CA, revocation list and channel keys; a progress bar only
+    /// on a terminal and not for JSON output.
+    pub fn options(&self, json: bool) -> Result<AuditOptions, CliError> {
+        let trust = TrustAnchor::load(&self.ca, self.revoked.as_deref())?;
+        let channel_keys = self
+            .channel_keys
+            .iter()
+            .map(|p| crate::identity::load_channel_key(&channel_name(p), p))
+            .collect::<Result<Vec<ChannelKey>, _>>()?;
+        Ok(AuditOptions {
+            trust,
+            channel_keys,
+            progress: !json && std::io::stderr().is_terminal(),
+        })
+    }
 }
 
 pub fn run(args: VerifyArgs) -> Result<u8, CliError> {
-    let trust = TrustAnchor::load(&args.ca, args.revoked.as_deref())?;
-    let channel_keys = args
-        .channel_keys
-        .iter()
-        .map(|p| crate::identity::load_channel_key(&channel_name(p), p))
-        .collect::<Result<Vec<ChannelKey>, _>>()?;
-    let options = AuditOptions {
-        trust,
-        channel_keys,
-        progress: !args.json && std::io::stderr().is_terminal(),
-    };
+    let options = args.keys.options(args.json)?;
     let report = audit_path(&args.path, &options)?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -52,7 +68,7 @@ pub fn run(args: VerifyArgs) -> Result<u8, CliError> {
 }
 
 /// `channel-NAME.key` names channel NAME; any other file is named by its stem.
-pub(crate) fn channel_name(path: &Path) -> String {
+fn channel_name(path: &Path) -> String {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
