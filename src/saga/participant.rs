@@ -188,15 +188,52 @@ async fn handle_command(
         command_id,
         orchestrator,
     };
-    let now = clock::now_us();
-    if command.kind == CommandKind::Do && now >= command.deadline_us {
+    let decision = decide(log, handlers, &command, &reply).await?;
+    match commit_reply(log, &reply, &command, decision).await? {
+        Committed::Replied => Ok(()),
+        // The handler's writes were rolled back; reply that it failed.
+        Committed::HandlerFailed(reason) => {
+            let failed = Decision::Decided(ReplyOutcome::Failed { reason });
+            commit_reply(log, &reply, &command, failed)
+                .await
+                .map(|_| ())
+        }
+    }
+}
+
+/// How a command's outcome is reached.
+enum Decision {
+    /// Known before the reply's transaction: deadline passed, nothing to
+    /// undo, no handler, or an executable already ran.
+    Decided(ReplyOutcome),
+    /// Run this Rust handler inside the reply's transaction.
+    Run(CommandHandler),
+}
+
+/// What committing a reply came to.
+enum Committed {
+    /// The reply (or nothing, for a command already handled) is durable.
+    Replied,
+    /// The Rust handler refused; its transaction was rolled back.
+    HandlerFailed(String),
+}
+
+/// Applies the rules a participant follows before (or instead of) running a
+/// handler, and runs an executable handler.
+async fn decide(
+    log: &Arc<Log>,
+    handlers: &Handlers,
+    command: &CommandPayload,
+    reply: &ReplyTo,
+) -> Result<Decision, String> {
+    if command.kind == CommandKind::Do && clock::now_us() >= command.deadline_us {
         let reason = "deadline passed before the command ran; not run".to_string();
-        return commit_reply(log, &reply, &command, ReplyOutcome::Failed { reason }, None).await;
+        return Ok(Decision::Decided(ReplyOutcome::Failed { reason }));
     }
     if command.kind == CommandKind::Compensate {
-        let note = if !completed_here(log, &command, CommandKind::Do).await? {
+        let note = if !completed_here(log, command, CommandKind::Do).await? {
             Some("the step did not complete on this service; nothing to undo")
-        } else if completed_here(log, &command, CommandKind::Compensate).await? {
+        } else if completed_here(log, command, CommandKind::Compensate).await? {
             // An earlier attempt succeeded but its reply came too late for
             // the orchestrator, which retried: undo once, confirm again.
             Some("an earlier compensation attempt already undid this step")
@@ -205,53 +242,23 @@ async fn handle_command(
         };
         if let Some(note) = note {
             let result = serde_json::json!({ "undone": false, "note": note });
-            return commit_reply(
-                log,
-                &reply,
-                &command,
-                ReplyOutcome::Completed { result },
-                None,
-            )
-            .await;
+            return Ok(Decision::Decided(ReplyOutcome::Completed { result }));
         }
     }
-    match handlers.get(&command.command) {
-        None => {
-            let reason = format!(
+    Ok(match handlers.get(&command.command) {
+        None => Decision::Decided(ReplyOutcome::Failed {
+            reason: format!(
                 "service {} has no handler for command {:?}",
                 log.service(),
                 command.command
-            );
-            commit_reply(log, &reply, &command, ReplyOutcome::Failed { reason }, None).await
-        }
-        Some(Handler::Rust(handler)) => {
-            let outcome = commit_reply(
-                log,
-                &reply,
-                &command,
-                ReplyOutcome::Completed {
-                    result: serde_json::Value::Null,
-                },
-                Some(handler),
-            )
-            .await;
-            match outcome {
-                Err(reason) if reason.starts_with(HANDLER_FAILED) => {
-                    let reason = reason[HANDLER_FAILED.len()..].to_string();
-                    commit_reply(log, &reply, &command, ReplyOutcome::Failed { reason }, None).await
-                }
-                other => other,
-            }
-        }
+            ),
+        }),
+        Some(Handler::Rust(handler)) => Decision::Run(handler),
         Some(Handler::Exec(program, timeout_ms)) => {
-            let outcome = run_exec(&program, timeout_ms, &command, &reply.command_id).await;
-            commit_reply(log, &reply, &command, outcome, None).await
+            Decision::Decided(run_exec(&program, timeout_ms, command, &reply.command_id).await)
         }
-    }
+    })
 }
-
-/// Marks a handler's own failure, as opposed to a store failure.
-const HANDLER_FAILED: &str = "handler failed: ";
 
 /// Where a reply goes.
 struct ReplyTo {
@@ -265,42 +272,56 @@ async fn commit_reply(
     log: &Arc<Log>,
     reply: &ReplyTo,
     command: &CommandPayload,
-    outcome: ReplyOutcome,
-    handler: Option<CommandHandler>,
-) -> Result<(), String> {
+    decision: Decision,
+) -> Result<Committed, String> {
     let command = command.clone();
     let (command_id, orchestrator) = (reply.command_id, reply.orchestrator.clone());
-    let log2 = log.clone();
+    // Set only when the handler refuses, so its abort is told apart from a
+    // store failure.
+    let refusal = Arc::new(std::sync::OnceLock::<String>::new());
+    let refused = Arc::clone(&refusal);
+    let log = log.clone();
     let committed = tokio::task::spawn_blocking(move || {
-        log2.transact(move |tx| {
+        log.transact(move |tx| {
             if !tx.mark_handled(COMMAND_CONSUMER, &command_id)? {
                 return Ok(());
             }
-            let outcome = match handler {
-                Some(handler) => match handler(tx, &command) {
-                    Ok(result) => {
-                        let size = serde_json::to_vec(&result).map_or(usize::MAX, |v| v.len());
-                        if size > STEP_RESULT_BYTES_MAX {
-                            return Err(TxError::abort(format!(
-                                "{HANDLER_FAILED}result of {size} bytes is over the limit of {STEP_RESULT_BYTES_MAX}"
-                            )));
-                        }
-                        ReplyOutcome::Completed { result }
+            let outcome = match decision {
+                Decision::Decided(outcome) => outcome,
+                Decision::Run(handler) => match run_handler(tx, &handler, &command) {
+                    Ok(result) => ReplyOutcome::Completed { result },
+                    Err(reason) => {
+                        let _ = refused.set(reason.clone());
+                        return Err(TxError::abort(reason));
                     }
-                    Err(reason) => return Err(TxError::abort(format!("{HANDLER_FAILED}{reason}"))),
                 },
-                None => outcome,
             };
             record_and_reply(tx, &command, command_id, &orchestrator, outcome)
         })
     })
     .await
     .map_err(|e| format!("participant task: {e}"))?;
-    match committed {
-        Ok(_) => Ok(()),
-        Err(TxError::Aborted(reason)) => Err(reason),
-        Err(e) => Err(e.to_string()),
+    match (committed, refusal.get()) {
+        (Ok(_), _) => Ok(Committed::Replied),
+        (Err(_), Some(reason)) => Ok(Committed::HandlerFailed(reason.clone())),
+        (Err(e), None) => Err(e.to_string()),
     }
+}
+
+/// Runs a Rust handler and bounds its result ([`STEP_RESULT_BYTES_MAX`]).
+fn run_handler(
+    tx: &mut Tx<'_>,
+    handler: &CommandHandler,
+    command: &CommandPayload,
+) -> Result<serde_json::Value, String> {
+    let result = handler(tx, command)?;
+    let size = serde_json::to_vec(&result).map_or(usize::MAX, |v| v.len());
+    if size > STEP_RESULT_BYTES_MAX {
+        return Err(format!(
+            "result of {size} bytes is over the limit of {STEP_RESULT_BYTES_MAX}"
+        ));
+    }
+    Ok(result)
 }
 
 fn record_and_reply(
@@ -367,21 +388,26 @@ async fn completed_here(
     command: &CommandPayload,
     kind: CommandKind,
 ) -> Result<bool, String> {
-    let data_dir = log
-        .db_path()
-        .parent()
-        .map(|p| p.to_path_buf())
-        .ok_or("store path has no directory")?;
+    let log = log.clone();
     let (saga_id, step) = (command.saga_id, command.step);
     tokio::task::spawn_blocking(move || -> Result<bool, String> {
-        let conn = crate::store::open_read_only(&data_dir).map_err(|e| e.to_string())?;
+        let conn = log.reader().map_err(|e| e.to_string())?;
         let found: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM saga_commands WHERE saga_id = ?1 AND step = ?2 AND kind = ?3 AND outcome = 'completed' LIMIT 1",
-                params![saga_id.as_bytes().as_slice(), step as i64, events::kind_str(kind)],
-                |r| r.get(0),
+            .prepare_cached(
+                "SELECT 1 FROM saga_commands
+                 WHERE saga_id = ?1 AND step = ?2 AND kind = ?3 AND outcome = 'completed' LIMIT 1",
             )
-            .optional()
+            .and_then(|mut stmt| {
+                stmt.query_row(
+                    params![
+                        saga_id.as_bytes().as_slice(),
+                        step as i64,
+                        events::kind_str(kind)
+                    ],
+                    |r| r.get(0),
+                )
+                .optional()
+            })
             .map_err(|e| e.to_string())?;
         Ok(found.is_some())
     })
