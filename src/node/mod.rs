@@ -371,10 +371,10 @@ impl Node {
 
     /// A saga this node orchestrates, as last stored.
     pub async fn saga(&self, id: uuid::Uuid) -> Result<crate::saga::Saga, crate::saga::SagaError> {
-        let data_dir = self.data_dir()?;
+        let log = self.inner.log.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = crate::store::open_read_only(&data_dir)?;
-            crate::saga::orchestrator::load(&conn, id)?.ok_or(crate::saga::SagaError::NotFound(id))
+            crate::saga::orchestrator::load(&*log.reader()?, id)?
+                .ok_or(crate::saga::SagaError::NotFound(id))
         })
         .await
         .map_err(|e| crate::saga::SagaError::Store(e.to_string()))?
@@ -396,15 +396,6 @@ impl Node {
             command_type,
             crate::saga::participant::Handler::Rust(Arc::new(handler)),
         );
-    }
-
-    fn data_dir(&self) -> Result<std::path::PathBuf, crate::saga::SagaError> {
-        self.inner
-            .log
-            .db_path()
-            .parent()
-            .map(|p| p.to_path_buf())
-            .ok_or_else(|| crate::saga::SagaError::Store("store path has no directory".into()))
     }
 
     /// The node's status: peers and feed heads.

@@ -542,11 +542,7 @@ impl SagaRow {
 async fn load_active(log: &Arc<Log>) -> Result<HashMap<Uuid, Saga>, SagaError> {
     let log = log.clone();
     tokio::task::spawn_blocking(move || -> Result<HashMap<Uuid, Saga>, SagaError> {
-        let conn = crate::store::open_read_only(
-            log.db_path()
-                .parent()
-                .ok_or_else(|| SagaError::Store("store path has no directory".into()))?,
-        )?;
+        let conn = log.reader()?;
         let mut out = HashMap::new();
         for status in [SagaStatus::InProgress, SagaStatus::Compensating] {
             for saga in list(&conn, Some(status), SAGAS_ACTIVE_MAX)? {
