@@ -11,7 +11,6 @@ mod subscribe;
 mod transact;
 mod writer;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -227,8 +226,9 @@ pub struct Log {
     requests: Option<SyncSender<Request>>,
     writer: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
-    channels: BTreeMap<String, Arc<ChannelKey>>,
-    default_channel: String,
+    /// Channel keys by name and the default; shared with the writer, which
+    /// resolves channels for events proclaimed inside transactions.
+    channels: Arc<transact::Channels>,
     trust: Arc<TrustAnchor>,
     /// Moves the WAL into the database in the background.
     _checkpointer: Checkpointer,
@@ -283,15 +283,15 @@ impl Log {
             deferred: Vec::new(),
         };
         let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
-        let channels: BTreeMap<String, Arc<ChannelKey>> = channels
-            .into_iter()
-            .map(|k| (k.name().to_string(), Arc::new(k)))
-            .collect();
+        let channels = Arc::new(transact::Channels {
+            keys: channels
+                .into_iter()
+                .map(|k| (k.name().to_string(), Arc::new(k)))
+                .collect(),
+            default: default_channel,
+        });
         let commit = writer::CommitStage {
-            channels: Arc::new(transact::Channels {
-                keys: channels.clone(),
-                default: default_channel.clone(),
-            }),
+            channels: Arc::clone(&channels),
             conn,
             changes: changes_tx,
             trust: trust.clone(),
@@ -308,7 +308,6 @@ impl Log {
             writer: Some(handle),
             reader: Mutex::new(reader),
             channels,
-            default_channel,
             trust,
             changes,
             recovering,
@@ -340,19 +339,12 @@ impl Log {
 
     /// The channel keys this node holds.
     pub fn channel_keys(&self) -> Vec<ChannelKey> {
-        self.channels.values().map(|k| (**k).clone()).collect()
+        self.channels.keys.values().map(|k| (**k).clone()).collect()
     }
 
     /// Resolves a channel name (`None`: the default channel).
     pub fn channel(&self, name: Option<&str>) -> Result<Arc<ChannelKey>, LogError> {
-        let name = name.unwrap_or(&self.default_channel);
-        self.channels
-            .get(name)
-            .cloned()
-            .ok_or_else(|| LogError::UnknownChannel {
-                name: name.to_string(),
-                known: self.channels.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
+        self.channels.get(name).cloned()
     }
 
     /// Proclaims one event on the default channel and waits until it is durable.
