@@ -544,6 +544,22 @@ fn herald(args: &[&str], dir: &Path) -> (i32, String, String) {
     )
 }
 
+/// `herald saga start` on node `a` of `net` with `definition`, then `extra`
+/// arguments.
+fn saga_start(net: &Net, definition: &Path, extra: &[&str]) -> (i32, String, String) {
+    let config = net.config_path("a");
+    let mut args = vec![
+        "saga",
+        "start",
+        "--config",
+        config.to_str().unwrap(),
+        "--definition",
+        definition.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    herald(&args, net.path())
+}
+
 fn stored_saga(net: &Net, id: &str) -> Option<Saga> {
     let conn = herald::store::open_read_only(&net.config("a").data_dir).ok()?;
     herald::saga::orchestrator::load(&conn, Uuid::parse_str(id).ok()?).ok()?
@@ -584,19 +600,7 @@ fn an_orchestrator_killed_mid_saga_resumes_after_restart() {
     // Start through the CLI (retry while the node is still starting).
     let deadline = Instant::now() + SAGA_END;
     let id = loop {
-        let (code, out, err) = herald(
-            &[
-                "saga",
-                "start",
-                "--config",
-                config_a.to_str().unwrap(),
-                "--definition",
-                def_path.to_str().unwrap(),
-                "--data",
-                r#"{"campaign":"autumn"}"#,
-            ],
-            net.path(),
-        );
+        let (code, out, err) = saga_start(&net, &def_path, &["--data", r#"{"campaign":"autumn"}"#]);
         if code == 0 {
             break out.trim().to_string();
         }
@@ -734,48 +738,15 @@ fn saga_commands_reject_bad_input_clearly() {
     let net = Net::mesh(&["a"]);
     let bad = net.path().join("bad.toml");
     std::fs::write(&bad, "saga_type = \"X\"\ndeadline_ms = 0\nsteps = []\n").unwrap();
-    let cfg = net.config_path("a");
-    let (code, _, err) = herald(
-        &[
-            "saga",
-            "start",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--definition",
-            bad.to_str().unwrap(),
-        ],
-        net.path(),
-    );
+    let (code, _, err) = saga_start(&net, &bad, &[]);
     assert_eq!(code, 2);
     assert!(err.contains("bad.toml"), "{err}");
     let good = net.path().join("good.toml");
     std::fs::write(&good, definition(Duration::from_secs(1), 1).to_toml()).unwrap();
-    let (code, _, err) = herald(
-        &[
-            "saga",
-            "start",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--definition",
-            good.to_str().unwrap(),
-            "--data",
-            "{not json",
-        ],
-        net.path(),
-    );
+    let (code, _, err) = saga_start(&net, &good, &["--data", "{not json"]);
     assert_eq!(code, 2);
     assert!(err.contains("--data is not valid JSON"), "{err}");
-    let (code, _, err) = herald(
-        &[
-            "saga",
-            "start",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--definition",
-            good.to_str().unwrap(),
-        ],
-        net.path(),
-    );
+    let (code, _, err) = saga_start(&net, &good, &[]);
     assert_eq!(code, 2);
     assert!(err.contains("not running"), "{err}");
 }
@@ -786,29 +757,11 @@ async fn saga_start_wait_reports_the_outcome_in_its_exit_code() {
     let nodes = start_nodes(&net, &["a", "b", "c"]).await;
     let def_path = net.path().join("campaign.toml");
     std::fs::write(&def_path, definition(Duration::from_secs(10), 3).to_toml()).unwrap();
+    let net = std::sync::Arc::new(net);
     let run = |data: &'static str| {
-        let (config, def, dir) = (
-            net.config_path("a"),
-            def_path.clone(),
-            net.path().to_path_buf(),
-        );
+        let (net, def) = (net.clone(), def_path.clone());
         tokio::task::spawn_blocking(move || {
-            herald(
-                &[
-                    "saga",
-                    "start",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--definition",
-                    def.to_str().unwrap(),
-                    "--data",
-                    data,
-                    "--wait",
-                    "30s",
-                    "--json",
-                ],
-                &dir,
-            )
+            saga_start(&net, &def, &["--data", data, "--wait", "30s", "--json"])
         })
     };
     let (code, out, err) = run("{}").await.unwrap();
