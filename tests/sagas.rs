@@ -150,6 +150,12 @@ async fn start_nodes(net: &Net, names: &[&str]) -> Vec<Node> {
     nodes
 }
 
+async fn shutdown_all(nodes: Vec<Node>) {
+    for node in nodes {
+        node.shutdown().await;
+    }
+}
+
 async fn wait_end(node: &Node, id: Uuid) -> Saga {
     let deadline = Instant::now() + SAGA_END;
     loop {
@@ -225,9 +231,7 @@ async fn a_saga_completes_across_three_services() {
     assert_eq!(saga_events(a.log(), id, events::STARTED).len(), 1);
     assert_eq!(saga_events(a.log(), id, "herald.saga.completed").len(), 1);
     assert!(compensation_order(a.log(), id).is_empty());
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -284,9 +288,7 @@ async fn a_failure_at_each_step_compensates_completed_steps_in_reverse() {
             STEPS.len() - fail_step - 1
         );
     }
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 /// Points the step handlers of `node`'s config at shell commands.
@@ -380,9 +382,7 @@ async fn a_timed_out_step_is_compensated_and_so_is_a_late_completion() {
     wait_until("the late completion to be recorded", || {
         saga_events(a.log(), late, "herald.saga.late_completion").len() == 1
     });
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
@@ -415,9 +415,7 @@ async fn a_participant_that_is_down_gets_its_command_when_it_returns() {
     let saga = wait_end(&nodes[0], id).await;
     assert_eq!(saga.status, SagaStatus::Completed, "{:#?}", saga.steps);
     assert_eq!(runs(nodes[2].log(), id, 0, "do"), 1);
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -478,9 +476,7 @@ async fn duplicate_command_delivery_has_one_effect() {
         "no second reply"
     );
     b.shutdown().await;
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -511,9 +507,7 @@ async fn a_compensation_that_always_fails_ends_failed_after_its_budget() {
     // Nothing more happens after the end: no further attempts.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(compensation_order(a.log(), id).len(), 4);
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -797,9 +791,7 @@ async fn saga_start_wait_reports_the_outcome_in_its_exit_code() {
     );
     assert_eq!(code, 2);
     assert!(err.contains(&missing), "{err}");
-    for node in nodes {
-        node.shutdown().await;
-    }
+    shutdown_all(nodes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
