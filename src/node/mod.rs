@@ -8,6 +8,7 @@
 //! ([`RECONNECT_BACKOFF_MIN_MS`] to [`RECONNECT_BACKOFF_MAX_MS`]).
 
 pub mod client;
+pub(crate) mod exec;
 pub mod peer;
 pub mod query;
 mod streams;

@@ -43,13 +43,11 @@
 //!   without `feed`, the one that arrived first is answered.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 use crate::core::event::{Encryption, RESERVED_TYPE_PREFIX};
@@ -401,90 +399,36 @@ async fn run_rust(
     }
 }
 
-/// Stdout went over [`QUERY_PAYLOAD_BYTES_MAX`].
-struct StdoutOverflow;
-
 async fn run_exec(command: &[String], request: &QueryRequest) -> HandlerReply {
-    let Some((program, args)) = command.split_first() else {
-        return HandlerReply::Error("handler has an empty command".into());
-    };
-    let spawned = tokio::process::Command::new(program)
-        .args(args)
-        .env("HERALD_QUERY_TYPE", &request.query_type)
-        .env("HERALD_CALLER", &request.caller)
-        .env("HERALD_CORRELATION_ID", &request.correlation_id)
-        .env(
+    let env = [
+        ("HERALD_QUERY_TYPE", request.query_type.clone()),
+        ("HERALD_CALLER", request.caller.clone()),
+        ("HERALD_CORRELATION_ID", request.correlation_id.clone()),
+        (
             "HERALD_REQUEST_ID",
             uuid::Uuid::from_bytes(request.id).to_string(),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            tracing::warn!(program, error = %e, "cannot start query handler");
-            return HandlerReply::Error(format!("cannot start handler {program:?}: {e}"));
-        }
+        ),
+    ];
+    let output = super::exec::run_bounded(
+        command,
+        &env,
+        &request.payload,
+        QUERY_PAYLOAD_BYTES_MAX,
+        EXEC_STDERR_BYTES_MAX,
+    )
+    .await;
+    let output = match output {
+        Ok(output) => output,
+        Err(e) => return HandlerReply::Error(e.to_string()),
     };
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return HandlerReply::Error("handler pipes were not opened".into());
-    };
-    let payload = &request.payload;
-    let feed = async move {
-        // A handler may exit without reading its input: a broken pipe is fine.
-        let _ = stdin.write_all(payload).await;
-        drop(stdin);
-        Ok::<(), StdoutOverflow>(())
-    };
-    let out = async {
-        let bytes = read_at_most(stdout, QUERY_PAYLOAD_BYTES_MAX + 1).await;
-        if bytes.len() > QUERY_PAYLOAD_BYTES_MAX {
-            Err(StdoutOverflow)
-        } else {
-            Ok(bytes)
-        }
-    };
-    let err = async {
-        let mut stderr = stderr;
-        let kept = read_at_most(&mut stderr, EXEC_STDERR_BYTES_MAX).await;
-        // Keep draining so a chatty handler never blocks on a full pipe.
-        let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
-        Ok(kept)
-    };
-    let (stdout, stderr) = match tokio::try_join!(feed, out, err) {
-        Ok(((), stdout, stderr)) => (stdout, stderr),
-        Err(StdoutOverflow) => {
-            let _ = child.start_kill();
-            return HandlerReply::Error(format!(
-                "handler wrote more than {QUERY_PAYLOAD_BYTES_MAX} bytes to stdout"
-            ));
-        }
-    };
-    let status = match child.wait().await {
-        Ok(status) => status,
-        Err(e) => return HandlerReply::Error(format!("cannot wait for handler {program:?}: {e}")),
-    };
-    match status.code() {
-        Some(0) => HandlerReply::Success(stdout),
-        Some(EXEC_EXIT_NOT_FOUND) => HandlerReply::NotFound(stdout),
+    match output.status.code() {
+        Some(0) => HandlerReply::Success(output.stdout),
+        Some(EXEC_EXIT_NOT_FOUND) => HandlerReply::NotFound(output.stdout),
         _ => {
-            let text = String::from_utf8_lossy(&stderr);
-            HandlerReply::Error(format!("handler {status}: {}", text.trim_end()))
+            let text = String::from_utf8_lossy(&output.stderr);
+            HandlerReply::Error(format!("handler {}: {}", output.status, text.trim_end()))
         }
     }
-}
-
-/// Reads until EOF or `max` bytes, whichever comes first. A read error ends
-/// the input (the exit status then says what happened).
-async fn read_at_most(reader: impl AsyncRead + Unpin, max: usize) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let _ = reader.take(max as u64).read_to_end(&mut buf).await;
-    buf
 }
 
 #[derive(Deserialize)]

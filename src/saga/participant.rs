@@ -19,12 +19,10 @@
 //!   refused, or never ran) has nothing to undo and completes at once.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rusqlite::{OptionalExtension, params};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 use super::events::{self, CommandPayload, ReplyPayload, meta};
@@ -423,93 +421,58 @@ async fn run_exec(
     command_id: &[u8; 16],
 ) -> ReplyOutcome {
     let failed = |reason: String| ReplyOutcome::Failed { reason };
-    let Some((path, args)) = program.split_first() else {
-        return failed("handler has an empty command".into());
-    };
     let input = match serde_json::to_vec(command) {
         Ok(b) => b,
         Err(e) => return failed(format!("encoding the command: {e}")),
     };
-    let spawned = tokio::process::Command::new(path)
-        .args(args)
-        .env("HERALD_SAGA_ID", command.saga_id.to_string())
-        .env(
+    let env = [
+        ("HERALD_SAGA_ID", command.saga_id.to_string()),
+        (
             "HERALD_COMMAND_ID",
             Uuid::from_bytes(*command_id).to_string(),
-        )
-        .env("HERALD_COMMAND", &command.command)
-        .env("HERALD_STEP", &command.step_name)
-        .env("HERALD_KIND", events::kind_str(command.kind))
-        .env("HERALD_ATTEMPT", command.attempt.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => return failed(format!("cannot start handler {path:?}: {e}")),
-    };
-    let (Some(mut stdin), Some(stdout), Some(stderr)) =
-        (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
-        return failed("handler pipes were not opened".into());
-    };
+        ),
+        ("HERALD_COMMAND", command.command.clone()),
+        ("HERALD_STEP", command.step_name.clone()),
+        ("HERALD_KIND", events::kind_str(command.kind).to_string()),
+        ("HERALD_ATTEMPT", command.attempt.to_string()),
+    ];
     let timeout_ms = timeout_ms.clamp(1, EXEC_TIMEOUT_MS_MAX);
-    let io = async {
-        // A handler may exit without reading its input.
-        let _ = stdin.write_all(&input).await;
-        drop(stdin);
-        let mut out = Vec::new();
-        let mut err = Vec::new();
-        let mut stdout = stdout.take(STEP_RESULT_BYTES_MAX as u64 + 1);
-        let mut stderr = stderr.take(EXEC_REASON_BYTES_MAX as u64);
-        let _ = tokio::join!(stdout.read_to_end(&mut out), stderr.read_to_end(&mut err));
-        // Drain what is over the limits so the handler never blocks on a
-        // full pipe (the overflow is reported below).
-        let (mut rest_out, mut rest_err) = (stdout.into_inner(), stderr.into_inner());
-        let mut sink = tokio::io::sink();
-        let mut sink2 = tokio::io::sink();
-        let _ = tokio::join!(
-            tokio::io::copy(&mut rest_out, &mut sink),
-            tokio::io::copy(&mut rest_err, &mut sink2)
-        );
-        let status = child.wait().await;
-        (status, out, err)
-    };
-    let Ok((status, out, err)) = tokio::time::timeout(Duration::from_millis(timeout_ms), io).await
-    else {
-        return failed(format!(
-            "handler {path:?} did not finish within {timeout_ms} ms"
-        ));
-    };
-    if out.len() > STEP_RESULT_BYTES_MAX {
-        return failed(format!(
-            "handler wrote more than {STEP_RESULT_BYTES_MAX} bytes to stdout"
-        ));
-    }
-    match status {
-        Ok(s) if s.success() => {
-            let text = String::from_utf8_lossy(&out);
-            let trimmed = text.trim();
-            let result = if trimmed.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_str(trimmed)
-                    .unwrap_or_else(|_| serde_json::Value::String(trimmed.to_string()))
-            };
-            ReplyOutcome::Completed { result }
+    let run = crate::node::exec::run_bounded(
+        program,
+        &env,
+        &input,
+        STEP_RESULT_BYTES_MAX,
+        EXEC_REASON_BYTES_MAX,
+    );
+    let output = match tokio::time::timeout(Duration::from_millis(timeout_ms), run).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) => return failed(e.to_string()),
+        Err(_) => {
+            let name = program.first().map(String::as_str).unwrap_or_default();
+            return failed(format!(
+                "handler {name:?} did not finish within {timeout_ms} ms"
+            ));
         }
-        Ok(s) => {
-            let err = String::from_utf8_lossy(&err);
-            let out = String::from_utf8_lossy(&out);
-            let text = if err.trim().is_empty() {
-                out.trim()
-            } else {
-                err.trim()
-            };
-            failed(format!("handler {s}: {text}"))
-        }
-        Err(e) => failed(format!("cannot wait for handler {path:?}: {e}")),
+    };
+    let (out, err) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    if output.status.success() {
+        let trimmed = out.trim();
+        let result = if trimmed.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(trimmed)
+                .unwrap_or_else(|_| serde_json::Value::String(trimmed.to_string()))
+        };
+        ReplyOutcome::Completed { result }
+    } else {
+        let text = if err.trim().is_empty() {
+            out.trim()
+        } else {
+            err.trim()
+        };
+        failed(format!("handler {}: {text}", output.status))
     }
 }
