@@ -392,3 +392,68 @@ async fn the_runner_can_be_spawned_and_stops_while_idle() {
         .unwrap()
         .unwrap();
 }
+
+/// A consumer of a rare type steps over commits that hold none of it
+/// (`store/recent.rs`) without missing one that does: commits of other
+/// types, commits mixing many types, ingested events, a consumer that
+/// resumes part way, and one that starts before the log was reopened.
+#[test]
+fn a_rare_type_is_found_among_many_commits_of_other_types() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let channel = log.channel(None).unwrap();
+    let draft = |t: &str| {
+        (
+            herald::core::verify::Draft::new(t, 1, vec![], b"{}".to_vec()).unwrap(),
+            channel.clone(),
+        )
+    };
+    let mut early = log.subscribe("early", "rare.*", StartFrom::Start).unwrap();
+    let mut expected = Vec::new();
+    let mut seen_before_cursor = 0;
+    for round in 0..30u64 {
+        // A commit of noise only.
+        log.proclaim_batch((0..5).map(|_| draft("noise.tick")).collect())
+            .unwrap();
+        if round % 7 == 3 {
+            // A commit with more distinct types than a summary lists, one
+            // of them wanted.
+            let mut drafts: Vec<_> = (0..20).map(|i| draft(&format!("noise.t{i}"))).collect();
+            drafts.insert(11, draft("rare.found"));
+            let receipts = log.proclaim_batch(drafts).unwrap();
+            expected.push(receipts[11].seq);
+        }
+        if round % 5 == 1 {
+            let receipt = log.proclaim("rare.single", b"{}", vec![]).unwrap();
+            expected.push(receipt.seq);
+        }
+        if round == 15 {
+            // Part way: resume a fresh subscription from the durable cursor.
+            let got = seqs(&drain(&mut early, 2));
+            let arrival = early.position();
+            early.commit(arrival).unwrap();
+            assert_eq!(got, expected, "rare events up to round 15");
+            seen_before_cursor = expected.len();
+        }
+    }
+    let mut late = log.subscribe("late", "rare.*", StartFrom::Start).unwrap();
+    assert_eq!(seqs(&drain(&mut late, 3)), expected);
+    let mut resumed = log.subscribe("early", "rare.*", StartFrom::Stored).unwrap();
+    assert!(seen_before_cursor > 0 && seen_before_cursor < expected.len());
+    assert_eq!(
+        seqs(&drain(&mut resumed, 100)),
+        expected[seen_before_cursor..],
+        "a resumed consumer gets exactly the rare events after its cursor"
+    );
+    log.close();
+
+    // After reopening, nothing is known about earlier commits: the store is
+    // read, with the same result.
+    let log = cluster.open("a");
+    let mut reopened = log.subscribe("late", "rare.*", StartFrom::Start).unwrap();
+    assert_eq!(seqs(&drain(&mut reopened, 4)), expected);
+    let mut ticks = log
+        .subscribe("ticks", "noise.tick", StartFrom::Start)
+        .unwrap();
+    assert_eq!(drain(&mut ticks, 64).len(), 30 * 5);
+}

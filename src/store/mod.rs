@@ -6,6 +6,7 @@
 //! only after the transaction holding it committed.
 
 mod peers;
+mod recent;
 mod schema;
 mod subscribe;
 mod transact;
@@ -236,6 +237,8 @@ pub struct Log {
     recovering: Arc<std::sync::atomic::AtomicBool>,
     /// Counts commits that added events (see [`Log::changes`]).
     changes: tokio::sync::watch::Receiver<u64>,
+    /// Types of the latest commits, so subscriptions skip what they ignore.
+    recent: Arc<recent::RecentCommits>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
     _lock: File,
 }
@@ -283,6 +286,7 @@ impl Log {
             deferred: Vec::new(),
         };
         let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
+        let recent = Arc::new(recent::RecentCommits::new(subscribe::last_arrival(&conn)?));
         let channels = Arc::new(transact::Channels {
             keys: channels
                 .into_iter()
@@ -294,6 +298,7 @@ impl Log {
             channels: Arc::clone(&channels),
             conn,
             changes: changes_tx,
+            recent: Arc::clone(&recent),
             trust: trust.clone(),
             verifiers: Default::default(),
             own_service: identity.service.clone(),
@@ -310,6 +315,7 @@ impl Log {
             channels,
             trust,
             changes,
+            recent,
             recovering,
             _checkpointer: checkpointer,
             _lock: lock,

@@ -108,6 +108,8 @@ pub struct Subscription {
     /// The durable cursor as this subscription last wrote or read it.
     committed: u64,
     changes: tokio::sync::watch::Receiver<u64>,
+    /// Lets the read position step over commits without a matching type.
+    recent: std::sync::Arc<super::recent::RecentCommits>,
 }
 
 impl Log {
@@ -152,6 +154,7 @@ impl Log {
             position,
             committed: position,
             changes: self.changes(),
+            recent: std::sync::Arc::clone(&self.recent),
         })
     }
 }
@@ -180,6 +183,9 @@ impl Subscription {
         let mut position = self.position;
         let mut scanned = 0usize;
         while batch.len() < max && scanned < SUBSCRIPTION_SCAN_EVENTS_MAX {
+            position = self.recent.skip_unmatched(position, |event_type| {
+                crate::cli::glob_match(&self.pattern, event_type)
+            });
             let page_len = SUBSCRIPTION_PAGE_EVENTS.min(SUBSCRIPTION_SCAN_EVENTS_MAX - scanned);
             let page = read_types(&self.conn, position, page_len)?;
             for (arrival, event_type) in &page {

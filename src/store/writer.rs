@@ -143,6 +143,8 @@ pub(crate) struct CommitStage {
     /// Bumped after every commit that added events, so replication and
     /// subscriptions wake without polling.
     pub changes: tokio::sync::watch::Sender<u64>,
+    /// What each commit added, by type (see `store/recent.rs`).
+    pub recent: Arc<super::recent::RecentCommits>,
     pub trust: Arc<TrustAnchor>,
     /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
     pub verifiers: HashMap<String, FeedVerifier>,
@@ -419,13 +421,22 @@ impl SealStage {
 }
 
 impl CommitStage {
+    /// Tells subscriptions and replication that a commit added events,
+    /// after summarising it for [`RecentCommits`](super::recent::RecentCommits).
+    fn announce_commit(&mut self) {
+        if let Err(e) = self.recent.record_from(&self.conn) {
+            tracing::debug!(error = %e, "cannot summarise the commit; subscriptions will read it");
+        }
+        self.changes.send_modify(|v| *v += 1);
+    }
+
     fn run(mut self, work: Receiver<Work>, epoch: &AtomicU64) {
         while let Ok(item) = work.recv() {
             match item {
                 Work::Ingest { envelopes, reply } => {
                     let outcome = self.ingest(envelopes);
                     if matches!(&outcome, Ok(r) if r.applied > 0) {
-                        self.changes.send_modify(|v| *v += 1);
+                        self.announce_commit();
                     }
                     let _ = reply.send(outcome);
                 }
@@ -437,7 +448,7 @@ impl CommitStage {
                     self.verifiers.remove(&self.own_service);
                     let sealer = super::start_or_resume(&mut self.conn, &identity, &self.trust);
                     if sealer.is_ok() {
-                        self.changes.send_modify(|v| *v += 1);
+                        self.announce_commit();
                     }
                     let _ = reply.send(sealer);
                 }
@@ -528,7 +539,7 @@ impl CommitStage {
         match outcome {
             Ok(events) => {
                 if !events.is_empty() {
-                    self.changes.send_modify(|v| *v += 1);
+                    self.announce_commit();
                 }
                 let mut receipts = events.iter().map(Receipt::of);
                 for (count, reply) in accepted {
@@ -564,7 +575,7 @@ impl CommitStage {
         }
         match commit_own(&mut self.conn, &events, &self.own_service) {
             Ok(()) => {
-                self.changes.send_modify(|v| *v += 1);
+                self.announce_commit();
                 let mut receipts = events.iter().map(Receipt::of);
                 for (size, reply) in replies {
                     let _ = reply.send(Ok(receipts.by_ref().take(size).collect()));
@@ -595,6 +606,16 @@ impl CommitStage {
     /// signed event that conflicts with a stored one is kept as fork evidence
     /// and the feed is no longer accepted.
     fn ingest(&mut self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
+        let outcome = self.ingest_in_transaction(envelopes);
+        if outcome.is_err() {
+            // The transaction rolled back: cached verifiers may stand ahead
+            // of the store, so reload them from disk.
+            self.verifiers.clear();
+        }
+        outcome
+    }
+
+    fn ingest_in_transaction(&mut self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
         let mut report = IngestReport::default();
         let tx = self
             .conn
@@ -741,7 +762,18 @@ fn ingest_one(
             found: format!("an event of {author}, whose feed forked"),
         }));
     }
-    if let Some(stored) = stored_hash(tx, &author, seq)? {
+    // A feed's stored events are exactly 0..=head, and a cached verifier
+    // stands at head + 1, so an event at or beyond it cannot be held yet:
+    // skip the lookup on the hot path. This node's own feed is excluded, as
+    // its sealer (not this verifier) advances it once it proclaims.
+    let beyond_head =
+        author != own_service && verifiers.get(&author).is_some_and(|v| seq >= v.next_seq());
+    let stored = if beyond_head {
+        None
+    } else {
+        stored_hash(tx, &author, seq)?
+    };
+    if let Some(stored) = stored {
         if &stored == event.hash() {
             return Ok(Outcome::Duplicate);
         }
