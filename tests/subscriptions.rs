@@ -457,3 +457,71 @@ fn a_rare_type_is_found_among_many_commits_of_other_types() {
         .unwrap();
     assert_eq!(drain(&mut ticks, 64).len(), 30 * 5);
 }
+
+/// A runner whose pattern matches nothing does not write its cursor after
+/// every commit of unrelated events (that would cost a durable write each),
+/// but writes it when it stops, so a restart does not look at them again;
+/// a matching event is still delivered and committed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_runner_writes_its_cursor_lazily_and_on_stop() {
+    let cluster = Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let sub = log.subscribe("rare", "rare.*", StartFrom::Now).unwrap();
+    let start = sub.committed();
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let seen = delivered.clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_subscription(
+        sub,
+        move |event: &StoredEvent| {
+            seen.lock().unwrap().push(event.arrival);
+            Ok(())
+        },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+    let noise_started = Instant::now();
+    for _ in 0..20 {
+        log.proclaim("noise.tick", b"{}", vec![]).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let noise_took = noise_started.elapsed();
+    let cursor = |log: &herald::store::Log| {
+        log.subscribe("rare", "rare.*", StartFrom::Stored)
+            .unwrap()
+            .committed()
+    };
+    // (On a machine so loaded that the noise took longer than the idle
+    // commit interval, one write is allowed.)
+    if noise_took < Duration::from_millis(herald::store::SUBSCRIPTION_IDLE_COMMIT_MS) {
+        assert_eq!(
+            cursor(&log),
+            start,
+            "twenty unrelated commits cost no cursor write"
+        );
+    }
+    log.proclaim("rare.found", b"{}", vec![]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while delivered.lock().unwrap().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let arrivals = delivered.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 1, "the matching event is delivered");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cursor(&log) < arrivals[0] && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(cursor(&log), arrivals[0], "a handled event is committed");
+    for _ in 0..5 {
+        log.proclaim("noise.tick", b"{}", vec![]).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop_tx.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        cursor(&log),
+        arrivals[0] + 5,
+        "stopping writes the cursor past the unrelated events it looked at"
+    );
+}

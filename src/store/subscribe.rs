@@ -48,6 +48,14 @@ pub const SUBSCRIPTION_RETRY_MS_MAX: u64 = 10_000;
 /// How long [`run_subscription`] waits for new events before looking again
 /// (it normally wakes on the log's change notification long before).
 pub const SUBSCRIPTION_IDLE_WAIT_MS: u64 = 1_000;
+/// How many arrivals without a match a runner's durable cursor may trail its
+/// read position by before it is written. Writing it after every look would
+/// cost a durable commit per commit of unrelated events; trailing only means
+/// those (unmatched) rows are looked at again after a restart.
+pub const SUBSCRIPTION_IDLE_COMMIT_ARRIVALS: u64 = 4096;
+/// How long a runner's durable cursor may trail its read position over
+/// unmatched events before it is written anyway.
+pub const SUBSCRIPTION_IDLE_COMMIT_MS: u64 = 1_000;
 /// Longest consumer name, in bytes.
 pub const CONSUMER_NAME_BYTES_MAX: usize = 64;
 /// Longest subscription pattern, in bytes (a literal pattern is an event type).
@@ -354,17 +362,32 @@ where
 {
     let mut stop = std::pin::pin!(stop);
     let mut backoff_ms = SUBSCRIPTION_RETRY_MS;
+    let mut last_commit = std::time::Instant::now();
     loop {
         tokio::select! {
             biased;
-            _ = &mut stop => return Ok(()),
+            _ = &mut stop => {
+                commit_on_stop(&mut sub);
+                return Ok(());
+            }
             _ = std::future::ready(()) => {}
         }
         let batch = sub.next_batch(SUBSCRIPTION_BATCH_EVENTS_MAX)?;
         if batch.is_empty() {
-            sub.commit(sub.position())?;
+            // Nothing matched: the position moved over unrelated events only.
+            let trailing = sub.position() - sub.committed();
+            let due = trailing >= SUBSCRIPTION_IDLE_COMMIT_ARRIVALS
+                || (trailing > 0
+                    && last_commit.elapsed() >= Duration::from_millis(SUBSCRIPTION_IDLE_COMMIT_MS));
+            if due {
+                sub.commit(sub.position())?;
+                last_commit = std::time::Instant::now();
+            }
             tokio::select! {
-                _ = &mut stop => return Ok(()),
+                _ = &mut stop => {
+                commit_on_stop(&mut sub);
+                return Ok(());
+            }
                 _ = sub.wait(Duration::from_millis(SUBSCRIPTION_IDLE_WAIT_MS)) => {}
             }
             continue;
@@ -375,6 +398,7 @@ where
         match outcome {
             Ok(()) => {
                 sub.commit(sub.position())?;
+                last_commit = std::time::Instant::now();
                 backoff_ms = SUBSCRIPTION_RETRY_MS;
             }
             Err((arrival, reason)) => {
@@ -394,6 +418,15 @@ where
                 backoff_ms = (backoff_ms * 2).min(SUBSCRIPTION_RETRY_MS_MAX);
             }
         }
+    }
+}
+
+/// Writes the cursor over unmatched events a stopping runner looked at
+/// (everything it delivered is committed already). A failure only means
+/// those rows are looked at again.
+fn commit_on_stop(sub: &mut Subscription) {
+    if let Err(e) = sub.commit(sub.position()) {
+        tracing::debug!(consumer = %sub.consumer, error = %e, "cursor not written on stop");
     }
 }
 
