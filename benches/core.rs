@@ -142,6 +142,42 @@ fn bench_seal(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // The sequential half alone (encrypt, hash, chain; no signature): what
+    // the seal stage adds on top of the signing ceiling.
+    g.bench_function("chain_batch_64", |b| {
+        b.iter_batched(
+            || {
+                (0..BATCH)
+                    .map(|i| (draft(i), &channel, entropy(i)))
+                    .collect::<Vec<_>>()
+            },
+            |drafts| sealer.chain_batch(drafts, NOW_US + 1),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+
+    // The AEAD by itself on a 256-byte payload. `.cargo/config.toml` picks
+    // Poly1305's portable backend because of this figure.
+    let mut g = c.benchmark_group("aead");
+    g.throughput(Throughput::Elements(1));
+    let plaintext = vec![0x5au8; 256];
+    let aad = [1u8; 120];
+    g.bench_function("xchacha20poly1305_seal_256", |b| {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let key = [7u8; 32];
+        let nonce = chacha20poly1305::XNonce::from([9u8; 24]);
+        b.iter(|| {
+            let cipher = chacha20poly1305::XChaCha20Poly1305::new((&key).into());
+            cipher.encrypt(
+                &nonce,
+                Payload {
+                    msg: black_box(&plaintext),
+                    aad: &aad,
+                },
+            )
+        })
+    });
     g.finish();
 }
 
