@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -128,9 +129,17 @@ fn min_head(logs: &[Arc<Log>], feed: &str) -> Option<u64> {
         .flatten()
 }
 
+/// How often the head monitor samples every node's head of a feed.
+const HEAD_POLL_INTERVAL: Duration = Duration::from_micros(300);
+
 /// One publisher's load: proclaims `events` on `publisher` (paced to
 /// `rate_per_s` if given) and records, per event, the time from the call to
 /// the moment every node holds it.
+///
+/// A separate task samples the lowest head of the feed across the nodes, so
+/// the moment a batch is everywhere is seen while the publisher is blocked
+/// waiting for its next batch to be durable locally (measuring it in the
+/// publisher's loop would add that wait to the latency).
 async fn publish_and_measure(
     publisher: Arc<Log>,
     all: Vec<Arc<Log>>,
@@ -141,14 +150,17 @@ async fn publish_and_measure(
     let feed = publisher.service().to_string();
     let channel = publisher.channel(None)?;
     let draft = Draft::new("bench.event", 1, Vec::new(), vec![0x5a; payload_bytes])?;
-    let mut latencies = Vec::with_capacity(events as usize);
-    // (last seq of the batch, size, submitted at)
-    let mut waiting: VecDeque<(u64, usize, Instant)> = VecDeque::new();
+    let start = Instant::now();
+    let deadline = start + CONVERGE_TIMEOUT + Duration::from_secs(events / 1000);
+    // The last sequence number of the run, once known.
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let monitor = tokio::spawn(monitor_heads(all, feed, target.clone(), deadline));
+    // (last seq of the batch, size, submitted at), in submission order.
+    let mut durable_here: Vec<(u64, usize, Instant)> = Vec::new();
     let mut in_flight: VecDeque<(Pending, usize, Instant)> = VecDeque::new();
     let mut remaining = events;
-    let start = Instant::now();
     let mut submitted = 0u64;
-    while remaining > 0 || !in_flight.is_empty() || !waiting.is_empty() {
+    while remaining > 0 || !in_flight.is_empty() {
         while remaining > 0 && in_flight.len() < BATCHES_IN_FLIGHT {
             if let Some(rate) = rate_per_s {
                 let due = start + Duration::from_secs_f64(submitted as f64 / rate);
@@ -162,33 +174,59 @@ async fn publish_and_measure(
             remaining -= n as u64;
             submitted += n as u64;
         }
-        // A batch durable locally moves to "waiting for the others".
-        if let Some((pending, n, at)) = in_flight.pop_front() {
-            let receipts = tokio::task::spawn_blocking(move || pending.wait())
-                .await
-                .map_err(|e| BenchError::Setup(e.to_string()))??;
-            let last = receipts.last().map(|r| r.seq).unwrap_or(0);
-            waiting.push_back((last, n, at));
-        }
-        if let Some(everywhere) = min_head(&all, &feed) {
-            while waiting
-                .front()
-                .is_some_and(|(last, _, _)| *last <= everywhere)
-            {
-                if let Some((_, n, at)) = waiting.pop_front() {
-                    let latency = at.elapsed().as_micros() as u64;
-                    latencies.extend(std::iter::repeat_n(latency, n));
-                }
+        match in_flight.pop_front() {
+            Some((pending, n, at)) => {
+                let receipts = tokio::task::spawn_blocking(move || pending.wait())
+                    .await
+                    .map_err(|e| BenchError::Setup(e.to_string()))??;
+                let last = receipts.last().map(|r| r.seq).unwrap_or(0);
+                durable_here.push((last, n, at));
             }
-        }
-        if in_flight.is_empty() && (!waiting.is_empty() || remaining > 0) {
-            if start.elapsed() > CONVERGE_TIMEOUT + Duration::from_secs(events / 1000) {
-                return Err(BenchError::Setup("replication stalled".into()));
-            }
-            tokio::time::sleep(Duration::from_micros(300)).await;
+            // Paced and ahead of schedule.
+            None => tokio::time::sleep(HEAD_POLL_INTERVAL).await,
         }
     }
+    target.store(durable_here.last().map_or(0, |b| b.0), Ordering::Release);
+    let timeline = monitor
+        .await
+        .map_err(|e| BenchError::Setup(e.to_string()))??;
+    let mut latencies = Vec::with_capacity(events as usize);
+    for (last, n, at) in durable_here {
+        // The first sample at which every node held the batch's last event.
+        let i = timeline.partition_point(|(_, head)| *head < last);
+        let Some((everywhere_at, _)) = timeline.get(i) else {
+            return Err(BenchError::Setup("replication stalled".into()));
+        };
+        let latency = everywhere_at.saturating_duration_since(at).as_micros() as u64;
+        latencies.extend(std::iter::repeat_n(latency, n));
+    }
     Ok(latencies)
+}
+
+/// Samples the lowest head of `feed` across `logs` every
+/// [`HEAD_POLL_INTERVAL`] until it reaches `target`, and returns when each
+/// new value was first seen.
+async fn monitor_heads(
+    logs: Vec<Arc<Log>>,
+    feed: String,
+    target: Arc<AtomicU64>,
+    deadline: Instant,
+) -> Result<Vec<(Instant, u64)>, BenchError> {
+    let mut timeline: Vec<(Instant, u64)> = Vec::new();
+    loop {
+        if let Some(head) = min_head(&logs, &feed) {
+            if timeline.last().is_none_or(|(_, seen)| *seen < head) {
+                timeline.push((Instant::now(), head));
+            }
+            if head >= target.load(Ordering::Acquire) {
+                return Ok(timeline);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Setup("replication stalled".into()));
+        }
+        tokio::time::sleep(HEAD_POLL_INTERVAL).await;
+    }
 }
 
 async fn scenario(
