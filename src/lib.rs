@@ -14,7 +14,7 @@
 //! * [`saga`]: sagas across peers: definitions, the sans-IO state machine,
 //!   the orchestrator and participants.
 //! * [`cli`]: the `herald` command line.
-//! * [`bench`]: the benchmark harness behind `herald bench`.
+//! * [`bench`](mod@bench): the benchmark harness behind `herald bench`.
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 

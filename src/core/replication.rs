@@ -62,7 +62,7 @@ pub enum ProtocolError {
 pub enum Received {
     /// Nothing to do beyond polling for sends.
     Nothing,
-    /// Verify and commit these envelopes, then send [`ack`].
+    /// Verify and commit these envelopes, then send [`Session::ack`].
     Events(Vec<Vec<u8>>),
 }
 

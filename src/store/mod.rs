@@ -394,7 +394,7 @@ impl Log {
     /// writes and events it proclaims through [`Tx`] commit together (one
     /// fsync) or, if it returns `Err` or panics, not at all. Returns once
     /// durable. `work` runs on the writer thread: keep it short and free of
-    /// I/O. See [`transact`](self::transact) for the guarantees.
+    /// I/O. See `store/transact.rs` for the guarantees.
     pub fn transact<T, F>(&self, work: F) -> Result<Committed<T>, TxError>
     where
         T: Send + 'static,

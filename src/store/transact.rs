@@ -34,7 +34,7 @@ pub const STATE_KEY_BYTES_MAX: usize = 512;
 pub const STATE_VALUE_BYTES_MAX: usize = 1024 * 1024;
 /// Most events one transaction may proclaim (they commit in one batch).
 pub const TRANSACT_EVENTS_MAX: usize = crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
-/// Most rows one [`super::Log::state_scan`] returns.
+/// Most rows one [`super::Log::scan`] returns.
 pub const STATE_SCAN_ROWS_MAX: usize = 10_000;
 /// Prefix of table names reserved for herald itself.
 pub const RESERVED_TABLE_PREFIX: &str = "herald.";
