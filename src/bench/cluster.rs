@@ -24,6 +24,12 @@ pub const CLUSTER_NODES: [&str; 3] = ["bench-a", "bench-b", "bench-c"];
 const BATCH_EVENTS: usize = 256;
 /// Batches in flight per publisher.
 const BATCHES_IN_FLIGHT: usize = 8;
+/// Events per batch in the paced (half-rate) run: a producer publishing at
+/// a steady rate hands over what it has every few milliseconds, not 256
+/// events at a time, and every event of a batch waits for the whole batch.
+const PACED_BATCH_EVENTS: usize = 32;
+/// Batches in flight in the paced run (the same events in flight as above).
+const PACED_BATCHES_IN_FLIGHT: usize = 64;
 /// Longest the benchmark waits for the cluster to converge.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -150,6 +156,10 @@ async fn publish_and_measure(
     let feed = publisher.service().to_string();
     let channel = publisher.channel(None)?;
     let draft = Draft::new("bench.event", 1, Vec::new(), vec![0x5a; payload_bytes])?;
+    let (batch_events, batches_in_flight) = match rate_per_s {
+        Some(_) => (PACED_BATCH_EVENTS, PACED_BATCHES_IN_FLIGHT),
+        None => (BATCH_EVENTS, BATCHES_IN_FLIGHT),
+    };
     let start = Instant::now();
     let deadline = start + CONVERGE_TIMEOUT + Duration::from_secs(events / 1000);
     // The last sequence number of the run, once known.
@@ -161,14 +171,14 @@ async fn publish_and_measure(
     let mut remaining = events;
     let mut submitted = 0u64;
     while remaining > 0 || !in_flight.is_empty() {
-        while remaining > 0 && in_flight.len() < BATCHES_IN_FLIGHT {
+        while remaining > 0 && in_flight.len() < batches_in_flight {
             if let Some(rate) = rate_per_s {
                 let due = start + Duration::from_secs_f64(submitted as f64 / rate);
                 if Instant::now() < due {
                     break;
                 }
             }
-            let n = remaining.min(BATCH_EVENTS as u64) as usize;
+            let n = remaining.min(batch_events as u64) as usize;
             let drafts = (0..n).map(|_| (draft.clone(), channel.clone())).collect();
             in_flight.push_back((publisher.submit(drafts)?, n, Instant::now()));
             remaining -= n as u64;
