@@ -120,6 +120,13 @@ fn bench_codec(c: &mut Criterion) {
     g.finish();
 }
 
+/// One batch of drafts to seal, with their channel and entropy.
+fn drafts(channel: &ChannelKey) -> Vec<(Draft, &ChannelKey, Entropy)> {
+    (0..BATCH)
+        .map(|i| (draft(i), channel, entropy(i)))
+        .collect()
+}
+
 fn bench_seal(c: &mut Criterion) {
     let channel = channel();
     let (mut sealer, _) = Sealer::genesis(
@@ -133,11 +140,7 @@ fn bench_seal(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("seal_batch_64", |b| {
         b.iter_batched(
-            || {
-                (0..BATCH)
-                    .map(|i| (draft(i), &channel, entropy(i)))
-                    .collect::<Vec<_>>()
-            },
+            || drafts(&channel),
             |drafts| sealer.seal_batch(drafts, NOW_US + 1),
             BatchSize::SmallInput,
         )
@@ -146,11 +149,7 @@ fn bench_seal(c: &mut Criterion) {
     // the seal stage adds on top of the signing ceiling.
     g.bench_function("chain_batch_64", |b| {
         b.iter_batched(
-            || {
-                (0..BATCH)
-                    .map(|i| (draft(i), &channel, entropy(i)))
-                    .collect::<Vec<_>>()
-            },
+            || drafts(&channel),
             |drafts| sealer.chain_batch(drafts, NOW_US + 1),
             BatchSize::SmallInput,
         )

@@ -449,19 +449,7 @@ async fn duplicate_command_delivery_has_one_effect() {
     // Wait until b has consumed everything again.
     let dir = net.config("b").data_dir;
     let deadline = Instant::now() + SAGA_END;
-    loop {
-        let conn = herald::store::open_read_only(&dir).unwrap();
-        let last = herald::store::last_arrival(&conn).unwrap();
-        let cursor: u64 = conn
-            .query_row(
-                "SELECT last_arrival FROM consumer_cursors WHERE consumer = ?1",
-                [herald::saga::participant::COMMAND_CONSUMER],
-                |r| r.get::<_, i64>(0),
-            )
-            .unwrap() as u64;
-        if cursor >= last {
-            break;
-        }
+    while !common::consumer_caught_up(&dir, herald::saga::participant::COMMAND_CONSUMER) {
         assert!(Instant::now() < deadline, "b never caught up");
         tokio::time::sleep(POLL).await;
     }

@@ -419,19 +419,7 @@ async fn an_idempotent_consumer_applies_each_event_once_across_redelivery() {
     // (wrongly) added by redelivery.
     let dir = net.config("a").data_dir;
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let conn = herald::store::open_read_only(&dir).unwrap();
-        let last = herald::store::last_arrival(&conn).unwrap();
-        let cursor: i64 = conn
-            .query_row(
-                "SELECT last_arrival FROM consumer_cursors WHERE consumer = 'ledger'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if cursor as u64 >= last {
-            break;
-        }
+    while !common::consumer_caught_up(&dir, "ledger") {
         assert!(Instant::now() < deadline, "the consumer never caught up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

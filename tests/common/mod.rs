@@ -52,3 +52,19 @@ impl Cluster {
 pub fn herald_bin() -> &'static str {
     env!("CARGO_BIN_EXE_herald")
 }
+
+/// Whether `consumer`'s durable cursor in the store at `data_dir` has reached
+/// the last event the store holds (read through a fresh read-only
+/// connection, as an outside tool would).
+pub fn consumer_caught_up(data_dir: &Path, consumer: &str) -> bool {
+    let conn = herald::store::open_read_only(data_dir).unwrap();
+    let last = herald::store::last_arrival(&conn).unwrap();
+    let cursor: i64 = conn
+        .query_row(
+            "SELECT last_arrival FROM consumer_cursors WHERE consumer = ?1",
+            [consumer],
+            |r| r.get(0),
+        )
+        .unwrap();
+    cursor as u64 >= last
+}
