@@ -128,6 +128,8 @@ pub struct Subscription {
     position: u64,
     /// The durable cursor as this subscription last wrote or read it.
     committed: u64,
+    /// When this subscription last wrote (or first read) the cursor.
+    committed_at: std::time::Instant,
     changes: tokio::sync::watch::Receiver<u64>,
     /// Lets the read position step over commits without a matching type.
     recent: std::sync::Arc<super::recent::RecentCommits>,
@@ -174,6 +176,7 @@ impl Log {
             writer: self.write_handle()?,
             position,
             committed: position,
+            committed_at: std::time::Instant::now(),
             changes: self.changes(),
             recent: std::sync::Arc::clone(&self.recent),
         })
@@ -245,7 +248,20 @@ impl Subscription {
         }
         save_cursor(&self.writer, &self.consumer, &self.pattern, arrival)?;
         self.committed = arrival;
+        self.committed_at = std::time::Instant::now();
         Ok(())
+    }
+
+    /// Whether the durable cursor has trailed the read position (over
+    /// unmatched events) for long enough to be written: by
+    /// [`SUBSCRIPTION_IDLE_COMMIT_ARRIVALS`] or for
+    /// [`SUBSCRIPTION_IDLE_COMMIT_MS`].
+    fn idle_commit_due(&self) -> bool {
+        let trailing = self.position - self.committed;
+        trailing >= SUBSCRIPTION_IDLE_COMMIT_ARRIVALS
+            || (trailing > 0
+                && self.committed_at.elapsed()
+                    >= Duration::from_millis(SUBSCRIPTION_IDLE_COMMIT_MS))
     }
 
     /// The read position: events after this arrival are delivered next.
@@ -375,7 +391,6 @@ where
 {
     let mut stop = std::pin::pin!(stop);
     let mut backoff_ms = SUBSCRIPTION_RETRY_MS;
-    let mut last_commit = std::time::Instant::now();
     loop {
         tokio::select! {
             biased;
@@ -388,19 +403,14 @@ where
         let batch = sub.next_batch(SUBSCRIPTION_BATCH_EVENTS_MAX)?;
         if batch.is_empty() {
             // Nothing matched: the position moved over unrelated events only.
-            let trailing = sub.position() - sub.committed();
-            let due = trailing >= SUBSCRIPTION_IDLE_COMMIT_ARRIVALS
-                || (trailing > 0
-                    && last_commit.elapsed() >= Duration::from_millis(SUBSCRIPTION_IDLE_COMMIT_MS));
-            if due {
+            if sub.idle_commit_due() {
                 sub.commit(sub.position())?;
-                last_commit = std::time::Instant::now();
             }
             tokio::select! {
                 _ = &mut stop => {
-                commit_on_stop(&mut sub);
-                return Ok(());
-            }
+                    commit_on_stop(&mut sub);
+                    return Ok(());
+                }
                 _ = sub.wait(Duration::from_millis(SUBSCRIPTION_IDLE_WAIT_MS)) => {}
             }
             continue;
@@ -411,7 +421,6 @@ where
         match outcome {
             Ok(()) => {
                 sub.commit(sub.position())?;
-                last_commit = std::time::Instant::now();
                 backoff_ms = SUBSCRIPTION_RETRY_MS;
             }
             Err((arrival, reason)) => {
