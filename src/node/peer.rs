@@ -170,40 +170,87 @@ async fn replicate(
     result.unwrap_or_else(|e| Err(PeerError::Protocol(format!("replication task failed: {e}"))))
 }
 
-/// Reads frames, checks the protocol, verifies and commits events.
+/// Frames read from a peer that may wait to be checked and applied. The
+/// reader stops when the queue is full, so QUIC flow control pushes back on
+/// the peer instead of memory growing.
+pub const INBOUND_FRAMES_QUEUED_MAX: usize = 8;
+/// Most events one ingest takes when frames queued up while the previous
+/// ingest committed. A receiver that falls behind catches up in bigger
+/// commits (one fsync and one batch verification for several frames)
+/// instead of paying per-frame costs on a backlog.
+pub const INGEST_COALESCE_EVENTS_MAX: usize = crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
+
+/// Ends the frame reader when the inbound half returns, however it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads frames off the stream into `queue` until the stream ends or fails
+/// (sent on as the last item) or the inbound half stops listening.
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    queue: tokio::sync::mpsc::Sender<Result<Option<PeerMessage>, NetError>>,
+) {
+    loop {
+        let frame = net::read_frame::<PeerMessage>(&mut recv).await;
+        let last = !matches!(frame, Ok(Some(_)));
+        if queue.send(frame).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Reads frames, checks the protocol, verifies and commits events. Events
+/// of frames that queued up while an ingest ran are applied together.
 async fn inbound(
     inner: Arc<Inner>,
     peer: String,
-    mut recv: quinn::RecvStream,
+    recv: quinn::RecvStream,
     shared: Arc<Shared>,
 ) -> Result<(), PeerError> {
     let peer = peer.as_str();
+    let (queue, mut frames) = tokio::sync::mpsc::channel(INBOUND_FRAMES_QUEUED_MAX);
+    let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, queue)));
     // A session of its own, used only to check what arrives is in order.
     let mut checker = Session::new(peer, clock::now_us());
     let mut shutdown = inner.shutdown.clone();
-    let mut window_start = tokio::time::Instant::now();
-    let mut frames_in_window = 0u32;
+    let mut flood = FloodGuard::default();
+    let mut pending: Vec<Vec<u8>> = Vec::new();
     loop {
-        let frame = tokio::select! {
-            frame = net::read_frame::<PeerMessage>(&mut recv) => frame,
-            _ = shutdown.changed() => return Err(PeerError::Shutdown),
+        let next = if pending.is_empty() {
+            tokio::select! {
+                frame = frames.recv() => frame,
+                _ = shutdown.changed() => return Err(PeerError::Shutdown),
+            }
+        } else if pending.len() < INGEST_COALESCE_EVENTS_MAX {
+            match frames.try_recv() {
+                Ok(frame) => Some(frame),
+                // Nothing more queued: apply what was gathered.
+                Err(_) => {
+                    apply_pending(&inner, peer, &mut pending, &shared).await?;
+                    continue;
+                }
+            }
+        } else {
+            apply_pending(&inner, peer, &mut pending, &shared).await?;
+            continue;
         };
-        let message = match frame {
-            Ok(Some(m)) => m,
-            Ok(None) => return Err(PeerError::Protocol("replication stream ended".into())),
-            Err(e) => return Err(PeerError::Net(e)),
+        let message = match next {
+            Some(Ok(Some(m))) => m,
+            Some(Ok(None)) | None => {
+                apply_pending(&inner, peer, &mut pending, &shared).await?;
+                return Err(PeerError::Protocol("replication stream ended".into()));
+            }
+            Some(Err(e)) => {
+                apply_pending(&inner, peer, &mut pending, &shared).await?;
+                return Err(PeerError::Net(e));
+            }
         };
-        if window_start.elapsed() >= Duration::from_secs(1) {
-            window_start = tokio::time::Instant::now();
-            frames_in_window = 0;
-        }
-        frames_in_window += 1;
-        if frames_in_window > PEER_FRAMES_PER_SECOND_MAX {
-            tracing::warn!(peer, "peer flooded the replication stream; disconnecting");
-            return Err(PeerError::Protocol(format!(
-                "more than {PEER_FRAMES_PER_SECOND_MAX} frames in one second"
-            )));
-        }
+        flood.count(peer)?;
         let forwarded = match &message {
             PeerMessage::Hello { heads, .. } => Some((true, heads.clone())),
             PeerMessage::Ack { heads } => Some((false, heads.clone())),
@@ -211,35 +258,86 @@ async fn inbound(
         };
         match checker.on_message(clock::now_us(), message) {
             Ok(Received::Nothing) => {}
-            Ok(Received::Events(envelopes)) => {
-                apply(&inner, peer, envelopes).await?;
-                lock(&shared).ack_due = true;
-                shared.wake.notify_one();
-            }
+            Ok(Received::Events(envelopes)) => pending.extend(envelopes),
             Err(e @ crate::core::replication::ProtocolError::Version { .. }) => {
                 return Err(PeerError::Version(e.to_string()));
             }
             Err(e) => return Err(PeerError::Protocol(e.to_string())),
         }
         if let Some((hello, heads)) = forwarded {
-            let mut handoff = lock(&shared);
-            if hello {
-                handoff.hello = Some(heads);
-            } else {
-                for head in heads {
-                    let newer = handoff
-                        .acks
-                        .get(&head.feed)
-                        .is_none_or(|h| h.seq < head.seq);
-                    if newer {
-                        handoff.acks.insert(head.feed.clone(), head);
-                    }
-                }
-            }
-            drop(handoff);
-            shared.wake.notify_one();
+            forward_heads(&shared, hello, heads);
         }
     }
+}
+
+/// Counts frames per second; more than [`PEER_FRAMES_PER_SECOND_MAX`] is a
+/// flood.
+struct FloodGuard {
+    window_start: tokio::time::Instant,
+    frames_in_window: u32,
+}
+
+impl Default for FloodGuard {
+    fn default() -> Self {
+        FloodGuard {
+            window_start: tokio::time::Instant::now(),
+            frames_in_window: 0,
+        }
+    }
+}
+
+impl FloodGuard {
+    fn count(&mut self, peer: &str) -> Result<(), PeerError> {
+        if self.window_start.elapsed() >= Duration::from_secs(1) {
+            self.window_start = tokio::time::Instant::now();
+            self.frames_in_window = 0;
+        }
+        self.frames_in_window += 1;
+        if self.frames_in_window > PEER_FRAMES_PER_SECOND_MAX {
+            tracing::warn!(peer, "peer flooded the replication stream; disconnecting");
+            return Err(PeerError::Protocol(format!(
+                "more than {PEER_FRAMES_PER_SECOND_MAX} frames in one second"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Applies the gathered events (if any) and asks the outbound half to
+/// acknowledge them.
+async fn apply_pending(
+    inner: &Arc<Inner>,
+    peer: &str,
+    pending: &mut Vec<Vec<u8>>,
+    shared: &Shared,
+) -> Result<(), PeerError> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    apply(inner, peer, std::mem::take(pending)).await?;
+    lock(shared).ack_due = true;
+    shared.wake.notify_one();
+    Ok(())
+}
+
+/// Hands a peer's `Hello` or newer acknowledged heads to the outbound half.
+fn forward_heads(shared: &Shared, hello: bool, heads: Vec<FeedPosition>) {
+    let mut handoff = lock(shared);
+    if hello {
+        handoff.hello = Some(heads);
+    } else {
+        for head in heads {
+            let newer = handoff
+                .acks
+                .get(&head.feed)
+                .is_none_or(|h| h.seq < head.seq);
+            if newer {
+                handoff.acks.insert(head.feed.clone(), head);
+            }
+        }
+    }
+    drop(handoff);
+    shared.wake.notify_one();
 }
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Handoff> {

@@ -39,6 +39,9 @@ struct Inner {
     entries: VecDeque<Summary>,
     /// The last arrival summarised (or present when the log opened).
     recorded_up_to: u64,
+    /// Whether `recorded_up_to` is the last arrival in the store: false
+    /// from a failed summary until the next one succeeds.
+    complete: bool,
 }
 
 /// Summaries of the latest commits, shared by the writer (which records)
@@ -56,18 +59,50 @@ impl RecentCommits {
             inner: Mutex::new(Inner {
                 entries: VecDeque::new(),
                 recorded_up_to: last_arrival,
+                complete: true,
             }),
         }
     }
 
     /// Summarises what was committed since the last summary, reading it
     /// back through the writer's connection. An error leaves the summaries
-    /// as they were; the next call covers the range.
+    /// as they were (and no longer complete); the next call covers the range.
+    ///
+    /// The writer calls this after every commit that added events and
+    /// before it wakes subscriptions, so a subscription that was woken sees
+    /// the summary of what woke it.
     pub(crate) fn record_from(&self, conn: &Connection) -> rusqlite::Result<()> {
         let Ok(mut inner) = self.inner.lock() else {
             return Ok(());
         };
-        let after = inner.recorded_up_to;
+        let outcome = inner.record_from(conn);
+        // The writer is the store's only writer: a summary that read every
+        // row after the last one covers the whole store.
+        inner.complete = outcome.is_ok();
+        outcome
+    }
+
+    /// The furthest read position at or after `position` such that no event
+    /// between the two matches (`matches` says which types do).
+    pub(crate) fn skip_unmatched(&self, position: u64, matches: impl Fn(&str) -> bool) -> u64 {
+        let Ok(inner) = self.inner.lock() else {
+            return position;
+        };
+        inner.skip_unmatched(position, matches)
+    }
+
+    /// Whether the store holds events after `position`, if the summaries
+    /// know (`None`: a summary failed since; ask the store). Saves an idle
+    /// subscription a read of the store on every wake-up.
+    pub(crate) fn holds_after(&self, position: u64) -> Option<bool> {
+        let inner = self.inner.lock().ok()?;
+        inner.complete.then_some(position < inner.recorded_up_to)
+    }
+}
+
+impl Inner {
+    fn record_from(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        let after = self.recorded_up_to;
         let mut stmt = conn.prepare_cached(
             "SELECT arrival, event_type FROM events WHERE arrival > ?1 ORDER BY arrival",
         )?;
@@ -89,22 +124,11 @@ impl RecentCommits {
             }
         }
         if last > after {
-            inner.push(Summary { after, last, types });
+            self.push(Summary { after, last, types });
         }
         Ok(())
     }
 
-    /// The furthest read position at or after `position` such that no event
-    /// between the two matches (`matches` says which types do).
-    pub(crate) fn skip_unmatched(&self, position: u64, matches: impl Fn(&str) -> bool) -> u64 {
-        let Ok(inner) = self.inner.lock() else {
-            return position;
-        };
-        inner.skip_unmatched(position, matches)
-    }
-}
-
-impl Inner {
     fn push(&mut self, summary: Summary) {
         debug_assert_eq!(summary.after, self.recorded_up_to);
         self.recorded_up_to = summary.last;
@@ -142,6 +166,7 @@ mod tests {
         let mut inner = Inner {
             entries: VecDeque::new(),
             recorded_up_to: start,
+            complete: true,
         };
         for (last, types) in commits {
             let after = inner.recorded_up_to;
@@ -244,5 +269,38 @@ mod tests {
         assert_eq!(entries[1].types, None);
         assert_eq!(inner.skip_unmatched(2, |t| t == "a"), 2);
         assert_eq!(inner.skip_unmatched(2, |t| t == "c"), 5);
+    }
+
+    #[test]
+    fn knows_whether_events_follow_only_while_every_commit_was_summarised() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (arrival INTEGER PRIMARY KEY, event_type TEXT NOT NULL);
+             INSERT INTO events (event_type) VALUES ('a'), ('b');",
+        )
+        .unwrap();
+        let recent = RecentCommits::new(2);
+        assert_eq!(recent.holds_after(2), Some(false));
+        assert_eq!(recent.holds_after(1), Some(true));
+        conn.execute_batch("INSERT INTO events (event_type) VALUES ('c');")
+            .unwrap();
+        recent.record_from(&conn).unwrap();
+        assert_eq!(recent.holds_after(2), Some(true));
+        assert_eq!(recent.holds_after(3), Some(false));
+
+        // A summary that fails leaves the answer to the store...
+        conn.execute_batch("ALTER TABLE events RENAME TO moved;")
+            .unwrap();
+        assert!(recent.record_from(&conn).is_err());
+        assert_eq!(recent.holds_after(3), None);
+        // ...until one succeeds and covers what the failed one missed.
+        conn.execute_batch(
+            "ALTER TABLE moved RENAME TO events;
+             INSERT INTO events (event_type) VALUES ('d');",
+        )
+        .unwrap();
+        recent.record_from(&conn).unwrap();
+        assert_eq!(recent.holds_after(3), Some(true));
+        assert_eq!(recent.holds_after(4), Some(false));
     }
 }

@@ -210,6 +210,9 @@ impl Subscription {
             position = self.recent.skip_unmatched(position, |event_type| {
                 crate::cli::glob_match(&self.pattern, event_type)
             });
+            if self.recent.holds_after(position) == Some(false) {
+                break;
+            }
             let page_len = SUBSCRIPTION_PAGE_EVENTS.min(SUBSCRIPTION_SCAN_EVENTS_MAX - scanned);
             let page = read_types(&self.conn, position, page_len)?;
             for (arrival, event_type) in &page {
@@ -311,6 +314,9 @@ impl Subscription {
     }
 
     fn has_more(&self) -> Result<bool, LogError> {
+        if let Some(known) = self.recent.holds_after(self.position) {
+            return Ok(known);
+        }
         let mut stmt = self
             .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE arrival > ?1)")?;
