@@ -817,6 +817,32 @@ async fn a_misbehaving_peer_is_cut_off_and_the_rest_carries_on() {
         "after (c)"
     );
 
+    // (c2) A forged event 1, then the genuine events 1 and 2 in frames sent
+    // back to back: frames that queue up together are applied together,
+    // and nothing after the forged event may be applied all the same.
+    let mut m = Attack::open(&net, "mallory", "node-a").await;
+    let mut burst = Vec::new();
+    for message in [
+        events_frame(&[&forged]),
+        events_frame(&[feed.events[0].bytes()]),
+        events_frame(&[feed.events[1].bytes()]),
+    ] {
+        let body = postcard::to_allocvec(&message).unwrap();
+        burst.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        burst.extend_from_slice(&body);
+    }
+    m.send_raw(&burst).await;
+    assert_eq!(
+        m.closed_with().await,
+        close::VERIFICATION_FAILED as u64,
+        "forged, then genuine"
+    );
+    assert_eq!(
+        mallory_head(&node_heads(&a).await),
+        Some((0, genesis_hash)),
+        "after (c2)"
+    );
+
     // (d) Bytes that are no message.
     let mut m = Attack::open(&net, "mallory", "node-a").await;
     let mut garbage = 8u32.to_le_bytes().to_vec();
