@@ -45,8 +45,11 @@ pub const DB_FILE: &str = "herald.db";
 pub const LOCK_FILE: &str = "herald.lock";
 /// How often the checkpointer moves the WAL into the database file. The
 /// writer never checkpoints itself, so copying pages and their fsync stay
-/// off the commit path.
-pub const CHECKPOINT_INTERVAL_MS: u64 = 250;
+/// off the commit path. Short, because the database file's fsync still
+/// delays the writer's WAL fsync on the same file system: copying 60 ms of
+/// commits at a time instead of 250 ms cut the bench's half-rate p99 from
+/// about 29 to 16 ms (median of six runs each) at the same CPU cost.
+pub const CHECKPOINT_INTERVAL_MS: u64 = 60;
 /// Requests that may wait for the writer before callers block (back-pressure).
 pub const WRITER_QUEUE_REQUESTS_MAX: usize = 256;
 
