@@ -47,6 +47,8 @@ pub struct ClusterRun {
     pub latency_us_p999: u64,
     /// events_per_s over the topology ceiling.
     pub fraction_of_topology_ceiling: f64,
+    /// Where the three nodes' CPU time went, by thread role.
+    pub cpu: super::cpu::CpuSplit,
 }
 
 /// The cluster section of the report.
@@ -250,6 +252,7 @@ async fn scenario(
 ) -> Result<ClusterRun, BenchError> {
     let logs: Vec<Arc<Log>> = nodes.iter().map(|n| n.log().clone()).collect();
     let per_publisher = events / publishers.len() as u64;
+    let cpu_before = super::cpu::Snapshot::take();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for &p in publishers {
@@ -266,6 +269,7 @@ async fn scenario(
         latencies.extend(t.await.map_err(|e| BenchError::Setup(e.to_string()))??);
     }
     let elapsed = start.elapsed();
+    let cpu = super::cpu::Snapshot::take().since(&cpu_before);
     latencies.sort_unstable();
     let total = per_publisher * publishers.len() as u64;
     let events_per_s = total as f64 / elapsed.as_secs_f64().max(1e-9);
@@ -277,6 +281,7 @@ async fn scenario(
         latency_us_p99: percentile(&latencies, 0.99),
         latency_us_p999: percentile(&latencies, 0.999),
         fraction_of_topology_ceiling: events_per_s / ceiling,
+        cpu,
     })
 }
 

@@ -6,6 +6,7 @@
 //! durable proclaim and offline verification can reach.
 
 pub mod cluster;
+pub mod cpu;
 pub mod sagas;
 pub mod scale;
 
@@ -88,6 +89,8 @@ pub struct Proclaim {
     /// events_per_s / sign_per_s.
     pub fraction_of_sign_ceiling: f64,
     pub bytes_on_disk_per_event: f64,
+    /// Where the run's CPU time went, by thread role.
+    pub cpu: cpu::CpuSplit,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -118,6 +121,7 @@ pub enum BenchError {
 
 /// Runs every benchmark in a scratch directory under `work_dir`.
 pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, BenchError> {
+    cpu::name_pool_threads();
     let machine = Machine {
         cores: rayon::current_num_threads(),
         os: std::env::consts::OS.into(),
@@ -304,6 +308,7 @@ fn bench_proclaim(options: &BenchOptions, setup: &Setup) -> Result<Proclaim, Ben
     let mut latencies_us: Vec<u64> = Vec::with_capacity(options.events as usize);
     let mut in_flight: std::collections::VecDeque<(Instant, usize, Pending)> = Default::default();
     let mut remaining = options.events;
+    let cpu_before = cpu::Snapshot::take();
     let start = Instant::now();
     while remaining > 0 || !in_flight.is_empty() {
         while remaining > 0 && in_flight.len() < BENCH_BATCHES_IN_FLIGHT {
@@ -322,6 +327,8 @@ fn bench_proclaim(options: &BenchOptions, setup: &Setup) -> Result<Proclaim, Ben
         }
     }
     let elapsed = start.elapsed();
+    // Before the writer's threads stop, or their time would be missing.
+    let cpu = cpu::Snapshot::take().since(&cpu_before);
     progress.finish_and_clear();
     log.close();
     // After close the WAL is checkpointed into the database file.
@@ -338,6 +345,7 @@ fn bench_proclaim(options: &BenchOptions, setup: &Setup) -> Result<Proclaim, Ben
         latency_us_p999: percentile(&latencies_us, 0.999),
         fraction_of_sign_ceiling: 0.0, // filled in against the final ceiling
         bytes_on_disk_per_event: db_bytes as f64 / options.events.max(1) as f64,
+        cpu,
     })
 }
 

@@ -101,6 +101,11 @@ fn print_table(r: &BenchReport) {
         r.proclaim.latency_us_p999,
         r.proclaim.bytes_on_disk_per_event
     );
+    println!(
+        "proclaim CPU ({:.1} s): {}",
+        r.proclaim.cpu.cpu_s,
+        r.proclaim.cpu.describe()
+    );
     if let Some(c) = &r.cluster {
         println!();
         println!(
@@ -123,6 +128,14 @@ fn print_table(r: &BenchReport) {
                 run.latency_us_p50,
                 run.latency_us_p99,
                 run.latency_us_p999
+            );
+        }
+        for run in c.runs.iter().chain(std::iter::once(&c.half_rate)) {
+            println!(
+                "{} CPU ({:.1} s): {}",
+                run.scenario,
+                run.cpu.cpu_s,
+                run.cpu.describe()
             );
         }
         println!(
