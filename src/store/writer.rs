@@ -527,9 +527,7 @@ impl CommitStage {
                 }
             }
             let events = chained.take().map(|c| c.sign()).unwrap_or_default();
-            for event in &events {
-                insert_event(&tx, event)?;
-            }
+            insert_events(&tx, &events)?;
             if let Some(last) = events.last() {
                 upsert_head(&tx, last)?;
             }
@@ -888,31 +886,41 @@ pub(crate) fn commit_own(
     own_service: &str,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    for event in events {
-        debug_assert_eq!(event.header().author, own_service);
-        insert_event(&tx, event)?;
-    }
+    debug_assert!(events.iter().all(|e| e.header().author == own_service));
+    insert_events(&tx, events)?;
     if let Some(last) = events.last() {
         upsert_head(&tx, last)?;
     }
     tx.commit()
 }
 
+const INSERT_EVENT_SQL: &str =
+    "INSERT INTO events (feed, seq, hash, id, event_type, timestamp_us, envelope)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 pub(crate) fn insert_event(tx: &Transaction<'_>, event: &VerifiedEvent) -> rusqlite::Result<()> {
-    let h = event.header();
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO events (feed, seq, hash, id, event_type, timestamp_us, envelope)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    stmt.execute(params![
-        h.author,
-        h.seq as i64,
-        event.hash().as_slice(),
-        h.id.as_slice(),
-        h.event_type,
-        h.timestamp_us as i64,
-        event.bytes(),
-    ])?;
+    insert_events(tx, std::slice::from_ref(event))
+}
+
+/// Inserts events with one statement lookup for the whole run (the
+/// statement cache hashes the SQL text on every lookup).
+pub(crate) fn insert_events(
+    tx: &Transaction<'_>,
+    events: &[VerifiedEvent],
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(INSERT_EVENT_SQL)?;
+    for event in events {
+        let h = event.header();
+        stmt.execute(params![
+            h.author,
+            h.seq as i64,
+            event.hash().as_slice(),
+            h.id.as_slice(),
+            h.event_type,
+            h.timestamp_us as i64,
+            event.bytes(),
+        ])?;
+    }
     Ok(())
 }
 
