@@ -93,8 +93,8 @@ pub struct CpuSplit {
     /// decoding, chain checks, and the batch verification of a run short
     /// enough for one verification batch, which runs on the calling thread),
     /// `checkpoint`, `seal` (encryption, hashing, chaining), `network`
-    /// (QUIC, TLS, the async runtime and its blocking pool), `other` (the
-    /// bench itself).
+    /// (QUIC, TLS, the async runtime, and the store reads replication makes
+    /// on the runtime's blocking pool), `other` (the bench itself).
     pub shares: BTreeMap<String, f64>,
 }
 
