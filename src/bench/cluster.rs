@@ -137,6 +137,9 @@ fn min_head(logs: &[Arc<Log>], feed: &str) -> Option<u64> {
         .flatten()
 }
 
+/// A batch's wait for durability, on the blocking pool.
+type Waiting = tokio::task::JoinHandle<Result<Vec<crate::store::Receipt>, crate::store::LogError>>;
+
 /// How often the head monitor samples every node's head of a feed.
 const HEAD_POLL_INTERVAL: Duration = Duration::from_micros(300);
 
@@ -170,15 +173,18 @@ async fn publish_and_measure(
     // (last seq of the batch, size, submitted at), in submission order.
     let mut durable_here: Vec<(u64, usize, Instant)> = Vec::new();
     let mut in_flight: VecDeque<(Pending, usize, Instant)> = VecDeque::new();
+    // The oldest batch, being waited for on the blocking pool.
+    let mut waiting: Option<(Waiting, usize, Instant)> = None;
     let mut remaining = events;
     let mut submitted = 0u64;
-    while remaining > 0 || !in_flight.is_empty() {
-        while remaining > 0 && in_flight.len() < batches_in_flight {
-            if let Some(rate) = rate_per_s {
-                let due = start + Duration::from_secs_f64(submitted as f64 / rate);
-                if Instant::now() < due {
-                    break;
-                }
+    while remaining > 0 || !in_flight.is_empty() || waiting.is_some() {
+        let due_at = |submitted: u64| {
+            rate_per_s.map(|rate| start + Duration::from_secs_f64(submitted as f64 / rate))
+        };
+        while remaining > 0 && in_flight.len() + usize::from(waiting.is_some()) < batches_in_flight
+        {
+            if due_at(submitted).is_some_and(|due| Instant::now() < due) {
+                break;
             }
             let n = remaining.min(batch_events as u64) as usize;
             let drafts = (0..n).map(|_| (draft.clone(), channel.clone())).collect();
@@ -186,16 +192,35 @@ async fn publish_and_measure(
             remaining -= n as u64;
             submitted += n as u64;
         }
-        match in_flight.pop_front() {
-            Some((pending, n, at)) => {
-                let receipts = tokio::task::spawn_blocking(move || pending.wait())
-                    .await
-                    .map_err(|e| BenchError::Setup(e.to_string()))??;
-                let last = receipts.last().map(|r| r.seq).unwrap_or(0);
-                durable_here.push((last, n, at));
+        if waiting.is_none()
+            && let Some((pending, n, at)) = in_flight.pop_front()
+        {
+            waiting = Some((tokio::task::spawn_blocking(move || pending.wait()), n, at));
+        }
+        // A paced publisher submits on schedule, whether or not its oldest
+        // batch is durable yet, as a steady producer would.
+        let next_due = due_at(submitted)
+            .filter(|_| remaining > 0)
+            .map(tokio::time::Instant::from_std);
+        let Some((handle, n, at)) = waiting.as_mut() else {
+            match next_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => tokio::time::sleep(HEAD_POLL_INTERVAL).await,
             }
-            // Paced and ahead of schedule.
-            None => tokio::time::sleep(HEAD_POLL_INTERVAL).await,
+            continue;
+        };
+        let finished = match next_due {
+            Some(due) => tokio::select! {
+                done = &mut *handle => Some(done),
+                _ = tokio::time::sleep_until(due) => None,
+            },
+            None => Some(handle.await),
+        };
+        if let Some(done) = finished {
+            let receipts = done.map_err(|e| BenchError::Setup(e.to_string()))??;
+            let last = receipts.last().map(|r| r.seq).unwrap_or(0);
+            durable_here.push((last, *n, *at));
+            waiting = None;
         }
     }
     target.store(durable_here.last().map_or(0, |b| b.0), Ordering::Release);
