@@ -159,6 +159,36 @@ pub struct FeedHead {
     pub status: String,
 }
 
+/// The feed heads as of the latest commit, kept by the writer so that
+/// replication (which asks on every wake-up, per peer) reads memory instead
+/// of the store.
+#[derive(Debug, Default)]
+pub(crate) struct HeadsCache {
+    /// `None` after the writer failed to read them back: ask the store.
+    heads: Mutex<Option<Arc<Vec<FeedHead>>>>,
+}
+
+impl HeadsCache {
+    /// Reads the heads back through `conn` (the writer's, right after a
+    /// commit). On error the cache empties and readers go to the store.
+    pub(crate) fn refresh_from(&self, conn: &Connection) {
+        let fresh = match read_heads_from(conn) {
+            Ok(heads) => Some(Arc::new(heads)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read feed heads back; readers will ask the store");
+                None
+            }
+        };
+        if let Ok(mut heads) = self.heads.lock() {
+            *heads = fresh;
+        }
+    }
+
+    fn get(&self) -> Option<Arc<Vec<FeedHead>>> {
+        self.heads.lock().ok().and_then(|h| h.clone())
+    }
+}
+
 /// An event read back from the store.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {
@@ -242,6 +272,8 @@ pub struct Log {
     changes: tokio::sync::watch::Receiver<u64>,
     /// Types of the latest commits, so subscriptions skip what they ignore.
     recent: Arc<recent::RecentCommits>,
+    /// Feed heads as of the latest commit.
+    heads: Arc<HeadsCache>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
     _lock: File,
 }
@@ -290,6 +322,8 @@ impl Log {
         };
         let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
         let recent = Arc::new(recent::RecentCommits::new(subscribe::last_arrival(&conn)?));
+        let heads = Arc::new(HeadsCache::default());
+        heads.refresh_from(&conn);
         let channels = Arc::new(transact::Channels {
             keys: channels
                 .into_iter()
@@ -302,6 +336,7 @@ impl Log {
             conn,
             changes: changes_tx,
             recent: Arc::clone(&recent),
+            heads: Arc::clone(&heads),
             trust: trust.clone(),
             verifiers: Default::default(),
             own_service: identity.service.clone(),
@@ -319,6 +354,7 @@ impl Log {
             trust,
             changes,
             recent,
+            heads,
             recovering,
             _checkpointer: checkpointer,
             _lock: lock,
@@ -470,8 +506,12 @@ impl Log {
             .map_err(|_| LogError::WriterGone)
     }
 
-    /// The head of every feed this node holds.
+    /// The head of every feed this node holds, as of the latest commit
+    /// (the writer refreshes them before it answers or wakes anyone).
     pub fn heads(&self) -> Result<Vec<FeedHead>, LogError> {
+        if let Some(heads) = self.heads.get() {
+            return Ok(heads.as_ref().clone());
+        }
         read_heads_from(&*self.reader()?)
     }
 

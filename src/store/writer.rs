@@ -145,6 +145,9 @@ pub(crate) struct CommitStage {
     pub changes: tokio::sync::watch::Sender<u64>,
     /// What each commit added, by type (see `store/recent.rs`).
     pub recent: Arc<super::recent::RecentCommits>,
+    /// Feed heads as of the latest commit, refreshed after every commit
+    /// that may move one.
+    pub heads: Arc<super::HeadsCache>,
     pub trust: Arc<TrustAnchor>,
     /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
     pub verifiers: HashMap<String, FeedVerifier>,
@@ -424,6 +427,7 @@ impl CommitStage {
     /// Tells subscriptions and replication that a commit added events,
     /// after summarising it for [`RecentCommits`](super::recent::RecentCommits).
     fn announce_commit(&mut self) {
+        self.heads.refresh_from(&self.conn);
         if let Err(e) = self.recent.record_from(&self.conn) {
             tracing::debug!(error = %e, "cannot summarise the commit; subscriptions will read it");
         }
@@ -435,8 +439,11 @@ impl CommitStage {
             match item {
                 Work::Ingest { envelopes, reply } => {
                     let outcome = self.ingest(envelopes);
-                    if matches!(&outcome, Ok(r) if r.applied > 0) {
-                        self.announce_commit();
+                    match &outcome {
+                        Ok(r) if r.applied > 0 => self.announce_commit(),
+                        // Fork evidence changes a feed's status, not its events.
+                        Ok(r) if r.forks > 0 => self.heads.refresh_from(&self.conn),
+                        _ => {}
                     }
                     let _ = reply.send(outcome);
                 }
