@@ -466,13 +466,17 @@ async fn send_missing(
     for range in session.poll_send(heads) {
         let mut from = range.from;
         while from <= range.to {
-            let log = inner.log.clone();
-            let feed = range.feed.clone();
-            let to = range.to;
-            let envelopes =
-                tokio::task::spawn_blocking(move || log.read_envelopes(&feed, from, to))
-                    .await
-                    .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
+            let envelopes = match inner.log.recent_envelopes(&range.feed, from, range.to) {
+                Some(recent) => recent,
+                None => {
+                    let log = inner.log.clone();
+                    let feed = range.feed.clone();
+                    let to = range.to;
+                    tokio::task::spawn_blocking(move || log.read_envelopes(&feed, from, to))
+                        .await
+                        .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??
+                }
+            };
             if envelopes.is_empty() {
                 break;
             }

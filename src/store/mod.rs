@@ -5,6 +5,7 @@
 //! A proclamation that returned a [`Receipt`] is on disk: the writer answers
 //! only after the transaction holding it committed.
 
+mod own_feed;
 mod peers;
 mod recent;
 mod schema;
@@ -274,6 +275,8 @@ pub struct Log {
     recent: Arc<recent::RecentCommits>,
     /// Feed heads as of the latest commit.
     heads: Arc<HeadsCache>,
+    /// The own feed's latest committed envelopes, for the outbox.
+    own_feed: Arc<own_feed::OwnFeedCache>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
     _lock: File,
 }
@@ -324,6 +327,7 @@ impl Log {
         let recent = Arc::new(recent::RecentCommits::new(subscribe::last_arrival(&conn)?));
         let heads = Arc::new(HeadsCache::default());
         heads.refresh_from(&conn);
+        let own_feed = Arc::new(own_feed::OwnFeedCache::default());
         let channels = Arc::new(transact::Channels {
             keys: channels
                 .into_iter()
@@ -337,6 +341,7 @@ impl Log {
             changes: changes_tx,
             recent: Arc::clone(&recent),
             heads: Arc::clone(&heads),
+            own_feed: Arc::clone(&own_feed),
             trust: trust.clone(),
             verifiers: Default::default(),
             own_service: identity.service.clone(),
@@ -355,6 +360,7 @@ impl Log {
             changes,
             recent,
             heads,
+            own_feed,
             recovering,
             _checkpointer: checkpointer,
             _lock: lock,

@@ -26,6 +26,9 @@ impl Log {
     /// Envelopes of `feed` from `from` to `to` (inclusive), in order, up to
     /// [`READ_ENVELOPES_BYTES_MAX`] bytes.
     pub fn read_envelopes(&self, feed: &str, from: u64, to: u64) -> Result<Vec<Vec<u8>>, LogError> {
+        if let Some(recent) = self.recent_envelopes(feed, from, to) {
+            return Ok(recent);
+        }
         let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT envelope FROM events WHERE feed = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
@@ -42,6 +45,16 @@ impl Log {
             }
         }
         Ok(out)
+    }
+
+    /// What [`read_envelopes`](Self::read_envelopes) returns, if this node
+    /// proclaimed those events recently enough to hold them in memory
+    /// (`None`: read the store). Never blocks on the store.
+    pub fn recent_envelopes(&self, feed: &str, from: u64, to: u64) -> Option<Vec<Vec<u8>>> {
+        if feed != self.service() {
+            return None;
+        }
+        self.own_feed.read(from, to, READ_ENVELOPES_BYTES_MAX)
     }
 
     /// Persists a peer's acknowledged heads (cursors only move forward).

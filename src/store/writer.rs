@@ -148,6 +148,8 @@ pub(crate) struct CommitStage {
     /// Feed heads as of the latest commit, refreshed after every commit
     /// that may move one.
     pub heads: Arc<super::HeadsCache>,
+    /// The own feed's latest committed envelopes, for the outbox.
+    pub own_feed: Arc<super::own_feed::OwnFeedCache>,
     pub trust: Arc<TrustAnchor>,
     /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
     pub verifiers: HashMap<String, FeedVerifier>,
@@ -434,6 +436,14 @@ impl CommitStage {
         self.changes.send_modify(|v| *v += 1);
     }
 
+    /// Keeps just-committed events of this node's own feed for the outbox.
+    fn remember_own(&self, events: &[VerifiedEvent]) {
+        if let Some(first) = events.first() {
+            self.own_feed
+                .append(first.header().seq, events.iter().map(|e| e.bytes()));
+        }
+    }
+
     fn run(mut self, work: Receiver<Work>, epoch: &AtomicU64) {
         while let Ok(item) = work.recv() {
             match item {
@@ -544,6 +554,7 @@ impl CommitStage {
         match outcome {
             Ok(events) => {
                 if !events.is_empty() {
+                    self.remember_own(&events);
                     self.announce_commit();
                 }
                 let mut receipts = events.iter().map(Receipt::of);
@@ -580,6 +591,7 @@ impl CommitStage {
         }
         match commit_own(&mut self.conn, &events, &self.own_service) {
             Ok(()) => {
+                self.remember_own(&events);
                 self.announce_commit();
                 let mut receipts = events.iter().map(Receipt::of);
                 for (size, reply) in replies {
