@@ -360,7 +360,7 @@ async fn outbound(
     let mut session = Session::new(peer, clock::now_us());
     net::write_frame(
         &mut send,
-        &Session::hello(&inner.service, &positions(inner).await?),
+        &Session::hello(&inner.service, &positions(inner)?),
     )
     .await?;
     let mut last_persist = tokio::time::Instant::now();
@@ -402,7 +402,7 @@ async fn outbound(
             }
         }
         // One read of the heads serves the acknowledgement and the sends.
-        let local = positions(inner).await?;
+        let local = positions(inner)?;
         let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
         if ack_due && let Err(e) = net::write_frame(&mut send, &Session::ack(local)).await {
             break Err(e.into());
@@ -509,11 +509,10 @@ fn frames(envelopes: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
     out
 }
 
-async fn positions(inner: &Arc<Inner>) -> Result<Vec<FeedPosition>, PeerError> {
-    let log = inner.log.clone();
-    let heads = tokio::task::spawn_blocking(move || log.heads())
-        .await
-        .map_err(|e| PeerError::Protocol(format!("heads task failed: {e}")))??;
+fn positions(inner: &Arc<Inner>) -> Result<Vec<FeedPosition>, PeerError> {
+    // From memory: the writer keeps the heads of its latest commit (it only
+    // falls back to a read of the small feeds table if that failed).
+    let heads = inner.log.heads()?;
     Ok(heads
         .into_iter()
         .map(|h| FeedPosition {
