@@ -179,6 +179,10 @@ pub const INBOUND_FRAMES_QUEUED_MAX: usize = 8;
 /// commits (one fsync and one batch verification for several frames)
 /// instead of paying per-frame costs on a backlog.
 pub const INGEST_COALESCE_EVENTS_MAX: usize = crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
+/// Most envelope bytes one ingest gathers from queued frames, so large
+/// events cannot make a receiver hold many frames' worth at once (a single
+/// frame may still exceed it; it is applied alone).
+pub const INGEST_COALESCE_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Ends the frame reader when the inbound half returns, however it returns.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -219,14 +223,14 @@ async fn inbound(
     let mut checker = Session::new(peer, clock::now_us());
     let mut shutdown = inner.shutdown.clone();
     let mut flood = FloodGuard::default();
-    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut pending = Gathered::default();
     loop {
-        let next = if pending.is_empty() {
+        let next = if pending.envelopes.is_empty() {
             tokio::select! {
                 frame = frames.recv() => frame,
                 _ = shutdown.changed() => return Err(PeerError::Shutdown),
             }
-        } else if pending.len() < INGEST_COALESCE_EVENTS_MAX {
+        } else if pending.wants_more() {
             match frames.try_recv() {
                 Ok(frame) => Some(frame),
                 // Nothing more queued: apply what was gathered.
@@ -258,7 +262,7 @@ async fn inbound(
         };
         match checker.on_message(clock::now_us(), message) {
             Ok(Received::Nothing) => {}
-            Ok(Received::Events(envelopes)) => pending.extend(envelopes),
+            Ok(Received::Events(envelopes)) => pending.add(envelopes),
             Err(e @ crate::core::replication::ProtocolError::Version { .. }) => {
                 return Err(PeerError::Version(e.to_string()));
             }
@@ -303,18 +307,42 @@ impl FloodGuard {
     }
 }
 
+/// Events of queued frames, gathered for one ingest.
+#[derive(Debug, Default)]
+struct Gathered {
+    envelopes: Vec<Vec<u8>>,
+    bytes: usize,
+}
+
+impl Gathered {
+    fn add(&mut self, envelopes: Vec<Vec<u8>>) {
+        self.bytes += envelopes.iter().map(Vec::len).sum::<usize>();
+        self.envelopes.extend(envelopes);
+    }
+
+    /// Whether another queued frame may join (within the coalescing limits).
+    fn wants_more(&self) -> bool {
+        self.envelopes.len() < INGEST_COALESCE_EVENTS_MAX && self.bytes < INGEST_COALESCE_BYTES_MAX
+    }
+
+    fn take(&mut self) -> Vec<Vec<u8>> {
+        self.bytes = 0;
+        std::mem::take(&mut self.envelopes)
+    }
+}
+
 /// Applies the gathered events (if any) and asks the outbound half to
 /// acknowledge them.
 async fn apply_pending(
     inner: &Arc<Inner>,
     peer: &str,
-    pending: &mut Vec<Vec<u8>>,
+    pending: &mut Gathered,
     shared: &Shared,
 ) -> Result<(), PeerError> {
-    if pending.is_empty() {
+    if pending.envelopes.is_empty() {
         return Ok(());
     }
-    apply(inner, peer, std::mem::take(pending)).await?;
+    apply(inner, peer, pending.take()).await?;
     lock(shared).ack_due = true;
     shared.wake.notify_one();
     Ok(())
@@ -543,5 +571,34 @@ pub(crate) fn update_status(inner: &Inner, peer: &str, f: impl FnOnce(&mut PeerS
         && let Some(state) = peers.get_mut(peer)
     {
         f(state);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queued_frames_are_gathered_within_the_event_and_byte_limits() {
+        let mut gathered = Gathered::default();
+        assert!(gathered.wants_more());
+        // Small events: the event count is the limit.
+        gathered.add(vec![vec![0u8; 500]; INGEST_COALESCE_EVENTS_MAX - 1]);
+        assert!(gathered.wants_more());
+        gathered.add(vec![vec![0u8; 500]]);
+        assert!(!gathered.wants_more());
+        assert_eq!(gathered.take().len(), INGEST_COALESCE_EVENTS_MAX);
+        assert!(gathered.wants_more(), "taking starts over");
+
+        // Large events: the bytes are the limit, long before the count.
+        let big = vec![0u8; 1024 * 1024];
+        for _ in 0..INGEST_COALESCE_BYTES_MAX / big.len() - 1 {
+            gathered.add(vec![big.clone()]);
+            assert!(gathered.wants_more());
+        }
+        gathered.add(vec![big.clone()]);
+        assert!(!gathered.wants_more());
+        assert_eq!(gathered.take().len(), 4);
+        assert_eq!(gathered.bytes, 0);
     }
 }
