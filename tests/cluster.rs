@@ -630,6 +630,14 @@ fn seal_feed(net: &Net, name: &str, n: u8) -> Feed {
     }
 }
 
+/// A message as it goes on the wire: length prefix, then postcard bytes.
+fn framed(message: &PeerMessage) -> Vec<u8> {
+    let body = postcard::to_allocvec(message).unwrap();
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    frame
+}
+
 fn events_frame(envelopes: &[&[u8]]) -> PeerMessage {
     PeerMessage::Events {
         events: envelopes
@@ -821,16 +829,14 @@ async fn a_misbehaving_peer_is_cut_off_and_the_rest_carries_on() {
     // back to back: frames that queue up together are applied together,
     // and nothing after the forged event may be applied all the same.
     let mut m = Attack::open(&net, "mallory", "node-a").await;
-    let mut burst = Vec::new();
-    for message in [
+    let burst = [
         events_frame(&[&forged]),
         events_frame(&[feed.events[0].bytes()]),
         events_frame(&[feed.events[1].bytes()]),
-    ] {
-        let body = postcard::to_allocvec(&message).unwrap();
-        burst.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        burst.extend_from_slice(&body);
-    }
+    ]
+    .iter()
+    .flat_map(framed)
+    .collect::<Vec<u8>>();
     m.send_raw(&burst).await;
     assert_eq!(
         m.closed_with().await,
@@ -867,12 +873,8 @@ async fn a_misbehaving_peer_is_cut_off_and_the_rest_carries_on() {
 
     // (f) A flood of tiny frames: several times the per-second limit at once.
     let mut m = Attack::open(&net, "mallory", "node-a").await;
-    let ack = postcard::to_allocvec(&PeerMessage::Ack { heads: vec![] }).unwrap();
-    let mut flood = Vec::new();
-    for _ in 0..4 * PEER_FRAMES_PER_SECOND_MAX {
-        flood.extend_from_slice(&(ack.len() as u32).to_le_bytes());
-        flood.extend_from_slice(&ack);
-    }
+    let ack = framed(&PeerMessage::Ack { heads: vec![] });
+    let flood = ack.repeat(4 * PEER_FRAMES_PER_SECOND_MAX as usize);
     let sent = Instant::now();
     m.send_raw(&flood).await;
     assert_eq!(

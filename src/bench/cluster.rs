@@ -177,10 +177,11 @@ async fn publish_and_measure(
     let mut waiting: Option<(Waiting, usize, Instant)> = None;
     let mut remaining = events;
     let mut submitted = 0u64;
+    // When the batch after `submitted` events is due (paced runs only).
+    let due_at = |submitted: u64| {
+        rate_per_s.map(|rate| start + Duration::from_secs_f64(submitted as f64 / rate))
+    };
     while remaining > 0 || !in_flight.is_empty() || waiting.is_some() {
-        let due_at = |submitted: u64| {
-            rate_per_s.map(|rate| start + Duration::from_secs_f64(submitted as f64 / rate))
-        };
         while remaining > 0 && in_flight.len() + usize::from(waiting.is_some()) < batches_in_flight
         {
             if due_at(submitted).is_some_and(|due| Instant::now() < due) {

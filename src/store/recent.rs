@@ -179,6 +179,18 @@ mod tests {
         inner
     }
 
+    /// An `events` table (just the columns summaries read) holding arrivals
+    /// 1 and 2.
+    fn store_holding_two_events() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE events (arrival INTEGER PRIMARY KEY, event_type TEXT NOT NULL);
+             INSERT INTO events (event_type) VALUES ('a'), ('b');",
+        )
+        .unwrap();
+        conn
+    }
+
     fn is_saga(t: &str) -> bool {
         t.starts_with("herald.saga.")
     }
@@ -231,12 +243,7 @@ mod tests {
 
     #[test]
     fn records_exactly_what_the_store_holds() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE events (arrival INTEGER PRIMARY KEY, event_type TEXT NOT NULL);
-             INSERT INTO events (event_type) VALUES ('a'), ('b');",
-        )
-        .unwrap();
+        let conn = store_holding_two_events();
         let recent = RecentCommits::new(2);
         recent.record_from(&conn).unwrap();
         assert!(recent.inner.lock().unwrap().entries.is_empty());
@@ -273,12 +280,7 @@ mod tests {
 
     #[test]
     fn knows_whether_events_follow_only_while_every_commit_was_summarised() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE events (arrival INTEGER PRIMARY KEY, event_type TEXT NOT NULL);
-             INSERT INTO events (event_type) VALUES ('a'), ('b');",
-        )
-        .unwrap();
+        let conn = store_holding_two_events();
         let recent = RecentCommits::new(2);
         assert_eq!(recent.holds_after(2), Some(false));
         assert_eq!(recent.holds_after(1), Some(true));

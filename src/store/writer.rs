@@ -427,21 +427,19 @@ impl SealStage {
 
 impl CommitStage {
     /// Tells subscriptions and replication that a commit added events,
-    /// after summarising it for [`RecentCommits`](super::recent::RecentCommits).
-    fn announce_commit(&mut self) {
+    /// after refreshing the heads, keeping `own_events` (this node's own
+    /// feed, committed by it) for the outbox and summarising the commit for
+    /// [`RecentCommits`](super::recent::RecentCommits).
+    fn announce_commit(&mut self, own_events: &[VerifiedEvent]) {
         self.heads.refresh_from(&self.conn);
+        if let Some(first) = own_events.first() {
+            self.own_feed
+                .append(first.header().seq, own_events.iter().map(|e| e.bytes()));
+        }
         if let Err(e) = self.recent.record_from(&self.conn) {
             tracing::debug!(error = %e, "cannot summarise the commit; subscriptions will read it");
         }
         self.changes.send_modify(|v| *v += 1);
-    }
-
-    /// Keeps just-committed events of this node's own feed for the outbox.
-    fn remember_own(&self, events: &[VerifiedEvent]) {
-        if let Some(first) = events.first() {
-            self.own_feed
-                .append(first.header().seq, events.iter().map(|e| e.bytes()));
-        }
     }
 
     fn run(mut self, work: Receiver<Work>, epoch: &AtomicU64) {
@@ -450,7 +448,7 @@ impl CommitStage {
                 Work::Ingest { envelopes, reply } => {
                     let outcome = self.ingest(envelopes);
                     match &outcome {
-                        Ok(r) if r.applied > 0 => self.announce_commit(),
+                        Ok(r) if r.applied > 0 => self.announce_commit(&[]),
                         // Fork evidence changes a feed's status, not its events.
                         Ok(r) if r.forks > 0 => self.heads.refresh_from(&self.conn),
                         _ => {}
@@ -465,7 +463,7 @@ impl CommitStage {
                     self.verifiers.remove(&self.own_service);
                     let sealer = super::start_or_resume(&mut self.conn, &identity, &self.trust);
                     if sealer.is_ok() {
-                        self.announce_commit();
+                        self.announce_commit(&[]);
                     }
                     let _ = reply.send(sealer);
                 }
@@ -554,8 +552,7 @@ impl CommitStage {
         match outcome {
             Ok(events) => {
                 if !events.is_empty() {
-                    self.remember_own(&events);
-                    self.announce_commit();
+                    self.announce_commit(&events);
                 }
                 let mut receipts = events.iter().map(Receipt::of);
                 for (count, reply) in accepted {
@@ -591,8 +588,7 @@ impl CommitStage {
         }
         match commit_own(&mut self.conn, &events, &self.own_service) {
             Ok(()) => {
-                self.remember_own(&events);
-                self.announce_commit();
+                self.announce_commit(&events);
                 let mut receipts = events.iter().map(Receipt::of);
                 for (size, reply) in replies {
                     let _ = reply.send(Ok(receipts.by_ref().take(size).collect()));
