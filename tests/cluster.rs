@@ -16,20 +16,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::herald_bin;
+use common::attack::{Attack, events_frame, framed, seal_feed};
 use common::net::{Net, free_ports};
+use common::{herald_bin, wait_async};
 use ed25519_dalek::Signer;
 use herald::audit::verify::{AuditOptions, AuditReport, audit_data_dir};
 use herald::config::{PeerConfig, QueryHandlerConfig};
 use herald::core::codec;
-use herald::core::crypto::ChannelKey;
 use herald::core::event::Envelope;
 use herald::core::query::QueryStatus;
-use herald::core::verify::{Draft, Entropy, Sealer, VerifiedEvent};
 use herald::core::wire::{
     ALPN_CLIENT, ALPN_PEER, FRAME_BYTES_MAX, PROTOCOL_VERSION, PeerMessage, close,
 };
-use herald::identity::{NodeIdentity, TrustAnchor};
+use herald::identity::TrustAnchor;
 use herald::net;
 use herald::node::client::{ClientRequest, ClientResponse};
 use herald::node::peer::{PEER_FRAMES_PER_SECOND_MAX, StreamOpen};
@@ -109,23 +108,6 @@ fn wait_sync<T>(what: &str, within: Duration, mut probe: impl FnMut() -> Result<
                 panic!("timed out after {within:?} waiting for {what}; last: {last}")
             }
             Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-async fn wait_async<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {within:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
         }
     }
 }
@@ -582,169 +564,6 @@ async fn events_are_relayed_through_a_middle_node() {
 // 4. A peer with a valid certificate that misbehaves.
 
 /// A sealed feed of `name`: genesis and events 1..=n.
-struct Feed {
-    key: ed25519_dalek::SigningKey,
-    genesis: VerifiedEvent,
-    events: Vec<VerifiedEvent>,
-}
-
-fn entropy(i: u8) -> Entropy {
-    Entropy {
-        id: *uuid::Uuid::now_v7().as_bytes(),
-        nonce: [i; 24],
-    }
-}
-
-fn seal_feed(net: &Net, name: &str, n: u8) -> Feed {
-    let trust = net.trust();
-    let keys = net.keys();
-    let identity = NodeIdentity::load(
-        name,
-        &keys.join(format!("{name}.key")),
-        &keys.join(format!("{name}.crt")),
-        &trust,
-        herald::clock::now_us(),
-    )
-    .expect("identity");
-    let now = herald::clock::now_us();
-    let (mut sealer, genesis) = Sealer::genesis(
-        name,
-        identity.signing_key.clone(),
-        &identity.cert.der,
-        entropy(0).id,
-        now,
-    );
-    let channel = ChannelKey::new("default", [0x5a; 32]);
-    let drafts = (1..=n)
-        .map(|i| {
-            let draft = Draft::new("mallory.says", 1, vec![], format!(r#"{{"i":{i}}}"#).into())
-                .expect("draft");
-            (draft, &channel, entropy(i))
-        })
-        .collect();
-    let events = sealer.seal_batch(drafts, now);
-    Feed {
-        key: identity.signing_key,
-        genesis,
-        events,
-    }
-}
-
-/// A message as it goes on the wire: length prefix, then postcard bytes.
-fn framed(message: &PeerMessage) -> Vec<u8> {
-    let body = postcard::to_allocvec(message).unwrap();
-    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
-fn events_frame(envelopes: &[&[u8]]) -> PeerMessage {
-    PeerMessage::Events {
-        events: envelopes
-            .iter()
-            .map(|e| serde_bytes::ByteBuf::from(e.to_vec()))
-            .collect(),
-    }
-}
-
-/// One replication connection from the adversary to its target.
-struct Attack {
-    conn: quinn::Connection,
-    send: quinn::SendStream,
-    received: tokio::sync::mpsc::UnboundedReceiver<PeerMessage>,
-    _endpoint: quinn::Endpoint,
-}
-
-impl Attack {
-    /// Dials `target` as `me`, opens the replication stream and says Hello.
-    async fn open(net: &Net, me: &str, target: &str) -> Attack {
-        let mut attack = Attack::connect(net, me, target).await;
-        attack
-            .send(&PeerMessage::Hello {
-                protocol: PROTOCOL_VERSION,
-                service: me.to_string(),
-                heads: vec![],
-            })
-            .await;
-        attack
-    }
-
-    /// Dials `target` as `me`, opens the replication stream and waits for
-    /// the target's Hello, without saying anything itself.
-    async fn connect(net: &Net, me: &str, target: &str) -> Attack {
-        let tls = net.tls(me);
-        let endpoint = net::bind_client("127.0.0.1:0".parse().unwrap()).expect("bind");
-        let conn = net::connect(&endpoint, net.addrs[target], target, ALPN_PEER, &tls)
-            .await
-            .expect("connect");
-        let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
-        net::write_frame(&mut send, &StreamOpen::Replication)
-            .await
-            .expect("stream open");
-        // Drain what the target sends, so its sends never stall on us.
-        let (tx, received) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Ok(Some(m)) = net::read_frame::<PeerMessage>(&mut recv).await {
-                if tx.send(m).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut attack = Attack {
-            conn,
-            send,
-            received,
-            _endpoint: endpoint,
-        };
-        // The target's Hello proves it admitted us.
-        let first = attack.next_message().await;
-        assert!(
-            matches!(&first, PeerMessage::Hello { service, .. } if service == target),
-            "{first:?}"
-        );
-        attack
-    }
-
-    async fn next_message(&mut self) -> PeerMessage {
-        tokio::time::timeout(Duration::from_secs(10), self.received.recv())
-            .await
-            .expect("a message from the target in time")
-            .expect("the target's stream ended")
-    }
-
-    async fn send(&mut self, message: &PeerMessage) {
-        net::write_frame(&mut self.send, message)
-            .await
-            .expect("write frame");
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.send.write_all(bytes).await.expect("write raw bytes");
-    }
-
-    /// Waits for an Ack naming `feed` at `seq`.
-    async fn wait_ack(&mut self, feed: &str, seq: u64) {
-        loop {
-            if let PeerMessage::Ack { heads } = self.next_message().await
-                && heads.iter().any(|h| h.feed == feed && h.seq == seq)
-            {
-                return;
-            }
-        }
-    }
-
-    /// The application close code the target closed the connection with.
-    async fn closed_with(&self) -> u64 {
-        let error = tokio::time::timeout(Duration::from_secs(10), self.conn.closed())
-            .await
-            .expect("the target did not close the connection within 10 s");
-        match error {
-            quinn::ConnectionError::ApplicationClosed(close) => close.error_code.into_inner(),
-            other => panic!("connection ended otherwise: {other}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_peer_is_cut_off_and_the_rest_carries_on() {
     // "mallory" sorts before "node-a", so mallory dials and node-a accepts.

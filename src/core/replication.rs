@@ -18,6 +18,8 @@
 
 use std::collections::BTreeMap;
 
+use super::codec::check_service_name;
+use super::limits::SEQ_MAX;
 use super::wire::{
     FRAME_FEEDS_MAX, FeedPosition, PROTOCOL_VERSION, PeerMessage, REPLICATION_WINDOW_EVENTS,
 };
@@ -33,6 +35,11 @@ pub const RETRANSMIT_AFTER_US: u64 = 2_000_000;
 pub const RELAY_DELAY_US: u64 = 500_000;
 /// Head samples kept per relayed feed (bounds [`Session::relay_heads`]).
 const RELAY_HISTORY_MAX: usize = 64;
+/// Most feeds one session tracks for its peer. `Hello` and `Ack` may each
+/// name up to [`FRAME_FEEDS_MAX`] feeds, and the driver passes on only
+/// positions of feeds this node holds, so an honest peer never reaches this;
+/// it bounds a session's memory whatever a peer sends.
+pub const SESSION_FEEDS_MAX: usize = 4 * FRAME_FEEDS_MAX;
 
 /// A contiguous run of one feed's events to send: `from..=to`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +62,26 @@ pub enum ProtocolError {
     WrongService { expected: String, found: String },
     #[error("peer listed {found} feeds, over the limit of {FRAME_FEEDS_MAX}")]
     TooManyFeeds { found: usize },
+    #[error("peer named an invalid feed: {0}")]
+    BadFeedName(String),
+}
+
+/// A `Hello` or `Ack` names at most [`FRAME_FEEDS_MAX`] feeds, each a
+/// valid service name with a sequence number within the limits.
+pub fn check_positions(heads: &[FeedPosition]) -> Result<(), ProtocolError> {
+    if heads.len() > FRAME_FEEDS_MAX {
+        return Err(ProtocolError::TooManyFeeds { found: heads.len() });
+    }
+    for head in heads {
+        check_service_name(&head.feed).map_err(ProtocolError::BadFeedName)?;
+        if head.seq > SEQ_MAX {
+            return Err(ProtocolError::BadFeedName(format!(
+                "feed {} at sequence {}, beyond the highest sequence number {SEQ_MAX}",
+                head.feed, head.seq
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// What an incoming message asks of the driver.
@@ -64,6 +91,10 @@ pub enum Received {
     Nothing,
     /// Verify and commit these envelopes, then send [`Session::ack`].
     Events(Vec<Vec<u8>>),
+    /// Fork evidence: check that both envelopes are validly signed by one
+    /// author at one sequence number with different hashes, record it and
+    /// pass it on to the other peers.
+    Fork(Vec<u8>, Vec<u8>),
 }
 
 /// One side of a replication session.
@@ -90,6 +121,10 @@ pub struct Session {
     own_feed_recovery_limit: Option<u64>,
     /// Per third-party feed, when this node held which head (oldest first).
     relay_history: BTreeMap<String, std::collections::VecDeque<(u64, u64)>>,
+    /// Feeds not sent to this peer any more: the peer holds another branch
+    /// of them (a split view) or they forked. Sending past the point where
+    /// the branches part would only be refused.
+    held_back: BTreeMap<String, u64>,
 }
 
 impl Session {
@@ -105,7 +140,20 @@ impl Session {
             peer_own_next_at_hello: None,
             own_feed_recovery_limit: None,
             relay_history: BTreeMap::new(),
+            held_back: BTreeMap::new(),
         }
+    }
+
+    /// Sends no event of `feed` at or beyond `from` to this peer any more
+    /// (it holds another branch there, or the feed forked at `from`).
+    pub fn hold_back(&mut self, feed: &str, from: u64) {
+        let limit = self.held_back.entry(feed.to_string()).or_insert(from);
+        *limit = (*limit).min(from);
+    }
+
+    /// Where sending `feed` stops, if it was held back.
+    pub fn held_back(&self, feed: &str) -> Option<u64> {
+        self.held_back.get(feed).copied()
     }
 
     /// The peer's service name.
@@ -156,7 +204,7 @@ impl Session {
                         found: service,
                     });
                 }
-                self.check_feed_count(heads.len())?;
+                check_positions(&heads)?;
                 self.hello_received = true;
                 self.last_progress_us = now_us;
                 self.peer_own_next_at_hello = Some(
@@ -178,7 +226,7 @@ impl Session {
                 if !self.hello_received {
                     return Err(ProtocolError::BeforeHello("Ack"));
                 }
-                self.check_feed_count(heads.len())?;
+                check_positions(&heads)?;
                 let mut progressed = false;
                 for head in heads {
                     progressed |= self.advance(&head.feed, head.seq + 1);
@@ -196,19 +244,21 @@ impl Session {
                     events.into_iter().map(|b| b.into_vec()).collect(),
                 ))
             }
+            PeerMessage::Fork { first, second } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::BeforeHello("Fork"));
+                }
+                Ok(Received::Fork(first.into_vec(), second.into_vec()))
+            }
         }
-    }
-
-    fn check_feed_count(&self, found: usize) -> Result<(), ProtocolError> {
-        if found > FRAME_FEEDS_MAX {
-            return Err(ProtocolError::TooManyFeeds { found });
-        }
-        Ok(())
     }
 
     /// Records that the peer holds `feed` below `next`; returns whether that
-    /// is news.
+    /// is news. Positions of feeds beyond [`SESSION_FEEDS_MAX`] are ignored.
     fn advance(&mut self, feed: &str, next: u64) -> bool {
+        if !self.peer_next.contains_key(feed) && self.peer_next.len() >= SESSION_FEEDS_MAX {
+            return false;
+        }
         let known = self.peer_next.entry(feed.to_string()).or_insert(0);
         if next <= *known {
             return false;
@@ -253,6 +303,12 @@ impl Session {
                 match self.own_feed_recovery_limit {
                     Some(limit) if limit > 0 => head = head.min(limit - 1),
                     _ => continue,
+                }
+            }
+            if let Some(limit) = self.held_back.get(feed) {
+                match limit.checked_sub(1) {
+                    Some(last) => head = head.min(last),
+                    None => continue,
                 }
             }
             let next = self.send_next.get(feed).copied().unwrap_or(0);
@@ -339,7 +395,11 @@ impl Session {
             .iter()
             .filter(|(feed, _)| **feed != self.peer)
             .map(|(feed, head)| {
-                (head + 1).saturating_sub(self.peer_next.get(feed).copied().unwrap_or(0))
+                let end = match self.held_back.get(feed) {
+                    Some(&limit) => (head + 1).min(limit),
+                    None => head + 1,
+                };
+                end.saturating_sub(self.peer_next.get(feed).copied().unwrap_or(0))
             })
             .sum()
     }

@@ -41,7 +41,10 @@ pub mod close {
     pub const VERSION_MISMATCH: u32 = 5;
 }
 
-/// Where a feed stands: its head's sequence number and hash.
+/// Where a feed stands: its head's sequence number and hash. The hash lets
+/// the receiver tell whether the sender holds the same history: a different
+/// hash at a sequence number both hold is a split view (a fork by the
+/// feed's author), answered with fork evidence.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedPosition {
     pub feed: String,
@@ -62,4 +65,11 @@ pub enum PeerMessage {
     Events { events: Vec<serde_bytes::ByteBuf> },
     /// Cumulative acknowledgement: the heads the sender now holds durably.
     Ack { heads: Vec<FeedPosition> },
+    /// Fork evidence: two envelopes of one author at one sequence number
+    /// with different hashes, both validly signed. Self-proving, so every
+    /// node that checks it freezes the feed, whoever relayed it.
+    Fork {
+        first: serde_bytes::ByteBuf,
+        second: serde_bytes::ByteBuf,
+    },
 }

@@ -2,7 +2,7 @@
 //! pumps frames between QUIC and [`Session`], commits what arrives through
 //! the log's verifying ingest, and sends what the peer lacks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inner, PeerState};
 use crate::clock;
+use crate::core::crypto::Hash;
 use crate::core::query::QueryRequest;
-use crate::core::replication::{Received, Session};
+use crate::core::replication::{Received, Session, check_positions};
 use crate::core::verify::{Check, Rejection};
 use crate::core::wire::{FRAME_EVENTS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, close};
 use crate::net::{self, NetError};
+use crate::store::{EvidenceOutcome, FeedHead, IngestPolicy};
 
 /// How often acknowledged cursors are persisted for `herald status` (the
 /// protocol itself needs no persisted cursor: `Hello` re-establishes it).
@@ -71,16 +73,15 @@ impl PeerError {
 
 /// Whether a rejected event proves the sender misbehaved. An honest peer
 /// sends each feed in order from what we acknowledged, over one ordered
-/// stream, so a gap, an event of a feed we never got a genesis for, or
-/// anything failing a cryptographic or structural check is its fault.
-/// Duplicates and forks are not (forks are the author's doing and are kept
-/// as evidence), nor is our own feed coming back to us.
-pub fn is_misbehaviour(r: &Rejection, own_feed_event: bool) -> bool {
-    match r.check {
-        Check::Duplicate | Check::Fork => false,
-        Check::Author => !own_feed_event,
-        _ => true,
-    }
+/// stream, so a gap, an event of a feed we never got a genesis for, an
+/// event of this node's own feed beyond its head (no honest peer holds
+/// more of it than this node), or anything failing a cryptographic or
+/// structural check is its fault. Duplicates and forks are not (forks are
+/// the author's doing and are kept as evidence), nor is a relay forwarding
+/// another branch of a forked feed: the store's ingest skips those
+/// ([`IngestPolicy::tolerates`]) and only reports the rest.
+pub fn is_misbehaviour(r: &Rejection) -> bool {
+    !matches!(r.check, Check::Duplicate | Check::Fork)
 }
 
 /// Runs replication on `conn` until it ends; returns why.
@@ -224,6 +225,8 @@ async fn inbound(
     let mut shutdown = inner.shutdown.clone();
     let mut flood = FloodGuard::default();
     let mut pending = Gathered::default();
+    // Feeds this peer holds another branch of, skipped from where they part.
+    let mut policy = IngestPolicy::from_peer(peer, Default::default());
     loop {
         let next = if pending.envelopes.is_empty() {
             tokio::select! {
@@ -235,34 +238,53 @@ async fn inbound(
                 Ok(frame) => Some(frame),
                 // Nothing more queued: apply what was gathered.
                 Err(_) => {
-                    apply_pending(&inner, peer, &mut pending, &shared).await?;
+                    apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
                     continue;
                 }
             }
         } else {
-            apply_pending(&inner, peer, &mut pending, &shared).await?;
+            apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
             continue;
         };
         let message = match next {
             Some(Ok(Some(m))) => m,
             Some(Ok(None)) | None => {
-                apply_pending(&inner, peer, &mut pending, &shared).await?;
+                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
                 return Err(PeerError::Protocol("replication stream ended".into()));
             }
             Some(Err(e)) => {
-                apply_pending(&inner, peer, &mut pending, &shared).await?;
+                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
                 return Err(PeerError::Net(e));
             }
         };
         flood.count(peer)?;
+        let message = match message {
+            // Acknowledgements matter only for feeds this node holds; the
+            // rest would only grow per-session state (and persisted
+            // cursors) at the peer's whim.
+            PeerMessage::Ack { heads } => {
+                if let Err(e) = check_positions(&heads) {
+                    return Err(PeerError::Protocol(e.to_string()));
+                }
+                PeerMessage::Ack {
+                    heads: held_feeds_only(&inner, heads)?,
+                }
+            }
+            other => other,
+        };
         let forwarded = match &message {
             PeerMessage::Hello { heads, .. } => Some((true, heads.clone())),
             PeerMessage::Ack { heads } => Some((false, heads.clone())),
-            PeerMessage::Events { .. } => None,
+            PeerMessage::Events { .. } | PeerMessage::Fork { .. } => None,
         };
         match checker.on_message(clock::now_us(), message) {
             Ok(Received::Nothing) => {}
             Ok(Received::Events(envelopes)) => pending.add(envelopes),
+            Ok(Received::Fork(first, second)) => {
+                // Keep the stream's order: what came before is applied first.
+                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                check_evidence(&inner, peer, first, second).await?;
+            }
             Err(e @ crate::core::replication::ProtocolError::Version { .. }) => {
                 return Err(PeerError::Version(e.to_string()));
             }
@@ -337,12 +359,13 @@ async fn apply_pending(
     inner: &Arc<Inner>,
     peer: &str,
     pending: &mut Gathered,
+    policy: &mut IngestPolicy,
     shared: &Shared,
 ) -> Result<(), PeerError> {
     if pending.envelopes.is_empty() {
         return Ok(());
     }
-    apply(inner, peer, pending.take()).await?;
+    apply(inner, peer, pending.take(), policy).await?;
     lock(shared).ack_due = true;
     shared.wake.notify_one();
     Ok(())
@@ -386,9 +409,10 @@ async fn outbound(
     let mut changes = inner.log.changes();
     let mut shutdown = inner.shutdown.clone();
     let mut session = Session::new(peer, clock::now_us());
+    let mut histories = Histories::default();
     net::write_frame(
         &mut send,
-        &Session::hello(&inner.service, &positions(inner)?),
+        &Session::hello(&inner.service, &positions(&local_heads(inner)?)),
     )
     .await?;
     let mut last_persist = tokio::time::Instant::now();
@@ -403,6 +427,8 @@ async fn outbound(
             )
         };
         let acked_before = session.acknowledged().clone();
+        // The peer's positions, to compare with our history (hashes).
+        let mut reported: Vec<FeedPosition> = Vec::new();
         if let Some(heads) = hello {
             let ours = heads
                 .iter()
@@ -411,16 +437,17 @@ async fn outbound(
             if let Ok(mut reported) = inner.own_feed_reported.lock() {
                 reported.insert(peer.to_string(), ours);
             }
+            reported.extend(heads.iter().cloned());
             let hello = Session::hello(peer, &heads);
             if let Err(e) = session.on_message(clock::now_us(), hello) {
                 break Err(PeerError::Protocol(e.to_string()));
             }
         }
-        if !acks.is_empty()
-            && session.established()
-            && let Err(e) = session.on_message(clock::now_us(), Session::ack(acks))
-        {
-            break Err(PeerError::Protocol(e.to_string()));
+        if !acks.is_empty() && session.established() {
+            reported.extend(acks.iter().cloned());
+            if let Err(e) = session.on_message(clock::now_us(), Session::ack(acks)) {
+                break Err(PeerError::Protocol(e.to_string()));
+            }
         }
         if session.acknowledged() != &acked_before {
             update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
@@ -429,10 +456,31 @@ async fn outbound(
                 persist_acks(inner, peer, session.acknowledged());
             }
         }
-        // One read of the heads serves the acknowledgement and the sends.
-        let local = positions(inner)?;
+        // One read of the heads serves the comparison, the acknowledgement
+        // and the sends.
+        let local = local_heads(inner)?;
+        if let Err(e) = compare_histories(
+            inner,
+            peer,
+            &mut session,
+            &mut histories,
+            &reported,
+            &local,
+            &mut send,
+        )
+        .await
+        {
+            break Err(e);
+        }
+        if let Err(e) =
+            share_fork_evidence(inner, &mut session, &mut histories, &local, &mut send).await
+        {
+            break Err(e);
+        }
         let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
-        if ack_due && let Err(e) = net::write_frame(&mut send, &Session::ack(local)).await {
+        if ack_due
+            && let Err(e) = net::write_frame(&mut send, &Session::ack(positions(&local))).await
+        {
             break Err(e.into());
         }
         update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
@@ -466,22 +514,218 @@ async fn outbound(
     result
 }
 
+/// What one session knows about how the peer's history compares with ours.
+#[derive(Default)]
+struct Histories {
+    /// Per feed, the last position of the peer's already compared (so a
+    /// repeated acknowledgement costs no store read).
+    compared: HashMap<String, (u64, Hash)>,
+    /// Feeds the peer holds another branch of: our side was sent to it.
+    diverged: HashSet<String>,
+    /// Forked feeds whose evidence this session sent.
+    evidence_sent: HashSet<String>,
+}
+
+/// Compares the peer's reported positions with our history. Where the
+/// peer holds a different event at a sequence number we hold (a split
+/// view: the author showed each of us another history), we stop sending
+/// that feed from there and send our event at that point: the peer's
+/// ingest then holds two validly signed events at one position, records
+/// them as fork evidence and passes it on to every node, this one
+/// included. A position beyond our head cannot be compared here; the peer
+/// compares ours.
+async fn compare_histories(
+    inner: &Arc<Inner>,
+    peer: &str,
+    session: &mut Session,
+    histories: &mut Histories,
+    reported: &[FeedPosition],
+    local: &[FeedHead],
+    send: &mut quinn::SendStream,
+) -> Result<(), PeerError> {
+    let ours: HashMap<&str, (u64, Hash)> = local
+        .iter()
+        .map(|h| (h.feed.as_str(), (h.seq, h.hash)))
+        .collect();
+    let mut to_read = Vec::new();
+    let mut to_compare = Vec::new();
+    for position in reported {
+        let Some(&(head, head_hash)) = ours.get(position.feed.as_str()) else {
+            continue;
+        };
+        let already =
+            histories.compared.get(&position.feed) == Some(&(position.seq, position.hash));
+        if already || position.seq > head || histories.diverged.contains(&position.feed) {
+            continue;
+        }
+        histories
+            .compared
+            .insert(position.feed.clone(), (position.seq, position.hash));
+        if position.seq == head {
+            to_compare.push((position.clone(), Some(head_hash)));
+        } else {
+            to_read.push(position.clone());
+        }
+    }
+    if !to_read.is_empty() {
+        let log = inner.log.clone();
+        let keys: Vec<(String, u64)> = to_read.iter().map(|p| (p.feed.clone(), p.seq)).collect();
+        let hashes = tokio::task::spawn_blocking(move || log.hashes_at(&keys))
+            .await
+            .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
+        to_compare.extend(to_read.into_iter().zip(hashes));
+    }
+    for (position, held) in to_compare {
+        let Some(held) = held else { continue };
+        if held == position.hash || !histories.diverged.insert(position.feed.clone()) {
+            continue;
+        }
+        tracing::warn!(
+            peer,
+            feed = %position.feed,
+            seq = position.seq,
+            theirs = %hex::encode(&position.hash[..8]),
+            ours = %hex::encode(&held[..8]),
+            "split view: the peer holds another event of this feed at a position this node holds; sending ours as fork evidence"
+        );
+        session.hold_back(&position.feed, position.seq);
+        let log = inner.log.clone();
+        let (feed, seq) = (position.feed.clone(), position.seq);
+        let event = tokio::task::spawn_blocking(move || log.pruned_event_at(&feed, seq))
+            .await
+            .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
+        if let Some(event) = event {
+            let frame = PeerMessage::Events {
+                events: vec![serde_bytes::ByteBuf::from(event)],
+            };
+            net::write_frame(send, &frame).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends the peer the evidence of every feed that forked and was not yet
+/// sent on this connection (one piece per feed), and sends no more of a
+/// forked feed from its fork on.
+async fn share_fork_evidence(
+    inner: &Arc<Inner>,
+    session: &mut Session,
+    histories: &mut Histories,
+    local: &[FeedHead],
+    send: &mut quinn::SendStream,
+) -> Result<(), PeerError> {
+    // Only to a peer that holds the feed: one that does not could not check
+    // the author's signatures yet. It receives the feed up to the fork and
+    // acknowledges it, and the evidence follows.
+    fn due(session: &Session, histories: &Histories, feed: &str) -> bool {
+        !histories.evidence_sent.contains(feed)
+            && session
+                .acknowledged()
+                .get(feed)
+                .is_some_and(|&next| next > 0)
+    }
+    let news = local
+        .iter()
+        .any(|h| h.status == FEED_FORKED && due(session, histories, &h.feed));
+    if !news {
+        return Ok(());
+    }
+    let log = inner.log.clone();
+    let evidence = tokio::task::spawn_blocking(move || log.fork_evidence_to_share())
+        .await
+        .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
+    for fork in evidence {
+        session.hold_back(&fork.feed, fork.seq);
+        if !due(session, histories, &fork.feed) {
+            continue;
+        }
+        histories.evidence_sent.insert(fork.feed.clone());
+        let message = PeerMessage::Fork {
+            first: serde_bytes::ByteBuf::from(fork.stored_envelope),
+            second: serde_bytes::ByteBuf::from(fork.conflicting_envelope),
+        };
+        net::write_frame(send, &message).await?;
+    }
+    Ok(())
+}
+
+/// A feed's status once fork evidence was recorded for it.
+const FEED_FORKED: &str = "forked";
+
 /// Verifies and commits received events. A peer that sent an event failing
 /// verification is cut off; nothing it sent after that event is applied.
-async fn apply(inner: &Arc<Inner>, peer: &str, envelopes: Vec<Vec<u8>>) -> Result<(), PeerError> {
+/// A relay that forwards another branch of a feed (its author signed two
+/// histories) is not at fault: that feed is no longer taken from it, the
+/// rest is, and the histories are compared through `Ack` to obtain fork
+/// evidence.
+async fn apply(
+    inner: &Arc<Inner>,
+    peer: &str,
+    envelopes: Vec<Vec<u8>>,
+    policy: &mut IngestPolicy,
+) -> Result<(), PeerError> {
     let log = inner.log.clone();
-    let report = tokio::task::spawn_blocking(move || log.ingest(envelopes))
+    let this_batch = policy.clone();
+    let report = tokio::task::spawn_blocking(move || log.ingest_from(envelopes, this_batch))
         .await
         .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
+    for (feed, rejection) in &report.conflicts {
+        tracing::warn!(
+            peer,
+            feed = %feed,
+            %rejection,
+            "peer relays another branch of this feed (its author signed two histories); not taking it from this peer"
+        );
+        policy.skip_from(feed, rejection.seq.unwrap_or(0));
+    }
+    for (feed, seq) in &report.new_forks {
+        policy.skip_from(feed, *seq);
+    }
     if let Some(rejection) = report.rejected {
-        let own_feed_event = report.rejected_feed.as_deref() == Some(inner.service.as_str());
-        if is_misbehaviour(&rejection, own_feed_event) {
+        if is_misbehaviour(&rejection) {
             tracing::warn!(peer, %rejection, "peer sent an event that failed verification; disconnecting");
             return Err(PeerError::Verification(rejection));
         }
         tracing::debug!(peer, %rejection, "skipped an event this node already holds");
     }
     Ok(())
+}
+
+/// Checks fork evidence from `peer` and records it; the writer then wakes
+/// every session, which passes it on. Evidence that does not prove a fork
+/// is misbehaviour: an honest peer passes on only evidence it checked.
+async fn check_evidence(
+    inner: &Arc<Inner>,
+    peer: &str,
+    first: Vec<u8>,
+    second: Vec<u8>,
+) -> Result<(), PeerError> {
+    let log = inner.log.clone();
+    let outcome = tokio::task::spawn_blocking(move || log.record_fork_evidence(first, second))
+        .await
+        .map_err(|e| PeerError::Protocol(format!("evidence task failed: {e}")))??;
+    match outcome {
+        Ok(EvidenceOutcome::Recorded { feed, seq }) => {
+            tracing::warn!(peer, feed = %feed, seq, "fork evidence received from a peer; feed frozen")
+        }
+        Ok(EvidenceOutcome::AlreadyKnown | EvidenceOutcome::UnknownFeed) => {}
+        Err(rejection) => {
+            tracing::warn!(peer, %rejection, "peer sent fork evidence that proves nothing; disconnecting");
+            return Err(PeerError::Verification(rejection));
+        }
+    }
+    Ok(())
+}
+
+/// `heads` without positions of feeds this node does not hold.
+fn held_feeds_only(
+    inner: &Arc<Inner>,
+    mut heads: Vec<FeedPosition>,
+) -> Result<Vec<FeedPosition>, PeerError> {
+    let held: std::collections::HashSet<String> =
+        inner.log.heads()?.into_iter().map(|h| h.feed).collect();
+    heads.retain(|h| held.contains(&h.feed));
+    Ok(heads)
 }
 
 /// Sends every event the peer lacks (within the session's window), framed.
@@ -517,19 +761,31 @@ async fn send_missing(
     Ok(())
 }
 
+/// Encoded bytes one envelope adds to an `Events` frame: its varint length
+/// prefix (at most 5 bytes for any length below 4 GiB) and the bytes.
+fn framed_len(envelope: &[u8]) -> usize {
+    envelope.len() + 5
+}
+
 /// Splits envelopes into frames of at most [`FRAME_EVENTS_MAX`] events and
-/// about [`FRAME_TARGET_BYTES`] bytes.
-fn frames(envelopes: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
+/// [`FRAME_TARGET_BYTES`] bytes of envelopes, or a single larger envelope.
+/// A frame is flushed *before* an envelope would carry it past the target,
+/// so no frame exceeds `FRAME_BYTES_MAX` whatever the mix of sizes: either
+/// it holds at most the target (plus framing) or exactly one event, which
+/// is at most `ENVELOPE_BYTES_MAX`.
+pub(crate) fn frames(envelopes: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
     let mut out = Vec::new();
-    let mut frame = Vec::new();
+    let mut frame: Vec<serde_bytes::ByteBuf> = Vec::new();
     let mut bytes = 0;
     for e in envelopes {
-        bytes += e.len();
-        frame.push(serde_bytes::ByteBuf::from(e));
-        if frame.len() >= FRAME_EVENTS_MAX || bytes >= FRAME_TARGET_BYTES {
+        let cost = framed_len(&e);
+        let full = frame.len() >= FRAME_EVENTS_MAX || bytes + cost > FRAME_TARGET_BYTES;
+        if !frame.is_empty() && full {
             out.push(std::mem::take(&mut frame));
             bytes = 0;
         }
+        bytes += cost;
+        frame.push(serde_bytes::ByteBuf::from(e));
     }
     if !frame.is_empty() {
         out.push(frame);
@@ -537,24 +793,36 @@ fn frames(envelopes: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
     out
 }
 
-fn positions(inner: &Arc<Inner>) -> Result<Vec<FeedPosition>, PeerError> {
+fn local_heads(inner: &Arc<Inner>) -> Result<Vec<FeedHead>, PeerError> {
     // From memory: the writer keeps the heads of its latest commit (it only
     // falls back to a read of the small feeds table if that failed).
-    let heads = inner.log.heads()?;
-    Ok(heads
-        .into_iter()
+    Ok(inner.log.heads()?)
+}
+
+fn positions(heads: &[FeedHead]) -> Vec<FeedPosition> {
+    heads
+        .iter()
         .map(|h| FeedPosition {
-            feed: h.feed,
+            feed: h.feed.clone(),
             seq: h.seq,
             hash: h.hash,
         })
-        .collect())
+        .collect()
 }
 
+/// Persists the peer's acknowledged heads of the feeds this node holds (a
+/// peer's `Hello` may name others; they get no cursor rows).
 fn persist_acks(inner: &Arc<Inner>, peer: &str, acked: &BTreeMap<String, u64>) {
+    let held: HashSet<String> = match inner.log.heads() {
+        Ok(heads) => heads.into_iter().map(|h| h.feed).collect(),
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "cannot read feed heads; delivery cursors not persisted");
+            return;
+        }
+    };
     let rows: Vec<(String, u64)> = acked
         .iter()
-        .filter(|(_, next)| **next > 0)
+        .filter(|(feed, next)| **next > 0 && held.contains(*feed))
         .map(|(feed, next)| (feed.clone(), next - 1))
         .collect();
     let log = inner.log.clone();
@@ -577,6 +845,52 @@ pub(crate) fn update_status(inner: &Inner, peer: &str, f: impl FnOnce(&mut PeerS
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The worst mixes of sizes: just under the target of small events,
+    /// then maximal ones, then small again. Every frame must encode within
+    /// `FRAME_BYTES_MAX` and the frames must carry every event in order.
+    #[test]
+    fn frames_never_exceed_the_frame_limit_whatever_the_mix_of_sizes() {
+        use crate::core::limits::ENVELOPE_BYTES_MAX;
+        use crate::core::wire::FRAME_BYTES_MAX;
+        let small = 1_000;
+        let mixes: Vec<Vec<usize>> = vec![
+            // ~255 KiB of small events, then one maximal event (the finding).
+            [vec![small; 255], vec![ENVELOPE_BYTES_MAX]].concat(),
+            [
+                vec![small; 261],
+                vec![ENVELOPE_BYTES_MAX; 2],
+                vec![small; 3],
+            ]
+            .concat(),
+            vec![ENVELOPE_BYTES_MAX; 3],
+            [vec![FRAME_TARGET_BYTES - 10], vec![ENVELOPE_BYTES_MAX]].concat(),
+            vec![10; 3 * FRAME_EVENTS_MAX + 1],
+        ];
+        for sizes in mixes {
+            let envelopes: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| vec![i as u8; n])
+                .collect();
+            let framed = frames(envelopes.clone());
+            for frame in &framed {
+                assert!(frame.len() <= FRAME_EVENTS_MAX);
+                let body = postcard::to_allocvec(&PeerMessage::Events {
+                    events: frame.clone(),
+                })
+                .unwrap();
+                assert!(
+                    body.len() <= FRAME_BYTES_MAX,
+                    "a frame of {} events encodes to {} bytes, over {FRAME_BYTES_MAX}",
+                    frame.len(),
+                    body.len()
+                );
+            }
+            let back: Vec<Vec<u8>> = framed.into_iter().flatten().map(|b| b.into_vec()).collect();
+            assert_eq!(back, envelopes, "every event, once, in order");
+        }
+    }
 
     #[test]
     fn queued_frames_are_gathered_within_the_event_and_byte_limits() {

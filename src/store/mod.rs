@@ -5,6 +5,7 @@
 //! A proclamation that returned a [`Receipt`] is on disk: the writer answers
 //! only after the transaction holding it committed.
 
+mod forks;
 mod own_feed;
 mod peers;
 mod recent;
@@ -23,6 +24,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
+pub use forks::{EvidenceOutcome, IngestPolicy, Tolerated, pruned_envelope};
 pub use peers::{PeerCursor, READ_ENVELOPES_BYTES_MAX, read_peer_cursors};
 pub use schema::SCHEMA_VERSION;
 pub use subscribe::*;
@@ -141,6 +143,17 @@ pub struct IngestReport {
     pub duplicates: usize,
     /// Forks detected and recorded as evidence.
     pub forks: usize,
+    /// Events not applied because their feed forked, or because the sender
+    /// holds another branch of it (see [`IngestPolicy`]); not the sender's
+    /// fault, so the rest of the batch was applied.
+    pub skipped: usize,
+    /// Forks recorded by this ingest: (feed, sequence number).
+    pub new_forks: Vec<(String, u64)>,
+    /// Feeds whose events did not follow this node's history although the
+    /// author signed them (the author signed two histories); sent by a
+    /// relay, which is not at fault. The driver stops taking those feeds
+    /// from that sender and compares histories to obtain fork evidence.
+    pub conflicts: Vec<(String, Rejection)>,
     /// Why ingest stopped early, if it did: the first event that failed
     /// verification (nothing after it was looked at).
     pub rejected: Option<Rejection>,
@@ -430,9 +443,7 @@ impl Log {
     /// Stops at the first rejection (reported in the result); what came
     /// before it is committed. `Err` means the store itself failed.
     pub fn ingest(&self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
-        let (reply, receiver) = sync_channel(1);
-        self.send(Request::Ingest { envelopes, reply })?;
-        receiver.recv().map_err(|_| LogError::WriterGone)?
+        self.ingest_from(envelopes, IngestPolicy::default())
     }
 
     /// Runs `work` on the writer inside one SQLite transaction: state it
@@ -715,8 +726,10 @@ fn stored_event((arrival, envelope): (u64, Vec<u8>)) -> Result<StoredEvent, LogE
 
 pub fn read_forks(conn: &Connection) -> Result<Vec<ForkEvidence>, LogError> {
     let mut stmt = conn.prepare(
-        "SELECT f.feed, f.seq, e.envelope, f.conflicting_envelope
-         FROM forks f JOIN events e ON e.feed = f.feed AND e.seq = f.seq ORDER BY f.id",
+        "SELECT f.feed, f.seq, COALESCE(f.stored_envelope, e.envelope), f.conflicting_envelope
+         FROM forks f LEFT JOIN events e ON e.feed = f.feed AND e.seq = f.seq
+         WHERE f.stored_envelope IS NOT NULL OR e.envelope IS NOT NULL
+         ORDER BY f.id",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(ForkEvidence {

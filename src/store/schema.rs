@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves a store from version `i` to
 /// `i + 1`. Never edit a released migration; append a new one.
@@ -117,6 +117,12 @@ const MIGRATIONS: &[&str] = &[
         handled_at_us INTEGER NOT NULL,
         PRIMARY KEY (saga_id, step, kind, attempt)
     ) WITHOUT ROWID;
+    "#,
+    // 3 -> 4: fork evidence received from peers may concern a point this
+    // node has not reached (or a third version): the row then carries both
+    // sides. NULL: the first side is the stored event at (feed, seq).
+    r#"
+    ALTER TABLE forks ADD COLUMN stored_envelope BLOB;
     "#,
 ];
 

@@ -20,6 +20,7 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::forks::{EvidenceOutcome, IngestPolicy, Tolerated, record_evidence};
 use super::transact::{Channels, TransactJob, Tx, TxError, TxReply};
 use super::{IngestReport, LogError, Proclamation, Receipt};
 use crate::clock;
@@ -40,6 +41,8 @@ pub const SEALED_BATCHES_QUEUED_MAX: usize = 2;
 pub(crate) type ReceiptReply = SyncSender<Result<Vec<Receipt>, LogError>>;
 /// Where the writer sends an ingest's outcome.
 pub(crate) type IngestReply = SyncSender<Result<IngestReport, LogError>>;
+/// Where the writer sends the outcome of checking fork evidence.
+pub(crate) type EvidenceReply = SyncSender<Result<Result<EvidenceOutcome, Rejection>, LogError>>;
 
 /// A small write that is not an event (delivery and consumer cursors), run
 /// by the commit stage in its own transaction so the store keeps exactly
@@ -68,7 +71,14 @@ pub(crate) enum Request {
     /// Verify and commit events of other feeds (replication, import).
     Ingest {
         envelopes: Vec<Vec<u8>>,
+        policy: IngestPolicy,
         reply: IngestReply,
+    },
+    /// Check fork evidence a peer sent and record it.
+    Evidence {
+        first: Vec<u8>,
+        second: Vec<u8>,
+        reply: EvidenceReply,
     },
     /// Run an application transaction (state and events, atomically).
     Transact(TransactJob),
@@ -80,6 +90,7 @@ impl Request {
             Request::Proclaim { drafts, .. } => drafts.len(),
             Request::Ingest { envelopes, .. } => envelopes.len(),
             Request::Write { .. }
+            | Request::Evidence { .. }
             | Request::Transact(_)
             | Request::Shutdown
             | Request::FinishRecovery { .. } => 1,
@@ -103,7 +114,13 @@ enum Work {
     },
     Ingest {
         envelopes: Vec<Vec<u8>>,
+        policy: IngestPolicy,
         reply: IngestReply,
+    },
+    Evidence {
+        first: Vec<u8>,
+        second: Vec<u8>,
+        reply: EvidenceReply,
     },
     Write {
         job: WriteJob,
@@ -355,7 +372,24 @@ impl SealStage {
                         keys.push(key);
                     }
                 }
-                Request::Ingest { envelopes, reply } => out.push(Work::Ingest { envelopes, reply }),
+                Request::Ingest {
+                    envelopes,
+                    policy,
+                    reply,
+                } => out.push(Work::Ingest {
+                    envelopes,
+                    policy,
+                    reply,
+                }),
+                Request::Evidence {
+                    first,
+                    second,
+                    reply,
+                } => out.push(Work::Evidence {
+                    first,
+                    second,
+                    reply,
+                }),
                 Request::Write { job, reply } => out.push(Work::Write { job, reply }),
                 // `seal_in_order` routes transactions elsewhere.
                 Request::Transact(job) => {
@@ -445,13 +479,29 @@ impl CommitStage {
     fn run(mut self, work: Receiver<Work>, epoch: &AtomicU64) {
         while let Ok(item) = work.recv() {
             match item {
-                Work::Ingest { envelopes, reply } => {
-                    let outcome = self.ingest(envelopes);
-                    match &outcome {
-                        Ok(r) if r.applied > 0 => self.announce_commit(&[]),
-                        // Fork evidence changes a feed's status, not its events.
-                        Ok(r) if r.forks > 0 => self.heads.refresh_from(&self.conn),
-                        _ => {}
+                Work::Ingest {
+                    envelopes,
+                    policy,
+                    reply,
+                } => {
+                    let outcome = self.ingest(envelopes, policy);
+                    // Fork evidence changes a feed's status, not its events,
+                    // but replication must hear of it to pass it on.
+                    if let Ok(r) = &outcome
+                        && (r.applied > 0 || !r.new_forks.is_empty())
+                    {
+                        self.announce_commit(&[]);
+                    }
+                    let _ = reply.send(outcome);
+                }
+                Work::Evidence {
+                    first,
+                    second,
+                    reply,
+                } => {
+                    let outcome = self.record_evidence(first, second);
+                    if let Ok(Ok(EvidenceOutcome::Recorded { .. })) = &outcome {
+                        self.announce_commit(&[]);
                     }
                     let _ = reply.send(outcome);
                 }
@@ -618,8 +668,12 @@ impl CommitStage {
     /// rejection. Duplicates are skipped (applied exactly once); a validly
     /// signed event that conflicts with a stored one is kept as fork evidence
     /// and the feed is no longer accepted.
-    fn ingest(&mut self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
-        let outcome = self.ingest_in_transaction(envelopes);
+    fn ingest(
+        &mut self,
+        envelopes: Vec<Vec<u8>>,
+        policy: IngestPolicy,
+    ) -> Result<IngestReport, LogError> {
+        let outcome = self.ingest_in_transaction(envelopes, policy);
         if outcome.is_err() {
             // The transaction rolled back: cached verifiers may stand ahead
             // of the store, so reload them from disk.
@@ -628,7 +682,25 @@ impl CommitStage {
         outcome
     }
 
-    fn ingest_in_transaction(&mut self, envelopes: Vec<Vec<u8>>) -> Result<IngestReport, LogError> {
+    /// Checks fork evidence and records it in its own transaction.
+    fn record_evidence(
+        &mut self,
+        first: Vec<u8>,
+        second: Vec<u8>,
+    ) -> Result<Result<EvidenceOutcome, Rejection>, LogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let outcome = record_evidence(&tx, &self.trust, &mut self.verifiers, first, second)?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn ingest_in_transaction(
+        &mut self,
+        envelopes: Vec<Vec<u8>>,
+        mut policy: IngestPolicy,
+    ) -> Result<IngestReport, LogError> {
         let mut report = IngestReport::default();
         let tx = self
             .conn
@@ -642,12 +714,26 @@ impl CommitStage {
         };
         let decoded: Vec<Result<DecodedEvent, _>> =
             envelopes.into_iter().map(DecodedEvent::decode).collect();
-        let signatures = precheck_signatures(&tx, &self.trust, &mut self.verifiers, &decoded)?;
+        let signatures = precheck_signatures(
+            &tx,
+            &self.trust,
+            &mut self.verifiers,
+            &decoded,
+            &own_guard,
+            &policy,
+        )?;
         // Heads move once per feed per batch, not once per event.
         let mut new_heads: HashMap<String, (u64, Hash, u64)> = HashMap::new();
-        let mut forked: HashMap<String, bool> = HashMap::new();
+        let mut forked: HashMap<String, Option<u64>> = HashMap::new();
         for (event, signature_ok) in decoded.into_iter().zip(signatures) {
             let feed = event.as_ref().ok().map(|e| e.header().author.clone());
+            let seq = event.as_ref().map_or(0, |e| e.header().seq);
+            if let Some(feed) = &feed
+                && policy.skips(feed, seq)
+            {
+                report.skipped += 1;
+                continue;
+            }
             let outcome = match event {
                 Ok(event) => ingest_one(
                     &tx,
@@ -668,17 +754,34 @@ impl CommitStage {
                     }
                 }
                 Outcome::Duplicate => report.duplicates += 1,
-                Outcome::Fork(rejection) => {
+                // A fork is the author's doing, not the sender's: keep the
+                // evidence, take no more of that feed, go on with the rest.
+                Outcome::Fork => {
                     report.forks += 1;
-                    report.rejected = Some(rejection);
-                    report.rejected_feed = feed;
-                    break;
+                    if let Some(feed) = feed {
+                        policy.skip_from(&feed, seq);
+                        report.new_forks.push((feed, seq));
+                    }
+                    report.skipped += 1;
                 }
-                Outcome::Rejected(rejection) => {
-                    report.rejected = Some(rejection);
-                    report.rejected_feed = feed;
-                    break;
-                }
+                Outcome::Rejected(rejection) => match feed
+                    .as_deref()
+                    .and_then(|f| policy.tolerates(f, &rejection))
+                {
+                    Some(kind) => {
+                        let Some(feed) = feed else { continue };
+                        report.skipped += 1;
+                        policy.skip_from(&feed, seq);
+                        if kind == Tolerated::Conflict {
+                            report.conflicts.push((feed, rejection));
+                        }
+                    }
+                    None => {
+                        report.rejected = Some(rejection);
+                        report.rejected_feed = feed;
+                        break;
+                    }
+                },
             }
         }
         for (feed, (seq, hash, timestamp_us)) in &new_heads {
@@ -698,7 +801,7 @@ enum Outcome {
     /// Stored; the feed's new head (sequence, hash, timestamp).
     Applied((u64, Hash, u64)),
     Duplicate,
-    Fork(Rejection),
+    Fork,
     Rejected(Rejection),
 }
 
@@ -710,6 +813,8 @@ fn precheck_signatures(
     trust: &TrustAnchor,
     verifiers: &mut HashMap<String, FeedVerifier>,
     events: &[Result<DecodedEvent, crate::core::codec::DecodeError>],
+    own_service: &str,
+    policy: &IngestPolicy,
 ) -> Result<Vec<Option<bool>>, LogError> {
     let mut keys: HashMap<String, Option<ed25519_dalek::VerifyingKey>> = HashMap::new();
     let mut items = Vec::new();
@@ -720,6 +825,13 @@ fn precheck_signatures(
             continue;
         };
         let author = &event.header().author;
+        // This node's own feed is only ever appended by its sealer (outside
+        // recovery), and skipped feeds are not looked at: spend no
+        // verification on either (a peer could send them by the thousand).
+        if author == own_service || policy.skips(author, event.header().seq) {
+            slots.push(None);
+            continue;
+        }
         if !keys.contains_key(author) {
             let key = match load_verifier(tx, trust, verifiers, author)? {
                 Ok(v) => Some(*v.key()),
@@ -752,27 +864,43 @@ fn ingest_one(
     tx: &Transaction<'_>,
     trust: &TrustAnchor,
     verifiers: &mut HashMap<String, FeedVerifier>,
-    forked: &mut HashMap<String, bool>,
+    forked: &mut HashMap<String, Option<u64>>,
     own_service: &str,
     event: DecodedEvent,
     signature_ok: Option<bool>,
 ) -> Result<Outcome, LogError> {
     let author = event.header().author.clone();
     let seq = event.header().seq;
-    let is_forked = match forked.get(&author) {
+    let fork_at = match forked.get(&author) {
         Some(f) => *f,
         None => {
-            let f = feed_status(tx, &author)?.as_deref() == Some("forked");
+            let f = super::forks::fork_seq(tx, &author)?;
             forked.insert(author.clone(), f);
             f
         }
     };
-    if is_forked {
+    // Below the fork the feed's history is undisputed; from it on, nothing
+    // more of it is taken.
+    if let Some(fork_seq) = fork_at
+        && seq >= fork_seq
+    {
         return Ok(Outcome::Rejected(Rejection {
             seq: Some(seq),
             check: Check::Fork,
-            expected: "events of a feed that has not forked".into(),
-            found: format!("an event of {author}, whose feed forked"),
+            expected: format!("events of {author} below {fork_seq}, where its feed forked"),
+            found: format!("an event of {author} at sequence {seq}"),
+        }));
+    }
+    if author == own_service && !held_own_seq(tx, own_service, seq)? {
+        // Our own feed ahead of our store: only recovery may append it,
+        // never a peer's push once this node proclaims. No honest peer
+        // sends it (it holds no more of our feed than we do), so this is
+        // refused before any signature is checked.
+        return Ok(Outcome::Rejected(Rejection {
+            seq: Some(seq),
+            check: Check::Author,
+            expected: "no events of this node's own feed beyond its head".into(),
+            found: format!("{author} event at sequence {seq}"),
         }));
     }
     // A feed's stored events are exactly 0..=head, and a cached verifier
@@ -802,24 +930,15 @@ fn ingest_one(
         };
         if verifier.is_fork_proof(&event, &event_at(tx, &author, seq)?) {
             record_fork(tx, &event, stored)?;
-            forked.insert(author.clone(), true);
-            return Ok(Outcome::Fork(conflict));
+            let at = forked.entry(author.clone()).or_insert(Some(seq));
+            *at = Some(at.map_or(seq, |s| s.min(seq)));
+            return Ok(Outcome::Fork);
         }
         return Ok(Outcome::Rejected(Rejection {
             check: Check::Signature,
             expected: "a copy of the stored event or a validly signed fork".into(),
             found: "an invalidly signed conflicting event".into(),
             ..conflict
-        }));
-    }
-    if author == own_service {
-        // Our own feed ahead of our store: only recovery may append it,
-        // never a peer's push once this node proclaims.
-        return Ok(Outcome::Rejected(Rejection {
-            seq: Some(seq),
-            check: Check::Author,
-            expected: "no events of this node's own feed beyond its head".into(),
-            found: format!("{author} event at sequence {seq}"),
         }));
     }
     let verified = if seq == 0 {
@@ -1002,20 +1121,26 @@ pub(crate) fn blob32(v: Vec<u8>) -> Hash {
     out
 }
 
-fn feed_status(tx: &Transaction<'_>, feed: &str) -> rusqlite::Result<Option<String>> {
-    tx.query_row("SELECT status FROM feeds WHERE feed = ?1", [feed], |r| {
-        r.get(0)
-    })
-    .optional()
+/// Whether this node's store holds its own feed's event `seq`.
+fn held_own_seq(tx: &Transaction<'_>, own_service: &str, seq: u64) -> rusqlite::Result<bool> {
+    Ok(stored_hash(tx, own_service, seq)?.is_some())
 }
 
-fn stored_hash(tx: &Transaction<'_>, feed: &str, seq: u64) -> rusqlite::Result<Option<Hash>> {
+pub(super) fn stored_hash(
+    tx: &Transaction<'_>,
+    feed: &str,
+    seq: u64,
+) -> rusqlite::Result<Option<Hash>> {
     tx.prepare_cached("SELECT hash FROM events WHERE feed = ?1 AND seq = ?2")?
         .query_row(params![feed, seq as i64], |r| Ok(blob32(r.get(0)?)))
         .optional()
 }
 
-fn event_at(tx: &Transaction<'_>, feed: &str, seq: u64) -> Result<DecodedEvent, LogError> {
+pub(super) fn event_at(
+    tx: &Transaction<'_>,
+    feed: &str,
+    seq: u64,
+) -> Result<DecodedEvent, LogError> {
     let bytes: Vec<u8> = tx.query_row(
         "SELECT envelope FROM events WHERE feed = ?1 AND seq = ?2",
         params![feed, seq as i64],
@@ -1026,7 +1151,7 @@ fn event_at(tx: &Transaction<'_>, feed: &str, seq: u64) -> Result<DecodedEvent, 
 
 /// The verifier of `feed`, resumed from its stored head on first use. The
 /// inner `Err` is a rejection of the event (no genesis yet, revoked author).
-fn load_verifier<'a>(
+pub(super) fn load_verifier<'a>(
     tx: &Transaction<'_>,
     trust: &TrustAnchor,
     verifiers: &'a mut HashMap<String, FeedVerifier>,
@@ -1060,7 +1185,11 @@ fn load_verifier<'a>(
         .ok_or_else(|| LogError::Corrupt(format!("verifier for {feed} vanished")))
 }
 
-fn record_fork(tx: &Transaction<'_>, event: &DecodedEvent, stored: Hash) -> rusqlite::Result<()> {
+pub(super) fn record_fork(
+    tx: &Transaction<'_>,
+    event: &DecodedEvent,
+    stored: Hash,
+) -> rusqlite::Result<()> {
     let h = event.header();
     tx.execute(
         "INSERT OR IGNORE INTO forks (feed, seq, stored_hash, conflicting_hash, conflicting_envelope, detected_at_us)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use herald::config::NodeConfig;
 use herald::store::Log;
 
+pub mod attack;
 pub mod net;
 
 /// A provisioned cluster directory (`herald init` layout).
@@ -67,4 +68,23 @@ pub fn consumer_caught_up(data_dir: &Path, consumer: &str) -> bool {
         )
         .unwrap();
     cursor as u64 >= last
+}
+
+/// Polls `probe` every 50 ms until it answers `Ok`, or fails the test after
+/// `within`, naming `what` and the last answer.
+pub async fn wait_async<T, F, Fut>(what: &str, within: std::time::Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(last) if std::time::Instant::now() >= deadline => {
+                panic!("timed out after {within:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
 }

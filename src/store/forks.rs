@@ -1,0 +1,371 @@
+//! Forks and split views: what an ingest tolerates from a sender that is
+//! not at fault, fork evidence received from peers, and the reads
+//! replication needs to compare histories and pass evidence on.
+//!
+//! Fork evidence is self-proving: two envelopes of one author at one
+//! sequence number with different hashes, both validly signed by the
+//! author's certificate. Whoever relays it, every node that checks it can
+//! freeze the feed. The event hash covers the header only (the payload is
+//! committed by its hash), so evidence travels with payloads pruned and
+//! stays small whatever the events carried.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+use super::writer::{EvidenceReply, Request, load_verifier, record_fork, stored_hash};
+use super::{ForkEvidence, Log, LogError};
+use crate::clock;
+use crate::core::codec;
+use crate::core::crypto::Hash;
+use crate::core::verify::{Check, DecodedEvent, FeedVerifier, Rejection};
+use crate::identity::TrustAnchor;
+
+/// How an ingest treats what a sender sends, beyond the checks every event
+/// passes.
+#[derive(Debug, Clone, Default)]
+pub struct IngestPolicy {
+    /// The peer the events came from (`None`: a local import). An event
+    /// whose previous hash does not match this node's history is that
+    /// peer's fault only if the peer is the feed's author: a relay forwards
+    /// what the author signed.
+    pub sender: Option<String>,
+    /// Per feed, the sequence number from which its events are skipped
+    /// unread: the sender holds another branch of it from there, so
+    /// whatever else it sends of it cannot apply. Events below (copies, or
+    /// the sender's side of the fork) are still taken.
+    pub skip_feeds: HashMap<String, u64>,
+}
+
+/// A rejection that is not the sender's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tolerated {
+    /// The feed forked; nothing from the fork on is taken.
+    Forked,
+    /// A validly signed event that does not follow this node's history of
+    /// the feed (the author signed two histories), sent by a relay.
+    Conflict,
+}
+
+impl IngestPolicy {
+    /// The policy for events received from `peer`.
+    pub fn from_peer(peer: &str, skip_feeds: HashMap<String, u64>) -> IngestPolicy {
+        IngestPolicy {
+            sender: Some(peer.to_string()),
+            skip_feeds,
+        }
+    }
+
+    /// Whether the event `feed`/`seq` is skipped unread.
+    pub fn skips(&self, feed: &str, seq: u64) -> bool {
+        self.skip_feeds.get(feed).is_some_and(|&from| seq >= from)
+    }
+
+    /// Skips `feed` from `seq` on (or from earlier, if already skipped).
+    pub fn skip_from(&mut self, feed: &str, seq: u64) {
+        let from = self.skip_feeds.entry(feed.to_string()).or_insert(seq);
+        *from = (*from).min(seq);
+    }
+
+    /// Whether rejecting an event of `author` for `rejection` leaves the
+    /// sender blameless, and why. Signatures are checked before previous
+    /// hashes, so a previous-hash rejection means the author signed it.
+    pub fn tolerates(&self, author: &str, rejection: &Rejection) -> Option<Tolerated> {
+        match rejection.check {
+            Check::Fork => Some(Tolerated::Forked),
+            Check::PreviousHash if self.sender.as_deref().is_some_and(|s| s != author) => {
+                Some(Tolerated::Conflict)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What became of fork evidence a peer sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvidenceOutcome {
+    /// New: the feed is frozen from `seq` on; pass the evidence on.
+    Recorded { feed: String, seq: u64 },
+    /// This node already knew the feed forked at or before that point.
+    AlreadyKnown,
+    /// This node holds no event of that feed, so it cannot check the
+    /// author's key; the evidence comes again on the next connection.
+    UnknownFeed,
+}
+
+/// The sequence number from which `feed` is frozen, if it forked.
+pub(super) fn fork_seq(tx: &Connection, feed: &str) -> rusqlite::Result<Option<u64>> {
+    let seq: Option<i64> = tx
+        .query_row("SELECT MIN(seq) FROM forks WHERE feed = ?1", [feed], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .flatten();
+    Ok(seq.map(|s| s as u64))
+}
+
+/// `bytes` re-encoded with its payload pruned: the same event hash and
+/// signature, at most a header's size.
+pub fn pruned_envelope(bytes: &[u8]) -> Result<Vec<u8>, codec::DecodeError> {
+    let (mut envelope, _) = codec::decode_envelope(bytes)?;
+    envelope.payload = None;
+    Ok(codec::encode_envelope(&envelope))
+}
+
+/// Checks fork evidence and records it. The outer `Err` is the store
+/// failing; the inner one names what is wrong with the evidence (which
+/// proves the sender misbehaved: an honest node passes on only evidence it
+/// checked).
+pub(super) fn record_evidence(
+    tx: &Transaction<'_>,
+    trust: &TrustAnchor,
+    verifiers: &mut std::collections::HashMap<String, FeedVerifier>,
+    first: Vec<u8>,
+    second: Vec<u8>,
+) -> Result<Result<EvidenceOutcome, Rejection>, LogError> {
+    let first = match DecodedEvent::decode(first) {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(Rejection::decode(&e))),
+    };
+    let second = match DecodedEvent::decode(second) {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(Rejection::decode(&e))),
+    };
+    let (author, seq) = (first.header().author.clone(), first.header().seq);
+    let not_evidence = |found: String| Rejection {
+        seq: Some(seq),
+        check: Check::Fork,
+        expected: "two events of one author at one sequence number with different hashes".into(),
+        found,
+    };
+    if second.header().author != author || second.header().seq != seq {
+        return Ok(Err(not_evidence(format!(
+            "{author}/{seq} and {}/{}",
+            second.header().author,
+            second.header().seq
+        ))));
+    }
+    if first.hash() == second.hash() {
+        return Ok(Err(not_evidence("the same event twice".into())));
+    }
+    if fork_seq(tx, &author)?.is_some_and(|at| at <= seq) {
+        return Ok(Ok(EvidenceOutcome::AlreadyKnown));
+    }
+    let verifier = match load_verifier(tx, trust, verifiers, &author)? {
+        Ok(v) => v,
+        Err(_) => return Ok(Ok(EvidenceOutcome::UnknownFeed)),
+    };
+    if !verifier.is_fork_proof(&first, &second) {
+        return Ok(Err(Rejection {
+            check: Check::Signature,
+            expected: format!("both events signed by {author}'s key"),
+            found: "fork evidence with an invalid signature".into(),
+            ..not_evidence(String::new())
+        }));
+    }
+    match stored_hash(tx, &author, seq)? {
+        // One side is the event this node holds: record the other against it.
+        Some(held) if held == *first.hash() => record_fork(tx, &second, held)?,
+        Some(held) if held == *second.hash() => record_fork(tx, &first, held)?,
+        // This node holds neither (a third version, or it has not reached
+        // that point): keep both sides in the evidence row.
+        _ => record_detached_fork(tx, &first, &second)?,
+    }
+    Ok(Ok(EvidenceOutcome::Recorded { feed: author, seq }))
+}
+
+/// Records evidence whose two sides are both carried by the row.
+fn record_detached_fork(
+    tx: &Transaction<'_>,
+    first: &DecodedEvent,
+    second: &DecodedEvent,
+) -> rusqlite::Result<()> {
+    let h = first.header();
+    tx.execute(
+        "INSERT OR IGNORE INTO forks (feed, seq, stored_hash, conflicting_hash, conflicting_envelope, detected_at_us, stored_envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            h.author,
+            h.seq as i64,
+            first.hash().as_slice(),
+            second.hash().as_slice(),
+            second.bytes(),
+            clock::now_us() as i64,
+            first.bytes(),
+        ],
+    )?;
+    tx.execute(
+        "UPDATE feeds SET status = 'forked' WHERE feed = ?1",
+        [&h.author],
+    )?;
+    tracing::warn!(feed = %h.author, seq = h.seq, "fork evidence received; feed no longer accepted");
+    Ok(())
+}
+
+impl Log {
+    /// Verifies and commits events received from `policy.sender`, like
+    /// [`Log::ingest`], but a rejection that is not the sender's fault (see
+    /// [`IngestPolicy::tolerates`]) skips that feed for the rest of the
+    /// batch instead of ending it; the report lists such feeds.
+    pub fn ingest_from(
+        &self,
+        envelopes: Vec<Vec<u8>>,
+        policy: IngestPolicy,
+    ) -> Result<super::IngestReport, LogError> {
+        let (reply, receiver) = std::sync::mpsc::sync_channel(1);
+        self.send(Request::Ingest {
+            envelopes,
+            policy,
+            reply,
+        })?;
+        receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Checks fork evidence a peer sent and records it if it is new.
+    pub fn record_fork_evidence(
+        &self,
+        first: Vec<u8>,
+        second: Vec<u8>,
+    ) -> Result<Result<EvidenceOutcome, Rejection>, LogError> {
+        let (reply, receiver): (EvidenceReply, _) = std::sync::mpsc::sync_channel(1);
+        self.send(Request::Evidence {
+            first,
+            second,
+            reply,
+        })?;
+        receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    /// The evidence of each forked feed's earliest fork (one per feed, so
+    /// what a node passes on is bounded by the feeds it holds), payloads
+    /// pruned.
+    pub fn fork_evidence_to_share(&self) -> Result<Vec<ForkEvidence>, LogError> {
+        let forks = {
+            let conn = self.reader()?;
+            super::read_forks(&conn)?
+        };
+        let mut seen = std::collections::BTreeMap::new();
+        for fork in forks {
+            let earlier = seen
+                .get(&fork.feed)
+                .is_some_and(|f: &ForkEvidence| f.seq <= fork.seq);
+            if !earlier {
+                seen.insert(fork.feed.clone(), fork);
+            }
+        }
+        let mut out = Vec::new();
+        for (_, fork) in seen {
+            let pruned = (
+                pruned_envelope(&fork.stored_envelope),
+                pruned_envelope(&fork.conflicting_envelope),
+            );
+            match pruned {
+                (Ok(stored), Ok(conflicting)) => out.push(ForkEvidence {
+                    stored_envelope: stored,
+                    conflicting_envelope: conflicting,
+                    ..fork
+                }),
+                _ => {
+                    tracing::warn!(feed = %fork.feed, seq = fork.seq, "stored fork evidence does not decode; not passed on")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// For each `(feed, seq)`, the hash of the event this node holds there
+    /// (`None` if it holds none): to compare a peer's positions with this
+    /// node's history.
+    pub fn hashes_at(&self, positions: &[(String, u64)]) -> Result<Vec<Option<Hash>>, LogError> {
+        let conn = self.reader()?;
+        let mut stmt =
+            conn.prepare_cached("SELECT hash FROM events WHERE feed = ?1 AND seq = ?2")?;
+        let mut out = Vec::with_capacity(positions.len());
+        for (feed, seq) in positions {
+            let hash = stmt
+                .query_row(params![feed, *seq as i64], |r| {
+                    Ok(super::writer::blob32(r.get(0)?))
+                })
+                .optional()?;
+            out.push(hash);
+        }
+        Ok(out)
+    }
+
+    /// The envelope this node holds at `feed`/`seq`, payload pruned.
+    pub fn pruned_event_at(&self, feed: &str, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
+        let conn = self.reader()?;
+        let bytes: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT envelope FROM events WHERE feed = ?1 AND seq = ?2",
+                params![feed, seq as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        bytes
+            .map(|b| {
+                pruned_envelope(&b)
+                    .map_err(|e| LogError::Corrupt(format!("stored event {feed}/{seq}: {e}")))
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(check: Check) -> Rejection {
+        Rejection {
+            seq: Some(3),
+            check,
+            expected: String::new(),
+            found: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_relay_is_forgiven_a_conflicting_history() {
+        let from_b = IngestPolicy::from_peer("b", HashMap::new());
+        assert_eq!(
+            from_b.tolerates("a", &rejection(Check::PreviousHash)),
+            Some(Tolerated::Conflict),
+            "b relays a's feed: a signed both histories"
+        );
+        assert_eq!(
+            from_b.tolerates("b", &rejection(Check::PreviousHash)),
+            None,
+            "b's own feed not following its history is b's doing"
+        );
+        assert_eq!(
+            from_b.tolerates("a", &rejection(Check::Fork)),
+            Some(Tolerated::Forked)
+        );
+        for check in [
+            Check::Signature,
+            Check::Sequence,
+            Check::Decode,
+            Check::Author,
+            Check::PayloadHash,
+        ] {
+            assert_eq!(from_b.tolerates("a", &rejection(check)), None, "{check:?}");
+        }
+        let local = IngestPolicy::default();
+        assert_eq!(local.tolerates("a", &rejection(Check::PreviousHash)), None);
+    }
+
+    #[test]
+    fn skipping_starts_at_the_earliest_point_and_spares_what_lies_below() {
+        let mut policy = IngestPolicy::from_peer("b", HashMap::new());
+        policy.skip_from("a", 9);
+        policy.skip_from("a", 12);
+        assert!(
+            !policy.skips("a", 8),
+            "the sender's side of the fork still arrives"
+        );
+        assert!(policy.skips("a", 9) && policy.skips("a", 40));
+        policy.skip_from("a", 5);
+        assert!(policy.skips("a", 5));
+        assert!(!policy.skips("c", 100));
+    }
+}
