@@ -404,6 +404,93 @@ fn batch_and_single_verification_agree_on_torsion_signatures() {
     );
 }
 
+/// A signature by `key` on `message` whose `R` carries the order-2 point
+/// `T = (0, -1)`: `R' = R + T` for a known nonce `r`, `S = r + k·a` with `k`
+/// hashed over `R'`. RFC 8032's cofactorless equation fails; the cofactored
+/// one (FORMAT.md section 7) holds. Only the key holder can make one.
+fn torsion_signature(key: &SigningKey, message: &[u8]) -> Signature {
+    use sha2::Sha512;
+    let a = scalar::clamp(key.to_scalar_bytes());
+    let nonce_key = SigningKey::from_bytes(&[9u8; 32]);
+    let r = scalar::clamp(nonce_key.to_scalar_bytes());
+    let r_prime = scalar::negate_point_encoding(&nonce_key.verifying_key().to_bytes());
+    let k = scalar::reduce512(
+        &Sha512::new()
+            .chain_update(r_prime)
+            .chain_update(key.verifying_key().as_bytes())
+            .chain_update(message)
+            .finalize()
+            .into(),
+    );
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&r_prime);
+    sig[32..].copy_from_slice(&scalar::mul_add(&k, &a, &r));
+    Signature::from_bytes(&sig)
+}
+
+/// FORMAT.md section 7: one rule for every signature herald checks. A
+/// query answer signed with a small-order component in `R` gets the verdict
+/// an event signed that way gets (accepted), where `verify_strict` used to
+/// refuse it; a damaged signature is still refused.
+#[test]
+fn query_answers_follow_the_one_signature_rule() {
+    use herald::core::query::{
+        QueryRequest, QueryResultBody, QueryStatus, SignedQueryResult, result_signing_message,
+        sign_result, verify_result,
+    };
+    use herald::core::verify::signature_valid;
+
+    let responder = SigningKey::from_bytes(&SIGNING_SEED);
+    let public = responder.verifying_key();
+    let request = QueryRequest {
+        id: EVENT_ID,
+        caller: "council".into(),
+        target: AUTHOR.into(),
+        query_type: "herald.head".into(),
+        correlation_id: "c-1".into(),
+        payload: br#"{"feed":"fundraising"}"#.to_vec(),
+        timeout_ms: 1000,
+    };
+    let body = QueryResultBody {
+        request_id: request.id,
+        responder: AUTHOR.into(),
+        caller: "council".into(),
+        query_type: "herald.head".into(),
+        correlation_id: "c-1".into(),
+        status: QueryStatus::Success,
+        payload: br#"{"seq":41}"#.to_vec(),
+        timestamp_us: NOW_US,
+    };
+    let honest = sign_result(&responder, &body);
+    assert_eq!(verify_result(&honest, &public, &request), Ok(body.clone()));
+
+    let message = result_signing_message(&honest.body);
+    let torsion = torsion_signature(&responder, &message);
+    assert!(public.verify(&message, &torsion).is_err());
+    assert!(herald::core::signature::verify_single(
+        &public, &message, &torsion
+    ));
+    let signed = SignedQueryResult {
+        body: honest.body.clone(),
+        signature: torsion.to_bytes(),
+    };
+    assert_eq!(verify_result(&signed, &public, &request), Ok(body));
+
+    // The same construction on an event's signing message: the same verdict.
+    let hash = [0x44; 32];
+    let event_sig = torsion_signature(&responder, &spec::signing_message(&hash));
+    assert!(signature_valid(&public, &hash, &event_sig));
+
+    // Control: a damaged torsion signature is refused.
+    let mut bad = torsion.to_bytes();
+    bad[40] ^= 0x01;
+    let signed = SignedQueryResult {
+        body: honest.body,
+        signature: bad,
+    };
+    assert!(verify_result(&signed, &public, &request).is_err());
+}
+
 /// Just enough 256-bit arithmetic for the torsion test: scalars mod
 /// l = 2^252 + 27742317777372353535851937790883648493 and the field prime
 /// p = 2^255 - 19, little-endian 64-bit limbs.
