@@ -1146,3 +1146,36 @@ fn an_unauthentic_event_stands_in_the_expected_slot_whatever_its_seq() {
         .expect("fundraising reported");
     assert_eq!((feed.verified, feed.head_seq), (5, Some(5)));
 }
+
+/// keys/README.md: a revocation entry's `name` is required (it labels the
+/// entry; matching uses `serial` and `public_key`). A list with an entry
+/// that lacks it is refused as a whole: `herald verify --revoked` cannot run
+/// (exit 2) and names the missing field.
+#[test]
+fn a_revocation_entry_without_a_name_is_refused() {
+    let text = std::fs::read_to_string(vectors_dir().join("revoked.toml")).expect("revoked.toml");
+    let nameless: String = text
+        .lines()
+        .filter(|l| !l.starts_with("name ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(nameless, text, "the vector's entry has a name to remove");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("revoked.toml");
+    std::fs::write(&path, nameless).expect("write list");
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .current_dir(root())
+        .args([
+            "verify",
+            "tests/vectors/valid.hrld",
+            "--ca",
+            CA,
+            "--revoked",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run herald verify");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`name`"), "{stderr}");
+}
