@@ -404,6 +404,166 @@ fn batch_and_single_verification_agree_on_torsion_signatures() {
     );
 }
 
+/// A signature by `key` on `message` whose `R` carries the order-2 point
+/// `T = (0, -1)`: `R' = R + T` for a known nonce `r`, `S = r + k·a` with `k`
+/// hashed over `R'`. RFC 8032's cofactorless equation fails; the cofactored
+/// one (FORMAT.md section 7) holds. Only the key holder can make one.
+fn torsion_signature(key: &SigningKey, message: &[u8]) -> Signature {
+    use sha2::Sha512;
+    let a = scalar::clamp(key.to_scalar_bytes());
+    let nonce_key = SigningKey::from_bytes(&[9u8; 32]);
+    let r = scalar::clamp(nonce_key.to_scalar_bytes());
+    let r_prime = scalar::negate_point_encoding(&nonce_key.verifying_key().to_bytes());
+    let k = scalar::reduce512(
+        &Sha512::new()
+            .chain_update(r_prime)
+            .chain_update(key.verifying_key().as_bytes())
+            .chain_update(message)
+            .finalize()
+            .into(),
+    );
+    let mut sig = [0u8; 64];
+    sig[..32].copy_from_slice(&r_prime);
+    sig[32..].copy_from_slice(&scalar::mul_add(&k, &a, &r));
+    Signature::from_bytes(&sig)
+}
+
+/// FORMAT.md section 7: one rule for every signature herald checks. A
+/// query answer signed with a small-order component in `R` gets the verdict
+/// an event signed that way gets (accepted), where `verify_strict` used to
+/// refuse it; a damaged signature is still refused.
+#[test]
+fn query_answers_follow_the_one_signature_rule() {
+    use herald::core::query::{
+        QueryRequest, QueryResultBody, QueryStatus, SignedQueryResult, result_signing_message,
+        sign_result, verify_result,
+    };
+    use herald::core::verify::signature_valid;
+
+    let responder = SigningKey::from_bytes(&SIGNING_SEED);
+    let public = responder.verifying_key();
+    let request = QueryRequest {
+        id: EVENT_ID,
+        caller: "council".into(),
+        target: AUTHOR.into(),
+        query_type: "herald.head".into(),
+        correlation_id: "c-1".into(),
+        payload: br#"{"feed":"fundraising"}"#.to_vec(),
+        timeout_ms: 1000,
+    };
+    let body = QueryResultBody {
+        request_id: request.id,
+        responder: AUTHOR.into(),
+        caller: "council".into(),
+        query_type: "herald.head".into(),
+        correlation_id: "c-1".into(),
+        status: QueryStatus::Success,
+        payload: br#"{"seq":41}"#.to_vec(),
+        timestamp_us: NOW_US,
+    };
+    let honest = sign_result(&responder, &body);
+    assert_eq!(verify_result(&honest, &public, &request), Ok(body.clone()));
+
+    let message = result_signing_message(&honest.body);
+    let torsion = torsion_signature(&responder, &message);
+    assert!(public.verify(&message, &torsion).is_err());
+    assert!(herald::core::signature::verify_single(
+        &public, &message, &torsion
+    ));
+    let signed = SignedQueryResult {
+        body: honest.body.clone(),
+        signature: torsion.to_bytes(),
+    };
+    assert_eq!(verify_result(&signed, &public, &request), Ok(body));
+
+    // The same construction on an event's signing message: the same verdict.
+    let hash = [0x44; 32];
+    let event_sig = torsion_signature(&responder, &spec::signing_message(&hash));
+    assert!(signature_valid(&public, &hash, &event_sig));
+
+    // Control: a damaged torsion signature is refused.
+    let mut bad = torsion.to_bytes();
+    bad[40] ^= 0x01;
+    let signed = SignedQueryResult {
+        body: honest.body,
+        signature: bad,
+    };
+    assert!(verify_result(&signed, &public, &request).is_err());
+}
+
+/// An independent reading of FORMAT.md section 10 (`spec::check_export`)
+/// agrees with `herald verify` on every single-byte change of the `Begin`
+/// and `End` records of the test vector `valid.hrld` (length prefixes
+/// included): the document no longer lets a literal verifier accept a
+/// flipped `Begin` byte or a re-framed record that herald refuses. Both also
+/// accept the small-order-component signatures of the torsion vectors.
+#[test]
+fn a_verifier_written_from_section_10_agrees_with_herald_on_begin_and_end_bytes() {
+    use herald::audit::verify::{AuditOptions, audit_export};
+    use herald::identity::{NodeIdentity, TrustAnchor};
+
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let keys = vectors.join("keys");
+    let trust = || TrustAnchor::load(&keys.join("ca.crt"), None).expect("CA");
+    let council = NodeIdentity::load(
+        "council",
+        &keys.join("council.key"),
+        &keys.join("council.crt"),
+        &trust(),
+        herald::clock::now_us(),
+    )
+    .expect("council key")
+    .signing_key
+    .verifying_key()
+    .to_bytes();
+    let options = AuditOptions {
+        trust: trust(),
+        channel_keys: Vec::new(),
+        progress: false,
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let herald_valid = |bytes: &[u8]| {
+        let path = tmp.path().join("case.hrld");
+        std::fs::write(&path, bytes).expect("write");
+        audit_export(&path, &options).expect("audit runs").valid
+    };
+
+    for name in ["valid.hrld", "torsion-event.hrld", "torsion-end.hrld"] {
+        let bytes = std::fs::read(vectors.join(name)).expect("vector");
+        assert_eq!(spec::check_export(&bytes, &council), Ok(()), "{name}");
+        assert!(herald_valid(&bytes), "{name}");
+    }
+
+    let valid = std::fs::read(vectors.join("valid.hrld")).expect("valid.hrld");
+    // Where each record (its length prefix) starts.
+    let mut starts = vec![8usize];
+    while let Some(&at) = starts.last() {
+        let len = u32::from_le_bytes(valid[at..at + 4].try_into().unwrap()) as usize;
+        if at + 4 + len >= valid.len() {
+            break;
+        }
+        starts.push(at + 4 + len);
+    }
+    let begin = starts[0]..starts[1];
+    let end = starts[starts.len() - 1]..valid.len();
+    let mut flips = 0;
+    for at in begin.chain(end) {
+        for mask in [0x01u8, 0x80, 0xff] {
+            let mut bytes = valid.clone();
+            bytes[at] ^= mask;
+            let ours = spec::check_export(&bytes, &council);
+            assert_eq!(
+                herald_valid(&bytes),
+                ours.is_ok(),
+                "byte {at} ^ {mask:#04x}: spec says {ours:?}"
+            );
+            assert!(ours.is_err(), "byte {at} ^ {mask:#04x} passed both");
+            flips += 1;
+        }
+    }
+    assert!(flips > 100);
+}
+
 /// Just enough 256-bit arithmetic for the torsion test: scalars mod
 /// l = 2^252 + 27742317777372353535851937790883648493 and the field prime
 /// p = 2^255 - 19, little-endian 64-bit limbs.
@@ -533,8 +693,9 @@ mod scalar {
     }
 }
 
-/// An independent reading of docs/FORMAT.md. Only `sha2`, `ed25519-dalek`
-/// and `chacha20poly1305`; nothing from herald.
+/// An independent reading of docs/FORMAT.md. Only `sha2`, `ed25519-dalek`,
+/// `curve25519-dalek` (for section 7's point arithmetic) and
+/// `chacha20poly1305`; nothing from herald.
 mod spec {
     use super::*;
 
@@ -1006,5 +1167,194 @@ mod spec {
     #[allow(dead_code)]
     pub fn verifying_key(seed: &[u8; 32]) -> VerifyingKey {
         SigningKey::from_bytes(seed).verifying_key()
+    }
+
+    // -- signatures (FORMAT.md section 7, "Verification rule") -------------
+
+    /// The one rule, step by step as the document states it. Point decoding
+    /// and arithmetic come from curve25519-dalek, as the document says.
+    pub fn verify_cofactored(key: &[u8; 32], message: &[u8], signature: &[u8; 64]) -> bool {
+        use curve25519_dalek::edwards::CompressedEdwardsY;
+        use curve25519_dalek::scalar::Scalar;
+        use curve25519_dalek::traits::IsIdentity;
+        use sha2::Sha512;
+        // 1. S < l.
+        let s_bytes: [u8; 32] = signature[32..].try_into().unwrap();
+        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s_bytes)) else {
+            return false;
+        };
+        // 2. R and A decode.
+        let r_bytes: [u8; 32] = signature[..32].try_into().unwrap();
+        let (Some(r), Some(a)) = (
+            CompressedEdwardsY(r_bytes).decompress(),
+            CompressedEdwardsY(*key).decompress(),
+        ) else {
+            return false;
+        };
+        // 3. A not of small order.
+        if a.is_small_order() {
+            return false;
+        }
+        // 4. [8]([S]B − R − [k]A) is the identity, k over the bytes received.
+        let hram: [u8; 64] = Sha512::new()
+            .chain_update(r_bytes)
+            .chain_update(key)
+            .chain_update(message)
+            .finalize()
+            .into();
+        let k = Scalar::from_bytes_mod_order_wide(&hram);
+        let b = curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
+        (s * b - r - k * a).mul_by_cofactor().is_identity()
+    }
+
+    // -- the export file (FORMAT.md section 10) ----------------------------
+
+    pub const EXPORT_END_TAG: &[u8] = b"herald/v1/export-end\0";
+    pub const MAGIC: &[u8; 8] = b"HERALDX1";
+    pub const RECORD_BYTES_MAX: usize = 2_195_808;
+    pub const EXPORT_FEEDS_MAX: u64 = 100_000;
+
+    pub enum Record {
+        Begin {
+            exporter: String,
+            created_us: u64,
+        },
+        Event(Vec<u8>),
+        Fork,
+        End {
+            /// `postcard(ExportEndBody)`: the bytes between the variant index
+            /// and the signature, as found (canonical, so as signed).
+            body: Vec<u8>,
+            exporter: String,
+            created_us: u64,
+            /// `(feed, events, head_seq, head_hash)`.
+            feeds: Vec<(String, u64, u64, [u8; 32])>,
+            forks: u64,
+            signature: [u8; 64],
+        },
+    }
+
+    /// One record body, parsed strictly (minimal varints, exact lengths, no
+    /// trailing bytes): the canonical-form rule.
+    pub fn parse_record(body: &[u8]) -> Result<Record, String> {
+        let mut r = Reader { buf: body, pos: 0 };
+        let record = match r.varint(32)? {
+            0 => Record::Begin {
+                exporter: r.string()?,
+                created_us: r.varint(64)?,
+            },
+            1 => Record::Event(r.bytes()?.to_vec()),
+            2 => {
+                r.bytes()?;
+                r.bytes()?;
+                Record::Fork
+            }
+            3 => {
+                let start = r.pos;
+                let exporter = r.string()?;
+                let created_us = r.varint(64)?;
+                let count = r.varint(64)?;
+                if count > EXPORT_FEEDS_MAX {
+                    return Err("too many feeds".into());
+                }
+                let mut feeds = Vec::new();
+                for _ in 0..count {
+                    feeds.push((r.string()?, r.varint(64)?, r.varint(64)?, r.array::<32>()?));
+                }
+                let forks = r.varint(64)?;
+                let body = body[start..r.pos].to_vec();
+                let signature: [u8; 64] = r
+                    .bytes()?
+                    .try_into()
+                    .map_err(|_| "signature is not 64 bytes".to_string())?;
+                Record::End {
+                    body,
+                    exporter,
+                    created_us,
+                    feeds,
+                    forks,
+                    signature,
+                }
+            }
+            v => return Err(format!("unknown record variant {v}")),
+        };
+        r.end()?;
+        Ok(record)
+    }
+
+    /// Section 10's file-level checks, read literally: magic, framing, every
+    /// record canonical, one `Begin` first, the `End` last with the
+    /// `Begin`'s exporter and time, the number of `Fork` records, a
+    /// signature under section 7's rule by `exporter_key`, and every feed's
+    /// head as listed (last event found per author; events are decoded and
+    /// hashed but their chain and signatures are section 9's business).
+    pub fn check_export(file: &[u8], exporter_key: &[u8; 32]) -> Result<(), String> {
+        if file.len() < 8 || &file[..8] != MAGIC {
+            return Err("magic".into());
+        }
+        let mut at = 8;
+        let mut records = Vec::new();
+        while at < file.len() {
+            let prefix: [u8; 4] = file
+                .get(at..at + 4)
+                .ok_or("truncated length")?
+                .try_into()
+                .unwrap();
+            let len = u32::from_le_bytes(prefix) as usize;
+            if len > RECORD_BYTES_MAX {
+                return Err("record too large".into());
+            }
+            let body = file.get(at + 4..at + 4 + len).ok_or("truncated record")?;
+            records.push(parse_record(body)?);
+            at += 4 + len;
+        }
+        let Some(Record::Begin {
+            exporter: begin_exporter,
+            created_us: begin_created_us,
+        }) = records.first()
+        else {
+            return Err("no begin record first".into());
+        };
+        let Some(Record::End {
+            body,
+            exporter,
+            created_us,
+            feeds,
+            forks,
+            signature,
+        }) = records.last()
+        else {
+            return Err("no end record last".into());
+        };
+        if (exporter, created_us) != (begin_exporter, begin_created_us) {
+            return Err("begin and end records disagree".into());
+        }
+        let mut heads = std::collections::BTreeMap::new();
+        let mut fork_records = 0;
+        for record in &records[1..records.len() - 1] {
+            match record {
+                Record::Event(envelope) => {
+                    let (env, header) = decode(envelope)?;
+                    heads.insert(header.author, (header.seq, event_hash(&env.header)));
+                }
+                Record::Fork => fork_records += 1,
+                _ => return Err("a begin or end record in the middle".into()),
+            }
+        }
+        if *forks != fork_records {
+            return Err("fork count".into());
+        }
+        let listed: std::collections::BTreeMap<String, (u64, [u8; 32])> = feeds
+            .iter()
+            .map(|(f, _, seq, hash)| (f.clone(), (*seq, *hash)))
+            .collect();
+        if listed != heads {
+            return Err("heads".into());
+        }
+        let message = [EXPORT_END_TAG, body].concat();
+        if !verify_cofactored(exporter_key, &message, signature) {
+            return Err("end record signature".into());
+        }
+        Ok(())
     }
 }

@@ -145,6 +145,20 @@ const CASES: &[Case] = &[
         args: &["--channel-key", "tests/vectors/wrong-channel.key"],
         known_bug: None,
     },
+    Case {
+        name: "torsion-event",
+        file: "torsion-event.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    Case {
+        name: "torsion-end",
+        file: "torsion-end.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
 ];
 
 fn root() -> &'static Path {
@@ -765,6 +779,10 @@ fn regenerate_vectors() {
     r.pop();
     write("truncated-no-end.hrld", join_records(&r));
 
+    // Signatures with a small-order component, on an event and on the end
+    // record (FORMAT.md section 7: one rule for both).
+    write_torsion_vectors(&dir);
+
     // Leftovers: export_store renames its temporary file; nothing else may
     // remain beside the fixtures.
     for entry in std::fs::read_dir(&dir).expect("vectors dir") {
@@ -779,4 +797,385 @@ fn regenerate_vectors() {
         let text = serde_json::to_string_pretty(&projected).expect("json") + "\n";
         std::fs::write(expected_path(case), text).expect("write expected");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Signatures with a small-order component (FORMAT.md section 7).
+// ---------------------------------------------------------------------------
+
+use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+use curve25519_dalek::scalar::Scalar;
+use ed25519_dalek::{Signature, SigningKey, Verifier};
+use herald::audit::verify::{AuditOptions, AuditReport, audit_export};
+use sha2::{Digest, Sha512};
+
+/// Domain tag of the deterministic nonce of [`torsion_sign`] (test only), so
+/// regenerating the torsion vectors from the same `valid.hrld` gives the
+/// same bytes.
+const TORSION_NONCE_TAG: &[u8] = b"herald/test/torsion-nonce\0";
+
+/// Signs `message` with `key` so that `R` carries a point of order 8: with
+/// `r` a nonce, `R' = [r]B + T`, `k = SHA-512(R' ‖ A ‖ M) mod l` and
+/// `S = r + k·a`. Then `[S]B − [k]A = [r]B ≠ R'`, so RFC 8032's cofactorless
+/// equation fails, while `[8]([S]B − R' − [k]A) = [8](−T)` is the identity,
+/// so herald's cofactored rule accepts. Only the key holder can do this.
+fn torsion_sign(key: &SigningKey, message: &[u8]) -> [u8; 64] {
+    let a = key.to_scalar();
+    let public = key.verifying_key();
+    let nonce: [u8; 64] = Sha512::new()
+        .chain_update(TORSION_NONCE_TAG)
+        .chain_update(key.to_bytes())
+        .chain_update(message)
+        .finalize()
+        .into();
+    let r = Scalar::from_bytes_mod_order_wide(&nonce);
+    let big_r = (r * ED25519_BASEPOINT_POINT + EIGHT_TORSION[1]).compress();
+    let hram: [u8; 64] = Sha512::new()
+        .chain_update(big_r.as_bytes())
+        .chain_update(public.as_bytes())
+        .chain_update(message)
+        .finalize()
+        .into();
+    let k = Scalar::from_bytes_mod_order_wide(&hram);
+    let s = r + k * a;
+    let mut signature = [0u8; 64];
+    signature[..32].copy_from_slice(big_r.as_bytes());
+    signature[32..].copy_from_slice(s.as_bytes());
+    signature
+}
+
+/// A test-only node key kept under `tests/vectors/keys/`.
+fn vector_key(dir: &Path, name: &str) -> SigningKey {
+    let keys = dir.join("keys");
+    let trust = TrustAnchor::load(&keys.join("ca.crt"), None).expect("vector CA");
+    NodeIdentity::load(
+        name,
+        &keys.join(format!("{name}.key")),
+        &keys.join(format!("{name}.crt")),
+        &trust,
+        herald::clock::now_us(),
+    )
+    .expect("vector node key")
+    .signing_key
+}
+
+/// Frames any export record.
+fn frame_record(record: &ExportRecord) -> Framed {
+    let body = postcard::to_stdvec(record).expect("encode record");
+    let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    Framed {
+        bytes,
+        event: None,
+        is_end: matches!(record, ExportRecord::End(_)),
+    }
+}
+
+/// Writes `torsion-event.hrld` (fundraising seq 5 re-signed with a
+/// small-order component in `R`: same header, same hash, so the chain and
+/// the end record are unchanged) and `torsion-end.hrld` (the end record
+/// re-signed by council the same way), both from `valid.hrld`.
+fn write_torsion_vectors(dir: &Path) {
+    let valid = std::fs::read(dir.join("valid.hrld")).expect("read valid.hrld");
+    let records = split_records(&valid);
+
+    let mut r = records.clone();
+    let i = index_of(&r, "fundraising", 5);
+    let ExportRecord::Event(envelope) = export::decode_record(r[i].body()).expect("record") else {
+        panic!("fundraising 5 is an event record");
+    };
+    let event = DecodedEvent::decode(envelope).expect("event");
+    let message = herald::core::codec::signing_message(event.hash());
+    let signature = torsion_sign(&vector_key(dir, "fundraising"), &message);
+    let (_, sig_at) = event_offsets(&r[i]);
+    r[i].bytes[sig_at..sig_at + 64].copy_from_slice(&signature);
+    std::fs::write(dir.join("torsion-event.hrld"), join_records(&r)).expect("write");
+
+    let mut r = records;
+    let end = r.pop().expect("end record");
+    let ExportRecord::End(mut end) = export::decode_record(end.body()).expect("record") else {
+        panic!("the last record is the end record");
+    };
+    end.signature = torsion_sign(&vector_key(dir, "council"), &end.body.signing_message());
+    r.push(frame_record(&ExportRecord::End(end)));
+    std::fs::write(dir.join("torsion-end.hrld"), join_records(&r)).expect("write");
+}
+
+/// Rewrites only the two torsion vectors and their expected reports (from
+/// the current `valid.hrld` and keys); the rest of `tests/vectors/` stays.
+#[test]
+#[ignore = "rewrites the torsion vectors; run explicitly and review the expected reports"]
+fn regenerate_torsion_vectors() {
+    write_torsion_vectors(&vectors_dir());
+    for case in CASES.iter().filter(|c| c.name.starts_with("torsion-")) {
+        let projected = auditor_expectation(case, run_case(case));
+        let text = serde_json::to_string_pretty(&projected).expect("json") + "\n";
+        std::fs::write(expected_path(case), text).expect("write expected");
+    }
+}
+
+fn audit_options() -> AuditOptions {
+    AuditOptions {
+        trust: TrustAnchor::load(&vectors_dir().join("keys/ca.crt"), None).expect("CA"),
+        channel_keys: Vec::new(),
+        progress: false,
+    }
+}
+
+/// Audits export bytes (written to a temporary file).
+fn audit_bytes(bytes: &[u8]) -> AuditReport {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("case.hrld");
+    std::fs::write(&path, bytes).expect("write case");
+    audit_export(&path, &audit_options()).expect("the audit runs")
+}
+
+/// `(feed, seq, check)` of every problem.
+fn problems(report: &AuditReport) -> Vec<(Option<String>, Option<u64>, &'static str)> {
+    report
+        .problems
+        .iter()
+        .map(|p| (p.feed.clone(), p.seq, p.check))
+        .collect()
+}
+
+/// FORMAT.md section 7: one verification rule for every signature herald
+/// checks. A signature whose `R` carries a point of order 8 fails RFC
+/// 8032's cofactorless equation and passes the cofactored one; herald must
+/// judge it the same way on an event (batch-verified with its feed) and on
+/// an export's end record (checked alone). It used to accept the event and
+/// refuse the end record.
+#[test]
+fn a_small_order_component_gets_one_verdict_on_events_and_end_records() {
+    let dir = vectors_dir();
+    let fundraising = vector_key(&dir, "fundraising").verifying_key();
+    let council = vector_key(&dir, "council").verifying_key();
+
+    // The event vector: fundraising seq 5 carries a torsion signature.
+    let bytes = std::fs::read(dir.join("torsion-event.hrld")).expect("torsion-event.hrld");
+    let records = split_records(&bytes);
+    let ExportRecord::Event(envelope) =
+        export::decode_record(records[index_of(&records, "fundraising", 5)].body())
+            .expect("record")
+    else {
+        panic!("an event record");
+    };
+    let event = DecodedEvent::decode(envelope).expect("event");
+    let signature = Signature::from_bytes(event.signature_bytes());
+    let message = herald::core::codec::signing_message(event.hash());
+    assert!(
+        fundraising.verify(&message, &signature).is_err(),
+        "the vector's event signature must carry a small-order component"
+    );
+    assert!(herald::core::signature::verify_single(
+        &fundraising,
+        &message,
+        &signature
+    ));
+    let report = audit_bytes(&bytes);
+    assert_eq!(problems(&report), vec![], "torsion-event");
+    assert!(report.valid);
+
+    // The end-record vector: council's end signature carries one.
+    let bytes = std::fs::read(dir.join("torsion-end.hrld")).expect("torsion-end.hrld");
+    let records = split_records(&bytes);
+    let ExportRecord::End(end) =
+        export::decode_record(records.last().expect("records").body()).expect("record")
+    else {
+        panic!("an end record last");
+    };
+    let signature = Signature::from_bytes(&end.signature);
+    let message = end.body.signing_message();
+    assert!(
+        council.verify(&message, &signature).is_err(),
+        "the vector's end signature must carry a small-order component"
+    );
+    assert!(herald::core::signature::verify_single(
+        &council, &message, &signature
+    ));
+    let report = audit_bytes(&bytes);
+    assert_eq!(problems(&report), vec![], "torsion-end");
+    assert!(report.valid);
+}
+
+/// FORMAT.md section 10: the begin record's `exporter` and `created_us` must
+/// equal the end record's (else `truncated`), and every record must be in
+/// its one canonical encoding with no trailing bytes (else `decode`). So no
+/// single flipped byte of the begin record, length prefix included, passes:
+/// each one is reported, and only as `decode` or `truncated`.
+#[test]
+fn every_flipped_begin_byte_is_refused_as_decode_or_truncated() {
+    let valid = std::fs::read(vectors_dir().join("valid.hrld")).expect("valid.hrld");
+    let begin_len = 4 + split_records(&valid)[0].body().len();
+    let mut seen = std::collections::BTreeSet::new();
+    for at in 8..8 + begin_len {
+        for mask in [0x01u8, 0x04, 0x20, 0x80, 0xff] {
+            let mut bytes = valid.clone();
+            bytes[at] ^= mask;
+            let report = audit_bytes(&bytes);
+            let checks: std::collections::BTreeSet<&str> =
+                report.problems.iter().map(|p| p.check).collect();
+            assert!(
+                !report.valid && !checks.is_empty(),
+                "byte {at} ^ {mask:#04x} of the begin record passed"
+            );
+            assert!(
+                checks.iter().all(|c| ["decode", "truncated"].contains(c)),
+                "byte {at} ^ {mask:#04x}: {checks:?}"
+            );
+            seen.extend(checks);
+        }
+    }
+    // Both rules were exercised: a changed exporter name or time that still
+    // decodes (`truncated`), and a body that does not (`decode`).
+    assert_eq!(seen, ["decode", "truncated"].into_iter().collect());
+}
+
+/// Re-encodes the varint that starts at `at` in `body` with one redundant
+/// `0x80` group (same value, not minimal), fixing the record's length.
+fn pad_varint(record: &Framed, at: usize) -> Framed {
+    let mut body = record.body().to_vec();
+    let mut end = at;
+    while body[end] & 0x80 != 0 {
+        end += 1;
+    }
+    body[end] |= 0x80;
+    body.insert(end + 1, 0x00);
+    let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
+    bytes.extend_from_slice(&body);
+    Framed {
+        bytes,
+        event: record.event.clone(),
+        is_end: record.is_end,
+    }
+}
+
+/// FORMAT.md section 10: an export record has one encoding. A record whose
+/// content is right but whose framing is not minimal (here, a padded varint
+/// length of an event record's envelope, and a padded `created_us` in the
+/// end record's signed body, whose signature is over the canonical body and
+/// so still verifies) is refused as `decode` at that record.
+#[test]
+fn non_canonical_records_are_refused_as_decode() {
+    let valid = std::fs::read(vectors_dir().join("valid.hrld")).expect("valid.hrld");
+    let records = split_records(&valid);
+
+    // Event record: variant index (1 byte), then the envelope's length.
+    let mut r = records.clone();
+    let i = index_of(&r, "council", 2);
+    r[i] = pad_varint(&r[i], 1);
+    assert!(export::decode_record(r[i].body()).is_err());
+    let report = audit_bytes(&join_records(&r));
+    // The refused record hides its event from its feed, so the next event
+    // of that feed is reported once, as `sequence` (FORMAT.md section 12).
+    assert_eq!(
+        problems(&report),
+        vec![
+            (None, None, "decode"),
+            (Some("council".into()), Some(3), "sequence")
+        ]
+    );
+    assert_eq!(report.problems[0].location, format!("record {}", i + 1));
+
+    // End record: variant 3, exporter (len + bytes), then created_us.
+    let mut r = records;
+    let last = r.len() - 1;
+    let exporter_len = r[last].body()[1] as usize;
+    r[last] = pad_varint(&r[last], 2 + exporter_len);
+    let report = audit_bytes(&join_records(&r));
+    let checks: Vec<&str> = report.problems.iter().map(|p| p.check).collect();
+    assert!(checks.contains(&"decode"), "{checks:?}");
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.check == "decode" && p.location == format!("record {}", last + 1)),
+        "{:?}",
+        report.problems
+    );
+}
+
+/// FORMAT.md section 12: a genesis refused for any reason leaves the feed
+/// without a verifier; its later events are counted but neither checked nor
+/// reported again, so the damage is one problem.
+#[test]
+fn a_refused_genesis_is_one_problem_and_silences_its_feed() {
+    let valid = std::fs::read(vectors_dir().join("valid.hrld")).expect("valid.hrld");
+    let mut r = split_records(&valid);
+    let i = index_of(&r, "fundraising", 0);
+    let (_, sig_at) = event_offsets(&r[i]);
+    r[i].bytes[sig_at + 3] ^= 0x01;
+    let report = audit_bytes(&join_records(&r));
+    assert_eq!(
+        problems(&report),
+        vec![(Some("fundraising".into()), Some(0), "signature")]
+    );
+    let feed = report
+        .feeds
+        .iter()
+        .find(|f| f.service == "fundraising")
+        .expect("fundraising reported");
+    assert_eq!((feed.events, feed.verified, feed.status), (6, 0, "invalid"));
+}
+
+/// FORMAT.md section 12: an event with an invalid signature stands in the
+/// expected slot whatever `seq` it claims (its `seq` is as unauthentic as the
+/// rest of it). Here the seq byte of fundraising seq 3 is changed to 7: the
+/// authentic seq 4 that follows is accepted without a `prev` check (it can
+/// only be compared with bytes that were not authentic), so the damage is
+/// one problem, not a `sequence` cascade.
+#[test]
+fn an_unauthentic_event_stands_in_the_expected_slot_whatever_its_seq() {
+    let valid = std::fs::read(vectors_dir().join("valid.hrld")).expect("valid.hrld");
+    let mut r = split_records(&valid);
+    let i = index_of(&r, "fundraising", 3);
+    let (header_at, _) = event_offsets(&r[i]);
+    // version (1) + id (16) + author length (1) + "fundraising" (11).
+    let seq_at = header_at + 1 + 16 + 1 + "fundraising".len();
+    assert_eq!(r[i].bytes[seq_at], 3);
+    r[i].bytes[seq_at] = 7;
+    let report = audit_bytes(&join_records(&r));
+    assert_eq!(
+        problems(&report),
+        vec![(Some("fundraising".into()), Some(7), "signature")]
+    );
+    let feed = report
+        .feeds
+        .iter()
+        .find(|f| f.service == "fundraising")
+        .expect("fundraising reported");
+    assert_eq!((feed.verified, feed.head_seq), (5, Some(5)));
+}
+
+/// keys/README.md: a revocation entry's `name` is required (it labels the
+/// entry; matching uses `serial` and `public_key`). A list with an entry
+/// that lacks it is refused as a whole: `herald verify --revoked` cannot run
+/// (exit 2) and names the missing field.
+#[test]
+fn a_revocation_entry_without_a_name_is_refused() {
+    let text = std::fs::read_to_string(vectors_dir().join("revoked.toml")).expect("revoked.toml");
+    let nameless: String = text
+        .lines()
+        .filter(|l| !l.starts_with("name ="))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(nameless, text, "the vector's entry has a name to remove");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("revoked.toml");
+    std::fs::write(&path, nameless).expect("write list");
+    let output = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .current_dir(root())
+        .args([
+            "verify",
+            "tests/vectors/valid.hrld",
+            "--ca",
+            CA,
+            "--revoked",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run herald verify");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`name`"), "{stderr}");
 }

@@ -9,7 +9,7 @@
 //! ```text
 //! body      = postcard(QueryResultBody)              (canonical: one encoding)
 //! message   = QUERY_RESULT_TAG ‖ SHA-256(body)       (23 + 32 bytes)
-//! signature = Ed25519(responder key, message)        (verified strictly)
+//! signature = Ed25519(responder key, message)        (verified by herald's cofactored rule)
 //! ```
 //!
 //! The domain tag keeps a query signature from ever being taken for an event
@@ -336,12 +336,18 @@ pub fn verify_result(
         });
     }
     // Signature before decoding: unsigned bytes are never parsed further.
+    // herald's one signature rule (cofactored, `core::signature`), as for
+    // events and export end records: one verdict per signature everywhere.
     let signature = Signature::from_bytes(&signed.signature);
-    responder_key
-        .verify_strict(&result_signing_message(&signed.body), &signature)
-        .map_err(|_| QueryError::BadSignature {
+    if !super::signature::verify_single(
+        responder_key,
+        &result_signing_message(&signed.body),
+        &signature,
+    ) {
+        return Err(QueryError::BadSignature {
             responder: request.target.clone(),
-        })?;
+        });
+    }
     let body: QueryResultBody =
         decode_canonical("query result body", &signed.body, QUERY_RESULT_BYTES_MAX)?;
     check_result_fields(&body)?;

@@ -6,13 +6,14 @@
 //!
 //! ```toml
 //! [[revoked]]
-//! name = "b"                      # service name, informational
+//! name = "b"                      # service name: required, labels the entry
 //! serial = "5f3a...e1"            # certificate serial, hex (':' separators allowed)
 //! public_key = "9c1d...07"        # Ed25519 public key, 64 hex characters
 //! revoked_at_us = 1767225600000000 # when it was revoked, microseconds since the Unix epoch (UTC)
 //! ```
 //!
-//! `name` is required (it documents the entry). At least one of `serial` and
+//! `name` is required (it labels the entry in error messages) but is never
+//! matched against a certificate. At least one of `serial` and
 //! `public_key` is required; a certificate is revoked when **either** its
 //! serial or its public key matches an entry (matching the key also cuts off
 //! any other certificate issued for the same key). Hex is case-insensitive.
@@ -175,7 +176,7 @@ pub const FILE_HEADER: &str = "\
 # `herald keygen revoke --dir DIR --name NAME`, or by hand:
 #
 # [[revoked]]
-# name = \"b\"                       # service name (informational)
+# name = \"b\"                       # service name (required; labels the entry)
 # serial = \"...\"                   # certificate serial, hex
 # public_key = \"...\"               # Ed25519 public key, 64 hex characters
 # revoked_at_us = 1767225600000000 # microseconds since the Unix epoch (UTC)
