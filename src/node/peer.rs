@@ -14,7 +14,9 @@ use crate::core::crypto::Hash;
 use crate::core::query::QueryRequest;
 use crate::core::replication::{Received, Session, check_positions};
 use crate::core::verify::{Check, Rejection};
-use crate::core::wire::{FRAME_EVENTS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, close};
+use crate::core::wire::{
+    FRAME_EVENTS_MAX, FRAME_FEEDS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, close,
+};
 use crate::net::{self, NetError};
 use crate::store::{EvidenceOutcome, FeedHead, IngestPolicy};
 
@@ -445,7 +447,14 @@ async fn outbound(
         }
         if !acks.is_empty() && session.established() {
             reported.extend(acks.iter().cloned());
-            if let Err(e) = session.on_message(clock::now_us(), Session::ack(acks)) {
+            // Merged from several messages (each checked on arrival), so
+            // possibly more positions than one message may carry.
+            let applied = acks.chunks(FRAME_FEEDS_MAX).try_for_each(|chunk| {
+                session
+                    .on_message(clock::now_us(), Session::ack(chunk.to_vec()))
+                    .map(drop)
+            });
+            if let Err(e) = applied {
                 break Err(PeerError::Protocol(e.to_string()));
             }
         }
