@@ -572,6 +572,8 @@ async fn compare_histories(
             .insert(position.feed.clone(), (position.seq, position.hash));
         if position.seq == head {
             to_compare.push((position.clone(), Some(head_hash)));
+        } else if let Some(hash) = recent_own_hash(inner, &position.feed, position.seq) {
+            to_compare.push((position.clone(), Some(hash)));
         } else {
             to_read.push(position.clone());
         }
@@ -611,6 +613,18 @@ async fn compare_histories(
         }
     }
     Ok(())
+}
+
+/// The hash of this node's own event `seq`, if it is recent enough to be
+/// held in memory (the common case: peers acknowledge what was just sent),
+/// so comparing it costs no store read.
+fn recent_own_hash(inner: &Arc<Inner>, feed: &str, seq: u64) -> Option<Hash> {
+    if feed != inner.service {
+        return None;
+    }
+    let envelope = inner.log.recent_envelopes(feed, seq, seq)?.pop()?;
+    let (envelope, _) = crate::core::codec::decode_envelope(&envelope).ok()?;
+    Some(crate::core::codec::event_hash(&envelope.header))
 }
 
 /// Sends the peer the evidence of every feed that forked and was not yet
