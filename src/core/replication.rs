@@ -558,6 +558,74 @@ mod tests {
     }
 
     #[test]
+    fn a_held_back_feed_is_sent_only_below_where_the_peer_parts_from_it() {
+        let mut s = Session::new("b", 0);
+        s.on_message(0, Session::hello("b", &[pos("a", 1)]))
+            .unwrap();
+        s.hold_back("a", 5);
+        s.hold_back("a", 7);
+        assert_eq!(s.held_back("a"), Some(5), "the earliest point wins");
+        let local = heads(&[("a", 9), ("c", 0)]);
+        assert_eq!(
+            s.poll_send(&local),
+            vec![
+                SendRange {
+                    feed: "a".into(),
+                    from: 2,
+                    to: 4
+                },
+                SendRange {
+                    feed: "c".into(),
+                    from: 0,
+                    to: 0
+                },
+            ]
+        );
+        s.on_message(1, Session::ack(vec![pos("a", 4), pos("c", 0)]))
+            .unwrap();
+        assert_eq!(s.backlog(&local), 0, "nothing sendable is missing");
+        assert!(s.poll_send(&local).is_empty());
+        s.hold_back("c", 0);
+        assert!(s.poll_send(&heads(&[("c", 3)])).is_empty());
+    }
+
+    #[test]
+    fn positions_must_name_services_within_the_limits() {
+        let mut s = Session::new("b", 0);
+        assert!(matches!(
+            s.on_message(0, Session::hello("b", &[pos("Not A Name", 1)])),
+            Err(ProtocolError::BadFeedName(_))
+        ));
+        s.on_message(0, Session::hello("b", &[])).unwrap();
+        assert!(matches!(
+            s.on_message(1, Session::ack(vec![pos("a", SEQ_MAX + 1)])),
+            Err(ProtocolError::BadFeedName(_))
+        ));
+        let many: Vec<FeedPosition> = (0..=FRAME_FEEDS_MAX)
+            .map(|i| pos(&format!("f{i}"), 0))
+            .collect();
+        assert_eq!(
+            s.on_message(1, Session::ack(many)),
+            Err(ProtocolError::TooManyFeeds {
+                found: FRAME_FEEDS_MAX + 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_session_tracks_a_bounded_number_of_feeds() {
+        let mut s = Session::new("b", 0);
+        s.on_message(0, Session::hello("b", &[])).unwrap();
+        for round in 0..(SESSION_FEEDS_MAX / FRAME_FEEDS_MAX + 1) {
+            let acks = (0..FRAME_FEEDS_MAX)
+                .map(|i| pos(&format!("r{round}-{i}"), 0))
+                .collect();
+            s.on_message(1, Session::ack(acks)).unwrap();
+        }
+        assert_eq!(s.acknowledged().len(), SESSION_FEEDS_MAX);
+    }
+
+    #[test]
     fn protocol_violations_are_named() {
         let mut s = Session::new("b", 0);
         assert_eq!(
