@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 /// Errors reading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {source}", .path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
+    #[error("config file {}: {message}", .path.display())]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: {message}")]
+    #[error("config file {}: {message}", .path.display())]
     Invalid { path: PathBuf, message: String },
 }
 
@@ -108,12 +108,29 @@ impl NodeConfig {
         })?;
         let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: describe_toml_error(&text, &e),
         })?;
         if config.service.is_empty() {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 message: "`service` is empty".into(),
+            });
+        }
+        // Every `publish` without `--channel` uses the default channel: a name
+        // with no key would start a node on which every such publish fails.
+        if !config.channels.contains_key(&config.default_channel) {
+            let known: Vec<&str> = config.channels.keys().map(String::as_str).collect();
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "default_channel {:?} is not in [channels] (channels: {})",
+                    config.default_channel,
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
             });
         }
         for handler in &config.query_handlers {
@@ -214,6 +231,34 @@ impl NodeConfig {
             }
         }
     }
+}
+
+/// Longest excerpt of the offending line quoted in a TOML error.
+pub const TOML_ERROR_EXCERPT_CHARS_MAX: usize = 80;
+
+/// One line naming where a TOML document is wrong and why:
+/// `line 8, column 10 (`listen = "nope"`): invalid socket address syntax`.
+/// The toml crate's own rendering spans several lines (a source excerpt with
+/// a caret), which breaks the one-line error contract of the command line.
+pub fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return format!("line {line_no}, column {column}: {message}");
+    }
+    let mut excerpt: String = line.chars().take(TOML_ERROR_EXCERPT_CHARS_MAX).collect();
+    if line.chars().count() > TOML_ERROR_EXCERPT_CHARS_MAX {
+        excerpt.push_str("...");
+    }
+    format!("line {line_no}, column {column} (`{excerpt}`): {message}")
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! not running, from its store.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -28,7 +28,7 @@ pub fn run(args: StatusArgs) -> Result<u8, CliError> {
     let status = if crate::store::is_locked(&config.data_dir) {
         running_status(&config)?
     } else {
-        offline_status(&config)?
+        offline_status(&args.config, &config)?
     };
     if args.json {
         println!("{}", serde_json::to_string(&status)?);
@@ -45,7 +45,7 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
     runtime.block_on(async {
         let client = NodeClient::connect(config).await?;
         let mut json = None;
-        client
+        let answer = client
             .request(&ClientRequest::Status, |r| match r {
                 ClientResponse::Status(s) => {
                     json = Some(s);
@@ -54,8 +54,10 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
                 ClientResponse::Error(e) => Err(e),
                 _ => Err("unexpected answer to a status request".into()),
             })
-            .await?;
-        client.close();
+            .await;
+        // Close on every path, so the node frees this tool's slot at once.
+        client.finish().await;
+        answer?;
         let json = json.ok_or("the node sent no status")?;
         Ok(serde_json::from_str(&json)?)
     })
@@ -63,24 +65,18 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
 
 /// The status a stopped node's store can tell: heads, and per peer the
 /// backlog against the last persisted acknowledgements.
-fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
-    if !config.data_dir.join(crate::store::DB_FILE).exists() {
-        // Never run: no store yet, nothing proclaimed, nothing to deliver.
-        return Ok(NodeStatus {
-            service: config.service.clone(),
-            running: false,
-            peers: config
-                .peers
-                .iter()
-                .map(|p| PeerState {
-                    name: p.name.clone(),
-                    address: p.address.to_string(),
-                    last_error: Some("node has never run (no store yet)".into()),
-                    ..PeerState::default()
-                })
-                .collect(),
-            feeds: Vec::new(),
-        });
+fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus, CliError> {
+    let db = config.data_dir.join(crate::store::DB_FILE);
+    if !db.exists() {
+        // Never run: there is nothing to report, and a script polling for
+        // a node to come up must not mistake this for a status (exit 2).
+        return Err(format!(
+            "node {} has never run (no store at {}); start it with `herald node --config {}`",
+            config.service,
+            db.display(),
+            config_path.display()
+        )
+        .into());
     }
     let conn = crate::store::open_read_only(&config.data_dir)?;
     let feeds = crate::store::read_heads_from(&conn)?;

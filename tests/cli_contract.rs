@@ -1,0 +1,466 @@
+//! The command line's contract with scripts (docs/CLI.md): one-line
+//! `herald: error:` messages naming the culprit, the documented exit codes,
+//! configs that cannot work refused at load, client slots that a script
+//! calling the CLI in a loop never runs out of, and a node that stops
+//! proclaiming for a `publish` client that went away.
+//!
+//! The real binary runs in temporary directories, against real nodes on
+//! 127.0.0.1 (QUIC, mutual TLS, SQLite). `HERALD_TEST_BIN` runs the same
+//! checks against another build (e.g. an older one, to see them fail).
+
+mod common;
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::net::Net;
+use herald::node::client::{CLIENT_PUBLISH_BATCH_EVENTS, CLIENT_PUBLISH_BATCHES_IN_FLIGHT};
+
+/// Longest any wait for a condition may take before the test fails.
+const WAIT: Duration = Duration::from_secs(30);
+/// How often conditions are polled.
+const POLL: Duration = Duration::from_millis(20);
+
+fn bin() -> PathBuf {
+    std::env::var_os("HERALD_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(common::herald_bin()))
+}
+
+fn herald<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herald")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit 2 and exactly one stderr line, `herald: error: ...`, containing
+/// every one of `needles`.
+#[track_caller]
+fn assert_usage_error(what: &str, o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{what}: exit code; stderr {err:?}"
+    );
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{what}: one error line, got {err:?}"
+    );
+    assert!(
+        err.starts_with("herald: error: "),
+        "{what}: documented prefix, got {err:?}"
+    );
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "{what}: {err:?} should name {needle:?}"
+        );
+    }
+}
+
+fn init(dir: &Path) -> PathBuf {
+    let cluster = dir.join("c");
+    let out = herald([
+        OsStr::new("init"),
+        OsStr::new("--dir"),
+        cluster.as_os_str(),
+        OsStr::new("--nodes"),
+        OsStr::new("a,b"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "init: {}", stderr(&out));
+    cluster
+}
+
+fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("timed out after {WAIT:?} waiting for {what}; last: {last}")
+            }
+            Err(_) => std::thread::sleep(POLL),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Usage errors, config errors, exit codes (no node running).
+
+#[test]
+fn usage_and_config_errors_are_one_line_naming_the_culprit_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = init(tmp.path());
+    let a = cluster.join("a.toml");
+    let a = a.to_str().unwrap();
+    let publish = |extra: &[&str]| {
+        let mut args = vec!["publish", "--config", a, "--type", "t", "--data", "{}"];
+        args.extend_from_slice(extra);
+        herald(args)
+    };
+
+    // --count: zero, not a number, negative (no node runs).
+    for (value, needle) in [("0", "at least 1"), ("abc", "whole number"), ("-1", "'-1'")] {
+        let out = publish(&["--count", value]);
+        assert_usage_error(&format!("--count {value}"), &out, &["--count", needle]);
+    }
+    // Nothing was written by any of them: the node never ran.
+    assert!(
+        !cluster.join("data/a").exists(),
+        "a usage error wrote a store"
+    );
+
+    // Unknown flags, with clap's suggestion folded into the line.
+    assert_usage_error(
+        "unknown flag",
+        &herald(["status", "--config", a, "--bogus"]),
+        &["'--bogus'", "herald status --help"],
+    );
+    assert_usage_error(
+        "misspelt flag",
+        &herald(["status", "--config", a, "--jsn"]),
+        &["'--jsn'", "--json"],
+    );
+    // Negative values of other numeric flags name the flag too.
+    assert_usage_error(
+        "negative --days",
+        &herald(["keygen", "ca", "--dir", "x", "--days", "-5"]),
+        &["--days", "'-5'"],
+    );
+    // Missing arguments and a missing command.
+    assert_usage_error(
+        "missing required",
+        &herald(["publish", "--config", a]),
+        &["--type", "--data"],
+    );
+    assert_usage_error("no command", &herald::<_, &str>([]), &["herald <COMMAND>"]);
+    assert_usage_error("no subcommand", &herald(["keygen"]), &["herald keygen"]);
+
+    // Non-UTF-8 values: the flag and the bytes, escaped.
+    let bad = OsStr::from_bytes(b"d\xffnation");
+    let out = herald([
+        OsStr::new("publish"),
+        OsStr::new("--config"),
+        OsStr::new(a),
+        OsStr::new("--type"),
+        bad,
+        OsStr::new("--data"),
+        OsStr::new("{}"),
+    ]);
+    assert_usage_error("non-UTF-8 --type", &out, &["--type", "UTF-8", "\\xFF"]);
+    let out = herald([
+        OsStr::new("publish"),
+        OsStr::new("--config"),
+        OsStr::new(a),
+        OsStr::new("--data"),
+        OsStr::new("{}"),
+        OsStr::from_bytes(b"--type=\xfe"),
+    ]);
+    assert_usage_error("non-UTF-8 --type=", &out, &["--type", "UTF-8", "\\xFE"]);
+
+    // TOML errors: file, line and the offending key, on one line.
+    let text = std::fs::read_to_string(cluster.join("a.toml")).unwrap();
+    let broken = cluster.join("broken.toml");
+    std::fs::write(&broken, format!("{text}\nbogus = \n")).unwrap();
+    let line = text.lines().count() + 2;
+    assert_usage_error(
+        "TOML syntax",
+        &herald([
+            OsStr::new("status"),
+            OsStr::new("--config"),
+            broken.as_os_str(),
+        ]),
+        &["broken.toml", &format!("line {line}"), "bogus"],
+    );
+    std::fs::write(&broken, text.replace("listen = ", "listen_at = ")).unwrap();
+    assert_usage_error(
+        "TOML unknown key",
+        &herald([
+            OsStr::new("status"),
+            OsStr::new("--config"),
+            broken.as_os_str(),
+        ]),
+        &["broken.toml", "line ", "listen_at"],
+    );
+
+    // A default channel without a key is refused at load, by every command,
+    // and the node does not start.
+    let nokey = cluster.join("nokey.toml");
+    std::fs::write(
+        &nokey,
+        text.replace(
+            "default_channel = \"default\"",
+            "default_channel = \"news\"",
+        ),
+    )
+    .unwrap();
+    for command in ["node", "status"] {
+        let out = herald([
+            OsStr::new(command),
+            OsStr::new("--config"),
+            nokey.as_os_str(),
+        ]);
+        assert_usage_error(
+            &format!("{command} with unknown default_channel"),
+            &out,
+            &["nokey.toml", "default_channel", "\"news\""],
+        );
+    }
+
+    // `status` of a node that never ran: exit 2, as documented.
+    assert_usage_error(
+        "status of a node that never ran",
+        &herald(["status", "--config", a]),
+        &["never run", "herald node --config"],
+    );
+    assert_usage_error(
+        "status --json of a node that never ran",
+        &herald(["status", "--json", "--config", a]),
+        &["never run"],
+    );
+
+    // Help and version are not errors.
+    for args in [["publish", "--help"], ["--version", ""]] {
+        let args: Vec<&str> = args.into_iter().filter(|a| !a.is_empty()).collect();
+        let out = herald(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(!out.stdout.is_empty(), "{args:?} prints to stdout");
+    }
+}
+
+#[test]
+fn certificate_times_in_errors_are_rfc3339() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = init(tmp.path());
+    let day = 86_400_000_000u64;
+    let now = herald::clock::now_us();
+    herald::identity::issue_node_with_validity(
+        &cluster.join("keys"),
+        "a",
+        now - 3 * day,
+        now - day,
+        true,
+    )
+    .unwrap();
+    let out = herald([
+        OsStr::new("node"),
+        OsStr::new("--config"),
+        cluster.join("a.toml").as_os_str(),
+    ]);
+    assert_usage_error("expired certificate", &out, &["expired", "a.crt"]);
+    let err = stderr(&out);
+    // An RFC 3339 UTC time (`2026-12-01T13:03:05Z`), no raw microseconds.
+    let year = err
+        .find("expired at ")
+        .map(|i| &err[i + 11..])
+        .unwrap_or("");
+    assert!(
+        year.len() > 20 && year.as_bytes()[4] == b'-' && year.as_bytes()[10] == b'T',
+        "RFC 3339 time after `expired at`: {err:?}"
+    );
+    assert!(!err.contains(" us"), "raw microseconds in {err:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Against a running node.
+
+/// `herald node` as a child process; killed on drop if still running.
+struct NodeProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    fn start(net: &Net, name: &str) -> NodeProc {
+        let log = net.path().join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("node log");
+        let child = Command::new(bin())
+            .arg("node")
+            .arg("--config")
+            .arg(net.config_path(name))
+            .env("HERALD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn herald node");
+        let node = NodeProc { child, log };
+        // Running once its client endpoint answers `status`.
+        let config = net.config_path(name);
+        wait_for("the node to answer status", || {
+            let out = herald(
+                [
+                    OsStr::new("status"),
+                    OsStr::new("--json"),
+                    OsStr::new("--config"),
+                ]
+                .into_iter()
+                .chain([config.as_os_str()]),
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && text.contains("\"running\":true") {
+                Ok(())
+            } else {
+                Err(format!("{}{}", text, stderr(&out)))
+            }
+        });
+        node
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The node's own feed head, read from its store (read-only, as a tool).
+fn own_head(net: &Net, node: &str) -> u64 {
+    let conn = herald::store::open_read_only(&net.data_dir(node)).expect("open store");
+    herald::store::read_heads_from(&conn)
+        .expect("heads")
+        .into_iter()
+        .find(|h| h.feed == node)
+        .map_or(0, |h| h.seq)
+}
+
+#[test]
+fn a_script_calling_the_cli_in_a_loop_never_runs_out_of_client_slots() {
+    let net = Net::mesh(&["a"]);
+    let node = NodeProc::start(&net, "a");
+    let config = net.config_path("a");
+    let mut published = 0u64;
+    // More back-to-back calls than the node has client slots (64), several
+    // per idle timeout: each must give its slot back when it exits.
+    for i in 0..100 {
+        let out = herald(
+            [
+                OsStr::new("status"),
+                OsStr::new("--json"),
+                OsStr::new("--config"),
+            ]
+            .into_iter()
+            .chain([config.as_os_str()]),
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "status call {i}: {}\nnode log:\n{}",
+            stderr(&out),
+            node.log()
+        );
+        if i % 20 == 0 {
+            let out = herald(
+                [
+                    "publish", "--json", "--type", "tick", "--data", "{}", "--count", "3",
+                    "--config",
+                ]
+                .into_iter()
+                .map(OsStr::new)
+                .chain([config.as_os_str()]),
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "publish in call {i}: {}",
+                stderr(&out)
+            );
+            published += 3;
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).lines().count(),
+                3,
+                "three receipts"
+            );
+        }
+    }
+    assert_eq!(own_head(&net, "a"), published, "genesis + every tick");
+    assert!(
+        !node.log().contains("too many clients"),
+        "no client was refused:\n{}",
+        node.log()
+    );
+}
+
+#[test]
+fn the_node_stops_proclaiming_for_a_publish_client_that_was_killed() {
+    let net = Net::mesh(&["a"]);
+    let node = NodeProc::start(&net, "a");
+    let mut client = Command::new(bin())
+        .args([
+            "publish", "--json", "--type", "load", "--data", "{}", "--count", "1000000", "--config",
+        ])
+        .arg(net.config_path("a"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn publish");
+    // Read receipts until a few batches arrived, then kill the client
+    // without letting it close anything.
+    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
+    let mut last_seq = 0;
+    for _ in 0..(3 * CLIENT_PUBLISH_BATCH_EVENTS) {
+        let line = lines.next().expect("a receipt").expect("utf-8");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("receipt JSON");
+        last_seq = v["seq"].as_u64().expect("seq");
+    }
+    client.kill().expect("SIGKILL the client");
+    client.wait().expect("reap the client");
+    drop(lines);
+
+    // What the node may still proclaim: receipts the killed client had not
+    // read (its stream window, about four batches; the rest of the batch it
+    // was reading) and the batches in flight. Far less than the count.
+    let bound =
+        last_seq + ((CLIENT_PUBLISH_BATCHES_IN_FLIGHT + 6) * CLIENT_PUBLISH_BATCH_EVENTS) as u64;
+    let stopped = "stopped proclaiming for it";
+    wait_for("the node to notice the client went away", || {
+        let head = own_head(&net, "a");
+        assert!(
+            head <= bound,
+            "the node proclaimed up to {head} for a client killed after receipt {last_seq} \
+             (bound {bound})\n{}",
+            node.log()
+        );
+        if node.log().contains(stopped) {
+            Ok(())
+        } else {
+            Err(format!("head {head}"))
+        }
+    });
+    // Once it said so, it proclaims nothing more for that client.
+    let head = own_head(&net, "a");
+    assert!(head <= bound, "head {head} over {bound}");
+    let out = herald(
+        [
+            OsStr::new("status"),
+            OsStr::new("--json"),
+            OsStr::new("--config"),
+        ]
+        .into_iter()
+        .chain([net.config_path("a").as_os_str()]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(own_head(&net, "a"), head, "the head moved after the stop");
+}
