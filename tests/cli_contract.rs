@@ -11,19 +11,24 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::net::Net;
-use herald::node::client::{CLIENT_PUBLISH_BATCH_EVENTS, CLIENT_PUBLISH_BATCHES_IN_FLIGHT};
+use herald::node::client::{
+    CLIENT_PUBLISH_BATCH_EVENTS, CLIENT_PUBLISH_BATCHES_IN_FLIGHT,
+    CLIENT_STREAM_RECEIVE_WINDOW_BYTES,
+};
 
 /// Longest any wait for a condition may take before the test fails.
 const WAIT: Duration = Duration::from_secs(30);
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(20);
+/// Fewest bytes a receipt takes in a `Receipts` frame (postcard: a 16-byte
+/// id, a varint seq of at least one byte, a 32-byte hash).
+const RECEIPT_WIRE_BYTES_MIN: usize = 16 + 1 + 32;
 
 fn bin() -> PathBuf {
     std::env::var_os("HERALD_TEST_BIN")
@@ -406,34 +411,45 @@ fn a_script_calling_the_cli_in_a_loop_never_runs_out_of_client_slots() {
 fn the_node_stops_proclaiming_for_a_publish_client_that_was_killed() {
     let net = Net::mesh(&["a"]);
     let node = NodeProc::start(&net, "a");
+    // Receipts go to a file: after the kill it holds exactly what the
+    // client printed (a pipe would hold an unknown backlog).
+    let receipts = net.path().join("receipts.jsonl");
     let mut client = Command::new(bin())
         .args([
             "publish", "--json", "--type", "load", "--data", "{}", "--count", "1000000", "--config",
         ])
         .arg(net.config_path("a"))
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(std::fs::File::create(&receipts).expect("receipts file"))
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn publish");
-    // Read receipts until a few batches arrived, then kill the client
-    // without letting it close anything.
-    let mut lines = BufReader::new(client.stdout.take().expect("stdout")).lines();
-    let mut last_seq = 0;
-    for _ in 0..(3 * CLIENT_PUBLISH_BATCH_EVENTS) {
-        let line = lines.next().expect("a receipt").expect("utf-8");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("receipt JSON");
-        last_seq = v["seq"].as_u64().expect("seq");
-    }
+    // Wait until a few batches were printed, then kill the client without
+    // letting it close anything.
+    let printed = || {
+        let text = std::fs::read_to_string(&receipts).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["seq"].as_u64())
+            .last()
+    };
+    wait_for("three batches of receipts", || match printed() {
+        Some(seq) if seq >= 3 * CLIENT_PUBLISH_BATCH_EVENTS as u64 => Ok(()),
+        other => Err(format!("last receipt {other:?}")),
+    });
     client.kill().expect("SIGKILL the client");
     client.wait().expect("reap the client");
-    drop(lines);
+    let last_seq = printed().expect("receipts");
 
-    // What the node may still proclaim: receipts the killed client had not
-    // read (its stream window, about four batches; the rest of the batch it
-    // was reading) and the batches in flight. Far less than the count.
-    let bound =
-        last_seq + ((CLIENT_PUBLISH_BATCHES_IN_FLIGHT + 6) * CLIENT_PUBLISH_BATCH_EVENTS) as u64;
+    // What the node may still proclaim for the dead client: receipts in its
+    // stream window that it never read (a receipt is at least
+    // RECEIPT_WIRE_BYTES_MIN on the wire), the batch it was printing, and the
+    // batches in flight. Without the fix it goes on for tens of thousands.
+    let window_batches = (CLIENT_STREAM_RECEIVE_WINDOW_BYTES as usize / RECEIPT_WIRE_BYTES_MIN)
+        .div_ceil(CLIENT_PUBLISH_BATCH_EVENTS);
+    let bound = last_seq
+        + ((CLIENT_PUBLISH_BATCHES_IN_FLIGHT + window_batches + 1) * CLIENT_PUBLISH_BATCH_EVENTS)
+            as u64;
     let stopped = "stopped proclaiming for it";
     wait_for("the node to notice the client went away", || {
         let head = own_head(&net, "a");
