@@ -10,16 +10,17 @@
 
 mod common;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::net::Net;
+use herald::node::CLIENT_CONNECTIONS_MAX;
 use herald::node::client::{
     CLIENT_PUBLISH_BATCH_EVENTS, CLIENT_PUBLISH_BATCHES_IN_FLIGHT,
-    CLIENT_STREAM_RECEIVE_WINDOW_BYTES,
+    CLIENT_STREAM_RECEIVE_WINDOW_BYTES, ClientRequest, ClientResponse, NodeClient,
 };
 
 /// Longest any wait for a condition may take before the test fails.
@@ -479,4 +480,81 @@ fn the_node_stops_proclaiming_for_a_publish_client_that_was_killed() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(own_head(&net, "a"), head, "the head moved after the stop");
+}
+
+#[test]
+fn a_full_client_table_makes_a_new_tool_wait_for_a_slot_not_fail() {
+    let net = Net::mesh(&["a"]);
+    let node = NodeProc::start(&net, "a");
+    let config = net.config("a");
+    let status_args: Vec<OsString> = vec![
+        "status".into(),
+        "--json".into(),
+        "--config".into(),
+        net.config_path("a").into(),
+    ];
+    // Take every slot: each client is served (its status answered), so the
+    // node holds a slot for it until it closes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut held = runtime.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..CLIENT_CONNECTIONS_MAX {
+            let client = NodeClient::connect(&config).await.expect("connect");
+            client
+                .request_one(&ClientRequest::Status, "status", |r| match r {
+                    ClientResponse::Status(s) => Some(s),
+                    _ => None,
+                })
+                .await
+                .expect("status");
+            held.push(client);
+        }
+        held
+    });
+    let waiting = "client slots taken; the client waits";
+    let waits = |node: &NodeProc| node.log().matches(waiting).count();
+
+    // Still full after the wait: refused, one line, exit 2.
+    let out = herald(&status_args);
+    assert_usage_error("a tool beyond the limit", &out, &["too many clients"]);
+    assert_eq!(waits(&node), 1, "the refused tool waited first");
+
+    // Full while it arrives, a slot frees while it waits: it is served.
+    let tool = Command::new(bin())
+        .args(&status_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn status");
+    let pid = tool.id();
+    wait_for("the tool to wait for a slot", || {
+        let exited = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        });
+        assert!(
+            !exited,
+            "the tool ended before a slot freed:\n{}",
+            node.log()
+        );
+        if waits(&node) == 2 {
+            Ok(())
+        } else {
+            Err(node.log())
+        }
+    });
+    runtime.block_on(held.pop().expect("a held client").finish());
+    let out = tool.wait_with_output().expect("status output");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"running\":true"));
+    runtime.block_on(async {
+        for client in held {
+            client.finish().await;
+        }
+    });
 }

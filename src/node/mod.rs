@@ -579,6 +579,13 @@ async fn accept_loop(inner: Arc<Inner>) {
                 // A briefly full table makes the client wait, not fail; the
                 // slot is held until `serve` returns (the connection closed).
                 let wait = Duration::from_millis(CLIENT_SLOT_WAIT_MS);
+                if clients.available_permits() == 0 {
+                    tracing::warn!(
+                        client = %peer.service,
+                        wait_ms = CLIENT_SLOT_WAIT_MS,
+                        "all {CLIENT_CONNECTIONS_MAX} client slots taken; the client waits for one"
+                    );
+                }
                 let Ok(Ok(_permit)) = tokio::time::timeout(wait, clients.acquire_owned()).await
                 else {
                     tracing::warn!(
