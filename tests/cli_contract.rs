@@ -283,6 +283,82 @@ fn certificate_times_in_errors_are_rfc3339() {
     assert!(!err.contains(" us"), "raw microseconds in {err:?}");
 }
 
+/// An RFC 3339 UTC time with microseconds (`2026-12-01T13:03:05.000000Z`).
+fn is_rfc3339(text: &str) -> bool {
+    let b = text.as_bytes();
+    text.len() == 27
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[19] == b'.'
+        && b[26] == b'Z'
+        && humantime::parse_rfc3339(text).is_ok()
+}
+
+#[test]
+fn event_time_checks_name_rfc3339_times() {
+    use herald::core::crypto::ChannelKey;
+    use herald::core::verify::{Check, DecodedEvent, Draft, Entropy, FeedVerifier, Sealer};
+
+    let net = Net::mesh(&["a"]);
+    let trust = net.trust();
+    let keys = net.keys();
+    let now = herald::clock::now_us();
+    let identity = herald::identity::NodeIdentity::load(
+        "a",
+        &keys.join("a.key"),
+        &keys.join("a.crt"),
+        &trust,
+        now,
+    )
+    .unwrap();
+    let (_, genesis) = Sealer::genesis(
+        "a",
+        identity.signing_key.clone(),
+        &identity.cert.der,
+        *uuid::Uuid::now_v7().as_bytes(),
+        now,
+    );
+    let channel = ChannelKey::new("default", [0x5a; 32]);
+    let seal_at = |timestamp_us: u64| {
+        let mut sealer = Sealer::resume("a", identity.signing_key.clone(), 0, *genesis.hash(), 0);
+        let draft = Draft::new("t", 1, vec![], b"{}".to_vec()).unwrap();
+        let entropy = Entropy {
+            id: *uuid::Uuid::now_v7().as_bytes(),
+            nonce: [3; 24],
+        };
+        let mut events = sealer.seal_batch(vec![(draft, &channel, entropy)], timestamp_us);
+        DecodedEvent::decode(events.remove(0).into_bytes()).unwrap()
+    };
+    let day = 86_400_000_000u64;
+    for (at, check) in [
+        (now - 1_000_000, Check::Timestamp),
+        (now + 400 * day, Check::CertificateValidity),
+    ] {
+        let decoded_genesis = DecodedEvent::decode(genesis.bytes().to_vec()).unwrap();
+        let (mut verifier, _) = FeedVerifier::genesis(&trust, decoded_genesis).unwrap();
+        let rejection = verifier.check_next(&seal_at(at), true).unwrap_err();
+        assert_eq!(rejection.check, check, "{rejection}");
+        let found = &rejection.found;
+        assert!(is_rfc3339(found), "{check:?}: found {found:?}");
+        // Every number in `expected` is a time, and every time is RFC 3339.
+        let numbers: Vec<&str> = rejection
+            .expected
+            .split(' ')
+            .filter(|w| w.starts_with(|c: char| c.is_ascii_digit()))
+            .collect();
+        assert!(!numbers.is_empty(), "{check:?}: {:?}", rejection.expected);
+        for word in numbers {
+            assert!(
+                is_rfc3339(word),
+                "{check:?}: {word:?} in {:?}",
+                rejection.expected
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Against a running node.
 
