@@ -110,28 +110,42 @@ impl NodeConfig {
             path: path.to_path_buf(),
             message: describe_toml_error(&text, &e),
         })?;
-        if config.service.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: "`service` is empty".into(),
-            });
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        // Names end up in certificates (SAN), feeds and peer sessions: a
+        // node whose own or peer names cannot be valid would start and then
+        // never author an event or never hear from that peer.
+        crate::core::codec::check_service_name(&config.service)
+            .map_err(|e| invalid(format!("`service`: {e}")))?;
+        let mut peer_names = std::collections::BTreeSet::new();
+        for peer in &config.peers {
+            crate::core::codec::check_service_name(&peer.name)
+                .map_err(|e| invalid(format!("peer: {e}")))?;
+            if peer.name == config.service {
+                return Err(invalid(format!(
+                    "peer {:?} is this node itself (its `service`)",
+                    peer.name
+                )));
+            }
+            if !peer_names.insert(peer.name.as_str()) {
+                return Err(invalid(format!("peer {:?} is listed twice", peer.name)));
+            }
         }
         // Every `publish` without `--channel` uses the default channel: a name
         // with no key would start a node on which every such publish fails.
         if !config.channels.contains_key(&config.default_channel) {
             let known: Vec<&str> = config.channels.keys().map(String::as_str).collect();
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: format!(
-                    "default_channel {:?} is not in [channels] (channels: {})",
-                    config.default_channel,
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            });
+            return Err(invalid(format!(
+                "default_channel {:?} is not in [channels] (channels: {})",
+                config.default_channel,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
         }
         for handler in &config.query_handlers {
             crate::node::query::check_exec_handler(

@@ -229,17 +229,44 @@ fn usage_and_config_errors_are_one_line_naming_the_culprit_with_exit_2() {
         );
     }
 
-    // `status` of a node that never ran: exit 2, as documented.
-    assert_usage_error(
-        "status of a node that never ran",
-        &herald(["status", "--config", a]),
-        &["never run", "herald node --config"],
-    );
-    assert_usage_error(
-        "status --json of a node that never ran",
-        &herald(["status", "--json", "--config", a]),
-        &["never run"],
-    );
+    // Names that cannot work: a peer listed twice, the node as its own
+    // peer, a service name no certificate can carry.
+    let peer_b = "\n[[peers]]\nname = \"b\"\naddress = \"127.0.0.1:9\"\n";
+    let peer_a = "\n[[peers]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\n";
+    for (name, config, needles) in [
+        ("dup", format!("{text}{peer_b}"), ["\"b\"", "twice"]),
+        ("self", format!("{text}{peer_a}"), ["\"a\"", "itself"]),
+        (
+            "badname",
+            text.replace("service = \"a\"", "service = \"Bad Name\""),
+            ["service", "\"Bad Name\""],
+        ),
+    ] {
+        let path = cluster.join(format!("{name}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let out = herald([OsStr::new("node"), OsStr::new("--config"), path.as_os_str()]);
+        let file = format!("{name}.toml");
+        let mut needles = needles.to_vec();
+        needles.push(&file);
+        assert_usage_error(&format!("config {name}"), &out, &needles);
+    }
+
+    // A node that never ran: `status` exits 2, as documented, and every
+    // command reading its store says that it never ran.
+    for args in [
+        vec!["status", "--config", a],
+        vec!["status", "--json", "--config", a],
+        vec!["log", "--config", a],
+        vec!["tail", "--config", a],
+        vec!["export", "--config", a, "--out", "x.hrld"],
+        vec!["saga", "list", "--config", a],
+    ] {
+        assert_usage_error(
+            &format!("{args:?} of a node that never ran"),
+            &herald(&args),
+            &["never run", "herald node --config"],
+        );
+    }
 
     // Help and version are not errors.
     for args in [["publish", "--help"], ["--version", ""]] {

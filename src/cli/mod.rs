@@ -161,6 +161,27 @@ pub fn ask_running_node<T>(
     })
 }
 
+/// Opens the store of the node of `config` read-only (beside a running node,
+/// without its lock). A node that never ran has no store: that is said in
+/// those words, with the command that starts it, rather than as a failure
+/// to open a file.
+pub fn open_store_read_only(
+    config_path: &std::path::Path,
+    config: &crate::config::NodeConfig,
+) -> Result<rusqlite::Connection, CliError> {
+    let db = config.data_dir.join(crate::store::DB_FILE);
+    if !db.exists() {
+        return Err(format!(
+            "node {} has never run (no store at {}); start it with `herald node --config {}`",
+            config.service,
+            db.display(),
+            config_path.display()
+        )
+        .into());
+    }
+    Ok(crate::store::open_read_only(&config.data_dir)?)
+}
+
 /// Parses `key=value` metadata arguments.
 pub fn parse_meta(entries: &[String]) -> Result<Vec<(String, String)>, CliError> {
     entries

@@ -66,19 +66,9 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
 /// The status a stopped node's store can tell: heads, and per peer the
 /// backlog against the last persisted acknowledgements.
 fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus, CliError> {
-    let db = config.data_dir.join(crate::store::DB_FILE);
-    if !db.exists() {
-        // Never run: there is nothing to report, and a script polling for
-        // a node to come up must not mistake this for a status (exit 2).
-        return Err(format!(
-            "node {} has never run (no store at {}); start it with `herald node --config {}`",
-            config.service,
-            db.display(),
-            config_path.display()
-        )
-        .into());
-    }
-    let conn = crate::store::open_read_only(&config.data_dir)?;
+    // A node that never ran has no store and no status: exit 2 (a script
+    // polling until the node is up must not take this for a status).
+    let conn = super::open_store_read_only(config_path, config)?;
     let feeds = crate::store::read_heads_from(&conn)?;
     let cursors = crate::store::read_peer_cursors(&conn)?;
     let mut acked: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
