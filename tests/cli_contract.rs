@@ -532,10 +532,12 @@ fn the_node_stops_proclaiming_for_a_publish_client_that_was_killed() {
     // letting it close anything.
     let printed = || {
         let text = std::fs::read_to_string(&receipts).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v["seq"].as_u64())
-            .last()
+        // The last complete line (a killed client may leave half a line).
+        text.lines().rev().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+        })
     };
     wait_for("three batches of receipts", || match printed() {
         Some(seq) if seq >= 3 * CLIENT_PUBLISH_BATCH_EVENTS as u64 => Ok(()),
