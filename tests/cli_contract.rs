@@ -504,9 +504,11 @@ fn a_script_calling_the_cli_in_a_loop_never_runs_out_of_client_slots() {
         }
     }
     assert_eq!(own_head(&net, "a"), published, "genesis + every tick");
+    // Each call gave its slot back as it exited: none was refused, and
+    // none even had to wait for a slot.
     assert!(
-        !node.log().contains("too many clients"),
-        "no client was refused:\n{}",
+        !node.log().contains("too many clients") && !node.log().contains("slots taken"),
+        "no client waited or was refused:\n{}",
         node.log()
     );
 }
