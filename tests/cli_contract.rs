@@ -205,6 +205,29 @@ fn usage_and_config_errors_are_one_line_naming_the_culprit_with_exit_2() {
         &["broken.toml", "line ", "listen_at"],
     );
 
+    // The other TOML files: a saga definition and the revocation list.
+    let saga = cluster.join("saga.toml");
+    std::fs::write(&saga, "saga_type = \"x\"\ndeadline_ms = \"soon\"\n").unwrap();
+    assert_usage_error(
+        "saga definition TOML",
+        &herald([
+            OsStr::new("saga"),
+            OsStr::new("start"),
+            OsStr::new("--config"),
+            OsStr::new(a),
+            OsStr::new("--definition"),
+            saga.as_os_str(),
+        ]),
+        &["saga.toml", "line 2, column 15 (`deadline_ms", "expected u64"],
+    );
+    std::fs::write(cluster.join("keys/revoked.toml"), "[[revoked]]\nserial = \n").unwrap();
+    assert_usage_error(
+        "revocation list TOML",
+        &herald(["node", "--config", a]),
+        &["revoked.toml", "line 2, column 10 (`serial", "quoted"],
+    );
+    std::fs::write(cluster.join("keys/revoked.toml"), "").unwrap();
+
     // A default channel without a key is refused at load, by every command,
     // and the node does not start.
     let nokey = cluster.join("nokey.toml");
