@@ -333,6 +333,55 @@ default = "keys/channel-default.key"
     }
 
     #[test]
+    fn configs_that_cannot_work_are_refused_naming_the_culprit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peer =
+            |name: &str| format!("\n[[peers]]\nname = \"{name}\"\naddress = \"127.0.0.1:9\"\n");
+        for (text, needle) in [
+            (
+                BASE.replace("\"default\"\nlisten", "\"news\"\nlisten"),
+                "\"news\"",
+            ),
+            (
+                BASE.replace("service = \"a\"", "service = \"A_1\""),
+                "\"A_1\"",
+            ),
+            (format!("{BASE}{}", peer("a")), "itself"),
+            (format!("{BASE}{}{}", peer("b"), peer("b")), "twice"),
+            (format!("{BASE}{}", peer("-b")), "\"-b\""),
+        ] {
+            let e = NodeConfig::load(&write(dir.path(), &text)).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+            let message = e.to_string();
+            assert!(message.contains(needle), "{message:?} should name {needle}");
+            assert!(
+                message.contains("a.toml"),
+                "{message:?} should name the file"
+            );
+        }
+    }
+
+    #[test]
+    fn toml_errors_are_one_line_with_line_column_and_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Top level (after `[channels]` it would be a channel).
+        let text = format!("bogus = 1{BASE}");
+        let e = NodeConfig::load(&write(dir.path(), &text)).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("line 1, column 1 (`bogus = 1`): unknown field `bogus`"),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+        let text = BASE.replace("127.0.0.1:17400", "nowhere");
+        let message = NodeConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("(`listen = \"nowhere\"`)"), "{message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+
+    #[test]
     fn query_handler_config_is_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         for bad in [

@@ -218,9 +218,17 @@ fn usage_and_config_errors_are_one_line_naming_the_culprit_with_exit_2() {
             OsStr::new("--definition"),
             saga.as_os_str(),
         ]),
-        &["saga.toml", "line 2, column 15 (`deadline_ms", "expected u64"],
+        &[
+            "saga.toml",
+            "line 2, column 15 (`deadline_ms",
+            "expected u64",
+        ],
     );
-    std::fs::write(cluster.join("keys/revoked.toml"), "[[revoked]]\nserial = \n").unwrap();
+    std::fs::write(
+        cluster.join("keys/revoked.toml"),
+        "[[revoked]]\nserial = \n",
+    )
+    .unwrap();
     assert_usage_error(
         "revocation list TOML",
         &herald(["node", "--config", a]),
