@@ -696,3 +696,65 @@ fn a_full_client_table_makes_a_new_tool_wait_for_a_slot_not_fail() {
         }
     });
 }
+
+#[test]
+fn an_interrupted_publish_closes_and_the_node_stops_at_once() {
+    let net = Net::mesh(&["a"]);
+    let node = NodeProc::start(&net, "a");
+    let receipts = net.path().join("receipts.jsonl");
+    let client = Command::new(bin())
+        .args([
+            "publish", "--json", "--type", "load", "--data", "{}", "--count", "1000000", "--config",
+        ])
+        .arg(net.config_path("a"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&receipts).expect("receipts file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn publish");
+    let printed = || {
+        let text = std::fs::read_to_string(&receipts).unwrap_or_default();
+        text.lines().rev().find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+        })
+    };
+    wait_for("two batches of receipts", || match printed() {
+        Some(seq) if seq >= 2 * CLIENT_PUBLISH_BATCH_EVENTS as u64 => Ok(()),
+        other => Err(format!("last receipt {other:?}")),
+    });
+    // SIGTERM, as a supervisor or `timeout` sends: the tool closes its
+    // connection, says so on one line and exits 2.
+    let ok = Command::new("kill")
+        .args(["-TERM", &client.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let out = client.wait_with_output().expect("publish output");
+    assert_usage_error("interrupted publish", &out, &["interrupted"]);
+    let last_seq = printed().expect("receipts");
+
+    // The node learns at once (no idle timeout): only the batches in
+    // flight, and the one being delivered, follow the last printed receipt.
+    wait_for("the node to stop proclaiming", || {
+        if node.log().contains("stopped proclaiming for it") {
+            Ok(())
+        } else {
+            Err(format!("head {}", own_head(&net, "a")))
+        }
+    });
+    let head = own_head(&net, "a");
+    let bound =
+        last_seq + ((CLIENT_PUBLISH_BATCHES_IN_FLIGHT + 1) * CLIENT_PUBLISH_BATCH_EVENTS) as u64;
+    assert!(
+        head <= bound,
+        "head {head}, last receipt {last_seq}, bound {bound}\n{}",
+        node.log()
+    );
+    assert!(
+        node.log().contains("closed by peer"),
+        "the node saw the tool's close, not a timeout:\n{}",
+        node.log()
+    );
+}
