@@ -277,7 +277,10 @@ pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
                 _ => None,
             };
             let negative_of = invalid
-                .filter(|a| a.len() > 1 && a[1..].parse::<f64>().is_ok())
+                .filter(|a| {
+                    a.strip_prefix('-')
+                        .is_some_and(|n| n.parse::<f64>().is_ok())
+                })
                 .and_then(|a| {
                     let i = args.iter().position(|x| x.to_str() == Some(a))?;
                     let flag = args.get(i.checked_sub(1)?)?.to_str()?;
