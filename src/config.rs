@@ -10,14 +10,14 @@ use serde::{Deserialize, Serialize};
 /// Errors reading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {source}", .path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("config file {path} is not valid: {message}")]
+    #[error("config file {}: {message}", .path.display())]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: {message}")]
+    #[error("config file {}: {message}", .path.display())]
     Invalid { path: PathBuf, message: String },
 }
 
@@ -108,13 +108,44 @@ impl NodeConfig {
         })?;
         let mut config: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message: describe_toml_error(&text, &e),
         })?;
-        if config.service.is_empty() {
-            return Err(ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message: "`service` is empty".into(),
-            });
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        // Names end up in certificates (SAN), feeds and peer sessions: a
+        // node whose own or peer names cannot be valid would start and then
+        // never author an event or never hear from that peer.
+        crate::core::codec::check_service_name(&config.service)
+            .map_err(|e| invalid(format!("`service`: {e}")))?;
+        let mut peer_names = std::collections::BTreeSet::new();
+        for peer in &config.peers {
+            crate::core::codec::check_service_name(&peer.name)
+                .map_err(|e| invalid(format!("peer: {e}")))?;
+            if peer.name == config.service {
+                return Err(invalid(format!(
+                    "peer {:?} is this node itself (its `service`)",
+                    peer.name
+                )));
+            }
+            if !peer_names.insert(peer.name.as_str()) {
+                return Err(invalid(format!("peer {:?} is listed twice", peer.name)));
+            }
+        }
+        // Every `publish` without `--channel` uses the default channel: a name
+        // with no key would start a node on which every such publish fails.
+        if !config.channels.contains_key(&config.default_channel) {
+            let known: Vec<&str> = config.channels.keys().map(String::as_str).collect();
+            return Err(invalid(format!(
+                "default_channel {:?} is not in [channels] (channels: {})",
+                config.default_channel,
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
         }
         for handler in &config.query_handlers {
             crate::node::query::check_exec_handler(
@@ -216,6 +247,34 @@ impl NodeConfig {
     }
 }
 
+/// Longest excerpt of the offending line quoted in a TOML error.
+pub const TOML_ERROR_EXCERPT_CHARS_MAX: usize = 80;
+
+/// One line naming where a TOML document is wrong and why:
+/// `line 8, column 10 (`listen = "nope"`): invalid socket address syntax`.
+/// The toml crate's own rendering spans several lines (a source excerpt with
+/// a caret), which breaks the one-line error contract of the command line.
+pub fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return format!("line {line_no}, column {column}: {message}");
+    }
+    let mut excerpt: String = line.chars().take(TOML_ERROR_EXCERPT_CHARS_MAX).collect();
+    if line.chars().count() > TOML_ERROR_EXCERPT_CHARS_MAX {
+        excerpt.push_str("...");
+    }
+    format!("line {line_no}, column {column} (`{excerpt}`): {message}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +330,55 @@ default = "keys/channel-default.key"
         assert_eq!(config.query_handlers, expected);
         let again: NodeConfig = toml::from_str(&config.to_toml()).expect("reparses");
         assert_eq!(again, config);
+    }
+
+    #[test]
+    fn configs_that_cannot_work_are_refused_naming_the_culprit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peer =
+            |name: &str| format!("\n[[peers]]\nname = \"{name}\"\naddress = \"127.0.0.1:9\"\n");
+        for (text, needle) in [
+            (
+                BASE.replace("\"default\"\nlisten", "\"news\"\nlisten"),
+                "\"news\"",
+            ),
+            (
+                BASE.replace("service = \"a\"", "service = \"A_1\""),
+                "\"A_1\"",
+            ),
+            (format!("{BASE}{}", peer("a")), "itself"),
+            (format!("{BASE}{}{}", peer("b"), peer("b")), "twice"),
+            (format!("{BASE}{}", peer("-b")), "\"-b\""),
+        ] {
+            let e = NodeConfig::load(&write(dir.path(), &text)).unwrap_err();
+            assert!(matches!(e, ConfigError::Invalid { .. }), "{e}");
+            let message = e.to_string();
+            assert!(message.contains(needle), "{message:?} should name {needle}");
+            assert!(
+                message.contains("a.toml"),
+                "{message:?} should name the file"
+            );
+        }
+    }
+
+    #[test]
+    fn toml_errors_are_one_line_with_line_column_and_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Top level (after `[channels]` it would be a channel).
+        let text = format!("bogus = 1{BASE}");
+        let e = NodeConfig::load(&write(dir.path(), &text)).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("line 1, column 1 (`bogus = 1`): unknown field `bogus`"),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+        let text = BASE.replace("127.0.0.1:17400", "nowhere");
+        let message = NodeConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("(`listen = \"nowhere\"`)"), "{message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
     }
 
     #[test]

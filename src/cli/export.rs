@@ -26,7 +26,7 @@ pub fn run(args: ExportArgs) -> Result<u8, CliError> {
     let config = NodeConfig::load(&args.config)?;
     let (_, identity) = config.load_identity(clock::now_us())?;
     // Read-only snapshot: works while the node runs.
-    let conn = crate::store::open_read_only(&config.data_dir)?;
+    let conn = super::open_store_read_only(&args.config, &config)?;
     let summary = export_store(
         &conn,
         &config.service,

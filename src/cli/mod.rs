@@ -79,13 +79,20 @@ pub enum Command {
 
 /// Entry point used by `src/main.rs`.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap prints help/version to stdout with exit 0 and usage errors
-            // to stderr with exit 2, which matches our exit code contract.
+        Err(e) if !e.use_stderr() => {
+            // `--help` and `--version`: clap prints them to stdout; exit 0.
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_FAILED } else { EXIT_OK });
+            return ExitCode::from(EXIT_OK);
+        }
+        Err(e) => {
+            // A usage error: one line in the documented format, naming the
+            // flag and value at fault, exit 2 (clap's own rendering spans
+            // several lines: usage, tips, a help hint).
+            eprintln!("herald: error: {}", usage_error(&e, &args));
+            return ExitCode::from(EXIT_FAILED);
         }
     };
     match &cli.command {
@@ -99,7 +106,7 @@ pub fn main() -> ExitCode {
             ExitCode::from(EXIT_OK)
         }
         Err(e) => {
-            eprintln!("herald: error: {}", render_error(e.as_ref()));
+            eprintln!("herald: error: {}", one_line(&render_error(e.as_ref())));
             ExitCode::from(EXIT_FAILED)
         }
     }
@@ -148,9 +155,31 @@ pub fn ask_running_node<T>(
     runtime.block_on(async {
         let client = crate::node::client::NodeClient::connect(config).await?;
         let answer = client.request_one(request, what, pick).await;
-        client.close();
+        // Close on every path, so the node frees this tool's slot at once.
+        client.finish().await;
         Ok(answer?)
     })
+}
+
+/// Opens the store of the node of `config` read-only (beside a running node,
+/// without its lock). A node that never ran has no store: that is said in
+/// those words, with the command that starts it, rather than as a failure
+/// to open a file.
+pub fn open_store_read_only(
+    config_path: &std::path::Path,
+    config: &crate::config::NodeConfig,
+) -> Result<rusqlite::Connection, CliError> {
+    let db = config.data_dir.join(crate::store::DB_FILE);
+    if !db.exists() {
+        return Err(format!(
+            "node {} has never run (no store at {}); start it with `herald node --config {}`",
+            config.service,
+            db.display(),
+            config_path.display()
+        )
+        .into());
+    }
+    Ok(crate::store::open_read_only(&config.data_dir)?)
 }
 
 /// Parses `key=value` metadata arguments.
@@ -188,6 +217,133 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == '*')
 }
 
+/// Renders a clap usage error as one line that names the culprit: the flag
+/// and its value, the unknown argument, the missing arguments, or the
+/// argument that is not UTF-8, followed by where to find the usage.
+pub fn usage_error(error: &clap::Error, args: &[std::ffi::OsString]) -> String {
+    use clap::error::ErrorKind;
+    let rendered = error.render().to_string();
+    // clap's usage line (`Usage: herald publish [OPTIONS] --config ...`),
+    // when it has one.
+    let usage = rendered
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Usage: "))
+        .map(str::trim);
+    let command = command_path(args);
+    let hint = format!("see `{command} --help`");
+    match error.kind() {
+        ErrorKind::InvalidUtf8 => {
+            use std::os::unix::ffi::OsStrExt;
+            let culprit = args
+                .iter()
+                .enumerate()
+                .skip(1)
+                .find(|(_, a)| a.to_str().is_none());
+            match culprit {
+                Some((i, arg)) => {
+                    let bytes = arg.as_bytes();
+                    // `--type=VALUE` or `--type VALUE`.
+                    let inline = bytes
+                        .starts_with(b"--")
+                        .then(|| bytes.iter().position(|&b| b == b'='))
+                        .flatten()
+                        .and_then(|eq| std::str::from_utf8(&bytes[..eq]).ok());
+                    let before = args
+                        .get(i - 1)
+                        .and_then(|p| p.to_str())
+                        .filter(|p| i > 1 && p.starts_with("--") && !p.contains('='));
+                    // Debug escapes the bytes that are not UTF-8 (`\xFF`).
+                    match inline.or(before) {
+                        Some(flag) => {
+                            format!("the value of {flag} is not valid UTF-8: {arg:?} ({hint})")
+                        }
+                        None => format!("argument {i} is not valid UTF-8: {arg:?} ({hint})"),
+                    }
+                }
+                None => format!("an argument is not valid UTF-8 ({hint})"),
+            }
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            format!(
+                "{command} needs a command; usage: {} ({hint})",
+                usage.unwrap_or("herald <COMMAND>")
+            )
+        }
+        ErrorKind::UnknownArgument => {
+            // `--count -1`: clap reads `-1` as an unknown flag; say that it
+            // is a negative value of the flag before it.
+            let invalid = match error.get(clap::error::ContextKind::InvalidArg) {
+                Some(clap::error::ContextValue::String(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            let negative_of = invalid
+                .filter(|a| {
+                    a.strip_prefix('-')
+                        .is_some_and(|n| n.parse::<f64>().is_ok())
+                })
+                .and_then(|a| {
+                    let i = args.iter().position(|x| x.to_str() == Some(a))?;
+                    let flag = args.get(i.checked_sub(1)?)?.to_str()?;
+                    flag.starts_with("--").then_some((flag, a))
+                });
+            match negative_of {
+                Some((flag, value)) => {
+                    format!("invalid value '{value}' for '{flag}': must not be negative ({hint})")
+                }
+                None => format!("{} ({hint})", flatten_clap(&rendered)),
+            }
+        }
+        _ => format!("{} ({hint})", flatten_clap(&rendered)),
+    }
+}
+
+/// The command being parsed (`herald saga start`): the subcommand names in
+/// `args`, followed down clap's command tree.
+fn command_path(args: &[std::ffi::OsString]) -> String {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut path = vec!["herald".to_string()];
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if arg.starts_with('-') {
+            continue;
+        }
+        match command.find_subcommand(arg) {
+            Some(sub) => {
+                path.push(sub.get_name().to_string());
+                let sub = sub.clone();
+                command = sub;
+            }
+            None => continue,
+        }
+    }
+    path.join(" ")
+}
+
+/// clap's message without its `error: ` prefix, usage and help hint, its
+/// indented lists and tips joined into one line.
+fn flatten_clap(rendered: &str) -> String {
+    let mut lines = rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty());
+    let head = lines
+        .next()
+        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
+        .unwrap_or("invalid arguments")
+        .to_string();
+    let (tips, items): (Vec<&str>, Vec<&str>) = lines.partition(|l| l.starts_with("tip:"));
+    let mut text = head;
+    if !items.is_empty() {
+        text.push_str(if text.ends_with(':') { " " } else { ": " });
+        text.push_str(&items.join(", "));
+    }
+    for tip in tips {
+        text.push_str("; ");
+        text.push_str(tip);
+    }
+    text
+}
+
 fn is_broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
     error
         .downcast_ref::<std::io::Error>()
@@ -208,6 +364,16 @@ pub fn render_error(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+/// Joins a message that spans several lines into one (the error contract is
+/// one line per error; some library errors embed line breaks).
+pub fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Logs to stderr at `HERALD_LOG` (or `default_level`), as JSON lines if

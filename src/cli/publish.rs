@@ -34,12 +34,22 @@ pub struct PublishArgs {
     /// Metadata entry `key=value` (repeatable), e.g. `correlation_id=42`.
     #[arg(long = "meta", value_name = "KEY=VALUE")]
     pub meta: Vec<String>,
-    /// Proclaim this many events with the same content.
-    #[arg(long, default_value_t = 1)]
+    /// Proclaim this many events with the same content (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = parse_count, allow_negative_numbers = true)]
     pub count: u64,
     /// Print one JSON object per receipt.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--count`: a whole number of events, at least 1. Zero is a usage error
+/// whether or not the node runs (proclaiming nothing is never what was meant).
+fn parse_count(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("must be a whole number of events, 1 or more".into()),
+    }
 }
 
 pub fn run(args: PublishArgs) -> Result<u8, CliError> {
@@ -105,23 +115,60 @@ fn publish_via_node(
     runtime.block_on(async {
         let client = NodeClient::connect(config).await?;
         let mut out = std::io::stdout().lock();
-        client
-            .request(&request, |r| match r {
-                ClientResponse::Receipts(receipts) => {
-                    for r in receipts {
-                        print_receipt(&mut out, &config.service, &r.into(), args.json)
-                            .map_err(|e| e.to_string())?;
+        // A failed stdout write, kept as the io::Error it is so a closed
+        // stdout (`herald publish ... | head`) ends quietly as documented.
+        let mut stdout_error: Option<std::io::Error> = None;
+        let request = client.request(&request, |r| match r {
+            ClientResponse::Receipts(receipts) => {
+                for r in receipts {
+                    if let Err(e) = print_receipt(&mut out, &config.service, &r.into(), args.json) {
+                        let text = format!("writing receipts to stdout: {e}");
+                        stdout_error = Some(e);
+                        return Err(text);
                     }
-                    Ok(())
                 }
-                ClientResponse::Error(e) => Err(e),
-                _ => Err("unexpected answer to a publish".into()),
-            })
-            .await?;
-        client.close();
-        Ok::<_, CliError>(())
+                Ok(())
+            }
+            ClientResponse::Error(e) => Err(e),
+            _ => Err("unexpected answer to a publish".into()),
+        });
+        let answer = tokio::select! {
+            answer = request => Some(answer),
+            () = interrupted() => None,
+        };
+        // Close on every path (done, failed, stdout gone, interrupted), so
+        // the node stops proclaiming for this tool at once and frees its slot.
+        client.finish().await;
+        if let Some(e) = stdout_error {
+            return Err(e.into());
+        }
+        match answer {
+            Some(answer) => Ok::<_, CliError>(answer?),
+            None => Err(
+                "interrupted; every receipt printed is durable, the node stops \
+                 proclaiming the rest"
+                    .into(),
+            ),
+        }
     })?;
     Ok(EXIT_OK)
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            // No handler: only Ctrl-C ends the wait.
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
 }
 
 fn print_receipt(

@@ -173,6 +173,8 @@ fn load(data_dir: &Path, id: Uuid) -> Result<Saga, CliError> {
 
 fn status(args: StatusArgs) -> Result<u8, CliError> {
     let config = NodeConfig::load(&args.config)?;
+    // Says so if the node never ran, rather than that the saga is unknown.
+    drop(super::open_store_read_only(&args.config, &config)?);
     let saga = load(&config.data_dir, args.id)?;
     print_saga(&saga, args.json)?;
     Ok(EXIT_OK)
@@ -225,7 +227,7 @@ fn print_saga(saga: &Saga, json: bool) -> Result<(), CliError> {
 
 fn list(args: ListArgs) -> Result<u8, CliError> {
     let config = NodeConfig::load(&args.config)?;
-    let conn = crate::store::open_read_only(&config.data_dir)?;
+    let conn = super::open_store_read_only(&args.config, &config)?;
     let sagas = crate::saga::orchestrator::list(&conn, args.status, args.limit)?;
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -3,7 +3,7 @@
 //! not running, from its store.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -28,7 +28,7 @@ pub fn run(args: StatusArgs) -> Result<u8, CliError> {
     let status = if crate::store::is_locked(&config.data_dir) {
         running_status(&config)?
     } else {
-        offline_status(&config)?
+        offline_status(&args.config, &config)?
     };
     if args.json {
         println!("{}", serde_json::to_string(&status)?);
@@ -45,7 +45,7 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
     runtime.block_on(async {
         let client = NodeClient::connect(config).await?;
         let mut json = None;
-        client
+        let answer = client
             .request(&ClientRequest::Status, |r| match r {
                 ClientResponse::Status(s) => {
                     json = Some(s);
@@ -54,8 +54,10 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
                 ClientResponse::Error(e) => Err(e),
                 _ => Err("unexpected answer to a status request".into()),
             })
-            .await?;
-        client.close();
+            .await;
+        // Close on every path, so the node frees this tool's slot at once.
+        client.finish().await;
+        answer?;
         let json = json.ok_or("the node sent no status")?;
         Ok(serde_json::from_str(&json)?)
     })
@@ -63,26 +65,10 @@ fn running_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
 
 /// The status a stopped node's store can tell: heads, and per peer the
 /// backlog against the last persisted acknowledgements.
-fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
-    if !config.data_dir.join(crate::store::DB_FILE).exists() {
-        // Never run: no store yet, nothing proclaimed, nothing to deliver.
-        return Ok(NodeStatus {
-            service: config.service.clone(),
-            running: false,
-            peers: config
-                .peers
-                .iter()
-                .map(|p| PeerState {
-                    name: p.name.clone(),
-                    address: p.address.to_string(),
-                    last_error: Some("node has never run (no store yet)".into()),
-                    ..PeerState::default()
-                })
-                .collect(),
-            feeds: Vec::new(),
-        });
-    }
-    let conn = crate::store::open_read_only(&config.data_dir)?;
+fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus, CliError> {
+    // A node that never ran has no store and no status: exit 2 (a script
+    // polling until the node is up must not take this for a status).
+    let conn = super::open_store_read_only(config_path, config)?;
     let feeds = crate::store::read_heads_from(&conn)?;
     let cursors = crate::store::read_peer_cursors(&conn)?;
     let mut acked: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();

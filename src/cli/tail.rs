@@ -75,7 +75,7 @@ pub fn run(args: TailArgs) -> Result<u8, CliError> {
     let config = NodeConfig::load(&args.config)?;
     let keys: Vec<ChannelKey> = config.load_channel_keys()?;
     // Read-only: works beside a running node and never takes its lock.
-    let conn = crate::store::open_read_only(&config.data_dir)?;
+    let conn = super::open_store_read_only(&args.config, &config)?;
     let mut tail = Tail {
         after: crate::store::position_for(&conn, args.from)?,
         conn,

@@ -199,6 +199,13 @@ impl Rejection {
     }
 }
 
+/// A timestamp (microseconds since the Unix epoch) as people read it in
+/// messages: RFC 3339 UTC with microseconds, `2026-11-26T17:55:15.022362Z`.
+fn rfc3339(us: u64) -> String {
+    humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us))
+        .to_string()
+}
+
 /// Hex of a hash, for messages.
 fn hx(hash: &Hash) -> String {
     hex::encode(hash)
@@ -416,8 +423,8 @@ impl FeedVerifier {
             return Err(Rejection::new(
                 h.seq,
                 Check::Timestamp,
-                format!("at least {}", self.last_timestamp_us),
-                h.timestamp_us,
+                format!("at least {}", rfc3339(self.last_timestamp_us)),
+                rfc3339(h.timestamp_us),
             ));
         }
         check_cert_window(&self.cert, h)?;
@@ -471,10 +478,11 @@ fn check_cert_window(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejection
             h.seq,
             Check::CertificateValidity,
             format!(
-                "a time within the certificate's validity {}..{}",
-                cert.not_before_us, cert.not_after_us
+                "a time within the certificate's validity, {} to {}",
+                rfc3339(cert.not_before_us),
+                rfc3339(cert.not_after_us)
             ),
-            h.timestamp_us,
+            rfc3339(h.timestamp_us),
         ));
     }
     Ok(())

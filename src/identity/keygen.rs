@@ -157,7 +157,9 @@ fn set_validity(
 ) -> Result<(), IdentityError> {
     if not_before_us > not_after_us {
         return Err(IdentityError::InvalidArgument(format!(
-            "not_before {not_before_us} us is after not_after {not_after_us} us"
+            "not_before {} is after not_after {}",
+            crate::audit::verify::format_timestamp(not_before_us),
+            crate::audit::verify::format_timestamp(not_after_us)
         )));
     }
     let to_time = |us: u64| {

@@ -81,14 +81,20 @@ pub enum CertError {
     UnknownCriticalExtension { oid: String },
     #[error("certificate for \"{service}\" (serial {serial}) is revoked")]
     Revoked { service: String, serial: String },
-    #[error("certificate for \"{service}\" expired at {not_after_us} us, now is {now_us} us")]
+    #[error(
+        "certificate for \"{service}\" expired at {}, now is {}",
+        crate::audit::verify::format_timestamp(*.not_after_us),
+        crate::audit::verify::format_timestamp(*.now_us)
+    )]
     Expired {
         service: String,
         not_after_us: u64,
         now_us: u64,
     },
     #[error(
-        "certificate for \"{service}\" is not valid before {not_before_us} us, now is {now_us} us"
+        "certificate for \"{service}\" is not valid before {}, now is {}",
+        crate::audit::verify::format_timestamp(*.not_before_us),
+        crate::audit::verify::format_timestamp(*.now_us)
     )]
     NotYetValid {
         service: String,

@@ -114,7 +114,8 @@ impl RevocationList {
 
     /// Parses revocation-list TOML text.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: RevocationFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let file: RevocationFile =
+            toml::from_str(text).map_err(|e| crate::config::describe_toml_error(text, &e))?;
         RevocationList::from_entries(file.revoked)
     }
 

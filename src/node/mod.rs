@@ -39,8 +39,17 @@ pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
 pub const RECONNECT_BACKOFF_MAX_MS: u64 = 5_000;
 /// How long shutdown waits for connections to close politely.
 pub const SHUTDOWN_GRACE_MS: u64 = 2_000;
-/// Client connections served at once; more are refused.
+/// Client connections served at once. A tool frees its slot when it closes
+/// its connection (every `herald` command does before it exits), so a script
+/// calling the CLI in a loop holds one slot at a time; a client beyond the
+/// limit waits up to [`CLIENT_SLOT_WAIT_MS`] for a slot before it is refused.
 pub const CLIENT_CONNECTIONS_MAX: usize = 64;
+/// How long a client connection waits for a free slot when all
+/// [`CLIENT_CONNECTIONS_MAX`] are taken (a burst of parallel tools, or tools
+/// killed without closing, whose slots free at the idle timeout) before it is
+/// closed with "too many clients". Below the tools' own patience, so they see
+/// the refusal rather than a hang.
+pub const CLIENT_SLOT_WAIT_MS: u64 = 2_000;
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -567,7 +576,23 @@ async fn accept_loop(inner: Arc<Inner>) {
                     );
                     return;
                 }
-                let Ok(_permit) = clients.try_acquire() else {
+                // A briefly full table makes the client wait, not fail; the
+                // slot is held until `serve` returns (the connection closed).
+                let wait = Duration::from_millis(CLIENT_SLOT_WAIT_MS);
+                if clients.available_permits() == 0 {
+                    tracing::warn!(
+                        client = %peer.service,
+                        wait_ms = CLIENT_SLOT_WAIT_MS,
+                        "all {CLIENT_CONNECTIONS_MAX} client slots taken; the client waits for one"
+                    );
+                }
+                let Ok(Ok(_permit)) = tokio::time::timeout(wait, clients.acquire_owned()).await
+                else {
+                    tracing::warn!(
+                        client = %peer.service,
+                        waited_ms = CLIENT_SLOT_WAIT_MS,
+                        "refusing a client: all {CLIENT_CONNECTIONS_MAX} client slots stayed taken"
+                    );
                     conn.close(close::UNAUTHORIZED.into(), b"too many clients");
                     return;
                 };
