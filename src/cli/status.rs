@@ -80,6 +80,9 @@ fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
                 })
                 .collect(),
             feeds: Vec::new(),
+            healthy: true,
+            problems: Vec::new(),
+            recovering: false,
         });
     }
     let conn = crate::store::open_read_only(&config.data_dir)?;
@@ -126,6 +129,9 @@ fn offline_status(config: &NodeConfig) -> Result<NodeStatus, CliError> {
         running: false,
         peers,
         feeds,
+        healthy: true,
+        problems: Vec::new(),
+        recovering: false,
     })
 }
 
@@ -135,6 +141,26 @@ fn print_status(s: &NodeStatus) {
         s.service,
         if s.running { "running" } else { "not running" }
     );
+    if s.running {
+        println!(
+            "health: {}{}",
+            if s.healthy { "ok" } else { "UNHEALTHY" },
+            if s.recovering {
+                " (recovering its own feed; not proclaiming yet)"
+            } else {
+                ""
+            }
+        );
+        for p in &s.problems {
+            println!(
+                "  {} {}: {} (since {})",
+                if p.permanent { "FATAL" } else { "retrying" },
+                p.task,
+                p.reason,
+                format_timestamp(p.since_us)
+            );
+        }
+    }
     println!(
         "{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} LAST ERROR",
         "PEER", "ADDRESS", "STATE", "BACKLOG", "RETRIES", "LAST ACK"

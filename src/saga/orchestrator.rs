@@ -109,8 +109,11 @@ impl Orchestrator {
         });
         let stop = crate::node::stopped(shutdown);
         let main_task = tokio::spawn(async move {
+            let health = log.health().clone();
             if let Err(e) = run(log, rx, stop).await {
-                tracing::error!(error = %e, "saga orchestrator stopped");
+                // Sagas this node started would never end: the node is
+                // unhealthy and stops (the runner reports store faults itself).
+                health.permanent("saga orchestrator", &e.to_string());
             }
         });
         Ok((Orchestrator { tx }, vec![main_task, reply_task]))

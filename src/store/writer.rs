@@ -55,6 +55,9 @@ pub(crate) enum Request {
     FinishRecovery {
         reply: SyncSender<Result<(), LogError>>,
     },
+    /// While recovery is stuck (`Some`), fail proclamations and
+    /// transactions that wait for it, and those that come, with the reason.
+    Refuse { reason: Option<String> },
     /// Run a non-event write.
     Write {
         job: WriteJob,
@@ -82,7 +85,8 @@ impl Request {
             Request::Write { .. }
             | Request::Transact(_)
             | Request::Shutdown
-            | Request::FinishRecovery { .. } => 1,
+            | Request::FinishRecovery { .. }
+            | Request::Refuse { .. } => 1,
         }
     }
 }
@@ -132,6 +136,9 @@ pub(crate) struct SealStage {
     pub identity: crate::identity::NodeIdentity,
     /// Proclamations waiting for recovery to end, in order.
     pub deferred: Vec<Request>,
+    /// Why recovery cannot finish now: proclamations fail with it instead
+    /// of waiting (see [`super::Log::refuse_proclamations`]).
+    pub refusal: Option<String>,
     /// Read connection used to find the durable head after a failed commit.
     pub head_conn: Connection,
     pub own_service: String,
@@ -156,6 +163,8 @@ pub(crate) struct CommitStage {
     pub own_service: String,
     /// While true, this node's own feed is accepted from peers (recovery).
     pub recovering: Arc<std::sync::atomic::AtomicBool>,
+    /// Where a self-fork found during recovery is reported.
+    pub health: Arc<super::Health>,
     /// Channel keys for events proclaimed inside transactions.
     pub channels: Arc<Channels>,
 }
@@ -229,19 +238,30 @@ impl SealStage {
                 self.rewind_to_durable_head();
                 sealed_epoch = current;
             }
-            let (finish, mut batch): (Vec<Request>, Vec<Request>) = batch
-                .into_iter()
-                .partition(|r| matches!(r, Request::FinishRecovery { .. }));
-            for request in finish {
-                if let Request::FinishRecovery { reply } = request {
-                    let outcome = self.finish_recovery(&work);
-                    if outcome.is_ok() {
-                        // Proclamations that waited go first, in order.
-                        let mut waited = std::mem::take(&mut self.deferred);
-                        waited.append(&mut batch);
-                        batch = waited;
+            let (control, mut batch): (Vec<Request>, Vec<Request>) =
+                batch.into_iter().partition(|r| {
+                    matches!(r, Request::FinishRecovery { .. } | Request::Refuse { .. })
+                });
+            for request in control {
+                match request {
+                    Request::FinishRecovery { reply } => {
+                        let outcome = self.finish_recovery(&work);
+                        if outcome.is_ok() {
+                            self.refusal = None;
+                            // Proclamations that waited go first, in order.
+                            let mut waited = std::mem::take(&mut self.deferred);
+                            waited.append(&mut batch);
+                            batch = waited;
+                        }
+                        let _ = reply.send(outcome);
                     }
-                    let _ = reply.send(outcome);
+                    Request::Refuse { reason } => {
+                        self.refusal = reason.filter(|_| self.sealer.is_none());
+                        for waiting in std::mem::take(&mut self.deferred) {
+                            self.defer(waiting);
+                        }
+                    }
+                    _ => {}
                 }
             }
             if self
@@ -271,7 +291,7 @@ impl SealStage {
         for request in batch {
             match request {
                 Request::Transact(job) if self.sealer.is_none() => {
-                    self.deferred.push(Request::Transact(job));
+                    self.defer(Request::Transact(job));
                 }
                 Request::Transact(job) => {
                     self.send_sealed(std::mem::take(&mut others), work, *sealed_epoch)?;
@@ -315,8 +335,9 @@ impl SealStage {
             return Ok(());
         }
         let Some(sealer) = self.sealer.take() else {
-            self.deferred
-                .extend(jobs.into_iter().map(Request::Transact));
+            for job in jobs {
+                self.defer(Request::Transact(job));
+            }
             return Ok(());
         };
         let (give_back, returned) = sync_channel(1);
@@ -346,7 +367,7 @@ impl SealStage {
         for request in batch {
             match request {
                 Request::Proclaim { drafts, reply } if self.sealer.is_none() => {
-                    self.deferred.push(Request::Proclaim { drafts, reply });
+                    self.defer(Request::Proclaim { drafts, reply });
                 }
                 Request::Proclaim { drafts: d, reply } => {
                     replies.push((d.len(), reply));
@@ -363,7 +384,7 @@ impl SealStage {
                         "internal: a transaction reached the proclamation sealer".into(),
                     ))));
                 }
-                Request::Shutdown | Request::FinishRecovery { .. } => {}
+                Request::Shutdown | Request::FinishRecovery { .. } | Request::Refuse { .. } => {}
             }
         }
         if let (false, Some(sealer)) = (drafts.is_empty(), self.sealer.as_mut()) {
@@ -381,6 +402,25 @@ impl SealStage {
             });
         }
         out
+    }
+
+    /// Keeps a proclamation or transaction until recovery ends, or fails it
+    /// at once while recovery is stuck (a caller must not wait without end).
+    fn defer(&mut self, request: Request) {
+        let Some(reason) = &self.refusal else {
+            self.deferred.push(request);
+            return;
+        };
+        let error = || LogError::CannotProclaim(reason.clone());
+        match request {
+            Request::Proclaim { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Request::Transact(job) => {
+                let _ = job.reply.send(Err(TxError::Store(error())));
+            }
+            other => self.deferred.push(other),
+        }
     }
 
     /// Asks the commit stage (which has applied every ingest queued before
@@ -685,11 +725,37 @@ impl CommitStage {
             set_head(&tx, feed, *seq, hash, *timestamp_us)?;
         }
         tx.commit()?;
+        self.check_self_fork(&report);
         if report.rejected.is_some() {
             // A rejected run may have left a verifier mid-way; reload from disk.
             self.verifiers.clear();
         }
         Ok(report)
+    }
+}
+
+impl CommitStage {
+    /// While recovering, a peer's copy of this node's own feed that does not
+    /// chain onto the stored head (or differs from a stored event) proves
+    /// this store and the feed peers hold diverged: the node forked itself
+    /// before (a store restored from another copy, say). Proclaiming on
+    /// either branch would make it worse, so the node stops, loudly.
+    fn check_self_fork(&self, report: &IngestReport) {
+        let (Some(rejection), Some(feed)) = (&report.rejected, &report.rejected_feed) else {
+            return;
+        };
+        if *feed != self.own_service
+            || !self.recovering.load(Ordering::Acquire)
+            || !matches!(rejection.check, Check::PreviousHash | Check::Fork)
+        {
+            return;
+        }
+        self.health.permanent(
+            "own-feed recovery",
+            &format!(
+                "self-fork: a peer holds a different version of this node's own feed than this store ({rejection}); this store is not a copy of the feed its peers hold, so the node refuses to proclaim on it: restore the store this node last ran with, or move it aside to recover the feed from peers"
+            ),
+        );
     }
 }
 
