@@ -49,7 +49,8 @@ fn alone() -> Net {
 fn db(net: &Net) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(net.data_dir("a").join(herald::store::DB_FILE))
         .expect("open the store");
-    conn.busy_timeout(Duration::from_secs(5)).expect("busy timeout");
+    conn.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
     conn
 }
 
@@ -110,7 +111,9 @@ async fn a_damaged_event_type_column_stops_neither_subscriptions_nor_sagas() {
     let task = a
         .subscribe("watcher", "x.*", StartFrom::Start, handler)
         .expect("subscribe");
-    a.proclaim("x.three", b"{}", vec![]).await.expect("proclaim");
+    a.proclaim("x.three", b"{}", vec![])
+        .await
+        .expect("proclaim");
     wait_for("every x.* event delivered", || async {
         let seen = seen.lock().unwrap().clone();
         if seen == ["x.one", "x.two", "x.three"] {
@@ -189,13 +192,17 @@ async fn a_subscription_resumes_after_a_transient_store_fault() {
         },
     ));
     a.proclaim("y.one", b"{}", vec![]).await.expect("proclaim");
-    let got = tokio::time::timeout(WITHIN, seen.recv()).await.expect("y.one");
+    let got = tokio::time::timeout(WITHIN, seen.recv())
+        .await
+        .expect("y.one");
     assert_eq!(got.as_deref(), Some("y.one"));
 
     // Another process takes the database's write lock and keeps it past the
     // store's busy timeout: the cursor write fails with "database is locked".
     let holder = db(&net);
-    holder.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+    holder
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
     gate.notify_one();
     let problem = wait_for("the fault to show in the node's health", || async {
         let status = a.status().await;
@@ -215,7 +222,9 @@ async fn a_subscription_resumes_after_a_transient_store_fault() {
     // It resumes: the cursor is written, new events are delivered, and the
     // node is healthy again.
     a.proclaim("y.two", b"{}", vec![]).await.expect("proclaim");
-    let got = tokio::time::timeout(WITHIN, seen.recv()).await.expect("y.two");
+    let got = tokio::time::timeout(WITHIN, seen.recv())
+        .await
+        .expect("y.two");
     assert_eq!(got.as_deref(), Some("y.two"));
     wait_for("the node to be healthy again", || async {
         let status = a.status().await;

@@ -71,7 +71,11 @@ async fn proclaim_n(node: &Node, n: u64, tag: &str) -> (u64, [u8; 32]) {
     let mut last = None;
     for i in 0..n {
         let r = node
-            .proclaim("recovery.test", format!(r#"{{"{tag}":{i}}}"#).as_bytes(), vec![])
+            .proclaim(
+                "recovery.test",
+                format!(r#"{{"{tag}":{i}}}"#).as_bytes(),
+                vec![],
+            )
             .await
             .expect("proclaim");
         last = Some((r.seq, r.hash));
@@ -120,7 +124,9 @@ async fn a_node_on_an_old_copy_of_its_store_recovers_its_tail_before_proclaiming
     // The backup comes back: a's store is 30 events behind what b holds.
     std::fs::remove_dir_all(net.data_dir("a")).expect("remove a's store");
     copy_dir(&backup, &net.data_dir("a"));
-    let a = Node::start(&net.config("a")).await.expect("start a on the backup");
+    let a = Node::start(&net.config("a"))
+        .await
+        .expect("start a on the backup");
     let next = a
         .proclaim("recovery.test", b"{\"after\":true}", vec![])
         .await
@@ -230,7 +236,9 @@ async fn a_peer_claiming_more_of_the_feed_than_it_delivers_is_named_and_publish_
         "node-a" => vec!["mallory".into()],
         _ => vec!["node-a".into()],
     });
-    let a = Node::start(&net.config("node-a")).await.expect("start node-a");
+    let a = Node::start(&net.config("node-a"))
+        .await
+        .expect("start node-a");
     let claim = 1_000_000;
     let _mallory = FakePeer::hello(
         &net,
@@ -272,13 +280,13 @@ async fn a_peer_claiming_more_of_the_feed_than_it_delivers_is_named_and_publish_
     );
     // Later publishes fail at once with the same reason.
     let again = tokio::time::timeout(Duration::from_secs(5), proclaim_on_a_thread(&a))
-    .await
-    .expect("an immediate answer");
-    assert!(matches!(again, Err(LogError::CannotProclaim(_))), "{again:?}");
+        .await
+        .expect("an immediate answer");
     assert!(
-        head_of(&a, "node-a").await.is_none(),
-        "no feed was started"
+        matches!(again, Err(LogError::CannotProclaim(_))),
+        "{again:?}"
     );
+    assert!(head_of(&a, "node-a").await.is_none(), "no feed was started");
     drop(_mallory.send);
     a.shutdown().await;
 }
@@ -326,4 +334,49 @@ async fn a_store_with_damaged_pages_is_refused_at_start_up() {
             panic!("a node started on a store with damaged pages");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_diverged_from_the_feed_its_peers_hold_stops_the_node() {
+    let net = Net::mesh(&["a", "b"]);
+    let a = Node::start(&net.config("a")).await.expect("start a");
+    let b = Node::start(&net.config("b")).await.expect("start b");
+    let first = proclaim_n(&a, 5, "first").await;
+    wait_head(&b, "a", first).await;
+    a.shutdown().await;
+    let backup = net.path().join("a-backup");
+    copy_dir(&net.data_dir("a"), &backup);
+    let a = Node::start(&net.config("a")).await.expect("restart a");
+    let second = proclaim_n(&a, 5, "second").await;
+    wait_head(&b, "a", second).await;
+    a.shutdown().await;
+
+    // The old copy comes back and, opened without its node (as an offline
+    // `herald publish` does), gets an event of its own at a sequence number
+    // b already holds another event at: the store now diverges from b's copy.
+    std::fs::remove_dir_all(net.data_dir("a")).expect("remove a's store");
+    copy_dir(&backup, &net.data_dir("a"));
+    let log = herald::store::Log::open(&net.config("a")).expect("open the old copy");
+    let diverged = log
+        .proclaim("recovery.test", b"{\"branch\":2}", vec![])
+        .expect("proclaim offline");
+    assert_eq!(diverged.seq, first.0 + 1);
+    drop(log);
+
+    let a = Node::start(&net.config("a")).await.expect("start a");
+    let reason = tokio::time::timeout(CONVERGE, a.failed())
+        .await
+        .expect("a reports that its store diverged");
+    assert!(reason.contains("self-fork"), "{reason}");
+    let status = a.status().await;
+    assert!(!status.healthy && status.recovering, "{status:?}");
+    let refused = tokio::time::timeout(Duration::from_secs(10), proclaim_on_a_thread(&a))
+        .await
+        .expect("an immediate answer");
+    assert!(
+        matches!(refused, Err(LogError::CannotProclaim(_))),
+        "{refused:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
 }

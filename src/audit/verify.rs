@@ -779,7 +779,10 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
 /// (type filters, look-ups by id) see a different event, so each
 /// disagreement is a problem (check `derived-column`) and the store is not
 /// valid. An envelope that does not decode is reported by the chain checks.
-fn check_derived_columns(conn: &rusqlite::Connection, auditor: &mut Auditor<'_>) -> rusqlite::Result<()> {
+fn check_derived_columns(
+    conn: &rusqlite::Connection,
+    auditor: &mut Auditor<'_>,
+) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare(
         "SELECT arrival, feed, seq, hash, id, CAST(event_type AS BLOB), timestamp_us, envelope
          FROM events ORDER BY arrival",

@@ -69,7 +69,11 @@ impl Health {
     /// `task` stopped on a fault it cannot recover from: the node is
     /// unhealthy and should stop (see [`Health::fatal`]).
     pub fn permanent(&self, task: &str, reason: &str) {
-        tracing::error!(task, reason, "background task stopped; the node cannot work without it");
+        tracing::error!(
+            task,
+            reason,
+            "background task stopped; the node cannot work without it"
+        );
         self.record(task, reason, true);
         self.fatal.send_if_modified(|fatal| {
             if fatal.is_some() {
@@ -132,6 +136,10 @@ mod tests {
         assert!(!health.is_healthy());
         assert_eq!(fatal.borrow().as_deref(), Some("b: damaged"));
         health.permanent("c", "later");
-        assert_eq!(fatal.borrow().as_deref(), Some("b: damaged"), "the first one stays");
+        assert_eq!(
+            fatal.borrow().as_deref(),
+            Some("b: damaged"),
+            "the first one stays"
+        );
     }
 }

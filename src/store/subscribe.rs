@@ -668,7 +668,11 @@ fn write_cursor(
 /// so matching never holds more than a page of them in memory. The type is
 /// read as bytes (`CAST` keeps SQLite from handing back damaged text as a
 /// string that fails to decode).
-fn read_types(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+fn read_types(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
     let mut stmt = conn.prepare_cached(
         "SELECT arrival, CAST(event_type AS BLOB) FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
     )?;
