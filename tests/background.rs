@@ -54,9 +54,12 @@ fn db(net: &Net) -> rusqlite::Connection {
     conn
 }
 
+/// The types a subscription delivered, in order.
+type Seen = Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Collects the types a subscription delivers.
 fn collector() -> (
-    Arc<std::sync::Mutex<Vec<String>>>,
+    Seen,
     impl FnMut(&StoredEvent) -> Result<(), String> + Send + 'static,
 ) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
