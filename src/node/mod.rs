@@ -906,3 +906,70 @@ async fn ask(
         .await?
         .ok_or(net::NetError::StreamEnded)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(list: &[(&str, Option<u64>)]) -> BTreeMap<String, Option<u64>> {
+        list.iter().map(|(p, c)| (p.to_string(), *c)).collect()
+    }
+
+    #[test]
+    fn recovery_waits_for_claims_until_events_prove_them() {
+        let peers = vec!["b".to_string(), "c".to_string()];
+        // Nobody answered: wait, naming them, settled or not.
+        for settle in [false, true] {
+            match recovery_gate(&peers, &claims(&[]), Some(3), settle) {
+                RecoveryGate::Waiting(r) => assert!(r.contains("b, c"), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // One answered: wait for the other until the wait settles.
+        let one = claims(&[("b", Some(3))]);
+        assert!(matches!(
+            recovery_gate(&peers, &one, Some(3), false),
+            RecoveryGate::Waiting(_)
+        ));
+        assert_eq!(
+            recovery_gate(&peers, &one, Some(3), true),
+            RecoveryGate::Ready
+        );
+        // A claim beyond what the store holds is waited for, by name.
+        let ahead = claims(&[("b", Some(3)), ("c", Some(1_000_003))]);
+        match recovery_gate(&peers, &ahead, Some(3), true) {
+            RecoveryGate::Waiting(r) => {
+                assert!(
+                    r.contains("c claims sequence 1000003") && !r.contains("b claims"),
+                    "{r}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match recovery_gate(&peers, &ahead, None, true) {
+            RecoveryGate::Waiting(r) => assert!(r.contains("none of it"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        // Once the events arrived (the store holds the claim), go on.
+        assert_eq!(
+            recovery_gate(&peers, &ahead, Some(1_000_003), false),
+            RecoveryGate::Ready
+        );
+        // Peers that hold none of the feed (or less) never hold it back.
+        let behind = claims(&[("b", None), ("c", Some(1))]);
+        assert_eq!(
+            recovery_gate(&peers, &behind, Some(4), false),
+            RecoveryGate::Ready
+        );
+        assert_eq!(
+            recovery_gate(&peers, &claims(&[("b", None), ("c", None)]), None, false),
+            RecoveryGate::Ready,
+            "a new feed when no peer holds any of it"
+        );
+        // No peers configured: nothing to wait for.
+        assert_eq!(
+            recovery_gate(&[], &claims(&[]), None, false),
+            RecoveryGate::Ready
+        );
+    }
+}
