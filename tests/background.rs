@@ -73,10 +73,12 @@ fn collector() -> (
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_event_type_column_stops_neither_subscriptions_nor_sagas() {
     let net = alone();
-    let a = Node::start(&net.config("a")).await.expect("start a");
-    a.proclaim("x.one", b"{}", vec![]).await.expect("proclaim");
-    a.proclaim("x.two", b"{}", vec![]).await.expect("proclaim");
-    a.shutdown().await;
+    // Written without the node (as an offline `herald publish` does), so the
+    // saga engine's subscriptions have not read past them yet.
+    let log = herald::store::Log::open(&net.config("a")).expect("open the store");
+    log.proclaim("x.one", b"{}", vec![]).expect("proclaim");
+    log.proclaim("x.two", b"{}", vec![]).expect("proclaim");
+    drop(log);
 
     // One byte of x.one's derived type column flipped so it is no longer
     // UTF-8; its signed envelope is intact.
@@ -107,29 +109,9 @@ async fn a_damaged_event_type_column_stops_neither_subscriptions_nor_sagas() {
         report.problems
     );
 
-    let a = Node::start(&net.config("a")).await.expect("restart a");
-    // A subscription reads past the damaged row and delivers the event as
-    // its envelope says.
-    let (seen, handler) = collector();
-    let task = a
-        .subscribe("watcher", "x.*", StartFrom::Start, handler)
-        .expect("subscribe");
-    a.proclaim("x.three", b"{}", vec![])
-        .await
-        .expect("proclaim");
-    wait_for("every x.* event delivered", || async {
-        let seen = seen.lock().unwrap().clone();
-        if seen == ["x.one", "x.two", "x.three"] {
-            Ok(())
-        } else {
-            Err(format!("{seen:?}"))
-        }
-    })
-    .await;
-    assert!(!task.is_finished(), "the subscription keeps running");
-
-    // The saga engine's subscriptions read past it too: a one-step saga
-    // completes.
+    let a = Node::start(&net.config("a")).await.expect("start a");
+    // The saga engine's subscriptions read past the damaged row: a one-step
+    // saga completes.
     a.on_command("step.do", |_, _| Ok(serde_json::json!({"done": true})));
     let definition = SagaDefinition::builder("OneStep")
         .deadline(Duration::from_secs(30))
@@ -156,6 +138,27 @@ async fn a_damaged_event_type_column_stops_neither_subscriptions_nor_sagas() {
     })
     .await;
     assert_eq!(saga.status, SagaStatus::Completed, "{:?}", saga.steps);
+
+    // A subscription reads past it too and delivers the event as its
+    // envelope says.
+    let (seen, handler) = collector();
+    let task = a
+        .subscribe("watcher", "x.*", StartFrom::Start, handler)
+        .expect("subscribe");
+    a.proclaim("x.three", b"{}", vec![])
+        .await
+        .expect("proclaim");
+    wait_for("every x.* event delivered", || async {
+        let seen = seen.lock().unwrap().clone();
+        if seen == ["x.one", "x.two", "x.three"] {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
+    assert!(!task.is_finished(), "the subscription keeps running");
+
     assert!(a.status().await.healthy);
     a.shutdown().await;
 }
@@ -278,4 +281,51 @@ async fn a_permanent_store_fault_makes_the_node_unhealthy_and_stop() {
     );
     assert!(task.await.expect("join").is_err());
     a.shutdown().await;
+}
+
+#[test]
+fn herald_node_exits_non_zero_when_its_saga_engine_cannot_recover() {
+    let net = alone();
+    // Written without the node (as an offline `herald publish` does), so
+    // the saga participant has not looked at it yet.
+    let log = herald::store::Log::open(&net.config("a")).expect("open the store");
+    log.proclaim("x.cmd", b"{}", vec![]).expect("proclaim");
+    drop(log);
+    // A row the saga participant reads (its type column says a saga
+    // command) whose stored envelope no longer decodes.
+    db(&net)
+        .execute(
+            "UPDATE events SET envelope = substr(envelope, 1, 10), event_type = ?1
+             WHERE event_type = 'x.cmd'",
+            [herald::saga::events::COMMAND],
+        )
+        .expect("damage an envelope");
+    let mut child = std::process::Command::new(common::herald_bin())
+        .args(["node", "--config"])
+        .arg(net.config_path("a"))
+        .current_dir(net.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn herald node");
+    let deadline = Instant::now() + WITHIN;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("herald node kept running without its saga engine");
+        }
+        std::thread::sleep(POLL);
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("herald: error: node stopped: subscription herald.saga.participant"),
+        "{stderr}"
+    );
 }
