@@ -848,10 +848,12 @@ pub fn open_read_only(data_dir: &Path) -> Result<Connection, LogError> {
     Ok(conn)
 }
 
-/// Refuses a store whose pages are damaged. SQLite's `quick_check` reads
-/// every page once (no index cross-checks), a fraction of a second for a
-/// store of hundreds of megabytes, and a damaged store that starts would
-/// keep acknowledging events it may not be able to keep.
+/// Refuses a store whose pages are damaged: one that opened anyway would
+/// keep acknowledging events it may not be able to keep. SQLite's
+/// `quick_check` reads every page once (no index cross-checks): 0.5 s for a
+/// 256 MB store of 300,000 events here with the file in the page cache, so
+/// it runs on every writable open (a node's start, an offline `publish`).
+/// At most five findings are reported.
 fn quick_check(conn: &Connection, db_path: &Path) -> Result<(), LogError> {
     let damaged = |report: String| LogError::Damaged {
         path: db_path.to_path_buf(),
