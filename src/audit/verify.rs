@@ -763,6 +763,7 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
         .collect::<Result<_, _>>()
         .map_err(sql_err)?;
     auditor.compare_heads("feeds table", &claimed);
+    check_derived_columns(&conn, &mut auditor).map_err(sql_err)?;
     bar.finish_and_clear();
     let service: Option<String> = conn
         .query_row(
@@ -772,6 +773,74 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
         )
         .ok();
     Ok(auditor.finish(dir, "data-dir", service))
+}
+
+/// Checks that each stored event's derived columns (feed, seq, hash, id,
+/// event_type, timestamp_us: what the node indexes and filters by) agree
+/// with its signed envelope. The envelope is what the chain checks verify;
+/// a damaged column leaves it valid but makes reads that trust the column
+/// (type filters, look-ups by id) see a different event, so each
+/// disagreement is a problem (check `derived-column`) and the store is not
+/// valid. An envelope that does not decode is reported by the chain checks.
+fn check_derived_columns(
+    conn: &rusqlite::Connection,
+    auditor: &mut Auditor<'_>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT arrival, feed, seq, hash, id, CAST(event_type AS BLOB), timestamp_us, envelope
+         FROM events ORDER BY arrival",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let arrival: i64 = row.get(0)?;
+        let envelope: Vec<u8> = row.get(7)?;
+        let Ok((env, header)) = crate::core::codec::decode_envelope(&envelope) else {
+            continue;
+        };
+        let hash = crate::core::codec::event_hash(&env.header);
+        let column = |i: usize| -> rusqlite::Result<String> {
+            Ok(match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                    match std::str::from_utf8(t) {
+                        Ok(text) if i != 3 && i != 4 => format!("{text:?}"),
+                        _ => hex::encode(t),
+                    }
+                }
+                rusqlite::types::ValueRef::Real(r) => r.to_string(),
+                rusqlite::types::ValueRef::Null => "NULL".to_string(),
+            })
+        };
+        let expected = [
+            (1, "feed", format!("{:?}", header.author)),
+            (2, "seq", header.seq.to_string()),
+            (3, "hash", hex::encode(hash)),
+            (4, "id", hex::encode(header.id)),
+            (5, "event_type", format!("{:?}", header.event_type)),
+            (6, "timestamp_us", header.timestamp_us.to_string()),
+        ];
+        for (i, name, want) in expected {
+            let found = column(i)?;
+            if found == want {
+                continue;
+            }
+            auditor.problems_total += 1;
+            if let Some(f) = auditor.feeds.get_mut(&header.author) {
+                f.problems += 1;
+            }
+            if auditor.problems.len() < PROBLEMS_REPORTED_MAX {
+                auditor.problems.push(Problem {
+                    feed: Some(header.author.clone()),
+                    seq: Some(header.seq),
+                    location: format!("row {arrival}"),
+                    check: "derived-column",
+                    expected: format!("column {name} = {want}, as in the signed envelope"),
+                    found: format!("column {name} = {found}"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Verifies `path`: a data directory if it is a directory, else an export.

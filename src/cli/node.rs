@@ -33,10 +33,18 @@ pub fn run(args: NodeArgs) -> Result<u8, CliError> {
     runtime.block_on(async {
         let node = Node::start(&config).await?;
         tracing::info!(service = %config.service, "running; stop with Ctrl-C or SIGTERM");
-        wait_for_signal().await;
+        let failed = tokio::select! {
+            _ = wait_for_signal() => None,
+            reason = node.failed() => Some(reason),
+        };
         tracing::info!("shutting down");
         node.shutdown().await;
-        Ok::<_, CliError>(())
+        match failed {
+            // A background task cannot recover: stop with its reason and a
+            // non-zero exit, rather than run without it.
+            Some(reason) => Err(CliError::from(format!("node stopped: {reason}"))),
+            None => Ok::<_, CliError>(()),
+        }
     })?;
     Ok(EXIT_OK)
 }

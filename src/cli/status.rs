@@ -112,6 +112,9 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
         running: false,
         peers,
         feeds,
+        healthy: true,
+        problems: Vec::new(),
+        recovering: false,
     })
 }
 
@@ -121,6 +124,26 @@ fn print_status(s: &NodeStatus) {
         s.service,
         if s.running { "running" } else { "not running" }
     );
+    if s.running {
+        println!(
+            "health: {}{}",
+            if s.healthy { "ok" } else { "UNHEALTHY" },
+            if s.recovering {
+                " (recovering its own feed; not proclaiming yet)"
+            } else {
+                ""
+            }
+        );
+        for p in &s.problems {
+            println!(
+                "  {} {}: {} (since {})",
+                if p.permanent { "FATAL" } else { "retrying" },
+                p.task,
+                p.reason,
+                format_timestamp(p.since_us)
+            );
+        }
+    }
     println!(
         "{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} LAST ERROR",
         "PEER", "ADDRESS", "STATE", "BACKLOG", "RETRIES", "LAST ACK"

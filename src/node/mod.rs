@@ -86,6 +86,21 @@ pub struct NodeStatus {
     pub running: bool,
     pub peers: Vec<PeerState>,
     pub feeds: Vec<FeedHead>,
+    /// `false` while a background task reports a problem (see `problems`).
+    #[serde(default = "default_true")]
+    pub healthy: bool,
+    /// What fails in the node's background tasks (subscriptions, sagas,
+    /// recovery of its own feed), and whether it is retried or fatal.
+    #[serde(default)]
+    pub problems: Vec<crate::store::Problem>,
+    /// `true` while the node recovers its own feed from peers and does not
+    /// proclaim yet.
+    #[serde(default)]
+    pub recovering: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// State shared by the node's tasks.
@@ -122,8 +137,9 @@ impl Node {
     /// configured peers. Must be called inside a tokio runtime.
     pub async fn start(config: &NodeConfig) -> Result<Node, NodeError> {
         let mut options = LogOptions::from_config(config)?;
-        // A node with no feed of its own yet asks its peers first: if the
-        // store was lost, the feed comes back from them before any new event.
+        // Every node asks its peers before proclaiming: if the store was
+        // lost, or is an old copy, or lost its tail (the WAL), the feed
+        // comes back from them before any new event, so it never forks.
         options.recover_own_feed = true;
         let signing_key = options.identity.signing_key.clone();
         let trust = Arc::new(options.trust.clone());
@@ -413,6 +429,22 @@ impl Node {
         status_of(&self.inner).await
     }
 
+    /// Resolves with the reason when a background task met a fault it cannot
+    /// recover from (a damaged store, a self-fork, the saga engine stopped):
+    /// the node is unhealthy and its owner should stop it (`herald node`
+    /// exits non-zero). Never resolves while the node is healthy.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.inner.log.health().fatal();
+        loop {
+            if let Some(reason) = fatal.borrow_and_update().clone() {
+                return reason;
+            }
+            if fatal.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Stops the node: tells peers, lets in-flight commits finish, closes
     /// the log.
     pub async fn shutdown(self) {
@@ -458,11 +490,15 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
         .lock()
         .map(|p| p.values().cloned().collect())
         .unwrap_or_default();
+    let health = inner.log.health();
     NodeStatus {
         service: inner.service.clone(),
         running: true,
         peers,
         feeds,
+        healthy: health.is_healthy(),
+        problems: health.problems(),
+        recovering: inner.log.is_recovering(),
     }
 }
 
@@ -472,68 +508,163 @@ pub const RECOVERY_POLL_MS: u64 = 50;
 pub const RECOVERY_REPORT_MS: u64 = 5_000;
 /// After this long, recovery settles for the peers that answered (at least
 /// one) instead of all of them, so one peer being down does not keep a
-/// fresh node from starting. Every peer replicates every feed, so any peer
-/// that was up while this node proclaimed holds its feed.
+/// node from starting. Every peer replicates every feed, so any peer that
+/// was up while this node proclaimed holds its feed.
 pub const RECOVERY_ALL_PEERS_WAIT_MS: u64 = 5_000;
+/// How long recovery waits for a peer that claims more of this node's feed
+/// than this node holds to deliver it, counted from the last event that
+/// arrived. A claim in a `Hello` is not proof: only received, verified
+/// events are. A peer that claims more and delivers nothing for this long
+/// is named (log and `herald status`), and proclamations fail with the
+/// reason instead of waiting (recovery itself keeps waiting).
+pub const RECOVERY_STALL_MS: u64 = 5_000;
+/// How long recovery waits for any configured peer to answer before
+/// proclamations fail with the reason (recovery itself keeps waiting: with
+/// no peer answering, the node cannot tell whether its feed went further).
+pub const RECOVERY_UNANSWERED_MS: u64 = 10_000;
 
-/// This node's store holds no feed of its own: before proclaiming, hear from
-/// the configured peers (all of them, or after
-/// [`RECOVERY_ALL_PEERS_WAIT_MS`] at least one). If any holds this node's
-/// feed (the store was lost), wait until it has been received and verified,
-/// then resume it; if none does, start a new feed. Proclamations queue
-/// meanwhile. With no peer answering, the node keeps waiting: starting a new
-/// feed while a peer might hold the old one could fork it.
+/// What recovery of the own feed is waiting for, or that it may finish.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum RecoveryGate {
+    /// Every peer that answered holds no more of the own feed than the
+    /// store: resume (or start) the feed.
+    Ready,
+    /// Waiting; the reason names the peers.
+    Waiting(String),
+}
+
+/// Decides whether recovery may finish: `peers` are the configured peers,
+/// `reported` what each that answered claimed as the head of this node's
+/// feed (`None`: it holds none), `held` this store's head of it, `settle`
+/// whether the wait for every peer has ended ([`RECOVERY_ALL_PEERS_WAIT_MS`]).
+pub(crate) fn recovery_gate(
+    peers: &[String],
+    reported: &BTreeMap<String, Option<u64>>,
+    held: Option<u64>,
+    settle: bool,
+) -> RecoveryGate {
+    let missing: Vec<&str> = peers
+        .iter()
+        .filter(|p| !reported.contains_key(*p))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() && (reported.is_empty() || !settle) {
+        return RecoveryGate::Waiting(format!(
+            "waiting to hear from peers {} before proclaiming (they may hold more of this node's feed)",
+            missing.join(", ")
+        ));
+    }
+    let ahead: Vec<String> = reported
+        .iter()
+        .filter_map(|(peer, claim)| {
+            let claim = (*claim)?;
+            held.is_none_or(|h| claim > h)
+                .then(|| format!("{peer} claims sequence {claim}"))
+        })
+        .collect();
+    if ahead.is_empty() {
+        return RecoveryGate::Ready;
+    }
+    RecoveryGate::Waiting(format!(
+        "waiting for this node's own feed from its peers: {}; this store holds {}",
+        ahead.join(", "),
+        held.map_or("none of it".to_string(), |h| format!("up to sequence {h}"))
+    ))
+}
+
+/// Name of the recovery task in the node's health.
+pub const RECOVERY_TASK: &str = "own-feed recovery";
+
+/// Before this node proclaims (whatever its store holds, since the store may
+/// be an old copy or have lost its tail): hear from the configured peers
+/// (all of them, or after [`RECOVERY_ALL_PEERS_WAIT_MS`] at least one), and
+/// if any claims more of this node's feed than the store holds, wait until
+/// those events have been received and verified, then resume the feed after
+/// them. Claims are only a reason to wait: a peer that claims more and
+/// delivers nothing for [`RECOVERY_STALL_MS`] (or no peer answering for
+/// [`RECOVERY_UNANSWERED_MS`]) is reported by name in the log and in
+/// `herald status`, and proclamations fail with that reason instead of
+/// waiting; recovery keeps waiting, since starting the feed could fork it.
 async fn recover_own_feed(inner: Arc<Inner>) {
     let peers: Vec<String> = inner
         .peers
         .lock()
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default();
+    let health = inner.log.health().clone();
+    let fatal = health.fatal();
     let mut shutdown = inner.shutdown.clone();
     let started = tokio::time::Instant::now();
-    let mut last_report = tokio::time::Instant::now();
+    let mut last_report: Option<tokio::time::Instant> = None;
+    let mut last_progress = tokio::time::Instant::now();
+    let mut held_before: Option<u64> = None;
+    let mut refusing = false;
     loop {
+        if let Some(reason) = fatal.borrow().clone() {
+            // A self-fork (or another fatal fault): never start the feed.
+            let _ = inner.log.refuse_proclamations(Some(reason));
+            return;
+        }
         let reported = inner
             .own_feed_reported
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default();
-        let missing: Vec<&String> = peers
-            .iter()
-            .filter(|p| !reported.contains_key(*p))
-            .collect();
-        let settle = !reported.is_empty()
-            && started.elapsed() >= Duration::from_millis(RECOVERY_ALL_PEERS_WAIT_MS);
-        if missing.is_empty() || settle {
-            let target = reported.values().flatten().max().copied();
-            let log = inner.log.clone();
-            let service = inner.service.clone();
-            let held = tokio::task::spawn_blocking(move || {
-                log.heads()
-                    .ok()
-                    .and_then(|h| h.into_iter().find(|f| f.feed == service).map(|f| f.seq))
-            })
-            .await
+        let service = inner.service.clone();
+        let held = inner
+            .log
+            .heads()
             .ok()
-            .flatten();
-            if target.is_none_or(|t| held.is_some_and(|h| h >= t)) {
+            .and_then(|h| h.into_iter().find(|f| f.feed == service).map(|f| f.seq));
+        if held != held_before {
+            held_before = held;
+            last_progress = tokio::time::Instant::now();
+        }
+        let settle = started.elapsed() >= Duration::from_millis(RECOVERY_ALL_PEERS_WAIT_MS);
+        match recovery_gate(&peers, &reported, held, settle) {
+            RecoveryGate::Ready => {
                 let log = inner.log.clone();
                 match tokio::task::spawn_blocking(move || log.finish_recovery()).await {
                     Ok(Ok(())) => {
+                        health.cleared(RECOVERY_TASK);
                         tracing::info!(recovered_head = ?held, "own feed ready to proclaim");
-                        return;
                     }
-                    Ok(Err(e)) => tracing::error!(error = %e, "cannot start the own feed"),
-                    Err(e) => tracing::error!(error = %e, "recovery task failed"),
+                    Ok(Err(e)) => health.permanent(
+                        RECOVERY_TASK,
+                        &format!("cannot start this node's own feed: {e}"),
+                    ),
+                    Err(e) => health.permanent(RECOVERY_TASK, &format!("recovery task: {e}")),
                 }
                 return;
             }
-        } else if last_report.elapsed() >= Duration::from_millis(RECOVERY_REPORT_MS) {
-            last_report = tokio::time::Instant::now();
-            tracing::warn!(
-                waiting_for = ?missing,
-                "new store: waiting to hear from every peer before starting this node's feed"
-            );
+            RecoveryGate::Waiting(reason) => {
+                let answered = !reported.is_empty();
+                let stuck = if answered {
+                    settle && last_progress.elapsed() >= Duration::from_millis(RECOVERY_STALL_MS)
+                } else {
+                    started.elapsed() >= Duration::from_millis(RECOVERY_UNANSWERED_MS)
+                };
+                if stuck {
+                    let waited = started.elapsed().as_millis();
+                    let reason = format!("{reason} (for {waited} ms, no progress)");
+                    health.transient(RECOVERY_TASK, &reason);
+                    if !refusing {
+                        tracing::error!(%reason, "own-feed recovery is stuck; refusing to proclaim until it ends");
+                        refusing = inner.log.refuse_proclamations(Some(reason)).is_ok();
+                    }
+                } else if refusing {
+                    // Progress again (events arrive, a peer reconnected):
+                    // proclamations wait for recovery again.
+                    refusing = inner.log.refuse_proclamations(None).is_err();
+                    health.cleared(RECOVERY_TASK);
+                }
+                if last_report
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(RECOVERY_REPORT_MS))
+                {
+                    last_report = Some(tokio::time::Instant::now());
+                    tracing::warn!(%reason, "own feed: recovering before proclaiming");
+                }
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(RECOVERY_POLL_MS)) => {}
@@ -799,4 +930,71 @@ async fn ask(
     net::read_frame::<SignedQueryResult>(&mut recv)
         .await?
         .ok_or(net::NetError::StreamEnded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(list: &[(&str, Option<u64>)]) -> BTreeMap<String, Option<u64>> {
+        list.iter().map(|(p, c)| (p.to_string(), *c)).collect()
+    }
+
+    #[test]
+    fn recovery_waits_for_claims_until_events_prove_them() {
+        let peers = vec!["b".to_string(), "c".to_string()];
+        // Nobody answered: wait, naming them, settled or not.
+        for settle in [false, true] {
+            match recovery_gate(&peers, &claims(&[]), Some(3), settle) {
+                RecoveryGate::Waiting(r) => assert!(r.contains("b, c"), "{r}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // One answered: wait for the other until the wait settles.
+        let one = claims(&[("b", Some(3))]);
+        assert!(matches!(
+            recovery_gate(&peers, &one, Some(3), false),
+            RecoveryGate::Waiting(_)
+        ));
+        assert_eq!(
+            recovery_gate(&peers, &one, Some(3), true),
+            RecoveryGate::Ready
+        );
+        // A claim beyond what the store holds is waited for, by name.
+        let ahead = claims(&[("b", Some(3)), ("c", Some(1_000_003))]);
+        match recovery_gate(&peers, &ahead, Some(3), true) {
+            RecoveryGate::Waiting(r) => {
+                assert!(
+                    r.contains("c claims sequence 1000003") && !r.contains("b claims"),
+                    "{r}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        match recovery_gate(&peers, &ahead, None, true) {
+            RecoveryGate::Waiting(r) => assert!(r.contains("none of it"), "{r}"),
+            other => panic!("{other:?}"),
+        }
+        // Once the events arrived (the store holds the claim), go on.
+        assert_eq!(
+            recovery_gate(&peers, &ahead, Some(1_000_003), false),
+            RecoveryGate::Ready
+        );
+        // Peers that hold none of the feed (or less) never hold it back.
+        let behind = claims(&[("b", None), ("c", Some(1))]);
+        assert_eq!(
+            recovery_gate(&peers, &behind, Some(4), false),
+            RecoveryGate::Ready
+        );
+        assert_eq!(
+            recovery_gate(&peers, &claims(&[("b", None), ("c", None)]), None, false),
+            RecoveryGate::Ready,
+            "a new feed when no peer holds any of it"
+        );
+        // No peers configured: nothing to wait for.
+        assert_eq!(
+            recovery_gate(&[], &claims(&[]), None, false),
+            RecoveryGate::Ready
+        );
+    }
 }

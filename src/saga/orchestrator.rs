@@ -35,6 +35,20 @@ pub const ORCHESTRATOR_TICK_MAX_MS: u64 = 1_000;
 pub const SAGA_INPUT_BYTES_MAX: usize = 256 * 1024;
 /// Durable consumer name of the orchestrator's reply subscription.
 pub const REPLY_CONSUMER: &str = "herald.saga.orchestrator";
+/// First wait before the orchestrator restarts after a fault (a store read
+/// or write that failed: it reloads its sagas from the store and goes on).
+pub const ORCHESTRATOR_RESTART_MS: u64 = 100;
+/// Cap of the doubling wait between restarts.
+pub const ORCHESTRATOR_RESTART_MS_MAX: u64 = 5_000;
+/// Restarts in a row, each failing within [`ORCHESTRATOR_STABLE_MS`] of the
+/// one before, after which the fault counts as permanent: the node is
+/// unhealthy and stops. With the backoff that is about 16 s of failing.
+pub const ORCHESTRATOR_RESTARTS_MAX: u32 = 8;
+/// How long the orchestrator must run after a restart for the next fault
+/// to count as a new one rather than one more in a row.
+pub const ORCHESTRATOR_STABLE_MS: u64 = 60_000;
+/// The orchestrator's name in the node's health.
+const ORCHESTRATOR_TASK: &str = "saga orchestrator";
 
 /// Errors starting or reading sagas.
 #[derive(Debug, thiserror::Error)]
@@ -107,12 +121,7 @@ impl Orchestrator {
                 }
             }
         });
-        let stop = crate::node::stopped(shutdown);
-        let main_task = tokio::spawn(async move {
-            if let Err(e) = run(log, rx, stop).await {
-                tracing::error!(error = %e, "saga orchestrator stopped");
-            }
-        });
+        let main_task = tokio::spawn(supervise(log, rx, shutdown));
         Ok((Orchestrator { tx }, vec![main_task, reply_task]))
     }
 
@@ -219,12 +228,55 @@ enum Ack {
     Applied(oneshot::Sender<Result<(), String>>),
 }
 
-async fn run(
+/// Runs the orchestrator, restarting it after a fault with backoff
+/// ([`ORCHESTRATOR_RESTART_MS`] to [`ORCHESTRATOR_RESTART_MS_MAX`]) while the
+/// fault shows in the node's health; after [`ORCHESTRATOR_RESTARTS_MAX`]
+/// quick failures in a row the sagas this node drives could never end, so
+/// the fault is reported as permanent (the node stops).
+async fn supervise(
     log: Arc<Log>,
     mut rx: mpsc::Receiver<Msg>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let health = log.health().clone();
+    let mut failures = 0u32;
+    let mut backoff_ms = ORCHESTRATOR_RESTART_MS;
+    loop {
+        let started = tokio::time::Instant::now();
+        let stop = crate::node::stopped(shutdown.clone());
+        let Err(e) = run(log.clone(), &mut rx, stop).await else {
+            return;
+        };
+        if started.elapsed() >= Duration::from_millis(ORCHESTRATOR_STABLE_MS) {
+            failures = 0;
+            backoff_ms = ORCHESTRATOR_RESTART_MS;
+        }
+        failures += 1;
+        if failures > ORCHESTRATOR_RESTARTS_MAX {
+            health.permanent(
+                ORCHESTRATOR_TASK,
+                &format!("{e} ({failures} failures in a row)"),
+            );
+            return;
+        }
+        tracing::warn!(error = %e, backoff_ms, "saga orchestrator failed; restarting after backoff");
+        health.transient(ORCHESTRATOR_TASK, &format!("{e} (restarting)"));
+        tokio::select! {
+            _ = crate::node::stopped(shutdown.clone()) => return,
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+        }
+        backoff_ms = (backoff_ms * 2).min(ORCHESTRATOR_RESTART_MS_MAX);
+    }
+}
+
+async fn run(
+    log: Arc<Log>,
+    rx: &mut mpsc::Receiver<Msg>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), SagaError> {
     let mut sagas = load_active(&log).await?;
+    // Loaded: a restart after a fault has recovered.
+    log.health().cleared(ORCHESTRATOR_TASK);
     if !sagas.is_empty() {
         tracing::info!(active = sagas.len(), "resuming sagas");
     }

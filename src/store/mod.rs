@@ -6,6 +6,7 @@
 //! only after the transaction holding it committed.
 
 mod forks;
+pub mod health;
 mod own_feed;
 mod peers;
 mod recent;
@@ -25,6 +26,7 @@ use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
 pub use forks::{EvidenceOutcome, IngestPolicy, Tolerated, pruned_envelope};
+pub use health::{Health, Problem};
 pub use peers::{PeerCursor, READ_ENVELOPES_BYTES_MAX, read_peer_cursors};
 pub use schema::SCHEMA_VERSION;
 pub use subscribe::*;
@@ -87,6 +89,12 @@ pub enum LogError {
     KeyChanged,
     #[error("store is damaged: {0}")]
     Corrupt(String),
+    #[error(
+        "store {path} is damaged (SQLite quick_check: {report}); the node refuses to start on it: restore the store from a backup, or move it aside so the node recovers its feed from its peers"
+    )]
+    Damaged { path: PathBuf, report: String },
+    #[error("this node cannot proclaim yet: {0}")]
+    CannotProclaim(String),
     #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
@@ -107,6 +115,36 @@ pub enum LogError {
     Sqlite(#[from] rusqlite::Error),
     #[error(transparent)]
     Subscription(#[from] SubscriptionError),
+}
+
+impl LogError {
+    /// Whether the fault may pass by itself (a busy or locked database, a
+    /// full disk, an I/O error, a commit that failed for one of these), so
+    /// a background task should retry it with backoff rather than stop.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            LogError::Sqlite(e) | LogError::Open { source: e, .. } => sqlite_transient(e),
+            LogError::Schema(schema::SchemaError::Sqlite(e)) => sqlite_transient(e),
+            // Commit failures carry the SQLite message only; the writer has
+            // rolled back and stays usable, so the next attempt may succeed.
+            LogError::Commit(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn sqlite_transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            ErrorCode::DatabaseBusy
+                | ErrorCode::DatabaseLocked
+                | ErrorCode::DiskFull
+                | ErrorCode::SystemIoFailure
+                | ErrorCode::OutOfMemory
+        )
+    )
 }
 
 /// One event to proclaim: a validated draft and the channel that encrypts it.
@@ -244,10 +282,12 @@ pub struct LogOptions {
     pub trust: TrustAnchor,
     pub channels: Vec<ChannelKey>,
     pub default_channel: String,
-    /// When the store holds no feed of this node yet, wait for
-    /// [`Log::finish_recovery`] before starting it, so a node that lost its
-    /// store first recovers its feed from peers (and never forks itself).
-    /// Proclamations queue until then. `false`: start a new feed at once.
+    /// Hold this node's feed until [`Log::finish_recovery`], whether the
+    /// store holds it or not, so a node that lost its store or part of it
+    /// (a restored backup, a lost WAL) first recovers what its peers hold of
+    /// its feed (and never forks itself). Proclamations queue until then
+    /// (or fail, see [`Log::refuse_proclamations`]). `false`: resume or
+    /// start the feed at once.
     pub recover_own_feed: bool,
 }
 
@@ -290,6 +330,8 @@ pub struct Log {
     heads: Arc<HeadsCache>,
     /// The own feed's latest committed envelopes, for the outbox.
     own_feed: Arc<own_feed::OwnFeedCache>,
+    /// Problems of the background tasks working on this log.
+    health: Arc<Health>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
     _lock: File,
 }
@@ -319,6 +361,7 @@ impl Log {
         let lock = take_lock(&data_dir)?;
         let db_path = data_dir.join(DB_FILE);
         let mut conn = open_connection(&db_path, true)?;
+        quick_check(&conn, &db_path)?;
         schema::migrate(&mut conn)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer::start(&db_path)?;
@@ -335,12 +378,14 @@ impl Log {
             own_service: identity.service.clone(),
             identity: identity.clone(),
             deferred: Vec::new(),
+            refusal: None,
         };
         let (changes_tx, changes) = tokio::sync::watch::channel(0u64);
         let recent = Arc::new(recent::RecentCommits::new(subscribe::last_arrival(&conn)?));
         let heads = Arc::new(HeadsCache::default());
         heads.refresh_from(&conn);
         let own_feed = Arc::new(own_feed::OwnFeedCache::default());
+        let health = Arc::new(Health::default());
         let channels = Arc::new(transact::Channels {
             keys: channels
                 .into_iter()
@@ -359,6 +404,7 @@ impl Log {
             verifiers: Default::default(),
             own_service: identity.service.clone(),
             recovering: recovering.clone(),
+            health: Arc::clone(&health),
         };
         let handle = writer::spawn(seal, commit, rx)
             .map_err(|e| LogError::Corrupt(format!("cannot start writer threads: {e}")))?;
@@ -375,6 +421,7 @@ impl Log {
             heads,
             own_feed,
             recovering,
+            health,
             _checkpointer: checkpointer,
             _lock: lock,
         })
@@ -506,6 +553,20 @@ impl Log {
         let (reply, receiver) = sync_channel(1);
         self.send(Request::FinishRecovery { reply })?;
         receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    /// While recovery cannot tell whether peers hold more of this node's
+    /// feed (`Some(reason)`): proclamations and transactions that waited
+    /// for recovery, and those that come, fail at once with
+    /// [`LogError::CannotProclaim`] instead of waiting without end. `None`:
+    /// they wait for recovery again. [`Log::finish_recovery`] lifts it.
+    pub fn refuse_proclamations(&self, reason: Option<String>) -> Result<(), LogError> {
+        self.send(Request::Refuse { reason })
+    }
+
+    /// The problems of the background tasks working on this log.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// A handle that runs small writes through the writer.
@@ -800,6 +861,30 @@ pub fn open_read_only(data_dir: &Path) -> Result<Connection, LogError> {
     Ok(conn)
 }
 
+/// Refuses a store whose pages are damaged: one that opened anyway would
+/// keep acknowledging events it may not be able to keep. SQLite's
+/// `quick_check` reads every page once (no index cross-checks): 0.5 s for a
+/// 256 MB store of 300,000 events here with the file in the page cache, so
+/// it runs on every writable open (a node's start, an offline `publish`).
+/// At most five findings are reported.
+fn quick_check(conn: &Connection, db_path: &Path) -> Result<(), LogError> {
+    let damaged = |report: String| LogError::Damaged {
+        path: db_path.to_path_buf(),
+        report,
+    };
+    let mut stmt = conn
+        .prepare("PRAGMA quick_check(5)")
+        .map_err(|e| damaged(e.to_string()))?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .and_then(|rows| rows.collect())
+        .map_err(|e| damaged(e.to_string()))?;
+    if rows.len() == 1 && rows[0] == "ok" {
+        return Ok(());
+    }
+    Err(damaged(rows.join("; ")))
+}
+
 fn claim_service(conn: &Connection, db_path: &Path, service: &str) -> Result<(), LogError> {
     let found: Option<String> = conn
         .query_row(
@@ -835,10 +920,16 @@ fn open_own_feed(
 ) -> Result<Option<Sealer>, LogError> {
     let service = &identity.service;
     let head = writer::read_head(conn, service)?;
-    if head.is_none() && recover {
-        return Ok(None);
+    match (head, recover) {
+        (None, true) => Ok(None),
+        (Some(_), true) => {
+            // Check the key and the head row now (it writes nothing for a
+            // stored feed), so a bad store fails at start-up, not later.
+            start_or_resume(conn, identity, trust)?;
+            Ok(None)
+        }
+        (_, false) => start_or_resume(conn, identity, trust).map(Some),
     }
-    start_or_resume(conn, identity, trust).map(Some)
 }
 
 /// Resumes this node's feed from its stored head (checking the key and the

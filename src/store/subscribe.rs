@@ -30,7 +30,13 @@
 //!
 //! # Cost
 //!
-//! Matching reads only the arrival and type columns, a page at a time. Runs
+//! Matching reads only the arrival and type columns, a page at a time. The
+//! type column is only a filter: what a runner delivers, and whether it
+//! matches, comes from the stored signed envelope, so a damaged derived
+//! column (not even text) does not stop a subscription. (A column damaged
+//! into another valid type hides its row from the filter; `herald verify
+//! DATA_DIR` reports every row whose derived columns disagree with its
+//! envelope.) Runs
 //! of recent commits that hold no wanted type are stepped over without
 //! reading them at all (`store/recent.rs`), so a consumer of a rare type
 //! (the saga engine's, on every node) costs next to nothing while the log
@@ -54,6 +60,12 @@ pub const SUBSCRIPTION_PAGE_EVENTS: usize = 512;
 /// rare pattern over a long log returns (possibly empty) instead of scanning
 /// it all in one call; the position still advances past what was scanned.
 pub const SUBSCRIPTION_SCAN_EVENTS_MAX: usize = 16 * SUBSCRIPTION_PAGE_EVENTS;
+/// First wait before a runner retries a store read or cursor write that
+/// failed transiently (busy, locked, disk full, I/O error).
+pub const SUBSCRIPTION_STORE_RETRY_MS: u64 = 100;
+/// Cap of the doubling wait between such retries. A runner never gives up
+/// on a transient fault: it shows in the node's health until it passes.
+pub const SUBSCRIPTION_STORE_RETRY_MS_MAX: u64 = 5_000;
 /// First backoff before redelivering an event whose handler failed.
 pub const SUBSCRIPTION_RETRY_MS: u64 = 100;
 /// Cap of the doubling redelivery backoff.
@@ -133,6 +145,8 @@ pub struct Subscription {
     changes: tokio::sync::watch::Receiver<u64>,
     /// Lets the read position step over commits without a matching type.
     recent: std::sync::Arc<super::recent::RecentCommits>,
+    /// Where the runners report store faults.
+    health: std::sync::Arc<super::Health>,
 }
 
 impl Log {
@@ -179,6 +193,7 @@ impl Log {
             committed_at: std::time::Instant::now(),
             changes: self.changes(),
             recent: std::sync::Arc::clone(&self.recent),
+            health: std::sync::Arc::clone(&self.health),
         })
     }
 }
@@ -215,9 +230,20 @@ impl Subscription {
             }
             let page_len = SUBSCRIPTION_PAGE_EVENTS.min(SUBSCRIPTION_SCAN_EVENTS_MAX - scanned);
             let page = read_types(&self.conn, position, page_len)?;
-            for (arrival, event_type) in &page {
-                if crate::cli::glob_match(&self.pattern, event_type) {
-                    batch.push(read_event(&self.conn, *arrival, event_type)?);
+            for (arrival, indexed_type) in &page {
+                // The type column is derived from the signed envelope and
+                // only narrows what is read: a row whose column matches, or
+                // is not even text (a damaged column), is decided by the
+                // envelope's own header, which is what gets delivered.
+                let candidate = match std::str::from_utf8(indexed_type) {
+                    Ok(t) => crate::cli::glob_match(&self.pattern, t),
+                    Err(_) => true,
+                };
+                if candidate {
+                    let event = read_event(&self.conn, *arrival)?;
+                    if crate::cli::glob_match(&self.pattern, &event.header.event_type) {
+                        batch.push(event);
+                    }
                 }
                 position = *arrival;
                 scanned += 1;
@@ -331,8 +357,12 @@ impl Subscription {
 /// At-least-once: if the handler returns `Err`, the cursor is committed up to
 /// just before the failing event, which is redelivered after a backoff that
 /// starts at [`SUBSCRIPTION_RETRY_MS`] and doubles up to
-/// [`SUBSCRIPTION_RETRY_MS_MAX`]; a success resets it. Store errors end the
-/// run with `Err`.
+/// [`SUBSCRIPTION_RETRY_MS_MAX`]; a success resets it. Transient store
+/// faults (busy, locked, disk full) are retried with their own backoff
+/// ([`SUBSCRIPTION_STORE_RETRY_MS`] to [`SUBSCRIPTION_STORE_RETRY_MS_MAX`])
+/// and shown in the log's [`Health`](super::Health) meanwhile; a permanent
+/// one (a damaged store) is reported there as fatal and ends the run with
+/// `Err`.
 pub async fn run_subscription<F>(
     sub: Subscription,
     mut handler: F,
@@ -406,11 +436,21 @@ where
             }
             _ = std::future::ready(()) => {}
         }
-        let batch = sub.next_batch(SUBSCRIPTION_BATCH_EVENTS_MAX)?;
+        let Some(batch) = store_retry(&mut sub, &mut stop, |sub| {
+            sub.next_batch(SUBSCRIPTION_BATCH_EVENTS_MAX)
+        })
+        .await?
+        else {
+            return Ok(());
+        };
         if batch.is_empty() {
             // Nothing matched: the position moved over unrelated events only.
-            if sub.idle_commit_due() {
-                sub.commit(sub.position())?;
+            if sub.idle_commit_due()
+                && store_retry(&mut sub, &mut stop, |sub| sub.commit(sub.position()))
+                    .await?
+                    .is_none()
+            {
+                return Ok(());
             }
             tokio::select! {
                 _ = &mut stop => {
@@ -426,11 +466,22 @@ where
         let outcome = handler(batch).await;
         match outcome {
             Ok(()) => {
-                sub.commit(sub.position())?;
+                if store_retry(&mut sub, &mut stop, |sub| sub.commit(sub.position()))
+                    .await?
+                    .is_none()
+                {
+                    return Ok(());
+                }
                 backoff_ms = SUBSCRIPTION_RETRY_MS;
             }
             Err((arrival, reason)) => {
-                sub.commit(arrival.saturating_sub(1))?;
+                let before = arrival.saturating_sub(1);
+                if store_retry(&mut sub, &mut stop, |sub| sub.commit(before))
+                    .await?
+                    .is_none()
+                {
+                    return Ok(());
+                }
                 sub.rewind();
                 tracing::warn!(
                     consumer = %sub.consumer,
@@ -444,6 +495,50 @@ where
                     _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
                 }
                 backoff_ms = (backoff_ms * 2).min(SUBSCRIPTION_RETRY_MS_MAX);
+            }
+        }
+    }
+}
+
+/// Runs one store operation of a runner (a read or a cursor write),
+/// retrying transient faults (see [`LogError::is_transient`]) with a backoff
+/// from [`SUBSCRIPTION_STORE_RETRY_MS`] doubling to
+/// [`SUBSCRIPTION_STORE_RETRY_MS_MAX`], for as long as they last: the fault
+/// shows in the node's health meanwhile and is cleared when the store works
+/// again. A permanent fault is reported as such and ends the run with `Err`.
+/// `Ok(None)`: `stop` resolved while waiting.
+async fn store_retry<T, S>(
+    sub: &mut Subscription,
+    stop: &mut std::pin::Pin<&mut S>,
+    mut op: impl FnMut(&mut Subscription) -> Result<T, LogError>,
+) -> Result<Option<T>, LogError>
+where
+    S: Future<Output = ()>,
+{
+    let task = format!("subscription {}", sub.consumer);
+    let mut backoff_ms = SUBSCRIPTION_STORE_RETRY_MS;
+    let mut failed = false;
+    loop {
+        match op(sub) {
+            Ok(value) => {
+                if failed {
+                    sub.health.cleared(&task);
+                }
+                return Ok(Some(value));
+            }
+            Err(e) if e.is_transient() => {
+                failed = true;
+                tracing::warn!(consumer = %sub.consumer, error = %e, backoff_ms, "store fault; retrying after backoff");
+                sub.health.transient(&task, &format!("{e} (retrying)"));
+                tokio::select! {
+                    _ = stop.as_mut() => return Ok(None),
+                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+                }
+                backoff_ms = (backoff_ms * 2).min(SUBSCRIPTION_STORE_RETRY_MS_MAX);
+            }
+            Err(e) => {
+                sub.health.permanent(&task, &e.to_string());
+                return Err(e);
             }
         }
     }
@@ -570,13 +665,19 @@ fn write_cursor(
 }
 
 /// `(arrival, event_type)` of up to `limit` rows after `after`: small rows,
-/// so matching never holds more than a page of them in memory.
-fn read_types(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u64, String)>, LogError> {
+/// so matching never holds more than a page of them in memory. The type is
+/// read as bytes (`CAST` keeps SQLite from handing back damaged text as a
+/// string that fails to decode).
+fn read_types(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT arrival, event_type FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
+        "SELECT arrival, CAST(event_type AS BLOB) FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![to_sql(after), limit as i64], |r| {
-        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
     })?;
     rows.map(|r| {
         let (arrival, event_type) = r?;
@@ -585,18 +686,12 @@ fn read_types(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u64, S
     .collect()
 }
 
-fn read_event(conn: &Connection, arrival: u64, event_type: &str) -> Result<StoredEvent, LogError> {
+/// The event at `arrival`, decoded from its stored (signed) envelope.
+fn read_event(conn: &Connection, arrival: u64) -> Result<StoredEvent, LogError> {
     let envelope: Vec<u8> = conn
         .prepare_cached("SELECT envelope FROM events WHERE arrival = ?1")?
         .query_row([to_sql(arrival)], |r| r.get(0))?;
-    let event = stored_event((arrival, envelope))?;
-    if event.header.event_type != event_type {
-        return Err(LogError::Corrupt(format!(
-            "event at arrival {arrival} is indexed as type {event_type:?} but its header says {:?}",
-            event.header.event_type
-        )));
-    }
-    Ok(event)
+    stored_event((arrival, envelope))
 }
 
 fn to_sql(value: u64) -> i64 {

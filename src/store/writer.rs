@@ -58,6 +58,9 @@ pub(crate) enum Request {
     FinishRecovery {
         reply: SyncSender<Result<(), LogError>>,
     },
+    /// While recovery is stuck (`Some`), fail proclamations and
+    /// transactions that wait for it, and those that come, with the reason.
+    Refuse { reason: Option<String> },
     /// Run a non-event write.
     Write {
         job: WriteJob,
@@ -93,7 +96,8 @@ impl Request {
             | Request::Evidence { .. }
             | Request::Transact(_)
             | Request::Shutdown
-            | Request::FinishRecovery { .. } => 1,
+            | Request::FinishRecovery { .. }
+            | Request::Refuse { .. } => 1,
         }
     }
 }
@@ -149,6 +153,9 @@ pub(crate) struct SealStage {
     pub identity: crate::identity::NodeIdentity,
     /// Proclamations waiting for recovery to end, in order.
     pub deferred: Vec<Request>,
+    /// Why recovery cannot finish now: proclamations fail with it instead
+    /// of waiting (see [`super::Log::refuse_proclamations`]).
+    pub refusal: Option<String>,
     /// Read connection used to find the durable head after a failed commit.
     pub head_conn: Connection,
     pub own_service: String,
@@ -173,6 +180,8 @@ pub(crate) struct CommitStage {
     pub own_service: String,
     /// While true, this node's own feed is accepted from peers (recovery).
     pub recovering: Arc<std::sync::atomic::AtomicBool>,
+    /// Where a self-fork found during recovery is reported.
+    pub health: Arc<super::Health>,
     /// Channel keys for events proclaimed inside transactions.
     pub channels: Arc<Channels>,
 }
@@ -246,19 +255,30 @@ impl SealStage {
                 self.rewind_to_durable_head();
                 sealed_epoch = current;
             }
-            let (finish, mut batch): (Vec<Request>, Vec<Request>) = batch
-                .into_iter()
-                .partition(|r| matches!(r, Request::FinishRecovery { .. }));
-            for request in finish {
-                if let Request::FinishRecovery { reply } = request {
-                    let outcome = self.finish_recovery(&work);
-                    if outcome.is_ok() {
-                        // Proclamations that waited go first, in order.
-                        let mut waited = std::mem::take(&mut self.deferred);
-                        waited.append(&mut batch);
-                        batch = waited;
+            let (control, mut batch): (Vec<Request>, Vec<Request>) =
+                batch.into_iter().partition(|r| {
+                    matches!(r, Request::FinishRecovery { .. } | Request::Refuse { .. })
+                });
+            for request in control {
+                match request {
+                    Request::FinishRecovery { reply } => {
+                        let outcome = self.finish_recovery(&work);
+                        if outcome.is_ok() {
+                            self.refusal = None;
+                            // Proclamations that waited go first, in order.
+                            let mut waited = std::mem::take(&mut self.deferred);
+                            waited.append(&mut batch);
+                            batch = waited;
+                        }
+                        let _ = reply.send(outcome);
                     }
-                    let _ = reply.send(outcome);
+                    Request::Refuse { reason } => {
+                        self.refusal = reason.filter(|_| self.sealer.is_none());
+                        for waiting in std::mem::take(&mut self.deferred) {
+                            self.defer(waiting);
+                        }
+                    }
+                    _ => {}
                 }
             }
             if self
@@ -288,7 +308,7 @@ impl SealStage {
         for request in batch {
             match request {
                 Request::Transact(job) if self.sealer.is_none() => {
-                    self.deferred.push(Request::Transact(job));
+                    self.defer(Request::Transact(job));
                 }
                 Request::Transact(job) => {
                     self.send_sealed(std::mem::take(&mut others), work, *sealed_epoch)?;
@@ -332,8 +352,9 @@ impl SealStage {
             return Ok(());
         }
         let Some(sealer) = self.sealer.take() else {
-            self.deferred
-                .extend(jobs.into_iter().map(Request::Transact));
+            for job in jobs {
+                self.defer(Request::Transact(job));
+            }
             return Ok(());
         };
         let (give_back, returned) = sync_channel(1);
@@ -363,7 +384,7 @@ impl SealStage {
         for request in batch {
             match request {
                 Request::Proclaim { drafts, reply } if self.sealer.is_none() => {
-                    self.deferred.push(Request::Proclaim { drafts, reply });
+                    self.defer(Request::Proclaim { drafts, reply });
                 }
                 Request::Proclaim { drafts: d, reply } => {
                     replies.push((d.len(), reply));
@@ -397,7 +418,7 @@ impl SealStage {
                         "internal: a transaction reached the proclamation sealer".into(),
                     ))));
                 }
-                Request::Shutdown | Request::FinishRecovery { .. } => {}
+                Request::Shutdown | Request::FinishRecovery { .. } | Request::Refuse { .. } => {}
             }
         }
         if let (false, Some(sealer)) = (drafts.is_empty(), self.sealer.as_mut()) {
@@ -415,6 +436,25 @@ impl SealStage {
             });
         }
         out
+    }
+
+    /// Keeps a proclamation or transaction until recovery ends, or fails it
+    /// at once while recovery is stuck (a caller must not wait without end).
+    fn defer(&mut self, request: Request) {
+        let Some(reason) = &self.refusal else {
+            self.deferred.push(request);
+            return;
+        };
+        let error = || LogError::CannotProclaim(reason.clone());
+        match request {
+            Request::Proclaim { reply, .. } => {
+                let _ = reply.send(Err(error()));
+            }
+            Request::Transact(job) => {
+                let _ = job.reply.send(Err(TxError::Store(error())));
+            }
+            other => self.deferred.push(other),
+        }
     }
 
     /// Asks the commit stage (which has applied every ingest queued before
@@ -788,11 +828,57 @@ impl CommitStage {
             set_head(&tx, feed, *seq, hash, *timestamp_us)?;
         }
         tx.commit()?;
+        self.check_self_fork(&report);
         if report.rejected.is_some() {
             // A rejected run may have left a verifier mid-way; reload from disk.
             self.verifiers.clear();
         }
         Ok(report)
+    }
+}
+
+impl CommitStage {
+    /// While recovering, a peer's copy of this node's own feed that does not
+    /// chain onto the stored head (or differs from a stored event) proves
+    /// this store and the feed peers hold diverged: the node forked itself
+    /// before (a store restored from another copy, say). Proclaiming on
+    /// either branch would make it worse, so the node stops, loudly.
+    fn check_self_fork(&self, report: &IngestReport) {
+        if !self.recovering.load(Ordering::Acquire) {
+            return;
+        }
+        let own = |feed: &str| feed == self.own_service;
+        // A peer's copy that does not chain on (the ingest tolerates that
+        // from a relay and reports it as a conflict), one that differs from
+        // a stored event (a fork), or one refused for either reason.
+        let evidence = report
+            .conflicts
+            .iter()
+            .find(|(feed, _)| own(feed))
+            .map(|(_, rejection)| rejection.to_string())
+            .or_else(|| {
+                report
+                    .new_forks
+                    .iter()
+                    .find(|(feed, _)| own(feed))
+                    .map(|(_, seq)| format!("two versions of sequence {seq}"))
+            })
+            .or_else(|| match (&report.rejected, &report.rejected_feed) {
+                (Some(rejection), Some(feed))
+                    if own(feed)
+                        && matches!(rejection.check, Check::PreviousHash | Check::Fork) =>
+                {
+                    Some(rejection.to_string())
+                }
+                _ => None,
+            });
+        let Some(evidence) = evidence else { return };
+        self.health.permanent(
+            "own-feed recovery",
+            &format!(
+                "self-fork: a peer holds a different version of this node's own feed than this store ({evidence}); this store is not a copy of the feed its peers hold, so the node refuses to proclaim on it: restore the store this node last ran with, or move it aside to recover the feed from peers"
+            ),
+        );
     }
 }
 
