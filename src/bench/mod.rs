@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod cpu;
+pub mod netem;
 pub mod sagas;
 pub mod scale;
 
