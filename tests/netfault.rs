@@ -22,7 +22,7 @@ use common::net::Net;
 use herald::core::verify::Draft;
 use herald::node::Node;
 use herald::store::Log;
-use udp_proxy::{Impairment, interpose};
+use udp_proxy::{Impairment, UdpProxy, interpose};
 
 /// How often conditions are polled.
 const POLL: Duration = Duration::from_millis(20);
@@ -465,3 +465,83 @@ async fn one_certified_peer_with_many_connections_holds_one_and_bounded_memory()
     b.shutdown().await;
 }
 
+
+/// Half-open handshakes (the answers never reach the client) from one
+/// address: the node holds at most `HANDSHAKES_IN_PROGRESS_PER_IP_MAX` of
+/// them, its memory stays bounded, and a peer from another address still
+/// gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_open_handshakes_are_bounded_and_others_still_connect() {
+    const HALF_OPEN: usize = 1_500;
+    /// Growth allowed: the pending handshakes the limits admit, with room
+    /// to spare (1,500 unbounded ones cost about 25 MB).
+    const RSS_GROWTH_MB_MAX: f64 = 8.0;
+    let net = Net::with_peers(&["mallory", "node-a"], |me| match me {
+        "node-a" => vec!["mallory".into()],
+        _ => vec!["node-a".into()],
+    });
+    let a = NodeProc::start(&net, "node-a");
+    let mut first = None;
+    wait_for("mallory's first connection", Duration::from_secs(20), async || {
+        first = open_peer_conn(&net, "mallory", "node-a").await;
+        first.is_some()
+    })
+    .await;
+    drop(first);
+    let rss_before = a.rss_mb();
+
+    // Every answer to the flood is lost: its handshakes stay half-open on
+    // node-a until they time out. It comes from 127.0.0.2.
+    let black_hole = Impairment {
+        loss: 1.0,
+        ..Impairment::NONE
+    };
+    let proxy = UdpProxy::start_from(
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.2".parse().unwrap(),
+        net.addrs["node-a"],
+        Impairment::NONE,
+        black_hole,
+        5,
+    )
+    .await
+    .expect("proxy");
+    let endpoint = herald::net::bind_client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tls = Arc::new(net.tls("mallory"));
+    let flood: Vec<_> = (0..HALF_OPEN)
+        .map(|_| {
+            let (endpoint, tls, via) = (endpoint.clone(), tls.clone(), proxy.addr());
+            tokio::spawn(async move {
+                let _ = herald::net::connect(
+                    &endpoint,
+                    via,
+                    "node-a",
+                    herald::core::wire::ALPN_PEER,
+                    &tls,
+                )
+                .await;
+            })
+        })
+        .collect();
+    use std::sync::atomic::Ordering::Relaxed;
+    wait_for("the flood to pass the proxy", Duration::from_secs(20), async || {
+        proxy.stats().received.load(Relaxed) >= HALF_OPEN as u64
+    })
+    .await;
+    // node-a handles datagrams in arrival order: once a new handshake from
+    // 127.0.0.1 completes, it has seen the flood.
+    let honest = open_peer_conn(&net, "mallory", "node-a").await;
+    let rss_after = a.rss_mb();
+    eprintln!(
+        "node-a VmRSS {rss_before:.1} MB before, {rss_after:.1} MB during {HALF_OPEN} half-open handshakes"
+    );
+    assert!(honest.is_some(), "a peer from another address was refused");
+    assert!(
+        rss_after - rss_before <= RSS_GROWTH_MB_MAX,
+        "node-a grew by {:.1} MB (limit {RSS_GROWTH_MB_MAX} MB)",
+        rss_after - rss_before
+    );
+    for f in flood {
+        f.abort();
+    }
+}

@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::core::wire::{FRAME_BYTES_MAX, close};
 use crate::identity::{AuthorCert, CertError, IdentityError};
 
+pub mod congestion;
 pub mod endpoint;
 pub mod frame;
 pub mod tls;

@@ -139,11 +139,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// QUIC transport limits and loss recovery shared by both sides (see the
 /// constants in [`super`]).
 ///
-/// Congestion control is BBR rather than quinn's default CUBIC: CUBIC reads
-/// every lost packet as congestion, so on a path with random loss (10 % in
-/// the network-fault tests) or reordering its window stays near the minimum
-/// and replication crawls at a few dozen packets a second; BBR paces by
-/// the measured bandwidth and round trip and keeps the path full.
+/// Congestion control is BBR with a window floor (see [`super::congestion`]
+/// for why not quinn's default CUBIC).
 fn transport_config() -> Result<Arc<quinn::TransportConfig>, NetError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS))
@@ -153,7 +150,7 @@ fn transport_config() -> Result<Arc<quinn::TransportConfig>, NetError> {
         .send_window(SEND_WINDOW_BYTES)
         .packet_threshold(LOSS_PACKET_THRESHOLD)
         .time_threshold(LOSS_TIME_THRESHOLD)
-        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()))
+        .congestion_controller_factory(Arc::new(super::congestion::FlooredBbrConfig::default()))
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
                 .map_err(|e| NetError::Config(format!("idle timeout: {e}")))?,

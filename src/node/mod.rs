@@ -609,7 +609,8 @@ async fn accept_loop(inner: Arc<Inner>) {
         let Some(incoming) = incoming else { return };
         let remote = incoming.remote_address();
         let Some(slot) = HandshakeSlot::take(&handshakes, remote.ip()) else {
-            tracing::warn!(%remote, "too many handshakes in progress; refusing a connection attempt");
+            // Debug, not warn: a flood must not become a flood of log lines.
+            tracing::debug!(%remote, "too many handshakes in progress; refusing a connection attempt");
             incoming.refuse();
             continue;
         };
