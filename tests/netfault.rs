@@ -74,8 +74,9 @@ fn heads(log: &Log) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// What one run through the proxy measured.
+/// What one run through the proxy measured (reported through `Debug`).
 #[derive(Debug)]
+#[allow(dead_code)]
 struct Convergence {
     /// From the end of publishing until both nodes hold every event.
     after_publishing: Option<Duration>,
