@@ -118,9 +118,10 @@ async fn converge_through(
     }
     let published = Instant::now();
     // Genesis is seq 0: each feed's head is `events` once complete.
-    let expected: BTreeMap<String, u64> = [("node-a".to_string(), events), ("node-b".into(), events)]
-        .into_iter()
-        .collect();
+    let expected: BTreeMap<String, u64> =
+        [("node-a".to_string(), events), ("node-b".into(), events)]
+            .into_iter()
+            .collect();
     let mut after_publishing = None;
     while published.elapsed() < deadline {
         if logs.iter().all(|l| heads(l) == expected) {
@@ -131,7 +132,13 @@ async fn converge_through(
     }
     let mut retries = 0;
     for node in [&a, &b] {
-        retries += node.status().await.peers.iter().map(|p| p.retries).sum::<u64>();
+        retries += node
+            .status()
+            .await
+            .peers
+            .iter()
+            .map(|p| p.retries)
+            .sum::<u64>();
     }
     let s = proxy.stats();
     use std::sync::atomic::Ordering::Relaxed;
@@ -274,7 +281,10 @@ impl Drop for NodeProc {
 async fn wait_for(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done().await {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(POLL).await;
     }
 }
@@ -314,7 +324,9 @@ async fn open_peer_conn_to(
         heads: vec![],
     };
     herald::net::write_frame(&mut send, &hello).await.ok()?;
-    let first = herald::net::read_frame::<PeerMessage>(&mut recv).await.ok()??;
+    let first = herald::net::read_frame::<PeerMessage>(&mut recv)
+        .await
+        .ok()??;
     assert!(matches!(first, PeerMessage::Hello { .. }), "{first:?}");
     // Drain the target's messages so its sends never stall on us.
     let reader = tokio::spawn(async move {
@@ -386,14 +398,20 @@ async fn one_certified_peer_with_many_connections_holds_one_and_bounded_memory()
     let b = Node::start(&net.config("node-b")).await.expect("start b");
     // node-a starts its feed once every configured peer said Hello.
     let mut first = None;
-    wait_for("mallory's first connection", Duration::from_secs(20), async || {
-        first = open_peer_conn(&net, "mallory", "node-a").await;
-        first.is_some()
-    })
+    wait_for(
+        "mallory's first connection",
+        Duration::from_secs(20),
+        async || {
+            first = open_peer_conn(&net, "mallory", "node-a").await;
+            first.is_some()
+        },
+    )
     .await;
-    wait_for("node-b to hold node-a's genesis", Duration::from_secs(20), async || {
-        heads(b.log()).contains_key("node-a")
-    })
+    wait_for(
+        "node-b to hold node-a's genesis",
+        Duration::from_secs(20),
+        async || heads(b.log()).contains_key("node-a"),
+    )
     .await;
     let rss_before = a.rss_mb();
 
@@ -413,7 +431,12 @@ async fn one_certified_peer_with_many_connections_holds_one_and_bounded_memory()
         writers.extend(fill_streams(c, EXTRA_STREAMS));
     }
     conns.extend(first);
-    let open = |conns: &Vec<PeerConn>| conns.iter().filter(|c| c.conn.close_reason().is_none()).count();
+    let open = |conns: &Vec<PeerConn>| {
+        conns
+            .iter()
+            .filter(|c| c.conn.close_reason().is_none())
+            .count()
+    };
     wait_for(
         "node-a to keep at most one of mallory's connections",
         Duration::from_secs(15),
@@ -425,20 +448,34 @@ async fn one_certified_peer_with_many_connections_holds_one_and_bounded_memory()
     // connection receive window of them (all node-a lets it send unread).
     let frames_bytes = ((EXTRA_STREAMS + 1) * herald::core::wire::FRAME_BYTES_MAX) as u64;
     let enough = frames_bytes.min(herald::net::CONNECTION_RECEIVE_WINDOW_BYTES as u64);
-    wait_for("mallory's frames to reach node-a", Duration::from_secs(20), async || {
-        conns
-            .iter()
-            .all(|c| c.conn.close_reason().is_some() || c.conn.stats().udp_tx.bytes >= enough)
-    })
+    wait_for(
+        "mallory's frames to reach node-a",
+        Duration::from_secs(20),
+        async || {
+            conns
+                .iter()
+                .all(|c| c.conn.close_reason().is_some() || c.conn.stats().udp_tx.bytes >= enough)
+        },
+    )
     .await;
 
     // The honest peer is still served: node-a acknowledges node-b's event.
-    b.proclaim("netfault.honest", b"still here", vec![]).await.unwrap();
+    b.proclaim("netfault.honest", b"still here", vec![])
+        .await
+        .unwrap();
     let b_head = heads(b.log())["node-b"];
-    wait_for("node-a to acknowledge node-b's new event", Duration::from_secs(15), async || {
-        b.status().await.peers.iter().any(|p| p.name == "node-a" && p.connected && p.backlog == 0)
-            && heads(b.log())["node-b"] == b_head
-    })
+    wait_for(
+        "node-a to acknowledge node-b's new event",
+        Duration::from_secs(15),
+        async || {
+            b.status()
+                .await
+                .peers
+                .iter()
+                .any(|p| p.name == "node-a" && p.connected && p.backlog == 0)
+                && heads(b.log())["node-b"] == b_head
+        },
+    )
     .await;
     let rss_after = a.rss_mb();
     for c in conns.iter().filter(|c| c.conn.close_reason().is_none()) {
@@ -466,7 +503,6 @@ async fn one_certified_peer_with_many_connections_holds_one_and_bounded_memory()
     b.shutdown().await;
 }
 
-
 /// Half-open handshakes (the answers never reach the client) from one
 /// address: the node holds at most `HANDSHAKES_IN_PROGRESS_PER_IP_MAX` of
 /// them, its memory stays bounded, and a peer from another address still
@@ -483,10 +519,14 @@ async fn half_open_handshakes_are_bounded_and_others_still_connect() {
     });
     let a = NodeProc::start(&net, "node-a");
     let mut first = None;
-    wait_for("mallory's first connection", Duration::from_secs(20), async || {
-        first = open_peer_conn(&net, "mallory", "node-a").await;
-        first.is_some()
-    })
+    wait_for(
+        "mallory's first connection",
+        Duration::from_secs(20),
+        async || {
+            first = open_peer_conn(&net, "mallory", "node-a").await;
+            first.is_some()
+        },
+    )
     .await;
     drop(first);
     let rss_before = a.rss_mb();
@@ -525,9 +565,11 @@ async fn half_open_handshakes_are_bounded_and_others_still_connect() {
         })
         .collect();
     use std::sync::atomic::Ordering::Relaxed;
-    wait_for("the flood to pass the proxy", Duration::from_secs(20), async || {
-        proxy.stats().received.load(Relaxed) >= HALF_OPEN as u64
-    })
+    wait_for(
+        "the flood to pass the proxy",
+        Duration::from_secs(20),
+        async || proxy.stats().received.load(Relaxed) >= HALF_OPEN as u64,
+    )
     .await;
     // node-a handles datagrams in arrival order: once a new handshake from
     // 127.0.0.1 completes, it has seen the flood.

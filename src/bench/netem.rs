@@ -150,7 +150,15 @@ impl UdpProxy {
         backward_path: Impairment,
         seed: u64,
     ) -> std::io::Result<UdpProxy> {
-        Self::start_from(listen, target.ip(), target, forward_path, backward_path, seed).await
+        Self::start_from(
+            listen,
+            target.ip(),
+            target,
+            forward_path,
+            backward_path,
+            seed,
+        )
+        .await
     }
 
     /// Like [`Self::start`], but the target sees the datagrams come from

@@ -105,7 +105,9 @@ impl Controller for FlooredBbr {
     }
 
     fn initial_window(&self) -> u64 {
-        self.inner.initial_window().max(CONGESTION_WINDOW_FLOOR_BYTES)
+        self.inner
+            .initial_window()
+            .max(CONGESTION_WINDOW_FLOOR_BYTES)
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {

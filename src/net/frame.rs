@@ -82,7 +82,10 @@ pub async fn read_frame<T: DeserializeOwned>(
             }
             None => {
                 return Err(NetError::Decode {
-                    reason: format!("stream ended inside a frame ({} of {len} bytes)", body.len()),
+                    reason: format!(
+                        "stream ended inside a frame ({} of {len} bytes)",
+                        body.len()
+                    ),
                 });
             }
         }

@@ -50,9 +50,8 @@ pub const PEER_CONNECTIONS_PER_IDENTITY_MAX: usize = 1;
 
 // Every stream a peer may use at once must fit QUIC's stream limit: the
 // replication stream and the queries in progress.
-const _: () = assert!(
-    net::MAX_CONCURRENT_BIDI_STREAMS as usize > streams::QUERIES_IN_PROGRESS_PER_PEER_MAX
-);
+const _: () =
+    assert!(net::MAX_CONCURRENT_BIDI_STREAMS as usize > streams::QUERIES_IN_PROGRESS_PER_PEER_MAX);
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
