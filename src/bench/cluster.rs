@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::netem::{Impairment, UdpProxy};
 use super::{BenchError, percentile};
 use crate::config::NodeConfig;
 use crate::core::verify::Draft;
@@ -30,6 +31,8 @@ const BATCHES_IN_FLIGHT: usize = 8;
 const PACED_BATCH_EVENTS: usize = 32;
 /// Batches in flight in the paced run (the same events in flight as above).
 const PACED_BATCHES_IN_FLIGHT: usize = 64;
+/// Seed of the WAN profile's proxies (the pair's index is added).
+const PROXY_SEED: u64 = 0x4845_5241_4c44;
 /// Longest the benchmark waits for the cluster to converge.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -64,10 +67,47 @@ pub struct ClusterReport {
     pub half_rate: ClusterRun,
     /// Peak resident memory of this process (all three nodes), in MB.
     pub peak_rss_mb_all_nodes: f64,
+    /// The one-publisher scenario again over an impaired network
+    /// (`--network wan`), if asked for.
+    pub wan: Option<WanRun>,
+}
+
+/// The network profiles `herald bench --network` offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Loopback only.
+    #[default]
+    Loopback,
+    /// Also through [`Impairment::WAN`]: 50 ms round trip, 1 % loss.
+    Wan,
+}
+
+/// The one-publisher scenario through the WAN profile.
+#[derive(Debug, Clone, Serialize)]
+pub struct WanRun {
+    /// Round trip the proxies add, in milliseconds.
+    pub rtt_ms: u64,
+    /// Datagrams each proxy drops, per direction.
+    pub loss: f64,
+    pub run: ClusterRun,
+    /// `run.events_per_s` over the loopback one-publisher rate of the same
+    /// run (the target is at least 0.5).
+    pub fraction_of_loopback: f64,
 }
 
 /// Starts three nodes in `dir` on free loopback ports.
 pub(super) async fn start_cluster(dir: &Path) -> Result<Vec<Node>, BenchError> {
+    Ok(start_cluster_through(dir, None).await?.0)
+}
+
+/// Starts three nodes in `dir` on free loopback ports; with an
+/// `impairment`, every pair's connection runs through a [`UdpProxy`]
+/// impairing both directions with it (the dialling node is given the
+/// proxy's address). The proxies run as long as they are held.
+pub(super) async fn start_cluster_through(
+    dir: &Path,
+    impairment: Option<Impairment>,
+) -> Result<(Vec<Node>, Vec<UdpProxy>), BenchError> {
     let names: Vec<String> = CLUSTER_NODES.iter().map(|s| s.to_string()).collect();
     crate::identity::init_cluster(dir, &names, 7400, 30, true)?;
     let ports: Vec<std::net::SocketAddr> = names
@@ -76,6 +116,7 @@ pub(super) async fn start_cluster(dir: &Path) -> Result<Vec<Node>, BenchError> {
         .collect::<Result<_, _>>()
         .map_err(|e| BenchError::Setup(format!("no free port: {e}")))?;
     let mut nodes = Vec::new();
+    let mut proxies = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut config = NodeConfig::load(&dir.join(format!("{name}.toml")))
             .map_err(|e| BenchError::Setup(e.to_string()))?;
@@ -83,6 +124,20 @@ pub(super) async fn start_cluster(dir: &Path) -> Result<Vec<Node>, BenchError> {
         for peer in &mut config.peers {
             if let Some(j) = names.iter().position(|n| *n == peer.name) {
                 peer.address = ports[j];
+                // Only the node whose name sorts first dials (see node).
+                if let Some(path) = impairment
+                    && *name < peer.name
+                {
+                    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+                    let proxy =
+                        UdpProxy::start(listen, ports[j], path, path, PROXY_SEED + j as u64)
+                            .await
+                            .map_err(|e| {
+                                BenchError::Setup(format!("cannot start the UDP proxy: {e}"))
+                            })?;
+                    peer.address = proxy.addr();
+                    proxies.push(proxy);
+                }
             }
         }
         nodes.push(
@@ -98,7 +153,7 @@ pub(super) async fn start_cluster(dir: &Path) -> Result<Vec<Node>, BenchError> {
         Duration::from_secs(30),
     )
     .await?;
-    Ok(nodes)
+    Ok((nodes, proxies))
 }
 
 /// Polls every node's heads until `done` holds for all of them.
@@ -319,6 +374,7 @@ pub fn run_cluster(
     payload_bytes: usize,
     sign_per_s: f64,
     batch_verify_per_s: f64,
+    network: Network,
 ) -> Result<ClusterReport, BenchError> {
     let nodes_n = CLUSTER_NODES.len() as f64;
     // Per event, the cluster signs once and batch-verifies at each other node.
@@ -362,12 +418,41 @@ pub fn run_cluster(
         for node in nodes {
             node.shutdown().await;
         }
+        let wan = match network {
+            Network::Loopback => None,
+            Network::Wan => {
+                let path = Impairment::WAN;
+                let (nodes, proxies) =
+                    start_cluster_through(&work_dir.join("cluster-wan"), Some(path)).await?;
+                let run = scenario(
+                    &nodes,
+                    "one-publisher-wan",
+                    &[0],
+                    events,
+                    payload_bytes,
+                    None,
+                    ceiling,
+                )
+                .await?;
+                for node in nodes {
+                    node.shutdown().await;
+                }
+                drop(proxies);
+                Some(WanRun {
+                    rtt_ms: 2 * path.delay_ms,
+                    loss: path.loss,
+                    fraction_of_loopback: run.events_per_s / one.events_per_s.max(1e-9),
+                    run,
+                })
+            }
+        };
         Ok(ClusterReport {
             nodes: CLUSTER_NODES.len(),
             topology_ceiling_per_s: ceiling,
             runs: vec![one, all],
             half_rate,
             peak_rss_mb_all_nodes: peak_rss_mb(),
+            wan,
         })
     })
 }

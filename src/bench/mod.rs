@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod cpu;
+pub mod netem;
 pub mod sagas;
 pub mod scale;
 
@@ -45,6 +46,9 @@ pub struct BenchOptions {
     pub sagas: u64,
     pub payload_bytes: usize,
     pub progress: bool,
+    /// `Wan` also runs the one-publisher cluster scenario through the WAN
+    /// profile (50 ms round trip, 1 % loss).
+    pub network: cluster::Network,
 }
 
 /// One run's figures. Rates are per second; latencies in microseconds.
@@ -142,6 +146,7 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
             options.payload_bytes,
             before.sign_per_s,
             before.batch_verify_per_s,
+            options.network,
         )?)
     } else {
         None

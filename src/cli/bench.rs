@@ -30,6 +30,18 @@ pub struct BenchArgs {
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// `wan` also runs the one-publisher cluster scenario with a UDP proxy
+    /// between the nodes (50 ms round trip, 1 % loss each way) and reports
+    /// its rate as a fraction of the loopback rate of the same run.
+    #[arg(long, value_enum, default_value_t = NetworkArg::Loopback)]
+    pub network: NetworkArg,
+}
+
+/// `--network` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkArg {
+    Loopback,
+    Wan,
 }
 
 pub fn run(args: BenchArgs) -> Result<u8, CliError> {
@@ -52,7 +64,14 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
         sagas: args.sagas,
         payload_bytes: args.payload,
         progress: !args.json && std::io::stderr().is_terminal(),
+        network: match args.network {
+            NetworkArg::Loopback => crate::bench::cluster::Network::Loopback,
+            NetworkArg::Wan => crate::bench::cluster::Network::Wan,
+        },
     };
+    if args.network == NetworkArg::Wan && args.cluster_events == 0 {
+        return Err("--network wan needs the cluster scenarios (--cluster-events above 0)".into());
+    }
     let report = run_bench(&options, scratch.path())?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -142,6 +161,19 @@ fn print_table(r: &BenchReport) {
             "peak resident memory of the process running all three nodes: {:.0} MB",
             c.peak_rss_mb_all_nodes
         );
+        if let Some(w) = &c.wan {
+            println!(
+                "wan ({} ms round trip, {:.0} % loss each way, UDP proxy between every pair): \
+                 {} events at {:.0}/s = {:.2} of loopback; latency p50 {} us, p99 {} us",
+                w.rtt_ms,
+                w.loss * 100.0,
+                w.run.events,
+                w.run.events_per_s,
+                w.fraction_of_loopback,
+                w.run.latency_us_p50,
+                w.run.latency_us_p99
+            );
+        }
     }
     if let Some(s) = &r.sagas {
         println!();

@@ -1,12 +1,17 @@
 //! Frames on QUIC streams: `len: u32 little-endian ‖ postcard(message)`.
 //! The length is checked against [`FRAME_BYTES_MAX`] before the body is
-//! allocated, and a body must decode to exactly one message.
+//! allocated, the body grows only as its bytes arrive, and it must decode
+//! to exactly one message.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{FRAME_PREFIX_BYTES, NetError};
 use crate::core::wire::FRAME_BYTES_MAX;
+
+/// First allocation for a frame's body; it grows (doubling, up to the
+/// frame's length) as bytes arrive.
+pub const FRAME_READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Encodes `msg` and writes it as one frame. Refuses (without writing) a
 /// message whose encoding exceeds [`FRAME_BYTES_MAX`].
@@ -61,15 +66,29 @@ pub async fn read_frame<T: DeserializeOwned>(
             max: FRAME_BYTES_MAX,
         });
     }
-    let mut body = vec![0u8; len];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => {}
-        Err(quinn::ReadExactError::FinishedEarly(got)) => {
-            return Err(NetError::Decode {
-                reason: format!("stream ended inside a frame ({got} of {len} bytes)"),
-            });
+    // Grow the body as bytes arrive instead of allocating `len` up front: a
+    // prefix alone (or a frame that stalls) costs what was really sent.
+    let mut body = Vec::with_capacity(len.min(FRAME_READ_CHUNK_BYTES));
+    while body.len() < len {
+        match recv.read_chunk(len - body.len(), true).await? {
+            Some(chunk) => {
+                let needed = body.len() + chunk.bytes.len();
+                if needed > body.capacity() {
+                    // Double, but never past `len`: a frame costs its size.
+                    let target = needed.max(body.capacity() * 2).min(len);
+                    body.reserve_exact(target - body.len());
+                }
+                body.extend_from_slice(&chunk.bytes);
+            }
+            None => {
+                return Err(NetError::Decode {
+                    reason: format!(
+                        "stream ended inside a frame ({} of {len} bytes)",
+                        body.len()
+                    ),
+                });
+            }
         }
-        Err(quinn::ReadExactError::ReadError(e)) => return Err(e.into()),
     }
     let (msg, rest) = postcard::take_from_bytes::<T>(&body).map_err(|e| NetError::Decode {
         reason: format!("{len}-byte frame does not decode: {e}"),

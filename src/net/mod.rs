@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::core::wire::{FRAME_BYTES_MAX, close};
 use crate::identity::{AuthorCert, CertError, IdentityError};
 
+pub mod congestion;
 pub mod endpoint;
 pub mod frame;
 pub mod tls;
@@ -35,12 +36,56 @@ pub use tls::{TlsIdentity, client_config, server_config};
 /// events) or a client (may only talk to a node with ALPN `herald-client/1`).
 pub use crate::identity::CertRole as Role;
 
-/// Most bidirectional streams a peer may have open at once on one connection.
-/// Replication uses one; queries and subscriptions one each while active.
-pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 64;
+/// Most bidirectional streams a peer may have open at once on one connection:
+/// the replication stream, `QUERIES_IN_PROGRESS_PER_PEER_MAX` (16, in
+/// `src/node/streams.rs`) queries and one being opened (`herald` command-line clients use one stream per
+/// request, one request at a time). Each stream the node reads may hold one
+/// frame of up to `FRAME_BYTES_MAX` in memory, so this times
+/// `FRAME_BYTES_MAX` bounds the frame memory of a connection (see
+/// docs/SECURITY.md 6.7).
+pub const MAX_CONCURRENT_BIDI_STREAMS: u32 = 18;
 /// Most unidirectional streams a peer may open: none, the protocol uses only
 /// bidirectional streams.
 pub const MAX_CONCURRENT_UNI_STREAMS: u32 = 0;
+/// Bytes a peer may send on one stream beyond what the node has read. The
+/// replication stream's throughput is at most this per round trip (2 MiB
+/// per 50 ms is 40 MB/s, far above what verification keeps up with); a
+/// frame larger than the window still flows, as the reader drains it.
+pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
+/// Bytes a peer may send on all streams of a connection beyond what the node
+/// has read: what QUIC buffers per connection at most. Room for the
+/// replication stream's full window and as much again for queries.
+pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 2 * STREAM_RECEIVE_WINDOW_BYTES;
+/// Bytes the node buffers per connection for sending (written, not yet
+/// acknowledged by the peer). Writers wait when it is full, so a peer that
+/// stops reading costs at most this; it is the peer's receive window plus
+/// room for retransmissions.
+pub const SEND_WINDOW_BYTES: u64 = 2 * CONNECTION_RECEIVE_WINDOW_BYTES as u64;
+/// Incoming connection attempts (Initial packets from new addresses) quinn
+/// keeps before the node has looked at them; more are refused statelessly.
+pub const INCOMING_PENDING_MAX: usize = 256;
+/// Bytes quinn buffers per incoming connection attempt before the node
+/// looks at it (a client's handshake flight is a few kilobytes).
+pub const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
+/// Bytes quinn buffers for all incoming connection attempts together.
+pub const INCOMING_BUFFER_BYTES_TOTAL: u64 = 4 * 1024 * 1024;
+/// Handshakes the node runs at once (accepted, not yet finished or timed
+/// out after [`HANDSHAKE_TIMEOUT`]); more connection attempts are refused.
+pub const HANDSHAKES_IN_PROGRESS_MAX: usize = 128;
+/// Handshakes at once from one IP address, so one host holding handshakes
+/// half-open cannot take every slot of [`HANDSHAKES_IN_PROGRESS_MAX`].
+pub const HANDSHAKES_IN_PROGRESS_PER_IP_MAX: usize = 16;
+/// QUIC declares a packet lost only once this many later packets were
+/// acknowledged (or by time, see [`LOSS_TIME_THRESHOLD`]). Well above
+/// QUIC's default of 3: on paths that reorder (different delays per packet)
+/// the default declares packets lost that are merely late, and every such
+/// spurious loss makes the congestion controller back off.
+pub const LOSS_PACKET_THRESHOLD: u32 = 1_000;
+/// A packet is declared lost once it is this many round trips older than
+/// the latest acknowledged one (QUIC's default 9/8). Two round trips allow
+/// for delay jitter of up to a round trip before a late packet counts as
+/// lost.
+pub const LOSS_TIME_THRESHOLD: f32 = 2.0;
 /// A connection with no traffic for this long is closed. Keep-alives keep a
 /// healthy but quiet connection open, so this is also how long it takes to
 /// notice a peer that died without closing (SIGKILL, power loss): the node

@@ -22,8 +22,10 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::{
-    IDLE_TIMEOUT, KEEP_ALIVE_INTERVAL, MAX_CONCURRENT_BIDI_STREAMS, MAX_CONCURRENT_UNI_STREAMS,
-    NetError, Role,
+    CONNECTION_RECEIVE_WINDOW_BYTES, IDLE_TIMEOUT, INCOMING_BUFFER_BYTES,
+    INCOMING_BUFFER_BYTES_TOTAL, INCOMING_PENDING_MAX, KEEP_ALIVE_INTERVAL, LOSS_PACKET_THRESHOLD,
+    LOSS_TIME_THRESHOLD, MAX_CONCURRENT_BIDI_STREAMS, MAX_CONCURRENT_UNI_STREAMS, NetError, Role,
+    SEND_WINDOW_BYTES, STREAM_RECEIVE_WINDOW_BYTES,
 };
 use crate::core::wire::{ALPN_CLIENT, ALPN_PEER};
 use crate::identity::trust::parse_cert;
@@ -134,12 +136,21 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// QUIC transport limits shared by both sides (see the constants in
-/// [`super`]).
+/// QUIC transport limits and loss recovery shared by both sides (see the
+/// constants in [`super`]).
+///
+/// Congestion control is BBR with a window floor (see [`super::congestion`]
+/// for why not quinn's default CUBIC).
 fn transport_config() -> Result<Arc<quinn::TransportConfig>, NetError> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_BIDI_STREAMS))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_CONCURRENT_UNI_STREAMS))
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW_BYTES))
+        .send_window(SEND_WINDOW_BYTES)
+        .packet_threshold(LOSS_PACKET_THRESHOLD)
+        .time_threshold(LOSS_TIME_THRESHOLD)
+        .congestion_controller_factory(Arc::new(super::congestion::FlooredBbrConfig::default()))
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(IDLE_TIMEOUT)
                 .map_err(|e| NetError::Config(format!("idle timeout: {e}")))?,
@@ -177,7 +188,11 @@ pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, NetError> 
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| NetError::Config(format!("QUIC server TLS: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(transport_config()?);
+    config
+        .transport_config(transport_config()?)
+        .max_incoming(INCOMING_PENDING_MAX)
+        .incoming_buffer_size(INCOMING_BUFFER_BYTES)
+        .incoming_buffer_size_total(INCOMING_BUFFER_BYTES_TOTAL);
     Ok(config)
 }
 

@@ -50,6 +50,17 @@ pub const CLIENT_CONNECTIONS_MAX: usize = 64;
 /// closed with "too many clients". Below the tools' own patience, so they see
 /// the refusal rather than a hang.
 pub const CLIENT_SLOT_WAIT_MS: u64 = 2_000;
+/// Live replication connections per peer identity. Every configured pair
+/// keeps one connection, so a newer connection from the same peer replaces
+/// the older one (closed at once): a restarted peer reconnects without
+/// waiting for its old connection to time out, and a certified peer opening
+/// many connections holds only one.
+pub const PEER_CONNECTIONS_PER_IDENTITY_MAX: usize = 1;
+
+// Every stream a peer may use at once must fit QUIC's stream limit: the
+// replication stream and the queries in progress.
+const _: () =
+    assert!(net::MAX_CONCURRENT_BIDI_STREAMS as usize > streams::QUERIES_IN_PROGRESS_PER_PEER_MAX);
 
 /// Errors starting or running a node.
 #[derive(Debug, thiserror::Error)]
@@ -673,10 +684,61 @@ async fn recover_own_feed(inner: Arc<Inner>) {
     }
 }
 
+/// Handshakes in progress, in total and per source IP, bounded by
+/// [`net::HANDSHAKES_IN_PROGRESS_MAX`] and
+/// [`net::HANDSHAKES_IN_PROGRESS_PER_IP_MAX`].
+#[derive(Default)]
+struct Handshakes {
+    total: usize,
+    per_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// One handshake's place in [`Handshakes`]; freed when dropped.
+struct HandshakeSlot {
+    handshakes: Arc<Mutex<Handshakes>>,
+    ip: std::net::IpAddr,
+}
+
+impl HandshakeSlot {
+    /// A slot for a handshake from `ip`, unless a limit is reached.
+    fn take(handshakes: &Arc<Mutex<Handshakes>>, ip: std::net::IpAddr) -> Option<HandshakeSlot> {
+        let mut h = handshakes.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = h.per_ip.get(&ip).copied().unwrap_or(0);
+        if h.total >= net::HANDSHAKES_IN_PROGRESS_MAX
+            || from_ip >= net::HANDSHAKES_IN_PROGRESS_PER_IP_MAX
+        {
+            return None;
+        }
+        h.total += 1;
+        h.per_ip.insert(ip, from_ip + 1);
+        Some(HandshakeSlot {
+            handshakes: handshakes.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut h = self.handshakes.lock().unwrap_or_else(|p| p.into_inner());
+        h.total = h.total.saturating_sub(1);
+        if let Some(n) = h.per_ip.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                h.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections: configured peers replicate; clients get the client
-/// protocol; anyone else is refused.
+/// protocol; anyone else is refused. At most
+/// [`net::HANDSHAKES_IN_PROGRESS_MAX`] handshakes run at once (and
+/// [`net::HANDSHAKES_IN_PROGRESS_PER_IP_MAX`] from one address); attempts
+/// beyond that are refused before any per-connection state is built.
 async fn accept_loop(inner: Arc<Inner>) {
     let clients = Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX));
+    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
     let mut shutdown = inner.shutdown.clone();
     loop {
         let incoming = tokio::select! {
@@ -684,10 +746,19 @@ async fn accept_loop(inner: Arc<Inner>) {
             _ = shutdown.changed() => return,
         };
         let Some(incoming) = incoming else { return };
+        let remote = incoming.remote_address();
+        let Some(slot) = HandshakeSlot::take(&handshakes, remote.ip()) else {
+            // Debug, not warn: a flood must not become a flood of log lines.
+            tracing::debug!(%remote, "too many handshakes in progress; refusing a connection attempt");
+            incoming.refuse();
+            continue;
+        };
         let inner = inner.clone();
         let clients = clients.clone();
         tokio::spawn(async move {
-            let (conn, peer) = match net::accept(incoming, &inner.trust).await {
+            let accepted = net::accept(incoming, &inner.trust).await;
+            drop(slot);
+            let (conn, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "refusing connection");
@@ -808,8 +879,21 @@ async fn serve_peer(
         conn.close(close::UNAUTHORIZED.into(), b"bad key");
         return;
     };
-    if let Ok(mut c) = inner.connections.lock() {
-        c.insert(name.clone(), (conn.clone(), key));
+    // One live connection per peer identity: the newest wins (see
+    // PEER_CONNECTIONS_PER_IDENTITY_MAX). The replaced one's session ends
+    // and, no longer current, leaves the peer's status alone.
+    let replaced = match inner.connections.lock() {
+        Ok(mut c) => c.insert(name.clone(), (conn.clone(), key)),
+        Err(_) => None,
+    };
+    if let Some((old, _)) = replaced
+        && old.stable_id() != conn.stable_id()
+    {
+        tracing::info!(peer = %name, "a newer connection from the peer replaces the older one");
+        old.close(
+            close::SHUTDOWN.into(),
+            b"replaced by a newer connection from the same peer",
+        );
     }
     peer::update_status(&inner, &name, |s| {
         s.connected = true;
