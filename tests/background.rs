@@ -23,23 +23,13 @@ use herald::saga::{SagaDefinition, SagaStatus, StepDefinition};
 use herald::store::{StartFrom, StoredEvent};
 
 const WITHIN: Duration = Duration::from_secs(20);
-const POLL: Duration = Duration::from_millis(50);
 
-async fn wait_for<T, F, Fut>(what: &str, mut probe: F) -> T
+async fn wait_for<T, F, Fut>(what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = Instant::now() + WITHIN;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {WITHIN:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    }
+    common::wait_async(what, WITHIN, probe).await
 }
 
 fn alone() -> Net {
@@ -317,7 +307,7 @@ fn herald_node_exits_non_zero_when_its_saga_engine_cannot_recover() {
             let _ = child.kill();
             panic!("herald node kept running without its saga engine");
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(Duration::from_millis(50));
     };
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)

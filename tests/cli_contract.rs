@@ -485,6 +485,33 @@ fn own_head(net: &Net, node: &str) -> u64 {
         .map_or(0, |h| h.seq)
 }
 
+/// Starts `herald publish --count 1000000 --json` through node "a", its
+/// receipts written to `receipts` (a file: after a kill it holds exactly
+/// what the client printed; a pipe would hold an unknown backlog).
+fn spawn_endless_publish(net: &Net, receipts: &Path, stderr: Stdio) -> std::process::Child {
+    Command::new(bin())
+        .args([
+            "publish", "--json", "--type", "load", "--data", "{}", "--count", "1000000", "--config",
+        ])
+        .arg(net.config_path("a"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(receipts).expect("receipts file"))
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn publish")
+}
+
+/// The sequence number of the last complete receipt line in `receipts` (a
+/// killed client may leave half a line).
+fn last_receipt_seq(receipts: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(receipts).unwrap_or_default();
+    text.lines().rev().find_map(|l| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v["seq"].as_u64())
+    })
+}
+
 #[test]
 fn a_script_calling_the_cli_in_a_loop_never_runs_out_of_client_slots() {
     let net = Net::mesh(&["a"]);
@@ -551,27 +578,10 @@ fn the_node_stops_proclaiming_for_a_publish_client_that_was_killed() {
     // Receipts go to a file: after the kill it holds exactly what the
     // client printed (a pipe would hold an unknown backlog).
     let receipts = net.path().join("receipts.jsonl");
-    let mut client = Command::new(bin())
-        .args([
-            "publish", "--json", "--type", "load", "--data", "{}", "--count", "1000000", "--config",
-        ])
-        .arg(net.config_path("a"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&receipts).expect("receipts file"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn publish");
+    let mut client = spawn_endless_publish(&net, &receipts, Stdio::null());
     // Wait until a few batches were printed, then kill the client without
     // letting it close anything.
-    let printed = || {
-        let text = std::fs::read_to_string(&receipts).unwrap_or_default();
-        // The last complete line (a killed client may leave half a line).
-        text.lines().rev().find_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-        })
-    };
+    let printed = || last_receipt_seq(&receipts);
     wait_for("three batches of receipts", || match printed() {
         Some(seq) if seq >= 3 * CLIENT_PUBLISH_BATCH_EVENTS as u64 => Ok(()),
         other => Err(format!("last receipt {other:?}")),
@@ -702,24 +712,8 @@ fn an_interrupted_publish_closes_and_the_node_stops_at_once() {
     let net = Net::mesh(&["a"]);
     let node = NodeProc::start(&net, "a");
     let receipts = net.path().join("receipts.jsonl");
-    let client = Command::new(bin())
-        .args([
-            "publish", "--json", "--type", "load", "--data", "{}", "--count", "1000000", "--config",
-        ])
-        .arg(net.config_path("a"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&receipts).expect("receipts file"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn publish");
-    let printed = || {
-        let text = std::fs::read_to_string(&receipts).unwrap_or_default();
-        text.lines().rev().find_map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-        })
-    };
+    let client = spawn_endless_publish(&net, &receipts, Stdio::piped());
+    let printed = || last_receipt_seq(&receipts);
     wait_for("two batches of receipts", || match printed() {
         Some(seq) if seq >= 2 * CLIENT_PUBLISH_BATCH_EVENTS as u64 => Ok(()),
         other => Err(format!("last receipt {other:?}")),

@@ -12,36 +12,17 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::attack::Attack;
 use common::net::Net;
-use herald::core::wire::{ALPN_PEER, FeedPosition, PROTOCOL_VERSION, PeerMessage};
-use herald::net;
-use herald::node::peer::StreamOpen;
+use common::wait_async;
+use herald::core::wire::{FeedPosition, PROTOCOL_VERSION, PeerMessage};
 use herald::node::{Node, NodeError, RECOVERY_STALL_MS, RECOVERY_TASK};
 use herald::store::{LogError, StoredEvent};
 
 /// Longest a convergence wait may take before the test fails.
 const CONVERGE: Duration = Duration::from_secs(30);
-/// How often conditions are polled.
-const POLL: Duration = Duration::from_millis(50);
-
-async fn wait_async<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        match probe().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {within:?} waiting for {what}; last: {last}")
-            }
-            Err(_) => tokio::time::sleep(POLL).await,
-        }
-    }
-}
 
 /// The head `node` holds of `feed`.
 async fn head_of(node: &Node, feed: &str) -> Option<(u64, [u8; 32])> {
@@ -165,59 +146,6 @@ async fn a_node_on_an_old_copy_of_its_store_recovers_its_tail_before_proclaiming
     }
 }
 
-/// A certified peer speaking the peer protocol itself (as in tests/cluster.rs).
-struct FakePeer {
-    send: quinn::SendStream,
-    _conn: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-}
-
-impl FakePeer {
-    /// Dials `target` as `me`, waits for its Hello, and answers with a Hello
-    /// claiming `heads`.
-    async fn hello(net: &Net, me: &str, target: &str, heads: Vec<FeedPosition>) -> FakePeer {
-        let tls = net.tls(me);
-        let endpoint = net::bind_client("127.0.0.1:0".parse().unwrap()).expect("bind");
-        let conn = net::connect(&endpoint, net.addrs[target], target, ALPN_PEER, &tls)
-            .await
-            .expect("connect");
-        let (mut send, mut recv) = conn.open_bi().await.expect("open stream");
-        net::write_frame(&mut send, &StreamOpen::Replication)
-            .await
-            .expect("stream open");
-        let first = tokio::time::timeout(
-            Duration::from_secs(10),
-            net::read_frame::<PeerMessage>(&mut recv),
-        )
-        .await
-        .expect("the target's Hello in time")
-        .expect("read Hello");
-        assert!(
-            matches!(&first, Some(PeerMessage::Hello { service, .. }) if service == target),
-            "{first:?}"
-        );
-        // Drain what the target sends, so its sends never stall on us.
-        tokio::spawn(async move {
-            while let Ok(Some(_)) = net::read_frame::<PeerMessage>(&mut recv).await {}
-        });
-        net::write_frame(
-            &mut send,
-            &PeerMessage::Hello {
-                protocol: PROTOCOL_VERSION,
-                service: me.to_string(),
-                heads,
-            },
-        )
-        .await
-        .expect("send Hello");
-        FakePeer {
-            send,
-            _conn: conn,
-            _endpoint: endpoint,
-        }
-    }
-}
-
 /// Proclaims from a thread of its own, so a proclamation that never returns
 /// fails the test by its timeout instead of keeping the runtime from ending.
 async fn proclaim_on_a_thread(node: &Node) -> Result<herald::store::Receipt, LogError> {
@@ -240,17 +168,18 @@ async fn a_peer_claiming_more_of_the_feed_than_it_delivers_is_named_and_publish_
         .await
         .expect("start node-a");
     let claim = 1_000_000;
-    let _mallory = FakePeer::hello(
-        &net,
-        "mallory",
-        "node-a",
-        vec![FeedPosition {
-            feed: "node-a".into(),
-            seq: claim,
-            hash: [7; 32],
-        }],
-    )
-    .await;
+    let mut mallory = Attack::connect(&net, "mallory", "node-a").await;
+    mallory
+        .send(&PeerMessage::Hello {
+            protocol: PROTOCOL_VERSION,
+            service: "mallory".into(),
+            heads: vec![FeedPosition {
+                feed: "node-a".into(),
+                seq: claim,
+                hash: [7; 32],
+            }],
+        })
+        .await;
     // A publish neither hangs nor starts a feed mallory claims to hold more
     // of: it fails, naming mallory and its claim, once the claim went
     // unproven for the stall time.
@@ -287,7 +216,7 @@ async fn a_peer_claiming_more_of_the_feed_than_it_delivers_is_named_and_publish_
         "{again:?}"
     );
     assert!(head_of(&a, "node-a").await.is_none(), "no feed was started");
-    drop(_mallory.send);
+    drop(mallory);
     a.shutdown().await;
 }
 
