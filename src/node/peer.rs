@@ -465,9 +465,24 @@ async fn outbound(
                 persist_acks(inner, peer, session.acknowledged());
             }
         }
-        // One read of the heads serves the comparison, the acknowledgement
-        // and the sends.
+        // One read of the heads serves the acknowledgement, the sends and
+        // the comparison.
         let local = local_heads(inner)?;
+        let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
+        if ack_due
+            && let Err(e) = net::write_frame(&mut send, &Session::ack(positions(&local))).await
+        {
+            break Err(e.into());
+        }
+        update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
+        let (offer, relay_due) = session.relay_heads(&heads, &inner.service, clock::now_us());
+        if let Err(e) = send_missing(inner, &mut session, &offer, &mut send).await {
+            break Err(e);
+        }
+        // After the sends, so comparing histories (which may read the
+        // store) never delays delivery. A feed found to diverge is held
+        // back from the next send on; what went out before is skipped by
+        // the peer, which tolerates another branch from a relay.
         if let Err(e) = compare_histories(
             inner,
             peer,
@@ -484,17 +499,6 @@ async fn outbound(
         if let Err(e) =
             share_fork_evidence(inner, &mut session, &mut histories, &local, &mut send).await
         {
-            break Err(e);
-        }
-        let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
-        if ack_due
-            && let Err(e) = net::write_frame(&mut send, &Session::ack(positions(&local))).await
-        {
-            break Err(e.into());
-        }
-        update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
-        let (offer, relay_due) = session.relay_heads(&heads, &inner.service, clock::now_us());
-        if let Err(e) = send_missing(inner, &mut session, &offer, &mut send).await {
             break Err(e);
         }
         let wake_at = match (session.poll_timeout(), relay_due) {
