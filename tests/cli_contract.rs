@@ -49,6 +49,16 @@ where
         .expect("run herald")
 }
 
+/// `herald status --json --config config`.
+fn status_json(config: &Path) -> Output {
+    herald([
+        OsStr::new("status"),
+        OsStr::new("--json"),
+        OsStr::new("--config"),
+        config.as_os_str(),
+    ])
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -429,30 +439,12 @@ struct NodeProc {
 impl NodeProc {
     fn start(net: &Net, name: &str) -> NodeProc {
         let log = net.path().join(format!("{name}.log"));
-        let log_file = std::fs::File::create(&log).expect("node log");
-        let child = Command::new(bin())
-            .arg("node")
-            .arg("--config")
-            .arg(net.config_path(name))
-            .env("HERALD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn herald node");
+        let child = common::spawn_node(&bin(), &net.config_path(name), &log);
         let node = NodeProc { child, log };
         // Running once its client endpoint answers `status`.
         let config = net.config_path(name);
         wait_for("the node to answer status", || {
-            let out = herald(
-                [
-                    OsStr::new("status"),
-                    OsStr::new("--json"),
-                    OsStr::new("--config"),
-                ]
-                .into_iter()
-                .chain([config.as_os_str()]),
-            );
+            let out = status_json(&config);
             let text = String::from_utf8_lossy(&out.stdout);
             if out.status.success() && text.contains("\"running\":true") {
                 Ok(())
@@ -521,15 +513,7 @@ fn a_script_calling_the_cli_in_a_loop_never_runs_out_of_client_slots() {
     // More back-to-back calls than the node has client slots (64), several
     // per idle timeout: each must give its slot back when it exits.
     for i in 0..100 {
-        let out = herald(
-            [
-                OsStr::new("status"),
-                OsStr::new("--json"),
-                OsStr::new("--config"),
-            ]
-            .into_iter()
-            .chain([config.as_os_str()]),
-        );
+        let out = status_json(&config);
         assert_eq!(
             out.status.code(),
             Some(0),

@@ -148,21 +148,7 @@ struct Proc {
 impl Proc {
     fn start(net: &Net, name: &str) -> Proc {
         let log = net.path().join(format!("{name}.log"));
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("node log file");
-        let child = Command::new(herald_bin())
-            .arg("node")
-            .arg("--config")
-            .arg(net.config_path(name))
-            .env("HERALD_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn herald node");
+        let child = common::spawn_node(Path::new(herald_bin()), &net.config_path(name), &log);
         let proc = Proc {
             name: name.to_string(),
             child,

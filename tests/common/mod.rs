@@ -54,6 +54,26 @@ pub fn herald_bin() -> &'static str {
     env!("CARGO_BIN_EXE_herald")
 }
 
+/// Starts `bin node --config config` (logging at info), its stderr appended
+/// to `log`, as an operator runs it.
+pub fn spawn_node(bin: &Path, config: &Path, log: &Path) -> std::process::Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("node log file");
+    std::process::Command::new(bin)
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .env("HERALD_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn herald node")
+}
+
 /// Whether `consumer`'s durable cursor in the store at `data_dir` has reached
 /// the last event the store holds (read through a fresh read-only
 /// connection, as an outside tool would).
