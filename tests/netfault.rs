@@ -298,6 +298,22 @@ struct PeerConn {
     _endpoint: quinn::Endpoint,
 }
 
+/// `me`'s first connection to `target`, retried until the node (still
+/// starting) accepts it.
+async fn first_connection(net: &Net, me: &str, target: &str) -> Option<PeerConn> {
+    let mut first = None;
+    wait_for(
+        &format!("{me}'s first connection"),
+        Duration::from_secs(20),
+        async || {
+            first = open_peer_conn(net, me, target).await;
+            first.is_some()
+        },
+    )
+    .await;
+    first
+}
+
 async fn open_peer_conn(net: &Net, me: &str, target: &str) -> Option<PeerConn> {
     open_peer_conn_to(net.tls(me), net.addrs[target], me, target).await
 }
@@ -397,16 +413,7 @@ async fn one_certified_peer_with_many_connections_holds_one_and_bounded_memory()
     let a = NodeProc::start(&net, "node-a");
     let b = Node::start(&net.config("node-b")).await.expect("start b");
     // node-a starts its feed once every configured peer said Hello.
-    let mut first = None;
-    wait_for(
-        "mallory's first connection",
-        Duration::from_secs(20),
-        async || {
-            first = open_peer_conn(&net, "mallory", "node-a").await;
-            first.is_some()
-        },
-    )
-    .await;
+    let first = first_connection(&net, "mallory", "node-a").await;
     wait_for(
         "node-b to hold node-a's genesis",
         Duration::from_secs(20),
@@ -518,16 +525,7 @@ async fn half_open_handshakes_are_bounded_and_others_still_connect() {
         _ => vec!["node-a".into()],
     });
     let a = NodeProc::start(&net, "node-a");
-    let mut first = None;
-    wait_for(
-        "mallory's first connection",
-        Duration::from_secs(20),
-        async || {
-            first = open_peer_conn(&net, "mallory", "node-a").await;
-            first.is_some()
-        },
-    )
-    .await;
+    let first = first_connection(&net, "mallory", "node-a").await;
     drop(first);
     let rss_before = a.rss_mb();
 
