@@ -239,12 +239,13 @@ async fn status(client: &NodeClient) -> Result<NodeStatus, CliError> {
     Ok(serde_json::from_str(&json.ok_or("no status")?)?)
 }
 
+/// Publishes one event through `client`; returns its sequence number.
 async fn publish(
     client: &NodeClient,
     service: &str,
     event_type: &str,
     data: &str,
-) -> Result<(), CliError> {
+) -> Result<u64, CliError> {
     let request = ClientRequest::Publish {
         event_type: event_type.into(),
         payload: data.as_bytes().to_vec(),
@@ -252,11 +253,13 @@ async fn publish(
         channel: None,
         count: 1,
     };
+    let mut seq = None;
     client
         .request(&request, |r| match r {
             ClientResponse::Receipts(rs) => {
                 for r in rs {
                     println!("   {service}/{} {event_type} {data}", r.seq);
+                    seq = Some(r.seq);
                 }
                 Ok(())
             }
@@ -264,7 +267,33 @@ async fn publish(
             other => Err(format!("unexpected answer {other:?}")),
         })
         .await?;
+    Ok(seq.ok_or("the node sent no receipt")?)
+}
+
+/// Copies the files of a node's data directory (its SQLite store, with its
+/// WAL) from `from` into `to`, which is emptied first. Only while no node
+/// runs on either.
+fn copy_store(from: &Path, to: &Path) -> Result<(), CliError> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+        }
+    }
     Ok(())
+}
+
+/// The head of `service`'s own feed as its node reports it.
+async fn own_head(client: &NodeClient, service: &str) -> Result<u64, CliError> {
+    let status = status(client).await?;
+    let head = status.feeds.iter().find(|f| f.feed == service);
+    Ok(head
+        .ok_or(format!("{service} reports no feed of its own"))?
+        .seq)
 }
 
 async fn query(client: &NodeClient, donor: &str) -> Result<(QueryStatus, String, bool), CliError> {
@@ -384,6 +413,10 @@ async fn drive(
         let _ = press.wait();
     }
     clients.remove("press");
+    // A backup of press's store as it is now, for the restore below.
+    let press_dir = NodeConfig::load(&configs["press"])?.data_dir;
+    let backup = live.join("press-backup");
+    copy_store(&press_dir, &backup)?;
     for i in 2..=6 {
         let data = format!(r#"{{"donor":"D-100{i}","amount_cents":{}}}"#, 1000 * i);
         publish(
@@ -407,6 +440,7 @@ async fn drive(
         seen >= 6,
         &format!("the subscriber saw all 6 donations ({seen})"),
     );
+    ok &= restore_old_backup(live, configs, nodes, &mut clients, &press_dir, &backup).await?;
 
     println!("   -- saga NationalAdvocacyCampaign, orchestrated by fundraising");
     let data_dir = NodeConfig::load(&configs["fundraising"])?.data_dir;
@@ -443,6 +477,65 @@ async fn drive(
     for c in clients.values() {
         c.close();
     }
+    Ok(ok)
+}
+
+/// Press proclaims past the backup taken while it was down, then its store
+/// is replaced by that backup and it restarts: press must fetch the tail of
+/// its own feed back from its peers before it proclaims again, so its next
+/// event continues the feed instead of reusing sequence numbers.
+async fn restore_old_backup(
+    live: &Path,
+    configs: &BTreeMap<&'static str, PathBuf>,
+    nodes: &mut BTreeMap<&'static str, Child>,
+    clients: &mut BTreeMap<&'static str, NodeClient>,
+    press_dir: &Path,
+    backup: &Path,
+) -> Result<bool, CliError> {
+    println!("   -- press proclaims on; then its store is restored from the older backup");
+    for title in ["Phone banks open", "Volunteer drive"] {
+        let data = format!(r#"{{"title":"{title}"}}"#);
+        publish(&clients["press"], "press", "press.release", &data).await?;
+    }
+    if !wait_converged(clients, true).await? {
+        return Ok(expect(false, "press's releases reached every node"));
+    }
+    let head = own_head(&clients["press"], "press").await?;
+    if let Some(c) = clients.remove("press") {
+        c.close();
+    }
+    if let Some(mut press) = nodes.remove("press") {
+        stop_gracefully("press", &mut press);
+    }
+    copy_store(backup, press_dir)?;
+    let conn = crate::store::open_read_only(press_dir)?;
+    let restored = crate::store::read_heads_from(&conn)?
+        .into_iter()
+        .find(|f| f.feed == "press")
+        .map(|f| f.seq)
+        .ok_or("the backup holds no feed of press")?;
+    drop(conn);
+    println!("   press's store now ends at press/{restored}; its peers hold press/{head}");
+    nodes.insert("press", spawn_node(&configs["press"], live, "press")?);
+    clients.insert("press", client(&configs["press"]).await?.1);
+    let next = publish(
+        &clients["press"],
+        "press",
+        "press.release",
+        r#"{"title":"Restored from backup"}"#,
+    )
+    .await?;
+    let mut ok = expect(
+        next == head + 1,
+        &format!(
+            "press recovered press/{}..{head} from its peers before proclaiming press/{next} (no sequence number used twice)",
+            restored + 1
+        ),
+    );
+    ok &= expect(
+        wait_converged(clients, true).await?,
+        "every node holds the same press feed",
+    );
     Ok(ok)
 }
 
