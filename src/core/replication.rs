@@ -13,7 +13,8 @@
 //! commits, then answers with a cumulative `Ack` of its heads. A sender's
 //! view of the peer (`peer_next`) advances only on `Hello` and `Ack`; at most
 //! [`REPLICATION_WINDOW_EVENTS`] events are in flight, and if no
-//! acknowledgement arrives for [`RETRANSMIT_AFTER_US`] the sender rewinds to
+//! acknowledgement arrives for [`RETRANSMIT_AFTER_US`] (over QUIC,
+//! [`RETRANSMIT_AFTER_ON_RELIABLE_US`]) the sender rewinds to
 //! what was acknowledged and sends again (receivers apply each event once).
 
 use std::collections::BTreeMap;
@@ -25,8 +26,15 @@ use super::wire::{
 };
 
 /// How long a sender waits for acknowledgement progress before resending
-/// everything unacknowledged.
+/// everything unacknowledged, on a transport that may lose messages (the
+/// simulation's). [`Session::new`] uses it.
 pub const RETRANSMIT_AFTER_US: u64 = 2_000_000;
+/// The same over QUIC, which already delivers every byte of the stream or
+/// closes the connection: acknowledgements that lag (a loaded receiver, a
+/// slow path) are no reason to send everything again, which only doubled
+/// the traffic where the path was already the bottleneck. A rewind here is
+/// a last resort against a receiver that dropped events without saying so.
+pub const RETRANSMIT_AFTER_ON_RELIABLE_US: u64 = 30_000_000;
 
 /// How long a third party's events wait before they are relayed. In a mesh
 /// the author delivers them directly well within this, and the peer's
@@ -111,6 +119,8 @@ pub struct Session {
     last_progress_us: u64,
     /// How many times unacknowledged events were sent again.
     retransmits: u64,
+    /// How long acknowledgements may stall before a rewind.
+    retransmit_after_us: u64,
     /// The peer's own feed as its `Hello` reported it (first missing
     /// sequence number; 0 if it holds none).
     peer_own_next_at_hello: Option<u64>,
@@ -137,10 +147,20 @@ impl Session {
             hello_received: false,
             last_progress_us: now_us,
             retransmits: 0,
+            retransmit_after_us: RETRANSMIT_AFTER_US,
             peer_own_next_at_hello: None,
             own_feed_recovery_limit: None,
             relay_history: BTreeMap::new(),
             held_back: BTreeMap::new(),
+        }
+    }
+
+    /// A session whose transport delivers reliably (QUIC): it rewinds only
+    /// after [`RETRANSMIT_AFTER_ON_RELIABLE_US`] without progress.
+    pub fn over_reliable_transport(peer: &str, now_us: u64) -> Session {
+        Session {
+            retransmit_after_us: RETRANSMIT_AFTER_ON_RELIABLE_US,
+            ..Session::new(peer, now_us)
         }
     }
 
@@ -376,13 +396,13 @@ impl Session {
 
     /// When the driver should call [`Self::handle_timeout`], if ever.
     pub fn poll_timeout(&self) -> Option<u64> {
-        (self.in_flight() > 0).then_some(self.last_progress_us + RETRANSMIT_AFTER_US)
+        (self.in_flight() > 0).then_some(self.last_progress_us + self.retransmit_after_us)
     }
 
     /// If acknowledgements stalled, rewinds to what the peer acknowledged
     /// so the next [`Self::poll_send`] sends it again.
     pub fn handle_timeout(&mut self, now_us: u64) {
-        if self.in_flight() > 0 && now_us >= self.last_progress_us + RETRANSMIT_AFTER_US {
+        if self.in_flight() > 0 && now_us >= self.last_progress_us + self.retransmit_after_us {
             self.send_next = self.peer_next.clone();
             self.last_progress_us = now_us;
             self.retransmits += 1;
@@ -555,6 +575,20 @@ mod tests {
         s.on_message(1, Session::ack(vec![pos("a", 99)])).unwrap();
         let more: u64 = s.poll_send(&local).iter().map(|r| r.to - r.from + 1).sum();
         assert_eq!(more, 100);
+    }
+
+    #[test]
+    fn over_a_reliable_transport_lagging_acknowledgements_cause_no_resend() {
+        let mut s = Session::over_reliable_transport("b", 0);
+        s.on_message(0, Session::hello("b", &[])).unwrap();
+        let local = heads(&[("a", 9)]);
+        s.poll_send(&local);
+        assert_eq!(s.poll_timeout(), Some(RETRANSMIT_AFTER_ON_RELIABLE_US));
+        s.handle_timeout(RETRANSMIT_AFTER_US);
+        assert!(s.poll_send(&local).is_empty(), "a lagging ack is no loss");
+        assert_eq!(s.retransmits(), 0);
+        s.handle_timeout(RETRANSMIT_AFTER_ON_RELIABLE_US);
+        assert_eq!(s.retransmits(), 1, "the last resort still exists");
     }
 
     #[test]

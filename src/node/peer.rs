@@ -410,7 +410,7 @@ async fn outbound(
     let peer = peer.as_str();
     let mut changes = inner.log.changes();
     let mut shutdown = inner.shutdown.clone();
-    let mut session = Session::new(peer, clock::now_us());
+    let mut session = Session::over_reliable_transport(peer, clock::now_us());
     let mut histories = Histories::default();
     net::write_frame(
         &mut send,
