@@ -9,6 +9,8 @@
 //! A damaged event yields one problem, not a cascade: see
 //! [`FeedVerifier::resync`].
 
+pub use crate::clock::format_timestamp;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
@@ -176,22 +178,30 @@ impl<'a> Auditor<'a> {
     }
 
     fn problem(&mut self, feed: Option<&str>, location: &str, r: Rejection) {
-        if let Some(f) = feed.and_then(|f| self.feeds.get_mut(f)) {
+        if r.check == Check::Fork
+            && let Some(f) = feed.and_then(|f| self.feeds.get_mut(f))
+        {
+            f.forked = true;
+        }
+        self.record(Problem {
+            feed: feed.map(str::to_string),
+            seq: r.seq,
+            location: location.to_string(),
+            check: r.check.name(),
+            expected: r.expected,
+            found: r.found,
+        });
+    }
+
+    /// Counts a problem against its feed and keeps it, up to
+    /// [`PROBLEMS_REPORTED_MAX`].
+    fn record(&mut self, problem: Problem) {
+        if let Some(f) = problem.feed.as_deref().and_then(|f| self.feeds.get_mut(f)) {
             f.problems += 1;
-            if r.check == Check::Fork {
-                f.forked = true;
-            }
         }
         self.problems_total += 1;
         if self.problems.len() < PROBLEMS_REPORTED_MAX {
-            self.problems.push(Problem {
-                feed: feed.map(str::to_string),
-                seq: r.seq,
-                location: location.to_string(),
-                check: r.check.name(),
-                expected: r.expected,
-                found: r.found,
-            });
+            self.problems.push(problem);
         }
     }
 
@@ -515,12 +525,6 @@ fn decrypt_rejection(event: &DecodedEvent, keys: &[ChannelKey]) -> Rejection {
     }
 }
 
-/// RFC 3339 UTC with microseconds.
-pub fn format_timestamp(us: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
-    humantime::format_rfc3339_micros(t).to_string()
-}
-
 fn progress_bar(enabled: bool, len: u64, unit: &str) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
@@ -824,20 +828,14 @@ fn check_derived_columns(
             if found == want {
                 continue;
             }
-            auditor.problems_total += 1;
-            if let Some(f) = auditor.feeds.get_mut(&header.author) {
-                f.problems += 1;
-            }
-            if auditor.problems.len() < PROBLEMS_REPORTED_MAX {
-                auditor.problems.push(Problem {
-                    feed: Some(header.author.clone()),
-                    seq: Some(header.seq),
-                    location: format!("row {arrival}"),
-                    check: "derived-column",
-                    expected: format!("column {name} = {want}, as in the signed envelope"),
-                    found: format!("column {name} = {found}"),
-                });
-            }
+            auditor.record(Problem {
+                feed: Some(header.author.clone()),
+                seq: Some(header.seq),
+                location: format!("row {arrival}"),
+                check: "derived-column",
+                expected: format!("column {name} = {want}, as in the signed envelope"),
+                found: format!("column {name} = {found}"),
+            });
         }
     }
     Ok(())

@@ -446,13 +446,9 @@ impl Node {
     /// exits non-zero). Never resolves while the node is healthy.
     pub async fn failed(&self) -> String {
         let mut fatal = self.inner.log.health().fatal();
-        loop {
-            if let Some(reason) = fatal.borrow_and_update().clone() {
-                return reason;
-            }
-            if fatal.changed().await.is_err() {
-                std::future::pending::<()>().await;
-            }
+        match fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
         }
     }
 
@@ -583,8 +579,7 @@ pub(crate) fn recovery_gate(
     ))
 }
 
-/// Name of the recovery task in the node's health.
-pub const RECOVERY_TASK: &str = "own-feed recovery";
+pub use crate::store::health::RECOVERY_TASK;
 
 /// Before this node proclaims (whatever its store holds, since the store may
 /// be an old copy or have lost its tail): hear from the configured peers
@@ -621,12 +616,17 @@ async fn recover_own_feed(inner: Arc<Inner>) {
             .lock()
             .map(|r| r.clone())
             .unwrap_or_default();
+        // Off the runtime thread: without a cached copy, heads are a store read.
+        let log = inner.log.clone();
         let service = inner.service.clone();
-        let held = inner
-            .log
-            .heads()
-            .ok()
-            .and_then(|h| h.into_iter().find(|f| f.feed == service).map(|f| f.seq));
+        let held = tokio::task::spawn_blocking(move || {
+            log.heads()
+                .ok()
+                .and_then(|h| h.into_iter().find(|f| f.feed == service).map(|f| f.seq))
+        })
+        .await
+        .ok()
+        .flatten();
         if held != held_before {
             held_before = held;
             last_progress = tokio::time::Instant::now();
@@ -879,9 +879,10 @@ async fn serve_peer(
         conn.close(close::UNAUTHORIZED.into(), b"bad key");
         return;
     };
-    // One live connection per peer identity: the newest wins (see
-    // PEER_CONNECTIONS_PER_IDENTITY_MAX). The replaced one's session ends
+    // One live connection per peer identity: the newest wins (the map holds
+    // one per name, hence the assertion). The replaced one's session ends
     // and, no longer current, leaves the peer's status alone.
+    const _: () = assert!(PEER_CONNECTIONS_PER_IDENTITY_MAX == 1);
     let replaced = match inner.connections.lock() {
         Ok(mut c) => c.insert(name.clone(), (conn.clone(), key)),
         Err(_) => None,

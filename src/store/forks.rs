@@ -15,7 +15,6 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::writer::{EvidenceReply, Request, load_verifier, record_fork, stored_hash};
 use super::{ForkEvidence, Log, LogError};
-use crate::clock;
 use crate::core::codec;
 use crate::core::crypto::Hash;
 use crate::core::verify::{Check, DecodedEvent, FeedVerifier, Rejection};
@@ -165,41 +164,13 @@ pub(super) fn record_evidence(
     }
     match stored_hash(tx, &author, seq)? {
         // One side is the event this node holds: record the other against it.
-        Some(held) if held == *first.hash() => record_fork(tx, &second, held)?,
-        Some(held) if held == *second.hash() => record_fork(tx, &first, held)?,
+        Some(held) if held == *first.hash() => record_fork(tx, &second, held, None)?,
+        Some(held) if held == *second.hash() => record_fork(tx, &first, held, None)?,
         // This node holds neither (a third version, or it has not reached
         // that point): keep both sides in the evidence row.
-        _ => record_detached_fork(tx, &first, &second)?,
+        _ => record_fork(tx, &second, *first.hash(), Some(first.bytes()))?,
     }
     Ok(Ok(EvidenceOutcome::Recorded { feed: author, seq }))
-}
-
-/// Records evidence whose two sides are both carried by the row.
-fn record_detached_fork(
-    tx: &Transaction<'_>,
-    first: &DecodedEvent,
-    second: &DecodedEvent,
-) -> rusqlite::Result<()> {
-    let h = first.header();
-    tx.execute(
-        "INSERT OR IGNORE INTO forks (feed, seq, stored_hash, conflicting_hash, conflicting_envelope, detected_at_us, stored_envelope)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            h.author,
-            h.seq as i64,
-            first.hash().as_slice(),
-            second.hash().as_slice(),
-            second.bytes(),
-            clock::now_us() as i64,
-            first.bytes(),
-        ],
-    )?;
-    tx.execute(
-        "UPDATE feeds SET status = 'forked' WHERE feed = ?1",
-        [&h.author],
-    )?;
-    tracing::warn!(feed = %h.author, seq = h.seq, "fork evidence received; feed no longer accepted");
-    Ok(())
 }
 
 impl Log {
@@ -278,16 +249,9 @@ impl Log {
     /// node's history.
     pub fn hashes_at(&self, positions: &[(String, u64)]) -> Result<Vec<Option<Hash>>, LogError> {
         let conn = self.reader()?;
-        let mut stmt =
-            conn.prepare_cached("SELECT hash FROM events WHERE feed = ?1 AND seq = ?2")?;
         let mut out = Vec::with_capacity(positions.len());
         for (feed, seq) in positions {
-            let hash = stmt
-                .query_row(params![feed, *seq as i64], |r| {
-                    Ok(super::writer::blob32(r.get(0)?))
-                })
-                .optional()?;
-            out.push(hash);
+            out.push(stored_hash(&conn, feed, *seq)?);
         }
         Ok(out)
     }

@@ -12,6 +12,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
+/// Name of the recovery of the node's own feed in the node's health.
+pub const RECOVERY_TASK: &str = "own-feed recovery";
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock;

@@ -515,21 +515,22 @@ async fn store_retry<T, S>(
 where
     S: Future<Output = ()>,
 {
-    let task = format!("subscription {}", sub.consumer);
+    // The task's name in the node's health, built only when it is needed.
+    let task = |sub: &Subscription| format!("subscription {}", sub.consumer);
     let mut backoff_ms = SUBSCRIPTION_STORE_RETRY_MS;
     let mut failed = false;
     loop {
         match op(sub) {
             Ok(value) => {
                 if failed {
-                    sub.health.cleared(&task);
+                    sub.health.cleared(&task(sub));
                 }
                 return Ok(Some(value));
             }
             Err(e) if e.is_transient() => {
                 failed = true;
                 tracing::warn!(consumer = %sub.consumer, error = %e, backoff_ms, "store fault; retrying after backoff");
-                sub.health.transient(&task, &format!("{e} (retrying)"));
+                sub.health.transient(&task(sub), &format!("{e} (retrying)"));
                 tokio::select! {
                     _ = stop.as_mut() => return Ok(None),
                     _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
@@ -537,7 +538,7 @@ where
                 backoff_ms = (backoff_ms * 2).min(SUBSCRIPTION_STORE_RETRY_MS_MAX);
             }
             Err(e) => {
-                sub.health.permanent(&task, &e.to_string());
+                sub.health.permanent(&task(sub), &e.to_string());
                 return Err(e);
             }
         }

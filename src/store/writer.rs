@@ -874,7 +874,7 @@ impl CommitStage {
             });
         let Some(evidence) = evidence else { return };
         self.health.permanent(
-            "own-feed recovery",
+            super::health::RECOVERY_TASK,
             &format!(
                 "self-fork: a peer holds a different version of this node's own feed than this store ({evidence}); this store is not a copy of the feed its peers hold, so the node refuses to proclaim on it: restore the store this node last ran with, or move it aside to recover the feed from peers"
             ),
@@ -977,18 +977,6 @@ fn ingest_one(
             found: format!("an event of {author} at sequence {seq}"),
         }));
     }
-    if author == own_service && !held_own_seq(tx, own_service, seq)? {
-        // Our own feed ahead of our store: only recovery may append it,
-        // never a peer's push once this node proclaims. No honest peer
-        // sends it (it holds no more of our feed than we do), so this is
-        // refused before any signature is checked.
-        return Ok(Outcome::Rejected(Rejection {
-            seq: Some(seq),
-            check: Check::Author,
-            expected: "no events of this node's own feed beyond its head".into(),
-            found: format!("{author} event at sequence {seq}"),
-        }));
-    }
     // A feed's stored events are exactly 0..=head, and a cached verifier
     // stands at head + 1, so an event at or beyond it cannot be held yet:
     // skip the lookup on the hot path. This node's own feed is excluded, as
@@ -1015,9 +1003,9 @@ fn ingest_one(
             found: hex::encode(event.hash()),
         };
         if verifier.is_fork_proof(&event, &event_at(tx, &author, seq)?) {
-            record_fork(tx, &event, stored)?;
-            let at = forked.entry(author.clone()).or_insert(Some(seq));
-            *at = Some(at.map_or(seq, |s| s.min(seq)));
+            record_fork(tx, &event, stored, None)?;
+            // Any earlier fork point would have refused this event above.
+            forked.insert(author.clone(), Some(seq));
             return Ok(Outcome::Fork);
         }
         return Ok(Outcome::Rejected(Rejection {
@@ -1025,6 +1013,18 @@ fn ingest_one(
             expected: "a copy of the stored event or a validly signed fork".into(),
             found: "an invalidly signed conflicting event".into(),
             ..conflict
+        }));
+    }
+    if author == own_service {
+        // Our own feed ahead of our store: only recovery may append it,
+        // never a peer's push once this node proclaims. No honest peer
+        // sends it (it holds no more of our feed than we do), so this is
+        // refused before any signature is checked.
+        return Ok(Outcome::Rejected(Rejection {
+            seq: Some(seq),
+            check: Check::Author,
+            expected: "no events of this node's own feed beyond its head".into(),
+            found: format!("{author} event at sequence {seq}"),
         }));
     }
     let verified = if seq == 0 {
@@ -1207,16 +1207,8 @@ pub(crate) fn blob32(v: Vec<u8>) -> Hash {
     out
 }
 
-/// Whether this node's store holds its own feed's event `seq`.
-fn held_own_seq(tx: &Transaction<'_>, own_service: &str, seq: u64) -> rusqlite::Result<bool> {
-    Ok(stored_hash(tx, own_service, seq)?.is_some())
-}
-
-pub(super) fn stored_hash(
-    tx: &Transaction<'_>,
-    feed: &str,
-    seq: u64,
-) -> rusqlite::Result<Option<Hash>> {
+/// The hash of the event `feed`/`seq` this store holds, if any.
+pub(super) fn stored_hash(tx: &Connection, feed: &str, seq: u64) -> rusqlite::Result<Option<Hash>> {
     tx.prepare_cached("SELECT hash FROM events WHERE feed = ?1 AND seq = ?2")?
         .query_row(params![feed, seq as i64], |r| Ok(blob32(r.get(0)?)))
         .optional()
@@ -1271,22 +1263,28 @@ pub(super) fn load_verifier<'a>(
         .ok_or_else(|| LogError::Corrupt(format!("verifier for {feed} vanished")))
 }
 
+/// Records fork evidence: `conflicting` against the event with hash
+/// `stored` at its position, whose envelope is read from the events table
+/// unless given (`stored_envelope`: this node holds another event there, or
+/// none yet), and freezes the feed.
 pub(super) fn record_fork(
     tx: &Transaction<'_>,
-    event: &DecodedEvent,
+    conflicting: &DecodedEvent,
     stored: Hash,
+    stored_envelope: Option<&[u8]>,
 ) -> rusqlite::Result<()> {
-    let h = event.header();
+    let h = conflicting.header();
     tx.execute(
-        "INSERT OR IGNORE INTO forks (feed, seq, stored_hash, conflicting_hash, conflicting_envelope, detected_at_us)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT OR IGNORE INTO forks (feed, seq, stored_hash, conflicting_hash, conflicting_envelope, detected_at_us, stored_envelope)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             h.author,
             h.seq as i64,
             stored.as_slice(),
-            event.hash().as_slice(),
-            event.bytes(),
-            clock::now_us() as i64
+            conflicting.hash().as_slice(),
+            conflicting.bytes(),
+            clock::now_us() as i64,
+            stored_envelope,
         ],
     )?;
     tx.execute(
