@@ -17,3 +17,9 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     rand::fill(&mut buf);
     buf
 }
+
+/// RFC 3339 UTC with microseconds.
+pub fn format_timestamp(us: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
+    humantime::format_rfc3339_micros(t).to_string()
+}

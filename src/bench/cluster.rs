@@ -73,7 +73,7 @@ pub struct ClusterReport {
 }
 
 /// The network profiles `herald bench --network` offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Network {
     /// Loopback only.
     #[default]
@@ -129,12 +129,15 @@ pub(super) async fn start_cluster_through(
                     && *name < peer.name
                 {
                     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-                    let proxy =
-                        UdpProxy::start(listen, ports[j], path, path, PROXY_SEED + j as u64)
-                            .await
-                            .map_err(|e| {
-                                BenchError::Setup(format!("cannot start the UDP proxy: {e}"))
-                            })?;
+                    let proxy = UdpProxy::start(
+                        listen,
+                        ports[j],
+                        path,
+                        path,
+                        PROXY_SEED + proxies.len() as u64,
+                    )
+                    .await
+                    .map_err(|e| BenchError::Setup(format!("cannot start the UDP proxy: {e}")))?;
                     peer.address = proxy.addr();
                     proxies.push(proxy);
                 }

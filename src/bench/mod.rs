@@ -196,7 +196,13 @@ fn rescale_cluster(mut c: cluster::ClusterReport, ceiling: &Ceiling) -> cluster:
     let nodes = c.nodes as f64;
     c.topology_ceiling_per_s =
         1.0 / (1.0 / ceiling.sign_per_s + (nodes - 1.0) / ceiling.batch_verify_per_s);
-    for run in c.runs.iter_mut().chain(std::iter::once(&mut c.half_rate)) {
+    let wan = c.wan.as_mut().map(|w| &mut w.run);
+    for run in c
+        .runs
+        .iter_mut()
+        .chain(std::iter::once(&mut c.half_rate))
+        .chain(wan)
+    {
         run.fraction_of_topology_ceiling = run.events_per_s / c.topology_ceiling_per_s;
     }
     c

@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use clap::Args;
 
 use super::{CliError, EXIT_OK};
+use crate::bench::cluster::Network;
 use crate::bench::{BenchOptions, BenchReport, run as run_bench};
 
 #[derive(Debug, Args)]
@@ -33,15 +34,8 @@ pub struct BenchArgs {
     /// `wan` also runs the one-publisher cluster scenario with a UDP proxy
     /// between the nodes (50 ms round trip, 1 % loss each way) and reports
     /// its rate as a fraction of the loopback rate of the same run.
-    #[arg(long, value_enum, default_value_t = NetworkArg::Loopback)]
-    pub network: NetworkArg,
-}
-
-/// `--network` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum NetworkArg {
-    Loopback,
-    Wan,
+    #[arg(long, value_enum, default_value_t = Network::Loopback)]
+    pub network: Network,
 }
 
 pub fn run(args: BenchArgs) -> Result<u8, CliError> {
@@ -56,6 +50,9 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     if args.events == 0 {
         return Err("--events must be at least 1".into());
     }
+    if args.network == Network::Wan && args.cluster_events == 0 {
+        return Err("--network wan needs the cluster scenarios (--cluster-events above 0)".into());
+    }
     let scratch = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
     let options = BenchOptions {
         events: args.events,
@@ -64,14 +61,8 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
         sagas: args.sagas,
         payload_bytes: args.payload,
         progress: !args.json && std::io::stderr().is_terminal(),
-        network: match args.network {
-            NetworkArg::Loopback => crate::bench::cluster::Network::Loopback,
-            NetworkArg::Wan => crate::bench::cluster::Network::Wan,
-        },
+        network: args.network,
     };
-    if args.network == NetworkArg::Wan && args.cluster_events == 0 {
-        return Err("--network wan needs the cluster scenarios (--cluster-events above 0)".into());
-    }
     let report = run_bench(&options, scratch.path())?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

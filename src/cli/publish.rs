@@ -134,7 +134,7 @@ fn publish_via_node(
         });
         let answer = tokio::select! {
             answer = request => Some(answer),
-            () = interrupted() => None,
+            () = super::node::wait_for_signal() => None,
         };
         // Close on every path (done, failed, stdout gone, interrupted), so
         // the node stops proclaiming for this tool at once and frees its slot.
@@ -152,23 +152,6 @@ fn publish_via_node(
         }
     })?;
     Ok(EXIT_OK)
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn interrupted() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            // No handler: only Ctrl-C ends the wait.
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
 }
 
 fn print_receipt(

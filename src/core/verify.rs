@@ -199,13 +199,6 @@ impl Rejection {
     }
 }
 
-/// A timestamp (microseconds since the Unix epoch) as people read it in
-/// messages: RFC 3339 UTC with microseconds, `2026-11-26T17:55:15.022362Z`.
-fn rfc3339(us: u64) -> String {
-    humantime::format_rfc3339_micros(std::time::UNIX_EPOCH + std::time::Duration::from_micros(us))
-        .to_string()
-}
-
 /// Hex of a hash, for messages.
 fn hx(hash: &Hash) -> String {
     hex::encode(hash)
@@ -423,8 +416,11 @@ impl FeedVerifier {
             return Err(Rejection::new(
                 h.seq,
                 Check::Timestamp,
-                format!("at least {}", rfc3339(self.last_timestamp_us)),
-                rfc3339(h.timestamp_us),
+                format!(
+                    "at least {}",
+                    crate::clock::format_timestamp(self.last_timestamp_us)
+                ),
+                crate::clock::format_timestamp(h.timestamp_us),
             ));
         }
         check_cert_window(&self.cert, h)?;
@@ -479,10 +475,10 @@ fn check_cert_window(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejection
             Check::CertificateValidity,
             format!(
                 "a time within the certificate's validity, {} to {}",
-                rfc3339(cert.not_before_us),
-                rfc3339(cert.not_after_us)
+                crate::clock::format_timestamp(cert.not_before_us),
+                crate::clock::format_timestamp(cert.not_after_us)
             ),
-            rfc3339(h.timestamp_us),
+            crate::clock::format_timestamp(h.timestamp_us),
         ));
     }
     Ok(())

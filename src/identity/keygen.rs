@@ -158,8 +158,8 @@ fn set_validity(
     if not_before_us > not_after_us {
         return Err(IdentityError::InvalidArgument(format!(
             "not_before {} is after not_after {}",
-            crate::audit::verify::format_timestamp(not_before_us),
-            crate::audit::verify::format_timestamp(not_after_us)
+            crate::clock::format_timestamp(not_before_us),
+            crate::clock::format_timestamp(not_after_us)
         )));
     }
     let to_time = |us: u64| {

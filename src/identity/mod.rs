@@ -83,8 +83,8 @@ pub enum CertError {
     Revoked { service: String, serial: String },
     #[error(
         "certificate for \"{service}\" expired at {}, now is {}",
-        crate::audit::verify::format_timestamp(*.not_after_us),
-        crate::audit::verify::format_timestamp(*.now_us)
+        crate::clock::format_timestamp(*.not_after_us),
+        crate::clock::format_timestamp(*.now_us)
     )]
     Expired {
         service: String,
@@ -93,8 +93,8 @@ pub enum CertError {
     },
     #[error(
         "certificate for \"{service}\" is not valid before {}, now is {}",
-        crate::audit::verify::format_timestamp(*.not_before_us),
-        crate::audit::verify::format_timestamp(*.now_us)
+        crate::clock::format_timestamp(*.not_before_us),
+        crate::clock::format_timestamp(*.now_us)
     )]
     NotYetValid {
         service: String,
