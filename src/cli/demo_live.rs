@@ -581,7 +581,8 @@ fn print_timelines(live: &Path, sagas: &[(uuid::Uuid, &str)]) -> Result<bool, Cl
         progress: false,
     };
     for (id, label) in sagas {
-        let history = crate::saga::history::rebuild(&live.join("fundraising.hrld"), &options, *id)?;
+        let history =
+            crate::audit::saga_history::rebuild(&live.join("fundraising.hrld"), &options, *id)?;
         println!("   -- timeline of the {label} saga, rebuilt offline from the verified export");
         for e in &history.entries {
             println!(

@@ -409,7 +409,7 @@ async fn run_exec(command: &[String], request: &QueryRequest) -> HandlerReply {
             uuid::Uuid::from_bytes(request.id).to_string(),
         ),
     ];
-    let output = super::exec::run_bounded(
+    let output = crate::saga::exec::run_bounded(
         command,
         &env,
         &request.payload,

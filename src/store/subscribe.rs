@@ -350,6 +350,17 @@ impl Subscription {
     }
 }
 
+/// Resolves when `shutdown` turns true (or its sender is gone): the `stop`
+/// future the node and the saga engine hand to [`run_subscription`] and its
+/// siblings.
+pub(crate) async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Runs `handler` for every matching event, committing the cursor after each
 /// batch the handler accepted; stops when `stop` resolves (checked between
 /// batches and while idle or backing off).
