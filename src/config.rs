@@ -148,7 +148,7 @@ impl NodeConfig {
             )));
         }
         for handler in &config.query_handlers {
-            crate::node::query::check_exec_handler(
+            crate::core::query::check_exec_handler(
                 &handler.query_type,
                 &handler.command,
                 handler.timeout_ms,

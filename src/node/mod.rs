@@ -269,7 +269,7 @@ impl Node {
         &self,
         query_type: &str,
         handler: query::QueryHandler,
-    ) -> Result<(), query::RegisterError> {
+    ) -> Result<(), crate::core::query::RegisterError> {
         self.inner
             .queries
             .write()
