@@ -10,7 +10,7 @@
 //!   into an [`AuthorCert`] or a [`CertError`] naming the reason.
 //! * [`NodeIdentity`] is a node's own signing key and admitted certificate.
 //! * The `keygen` functions ([`create_ca`], [`issue_node`], [`issue_client`],
-//!   [`create_channel`], [`revoke`], [`init_cluster`]) write standard PEM files
+//!   [`create_channel`], [`revoke`], [`init_cluster_with`]) write standard PEM files
 //!   that OpenSSL reads. Private keys are PKCS#8 v1, mode 0600, and are never
 //!   overwritten without `force`.
 //!
@@ -31,8 +31,8 @@ pub mod revocation;
 pub mod trust;
 
 pub use keygen::{
-    create_ca, create_channel, init_cluster, issue_client, issue_node, issue_node_with_validity,
-    revoke, revoke_with_status,
+    ClusterNode, create_ca, create_channel, init_cluster_with, issue_client, issue_node,
+    issue_node_with_validity, revoke, revoke_with_status,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
@@ -316,6 +316,36 @@ pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityE
     let mut key = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(text, &mut key[..]).map_err(|e| malformed(e.to_string()))?;
     Ok(ChannelKey::new(name, *key))
+}
+
+/// Longest excerpt of the offending line quoted in a TOML error.
+pub const TOML_ERROR_EXCERPT_CHARS_MAX: usize = 80;
+
+/// One line naming where a TOML document is wrong and why:
+/// `line 8, column 10 (`listen = "nope"`): invalid socket address syntax`.
+/// The toml crate's own rendering spans several lines (a source excerpt with
+/// a caret), which breaks the one-line error contract of the command line.
+/// It lives in identity, the lowest layer that reads TOML (the revocation
+/// list); the config file and saga definitions use it too.
+pub fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return format!("line {line_no}, column {column}: {message}");
+    }
+    let mut excerpt: String = line.chars().take(TOML_ERROR_EXCERPT_CHARS_MAX).collect();
+    if line.chars().count() > TOML_ERROR_EXCERPT_CHARS_MAX {
+        excerpt.push_str("...");
+    }
+    format!("line {line_no}, column {column} (`{excerpt}`): {message}")
 }
 
 #[cfg(test)]

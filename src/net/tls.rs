@@ -449,7 +449,7 @@ mod tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        crate::identity::init_cluster(dir.path(), &["a".to_string()], 17400, 30, false).unwrap();
+        crate::config::init_cluster(dir.path(), &["a".to_string()], 17400, 30, false).unwrap();
         let keys = dir.path().join("keys");
         let trust = Arc::new(TrustAnchor::load(&keys.join("ca.crt"), None).unwrap());
         Fixture {
