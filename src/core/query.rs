@@ -29,9 +29,9 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use super::cert::{AuthorCert, CertError};
 use super::codec::{check_service_name, is_uuid_v7};
 use super::crypto::sha256;
-use crate::identity::{AuthorCert, CertError};
 
 /// Longest query type, in bytes (printable ASCII without spaces).
 pub const QUERY_TYPE_BYTES_MAX: usize = 128;

@@ -30,13 +30,14 @@ pub mod pem;
 pub mod revocation;
 pub mod trust;
 
+pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
     ClusterNode, create_ca, create_channel, init_cluster_with, issue_client, issue_node,
     issue_node_with_validity, revoke, revoke_with_status,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
-pub use trust::{AuthorCert, CertRole, TrustAnchor};
+pub use trust::{CertRole, TrustAnchor};
 
 /// Longest service or channel name, in bytes (a DNS label).
 pub const NAME_BYTES_MAX: usize = 63;
@@ -44,64 +45,6 @@ pub const NAME_BYTES_MAX: usize = 63;
 /// Largest identity file (PEM key or certificate, channel key, revocation
 /// list) read into memory.
 pub const IDENTITY_FILE_BYTES_MAX: u64 = 1024 * 1024;
-
-/// Why a certificate was not admitted. Every message names the value and the
-/// reason.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CertError {
-    #[error("certificate is {size} bytes, more than the limit of {max}")]
-    TooLarge { size: usize, max: usize },
-    #[error("certificate is malformed: {reason}")]
-    Malformed { reason: String },
-    #[error("certificate has {count} trailing bytes after the DER structure")]
-    TrailingBytes { count: usize },
-    #[error(
-        "certificate is not issued by the cluster CA: issuer is \"{issuer}\", the CA is \"{ca}\""
-    )]
-    NotIssuedByCa { issuer: String, ca: String },
-    #[error(
-        "certificate is signed with unsupported algorithm {oid}, expected Ed25519 (1.3.101.112)"
-    )]
-    UnsupportedSignatureAlgorithm { oid: String },
-    #[error("certificate signature does not verify against the CA key")]
-    BadSignature,
-    #[error("certificate key has the wrong type: {found}, expected Ed25519 (1.3.101.112)")]
-    WrongKeyType { found: String },
-    #[error("certificate key {key} is a weak (small-order) Ed25519 key")]
-    WeakKey { key: String },
-    #[error("certificate names {found}, expected service \"{expected}\"")]
-    NameMismatch { expected: String, found: String },
-    #[error("not a node certificate: {reason}")]
-    NotNodeCertificate { reason: String },
-    #[error("not a node or client certificate: {reason}")]
-    NotPeerCertificate { reason: String },
-    #[error("certificate is a CA certificate, not a node certificate")]
-    IsCa,
-    #[error("certificate has an unsupported critical extension {oid}")]
-    UnknownCriticalExtension { oid: String },
-    #[error("certificate for \"{service}\" (serial {serial}) is revoked")]
-    Revoked { service: String, serial: String },
-    #[error(
-        "certificate for \"{service}\" expired at {}, now is {}",
-        crate::clock::format_timestamp(*.not_after_us),
-        crate::clock::format_timestamp(*.now_us)
-    )]
-    Expired {
-        service: String,
-        not_after_us: u64,
-        now_us: u64,
-    },
-    #[error(
-        "certificate for \"{service}\" is not valid before {}, now is {}",
-        crate::clock::format_timestamp(*.not_before_us),
-        crate::clock::format_timestamp(*.now_us)
-    )]
-    NotYetValid {
-        service: String,
-        not_before_us: u64,
-        now_us: u64,
-    },
-}
 
 /// Errors loading or writing identity files. Every variant about a file names
 /// the path and the reason.

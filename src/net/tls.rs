@@ -27,9 +27,10 @@ use super::{
     LOSS_TIME_THRESHOLD, MAX_CONCURRENT_BIDI_STREAMS, MAX_CONCURRENT_UNI_STREAMS, NetError, Role,
     SEND_WINDOW_BYTES, STREAM_RECEIVE_WINDOW_BYTES,
 };
+use crate::core::cert::{AuthorCert, CertError};
 use crate::core::wire::{ALPN_CLIENT, ALPN_PEER};
 use crate::identity::trust::parse_cert;
-use crate::identity::{AuthorCert, CertError, TrustAnchor, pem, read_cert_pem};
+use crate::identity::{TrustAnchor, pem, read_cert_pem};
 
 /// The only handshake signature scheme offered and accepted.
 const SIGNATURE_SCHEMES: &[SignatureScheme] = &[SignatureScheme::ED25519];
