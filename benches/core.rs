@@ -230,7 +230,7 @@ fn bench_decode(c: &mut Criterion) {
 
 fn bench_append(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    herald::identity::init_cluster(dir.path(), &["bench".to_string()], 17400, 365, false)
+    herald::config::init_cluster(dir.path(), &["bench".to_string()], 17400, 365, false)
         .expect("init cluster");
     let config = NodeConfig::load(&dir.path().join("bench.toml")).expect("config");
     let log = Log::open(&config).expect("open log");

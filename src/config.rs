@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{ClusterNode, IdentityError, describe_toml_error};
+
 /// Errors reading a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -148,7 +150,7 @@ impl NodeConfig {
             )));
         }
         for handler in &config.query_handlers {
-            crate::node::query::check_exec_handler(
+            crate::core::query::check_exec_handler(
                 &handler.query_type,
                 &handler.command,
                 handler.timeout_ms,
@@ -177,6 +179,33 @@ impl NodeConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
+    }
+
+    /// The config of a node provisioned by [`init_cluster`]: the files
+    /// identity wrote, its store in `data/NAME`, every other node a peer,
+    /// and no handlers.
+    pub fn for_cluster_node(node: &ClusterNode) -> NodeConfig {
+        NodeConfig {
+            service: node.service.clone(),
+            data_dir: PathBuf::from("data").join(&node.service),
+            key: node.key.clone(),
+            cert: node.cert.clone(),
+            ca: node.ca.clone(),
+            revoked: Some(node.revoked.clone()),
+            default_channel: node.channel.clone(),
+            channels: BTreeMap::from([(node.channel.clone(), node.channel_key.clone())]),
+            listen: node.listen,
+            peers: node
+                .peers
+                .iter()
+                .map(|(name, address)| PeerConfig {
+                    name: name.clone(),
+                    address: *address,
+                })
+                .collect(),
+            query_handlers: Vec::new(),
+            command_handlers: Vec::new(),
+        }
     }
 
     /// Serialises the config as TOML (paths as they are held).
@@ -247,32 +276,22 @@ impl NodeConfig {
     }
 }
 
-/// Longest excerpt of the offending line quoted in a TOML error.
-pub const TOML_ERROR_EXCERPT_CHARS_MAX: usize = 80;
-
-/// One line naming where a TOML document is wrong and why:
-/// `line 8, column 10 (`listen = "nope"`): invalid socket address syntax`.
-/// The toml crate's own rendering spans several lines (a source excerpt with
-/// a caret), which breaks the one-line error contract of the command line.
-pub fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
-    let message = error.message().trim().replace('\n', " ");
-    let Some(span) = error.span() else {
-        return message;
-    };
-    let start = span.start.min(text.len());
-    let before = text.get(..start).unwrap_or("");
-    let line_no = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    let line = text[line_start..].lines().next().unwrap_or("").trim();
-    if line.is_empty() {
-        return format!("line {line_no}, column {column}: {message}");
-    }
-    let mut excerpt: String = line.chars().take(TOML_ERROR_EXCERPT_CHARS_MAX).collect();
-    if line.chars().count() > TOML_ERROR_EXCERPT_CHARS_MAX {
-        excerpt.push_str("...");
-    }
-    format!("line {line_no}, column {column} (`{excerpt}`): {message}")
+/// Provisions a local cluster in `dir`: `dir/keys/` (CA, one node
+/// certificate and key per name, `channel-default.key`, an empty
+/// `revoked.toml`) and one config `dir/NAME.toml` per node with paths
+/// relative to `dir` (see [`NodeConfig::for_cluster_node`]). Node `i`
+/// listens on `127.0.0.1:(base_port + i)` and peers with every other node.
+/// The CA and node certificates are valid for `validity_days`.
+pub fn init_cluster(
+    dir: &Path,
+    nodes: &[String],
+    base_port: u16,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    crate::identity::init_cluster_with(dir, nodes, base_port, validity_days, force, |node| {
+        NodeConfig::for_cluster_node(node).to_toml()
+    })
 }
 
 #[cfg(test)]

@@ -15,6 +15,11 @@
 //!   the orchestrator and participants.
 //! * [`cli`]: the `herald` command line.
 //! * [`bench`](mod@bench): the benchmark harness behind `herald bench`.
+//!
+//! Dependencies point one way, bottom to top: core → identity → config →
+//! store → saga → node/net → cli/bench/audit. A lower layer never names a
+//! higher one (`tests/layers.rs` checks it); what two layers share lives in
+//! the lower.
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 

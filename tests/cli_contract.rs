@@ -405,7 +405,7 @@ fn event_time_checks_name_rfc3339_times() {
         (now + 400 * day, Check::CertificateValidity),
     ] {
         let decoded_genesis = DecodedEvent::decode(genesis.bytes().to_vec()).unwrap();
-        let (mut verifier, _) = FeedVerifier::genesis(&trust, decoded_genesis).unwrap();
+        let (mut verifier, _) = FeedVerifier::genesis(&*trust, decoded_genesis).unwrap();
         let rejection = verifier.check_next(&seal_at(at), true).unwrap_err();
         assert_eq!(rejection.check, check, "{rejection}");
         let found = &rejection.found;

@@ -30,7 +30,7 @@ impl Cluster {
     fn new(nodes: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let names: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
-        herald::identity::init_cluster(dir.path(), &names, 17400, 30, false).expect("init");
+        herald::config::init_cluster(dir.path(), &names, 17400, 30, false).expect("init");
         let keys = dir.path().join("keys");
         Cluster { _dir: dir, keys }
     }

@@ -506,7 +506,7 @@ fn regenerate_vectors() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cluster = tmp.path();
     let names = ["fundraising".to_string(), "council".to_string()];
-    herald::identity::init_cluster(cluster, &names, 17400, 36_500, false).expect("init cluster");
+    herald::config::init_cluster(cluster, &names, 17400, 36_500, false).expect("init cluster");
     let open = |name: &str| {
         let config = NodeConfig::load(&cluster.join(format!("{name}.toml"))).expect("config");
         Log::open(&config).expect("open log")

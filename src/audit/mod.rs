@@ -1,4 +1,5 @@
 //! Export bundles and offline verification (`herald export`, `herald verify`).
 
 pub mod export;
+pub mod saga_history;
 pub mod verify;

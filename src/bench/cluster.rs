@@ -109,7 +109,7 @@ pub(super) async fn start_cluster_through(
     impairment: Option<Impairment>,
 ) -> Result<(Vec<Node>, Vec<UdpProxy>), BenchError> {
     let names: Vec<String> = CLUSTER_NODES.iter().map(|s| s.to_string()).collect();
-    crate::identity::init_cluster(dir, &names, 7400, 30, true)?;
+    crate::config::init_cluster(dir, &names, 7400, 30, true)?;
     let ports: Vec<std::net::SocketAddr> = names
         .iter()
         .map(|_| UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()))

@@ -42,7 +42,7 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
 
     step("1. provision three services (CA, node certificates, channel key, configs)");
     let nodes: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
-    let written = crate::identity::init_cluster(&dir, &nodes, 7400, 365, true)?;
+    let written = crate::config::init_cluster(&dir, &nodes, 7400, 365, true)?;
     println!("   wrote {} files under {}", written.len(), dir.display());
 
     step("2. each service proclaims signed, encrypted, chained events");

@@ -115,7 +115,7 @@ fn expect(condition: bool, what: &str) -> bool {
 /// `identity.verify_donor` with a shell script.
 fn provision(live: &Path) -> Result<BTreeMap<&'static str, PathBuf>, CliError> {
     let names: Vec<String> = LIVE.iter().map(|s| s.to_string()).collect();
-    crate::identity::init_cluster(live, &names, 7400, 365, true)?;
+    crate::config::init_cluster(live, &names, 7400, 365, true)?;
     let ports: BTreeMap<&str, SocketAddr> = LIVE
         .iter()
         .map(|s| Ok((*s, free_port()?)))
@@ -581,7 +581,8 @@ fn print_timelines(live: &Path, sagas: &[(uuid::Uuid, &str)]) -> Result<bool, Cl
         progress: false,
     };
     for (id, label) in sagas {
-        let history = crate::saga::history::rebuild(&live.join("fundraising.hrld"), &options, *id)?;
+        let history =
+            crate::audit::saga_history::rebuild(&live.join("fundraising.hrld"), &options, *id)?;
         println!("   -- timeline of the {label} saga, rebuilt offline from the verified export");
         for e in &history.entries {
             println!(

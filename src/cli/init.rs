@@ -1,5 +1,5 @@
 //! `herald init`: provision a whole local cluster (keys and one config file per
-//! node) in one directory. See [`crate::identity::init_cluster`].
+//! node) in one directory. See [`crate::config::init_cluster`].
 
 use std::path::PathBuf;
 
@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::keygen::{LEAF_DAYS_DEFAULT, print_written};
 use super::{CliError, EXIT_OK};
-use crate::identity;
+use crate::config;
 
 /// Default first listen port; node `i` listens on `base_port + i`.
 pub const BASE_PORT_DEFAULT: u16 = 7400;
@@ -35,7 +35,7 @@ pub struct InitArgs {
 }
 
 pub fn run(args: InitArgs) -> Result<u8, CliError> {
-    let written = identity::init_cluster(
+    let written = config::init_cluster(
         &args.dir,
         &args.nodes,
         args.base_port,

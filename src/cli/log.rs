@@ -5,11 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use super::{CliError, EXIT_OK, glob_match};
+use super::{CliError, EXIT_OK};
 use crate::audit::verify::format_timestamp;
 use crate::config::NodeConfig;
 use crate::core::crypto::ChannelKey;
-use crate::core::event::{Encryption, EventHeader};
+use crate::core::event::{Encryption, EventHeader, glob_match};
 use crate::core::verify::decrypt_payload;
 use crate::store::StoredEvent;
 

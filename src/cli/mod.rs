@@ -193,30 +193,6 @@ pub fn parse_meta(entries: &[String]) -> Result<Vec<(String, String)>, CliError>
         .collect()
 }
 
-/// Matches `text` against a pattern where `*` is any run of characters and
-/// `?` is one character (`donation.*`, `*.received`).
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
-    let (mut pi, mut ti) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
 /// Renders a clap usage error as one line that names the culprit: the flag
 /// and its value, the unknown argument, the missing arguments, or the
 /// argument that is not UTF-8, followed by where to find the usage.
@@ -395,18 +371,6 @@ fn init_tracing(default_level: &str, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_matches_wildcards() {
-        assert!(glob_match("donation.*", "donation.received"));
-        assert!(glob_match("*", "anything"));
-        assert!(glob_match("*.received", "donation.received"));
-        assert!(glob_match("d?nation.*", "donation.x"));
-        assert!(!glob_match("donation.*", "volunteer.signed"));
-        assert!(!glob_match("donation", "donation.received"));
-        assert!(glob_match("a*b*c", "axxbyyc"));
-        assert!(!glob_match("a*b*c", "axxbyy"));
-    }
 
     #[test]
     fn meta_needs_key_and_equals() {

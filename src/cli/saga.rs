@@ -261,7 +261,7 @@ fn list(args: ListArgs) -> Result<u8, CliError> {
 
 fn history(args: HistoryArgs) -> Result<u8, CliError> {
     let options = args.keys.options(args.json)?;
-    let history = crate::saga::history::rebuild(&args.export, &options, args.id)?;
+    let history = crate::audit::saga_history::rebuild(&args.export, &options, args.id)?;
     if history.entries.is_empty() {
         return Err(format!(
             "no verified event of saga {} in {}",

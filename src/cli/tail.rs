@@ -13,10 +13,10 @@ use clap::Args;
 use rusqlite::Connection;
 
 use super::log::print_event;
-use super::{CliError, EXIT_OK, glob_match};
+use super::{CliError, EXIT_OK};
 use crate::config::NodeConfig;
 use crate::core::crypto::ChannelKey;
-use crate::core::event::EventHeader;
+use crate::core::event::{EventHeader, glob_match};
 use crate::core::limits::TIMESTAMP_US_MAX;
 use crate::store::StartFrom;
 

@@ -120,3 +120,46 @@ impl EventHeader {
         self.seq == 0
     }
 }
+
+/// Matches `text` against a pattern where `*` is any run of characters and
+/// `?` is one character (`donation.*`, `*.received`). Subscriptions and the
+/// `log` and `tail` filters select event types with it; it lives here, in
+/// the core, so the store and the command line share one definition.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_wildcards() {
+        assert!(glob_match("donation.*", "donation.received"));
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("*.received", "donation.received"));
+        assert!(glob_match("d?nation.*", "donation.x"));
+        assert!(!glob_match("donation.*", "volunteer.signed"));
+        assert!(!glob_match("donation", "donation.received"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+    }
+}

@@ -2,6 +2,7 @@
 //! verification. Nothing here reads a clock, touches a disk, opens a socket or
 //! asks the OS for randomness.
 
+pub mod cert;
 pub mod codec;
 pub mod crypto;
 pub mod event;

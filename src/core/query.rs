@@ -29,9 +29,9 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use super::cert::{AuthorCert, CertError};
 use super::codec::{check_service_name, is_uuid_v7};
 use super::crypto::sha256;
-use crate::identity::{AuthorCert, CertError};
 
 /// Longest query type, in bytes (printable ASCII without spaces).
 pub const QUERY_TYPE_BYTES_MAX: usize = 128;
@@ -231,6 +231,63 @@ pub fn check_query_type(query_type: &str) -> Result<(), String> {
         return Err(format!(
             "query type {query_type:?} must be printable ASCII without spaces"
         ));
+    }
+    Ok(())
+}
+
+/// Why a handler cannot be registered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegisterError {
+    #[error("query type {query_type:?} is invalid: {reason}")]
+    QueryType { query_type: String, reason: String },
+    #[error("query type {0:?} is reserved for herald's built-in queries")]
+    Reserved(String),
+    #[error("query type {0:?} already has a handler")]
+    Duplicate(String),
+    #[error("handler for {query_type:?} has an empty command")]
+    EmptyCommand { query_type: String },
+    #[error("handler for {query_type:?} has timeout_ms {timeout_ms}, it must be 1 to {max}")]
+    Timeout {
+        query_type: String,
+        timeout_ms: u32,
+        max: u32,
+    },
+}
+
+/// Checks an exec handler's settings: the node checks them when a handler is
+/// registered and the config when it is loaded, so they live here, below both.
+pub fn check_exec_handler(
+    query_type: &str,
+    command: &[String],
+    timeout_ms: Option<u32>,
+) -> Result<(), RegisterError> {
+    check_user_query_type(query_type)?;
+    if command.first().is_none_or(|p| p.is_empty()) {
+        return Err(RegisterError::EmptyCommand {
+            query_type: query_type.into(),
+        });
+    }
+    if let Some(timeout_ms) = timeout_ms
+        && (timeout_ms == 0 || timeout_ms > QUERY_TIMEOUT_MS_MAX)
+    {
+        return Err(RegisterError::Timeout {
+            query_type: query_type.into(),
+            timeout_ms,
+            max: QUERY_TIMEOUT_MS_MAX,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a query type a user handler may answer: valid, and not in the
+/// `herald.*` namespace of the built-in queries.
+pub fn check_user_query_type(query_type: &str) -> Result<(), RegisterError> {
+    check_query_type(query_type).map_err(|reason| RegisterError::QueryType {
+        query_type: query_type.into(),
+        reason,
+    })?;
+    if query_type.starts_with(super::event::RESERVED_TYPE_PREFIX) {
+        return Err(RegisterError::Reserved(query_type.into()));
     }
     Ok(())
 }

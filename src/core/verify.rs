@@ -17,11 +17,11 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rayon::prelude::*;
 
+use super::cert::{AuthorAdmission, AuthorCert};
 use super::codec::{self, DecodeError};
 use super::crypto::{self, ChannelKey, Hash};
 use super::event::*;
 use super::limits::*;
-use crate::identity::{AuthorCert, TrustAnchor};
 
 /// An event decoded from untrusted bytes: well-formed, within limits and
 /// canonical, hashed, but not yet verified.
@@ -224,7 +224,7 @@ impl FeedVerifier {
     /// Verifies a feed's genesis event, which carries the author's
     /// certificate, and starts verifying the feed from it.
     pub fn genesis(
-        trust: &TrustAnchor,
+        trust: &impl AuthorAdmission,
         event: DecodedEvent,
     ) -> Result<(FeedVerifier, VerifiedEvent), Rejection> {
         let header = &event.header;
@@ -277,7 +277,7 @@ impl FeedVerifier {
     /// (start-up is O(feeds), not O(events)). `genesis_cert` is re-admitted
     /// so a revocation takes effect on restart.
     pub fn resume(
-        trust: &TrustAnchor,
+        trust: &impl AuthorAdmission,
         author: &str,
         genesis_cert: &[u8],
         head_seq: u64,

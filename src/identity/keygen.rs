@@ -19,7 +19,6 @@
 //! * `D/channel-C.key`: channel key `C`, see [`super::load_channel_key`].
 //! * `D/revoked.toml`: the revocation list, see [`super::revocation`].
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -37,7 +36,6 @@ use super::revocation::{FILE_HEADER, RevokedEntry, entry_toml};
 use super::trust::{parse_cert, subject_ed25519_key};
 use super::{IdentityError, RevocationList, TrustAnchor, read_cert_pem, read_file, validate_name};
 use crate::clock::{now_us, random_bytes};
-use crate::config::{NodeConfig, PeerConfig};
 
 /// Longest validity accepted, in days (100 years).
 pub const VALIDITY_DAYS_MAX: u32 = 36_500;
@@ -573,18 +571,46 @@ pub fn revoke_with_status(dir: &Path, name: &str) -> Result<(PathBuf, bool), Ide
     Ok((list_path, true))
 }
 
+/// What one node of a cluster provisioned by [`init_cluster_with`] needs in
+/// its config file. Paths are relative to the cluster directory. Identity
+/// knows where it put the files; the config layer (above) knows the file
+/// format, so it renders this into the node's config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    /// The node's service name (its certificate SAN).
+    pub service: String,
+    /// The node's private key.
+    pub key: PathBuf,
+    /// The node's certificate.
+    pub cert: PathBuf,
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// The (initially empty) revocation list.
+    pub revoked: PathBuf,
+    /// The one channel provisioned, and the default.
+    pub channel: String,
+    /// That channel's key file.
+    pub channel_key: PathBuf,
+    /// Where the node listens: `127.0.0.1:(base_port + i)`.
+    pub listen: SocketAddr,
+    /// Every other node: its name and listen address.
+    pub peers: Vec<(String, SocketAddr)>,
+}
+
 /// Provisions a local cluster in `dir`: `dir/keys/` (CA, one node
 /// certificate and key per name, `channel-default.key`, an empty
-/// `revoked.toml`) and one config `dir/NAME.toml` per node with paths
-/// relative to `dir`. Node `i` listens on `127.0.0.1:(base_port + i)` and
-/// peers with every other node. The CA and node certificates are valid for
-/// `validity_days`.
-pub fn init_cluster(
+/// `revoked.toml`) and one config `dir/NAME.toml` per node, whose text
+/// `node_config` renders from the node's [`ClusterNode`]. Node `i` listens
+/// on `127.0.0.1:(base_port + i)` and peers with every other node. The CA
+/// and node certificates are valid for `validity_days`. Every target is
+/// checked before anything is written, config files included.
+pub fn init_cluster_with(
     dir: &Path,
     nodes: &[String],
     base_port: u16,
     validity_days: u32,
     force: bool,
+    node_config: impl Fn(&ClusterNode) -> String,
 ) -> Result<Vec<PathBuf>, IdentityError> {
     validate_days(validity_days)?;
     if nodes.is_empty() {
@@ -637,34 +663,25 @@ pub fn init_cluster(
         files.extend(leaf_files(&keys_dir, name, &cert_der, &key));
     }
     for (i, name) in nodes.iter().enumerate() {
-        let config = NodeConfig {
+        let node = ClusterNode {
             service: name.clone(),
-            data_dir: PathBuf::from("data").join(name),
             key: keys_rel.join(format!("{name}.key")),
             cert: keys_rel.join(format!("{name}.crt")),
             ca: keys_rel.join(CA_CERT_FILE),
-            revoked: Some(keys_rel.join(REVOKED_FILE)),
-            default_channel: DEFAULT_CHANNEL.to_string(),
-            channels: BTreeMap::from([(
-                DEFAULT_CHANNEL.to_string(),
-                keys_rel.join(format!("channel-{DEFAULT_CHANNEL}.key")),
-            )]),
+            revoked: keys_rel.join(REVOKED_FILE),
+            channel: DEFAULT_CHANNEL.to_string(),
+            channel_key: keys_rel.join(format!("channel-{DEFAULT_CHANNEL}.key")),
             listen: addr(i),
             peers: nodes
                 .iter()
                 .enumerate()
                 .filter(|(j, _)| *j != i)
-                .map(|(j, peer)| PeerConfig {
-                    name: peer.clone(),
-                    address: addr(j),
-                })
+                .map(|(j, peer)| (peer.clone(), addr(j)))
                 .collect(),
-            query_handlers: Vec::new(),
-            command_handlers: Vec::new(),
         };
         files.push(PendingFile::public(
             dir.join(format!("{name}.toml")),
-            config.to_toml(),
+            node_config(&node),
         ));
     }
     ensure_dir(dir)?;

@@ -10,7 +10,7 @@
 //!   into an [`AuthorCert`] or a [`CertError`] naming the reason.
 //! * [`NodeIdentity`] is a node's own signing key and admitted certificate.
 //! * The `keygen` functions ([`create_ca`], [`issue_node`], [`issue_client`],
-//!   [`create_channel`], [`revoke`], [`init_cluster`]) write standard PEM files
+//!   [`create_channel`], [`revoke`], [`init_cluster_with`]) write standard PEM files
 //!   that OpenSSL reads. Private keys are PKCS#8 v1, mode 0600, and are never
 //!   overwritten without `force`.
 //!
@@ -30,13 +30,14 @@ pub mod pem;
 pub mod revocation;
 pub mod trust;
 
+pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
-    create_ca, create_channel, init_cluster, issue_client, issue_node, issue_node_with_validity,
-    revoke, revoke_with_status,
+    ClusterNode, create_ca, create_channel, init_cluster_with, issue_client, issue_node,
+    issue_node_with_validity, revoke, revoke_with_status,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
-pub use trust::{AuthorCert, CertRole, TrustAnchor};
+pub use trust::{CertRole, TrustAnchor};
 
 /// Longest service or channel name, in bytes (a DNS label).
 pub const NAME_BYTES_MAX: usize = 63;
@@ -44,64 +45,6 @@ pub const NAME_BYTES_MAX: usize = 63;
 /// Largest identity file (PEM key or certificate, channel key, revocation
 /// list) read into memory.
 pub const IDENTITY_FILE_BYTES_MAX: u64 = 1024 * 1024;
-
-/// Why a certificate was not admitted. Every message names the value and the
-/// reason.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CertError {
-    #[error("certificate is {size} bytes, more than the limit of {max}")]
-    TooLarge { size: usize, max: usize },
-    #[error("certificate is malformed: {reason}")]
-    Malformed { reason: String },
-    #[error("certificate has {count} trailing bytes after the DER structure")]
-    TrailingBytes { count: usize },
-    #[error(
-        "certificate is not issued by the cluster CA: issuer is \"{issuer}\", the CA is \"{ca}\""
-    )]
-    NotIssuedByCa { issuer: String, ca: String },
-    #[error(
-        "certificate is signed with unsupported algorithm {oid}, expected Ed25519 (1.3.101.112)"
-    )]
-    UnsupportedSignatureAlgorithm { oid: String },
-    #[error("certificate signature does not verify against the CA key")]
-    BadSignature,
-    #[error("certificate key has the wrong type: {found}, expected Ed25519 (1.3.101.112)")]
-    WrongKeyType { found: String },
-    #[error("certificate key {key} is a weak (small-order) Ed25519 key")]
-    WeakKey { key: String },
-    #[error("certificate names {found}, expected service \"{expected}\"")]
-    NameMismatch { expected: String, found: String },
-    #[error("not a node certificate: {reason}")]
-    NotNodeCertificate { reason: String },
-    #[error("not a node or client certificate: {reason}")]
-    NotPeerCertificate { reason: String },
-    #[error("certificate is a CA certificate, not a node certificate")]
-    IsCa,
-    #[error("certificate has an unsupported critical extension {oid}")]
-    UnknownCriticalExtension { oid: String },
-    #[error("certificate for \"{service}\" (serial {serial}) is revoked")]
-    Revoked { service: String, serial: String },
-    #[error(
-        "certificate for \"{service}\" expired at {}, now is {}",
-        crate::clock::format_timestamp(*.not_after_us),
-        crate::clock::format_timestamp(*.now_us)
-    )]
-    Expired {
-        service: String,
-        not_after_us: u64,
-        now_us: u64,
-    },
-    #[error(
-        "certificate for \"{service}\" is not valid before {}, now is {}",
-        crate::clock::format_timestamp(*.not_before_us),
-        crate::clock::format_timestamp(*.now_us)
-    )]
-    NotYetValid {
-        service: String,
-        not_before_us: u64,
-        now_us: u64,
-    },
-}
 
 /// Errors loading or writing identity files. Every variant about a file names
 /// the path and the reason.
@@ -316,6 +259,36 @@ pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityE
     let mut key = Zeroizing::new([0u8; 32]);
     hex::decode_to_slice(text, &mut key[..]).map_err(|e| malformed(e.to_string()))?;
     Ok(ChannelKey::new(name, *key))
+}
+
+/// Longest excerpt of the offending line quoted in a TOML error.
+pub const TOML_ERROR_EXCERPT_CHARS_MAX: usize = 80;
+
+/// One line naming where a TOML document is wrong and why:
+/// `line 8, column 10 (`listen = "nope"`): invalid socket address syntax`.
+/// The toml crate's own rendering spans several lines (a source excerpt with
+/// a caret), which breaks the one-line error contract of the command line.
+/// It lives in identity, the lowest layer that reads TOML (the revocation
+/// list); the config file and saga definitions use it too.
+pub fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim().replace('\n', " ");
+    let Some(span) = error.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        return format!("line {line_no}, column {column}: {message}");
+    }
+    let mut excerpt: String = line.chars().take(TOML_ERROR_EXCERPT_CHARS_MAX).collect();
+    if line.chars().count() > TOML_ERROR_EXCERPT_CHARS_MAX {
+        excerpt.push_str("...");
+    }
+    format!("line {line_no}, column {column} (`{excerpt}`): {message}")
 }
 
 #[cfg(test)]

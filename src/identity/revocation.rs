@@ -115,7 +115,7 @@ impl RevocationList {
     /// Parses revocation-list TOML text.
     pub fn parse(text: &str) -> Result<Self, String> {
         let file: RevocationFile =
-            toml::from_str(text).map_err(|e| crate::config::describe_toml_error(text, &e))?;
+            toml::from_str(text).map_err(|e| super::describe_toml_error(text, &e))?;
         RevocationList::from_entries(file.revoked)
     }
 

@@ -13,51 +13,9 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::x509::{AlgorithmIdentifier, X509Version};
 
-use super::{CertError, IdentityError, RevocationList, read_cert_pem, validate_name};
+use super::{AuthorCert, CertError, IdentityError, RevocationList, read_cert_pem, validate_name};
+use crate::core::cert::AuthorAdmission;
 use crate::core::limits::CERT_BYTES_MAX;
-
-/// An admitted certificate, pure data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthorCert {
-    /// The SAN DNS name that matched.
-    pub service: String,
-    /// Ed25519 key from the SubjectPublicKeyInfo.
-    pub public_key: [u8; 32],
-    /// Start of validity, microseconds since the Unix epoch (UTC).
-    pub not_before_us: u64,
-    /// End of validity (inclusive), microseconds since the Unix epoch (UTC).
-    pub not_after_us: u64,
-    /// Serial number as encoded (big-endian, DER INTEGER content).
-    pub serial: Vec<u8>,
-    /// The exact certificate DER.
-    pub der: Vec<u8>,
-}
-
-impl AuthorCert {
-    /// Checks `now_us` against the validity window (both ends inclusive).
-    pub fn check_time(&self, now_us: u64) -> Result<(), CertError> {
-        if now_us < self.not_before_us {
-            return Err(CertError::NotYetValid {
-                service: self.service.clone(),
-                not_before_us: self.not_before_us,
-                now_us,
-            });
-        }
-        if now_us > self.not_after_us {
-            return Err(CertError::Expired {
-                service: self.service.clone(),
-                not_after_us: self.not_after_us,
-                now_us,
-            });
-        }
-        Ok(())
-    }
-
-    /// The serial as lowercase hex.
-    pub fn serial_hex(&self) -> String {
-        hex::encode(&self.serial)
-    }
-}
 
 /// What a certificate admitted by [`TrustAnchor::admit_peer`] may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -449,6 +407,14 @@ impl TrustAnchor {
     /// True if the revocation list names the certificate's key or serial.
     pub fn is_revoked(&self, cert: &AuthorCert) -> bool {
         self.revoked.is_revoked(&cert.public_key, &cert.serial)
+    }
+}
+
+/// The core verifies feeds through this; the checks are
+/// [`TrustAnchor::admit_author`]'s.
+impl AuthorAdmission for TrustAnchor {
+    fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
+        TrustAnchor::admit_author(self, service, cert_der)
     }
 }
 

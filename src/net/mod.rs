@@ -20,8 +20,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::core::cert::{AuthorCert, CertError};
 use crate::core::wire::{FRAME_BYTES_MAX, close};
-use crate::identity::{AuthorCert, CertError, IdentityError};
+use crate::identity::IdentityError;
 
 pub mod congestion;
 pub mod endpoint;

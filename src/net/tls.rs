@@ -27,9 +27,10 @@ use super::{
     LOSS_TIME_THRESHOLD, MAX_CONCURRENT_BIDI_STREAMS, MAX_CONCURRENT_UNI_STREAMS, NetError, Role,
     SEND_WINDOW_BYTES, STREAM_RECEIVE_WINDOW_BYTES,
 };
+use crate::core::cert::{AuthorCert, CertError};
 use crate::core::wire::{ALPN_CLIENT, ALPN_PEER};
 use crate::identity::trust::parse_cert;
-use crate::identity::{AuthorCert, CertError, TrustAnchor, pem, read_cert_pem};
+use crate::identity::{TrustAnchor, pem, read_cert_pem};
 
 /// The only handshake signature scheme offered and accepted.
 const SIGNATURE_SCHEMES: &[SignatureScheme] = &[SignatureScheme::ED25519];
@@ -449,7 +450,7 @@ mod tests {
 
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        crate::identity::init_cluster(dir.path(), &["a".to_string()], 17400, 30, false).unwrap();
+        crate::config::init_cluster(dir.path(), &["a".to_string()], 17400, 30, false).unwrap();
         let keys = dir.path().join("keys");
         let trust = Arc::new(TrustAnchor::load(&keys.join("ca.crt"), None).unwrap());
         Fixture {

@@ -8,7 +8,6 @@
 //! ([`RECONNECT_BACKOFF_MIN_MS`] to [`RECONNECT_BACKOFF_MAX_MS`]).
 
 pub mod client;
-pub(crate) mod exec;
 pub mod peer;
 pub mod query;
 mod streams;
@@ -30,7 +29,7 @@ use crate::core::query::{
 use crate::core::wire::{ALPN_CLIENT, ALPN_PEER, close};
 use crate::identity::TrustAnchor;
 use crate::net::{self, Role, TlsIdentity};
-use crate::store::{Committed, FeedHead, Log, LogError, LogOptions, Receipt, Tx, TxError};
+use crate::store::{Committed, FeedHead, Log, LogError, LogOptions, Receipt, Tx, TxError, stopped};
 use query::QueryRegistry;
 
 /// First wait before redialling a peer.
@@ -270,7 +269,7 @@ impl Node {
         &self,
         query_type: &str,
         handler: query::QueryHandler,
-    ) -> Result<(), query::RegisterError> {
+    ) -> Result<(), crate::core::query::RegisterError> {
         self.inner
             .queries
             .write()
@@ -473,15 +472,6 @@ impl Node {
         )
         .await;
         tracing::info!(service = %self.inner.service, "node stopped");
-    }
-}
-
-/// Resolves when the node is shutting down.
-pub(crate) async fn stopped(mut shutdown: watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
     }
 }
 

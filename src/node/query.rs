@@ -50,10 +50,10 @@ use ed25519_dalek::SigningKey;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::core::event::{Encryption, RESERVED_TYPE_PREFIX};
+use crate::core::event::Encryption;
 use crate::core::query::{
-    QUERY_PAYLOAD_BYTES_MAX, QUERY_TIMEOUT_MS_MAX, QueryRequest, QueryResultBody, QueryStatus,
-    SignedQueryResult, check_query_type, sign_result, validate_request,
+    QUERY_PAYLOAD_BYTES_MAX, QueryRequest, QueryResultBody, QueryStatus, RegisterError,
+    SignedQueryResult, check_exec_handler, check_user_query_type, sign_result, validate_request,
 };
 use crate::store::{Log, StoredEvent};
 
@@ -86,60 +86,6 @@ pub enum HandlerReply {
     NotFound(Vec<u8>),
     /// The handler failed; the reason goes back to the caller.
     Error(String),
-}
-
-/// Why a handler cannot be registered.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RegisterError {
-    #[error("query type {query_type:?} is invalid: {reason}")]
-    QueryType { query_type: String, reason: String },
-    #[error("query type {0:?} is reserved for herald's built-in queries")]
-    Reserved(String),
-    #[error("query type {0:?} already has a handler")]
-    Duplicate(String),
-    #[error("handler for {query_type:?} has an empty command")]
-    EmptyCommand { query_type: String },
-    #[error("handler for {query_type:?} has timeout_ms {timeout_ms}, it must be 1 to {max}")]
-    Timeout {
-        query_type: String,
-        timeout_ms: u32,
-        max: u32,
-    },
-}
-
-/// Checks an exec handler's settings (also used when loading the config).
-pub fn check_exec_handler(
-    query_type: &str,
-    command: &[String],
-    timeout_ms: Option<u32>,
-) -> Result<(), RegisterError> {
-    check_user_query_type(query_type)?;
-    if command.first().is_none_or(|p| p.is_empty()) {
-        return Err(RegisterError::EmptyCommand {
-            query_type: query_type.into(),
-        });
-    }
-    if let Some(timeout_ms) = timeout_ms
-        && (timeout_ms == 0 || timeout_ms > QUERY_TIMEOUT_MS_MAX)
-    {
-        return Err(RegisterError::Timeout {
-            query_type: query_type.into(),
-            timeout_ms,
-            max: QUERY_TIMEOUT_MS_MAX,
-        });
-    }
-    Ok(())
-}
-
-fn check_user_query_type(query_type: &str) -> Result<(), RegisterError> {
-    check_query_type(query_type).map_err(|reason| RegisterError::QueryType {
-        query_type: query_type.into(),
-        reason,
-    })?;
-    if query_type.starts_with(RESERVED_TYPE_PREFIX) {
-        return Err(RegisterError::Reserved(query_type.into()));
-    }
-    Ok(())
 }
 
 enum Handler {
@@ -409,7 +355,7 @@ async fn run_exec(command: &[String], request: &QueryRequest) -> HandlerReply {
             uuid::Uuid::from_bytes(request.id).to_string(),
         ),
     ];
-    let output = super::exec::run_bounded(
+    let output = crate::saga::exec::run_bounded(
         command,
         &env,
         &request.payload,
@@ -545,6 +491,7 @@ fn event_answer(event: &StoredEvent) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::query::QUERY_TIMEOUT_MS_MAX;
 
     #[test]
     fn query_truncate_keeps_char_boundaries() {

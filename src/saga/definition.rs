@@ -201,7 +201,7 @@ impl SagaDefinition {
     pub fn from_toml(text: &str) -> Result<SagaDefinition, DefinitionError> {
         let definition: SagaDefinition =
             toml::from_str(text).map_err(|e| DefinitionError::Parse {
-                message: crate::config::describe_toml_error(text, &e),
+                message: crate::identity::describe_toml_error(text, &e),
             })?;
         definition.validate()?;
         Ok(definition)

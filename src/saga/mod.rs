@@ -21,11 +21,13 @@
 //! * [`orchestrator`]: drives the sagas a node starts, persisting each
 //!   transition with its events in one transaction.
 //! * [`participant`]: runs the commands addressed to a node, at most once.
-//! * [`history`]: rebuilds a saga's timeline offline from a verified export.
+//!
+//! A saga's timeline is rebuilt offline from a verified export by
+//! [`crate::audit::saga_history`], in the audit layer above this one.
 
 pub mod definition;
 pub mod events;
-pub mod history;
+pub(crate) mod exec;
 pub mod machine;
 pub mod orchestrator;
 pub mod participant;

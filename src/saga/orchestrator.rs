@@ -112,7 +112,7 @@ impl Orchestrator {
         let subscription = log.subscribe(REPLY_CONSUMER, events::REPLY, StartFrom::Stored)?;
         let forward = forward_replies(log.clone(), tx.clone());
         let reply_task = tokio::spawn({
-            let stop = crate::node::stopped(shutdown.clone());
+            let stop = crate::store::stopped(shutdown.clone());
             async move {
                 if let Err(e) =
                     crate::store::run_subscription_batches(subscription, forward, stop).await
@@ -243,7 +243,7 @@ async fn supervise(
     let mut backoff_ms = ORCHESTRATOR_RESTART_MS;
     loop {
         let started = tokio::time::Instant::now();
-        let stop = crate::node::stopped(shutdown.clone());
+        let stop = crate::store::stopped(shutdown.clone());
         let Err(e) = run(log.clone(), &mut rx, stop).await else {
             return;
         };
@@ -262,7 +262,7 @@ async fn supervise(
         tracing::warn!(error = %e, backoff_ms, "saga orchestrator failed; restarting after backoff");
         health.transient(ORCHESTRATOR_TASK, &format!("{e} (restarting)"));
         tokio::select! {
-            _ = crate::node::stopped(shutdown.clone()) => return,
+            _ = crate::store::stopped(shutdown.clone()) => return,
             _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
         }
         backoff_ms = (backoff_ms * 2).min(ORCHESTRATOR_RESTART_MS_MAX);

@@ -437,7 +437,7 @@ async fn run_exec(
         ("HERALD_ATTEMPT", command.attempt.to_string()),
     ];
     let timeout_ms = timeout_ms.clamp(1, EXEC_TIMEOUT_MS_MAX);
-    let run = crate::node::exec::run_bounded(
+    let run = super::exec::run_bounded(
         program,
         &env,
         &input,

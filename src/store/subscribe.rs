@@ -223,7 +223,7 @@ impl Subscription {
         let mut scanned = 0usize;
         while batch.len() < max && scanned < SUBSCRIPTION_SCAN_EVENTS_MAX {
             position = self.recent.skip_unmatched(position, |event_type| {
-                crate::cli::glob_match(&self.pattern, event_type)
+                crate::core::event::glob_match(&self.pattern, event_type)
             });
             if self.recent.holds_after(position) == Some(false) {
                 break;
@@ -236,12 +236,12 @@ impl Subscription {
                 // is not even text (a damaged column), is decided by the
                 // envelope's own header, which is what gets delivered.
                 let candidate = match std::str::from_utf8(indexed_type) {
-                    Ok(t) => crate::cli::glob_match(&self.pattern, t),
+                    Ok(t) => crate::core::event::glob_match(&self.pattern, t),
                     Err(_) => true,
                 };
                 if candidate {
                     let event = read_event(&self.conn, *arrival)?;
-                    if crate::cli::glob_match(&self.pattern, &event.header.event_type) {
+                    if crate::core::event::glob_match(&self.pattern, &event.header.event_type) {
                         batch.push(event);
                     }
                 }
@@ -347,6 +347,17 @@ impl Subscription {
             .conn
             .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE arrival > ?1)")?;
         Ok(stmt.query_row([to_sql(self.position)], |r| r.get(0))?)
+    }
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone): the `stop`
+/// future the node and the saga engine hand to [`run_subscription`] and its
+/// siblings.
+pub(crate) async fn stopped(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
     }
 }
 

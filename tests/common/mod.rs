@@ -19,8 +19,7 @@ impl Cluster {
     pub fn new(nodes: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let names: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
-        herald::identity::init_cluster(dir.path(), &names, 17400, 365, false)
-            .expect("init cluster");
+        herald::config::init_cluster(dir.path(), &names, 17400, 365, false).expect("init cluster");
         Cluster { dir, nodes: names }
     }
 

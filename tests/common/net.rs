@@ -43,8 +43,7 @@ impl Net {
     pub fn with_peers(nodes: &[&str], peers: impl Fn(&str) -> Vec<String>) -> Net {
         let dir = tempfile::tempdir().expect("tempdir");
         let names: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
-        herald::identity::init_cluster(dir.path(), &names, 17400, 365, false)
-            .expect("init cluster");
+        herald::config::init_cluster(dir.path(), &names, 17400, 365, false).expect("init cluster");
         let ports = free_ports(names.len());
         let addrs: BTreeMap<String, SocketAddr> = names
             .iter()

@@ -2,6 +2,9 @@
 //! handlers): program and arguments without a shell, input on stdin,
 //! bounded stdout and stderr. The caller applies its deadline by dropping
 //! the future: the child is killed when it is dropped.
+//!
+//! It sits in the saga layer, the lowest that runs handlers; the node's
+//! query handlers use it from above.
 
 use std::process::{ExitStatus, Stdio};
 

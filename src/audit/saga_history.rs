@@ -5,6 +5,9 @@
 //! routing fields (step, service, kind, attempt, outcome) in signed,
 //! cleartext metadata. With the channel key, each entry also shows its
 //! decrypted payload (inputs, results, reasons).
+//!
+//! It lives in the audit layer, above the sagas, because it is built on the
+//! offline verification of an export.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,9 +15,9 @@ use std::path::Path;
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::events::{self, SAGA_EVENT_PREFIX, meta};
-use crate::audit::verify::{AuditError, AuditOptions, AuditReport, audit_export_visiting};
+use super::verify::{AuditError, AuditOptions, AuditReport, audit_export_visiting};
 use crate::core::verify::{DecodedEvent, decrypt_payload};
+use crate::saga::events::{self, SAGA_EVENT_PREFIX, meta};
 
 /// Most timeline entries kept for one saga (a saga with the maximum steps
 /// and compensation attempts stays far below this).
