@@ -1,12 +1,13 @@
-//! The sans-IO core: limits, the event, its canonical codec, sealing and
-//! verification. Nothing here reads a clock, touches a disk, opens a socket or
-//! asks the OS for randomness.
+//! The sans-IO core: limits, the event, its canonical codec, sealing,
+//! verification and the Merkle trees over feeds. Nothing here reads a clock,
+//! touches a disk, opens a socket or asks the OS for randomness.
 
 pub mod cert;
 pub mod codec;
 pub mod crypto;
 pub mod event;
 pub mod limits;
+pub mod merkle;
 pub mod query;
 pub mod replication;
 pub mod signature;
