@@ -1190,12 +1190,20 @@ mod tests {
                 let other_root = root_at(&mut all, other_size).unwrap();
                 prop_assert!(verify_inclusion(&leaf, index, other_size, &proof, &other_root).is_err());
             }
-            // Padding or truncating is refused.
+            // Padding or truncating is refused as such, before hashing.
             let mut padded = proof.clone();
             padded.push(root);
-            prop_assert!(verify_inclusion(&leaf, index, size, &padded, &root).is_err());
+            let padded_verdict = verify_inclusion(&leaf, index, size, &padded, &root);
+            prop_assert!(
+                matches!(padded_verdict, Err(ProofError::WrongProofLength { .. })),
+                "{:?}", padded_verdict
+            );
             if let Some((_, shorter)) = proof.split_last() {
-                prop_assert!(verify_inclusion(&leaf, index, size, shorter, &root).is_err());
+                let short_verdict = verify_inclusion(&leaf, index, size, shorter, &root);
+                prop_assert!(
+                    matches!(short_verdict, Err(ProofError::WrongProofLength { .. })),
+                    "{:?}", short_verdict
+                );
             }
         }
 
@@ -1248,6 +1256,21 @@ mod tests {
             if other_new != new_size {
                 let other_root = root_at(&mut all, other_new).unwrap();
                 prop_assert!(verify_consistency(old_size, other_new, &old_root, &other_root, &proof).is_err());
+            }
+            // Padding or truncating is refused as such, before hashing.
+            let mut padded = proof.clone();
+            padded.insert(0, old_root);
+            let padded_verdict = verify_consistency(old_size, new_size, &old_root, &new_root, &padded);
+            prop_assert!(
+                matches!(padded_verdict, Err(ProofError::WrongProofLength { .. })),
+                "{:?}", padded_verdict
+            );
+            if let Some((_, shorter)) = proof.split_last() {
+                let short_verdict = verify_consistency(old_size, new_size, &old_root, &new_root, shorter);
+                prop_assert!(
+                    matches!(short_verdict, Err(ProofError::WrongProofLength { .. })),
+                    "{:?}", short_verdict
+                );
             }
             // A tree that rewrote one old leaf is not consistent with the old root.
             if old_size < new_size {
