@@ -6,6 +6,7 @@ pub mod codec;
 pub mod crypto;
 pub mod event;
 pub mod limits;
+pub mod note;
 pub mod query;
 pub mod replication;
 pub mod signature;
