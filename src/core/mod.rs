@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod event;
 pub mod limits;
 pub mod merkle;
+pub mod note;
 pub mod query;
 pub mod replication;
 pub mod signature;
