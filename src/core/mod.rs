@@ -3,6 +3,7 @@
 //! touches a disk, opens a socket or asks the OS for randomness.
 
 pub mod cert;
+pub mod checkpoint;
 pub mod codec;
 pub mod crypto;
 pub mod event;

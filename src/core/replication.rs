@@ -19,10 +19,12 @@
 
 use std::collections::BTreeMap;
 
+use super::checkpoint::Equivocation;
 use super::codec::check_service_name;
 use super::limits::SEQ_MAX;
 use super::wire::{
-    FRAME_FEEDS_MAX, FeedPosition, PROTOCOL_VERSION, PeerMessage, REPLICATION_WINDOW_EVENTS,
+    FRAME_FEEDS_MAX, FeedPosition, PROOF_HASHES_MAX, PROTOCOL_VERSION, PeerMessage,
+    REPLICATION_WINDOW_EVENTS,
 };
 
 /// How long a sender waits for acknowledgement progress before resending
@@ -72,6 +74,8 @@ pub enum ProtocolError {
     TooManyFeeds { found: usize },
     #[error("peer named an invalid feed: {0}")]
     BadFeedName(String),
+    #[error("peer sent a proof of {found} hashes, over the limit of {PROOF_HASHES_MAX}")]
+    ProofTooLong { found: usize },
 }
 
 /// A `Hello` or `Ack` names at most [`FRAME_FEEDS_MAX`] feeds, each a
@@ -103,6 +107,10 @@ pub enum Received {
     /// author at one sequence number with different hashes, record it and
     /// pass it on to the other peers.
     Fork(Vec<u8>, Vec<u8>),
+    /// A checkpoint: check it against the local tree, merge and cosign it.
+    Checkpoint(Vec<u8>),
+    /// Equivocation evidence: check and record it, freeze the feed.
+    Equivocation(Box<Equivocation>),
 }
 
 /// One side of a replication session.
@@ -269,6 +277,31 @@ impl Session {
                     return Err(ProtocolError::BeforeHello("Fork"));
                 }
                 Ok(Received::Fork(first.into_vec(), second.into_vec()))
+            }
+            PeerMessage::Checkpoint { note } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::BeforeHello("Checkpoint"));
+                }
+                Ok(Received::Checkpoint(note.into_vec()))
+            }
+            PeerMessage::Equivocation {
+                first,
+                second,
+                prefix_root,
+                proof,
+            } => {
+                if !self.hello_received {
+                    return Err(ProtocolError::BeforeHello("Equivocation"));
+                }
+                if proof.len() > PROOF_HASHES_MAX {
+                    return Err(ProtocolError::ProofTooLong { found: proof.len() });
+                }
+                Ok(Received::Equivocation(Box::new(Equivocation {
+                    first: first.into_vec(),
+                    second: second.into_vec(),
+                    prefix_root,
+                    proof,
+                })))
             }
         }
     }

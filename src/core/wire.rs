@@ -8,7 +8,7 @@ use super::crypto::Hash;
 use super::limits::ENVELOPE_BYTES_MAX;
 
 /// Version carried in `Hello`; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// ALPN of node-to-node connections (replication and queries).
 pub const ALPN_PEER: &[u8] = b"herald-peer/1";
 /// ALPN of command-line clients talking to a node.
@@ -22,6 +22,8 @@ pub const FRAME_EVENTS_MAX: usize = 512;
 pub const FRAME_TARGET_BYTES: usize = 256 * 1024;
 /// Most feed positions in a `Hello` or `Ack`.
 pub const FRAME_FEEDS_MAX: usize = 10_000;
+/// Most hashes in a Merkle proof on the wire (a tree of 2^64 leaves needs 64).
+pub const PROOF_HASHES_MAX: usize = 64;
 /// Events a sender may have in flight (sent, not yet acknowledged) per peer.
 pub const REPLICATION_WINDOW_EVENTS: u64 = 16_384;
 
@@ -71,5 +73,19 @@ pub enum PeerMessage {
     Fork {
         first: serde_bytes::ByteBuf,
         second: serde_bytes::ByteBuf,
+    },
+    /// A feed's latest checkpoint as a C2SP signed note: its author's
+    /// signature and every cosignature the sender holds. Sent once the peer
+    /// acknowledged the events it covers, and again when it gains
+    /// signatures. The receiver checks it against its own copy of the feed,
+    /// merges the cosignatures it can check and adds its own.
+    Checkpoint { note: serde_bytes::ByteBuf },
+    /// Evidence that a feed's author signed two checkpoints no consistency
+    /// proof joins (a split view): self-proving, like `Fork`.
+    Equivocation {
+        first: serde_bytes::ByteBuf,
+        second: serde_bytes::ByteBuf,
+        prefix_root: Hash,
+        proof: Vec<Hash>,
     },
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Inner, PeerState};
 use crate::clock;
+use crate::core::checkpoint::Equivocation;
 use crate::core::crypto::Hash;
 use crate::core::query::QueryRequest;
 use crate::core::replication::{Received, Session, check_positions};
@@ -18,7 +19,7 @@ use crate::core::wire::{
     FRAME_EVENTS_MAX, FRAME_FEEDS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, close,
 };
 use crate::net::{self, NetError};
-use crate::store::{EvidenceOutcome, FeedHead, IngestPolicy};
+use crate::store::{CheckpointOutcome, EvidenceOutcome, FeedHead, IngestPolicy};
 
 /// How often acknowledged cursors are persisted for `herald status` (the
 /// protocol itself needs no persisted cursor: `Hello` re-establishes it).
@@ -50,6 +51,8 @@ pub enum PeerError {
     Version(String),
     #[error("peer sent an event that failed verification: {0}")]
     Verification(Rejection),
+    #[error("peer sent a checkpoint or evidence that failed verification: {0}")]
+    Checkpoint(crate::core::checkpoint::CheckpointError),
     #[error("store: {0}")]
     Store(#[from] crate::store::LogError),
     #[error("shutting down")]
@@ -65,7 +68,7 @@ impl PeerError {
             PeerError::Net(e) => net::close_code(e),
             PeerError::Protocol(_) => close::PROTOCOL_VIOLATION,
             PeerError::Version(_) => close::VERSION_MISMATCH,
-            PeerError::Verification(_) => close::VERIFICATION_FAILED,
+            PeerError::Verification(_) | PeerError::Checkpoint(_) => close::VERIFICATION_FAILED,
             // Our own store failing is not the peer's fault.
             PeerError::Shutdown | PeerError::Store(_) => close::SHUTDOWN,
             PeerError::NoReplicationStream => close::PROTOCOL_VIOLATION,
@@ -277,7 +280,10 @@ async fn inbound(
         let forwarded = match &message {
             PeerMessage::Hello { heads, .. } => Some((true, heads.clone())),
             PeerMessage::Ack { heads } => Some((false, heads.clone())),
-            PeerMessage::Events { .. } | PeerMessage::Fork { .. } => None,
+            PeerMessage::Events { .. }
+            | PeerMessage::Fork { .. }
+            | PeerMessage::Checkpoint { .. }
+            | PeerMessage::Equivocation { .. } => None,
         };
         match checker.on_message(clock::now_us(), message) {
             Ok(Received::Nothing) => {}
@@ -286,6 +292,15 @@ async fn inbound(
                 // Keep the stream's order: what came before is applied first.
                 apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
                 check_evidence(&inner, peer, first, second).await?;
+            }
+            Ok(Received::Checkpoint(note)) => {
+                // Checked against the tree the events before it built.
+                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                check_checkpoint(&inner, peer, note).await?;
+            }
+            Ok(Received::Equivocation(evidence)) => {
+                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                check_equivocation(&inner, peer, *evidence).await?;
             }
             Err(e @ crate::core::replication::ProtocolError::Version { .. }) => {
                 return Err(PeerError::Version(e.to_string()));
@@ -501,6 +516,14 @@ async fn outbound(
         {
             break Err(e);
         }
+        if let Err(e) = send_checkpoints(inner, &session, &mut histories, &mut send).await {
+            break Err(e);
+        }
+        if let Err(e) =
+            share_equivocations(inner, &session, &mut histories, &local, &mut send).await
+        {
+            break Err(e);
+        }
         let wake_at = match (session.poll_timeout(), relay_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -537,6 +560,10 @@ struct Histories {
     diverged: HashSet<String>,
     /// Forked feeds whose evidence this session sent.
     evidence_sent: HashSet<String>,
+    /// Per feed, the checkpoint (size, signature lines) last sent.
+    checkpoints_sent: HashMap<String, (u64, usize)>,
+    /// Feeds whose equivocation evidence this session sent.
+    equivocations_sent: HashSet<String>,
 }
 
 /// Compares the peer's reported positions with our history. Where the
@@ -740,6 +767,130 @@ async fn check_evidence(
             tracing::warn!(peer, %rejection, "peer sent fork evidence that proves nothing; disconnecting");
             return Err(PeerError::Verification(rejection));
         }
+    }
+    Ok(())
+}
+
+/// Checks a checkpoint from `peer` against this node's copy of the feed
+/// and merges it. One whose author's signature fails, or of another
+/// cluster, is misbehaviour: an honest peer passes on only checkpoints it
+/// checked. One that does not match this node's copy is the author's
+/// doing, not the relay's: its evidence is recorded (or awaited).
+async fn check_checkpoint(inner: &Arc<Inner>, peer: &str, note: Vec<u8>) -> Result<(), PeerError> {
+    let log = inner.log.clone();
+    let outcome = tokio::task::spawn_blocking(move || log.accept_checkpoint(note))
+        .await
+        .map_err(|e| PeerError::Protocol(format!("checkpoint task failed: {e}")))??;
+    match outcome {
+        Ok(CheckpointOutcome::Equivocation { feed }) => {
+            tracing::warn!(peer, feed = %feed, "checkpoint from a peer proves the feed's author signed two histories; feed frozen")
+        }
+        Ok(outcome) => tracing::trace!(peer, ?outcome, "checkpoint"),
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "peer sent a checkpoint that failed verification; disconnecting");
+            return Err(PeerError::Checkpoint(e));
+        }
+    }
+    Ok(())
+}
+
+/// Checks equivocation evidence from `peer` and records it; evidence that
+/// proves nothing is misbehaviour.
+async fn check_equivocation(
+    inner: &Arc<Inner>,
+    peer: &str,
+    evidence: Equivocation,
+) -> Result<(), PeerError> {
+    let log = inner.log.clone();
+    let outcome = tokio::task::spawn_blocking(move || log.record_equivocation(evidence))
+        .await
+        .map_err(|e| PeerError::Protocol(format!("evidence task failed: {e}")))??;
+    match outcome {
+        Ok(true) => tracing::warn!(
+            peer,
+            "equivocation evidence received from a peer; feed frozen"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(peer, error = %e, "peer sent equivocation evidence that proves nothing; disconnecting");
+            return Err(PeerError::Checkpoint(e));
+        }
+    }
+    Ok(())
+}
+
+/// Sends the peer every feed's latest checkpoint that is new to it (a
+/// larger size, or more signatures than last sent), once it acknowledged
+/// holding the events the checkpoint covers.
+async fn send_checkpoints(
+    inner: &Arc<Inner>,
+    session: &Session,
+    histories: &mut Histories,
+    send: &mut quinn::SendStream,
+) -> Result<(), PeerError> {
+    for checkpoint in inner.log.latest_checkpoints() {
+        let signatures = checkpoint.note.matches("\n\u{2014} ").count();
+        let version = (checkpoint.size, signatures);
+        if histories.checkpoints_sent.get(&checkpoint.feed) == Some(&version) {
+            continue;
+        }
+        let held = session
+            .acknowledged()
+            .get(&checkpoint.feed)
+            .copied()
+            .unwrap_or(0);
+        if held < checkpoint.size || session.held_back(&checkpoint.feed).is_some() {
+            continue;
+        }
+        histories
+            .checkpoints_sent
+            .insert(checkpoint.feed.clone(), version);
+        let message = PeerMessage::Checkpoint {
+            note: serde_bytes::ByteBuf::from(checkpoint.note.clone().into_bytes()),
+        };
+        net::write_frame(send, &message).await?;
+    }
+    Ok(())
+}
+
+/// Sends equivocation evidence of every frozen feed the peer holds, once
+/// per connection.
+async fn share_equivocations(
+    inner: &Arc<Inner>,
+    session: &Session,
+    histories: &mut Histories,
+    local: &[FeedHead],
+    send: &mut quinn::SendStream,
+) -> Result<(), PeerError> {
+    let due = |feed: &str, histories: &Histories| {
+        !histories.equivocations_sent.contains(feed)
+            && session
+                .acknowledged()
+                .get(feed)
+                .is_some_and(|&next| next > 0)
+    };
+    if !local
+        .iter()
+        .any(|h| h.status == FEED_FORKED && due(&h.feed, histories))
+    {
+        return Ok(());
+    }
+    let log = inner.log.clone();
+    let evidence = tokio::task::spawn_blocking(move || log.equivocations())
+        .await
+        .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
+    for (feed, evidence) in evidence {
+        if !due(&feed, histories) {
+            continue;
+        }
+        histories.equivocations_sent.insert(feed);
+        let message = PeerMessage::Equivocation {
+            first: serde_bytes::ByteBuf::from(evidence.first),
+            second: serde_bytes::ByteBuf::from(evidence.second),
+            prefix_root: evidence.prefix_root,
+            proof: evidence.proof,
+        };
+        net::write_frame(send, &message).await?;
     }
     Ok(())
 }

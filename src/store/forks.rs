@@ -95,9 +95,12 @@ pub enum EvidenceOutcome {
 /// The sequence number from which `feed` is frozen, if it forked.
 pub(super) fn fork_seq(tx: &Connection, feed: &str) -> rusqlite::Result<Option<u64>> {
     let seq: Option<i64> = tx
-        .query_row("SELECT MIN(seq) FROM forks WHERE feed = ?1", [feed], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT MIN(s) FROM (SELECT MIN(seq) AS s FROM forks WHERE feed = ?1
+             UNION ALL SELECT MIN(first_size) FROM equivocations WHERE feed = ?1)",
+            [feed],
+            |r| r.get(0),
+        )
         .optional()?
         .flatten();
     Ok(seq.map(|s| s as u64))

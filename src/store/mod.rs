@@ -5,6 +5,7 @@
 //! A proclamation that returned a [`Receipt`] is on disk: the writer answers
 //! only after the transaction holding it committed.
 
+pub mod checkpoints;
 mod forks;
 pub mod health;
 mod own_feed;
@@ -13,6 +14,7 @@ mod recent;
 mod schema;
 mod subscribe;
 mod transact;
+pub mod tree;
 mod writer;
 
 use std::fs::File;
@@ -25,6 +27,10 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OpenFlags, params};
 use serde::Serialize;
 
+pub use checkpoints::{
+    COSIGNATURES_MAX, CheckpointCache, CheckpointOutcome, StoredCheckpoint, read_checkpoint,
+    read_checkpoints, read_equivocations,
+};
 pub use forks::{EvidenceOutcome, IngestPolicy, Tolerated, pruned_envelope};
 pub use health::{Health, Problem};
 pub use peers::{PeerCursor, READ_ENVELOPES_BYTES_MAX, read_peer_cursors};
@@ -38,6 +44,7 @@ use writer::Request;
 
 use crate::clock;
 use crate::config::NodeConfig;
+use crate::core::checkpoint::{CheckpointError, Equivocation};
 use crate::core::codec;
 use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::event::EventHeader;
@@ -334,6 +341,10 @@ pub struct Log {
     health: Arc<Health>,
     /// Held for the log's lifetime: one process appends to a feed at a time.
     _lock: File,
+    /// Every feed's latest checkpoint (with cosignatures), for replication.
+    checkpoint_cache: Arc<checkpoints::CheckpointCache>,
+    /// This cluster's id, which every checkpoint origin names.
+    cluster: String,
 }
 
 impl Log {
@@ -384,6 +395,8 @@ impl Log {
         let recent = Arc::new(recent::RecentCommits::new(subscribe::last_arrival(&conn)?));
         let heads = Arc::new(HeadsCache::default());
         heads.refresh_from(&conn);
+        let checkpoint_cache = Arc::new(checkpoints::CheckpointCache::load(&conn)?);
+        let cluster = crate::core::checkpoint::cluster_id(&trust.ca_public_key());
         let own_feed = Arc::new(own_feed::OwnFeedCache::default());
         let health = Arc::new(Health::default());
         let channels = Arc::new(transact::Channels {
@@ -405,6 +418,10 @@ impl Log {
             own_service: identity.service.clone(),
             recovering: recovering.clone(),
             health: Arc::clone(&health),
+            trees: Default::default(),
+            signer: checkpoints::signer_for(&identity, &trust),
+            checkpoint_cache: Arc::clone(&checkpoint_cache),
+            unmatched_checkpoints: Default::default(),
         };
         let handle = writer::spawn(seal, commit, rx)
             .map_err(|e| LogError::Corrupt(format!("cannot start writer threads: {e}")))?;
@@ -424,7 +441,55 @@ impl Log {
             health,
             _checkpointer: checkpointer,
             _lock: lock,
+            checkpoint_cache,
+            cluster,
         })
+    }
+
+    /// This cluster's id (see `core::checkpoint::cluster_id`).
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Every feed's latest checkpoint this node holds, with its cosignatures.
+    pub fn latest_checkpoints(&self) -> Vec<Arc<StoredCheckpoint>> {
+        self.checkpoint_cache.all()
+    }
+
+    /// `feed`'s latest checkpoint, if this node holds one.
+    pub fn latest_checkpoint(&self, feed: &str) -> Option<Arc<StoredCheckpoint>> {
+        self.checkpoint_cache.get(feed)
+    }
+
+    /// Checks a checkpoint a peer sent against this node's copy of the
+    /// feed, keeps what is new (a larger size, cosignatures) and cosigns it.
+    /// The inner `Err` says what is wrong with the checkpoint itself.
+    pub fn accept_checkpoint(
+        &self,
+        note: Vec<u8>,
+    ) -> Result<Result<CheckpointOutcome, CheckpointError>, LogError> {
+        let (reply, receiver) = sync_channel(1);
+        self.send(Request::Checkpoint { note, reply })?;
+        receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Checks equivocation evidence a peer sent and records it (`true` if
+    /// it was new): the feed is frozen from the first checkpoint's size.
+    pub fn record_equivocation(
+        &self,
+        evidence: Equivocation,
+    ) -> Result<Result<bool, CheckpointError>, LogError> {
+        let (reply, receiver) = sync_channel(1);
+        self.send(Request::Equivocation {
+            evidence: Box::new(evidence),
+            reply,
+        })?;
+        receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+
+    /// Every equivocation this store holds, as (feed, evidence).
+    pub fn equivocations(&self) -> Result<Vec<(String, Equivocation)>, LogError> {
+        checkpoints::read_equivocations(&*self.reader()?)
     }
 
     /// This node's service name (its feed).
@@ -925,21 +990,26 @@ fn open_own_feed(
         (Some(_), true) => {
             // Check the key and the head row now (it writes nothing for a
             // stored feed), so a bad store fails at start-up, not later.
-            start_or_resume(conn, identity, trust)?;
+            start_or_resume(conn, identity, trust, false)?;
             Ok(None)
         }
-        (_, false) => start_or_resume(conn, identity, trust).map(Some),
+        (_, false) => start_or_resume(conn, identity, trust, true).map(Some),
     }
 }
 
 /// Resumes this node's feed from its stored head (checking the key and the
-/// head row), or starts it with a genesis event if there is none.
+/// head row), or starts it with a genesis event if there is none. With
+/// `sign`, makes sure the feed's checkpoint covers every stored event (a
+/// store from before Merkle feeds, or a feed just recovered from peers,
+/// has none yet); without, it writes nothing for a stored feed.
 pub(crate) fn start_or_resume(
     conn: &mut Connection,
     identity: &NodeIdentity,
     trust: &TrustAnchor,
+    sign: bool,
 ) -> Result<Sealer, LogError> {
     let service = &identity.service;
+    let signer = checkpoints::signer_for(identity, trust);
     let Some(head) = writer::read_head(conn, service)? else {
         let now_us = clock::now_us();
         let id = writer::new_entropy(now_us).id;
@@ -950,7 +1020,7 @@ pub(crate) fn start_or_resume(
             id,
             now_us,
         );
-        writer::commit_own(conn, &[genesis], service)?;
+        writer::commit_own(conn, &[genesis], &mut Default::default(), &signer)?;
         return Ok(sealer);
     };
     let genesis_key = trust
@@ -976,6 +1046,9 @@ pub(crate) fn start_or_resume(
                 other.map(|o| o.0)
             )));
         }
+    }
+    if sign {
+        checkpoints::cover_own_feed(conn, &signer, head.seq + 1)?;
     }
     Ok(Sealer::resume(
         service,

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves a store from version `i` to
 /// `i + 1`. Never edit a released migration; append a new one.
@@ -124,7 +124,55 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE forks ADD COLUMN stored_envelope BLOB;
     "#,
+    // 4 -> 5: Merkle feeds. Every feed's RFC 6962 tree (built from the
+    // stored event hashes by `tree::rebuild_all` in the same transaction),
+    // its latest checkpoint with every cosignature held, and evidence of
+    // authors that signed inconsistent checkpoints.
+    r#"
+    -- Tiles of 16 hashes: level k holds the nodes of height 4k (level 0:
+    -- the leaf hashes), tile idx its entries [16 idx, 16 idx + 16).
+    CREATE TABLE tree_tiles (
+        feed   TEXT    NOT NULL,
+        level  INTEGER NOT NULL,
+        idx    INTEGER NOT NULL,
+        hashes BLOB    NOT NULL,
+        PRIMARY KEY (feed, level, idx)
+    ) WITHOUT ROWID;
+    -- The latest checkpoint of each feed this node signed (its own) or
+    -- verified against its copy of the tree (others'), as a signed note:
+    -- the author's signature, then every cosignature this node holds.
+    CREATE TABLE checkpoints (
+        feed          TEXT    PRIMARY KEY,
+        size          INTEGER NOT NULL,
+        root          BLOB    NOT NULL,
+        note          BLOB    NOT NULL,
+        -- The largest size this node cosigned (0: none).
+        cosigned_size INTEGER NOT NULL DEFAULT 0
+    );
+    -- Two checkpoints signed by one author that no consistency proof can
+    -- join: the first of size <= the second's, the root of the second's
+    -- tree at the first's size and the consistency proof of that root.
+    CREATE TABLE equivocations (
+        id             INTEGER PRIMARY KEY,
+        feed           TEXT    NOT NULL,
+        first_size     INTEGER NOT NULL,
+        first_note     BLOB    NOT NULL,
+        second_note    BLOB    NOT NULL,
+        prefix_root    BLOB    NOT NULL,
+        proof          BLOB    NOT NULL,
+        detected_at_us INTEGER NOT NULL,
+        UNIQUE (feed, first_note, second_note)
+    );
+    "#,
 ];
+
+/// Work a migration needs beyond SQL, run in its transaction after it.
+fn after_migration(to_version: u32, tx: &Connection) -> Result<(), SchemaError> {
+    if to_version == 5 {
+        super::tree::rebuild_all(tx).map_err(|e| SchemaError::Data(e.to_string()))?;
+    }
+    Ok(())
+}
 
 /// Errors bringing a store's schema up to date.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +183,8 @@ pub enum SchemaError {
     TooNew { found: u32 },
     #[error("store schema: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("store migration: {0}")]
+    Data(String),
 }
 
 /// How long a statement waits for another connection's lock before failing.
@@ -183,6 +233,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     for (from, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
+        after_migration(from as u32 + 1, &tx)?;
         tx.execute(
             "INSERT OR REPLACE INTO herald_meta (key, value) VALUES ('schema_version', ?1)",
             [(from as u32 + 1).to_string()],

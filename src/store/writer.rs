@@ -20,10 +20,12 @@ use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::checkpoints::CheckpointOutcome;
 use super::forks::{EvidenceOutcome, IngestPolicy, Tolerated, record_evidence};
 use super::transact::{Channels, TransactJob, Tx, TxError, TxReply};
 use super::{IngestReport, LogError, Proclamation, Receipt};
 use crate::clock;
+use crate::core::checkpoint::{CheckpointError, Equivocation};
 use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
 use crate::core::verify::{
@@ -85,7 +87,21 @@ pub(crate) enum Request {
     },
     /// Run an application transaction (state and events, atomically).
     Transact(TransactJob),
+    /// Check a checkpoint a peer sent, merge and cosign it.
+    Checkpoint {
+        note: Vec<u8>,
+        reply: CheckpointReply,
+    },
+    /// Check equivocation evidence a peer sent and record it.
+    Equivocation {
+        evidence: Box<Equivocation>,
+        reply: EquivocationReply,
+    },
 }
+
+pub(crate) type CheckpointReply =
+    SyncSender<Result<Result<CheckpointOutcome, CheckpointError>, LogError>>;
+pub(crate) type EquivocationReply = SyncSender<Result<Result<bool, CheckpointError>, LogError>>;
 
 impl Request {
     fn event_count(&self) -> usize {
@@ -94,6 +110,8 @@ impl Request {
             Request::Ingest { envelopes, .. } => envelopes.len(),
             Request::Write { .. }
             | Request::Evidence { .. }
+            | Request::Checkpoint { .. }
+            | Request::Equivocation { .. }
             | Request::Transact(_)
             | Request::Shutdown
             | Request::FinishRecovery { .. }
@@ -129,6 +147,14 @@ enum Work {
     Write {
         job: WriteJob,
         reply: SyncSender<Result<(), LogError>>,
+    },
+    Checkpoint {
+        note: Vec<u8>,
+        reply: CheckpointReply,
+    },
+    Equivocation {
+        evidence: Box<Equivocation>,
+        reply: EquivocationReply,
     },
     /// Transactions that need the sealer: the commit stage runs them (after
     /// every batch queued before them is durable) and hands the sealer back.
@@ -184,6 +210,15 @@ pub(crate) struct CommitStage {
     pub health: Arc<super::Health>,
     /// Channel keys for events proclaimed inside transactions.
     pub channels: Arc<Channels>,
+    /// Every feed's Merkle tree touched so far (the right edges).
+    pub trees: super::checkpoints::Trees,
+    /// Signs this node's checkpoints and cosigns others'.
+    pub signer: crate::core::checkpoint::CheckpointSigner,
+    /// The latest checkpoints, for replication.
+    pub checkpoint_cache: Arc<super::checkpoints::CheckpointCache>,
+    /// Author-signed checkpoints that did not match this node's trees yet
+    /// (see `checkpoints::Witness::unmatched`).
+    pub unmatched_checkpoints: HashMap<String, crate::core::checkpoint::VerifiedCheckpoint>,
 }
 
 /// Starts both stages; the returned thread ends after both have drained
@@ -412,6 +447,10 @@ impl SealStage {
                     reply,
                 }),
                 Request::Write { job, reply } => out.push(Work::Write { job, reply }),
+                Request::Checkpoint { note, reply } => out.push(Work::Checkpoint { note, reply }),
+                Request::Equivocation { evidence, reply } => {
+                    out.push(Work::Equivocation { evidence, reply })
+                }
                 // `seal_in_order` routes transactions elsewhere.
                 Request::Transact(job) => {
                     let _ = job.reply.send(Err(TxError::Store(LogError::Corrupt(
@@ -506,6 +545,9 @@ impl CommitStage {
     /// [`RecentCommits`](super::recent::RecentCommits).
     fn announce_commit(&mut self, own_events: &[VerifiedEvent]) {
         self.heads.refresh_from(&self.conn);
+        if !own_events.is_empty() {
+            self.checkpoint_cache.refresh(&self.conn, &self.own_service);
+        }
         if let Some(first) = own_events.first() {
             self.own_feed
                 .append(first.header().seq, own_events.iter().map(|e| e.bytes()));
@@ -548,10 +590,28 @@ impl CommitStage {
                 Work::Write { job, reply } => {
                     let _ = reply.send(self.run_job(job));
                 }
+                Work::Checkpoint { note, reply } => {
+                    let outcome = self.accept_checkpoint(&note);
+                    if let Ok(Ok(outcome)) = &outcome {
+                        self.announce_checkpoint(outcome);
+                    }
+                    let _ = reply.send(outcome);
+                }
+                Work::Equivocation { evidence, reply } => {
+                    let outcome = self.record_equivocation(&evidence);
+                    if let Ok(Ok(true)) = &outcome {
+                        self.announce_commit(&[]);
+                    }
+                    let _ = reply.send(outcome);
+                }
                 Work::FinishRecovery { identity, reply } => {
                     self.recovering.store(false, Ordering::Release);
                     self.verifiers.remove(&self.own_service);
-                    let sealer = super::start_or_resume(&mut self.conn, &identity, &self.trust);
+                    let sealer =
+                        super::start_or_resume(&mut self.conn, &identity, &self.trust, true);
+                    // It may have signed the recovered feed's checkpoint.
+                    self.trees.clear();
+                    self.checkpoint_cache.refresh(&self.conn, &self.own_service);
                     if sealer.is_ok() {
                         self.announce_commit(&[]);
                     }
@@ -636,6 +696,7 @@ impl CommitStage {
             if let Some(last) = events.last() {
                 upsert_head(&tx, last)?;
             }
+            extend_own_tree(&tx, &events, &mut self.trees, &self.signer)?;
             tx.commit()?;
             Ok(events)
         })();
@@ -650,6 +711,7 @@ impl CommitStage {
                 }
             }
             Err(e) => {
+                self.trees.clear();
                 tracing::error!(error = %e, "transaction commit failed; nothing of it was stored");
                 sealer.restore(start);
                 let message = e.to_string();
@@ -676,7 +738,7 @@ impl CommitStage {
             }
             return;
         }
-        match commit_own(&mut self.conn, &events, &self.own_service) {
+        match commit_own(&mut self.conn, &events, &mut self.trees, &self.signer) {
             Ok(()) => {
                 self.announce_commit(&events);
                 let mut receipts = events.iter().map(Receipt::of);
@@ -685,6 +747,7 @@ impl CommitStage {
                 }
             }
             Err(e) => {
+                self.trees.clear();
                 tracing::error!(error = %e, "commit failed; the sealer will rewind");
                 epoch.fetch_add(1, Ordering::AcqRel);
                 let message = e.to_string();
@@ -693,6 +756,75 @@ impl CommitStage {
                 }
             }
         }
+    }
+
+    /// Checks and merges a checkpoint in its own transaction.
+    fn accept_checkpoint(
+        &mut self,
+        note: &[u8],
+    ) -> Result<Result<CheckpointOutcome, CheckpointError>, LogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut witness = super::checkpoints::Witness {
+            trust: &self.trust,
+            verifiers: &mut self.verifiers,
+            trees: &mut self.trees,
+            signer: &self.signer,
+            unmatched: &mut self.unmatched_checkpoints,
+        };
+        let outcome = super::checkpoints::accept(&tx, &mut witness, note);
+        match outcome {
+            Ok(outcome) => {
+                tx.commit()?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                self.trees.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// Wakes replication when a checkpoint gained signatures (to pass them
+    /// on) or a feed was frozen.
+    fn announce_checkpoint(&mut self, outcome: &CheckpointOutcome) {
+        match outcome {
+            CheckpointOutcome::Accepted { feed, .. } | CheckpointOutcome::Equivocation { feed } => {
+                self.checkpoint_cache.refresh(&self.conn, feed);
+                self.announce_commit(&[]);
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks equivocation evidence and records it in its own transaction.
+    fn record_equivocation(
+        &mut self,
+        evidence: &Equivocation,
+    ) -> Result<Result<bool, CheckpointError>, LogError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let cluster = self.signer.cluster().to_string();
+        let feed = match crate::core::checkpoint::claimed_feed(&cluster, &evidence.first) {
+            Ok((_, _, feed)) => feed,
+            Err(e) => return Ok(Err(e)),
+        };
+        let key = match load_verifier(&tx, &self.trust, &mut self.verifiers, &feed)? {
+            Ok(v) => *v.key(),
+            // A feed this node holds nothing of: it cannot check the
+            // author's signatures; the evidence comes again later.
+            Err(_) => return Ok(Ok(false)),
+        };
+        let (feed, first_size) =
+            match crate::core::checkpoint::check_equivocation(&cluster, evidence, &key) {
+                Ok(found) => found,
+                Err(e) => return Ok(Err(e)),
+            };
+        let added = super::checkpoints::record_equivocation(&tx, &feed, first_size, evidence)?;
+        tx.commit()?;
+        Ok(Ok(added))
     }
 
     fn run_job(&mut self, job: WriteJob) -> Result<(), LogError> {
@@ -715,9 +847,10 @@ impl CommitStage {
     ) -> Result<IngestReport, LogError> {
         let outcome = self.ingest_in_transaction(envelopes, policy);
         if outcome.is_err() {
-            // The transaction rolled back: cached verifiers may stand ahead
-            // of the store, so reload them from disk.
+            // The transaction rolled back: cached verifiers and trees may
+            // stand ahead of the store, so reload them from disk.
             self.verifiers.clear();
+            self.trees.clear();
         }
         outcome
     }
@@ -764,6 +897,9 @@ impl CommitStage {
         )?;
         // Heads move once per feed per batch, not once per event.
         let mut new_heads: HashMap<String, (u64, Hash, u64)> = HashMap::new();
+        // Per feed, the first applied sequence number and every applied
+        // event's hash, for the feed's tree.
+        let mut leaves: HashMap<String, (u64, Vec<Hash>)> = HashMap::new();
         let mut forked: HashMap<String, Option<u64>> = HashMap::new();
         for (event, signature_ok) in decoded.into_iter().zip(signatures) {
             let feed = event.as_ref().ok().map(|e| e.header().author.clone());
@@ -790,6 +926,11 @@ impl CommitStage {
                 Outcome::Applied(head) => {
                     report.applied += 1;
                     if let Some(feed) = &feed {
+                        leaves
+                            .entry(feed.clone())
+                            .or_insert_with(|| (head.0, Vec::new()))
+                            .1
+                            .push(head.1);
                         new_heads.insert(feed.clone(), head);
                     }
                 }
@@ -826,6 +967,9 @@ impl CommitStage {
         }
         for (feed, (seq, hash, timestamp_us)) in &new_heads {
             set_head(&tx, feed, *seq, hash, *timestamp_us)?;
+        }
+        for (feed, (first_seq, hashes)) in leaves {
+            self.trees.append(&tx, &feed, first_seq, hashes)?;
         }
         tx.commit()?;
         self.check_self_fork(&report);
@@ -1103,15 +1247,38 @@ pub(crate) fn new_entropy(now_us: u64) -> Entropy {
 pub(crate) fn commit_own(
     conn: &mut Connection,
     events: &[VerifiedEvent],
-    own_service: &str,
-) -> rusqlite::Result<()> {
+    trees: &mut super::checkpoints::Trees,
+    signer: &crate::core::checkpoint::CheckpointSigner,
+) -> Result<(), LogError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    debug_assert!(events.iter().all(|e| e.header().author == own_service));
+    debug_assert!(events.iter().all(|e| e.header().author == signer.service()));
     insert_events(&tx, events)?;
     if let Some(last) = events.last() {
         upsert_head(&tx, last)?;
     }
-    tx.commit()
+    extend_own_tree(&tx, events, trees, signer)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Appends this node's newly stored events to its feed's tree and signs
+/// the checkpoint of the new size: one signature per sealed batch.
+pub(crate) fn extend_own_tree(
+    tx: &Connection,
+    events: &[VerifiedEvent],
+    trees: &mut super::checkpoints::Trees,
+    signer: &crate::core::checkpoint::CheckpointSigner,
+) -> Result<(), LogError> {
+    let Some(first) = events.first() else {
+        return Ok(());
+    };
+    let tree = trees.append(
+        tx,
+        signer.service(),
+        first.header().seq,
+        events.iter().map(|e| *e.hash()),
+    )?;
+    super::checkpoints::sign_own(tx, signer, tree)
 }
 
 const INSERT_EVENT_SQL: &str =

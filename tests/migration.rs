@@ -1,0 +1,139 @@
+//! A store written by an older herald (schema version 4: per-event
+//! signatures, no Merkle trees) is upgraded in place at start-up: every
+//! event stays byte for byte, every feed gets its Merkle tree, the node
+//! signs its own feed's checkpoint, and it goes on proclaiming.
+
+use std::path::{Path, PathBuf};
+
+use herald::config::NodeConfig;
+use herald::core::checkpoint::open_checkpoint;
+use herald::core::crypto::Hash;
+use herald::core::merkle::{self, MemoryTree};
+use herald::store::tree::TileReader;
+use herald::store::{Log, read_checkpoint};
+use rusqlite::Connection;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v4")
+}
+
+fn keys() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors/keys")
+}
+
+/// A copy of the fixture's store and a config for node `council` using the
+/// test-only keys it was written with.
+fn copy_of_fixture(dir: &Path) -> NodeConfig {
+    let data = dir.join("data/council");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(
+        fixture().join("data/council/herald.db"),
+        data.join("herald.db"),
+    )
+    .unwrap();
+    let k = keys();
+    let text = format!(
+        "service = \"council\"\ndata_dir = \"{}\"\nkey = \"{}\"\ncert = \"{}\"\nca = \"{}\"\ndefault_channel = \"default\"\nlisten = \"127.0.0.1:17990\"\n\n[channels]\ndefault = \"{}\"\n",
+        data.display(),
+        k.join("council.key").display(),
+        k.join("council.crt").display(),
+        k.join("ca.crt").display(),
+        k.join("channel-default.key").display(),
+    );
+    let path = dir.join("council.toml");
+    std::fs::write(&path, text).unwrap();
+    NodeConfig::load(&path).unwrap()
+}
+
+/// Every stored event as (feed, seq, hash, envelope), in order.
+fn events(db: &Path) -> Vec<(String, i64, Vec<u8>, Vec<u8>)> {
+    let conn = Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT feed, seq, hash, envelope FROM events ORDER BY feed, seq")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn schema_version(db: &Path) -> String {
+    Connection::open(db)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM herald_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+/// The RFC 6962 root over a feed's event hashes, computed here from the
+/// stored rows alone.
+fn independent_root(rows: &[(String, i64, Vec<u8>, Vec<u8>)], feed: &str, size: usize) -> Hash {
+    let mut tree = MemoryTree::default();
+    for (_, _, hash, _) in rows.iter().filter(|r| r.0 == feed).take(size) {
+        tree.push(merkle::leaf_hash(hash)).unwrap();
+    }
+    merkle::root_at(&mut tree, size as u64).unwrap()
+}
+
+#[test]
+fn a_schema_4_store_is_upgraded_in_place_and_keeps_every_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = copy_of_fixture(dir.path());
+    let db = config.data_dir.join("herald.db");
+    assert_eq!(schema_version(&db), "4", "the fixture is an old store");
+    let before = events(&db);
+    assert_eq!(before.len(), 14, "council 0..=5 and fundraising 0..=7");
+
+    let log = Log::open(&config).expect("the old store opens and is migrated");
+    assert_eq!(schema_version(&db), "5");
+    assert_eq!(events(&db), before, "no event changed, none lost or added");
+
+    // The node signed its own feed's checkpoint over all six of its events,
+    // and its root is the tree over the stored hashes.
+    let conn = Connection::open(&db).unwrap();
+    let own = read_checkpoint(&conn, "council")
+        .unwrap()
+        .expect("own checkpoint");
+    assert_eq!(own.size, 6);
+    assert_eq!(own.root, independent_root(&before, "council", 6));
+    let council_key = log
+        .trust()
+        .admit_author("council", &cert_der("council"))
+        .unwrap();
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&council_key.public_key).unwrap();
+    let opened = open_checkpoint(log.cluster(), own.note.as_bytes(), &key).unwrap();
+    assert_eq!((opened.size(), *opened.root()), (6, own.root));
+
+    // Foreign feeds got their trees too (no checkpoint until their author
+    // sends one), and proclaiming goes on from where the feed stood.
+    let receipt = log.proclaim("motion.carried", b"{}", vec![]).unwrap();
+    assert_eq!(receipt.seq, 6);
+    let after = events(&db);
+    let own = read_checkpoint(&conn, "council").unwrap().unwrap();
+    assert_eq!(own.size, 7);
+    assert_eq!(own.root, independent_root(&after, "council", 7));
+    assert!(read_checkpoint(&conn, "fundraising").unwrap().is_none());
+    let mut tiles = TileReader::new(&conn, "fundraising");
+    for size in 1..=8 {
+        assert_eq!(
+            merkle::root_at(&mut tiles, size).unwrap(),
+            independent_root(&after, "fundraising", size as usize),
+            "fundraising's tree at size {size}"
+        );
+    }
+    log.close();
+
+    // Opening again changes nothing.
+    let log = Log::open(&config).unwrap();
+    assert_eq!(events(&db), after);
+    assert_eq!(read_checkpoint(&conn, "council").unwrap().unwrap().size, 7);
+    log.close();
+}
+
+fn cert_der(service: &str) -> Vec<u8> {
+    let pem = std::fs::read_to_string(keys().join(format!("{service}.crt"))).unwrap();
+    pem::parse(pem).unwrap().into_contents()
+}
