@@ -59,10 +59,15 @@ impl FeedTree {
                 Vec::new()
             } else {
                 let idx = count / TILE_WIDTH as u64;
-                let tile = read_tile(conn, feed, level, idx)?.unwrap_or_default();
-                if tile.len() != partial {
+                let mut tile = read_tile(conn, feed, level, idx)?.unwrap_or_default();
+                if tile.len() < partial {
                     return Err(damaged(feed, level, idx, partial, tile.len()));
                 }
+                // Entries beyond the size belong to leaves the store no
+                // longer holds (events removed by hand, say): the tree of
+                // the first `size` leaves does not depend on them, and the
+                // next append overwrites them.
+                tile.truncate(partial);
                 tile
             };
             edges.push(entries);
