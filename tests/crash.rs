@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, herald_bin};
 use herald::audit::verify::{AuditOptions, audit_data_dir};
+use herald::core::merkle::{self, MemoryTree};
 use herald::identity::TrustAnchor;
+use herald::store::read_checkpoint;
+use herald::store::tree::TileReader;
 
 #[test]
 fn every_acknowledged_event_survives_sigkill() {
@@ -64,6 +67,11 @@ fn every_acknowledged_event_survives_sigkill() {
             "round {round}: publisher too slow"
         );
 
+        // Before herald touches the store again: the checkpoint covers
+        // exactly the stored events (none without its events, no events
+        // without a checkpoint) and its root is theirs.
+        assert_checkpoint_covers_the_feed(&cluster, round);
+
         // Reopen: every acknowledged event is there with the same hash.
         let log = cluster.open("a");
         let head = log.heads().unwrap()[0].seq;
@@ -92,4 +100,46 @@ fn every_acknowledged_event_survives_sigkill() {
     };
     let report = audit_data_dir(&cluster.config("a").data_dir, &options).unwrap();
     assert!(report.valid, "{:?}", report.problems);
+}
+
+/// Reads the killed node's store directly: its own checkpoint has the size
+/// of its feed, a root equal to the RFC 6962 root over the stored event
+/// hashes (computed here), the same root as the stored tree's, and a valid
+/// signature by the node's key.
+fn assert_checkpoint_covers_the_feed(cluster: &Cluster, round: usize) {
+    let db = cluster.config("a").data_dir.join(herald::store::DB_FILE);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let hashes: Vec<Vec<u8>> = conn
+        .prepare("SELECT hash FROM events WHERE feed = 'a' ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut tree = MemoryTree::default();
+    for hash in &hashes {
+        tree.push(merkle::leaf_hash(hash)).unwrap();
+    }
+    let checkpoint = read_checkpoint(&conn, "a")
+        .unwrap()
+        .expect("a checkpoint of the feed");
+    assert_eq!(
+        checkpoint.size,
+        hashes.len() as u64,
+        "round {round}: the checkpoint covers exactly the stored events"
+    );
+    assert_eq!(checkpoint.root, tree.root(), "round {round}: checkpoint root");
+    assert_eq!(
+        merkle::root_at(&mut TileReader::new(&conn, "a"), checkpoint.size).unwrap(),
+        checkpoint.root,
+        "round {round}: the stored tree agrees"
+    );
+    let trust = TrustAnchor::load(&cluster.ca(), None).unwrap();
+    let cert = std::fs::read_to_string(cluster.keys().join("a.crt")).unwrap();
+    let der = pem::parse(cert).unwrap().into_contents();
+    let key = trust.admit_author("a", &der).unwrap().public_key;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&key).unwrap();
+    let cluster_id = herald::core::checkpoint::cluster_id(&trust.ca_public_key());
+    herald::core::checkpoint::open_checkpoint(&cluster_id, checkpoint.note.as_bytes(), &key)
+        .expect("the checkpoint is signed by the node's key");
 }
