@@ -119,7 +119,7 @@ fn a_signed_query_result_is_encoded_as_documented() {
 #[test]
 fn hello_and_its_feed_positions_are_encoded_as_documented() {
     let hello = PeerMessage::Hello {
-        protocol: 1,
+        protocol: 2,
         service: "a".into(),
         heads: vec![FeedPosition {
             feed: "b".into(),
@@ -129,7 +129,7 @@ fn hello_and_its_feed_positions_are_encoded_as_documented() {
     };
     let expected = hex_of(&[
         "00",   // Hello
-        "01",   // protocol 1
+        "02",   // protocol 2
         "0161", // service "a"
         "01",   // one position
         "0162", // feed "b"
@@ -139,6 +139,37 @@ fn hello_and_its_feed_positions_are_encoded_as_documented() {
     assert_eq!(
         hex::encode(postcard::to_stdvec(&hello).expect("encode")),
         hex::encode(expected)
+    );
+}
+
+/// PROTOCOL.md section 3: the two messages of version 2 have the indices
+/// and field order the table gives.
+#[test]
+fn checkpoint_and_equivocation_messages_are_encoded_as_documented() {
+    assert_eq!(herald::core::wire::PROTOCOL_VERSION, 2);
+    let checkpoint = PeerMessage::Checkpoint {
+        note: serde_bytes::ByteBuf::from(b"ab".to_vec()),
+    };
+    assert_eq!(
+        hex::encode(postcard::to_stdvec(&checkpoint).expect("encode")),
+        hex::encode(hex_of(&["04", "026162"]))
+    );
+    let evidence = PeerMessage::Equivocation {
+        first: serde_bytes::ByteBuf::from(b"a".to_vec()),
+        second: serde_bytes::ByteBuf::from(b"b".to_vec()),
+        prefix_root: [0x22; 32],
+        proof: vec![[0x33; 32]],
+    };
+    assert_eq!(
+        hex::encode(postcard::to_stdvec(&evidence).expect("encode")),
+        hex::encode(hex_of(&[
+            "05",
+            "0161",
+            "0162",
+            &"22".repeat(32),
+            "01",
+            &"33".repeat(32),
+        ]))
     );
 }
 
