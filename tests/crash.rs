@@ -128,7 +128,11 @@ fn assert_checkpoint_covers_the_feed(cluster: &Cluster, round: usize) {
         hashes.len() as u64,
         "round {round}: the checkpoint covers exactly the stored events"
     );
-    assert_eq!(checkpoint.root, tree.root(), "round {round}: checkpoint root");
+    assert_eq!(
+        checkpoint.root,
+        tree.root(),
+        "round {round}: checkpoint root"
+    );
     assert_eq!(
         merkle::root_at(&mut TileReader::new(&conn, "a"), checkpoint.size).unwrap(),
         checkpoint.root,

@@ -53,7 +53,12 @@ fn derive() -> Example {
     let root = sha256(&[&[0x01], &node01, &leaves[2]]);
     let origin = format!("herald/{cluster}/{FEED}");
     let body = format!("{origin}\n3\n{}\n", B64.encode(root));
-    let key_id = &sha256(&[origin.as_bytes(), b"\n", &[0x01], author.verifying_key().as_bytes()])[..4];
+    let key_id = &sha256(&[
+        origin.as_bytes(),
+        b"\n",
+        &[0x01],
+        author.verifying_key().as_bytes(),
+    ])[..4];
     let signature = author.sign(body.as_bytes()).to_bytes();
     let line = B64.encode([key_id, &signature[..]].concat());
     let note = format!("{body}\n\u{2014} {origin} {line}\n");
@@ -91,13 +96,27 @@ fn herald_produces_exactly_what_the_spec_derives() {
     }
     assert_eq!(tree.leaf_hashes(), ex.leaves.as_slice());
     assert_eq!(tree.root(), ex.root);
-    assert_eq!(merkle::inclusion_proof(&mut tree.clone(), 0, 3).unwrap(), ex.proof_leaf_0);
-    assert_eq!(merkle::inclusion_proof(&mut tree.clone(), 2, 3).unwrap(), ex.proof_leaf_2);
-    let author = CheckpointSigner::new(ex.cluster.clone(), FEED.into(), SigningKey::from_bytes(&AUTHOR_SEED));
+    assert_eq!(
+        merkle::inclusion_proof(&mut tree.clone(), 0, 3).unwrap(),
+        ex.proof_leaf_0
+    );
+    assert_eq!(
+        merkle::inclusion_proof(&mut tree.clone(), 2, 3).unwrap(),
+        ex.proof_leaf_2
+    );
+    let author = CheckpointSigner::new(
+        ex.cluster.clone(),
+        FEED.into(),
+        SigningKey::from_bytes(&AUTHOR_SEED),
+    );
     let note = author.sign(3, ex.root).unwrap();
     assert_eq!(note.text(), ex.body);
     assert_eq!(note.to_text(), ex.note);
-    let witness = CheckpointSigner::new(ex.cluster.clone(), WITNESS.into(), SigningKey::from_bytes(&WITNESS_SEED));
+    let witness = CheckpointSigner::new(
+        ex.cluster.clone(),
+        WITNESS.into(),
+        SigningKey::from_bytes(&WITNESS_SEED),
+    );
     let checkpoint = Checkpoint::parse_body(note.text()).unwrap();
     let mut cosigned = note.clone();
     cosigned
@@ -116,7 +135,8 @@ fn herald_produces_exactly_what_the_spec_derives() {
 #[test]
 fn the_document_shows_the_derived_values() {
     let ex = derive();
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md")).unwrap();
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/FORMAT.md")).unwrap();
     for (what, value) in [
         ("cluster id", ex.cluster.clone()),
         ("leaf 0", hex::encode(ex.leaves[0])),
@@ -124,7 +144,10 @@ fn the_document_shows_the_derived_values() {
         ("proof of leaf 2", hex::encode(ex.proof_leaf_2[0])),
         ("cosigned note", ex.cosigned_note.clone()),
     ] {
-        assert!(doc.contains(&value), "docs/FORMAT.md lacks the example's {what}: {value}");
+        assert!(
+            doc.contains(&value),
+            "docs/FORMAT.md lacks the example's {what}: {value}"
+        );
     }
 }
 
@@ -137,7 +160,13 @@ fn print_merkle_example() {
         println!("leaf {i}: {}", hex::encode(l));
     }
     println!("root: {}", hex::encode(ex.root));
-    println!("proof 0: {:?}", ex.proof_leaf_0.iter().map(hex::encode).collect::<Vec<_>>());
-    println!("proof 2: {:?}", ex.proof_leaf_2.iter().map(hex::encode).collect::<Vec<_>>());
+    println!(
+        "proof 0: {:?}",
+        ex.proof_leaf_0.iter().map(hex::encode).collect::<Vec<_>>()
+    );
+    println!(
+        "proof 2: {:?}",
+        ex.proof_leaf_2.iter().map(hex::encode).collect::<Vec<_>>()
+    );
     println!("---\n{}---", ex.cosigned_note);
 }

@@ -58,6 +58,7 @@ pub struct BenchReport {
     pub ceiling: Ceiling,
     pub proclaim: Proclaim,
     pub verify: OfflineVerify,
+    pub prove: Prove,
     pub cluster: Option<cluster::ClusterReport>,
     pub sagas: Option<sagas::SagaReport>,
     pub scale: Option<scale::ScaleReport>,
@@ -95,6 +96,21 @@ pub struct Proclaim {
     pub bytes_on_disk_per_event: f64,
     /// Where the run's CPU time went, by thread role.
     pub cpu: cpu::CpuSplit,
+}
+
+/// Inclusion proofs generated from the proclaim run's store (its feed's
+/// tree tiles in SQLite), each verified against the feed's checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prove {
+    /// Leaves of the proved feed's tree.
+    pub feed_size: u64,
+    pub proofs: u64,
+    /// Proofs generated per second on one thread (reading tiles through
+    /// SQLite and hashing).
+    pub proofs_per_s: f64,
+    /// The longest proof generated, in hashes, and ⌈log2 feed_size⌉.
+    pub max_proof_hashes: usize,
+    pub log2_bound: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -139,6 +155,7 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
     let setup = provision(work_dir)?;
     let proclaim = bench_proclaim(options, &setup)?;
     let verify = bench_verify(&setup, work_dir, options.progress)?;
+    let prove = bench_prove(&setup)?;
     let cluster_run = if options.cluster_events > 0 {
         Some(cluster::run_cluster(
             work_dir,
@@ -185,6 +202,7 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
         ceiling,
         proclaim,
         verify,
+        prove,
         cluster,
         sagas,
         scale,
@@ -392,6 +410,49 @@ fn bench_verify(
         events_per_s,
         fraction_of_batch_verify_ceiling: 0.0, // filled in against the final ceiling
         valid: report.valid,
+    })
+}
+
+/// Most proofs one bench run generates.
+pub const BENCH_PROOFS_MAX: u64 = 20_000;
+
+fn bench_prove(setup: &Setup) -> Result<Prove, BenchError> {
+    use crate::core::merkle;
+    use crate::store::tree::TileReader;
+    let failed = |what: String| BenchError::Setup(what);
+    let conn = crate::store::open_read_only(&setup.dir.join("data"))?;
+    let checkpoint = crate::store::read_checkpoint(&conn, "bench")?
+        .ok_or_else(|| failed("the bench feed has no checkpoint".into()))?;
+    let size = checkpoint.size;
+    let proofs = BENCH_PROOFS_MAX.min(size);
+    // A fixed pseudo-random walk over the leaves (no OS randomness needed).
+    let index = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % size;
+    let mut reader;
+    let mut generated = Vec::with_capacity(proofs as usize);
+    let start = Instant::now();
+    for i in 0..proofs {
+        // A fresh reader per proof: no tile is cached from one proof to the next.
+        reader = TileReader::new(&conn, "bench");
+        let proof = merkle::inclusion_proof(&mut reader, index(i), size)
+            .map_err(|e| failed(format!("inclusion proof: {e}")))?;
+        generated.push(proof);
+    }
+    let elapsed = start.elapsed();
+    let mut reader = TileReader::new(&conn, "bench");
+    let mut max_proof_hashes = 0;
+    for (i, proof) in generated.iter().enumerate() {
+        let leaf = merkle::subtree_root(&mut reader, index(i as u64), index(i as u64) + 1)
+            .map_err(|e| failed(format!("leaf: {e}")))?;
+        merkle::verify_inclusion(&leaf, index(i as u64), size, proof, &checkpoint.root)
+            .map_err(|e| failed(format!("a generated proof does not verify: {e}")))?;
+        max_proof_hashes = max_proof_hashes.max(proof.len());
+    }
+    Ok(Prove {
+        feed_size: size,
+        proofs,
+        proofs_per_s: rate(proofs as usize, elapsed),
+        max_proof_hashes,
+        log2_bound: (64 - (size.max(1) - 1).leading_zeros()) as usize,
     })
 }
 

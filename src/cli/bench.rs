@@ -101,6 +101,15 @@ fn print_table(r: &BenchReport) {
         "{:<34} {:>12.0}/s {:>12.2}",
         "offline verify (export)", r.verify.events_per_s, r.verify.fraction_of_batch_verify_ceiling
     );
+    println!(
+        "{:<34} {:>12.0}/s   (feed of {} events, {} proofs, at most {} hashes, ⌈log2 n⌉ = {})",
+        "inclusion proofs (from tiles)",
+        r.prove.proofs_per_s,
+        r.prove.feed_size,
+        r.prove.proofs,
+        r.prove.max_proof_hashes,
+        r.prove.log2_bound
+    );
     println!();
     println!(
         "proclaim: {} events, {:.1} MB/s payload, latency call-to-durable p50 {} us, p99 {} us, p999 {} us, {:.0} bytes on disk per event",
