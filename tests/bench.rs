@@ -81,6 +81,13 @@ fn a_small_bench_run_reports_every_section_as_json() {
     assert_eq!(report["verify"]["valid"], Value::Bool(true));
     // The export holds the feed's genesis besides the proclaimed events.
     assert_eq!(number(&report, "verify.events"), 3001.0);
+    // Proofs come from the proclaim run's feed (genesis + 3000 events); each
+    // was verified against the checkpoint, and none is longer than ⌈log2 n⌉.
+    assert_eq!(number(&report, "prove.feed_size"), 3001.0);
+    assert_eq!(number(&report, "prove.proofs"), 3001.0);
+    assert!(number(&report, "prove.proofs_per_s") > 0.0);
+    assert_eq!(number(&report, "prove.log2_bound"), 12.0);
+    assert!(number(&report, "prove.max_proof_hashes") <= 12.0, "{report}");
 
     let cluster = &report["cluster"];
     let runs = cluster["runs"].as_array().expect("cluster runs");
