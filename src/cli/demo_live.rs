@@ -474,10 +474,71 @@ async fn drive(
             saga.status.as_str()
         ),
     );
+    ok &= witnessed(configs).await?;
     for c in clients.values() {
         c.close();
     }
     Ok(ok)
+}
+
+/// Every node signs a checkpoint of its feed per commit batch and cosigns
+/// the others' once it verified them: waits until each node holds every
+/// feed's latest checkpoint with both other nodes' cosignatures, and shows
+/// one.
+async fn witnessed(configs: &BTreeMap<&'static str, PathBuf>) -> Result<bool, CliError> {
+    println!(
+        "   -- Merkle checkpoints: each feed's author signs its tree head, the other nodes cosign"
+    );
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let mut missing = Vec::new();
+        let mut shown = None;
+        for service in LIVE {
+            let config = NodeConfig::load(&configs[service])?;
+            let conn = crate::store::open_read_only(&config.data_dir)?;
+            let cluster = crate::core::checkpoint::cluster_id(
+                &config.load_identity(clock::now_us())?.0.ca_public_key(),
+            );
+            for feed in LIVE {
+                let checkpoint = crate::store::read_checkpoint(&conn, feed)?;
+                let cosigners = checkpoint
+                    .as_ref()
+                    .map(|c| c.cosigners(&cluster))
+                    .unwrap_or_default();
+                if cosigners.len() < LIVE.len() - 1 {
+                    missing.push(format!("{service}:{feed}"));
+                }
+                if service == "press" && feed == "fundraising" {
+                    shown = checkpoint;
+                }
+            }
+        }
+        if missing.is_empty() {
+            if let Some(c) = shown {
+                println!(
+                    "   fundraising's checkpoint as press holds it ({} events):",
+                    c.size
+                );
+                for line in c.note.lines() {
+                    println!("   | {line}");
+                }
+            }
+            return Ok(expect(
+                true,
+                "every node holds every feed's checkpoint cosigned by the two other nodes",
+            ));
+        }
+        if Instant::now() > deadline {
+            return Ok(expect(
+                false,
+                &format!(
+                    "checkpoints cosigned everywhere (still missing: {})",
+                    missing.join(" ")
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Press proclaims past the backup taken while it was down, then its store
