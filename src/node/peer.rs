@@ -28,6 +28,11 @@ pub const ACK_PERSIST_INTERVAL_MS: u64 = 500;
 /// up to 512 events per frame, so this allows millions of events a second;
 /// more frames than that is a flood and the peer is disconnected.
 pub const PEER_FRAMES_PER_SECOND_MAX: u32 = 5_000;
+/// Least time between two checkpoints of one feed sent to one peer: bounds
+/// the signature checks and cosignatures checkpoints cost under load to a
+/// few per second per feed, and delays a witness's cosignature by at most
+/// this.
+pub const CHECKPOINT_SEND_INTERVAL_MS: u64 = 200;
 /// How long the accepting side waits for the dialer's replication stream.
 pub const REPLICATION_STREAM_WAIT_MS: u64 = 10_000;
 
@@ -516,18 +521,20 @@ async fn outbound(
         {
             break Err(e);
         }
-        if let Err(e) = send_checkpoints(inner, &session, &mut histories, &mut send).await {
-            break Err(e);
-        }
+        let checkpoint_due =
+            match send_checkpoints(inner, &session, &mut histories, &mut send).await {
+                Ok(due) => due,
+                Err(e) => break Err(e),
+            };
         if let Err(e) =
             share_equivocations(inner, &session, &mut histories, &local, &mut send).await
         {
             break Err(e);
         }
-        let wake_at = match (session.poll_timeout(), relay_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let wake_at = [session.poll_timeout(), relay_due, checkpoint_due]
+            .into_iter()
+            .flatten()
+            .min();
         let timer = wake_at
             .map(|at| Duration::from_micros(at.saturating_sub(clock::now_us())))
             .unwrap_or(Duration::from_secs(3600));
@@ -560,8 +567,9 @@ struct Histories {
     diverged: HashSet<String>,
     /// Forked feeds whose evidence this session sent.
     evidence_sent: HashSet<String>,
-    /// Per feed, the checkpoint (size, signature lines) last sent.
-    checkpoints_sent: HashMap<String, (u64, usize)>,
+    /// Per feed, the checkpoint (size, signature lines) last sent, and
+    /// when (microseconds since the Unix epoch).
+    checkpoints_sent: HashMap<String, ((u64, usize), u64)>,
     /// Feeds whose equivocation evidence this session sent.
     equivocations_sent: HashSet<String>,
 }
@@ -827,11 +835,14 @@ async fn send_checkpoints(
     session: &Session,
     histories: &mut Histories,
     send: &mut quinn::SendStream,
-) -> Result<(), PeerError> {
+) -> Result<Option<u64>, PeerError> {
+    let now_us = clock::now_us();
+    let mut next_due_us: Option<u64> = None;
     for checkpoint in inner.log.latest_checkpoints() {
         let signatures = checkpoint.note.matches("\n\u{2014} ").count();
         let version = (checkpoint.size, signatures);
-        if histories.checkpoints_sent.get(&checkpoint.feed) == Some(&version) {
+        let last = histories.checkpoints_sent.get(&checkpoint.feed).copied();
+        if last.is_some_and(|(sent, _)| sent == version) {
             continue;
         }
         let held = session
@@ -842,15 +853,25 @@ async fn send_checkpoints(
         if held < checkpoint.size || session.held_back(&checkpoint.feed).is_some() {
             continue;
         }
+        // At most one checkpoint per feed per interval: under load every
+        // commit makes a new one, and each costs its receiver a signature
+        // check and a cosignature. The latest goes out when the interval ends.
+        if let Some((_, sent_at_us)) = last {
+            let due_us = sent_at_us + CHECKPOINT_SEND_INTERVAL_MS * 1000;
+            if now_us < due_us {
+                next_due_us = Some(next_due_us.map_or(due_us, |d| d.min(due_us)));
+                continue;
+            }
+        }
         histories
             .checkpoints_sent
-            .insert(checkpoint.feed.clone(), version);
+            .insert(checkpoint.feed.clone(), (version, now_us));
         let message = PeerMessage::Checkpoint {
             note: serde_bytes::ByteBuf::from(checkpoint.note.clone().into_bytes()),
         };
         net::write_frame(send, &message).await?;
     }
-    Ok(())
+    Ok(next_due_us)
 }
 
 /// Sends equivocation evidence of every frozen feed the peer holds, once
