@@ -22,7 +22,9 @@ mod verifier;
 
 pub use payload::{DecryptError, decrypt_payload, open_payload};
 pub use sealer::{ChainedBatch, Draft, DraftError, Entropy, Sealer, SealerMark};
-pub use signatures::{batch_signatures_valid, signature_valid};
+pub use signatures::{
+    SignatureVerdict, batch_signatures_valid, check_event_signatures, signature_valid,
+};
 pub use verifier::FeedVerifier;
 
 use std::fmt;

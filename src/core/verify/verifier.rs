@@ -1,10 +1,10 @@
 //! The per-feed verifier: the author's admitted certificate and the head,
 //! against which each next event's chain, time and payload are checked.
 
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::VerifyingKey;
 
 use super::payload::check_payload;
-use super::signatures::{batch_signatures_valid, signature_valid};
+use super::signatures::{SignatureVerdict, check_event_signatures, signature_valid};
 use super::{Check, DecodedEvent, Rejection, VerifiedEvent, hx};
 use crate::core::cert::{AuthorAdmission, AuthorCert};
 use crate::core::crypto::Hash;
@@ -137,10 +137,10 @@ impl FeedVerifier {
         &mut self,
         events: Vec<DecodedEvent>,
     ) -> (Vec<VerifiedEvent>, Option<Rejection>) {
-        let signature_ok = self.check_signatures(&events);
+        let verdicts = self.check_signatures(&events);
         let mut verified = Vec::with_capacity(events.len());
-        for (event, sig_ok) in events.into_iter().zip(signature_ok) {
-            match self.verify_next(event, sig_ok) {
+        for (event, verdict) in events.into_iter().zip(verdicts) {
+            match self.verify_next(event, verdict) {
                 Ok(v) => verified.push(v),
                 Err(r) => return (verified, Some(r)),
             }
@@ -149,23 +149,26 @@ impl FeedVerifier {
     }
 
     /// Checks the signatures of `events` under this feed's key, in batches on
-    /// all cores; the result is per event.
-    pub fn check_signatures(&self, events: &[DecodedEvent]) -> Vec<bool> {
-        let items: Vec<(VerifyingKey, Hash, Signature)> = events
-            .iter()
-            .map(|e| (self.key, e.hash, e.signature()))
-            .collect();
-        batch_signatures_valid(&items)
+    /// all cores; one verdict per event, for [`Self::verify_next`].
+    pub fn check_signatures(&self, events: &[DecodedEvent]) -> Vec<SignatureVerdict> {
+        check_event_signatures(events.iter().map(|e| (&self.key, e)))
     }
 
-    /// Applies one event whose signature validity is already known. On
-    /// success the feed advances; on rejection nothing changes.
+    /// Checks one event's signature under this feed's key.
+    pub fn check_signature(&self, event: &DecodedEvent) -> SignatureVerdict {
+        SignatureVerdict::check(&self.key, event)
+    }
+
+    /// Applies one event, given the verdict on its signature (from
+    /// [`Self::check_signatures`], [`Self::check_signature`] or
+    /// [`check_event_signatures`]). On success the feed advances; on
+    /// rejection nothing changes.
     pub fn verify_next(
         &mut self,
         event: DecodedEvent,
-        signature_ok: bool,
+        verdict: SignatureVerdict,
     ) -> Result<VerifiedEvent, Rejection> {
-        self.check_next(&event, signature_ok)?;
+        self.check_next(&event, verdict)?;
         Ok(VerifiedEvent::from_decoded(event))
     }
 
@@ -174,7 +177,7 @@ impl FeedVerifier {
     pub fn check_next(
         &mut self,
         event: &DecodedEvent,
-        signature_ok: bool,
+        verdict: SignatureVerdict,
     ) -> Result<(), Rejection> {
         let h = &event.header;
         if h.author != self.cert.service {
@@ -185,18 +188,7 @@ impl FeedVerifier {
                 &h.author,
             ));
         }
-        if !signature_ok {
-            return Err(Rejection::new(
-                h.seq,
-                Check::Signature,
-                format!(
-                    "a signature by {}'s key over hash {}",
-                    self.cert.service,
-                    hx(&event.hash)
-                ),
-                "an invalid signature",
-            ));
-        }
+        self.check_verdict(event, verdict)?;
         let after_damage = self.damaged_slot == Some(self.next_seq) && h.seq == self.next_seq + 1;
         if h.seq != self.next_seq && !after_damage {
             if h.seq + 1 == self.next_seq {
@@ -247,7 +239,9 @@ impl FeedVerifier {
     /// slot: the real event for that slot may still follow (the bad one was
     /// inserted), or the next slot's event may (the real one was damaged).
     /// Never used on the ingest path, which stops at the first rejection.
-    pub fn resync(&mut self, event: &DecodedEvent, signature_ok: bool) {
+    pub fn resync(&mut self, event: &DecodedEvent, verdict: SignatureVerdict) {
+        // A verdict about another event or key proves nothing about this one.
+        let signature_ok = verdict.is_about(&self.key, event) && verdict.is_valid();
         let h = &event.header;
         if h.author != self.cert.service {
             return;
@@ -260,6 +254,50 @@ impl FeedVerifier {
         } else if !signature_ok {
             self.damaged_slot = Some(self.next_seq);
         }
+    }
+
+    /// Accepts `event`'s signature only on a valid verdict about this event
+    /// under this feed's key; a verdict about anything else is a caller's
+    /// mix-up, refused rather than trusted.
+    fn check_verdict(
+        &self,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
+        let seq = event.header.seq;
+        if !verdict.is_about(&self.key, event) {
+            return Err(Rejection::new(
+                seq,
+                Check::Signature,
+                format!(
+                    "a signature verdict about event {} under {}'s key",
+                    hx(&event.hash),
+                    self.cert.service
+                ),
+                format!(
+                    "a verdict about event {}{}",
+                    hx(verdict.event_hash()),
+                    if verdict.is_about_key(&self.key) {
+                        ""
+                    } else {
+                        " under another key"
+                    }
+                ),
+            ));
+        }
+        if !verdict.is_valid() {
+            return Err(Rejection::new(
+                seq,
+                Check::Signature,
+                format!(
+                    "a signature by {}'s key over hash {}",
+                    self.cert.service,
+                    hx(&event.hash)
+                ),
+                "an invalid signature",
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that two events are a proof of fork of this feed: both validly
