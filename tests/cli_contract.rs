@@ -406,7 +406,9 @@ fn event_time_checks_name_rfc3339_times() {
     ] {
         let decoded_genesis = DecodedEvent::decode(genesis.bytes().to_vec()).unwrap();
         let (mut verifier, _) = FeedVerifier::genesis(&*trust, decoded_genesis).unwrap();
-        let rejection = verifier.check_next(&seal_at(at), true).unwrap_err();
+        let event = seal_at(at);
+        let verdict = verifier.check_signature(&event);
+        let rejection = verifier.check_next(&event, verdict).unwrap_err();
         assert_eq!(rejection.check, check, "{rejection}");
         let found = &rejection.found;
         assert!(is_rfc3339(found), "{check:?}: found {found:?}");

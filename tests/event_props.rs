@@ -10,7 +10,7 @@ use herald::core::crypto::ChannelKey;
 use herald::core::event::{Encryption, EventHeader, PayloadDescriptor, SignatureScope};
 use herald::core::verify::{
     Check, DecodedEvent, Draft, Entropy, FeedVerifier, Sealer, VerifiedEvent,
-    batch_signatures_valid, open_payload,
+    batch_signatures_valid, check_event_signatures, open_payload,
 };
 use herald::identity::{NodeIdentity, TrustAnchor};
 use proptest::prelude::*;
@@ -88,8 +88,8 @@ fn verifier(f: &Fixture) -> FeedVerifier {
 fn verify_first(f: &Fixture, bytes: Vec<u8>) -> Result<VerifiedEvent, Check> {
     let mut v = verifier(f);
     let decoded = DecodedEvent::decode(bytes).map_err(|_| Check::Decode)?;
-    let sig_ok = v.check_signatures(std::slice::from_ref(&decoded))[0];
-    v.verify_next(decoded, sig_ok).map_err(|r| r.check)
+    let verdict = v.check_signature(&decoded);
+    v.verify_next(decoded, verdict).map_err(|r| r.check)
 }
 
 #[test]
@@ -98,8 +98,8 @@ fn sealed_events_verify_and_decrypt() {
     let mut v = verifier(&f);
     for event in &f.events {
         let decoded = DecodedEvent::decode(event.bytes().to_vec()).unwrap();
-        let ok = v.check_signatures(std::slice::from_ref(&decoded))[0];
-        let verified = v.verify_next(decoded, ok).unwrap();
+        let verdict = v.check_signature(&decoded);
+        let verified = v.verify_next(decoded, verdict).unwrap();
         let plain = open_payload(&verified, std::slice::from_ref(&f.channel)).unwrap();
         assert!(plain.starts_with(br#"{"n":"#));
     }
@@ -136,14 +136,16 @@ fn order_gaps_duplicates_and_foreign_authors_are_rejected() {
     );
     let mut v = verifier(&f);
     let first = DecodedEvent::decode(bytes(0)).unwrap();
-    v.verify_next(first.clone(), true).unwrap();
+    let verdict = v.check_signature(&first);
+    v.verify_next(first.clone(), verdict).unwrap();
     assert_eq!(
-        v.verify_next(first, true).err().map(|r| r.check),
+        v.verify_next(first, verdict).err().map(|r| r.check),
         Some(Check::Duplicate)
     );
     // The genesis of the feed cannot be replayed as a later event either.
     let genesis = DecodedEvent::decode(f.genesis.bytes().to_vec()).unwrap();
-    assert!(v.verify_next(genesis, true).is_err());
+    let verdict = v.check_signature(&genesis);
+    assert!(v.verify_next(genesis, verdict).is_err());
 }
 
 #[test]
@@ -183,10 +185,12 @@ fn ciphertext_moved_to_another_event_does_not_decrypt() {
     let _ = env2;
     let mut v = verifier(&f);
     let e1 = DecodedEvent::decode(f.events[0].bytes().to_vec()).unwrap();
-    v.verify_next(e1, true).unwrap();
+    let verdict = v.check_signature(&e1);
+    v.verify_next(e1, verdict).unwrap();
     let decoded = DecodedEvent::decode(moved).unwrap();
+    let verdict = v.check_signature(&decoded);
     let verified = v
-        .verify_next(decoded, true)
+        .verify_next(decoded, verdict)
         .expect("validly signed by the author");
     assert!(open_payload(&verified, std::slice::from_ref(&f.channel)).is_err());
 }
@@ -337,4 +341,90 @@ fn timestamps_never_go_backwards_even_if_the_clock_does() {
     let draft = Draft::new("donation.received", 1, vec![], b"{}".to_vec()).unwrap();
     let sealed = sealer.seal_batch(vec![(draft, &f.channel, entropy(9))], NOW_US - 5_000_000);
     assert_eq!(sealed[0].header().timestamp_us, NOW_US);
+}
+
+#[test]
+fn a_verdict_about_another_event_is_refused_and_changes_nothing() {
+    let f = fixture();
+    let mut v = verifier(&f);
+    let decode = |i: usize| DecodedEvent::decode(f.events[i].bytes().to_vec()).unwrap();
+    let verdicts = v.check_signatures(&[decode(0), decode(1)]);
+    assert!(verdicts.iter().all(|verdict| verdict.is_valid()));
+    assert_eq!(verdicts[1].event_hash(), f.events[1].hash());
+    // Event 1's valid verdict does not vouch for event 0.
+    let rejection = v.verify_next(decode(0), verdicts[1]).unwrap_err();
+    assert_eq!(rejection.check, Check::Signature, "{rejection}");
+    assert!(
+        rejection.found.contains(&hex::encode(f.events[1].hash())),
+        "names the event the verdict is about: {rejection}"
+    );
+    assert_eq!(
+        v.next_seq(),
+        1,
+        "a refused verdict does not advance the feed"
+    );
+    v.verify_next(decode(0), verdicts[0]).unwrap();
+    v.verify_next(decode(1), verdicts[1]).unwrap();
+    assert_eq!(v.head_hash(), f.events[1].hash());
+}
+
+#[test]
+fn a_verdict_under_another_feeds_key_does_not_admit_a_forgery() {
+    let cluster = Cluster::new(&["fundraising", "billing"]);
+    let trust = TrustAnchor::load(&cluster.config("fundraising").ca, None).unwrap();
+    let now = herald::clock::now_us();
+    let identity = |node: &str| {
+        let config = cluster.config(node);
+        NodeIdentity::load(node, &config.key, &config.cert, &trust, now).unwrap()
+    };
+    let (insider, billing) = (identity("fundraising"), identity("billing"));
+    let (_, billing_genesis) = Sealer::genesis(
+        "billing",
+        billing.signing_key.clone(),
+        &billing.cert.der,
+        entropy(0).id,
+        now,
+    );
+    let genesis = |e: &VerifiedEvent| DecodedEvent::decode(e.bytes().to_vec()).unwrap();
+    let (mut billing_verifier, _) =
+        FeedVerifier::genesis(&trust, genesis(&billing_genesis)).unwrap();
+    let (_, insider_genesis) = Sealer::genesis(
+        "fundraising",
+        insider.signing_key.clone(),
+        &insider.cert.der,
+        entropy(1).id,
+        now,
+    );
+    let (insider_verifier, _) = FeedVerifier::genesis(&trust, genesis(&insider_genesis)).unwrap();
+    // The insider writes the next event of billing's feed, signed with its
+    // own key: its own verifier truthfully finds the signature valid.
+    let mut forger = Sealer::resume(
+        "billing",
+        insider.signing_key.clone(),
+        0,
+        *billing_genesis.hash(),
+        now,
+    );
+    let channel = ChannelKey::new("default", [0x42; 32]);
+    let draft = Draft::new("invoice.paid", 1, vec![], b"{}".to_vec()).unwrap();
+    let forged = forger.seal_batch(vec![(draft, &channel, entropy(2))], now);
+    let forged = DecodedEvent::decode(forged[0].bytes().to_vec()).unwrap();
+    let insider_key = *insider_verifier.key();
+    for verdict in [
+        insider_verifier.check_signature(&forged),
+        check_event_signatures([(&insider_key, &forged)])[0],
+    ] {
+        assert!(verdict.is_valid());
+        let rejection = billing_verifier
+            .verify_next(forged.clone(), verdict)
+            .unwrap_err();
+        assert_eq!(rejection.check, Check::Signature, "{rejection}");
+        assert!(rejection.found.contains("another key"), "{rejection}");
+    }
+    // Under billing's own key the forgery is what it is: invalid.
+    let verdict = billing_verifier.check_signature(&forged);
+    assert!(!verdict.is_valid());
+    let rejection = billing_verifier.verify_next(forged, verdict).unwrap_err();
+    assert_eq!(rejection.check, Check::Signature);
+    assert_eq!(billing_verifier.next_seq(), 1);
 }

@@ -366,13 +366,11 @@ impl Sim {
                     );
                 }
                 Some(stored) if seq as usize == stored.events.len() => {
-                    let ok = stored
-                        .verifier
-                        .check_signatures(std::slice::from_ref(&event))[0];
+                    let verdict = stored.verifier.check_signature(&event);
                     let hash = *event.hash();
                     stored
                         .verifier
-                        .verify_next(event, ok)
+                        .verify_next(event, verdict)
                         .expect("relayed events verify");
                     stored.events.push((hash, bytes));
                 }
@@ -412,8 +410,10 @@ impl Sim {
         // but the store only holds what a verifier accepted).
         for b in bytes {
             let e = DecodedEvent::decode(b).expect("own event decodes");
-            let ok = feed.verifier.check_signatures(std::slice::from_ref(&e))[0];
-            feed.verifier.verify_next(e, ok).expect("own events verify");
+            let verdict = feed.verifier.check_signature(&e);
+            feed.verifier
+                .verify_next(e, verdict)
+                .expect("own events verify");
         }
         self.proclaimed += count as u64;
     }

@@ -26,7 +26,8 @@ use crate::core::codec::DecodeError;
 use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::event::Encryption;
 use crate::core::verify::{
-    Check, DecodedEvent, FeedVerifier, Rejection, batch_signatures_valid, decrypt_payload,
+    Check, DecodedEvent, FeedVerifier, Rejection, SignatureVerdict, check_event_signatures,
+    decrypt_payload,
 };
 use crate::identity::TrustAnchor;
 
@@ -216,7 +217,7 @@ impl<'a> Auditor<'a> {
             .collect();
         // Pass 1: admit authors through genesis events; find each event's key.
         let mut pending: Vec<(String, DecodedEvent)> = Vec::with_capacity(items.len());
-        let mut keyed: Vec<(VerifyingKey, Hash, Signature)> = Vec::with_capacity(items.len());
+        let mut signer_keys: Vec<VerifyingKey> = Vec::with_capacity(items.len());
         for item in items {
             self.events += 1;
             let event = match item.event {
@@ -231,7 +232,7 @@ impl<'a> Auditor<'a> {
             feed.events += 1;
             feed.last_seen = Some((event.header().seq, *event.hash()));
             if let Some(verifier) = &feed.verifier {
-                keyed.push((*verifier.key(), *event.hash(), signature_of(&event)));
+                signer_keys.push(*verifier.key());
                 pending.push((item.location, event));
                 continue;
             }
@@ -257,14 +258,15 @@ impl<'a> Auditor<'a> {
             }
         }
         // Pass 2: every signature of the chunk, in batches on all cores.
-        let signature_ok = batch_signatures_valid(&keyed);
+        let verdicts =
+            check_event_signatures(signer_keys.iter().zip(pending.iter().map(|(_, e)| e)));
         // Pass 3: the chain, in order.
-        for ((location, event), sig_ok) in pending.into_iter().zip(signature_ok) {
-            self.check_chained(&location, event, sig_ok);
+        for ((location, event), verdict) in pending.into_iter().zip(verdicts) {
+            self.check_chained(&location, event, verdict);
         }
     }
 
-    fn check_chained(&mut self, location: &str, event: DecodedEvent, sig_ok: bool) {
+    fn check_chained(&mut self, location: &str, event: DecodedEvent, verdict: SignatureVerdict) {
         let author = event.header().author.clone();
         let keys = &self.options.channel_keys;
         let Some(feed) = self.feeds.get_mut(&author) else {
@@ -273,7 +275,7 @@ impl<'a> Auditor<'a> {
         let Some(verifier) = feed.verifier.as_mut() else {
             return;
         };
-        match verifier.check_next(&event, sig_ok) {
+        match verifier.check_next(&event, verdict) {
             Ok(()) => {
                 feed.verified += 1;
                 let ts = event.header().timestamp_us;
@@ -292,7 +294,7 @@ impl<'a> Auditor<'a> {
                 }
             }
             Err(r) => {
-                verifier.resync(&event, sig_ok);
+                verifier.resync(&event, verdict);
                 self.problem(Some(&author), location, r);
             }
         }
@@ -489,10 +491,6 @@ impl<'a> Auditor<'a> {
             problems: self.problems,
         }
     }
-}
-
-fn signature_of(event: &DecodedEvent) -> Signature {
-    Signature::from_bytes(event.signature_bytes())
 }
 
 /// `None` when no keys were given or the payload is plain or pruned;

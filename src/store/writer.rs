@@ -29,11 +29,10 @@ use crate::core::checkpoint::{CheckpointError, Equivocation};
 use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
 use crate::core::verify::{
-    Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
-    batch_signatures_valid,
+    Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, SignatureVerdict,
+    VerifiedEvent, check_event_signatures,
 };
 use crate::identity::TrustAnchor;
-use ed25519_dalek::Signature;
 
 /// Sealed batches that may wait for the commit stage (bounds memory and
 /// how far the seal stage runs ahead of the disk).
@@ -901,7 +900,7 @@ impl CommitStage {
         // event's hash, for the feed's tree.
         let mut leaves: HashMap<String, (u64, Vec<Hash>)> = HashMap::new();
         let mut forked: HashMap<String, Option<u64>> = HashMap::new();
-        for (event, signature_ok) in decoded.into_iter().zip(signatures) {
+        for (event, verdict) in decoded.into_iter().zip(signatures) {
             let feed = event.as_ref().ok().map(|e| e.header().author.clone());
             let seq = event.as_ref().map_or(0, |e| e.header().seq);
             if let Some(feed) = &feed
@@ -918,7 +917,7 @@ impl CommitStage {
                     &mut forked,
                     &own_guard,
                     event,
-                    signature_ok,
+                    verdict,
                 )?,
                 Err(e) => Outcome::Rejected(Rejection::decode(&e)),
             };
@@ -1045,7 +1044,7 @@ fn precheck_signatures(
     events: &[Result<DecodedEvent, crate::core::codec::DecodeError>],
     own_service: &str,
     policy: &IngestPolicy,
-) -> Result<Vec<Option<bool>>, LogError> {
+) -> Result<Vec<Option<SignatureVerdict>>, LogError> {
     let mut keys: HashMap<String, Option<ed25519_dalek::VerifyingKey>> = HashMap::new();
     let mut items = Vec::new();
     let mut slots = Vec::with_capacity(events.len());
@@ -1077,16 +1076,12 @@ fn precheck_signatures(
         match keys.get(author).copied().flatten() {
             Some(key) if event.header().seq > 0 && !held => {
                 slots.push(Some(items.len()));
-                items.push((
-                    key,
-                    *event.hash(),
-                    Signature::from_bytes(event.signature_bytes()),
-                ));
+                items.push((key, event));
             }
             _ => slots.push(None),
         }
     }
-    let results = batch_signatures_valid(&items);
+    let results = check_event_signatures(items.iter().map(|(key, event)| (key, *event)));
     Ok(slots.into_iter().map(|s| s.map(|i| results[i])).collect())
 }
 
@@ -1097,7 +1092,7 @@ fn ingest_one(
     forked: &mut HashMap<String, Option<u64>>,
     own_service: &str,
     event: DecodedEvent,
-    signature_ok: Option<bool>,
+    verdict: Option<SignatureVerdict>,
 ) -> Result<Outcome, LogError> {
     let author = event.header().author.clone();
     let seq = event.header().seq;
@@ -1184,9 +1179,8 @@ fn ingest_one(
             Ok(v) => v,
             Err(r) => return Ok(Outcome::Rejected(r)),
         };
-        let signature_ok = signature_ok
-            .unwrap_or_else(|| verifier.check_signatures(std::slice::from_ref(&event))[0]);
-        match verifier.verify_next(event, signature_ok) {
+        let verdict = verdict.unwrap_or_else(|| verifier.check_signature(&event));
+        match verifier.verify_next(event, verdict) {
             Ok(v) => v,
             Err(r) => return Ok(Outcome::Rejected(r)),
         }

@@ -1,0 +1,329 @@
+//! The per-feed verifier: the author's admitted certificate and the head,
+//! against which each next event's chain, time and payload are checked.
+
+use ed25519_dalek::VerifyingKey;
+
+use super::payload::check_payload;
+use super::signatures::{SignatureVerdict, check_event_signatures, signature_valid};
+use super::{Check, DecodedEvent, Rejection, VerifiedEvent, hx};
+use crate::core::cert::{AuthorAdmission, AuthorCert};
+use crate::core::crypto::Hash;
+use crate::core::event::*;
+
+/// The state of one feed as seen by a verifier: its author's admitted
+/// certificate and its head.
+#[derive(Debug, Clone)]
+pub struct FeedVerifier {
+    cert: AuthorCert,
+    key: VerifyingKey,
+    next_seq: u64,
+    head_hash: Hash,
+    /// During an audit: the slot where an unauthentic event stood. The real
+    /// event for that slot may still come (the damaged one was inserted),
+    /// or the next one may follow it (the real one was damaged), whose
+    /// `prev` then cannot be checked against bytes that were not authentic.
+    damaged_slot: Option<u64>,
+    last_timestamp_us: u64,
+}
+
+impl FeedVerifier {
+    /// Verifies a feed's genesis event, which carries the author's
+    /// certificate, and starts verifying the feed from it.
+    pub fn genesis(
+        trust: &impl AuthorAdmission,
+        event: DecodedEvent,
+    ) -> Result<(FeedVerifier, VerifiedEvent), Rejection> {
+        let header = &event.header;
+        if header.seq != 0 || header.event_type != GENESIS_EVENT_TYPE {
+            return Err(Rejection::new(
+                header.seq,
+                Check::Author,
+                "the feed to begin with a genesis event at sequence 0",
+                format!("{} at sequence {}", header.event_type, header.seq),
+            ));
+        }
+        let cert_der = match &event.payload {
+            Some(p) => p,
+            None => {
+                return Err(Rejection::new(
+                    0,
+                    Check::Certificate,
+                    "a genesis payload holding the author's certificate",
+                    "a pruned payload",
+                ));
+            }
+        };
+        check_payload(header, cert_der)?;
+        let cert = trust.admit_author(&header.author, cert_der).map_err(|e| {
+            Rejection::new(0, Check::Certificate, "a certificate admitted by the CA", e)
+        })?;
+        let key = VerifyingKey::from_bytes(&cert.public_key)
+            .map_err(|e| Rejection::new(0, Check::Certificate, "a valid Ed25519 public key", e))?;
+        if !signature_valid(&key, &event.hash, &event.signature()) {
+            return Err(Rejection::new(
+                0,
+                Check::Signature,
+                "a signature by the key in the certificate",
+                "an invalid signature",
+            ));
+        }
+        check_cert_window(&cert, header)?;
+        let verifier = FeedVerifier {
+            cert,
+            key,
+            next_seq: 1,
+            head_hash: event.hash,
+            damaged_slot: None,
+            last_timestamp_us: header.timestamp_us,
+        };
+        Ok((verifier, VerifiedEvent::from_decoded(event)))
+    }
+
+    /// Resumes verification of a feed from a stored head without replaying it
+    /// (start-up is O(feeds), not O(events)). `genesis_cert` is re-admitted
+    /// so a revocation takes effect on restart.
+    pub fn resume(
+        trust: &impl AuthorAdmission,
+        author: &str,
+        genesis_cert: &[u8],
+        head_seq: u64,
+        head_hash: Hash,
+        last_timestamp_us: u64,
+    ) -> Result<FeedVerifier, Rejection> {
+        let cert = trust.admit_author(author, genesis_cert).map_err(|e| {
+            Rejection::new(0, Check::Certificate, "a certificate admitted by the CA", e)
+        })?;
+        let key = VerifyingKey::from_bytes(&cert.public_key)
+            .map_err(|e| Rejection::new(0, Check::Certificate, "a valid Ed25519 public key", e))?;
+        Ok(FeedVerifier {
+            cert,
+            key,
+            next_seq: head_seq + 1,
+            head_hash,
+            damaged_slot: None,
+            last_timestamp_us,
+        })
+    }
+
+    /// The feed's author.
+    pub fn author(&self) -> &str {
+        &self.cert.service
+    }
+
+    /// The author's admitted certificate.
+    pub fn cert(&self) -> &AuthorCert {
+        &self.cert
+    }
+
+    /// The author's verifying key.
+    pub fn key(&self) -> &VerifyingKey {
+        &self.key
+    }
+
+    /// Sequence number the next event must carry.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Hash of the head (the last event that passed every check).
+    pub fn head_hash(&self) -> &Hash {
+        &self.head_hash
+    }
+
+    /// Verifies a run of events of this feed, checking signatures in batches
+    /// on all cores. Stops at the first rejection: everything before it is
+    /// returned verified, nothing after it is looked at.
+    pub fn verify_run(
+        &mut self,
+        events: Vec<DecodedEvent>,
+    ) -> (Vec<VerifiedEvent>, Option<Rejection>) {
+        let verdicts = self.check_signatures(&events);
+        let mut verified = Vec::with_capacity(events.len());
+        for (event, verdict) in events.into_iter().zip(verdicts) {
+            match self.verify_next(event, verdict) {
+                Ok(v) => verified.push(v),
+                Err(r) => return (verified, Some(r)),
+            }
+        }
+        (verified, None)
+    }
+
+    /// Checks the signatures of `events` under this feed's key, in batches on
+    /// all cores; one verdict per event, for [`Self::verify_next`].
+    pub fn check_signatures(&self, events: &[DecodedEvent]) -> Vec<SignatureVerdict> {
+        check_event_signatures(events.iter().map(|e| (&self.key, e)))
+    }
+
+    /// Checks one event's signature under this feed's key.
+    pub fn check_signature(&self, event: &DecodedEvent) -> SignatureVerdict {
+        SignatureVerdict::check(&self.key, event)
+    }
+
+    /// Applies one event, given the verdict on its signature (from
+    /// [`Self::check_signatures`], [`Self::check_signature`] or
+    /// [`check_event_signatures`]). On success the feed advances; on
+    /// rejection nothing changes.
+    pub fn verify_next(
+        &mut self,
+        event: DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<VerifiedEvent, Rejection> {
+        self.check_next(&event, verdict)?;
+        Ok(VerifiedEvent::from_decoded(event))
+    }
+
+    /// [`Self::verify_next`] without producing the verified value (for
+    /// auditors, which only count and report).
+    pub fn check_next(
+        &mut self,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
+        let h = &event.header;
+        if h.author != self.cert.service {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Author,
+                &self.cert.service,
+                &h.author,
+            ));
+        }
+        self.check_verdict(event, verdict)?;
+        let after_damage = self.damaged_slot == Some(self.next_seq) && h.seq == self.next_seq + 1;
+        if h.seq != self.next_seq && !after_damage {
+            if h.seq + 1 == self.next_seq {
+                // Same slot as the head: the same event again, or a second
+                // validly signed event there, which is a fork.
+                return Err(if self.head_hash == event.hash {
+                    Rejection::new(h.seq, Check::Duplicate, "each event once", "the head again")
+                } else {
+                    Rejection::new(h.seq, Check::Fork, hx(&self.head_hash), hx(&event.hash))
+                });
+            }
+            return Err(Rejection::new(h.seq, Check::Sequence, self.next_seq, h.seq));
+        }
+        if !after_damage && h.prev != self.head_hash {
+            return Err(Rejection::new(
+                h.seq,
+                Check::PreviousHash,
+                hx(&self.head_hash),
+                hx(&h.prev),
+            ));
+        }
+        if h.timestamp_us < self.last_timestamp_us {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Timestamp,
+                format!(
+                    "at least {}",
+                    crate::clock::format_timestamp(self.last_timestamp_us)
+                ),
+                crate::clock::format_timestamp(h.timestamp_us),
+            ));
+        }
+        check_cert_window(&self.cert, h)?;
+        if let Some(payload) = &event.payload {
+            check_payload(h, payload)?;
+        }
+        self.next_seq = h.seq + 1;
+        self.head_hash = event.hash;
+        self.damaged_slot = None;
+        self.last_timestamp_us = h.timestamp_us;
+        Ok(())
+    }
+
+    /// Audit resynchronisation after a rejected event, so one damaged event
+    /// yields one problem rather than a cascade. An authentic event (valid
+    /// signature) further ahead becomes the new head (events were dropped or
+    /// reordered). An unauthentic event is taken to stand in the expected
+    /// slot: the real event for that slot may still follow (the bad one was
+    /// inserted), or the next slot's event may (the real one was damaged).
+    /// Never used on the ingest path, which stops at the first rejection.
+    pub fn resync(&mut self, event: &DecodedEvent, verdict: SignatureVerdict) {
+        // A verdict about another event or key proves nothing about this one.
+        let signature_ok = verdict.is_about(&self.key, event) && verdict.is_valid();
+        let h = &event.header;
+        if h.author != self.cert.service {
+            return;
+        }
+        if signature_ok && h.seq >= self.next_seq {
+            self.next_seq = h.seq + 1;
+            self.head_hash = event.hash;
+            self.damaged_slot = None;
+            self.last_timestamp_us = self.last_timestamp_us.max(h.timestamp_us);
+        } else if !signature_ok {
+            self.damaged_slot = Some(self.next_seq);
+        }
+    }
+
+    /// Accepts `event`'s signature only on a valid verdict about this event
+    /// under this feed's key; a verdict about anything else is a caller's
+    /// mix-up, refused rather than trusted.
+    fn check_verdict(
+        &self,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
+        let seq = event.header.seq;
+        if !verdict.is_about(&self.key, event) {
+            return Err(Rejection::new(
+                seq,
+                Check::Signature,
+                format!(
+                    "a signature verdict about event {} under {}'s key",
+                    hx(&event.hash),
+                    self.cert.service
+                ),
+                format!(
+                    "a verdict about event {}{}",
+                    hx(verdict.event_hash()),
+                    if verdict.is_about_key(&self.key) {
+                        ""
+                    } else {
+                        " under another key"
+                    }
+                ),
+            ));
+        }
+        if !verdict.is_valid() {
+            return Err(Rejection::new(
+                seq,
+                Check::Signature,
+                format!(
+                    "a signature by {}'s key over hash {}",
+                    self.cert.service,
+                    hx(&event.hash)
+                ),
+                "an invalid signature",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that two events are a proof of fork of this feed: both validly
+    /// signed by the author, same sequence number, different hashes.
+    pub fn is_fork_proof(&self, a: &DecodedEvent, b: &DecodedEvent) -> bool {
+        a.header.author == self.cert.service
+            && b.header.author == self.cert.service
+            && a.header.seq == b.header.seq
+            && a.hash != b.hash
+            && signature_valid(&self.key, &a.hash, &a.signature())
+            && signature_valid(&self.key, &b.hash, &b.signature())
+    }
+}
+
+fn check_cert_window(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejection> {
+    if h.timestamp_us < cert.not_before_us || h.timestamp_us > cert.not_after_us {
+        return Err(Rejection::new(
+            h.seq,
+            Check::CertificateValidity,
+            format!(
+                "a time within the certificate's validity, {} to {}",
+                crate::clock::format_timestamp(cert.not_before_us),
+                crate::clock::format_timestamp(cert.not_after_us)
+            ),
+            crate::clock::format_timestamp(h.timestamp_us),
+        ));
+    }
+    Ok(())
+}
