@@ -214,9 +214,15 @@ impl ExportEndBodyV2 {
 /// A record of either format, as the auditor reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnyRecord {
-    Begin { exporter: String, created_us: u64 },
+    Begin {
+        exporter: String,
+        created_us: u64,
+    },
     Event(Vec<u8>),
-    Fork { stored: Vec<u8>, conflicting: Vec<u8> },
+    Fork {
+        stored: Vec<u8>,
+        conflicting: Vec<u8>,
+    },
     End(EndView),
     Checkpoint(CheckpointRecord),
     Equivocation(EquivocationRecord),
@@ -453,11 +459,15 @@ fn write_checkpoint<W: Write>(
     let consistency = if stored.size == 0 || stored.size >= feed.events {
         Vec::new()
     } else {
-        merkle::consistency_proof(&mut TileReader::new(conn, &feed.feed), stored.size, feed.events)
-            .map_err(|e| ExportError::Tree {
-                feed: feed.feed.clone(),
-                message: e.to_string(),
-            })?
+        merkle::consistency_proof(
+            &mut TileReader::new(conn, &feed.feed),
+            stored.size,
+            feed.events,
+        )
+        .map_err(|e| ExportError::Tree {
+            feed: feed.feed.clone(),
+            message: e.to_string(),
+        })?
     };
     writer
         .record(&ExportRecordV2::Checkpoint(CheckpointRecord {
