@@ -652,7 +652,7 @@ impl<'a> Auditor<'a> {
                 checkpoint: verified.checkpoint().clone(),
                 note: verified.note().clone(),
                 location: location.to_string(),
-                verified: tree_check.is_ok(),
+                verified: tree_check == Ok(true),
             });
         }
     }
@@ -684,13 +684,14 @@ impl<'a> Auditor<'a> {
 
     /// Checks a signed checkpoint's size and root against the tree built
     /// from the feed's events: equal at the tree's size, or joined to it by
-    /// the record's consistency proof. `Err((check, expected, found))`.
+    /// the record's consistency proof: `Ok(true)` when it is, `Ok(false)`
+    /// when the tree is unknown, `Err((check, expected, found))` otherwise.
     fn check_checkpoint_tree(
         &self,
         feed: &str,
         cp: &Checkpoint,
         consistency: &[Hash],
-    ) -> Result<(), (&'static str, String, String)> {
+    ) -> Result<bool, (&'static str, String, String)> {
         let Some(f) = self.feeds.get(feed) else {
             return Err(("checkpoint", "a feed of the source".into(), feed.into()));
         };
@@ -705,23 +706,20 @@ impl<'a> Auditor<'a> {
             ));
         }
         if f.tree_lost || cp.size() > f.tree.size() {
-            return Err((
-                "checkpoint-root",
-                format!(
-                    "the events of {feed} up to size {} to verify, to build its tree",
-                    cp.size()
-                ),
-                format!("only {} events in sequence verified", f.tree.size()),
-            ));
+            // The feed's events already failed (a gap or an unauthentic
+            // event, reported): the tree is unknown, so the checkpoint stays
+            // unchecked rather than adding a second problem for one damage.
+            return Ok(false);
         }
         let (size, root) = (f.tree.size(), f.tree.root());
         let result = match cp.size() {
-            0 if consistency.is_empty() && *cp.root() == merkle::EMPTY_ROOT => Ok(()),
+            0 if consistency.is_empty() && *cp.root() == merkle::EMPTY_ROOT => Ok(true),
             0 => Err("an empty tree's root and no proof".to_string()),
             old if old == size && !consistency.is_empty() => {
                 Err("no consistency proof for a checkpoint over every event".to_string())
             }
             old => merkle::verify_consistency(old, size, cp.root(), &root, consistency)
+                .map(|()| true)
                 .map_err(|e| e.to_string()),
         };
         result.map_err(|why| {
