@@ -257,7 +257,8 @@ fn bench_export_framing(c: &mut Criterion) {
     let record = ExportRecord::Event(events[1].bytes().to_vec());
     let mut framed = Vec::new();
     {
-        let mut w = ExportWriter::new(&mut framed).expect("writer");
+        let mut w = ExportWriter::new(&mut framed, herald::audit::export::ExportFormat::V1)
+            .expect("writer");
         w.record(&record).expect("record");
         w.finish().expect("finish");
     }
@@ -269,7 +270,8 @@ fn bench_export_framing(c: &mut Criterion) {
         let mut buf = Vec::with_capacity(64 * 1024);
         b.iter(|| {
             buf.clear();
-            let mut w = ExportWriter::new(&mut buf).expect("writer");
+            let mut w = ExportWriter::new(&mut buf, herald::audit::export::ExportFormat::V1)
+                .expect("writer");
             w.record(black_box(&record)).expect("record");
             w.finish().expect("finish");
         })

@@ -159,6 +159,42 @@ const CASES: &[Case] = &[
         args: &[],
         known_bug: None,
     },
+    // Format 2 (checkpoints, cosignatures, equivocation evidence).
+    Case {
+        name: "v2-valid",
+        file: "v2-valid.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    Case {
+        name: "v2-witnessed",
+        file: "v2-valid.hrld",
+        ca: CA,
+        args: &["--witnesses", "1"],
+        known_bug: None,
+    },
+    Case {
+        name: "v2-under-witnessed",
+        file: "v2-valid.hrld",
+        ca: CA,
+        args: &["--witnesses", "2"],
+        known_bug: None,
+    },
+    Case {
+        name: "v2-tampered-checkpoint",
+        file: "v2-tampered-checkpoint.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    Case {
+        name: "v2-equivocating",
+        file: "v2-equivocating.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
 ];
 
 fn root() -> &'static Path {
@@ -213,7 +249,7 @@ fn project(exit_code: i32, report: &Value) -> Value {
         .expect("feeds array")
         .iter()
         .map(|f| {
-            json!({
+            let mut feed = json!({
                 "service": f["service"],
                 "events": f["events"],
                 "verified": f["verified"],
@@ -221,7 +257,13 @@ fn project(exit_code: i32, report: &Value) -> Value {
                 "head_seq": f["head_seq"],
                 "head_hash": f["head_hash"],
                 "status": f["status"],
-            })
+            });
+            // Format 2 adds each feed's checkpoint (format-1 reports are
+            // projected as before, so their expected files stay unchanged).
+            if report["format"] == 2 {
+                feed["checkpoint"] = f["checkpoint"].clone();
+            }
+            feed
         })
         .collect();
     let problems: Vec<Value> = report["problems"]
@@ -230,13 +272,17 @@ fn project(exit_code: i32, report: &Value) -> Value {
         .iter()
         .map(|p| json!({ "feed": p["feed"], "seq": p["seq"], "check": p["check"] }))
         .collect();
-    json!({
+    let mut projected = json!({
         "exit_code": exit_code,
         "valid": report["valid"],
         "events": report["events"],
         "feeds": feeds,
         "problems": problems,
-    })
+    });
+    if report["format"] == 2 {
+        projected["format"] = json!(2);
+    }
+    projected
 }
 
 #[test]
@@ -631,9 +677,8 @@ fn regenerate_vectors() {
     .expect("council identity");
     let conn = herald::store::open_read_only(&cluster.join("data/council")).expect("store");
     let valid_path = dir.join("valid.hrld");
-    let summary = export::export_store(&conn, "council", &council_id.signing_key, now, &valid_path)
-        .expect("export");
-    assert_eq!((summary.feeds, summary.events), (2, 11));
+    let events = export_format1(&conn, "council", &council_id.signing_key, now, &valid_path);
+    assert_eq!(events, 11);
     drop(conn);
 
     // The test-only keys that made it (private key files carry a note).
@@ -790,6 +835,9 @@ fn regenerate_vectors() {
         let name = name.to_string_lossy();
         assert!(!name.ends_with(".partial"), "leftover {name}");
     }
+
+    // Format 2, from the keys just written.
+    write_format2_vectors(&dir);
 
     // Expected reports, from the built binary. READ THEM before committing.
     for case in CASES {
@@ -1178,4 +1226,214 @@ fn a_revocation_entry_without_a_name_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`name`"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// Format 1 writing (herald itself writes only format 2 now) and the
+// format-2 vectors.
+// ---------------------------------------------------------------------------
+
+use herald::audit::export::{
+    ExportEnd, ExportEndBody, ExportFormat, ExportRecordV2, ExportWriter, ExportedFeed,
+};
+use herald::core::checkpoint::{CheckpointSigner, Equivocation, cluster_id};
+use herald::core::merkle::{self, MemoryTree};
+
+/// Writes the store's feeds as a format-1 export, as herald did before
+/// format 2 (so `regenerate_vectors` still reproduces the format-1 vectors);
+/// the number of events written.
+fn export_format1(
+    conn: &rusqlite::Connection,
+    exporter: &str,
+    key: &SigningKey,
+    created_us: u64,
+    path: &Path,
+) -> u64 {
+    use ed25519_dalek::Signer;
+    let file = std::fs::File::create(path).expect("create export");
+    let mut writer = ExportWriter::new(file, ExportFormat::V1).expect("magic");
+    let begin = ExportRecord::Begin {
+        exporter: exporter.into(),
+        created_us,
+    };
+    writer.record(&begin).expect("begin");
+    let mut stmt = conn
+        .prepare("SELECT feed, seq, hash, envelope FROM events ORDER BY feed, seq")
+        .expect("query");
+    let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let mut feeds: Vec<ExportedFeed> = Vec::new();
+    for (feed, seq, hash, envelope) in &rows {
+        if feeds.last().is_none_or(|f| f.feed != *feed) {
+            feeds.push(ExportedFeed {
+                feed: feed.clone(),
+                events: 0,
+                head_seq: 0,
+                head_hash: [0; 32],
+            });
+        }
+        let f = feeds.last_mut().expect("a feed");
+        f.events += 1;
+        f.head_seq = *seq as u64;
+        f.head_hash = hash.as_slice().try_into().expect("32-byte hash");
+        writer
+            .record(&ExportRecord::Event(envelope.clone()))
+            .expect("event");
+    }
+    let body = ExportEndBody {
+        exporter: exporter.into(),
+        created_us,
+        feeds,
+        forks: 0,
+    };
+    let signature = key.sign(&body.signing_message()).to_bytes();
+    writer
+        .record(&ExportRecord::End(ExportEnd { body, signature }))
+        .expect("end");
+    writer.finish().expect("flush");
+    rows.len() as u64
+}
+
+/// A node config for `service` of the vector cluster, over the test-only
+/// keys in `dir/keys`, with its data under `data`.
+fn vector_config(dir: &Path, data: &Path, service: &str, port: u16) -> NodeConfig {
+    let k = dir.join("keys");
+    let text = format!(
+        "service = \"{service}\"\ndata_dir = \"{}\"\nkey = \"{}\"\ncert = \"{}\"\nca = \"{}\"\ndefault_channel = \"default\"\nlisten = \"127.0.0.1:{port}\"\n\n[channels]\ndefault = \"{}\"\n",
+        data.join(service).display(),
+        k.join(format!("{service}.key")).display(),
+        k.join(format!("{service}.crt")).display(),
+        k.join("ca.crt").display(),
+        k.join("channel-default.key").display(),
+    );
+    let path = data.join(format!("{service}.toml"));
+    std::fs::write(&path, text).expect("write config");
+    NodeConfig::load(&path).expect("vector config")
+}
+
+/// Writes the format-2 vectors from the test-only keys: `v2-valid.hrld`
+/// (council and fundraising, each holding the other's feed, each feed's
+/// checkpoint cosigned by the other node), `v2-tampered-checkpoint.hrld`
+/// (fundraising's checkpoint root changed in the file) and
+/// `v2-equivocating.hrld` (council holds evidence that fundraising signed
+/// a second, inconsistent checkpoint).
+fn write_format2_vectors(dir: &Path) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let council_config = vector_config(dir, tmp.path(), "council", 17490);
+    let fundraising_config = vector_config(dir, tmp.path(), "fundraising", 17491);
+    let council = Log::open(&council_config).expect("council");
+    let fundraising = Log::open(&fundraising_config).expect("fundraising");
+    proclaim(&council, "meeting.held", json!({"minutes": "m-1"}), &[]);
+    for (donor, cents) in [("D-2001", 1500), ("D-2002", 7000)] {
+        let payload = json!({"donor": donor, "amount_cents": cents});
+        proclaim(&fundraising, "donation.received", payload, &[]);
+    }
+    let all = |log: &Log, feed: &str| -> Vec<Vec<u8>> {
+        let events = log.read(feed, 0..=u64::MAX).expect("read");
+        events.into_iter().map(|e| e.envelope).collect()
+    };
+    council
+        .ingest(all(&fundraising, "fundraising"))
+        .expect("ingest");
+    fundraising
+        .ingest(all(&council, "council"))
+        .expect("ingest");
+    let note = |log: &Log, feed: &str| {
+        let cp = log.latest_checkpoint(feed).expect("checkpoint");
+        cp.note.clone().into_bytes()
+    };
+    for (log, from, feed) in [
+        (&council, &fundraising, "fundraising"),
+        (&fundraising, &council, "council"),
+        (&council, &fundraising, "council"),
+        (&fundraising, &council, "fundraising"),
+    ] {
+        log.accept_checkpoint(note(from, feed))
+            .expect("accept")
+            .expect("the checkpoint matches");
+    }
+    let fundraising_hashes: Vec<[u8; 32]> = fundraising
+        .read("fundraising", 0..=u64::MAX)
+        .expect("read")
+        .iter()
+        .map(|e| e.hash)
+        .collect();
+    fundraising.close();
+
+    let now = herald::clock::now_us();
+    let council_key = vector_key(dir, "council");
+    let export = |name: &str| {
+        let conn = herald::store::open_read_only(&council_config.data_dir).expect("store");
+        export::export_store(&conn, "council", &council_key, now, &dir.join(name)).expect("export");
+    };
+    export("v2-valid.hrld");
+
+    // v2-tampered-checkpoint: one character of fundraising's checkpoint
+    // root changed (the note's third line), the record re-framed.
+    let valid = std::fs::read(dir.join("v2-valid.hrld")).expect("read");
+    let mut out = valid[..8].to_vec();
+    let mut at = 8;
+    while at < valid.len() {
+        let len = u32::from_le_bytes(valid[at..at + 4].try_into().expect("len")) as usize;
+        let mut record = export::decode_record_v2(&valid[at + 4..at + 4 + len]).expect("record");
+        if let ExportRecordV2::Checkpoint(c) = &mut record
+            && String::from_utf8_lossy(&c.note)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .ends_with("/fundraising")
+        {
+            let text = String::from_utf8(c.note.clone()).expect("utf-8 note");
+            let root_at = text.match_indices('\n').nth(1).expect("root line").0 + 1;
+            let mut bytes = text.into_bytes();
+            bytes[root_at] = if bytes[root_at] == b'A' { b'B' } else { b'A' };
+            c.note = bytes;
+        }
+        let body = postcard::to_stdvec(&record).expect("encode");
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        at += 4 + len;
+    }
+    std::fs::write(dir.join("v2-tampered-checkpoint.hrld"), out).expect("write");
+
+    // v2-equivocating: fundraising's key signs a checkpoint of size 2 over
+    // another history; with the true one council holds, it is evidence.
+    let cluster = cluster_id(&council.trust().ca_public_key());
+    let signer = CheckpointSigner::new(
+        cluster,
+        "fundraising".into(),
+        vector_key(dir, "fundraising"),
+    );
+    let mut tree = MemoryTree::default();
+    for h in &fundraising_hashes {
+        tree.push(merkle::leaf_hash(h)).expect("leaf");
+    }
+    let size = tree.size();
+    let lie = signer.sign(2, [0x5a; 32]).expect("sign");
+    let evidence = Equivocation {
+        first: lie.to_text().into_bytes(),
+        second: note(&council, "fundraising"),
+        prefix_root: merkle::root_at(&mut tree.clone(), 2).expect("root"),
+        proof: merkle::consistency_proof(&mut tree, 2, size).expect("proof"),
+    };
+    let recorded = council.record_equivocation(evidence).expect("record");
+    assert_eq!(recorded, Ok(true), "the evidence is new and valid");
+    council.close();
+    export("v2-equivocating.hrld");
+}
+
+/// Rewrites only the format-2 vectors and their expected reports (from the
+/// current keys); the format-1 vectors stay.
+#[test]
+#[ignore = "rewrites the format-2 vectors; run explicitly and review the expected reports"]
+fn regenerate_format2_vectors() {
+    write_format2_vectors(&vectors_dir());
+    for case in CASES.iter().filter(|c| c.name.starts_with("v2-")) {
+        let projected = auditor_expectation(case, run_case(case));
+        let text = serde_json::to_string_pretty(&projected).expect("json") + "\n";
+        std::fs::write(expected_path(case), text).expect("write expected");
+    }
 }

@@ -3,14 +3,17 @@
 //!
 //! ```text
 //! file   = MAGIC record*
-//! MAGIC  = "HERALDX1"                      (8 bytes)
-//! record = len:u32 little-endian, body: len bytes = postcard(ExportRecord)
+//! MAGIC  = "HERALDX2"        (format 2, written; "HERALDX1": format 1, read only)
+//! record = len:u32 little-endian, body: len bytes = postcard(record)
 //! ```
 //!
 //! Records come in this order: one `Begin`; every feed (sorted by name), each
-//! as its events in sequence order starting at genesis; any `Fork` evidence;
-//! one `End`, signed by the exporting node, which lists every feed's head so
-//! that truncation and dropped feeds are detected. See `docs/FORMAT.md`.
+//! as its events in sequence order starting at genesis, then (format 2) the
+//! feed's latest checkpoint when the store holds one; any `Fork` evidence;
+//! (format 2) any `Equivocation` evidence; one `End`, signed by the exporting
+//! node, which lists every feed's head so that truncation and dropped feeds
+//! are detected. See `docs/FORMAT.md` sections "The export file" and
+//! "Export format 2".
 
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -21,9 +24,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::crypto::{self, Hash};
 use crate::core::limits::ENVELOPE_BYTES_MAX;
+use crate::core::merkle;
+use crate::core::note::{NOTE_BYTES_MAX, PROOF_HASHES_MAX};
+use crate::store::tree::TileReader;
 
-/// First 8 bytes of every export.
+/// First 8 bytes of a format-1 export (read, no longer written).
 pub const MAGIC: &[u8; 8] = b"HERALDX1";
+/// First 8 bytes of a format-2 export (what `herald export` writes).
+pub const MAGIC_V2: &[u8; 8] = b"HERALDX2";
 /// Largest record body: a fork record holds two envelopes.
 pub const RECORD_BYTES_MAX: usize = 2 * ENVELOPE_BYTES_MAX + 64;
 /// Most feeds one export's end record may list.
@@ -91,6 +99,150 @@ impl ExportEndBody {
     }
 }
 
+/// Which export format a file is in (from its magic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ExportFormat {
+    /// `HERALDX1`: events, forks, end. Read only.
+    V1,
+    /// `HERALDX2`: format 1 plus checkpoints and equivocation evidence.
+    V2,
+}
+
+impl ExportFormat {
+    /// The format's number as reports show it (1 or 2).
+    pub fn number(self) -> u8 {
+        match self {
+            ExportFormat::V1 => 1,
+            ExportFormat::V2 => 2,
+        }
+    }
+}
+
+/// One record of a format-2 export. Indices 0 to 3 are format 1's, with a
+/// larger end record; 4 and 5 are new.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExportRecordV2 {
+    /// Opens the export (as in format 1).
+    Begin { exporter: String, created_us: u64 },
+    /// One event: its exact envelope bytes (as in format 1).
+    Event(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Fork evidence (as in format 1).
+    Fork {
+        #[serde(with = "serde_bytes")]
+        stored: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        conflicting: Vec<u8>,
+    },
+    /// Closes the export.
+    End(ExportEndV2),
+    /// The latest checkpoint of the feed whose events precede it.
+    Checkpoint(CheckpointRecord),
+    /// Evidence that a feed's author signed two inconsistent checkpoints.
+    Equivocation(EquivocationRecord),
+}
+
+/// A feed's latest stored checkpoint, as written after the feed's events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    /// The signed note (author's signature, then cosignatures), verbatim.
+    #[serde(with = "serde_bytes")]
+    pub note: Vec<u8>,
+    /// RFC 6962 consistency proof from the checkpoint's size to the number of
+    /// events of the feed in the export (empty when they are equal), so the
+    /// auditor checks the root with one frontier per feed, however many
+    /// events came after the checkpoint.
+    pub consistency: Vec<Hash>,
+}
+
+/// Equivocation evidence (`core::checkpoint::Equivocation`), as exported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EquivocationRecord {
+    #[serde(with = "serde_bytes")]
+    pub first: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub second: Vec<u8>,
+    pub prefix_root: Hash,
+    pub proof: Vec<Hash>,
+}
+
+impl EquivocationRecord {
+    /// The evidence in the form `check_equivocation` takes.
+    pub fn to_evidence(&self) -> crate::core::checkpoint::Equivocation {
+        crate::core::checkpoint::Equivocation {
+            first: self.first.clone(),
+            second: self.second.clone(),
+            prefix_root: self.prefix_root,
+            proof: self.proof.clone(),
+        }
+    }
+}
+
+/// The closing record of a format-2 export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportEndV2 {
+    pub body: ExportEndBodyV2,
+    /// Ed25519 signature by the exporter over
+    /// `EXPORT_END_V2_TAG ‖ postcard(body)`.
+    #[serde(with = "serde_bytes")]
+    pub signature: [u8; 64],
+}
+
+/// The signed content of a format-2 end record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportEndBodyV2 {
+    pub exporter: String,
+    pub created_us: u64,
+    /// Every feed exported, sorted by name.
+    pub feeds: Vec<ExportedFeed>,
+    /// Number of `Fork` records.
+    pub forks: u64,
+    /// Number of `Checkpoint` records.
+    pub checkpoints: u64,
+    /// Number of `Equivocation` records.
+    pub equivocations: u64,
+}
+
+impl ExportEndBodyV2 {
+    /// The message the exporter signs.
+    pub fn signing_message(&self) -> Vec<u8> {
+        let mut msg = crypto::EXPORT_END_V2_TAG.to_vec();
+        msg.extend_from_slice(&postcard::to_stdvec(self).unwrap_or_default());
+        msg
+    }
+}
+
+/// A record of either format, as the auditor reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnyRecord {
+    Begin {
+        exporter: String,
+        created_us: u64,
+    },
+    Event(Vec<u8>),
+    Fork {
+        stored: Vec<u8>,
+        conflicting: Vec<u8>,
+    },
+    End(EndView),
+    Checkpoint(CheckpointRecord),
+    Equivocation(EquivocationRecord),
+}
+
+/// An end record of either format: what it claims, the exact message its
+/// signature covers, and the signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndView {
+    pub exporter: String,
+    pub created_us: u64,
+    pub feeds: Vec<ExportedFeed>,
+    pub forks: u64,
+    /// `None` in format 1, which has no such records.
+    pub checkpoints: Option<u64>,
+    pub equivocations: Option<u64>,
+    pub message: Vec<u8>,
+    pub signature: [u8; 64],
+}
+
 /// Errors writing or reading an export's framing.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -99,12 +251,15 @@ pub enum ExportError {
     #[error("cannot read {what}: {source}")]
     Read { what: String, source: io::Error },
     #[error(
-        "{path} is not a herald export (it does not start with {:?})",
+        "{path} is not a herald export (it does not start with {:?} or {:?})",
+        String::from_utf8_lossy(MAGIC_V2),
         String::from_utf8_lossy(MAGIC)
     )]
     NotAnExport { path: PathBuf },
     #[error("store: {0}")]
     Store(#[from] crate::store::LogError),
+    #[error("cannot prove feed {feed}'s checkpoint against its stored Merkle tree: {message}")]
+    Tree { feed: String, message: String },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
 }
@@ -115,12 +270,17 @@ pub struct ExportWriter<W: Write> {
 }
 
 impl<W: Write> ExportWriter<W> {
-    pub fn new(mut out: W) -> io::Result<ExportWriter<W>> {
-        out.write_all(MAGIC)?;
+    /// Starts a file of `format` (its magic).
+    pub fn new(mut out: W, format: ExportFormat) -> io::Result<ExportWriter<W>> {
+        out.write_all(match format {
+            ExportFormat::V1 => MAGIC,
+            ExportFormat::V2 => MAGIC_V2,
+        })?;
         Ok(ExportWriter { out })
     }
 
-    pub fn record(&mut self, record: &ExportRecord) -> io::Result<()> {
+    /// Frames one record (of either format's record type).
+    pub fn record<R: Serialize>(&mut self, record: &R) -> io::Result<()> {
         let body = postcard::to_stdvec(record).map_err(io::Error::other)?;
         self.out.write_all(&(body.len() as u32).to_le_bytes())?;
         self.out.write_all(&body)
@@ -139,12 +299,17 @@ pub struct ExportSummary {
     pub feeds: usize,
     pub events: u64,
     pub forks: u64,
+    /// `Checkpoint` records written (feeds the store holds a checkpoint of).
+    pub checkpoints: u64,
+    /// `Equivocation` records written.
+    pub equivocations: u64,
     pub bytes: u64,
 }
 
-/// Streams every feed of the store at `db` into `out_path`, and signs the end
-/// record with `key` (the exporting node's key). Written to a temporary file
-/// and renamed, so a failed export never leaves a half file under the name.
+/// Streams every feed of the store at `db` into `out_path` in format 2, and
+/// signs the end record with `key` (the exporting node's key). Written to a
+/// temporary file and renamed, so a failed export never leaves a half file
+/// under the name.
 pub fn export_store(
     conn: &Connection,
     exporter: &str,
@@ -158,68 +323,29 @@ pub fn export_store(
         source,
     };
     let file = std::fs::File::create(&tmp_path).map_err(write_err)?;
-    let mut writer = ExportWriter::new(BufWriter::new(file)).map_err(write_err)?;
+    let mut writer =
+        ExportWriter::new(BufWriter::new(file), ExportFormat::V2).map_err(write_err)?;
     writer
-        .record(&ExportRecord::Begin {
+        .record(&ExportRecordV2::Begin {
             exporter: exporter.to_string(),
             created_us,
         })
         .map_err(write_err)?;
     // Read in one read transaction so the export is a consistent snapshot.
     conn.execute_batch("BEGIN")?;
-    let mut feeds = Vec::new();
-    let mut events_total = 0u64;
-    {
-        let mut stmt =
-            conn.prepare("SELECT feed, seq, hash, envelope FROM events ORDER BY feed, seq")?;
-        let mut rows = stmt.query([])?;
-        let mut current: Option<ExportedFeed> = None;
-        while let Some(row) = rows.next()? {
-            let feed: String = row.get(0)?;
-            let seq = row.get::<_, i64>(1)? as u64;
-            let hash: Vec<u8> = row.get(2)?;
-            let envelope: Vec<u8> = row.get(3)?;
-            if current.as_ref().map(|c| c.feed != feed).unwrap_or(true) {
-                feeds.extend(current.take());
-                current = Some(ExportedFeed {
-                    feed: feed.clone(),
-                    events: 0,
-                    head_seq: 0,
-                    head_hash: [0; 32],
-                });
-            }
-            if let Some(c) = current.as_mut() {
-                c.events += 1;
-                c.head_seq = seq;
-                c.head_hash = crate::store::hash_from_blob(&hash);
-            }
-            writer
-                .record(&ExportRecord::Event(envelope))
-                .map_err(write_err)?;
-            events_total += 1;
-        }
-        feeds.extend(current);
-    }
-    let forks = crate::store::read_forks(conn)?;
-    for fork in &forks {
-        writer
-            .record(&ExportRecord::Fork {
-                stored: fork.stored_envelope.clone(),
-                conflicting: fork.conflicting_envelope.clone(),
-            })
-            .map_err(write_err)?;
-    }
+    let body = write_snapshot(conn, &mut writer, exporter, created_us, out_path);
     conn.execute_batch("COMMIT")?;
-    let body = ExportEndBody {
-        exporter: exporter.to_string(),
-        created_us,
-        feeds,
-        forks: forks.len() as u64,
-    };
+    let body = body?;
+    let summary_counts = (
+        body.feeds.len(),
+        body.feeds.iter().map(|f| f.events).sum::<u64>(),
+        body.forks,
+        body.checkpoints,
+        body.equivocations,
+    );
     let signature = key.sign(&body.signing_message()).to_bytes();
-    let feed_count = body.feeds.len();
     writer
-        .record(&ExportRecord::End(ExportEnd { body, signature }))
+        .record(&ExportRecordV2::End(ExportEndV2 { body, signature }))
         .map_err(write_err)?;
     let file = writer
         .finish()
@@ -229,13 +355,130 @@ pub fn export_store(
     file.sync_all().map_err(write_err)?;
     let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
     std::fs::rename(&tmp_path, out_path).map_err(write_err)?;
+    let (feeds, events, forks, checkpoints, equivocations) = summary_counts;
     Ok(ExportSummary {
         path: out_path.to_path_buf(),
-        feeds: feed_count,
-        events: events_total,
-        forks: forks.len() as u64,
+        feeds,
+        events,
+        forks,
+        checkpoints,
+        equivocations,
         bytes,
     })
+}
+
+/// Writes every record between `Begin` and `End` and returns the end
+/// record's body.
+fn write_snapshot<W: Write>(
+    conn: &Connection,
+    writer: &mut ExportWriter<W>,
+    exporter: &str,
+    created_us: u64,
+    out_path: &Path,
+) -> Result<ExportEndBodyV2, ExportError> {
+    let write_err = |source| ExportError::Write {
+        path: out_path.to_path_buf(),
+        source,
+    };
+    let mut feeds = Vec::new();
+    let mut checkpoints = 0u64;
+    {
+        let mut stmt =
+            conn.prepare("SELECT feed, seq, hash, envelope FROM events ORDER BY feed, seq")?;
+        let mut rows = stmt.query([])?;
+        let mut current: Option<ExportedFeed> = None;
+        while let Some(row) = rows.next()? {
+            let feed: String = row.get(0)?;
+            if current.as_ref().is_none_or(|c| c.feed != feed) {
+                if let Some(done) = current.take() {
+                    checkpoints += write_checkpoint(conn, writer, &done, out_path)?;
+                    feeds.push(done);
+                }
+                current = Some(ExportedFeed {
+                    feed: feed.clone(),
+                    events: 0,
+                    head_seq: 0,
+                    head_hash: [0; 32],
+                });
+            }
+            if let Some(c) = current.as_mut() {
+                c.events += 1;
+                c.head_seq = row.get::<_, i64>(1)? as u64;
+                c.head_hash = crate::store::hash_from_blob(&row.get::<_, Vec<u8>>(2)?);
+            }
+            writer
+                .record(&ExportRecordV2::Event(row.get(3)?))
+                .map_err(write_err)?;
+        }
+        if let Some(done) = current.take() {
+            checkpoints += write_checkpoint(conn, writer, &done, out_path)?;
+            feeds.push(done);
+        }
+    }
+    let forks = crate::store::read_forks(conn)?;
+    for fork in &forks {
+        writer
+            .record(&ExportRecordV2::Fork {
+                stored: fork.stored_envelope.clone(),
+                conflicting: fork.conflicting_envelope.clone(),
+            })
+            .map_err(write_err)?;
+    }
+    let equivocations = crate::store::read_equivocations(conn)?;
+    for (_, evidence) in &equivocations {
+        writer
+            .record(&ExportRecordV2::Equivocation(EquivocationRecord {
+                first: evidence.first.clone(),
+                second: evidence.second.clone(),
+                prefix_root: evidence.prefix_root,
+                proof: evidence.proof.clone(),
+            }))
+            .map_err(write_err)?;
+    }
+    Ok(ExportEndBodyV2 {
+        exporter: exporter.to_string(),
+        created_us,
+        feeds,
+        forks: forks.len() as u64,
+        checkpoints,
+        equivocations: equivocations.len() as u64,
+    })
+}
+
+/// Writes `feed`'s stored checkpoint after its events, with the consistency
+/// proof from its size to the events written; 1 if one was written.
+fn write_checkpoint<W: Write>(
+    conn: &Connection,
+    writer: &mut ExportWriter<W>,
+    feed: &ExportedFeed,
+    out_path: &Path,
+) -> Result<u64, ExportError> {
+    let Some(stored) = crate::store::read_checkpoint(conn, &feed.feed)? else {
+        return Ok(0);
+    };
+    let consistency = if stored.size == 0 || stored.size >= feed.events {
+        Vec::new()
+    } else {
+        merkle::consistency_proof(
+            &mut TileReader::new(conn, &feed.feed),
+            stored.size,
+            feed.events,
+        )
+        .map_err(|e| ExportError::Tree {
+            feed: feed.feed.clone(),
+            message: e.to_string(),
+        })?
+    };
+    writer
+        .record(&ExportRecordV2::Checkpoint(CheckpointRecord {
+            note: stored.note.into_bytes(),
+            consistency,
+        }))
+        .map_err(|source| ExportError::Write {
+            path: out_path.to_path_buf(),
+            source,
+        })?;
+    Ok(1)
 }
 
 /// One framed record read from an export: its body bytes and where it began.
@@ -262,22 +505,38 @@ pub enum FrameProblem {
 pub struct RecordReader<R: Read> {
     input: R,
     offset: u64,
+    format: ExportFormat,
 }
 
 impl<R: Read> RecordReader<R> {
     /// Checks the magic and positions at the first record.
     pub fn new(mut input: R, path: &Path) -> Result<RecordReader<R>, ExportError> {
         let mut magic = [0u8; 8];
-        match read_full(&mut input, &mut magic) {
-            Ok(8) if &magic == MAGIC => Ok(RecordReader { input, offset: 8 }),
-            Ok(_) => Err(ExportError::NotAnExport {
+        let got = read_full(&mut input, &mut magic).map_err(|source| ExportError::Read {
+            what: path.display().to_string(),
+            source,
+        })?;
+        let format = match &magic {
+            _ if got != magic.len() => None,
+            m if m == MAGIC => Some(ExportFormat::V1),
+            m if m == MAGIC_V2 => Some(ExportFormat::V2),
+            _ => None,
+        };
+        match format {
+            Some(format) => Ok(RecordReader {
+                input,
+                offset: 8,
+                format,
+            }),
+            None => Err(ExportError::NotAnExport {
                 path: path.to_path_buf(),
             }),
-            Err(source) => Err(ExportError::Read {
-                what: path.display().to_string(),
-                source,
-            }),
         }
+    }
+
+    /// The file's format, from its magic.
+    pub fn format(&self) -> ExportFormat {
+        self.format
     }
 
     /// The next record; `Ok(None)` at a clean end of file.
@@ -344,4 +603,126 @@ pub fn decode_record(body: &[u8]) -> Result<ExportRecord, String> {
         return Err("record is not in canonical form".into());
     }
     Ok(record)
+}
+
+/// Most hashes in a checkpoint record's consistency proof or an
+/// equivocation record's proof: one more than a 63-level tree's path.
+pub const RECORD_PROOF_HASHES_MAX: usize = PROOF_HASHES_MAX;
+
+/// Decodes a record body of `format` (rejecting trailing bytes and any
+/// encoding but the canonical one) into the form the auditor reads.
+pub fn decode_any(format: ExportFormat, body: &[u8]) -> Result<AnyRecord, String> {
+    match format {
+        ExportFormat::V1 => Ok(match decode_record(body)? {
+            ExportRecord::Begin {
+                exporter,
+                created_us,
+            } => AnyRecord::Begin {
+                exporter,
+                created_us,
+            },
+            ExportRecord::Event(e) => AnyRecord::Event(e),
+            ExportRecord::Fork {
+                stored,
+                conflicting,
+            } => AnyRecord::Fork {
+                stored,
+                conflicting,
+            },
+            ExportRecord::End(end) => AnyRecord::End(EndView {
+                message: end.body.signing_message(),
+                exporter: end.body.exporter,
+                created_us: end.body.created_us,
+                feeds: end.body.feeds,
+                forks: end.body.forks,
+                checkpoints: None,
+                equivocations: None,
+                signature: end.signature,
+            }),
+        }),
+        ExportFormat::V2 => decode_record_v2(body).map(any_of_v2),
+    }
+}
+
+/// Decodes a format-2 record body canonically, within the limits.
+pub fn decode_record_v2(body: &[u8]) -> Result<ExportRecordV2, String> {
+    let (record, rest): (ExportRecordV2, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes", rest.len()));
+    }
+    check_v2_limits(&record)?;
+    if postcard::to_stdvec(&record).map_err(|e| e.to_string())? != body {
+        return Err("record is not in canonical form".into());
+    }
+    Ok(record)
+}
+
+/// The per-record limits of format 2 (the frame limit bounds the rest).
+fn check_v2_limits(record: &ExportRecordV2) -> Result<(), String> {
+    let note = |what: &str, len: usize| {
+        if len > NOTE_BYTES_MAX {
+            Err(format!(
+                "{what} is {len} bytes, over the note limit of {NOTE_BYTES_MAX}"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let proof = |what: &str, len: usize| {
+        if len > RECORD_PROOF_HASHES_MAX {
+            Err(format!(
+                "{what} has {len} hashes, over the limit of {RECORD_PROOF_HASHES_MAX}"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match record {
+        ExportRecordV2::End(end) if end.body.feeds.len() > EXPORT_FEEDS_MAX => {
+            Err(format!("end record lists over {EXPORT_FEEDS_MAX} feeds"))
+        }
+        ExportRecordV2::Checkpoint(c) => {
+            note("checkpoint note", c.note.len())?;
+            proof("checkpoint consistency proof", c.consistency.len())
+        }
+        ExportRecordV2::Equivocation(e) => {
+            note("first checkpoint note", e.first.len())?;
+            note("second checkpoint note", e.second.len())?;
+            proof("equivocation proof", e.proof.len())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn any_of_v2(record: ExportRecordV2) -> AnyRecord {
+    match record {
+        ExportRecordV2::Begin {
+            exporter,
+            created_us,
+        } => AnyRecord::Begin {
+            exporter,
+            created_us,
+        },
+        ExportRecordV2::Event(e) => AnyRecord::Event(e),
+        ExportRecordV2::Fork {
+            stored,
+            conflicting,
+        } => AnyRecord::Fork {
+            stored,
+            conflicting,
+        },
+        ExportRecordV2::End(end) => AnyRecord::End(EndView {
+            message: end.body.signing_message(),
+            exporter: end.body.exporter,
+            created_us: end.body.created_us,
+            feeds: end.body.feeds,
+            forks: end.body.forks,
+            checkpoints: Some(end.body.checkpoints),
+            equivocations: Some(end.body.equivocations),
+            signature: end.signature,
+        }),
+        ExportRecordV2::Checkpoint(c) => AnyRecord::Checkpoint(c),
+        ExportRecordV2::Equivocation(e) => AnyRecord::Equivocation(e),
+    }
 }

@@ -21,10 +21,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::export::{self, ExportEnd, ExportRecord, FrameProblem, RecordReader};
+use super::export::{
+    self, AnyRecord, CheckpointRecord, EndView, EquivocationRecord, FrameProblem, RecordReader,
+};
+use crate::core::checkpoint::{self, CheckpointError};
 use crate::core::codec::DecodeError;
 use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::event::Encryption;
+use crate::core::merkle::{self, Frontier};
+use crate::core::note::{Checkpoint, Note};
 use crate::core::verify::{
     Check, DecodedEvent, FeedVerifier, Rejection, SignatureVerdict, check_event_signatures,
     decrypt_payload,
@@ -73,6 +78,8 @@ pub struct AuditOptions {
 pub struct AuditReport {
     pub source: String,
     pub kind: &'static str,
+    /// The export format (1 or 2); `None` for a data directory.
+    pub format: Option<u8>,
     pub valid: bool,
     pub exporter: Option<String>,
     pub events: u64,
@@ -95,9 +102,89 @@ pub struct FeedReport {
     pub last_timestamp: Option<String>,
     /// Events whose payload decrypted under a given channel key.
     pub decrypted: u64,
-    /// `valid`, `invalid`, `forked` or `untrusted` (author not admitted).
+    /// `valid`, `invalid`, `forked`, `equivocated` or `untrusted` (author
+    /// not admitted).
     pub status: &'static str,
     pub problems: u64,
+    /// The feed's checkpoint (format 2 exports and data directories), if
+    /// the source holds one signed by the feed's author.
+    pub checkpoint: Option<CheckpointReport>,
+}
+
+/// A feed's latest checkpoint as the audit found it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CheckpointReport {
+    /// Events the checkpoint covers.
+    pub size: u64,
+    /// Its root, hex.
+    pub root: String,
+    /// Signed by the author, of this cluster, within the events, and its
+    /// root is the tree over the events found: every check passed.
+    pub verified: bool,
+    /// Other nodes of the export, admitted by the CA, whose cosignatures of
+    /// it verify (sorted).
+    pub cosigners: Vec<String>,
+}
+
+impl AuditReport {
+    /// Applies `--witnesses K`: every feed's checkpoint must be verified,
+    /// cover every event of the feed found, and carry valid cosignatures by
+    /// at least `k` other certified nodes; each feed that falls short is a
+    /// `witnesses` problem naming its count, and the report is not valid.
+    pub fn require_witnesses(&mut self, k: usize) {
+        let short: Vec<Problem> = self
+            .feeds
+            .iter()
+            .filter_map(|f| under_witnessed(f, k))
+            .collect();
+        for problem in short {
+            self.problems_total += 1;
+            if let Some(f) = self
+                .feeds
+                .iter_mut()
+                .find(|f| Some(&f.service) == problem.feed.as_ref())
+            {
+                f.problems += 1;
+                if f.status == "valid" {
+                    f.status = "under-witnessed";
+                }
+            }
+            if self.problems.len() < PROBLEMS_REPORTED_MAX {
+                self.problems.push(problem);
+            }
+            self.valid = false;
+        }
+    }
+}
+
+/// The `witnesses` problem of a feed that `--witnesses k` refuses.
+fn under_witnessed(f: &FeedReport, k: usize) -> Option<Problem> {
+    let found = match &f.checkpoint {
+        None => "no checkpoint".to_string(),
+        Some(c) if !c.verified => format!("a checkpoint of size {} that failed its checks", c.size),
+        Some(c) if c.size == f.events && c.cosigners.len() >= k => return None,
+        Some(c) => format!(
+            "a checkpoint of size {} cosigned by {} node(s){}",
+            c.size,
+            c.cosigners.len(),
+            if c.cosigners.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", c.cosigners.join(", "))
+            }
+        ),
+    };
+    Some(Problem {
+        feed: Some(f.service.clone()),
+        seq: None,
+        location: "checkpoint".into(),
+        check: "witnesses",
+        expected: format!(
+            "a verified checkpoint over all {} events cosigned by at least {k} other certified node(s)",
+            f.events
+        ),
+        found,
+    })
 }
 
 /// One problem: where, which check, expected against found.
@@ -129,6 +216,38 @@ struct FeedAudit {
     last_ts: Option<u64>,
     /// The last event found (valid or not), for the end-record comparison.
     last_seen: Option<(u64, Hash)>,
+    /// The Merkle tree over the events that became the head, in sequence:
+    /// one frontier (at most 63 hashes), however long the feed.
+    tree: Frontier,
+    /// An event that became the head did not extend the tree by one (a gap
+    /// or an unauthentic event): the tree is unknown from there on.
+    tree_lost: bool,
+    /// The feed's checkpoint record, once read.
+    checkpoint: Option<FeedCheckpoint>,
+    /// Valid equivocation evidence names the feed.
+    equivocated: bool,
+}
+
+/// A checkpoint signed by the feed's author, and whether it passed the
+/// size and root checks.
+struct FeedCheckpoint {
+    checkpoint: Checkpoint,
+    note: Note,
+    location: String,
+    verified: bool,
+}
+
+impl FeedAudit {
+    /// An event at `seq` with `hash` became the feed's head: extends the
+    /// tree when it is the next leaf, loses it when it skips one.
+    fn grow_tree(&mut self, seq: u64, hash: &Hash) {
+        if self.tree_lost || seq < self.tree.size() {
+            return;
+        }
+        if seq > self.tree.size() || self.tree.push(merkle::leaf_hash(hash)).is_err() {
+            self.tree_lost = true;
+        }
+    }
 }
 
 impl FeedAudit {
@@ -164,6 +283,11 @@ struct Auditor<'a> {
     problems: Vec<Problem>,
     problems_total: u64,
     events: u64,
+    /// The cluster id of the CA: every checkpoint's origin names it.
+    cluster: String,
+    /// `Checkpoint` and `Equivocation` records read, for the end record.
+    checkpoint_records: u64,
+    equivocation_records: u64,
 }
 
 impl<'a> Auditor<'a> {
@@ -175,6 +299,9 @@ impl<'a> Auditor<'a> {
             problems: Vec::new(),
             problems_total: 0,
             events: 0,
+            cluster: checkpoint::cluster_id(&options.trust.ca_public_key()),
+            checkpoint_records: 0,
+            equivocation_records: 0,
         }
     }
 
@@ -244,6 +371,7 @@ impl<'a> Auditor<'a> {
                 Ok((verifier, genesis)) => {
                     feed.verifier = Some(verifier);
                     feed.verified += 1;
+                    feed.grow_tree(0, genesis.hash());
                     let ts = genesis.header().timestamp_us;
                     feed.first_ts = Some(ts);
                     feed.last_ts = Some(ts);
@@ -277,6 +405,7 @@ impl<'a> Auditor<'a> {
         };
         match verifier.check_next(&event, verdict) {
             Ok(()) => {
+                feed.grow_tree(event.header().seq, event.hash());
                 feed.verified += 1;
                 let ts = event.header().timestamp_us;
                 feed.first_ts.get_or_insert(ts);
@@ -295,6 +424,10 @@ impl<'a> Auditor<'a> {
             }
             Err(r) => {
                 verifier.resync(&event, verdict);
+                if verifier.head_hash() == event.hash() {
+                    // Adopted as the head (section 12): it is in the tree.
+                    feed.grow_tree(event.header().seq, event.hash());
+                }
                 self.problem(Some(&author), location, r);
             }
         }
@@ -386,13 +519,13 @@ impl<'a> Auditor<'a> {
     fn check_end(
         &mut self,
         location: &str,
-        end: &ExportEnd,
+        end: &EndView,
         begin: Option<(String, u64)>,
         fork_records: u64,
     ) {
         let same_export = begin
             .as_ref()
-            .is_some_and(|(e, t)| *e == end.body.exporter && *t == end.body.created_us);
+            .is_some_and(|(e, t)| *e == end.exporter && *t == end.created_us);
         if !same_export {
             let r = Rejection {
                 seq: None,
@@ -403,23 +536,32 @@ impl<'a> Auditor<'a> {
                 ),
                 found: format!(
                     "the end record of an export by {} at {}",
-                    end.body.exporter, end.body.created_us
+                    end.exporter, end.created_us
                 ),
             };
             self.problem(None, location, r);
         }
-        if end.body.forks != fork_records {
-            let r = Rejection {
-                seq: None,
-                check: Check::Truncated,
-                expected: format!("{} fork records", end.body.forks),
-                found: format!("{fork_records} fork records"),
-            };
-            self.problem(None, location, r);
+        let counts = [
+            ("fork", Some(end.forks), fork_records),
+            ("checkpoint", end.checkpoints, self.checkpoint_records),
+            ("equivocation", end.equivocations, self.equivocation_records),
+        ];
+        for (what, claimed, found) in counts {
+            // Format 1 has no checkpoint or equivocation records to count.
+            let claimed = claimed.unwrap_or(0);
+            if claimed != found {
+                let r = Rejection {
+                    seq: None,
+                    check: Check::Truncated,
+                    expected: format!("{claimed} {what} records"),
+                    found: format!("{found} {what} records"),
+                };
+                self.problem(None, location, r);
+            }
         }
         let exporter_key = self
             .feeds
-            .get(&end.body.exporter)
+            .get(&end.exporter)
             .and_then(|f| f.verifier.as_ref())
             .map(|v| *v.key());
         // The one rule for every signature herald checks (FORMAT.md section
@@ -429,7 +571,7 @@ impl<'a> Auditor<'a> {
             .map(|k| {
                 crate::core::signature::verify_single(
                     &k,
-                    &end.body.signing_message(),
+                    &end.message,
                     &Signature::from_bytes(&end.signature),
                 )
             })
@@ -438,13 +580,12 @@ impl<'a> Auditor<'a> {
             let r = Rejection {
                 seq: None,
                 check: Check::Signature,
-                expected: format!("an end record signed by exporter {}", end.body.exporter),
+                expected: format!("an end record signed by exporter {}", end.exporter),
                 found: "an end record without a valid signature".into(),
             };
             self.problem(None, location, r);
         }
         let claimed: Vec<(String, u64, Hash)> = end
-            .body
             .feeds
             .iter()
             .map(|f| (f.feed.clone(), f.head_seq, f.head_hash))
@@ -452,22 +593,272 @@ impl<'a> Auditor<'a> {
         self.compare_heads(location, &claimed);
     }
 
-    fn finish(self, source: &Path, kind: &'static str, exporter: Option<String>) -> AuditReport {
-        let feeds = self
-            .feeds
+    /// A problem of a checkpoint or evidence record (checks named in
+    /// `docs/FORMAT.md`, "Export format 2").
+    fn checkpoint_problem(
+        &mut self,
+        feed: Option<&str>,
+        location: &str,
+        check: &'static str,
+        expected: String,
+        found: String,
+    ) {
+        self.record(Problem {
+            feed: feed.map(str::to_string),
+            seq: None,
+            location: location.to_string(),
+            check,
+            expected,
+            found,
+        });
+    }
+
+    /// Checks a feed's checkpoint record: of this cluster, signed by the
+    /// feed's author, within the events found, and its root the tree's.
+    fn push_checkpoint(&mut self, location: &str, record: CheckpointRecord) {
+        self.checkpoint_records += 1;
+        let (feed, key) = match self.checkpoint_author(location, &record.note) {
+            Some(found) => found,
+            None => return,
+        };
+        let verified = match checkpoint::open_checkpoint(&self.cluster, &record.note, &key) {
+            Ok(v) => v,
+            Err(e) => {
+                let check = match e {
+                    CheckpointError::NotSigned { .. } => "checkpoint-signature",
+                    _ => "checkpoint",
+                };
+                let expected = format!("a checkpoint signed by {feed}'s key");
+                return self.checkpoint_problem(
+                    Some(&feed),
+                    location,
+                    check,
+                    expected,
+                    e.to_string(),
+                );
+            }
+        };
+        let tree_check =
+            self.check_checkpoint_tree(&feed, verified.checkpoint(), &record.consistency);
+        if let Err((check, expected, found)) = &tree_check {
+            self.checkpoint_problem(
+                Some(&feed),
+                location,
+                check,
+                expected.clone(),
+                found.clone(),
+            );
+        }
+        if let Some(f) = self.feeds.get_mut(&feed) {
+            f.checkpoint = Some(FeedCheckpoint {
+                checkpoint: verified.checkpoint().clone(),
+                note: verified.note().clone(),
+                location: location.to_string(),
+                verified: tree_check == Ok(true),
+            });
+        }
+    }
+
+    /// The feed a checkpoint note names and its author's key; reports and
+    /// returns `None` when the note does not parse, is of another cluster,
+    /// names a feed not admitted in the source, or is the feed's second.
+    fn checkpoint_author(&mut self, location: &str, note: &[u8]) -> Option<(String, VerifyingKey)> {
+        let feed = match checkpoint::claimed_feed(&self.cluster, note) {
+            Ok((_, _, feed)) => feed,
+            Err(e) => {
+                let expected = format!("a checkpoint note of cluster {}", self.cluster);
+                self.checkpoint_problem(None, location, "checkpoint", expected, e.to_string());
+                return None;
+            }
+        };
+        let state = self.feeds.get(&feed);
+        let key = state.and_then(|f| f.verifier.as_ref()).map(|v| *v.key());
+        let second = state.is_some_and(|f| f.checkpoint.is_some());
+        let found = match key {
+            None => format!("a checkpoint of {feed}, whose genesis is not admitted here"),
+            Some(_) if second => format!("a second checkpoint record of {feed}"),
+            Some(key) => return Some((feed, key)),
+        };
+        let expected = "one checkpoint of each feed whose genesis is admitted".to_string();
+        self.checkpoint_problem(Some(&feed), location, "checkpoint", expected, found);
+        None
+    }
+
+    /// Checks a signed checkpoint's size and root against the tree built
+    /// from the feed's events: equal at the tree's size, or joined to it by
+    /// the record's consistency proof: `Ok(true)` when it is, `Ok(false)`
+    /// when the tree is unknown, `Err((check, expected, found))` otherwise.
+    fn check_checkpoint_tree(
+        &self,
+        feed: &str,
+        cp: &Checkpoint,
+        consistency: &[Hash],
+    ) -> Result<bool, (&'static str, String, String)> {
+        let Some(f) = self.feeds.get(feed) else {
+            return Err(("checkpoint", "a feed of the source".into(), feed.into()));
+        };
+        if cp.size() > f.events {
+            return Err((
+                "checkpoint-size",
+                format!(
+                    "a checkpoint within the {} events of {feed} found",
+                    f.events
+                ),
+                format!("a checkpoint of size {}", cp.size()),
+            ));
+        }
+        if f.tree_lost || cp.size() > f.tree.size() {
+            // The feed's events already failed (a gap or an unauthentic
+            // event, reported): the tree is unknown, so the checkpoint stays
+            // unchecked rather than adding a second problem for one damage.
+            return Ok(false);
+        }
+        let (size, root) = (f.tree.size(), f.tree.root());
+        let result = match cp.size() {
+            0 if consistency.is_empty() && *cp.root() == merkle::EMPTY_ROOT => Ok(true),
+            0 => Err("an empty tree's root and no proof".to_string()),
+            old if old == size && !consistency.is_empty() => {
+                Err("no consistency proof for a checkpoint over every event".to_string())
+            }
+            old => merkle::verify_consistency(old, size, cp.root(), &root, consistency)
+                .map(|()| true)
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(|why| {
+            (
+                "checkpoint-root",
+                format!(
+                    "the root of {feed}'s tree at size {} over the events found, which at size {size} is {}",
+                    cp.size(),
+                    hex::encode(root)
+                ),
+                format!("root {}: {why}", hex::encode(cp.root())),
+            )
+        })
+    }
+
+    /// Checks equivocation evidence; valid evidence marks its feed
+    /// `equivocated` and is a problem (`equivocation`), as a fork is.
+    fn push_equivocation(&mut self, location: &str, record: &EquivocationRecord) {
+        self.equivocation_records += 1;
+        let claimed = checkpoint::claimed_feed(&self.cluster, &record.first).map(|(_, _, f)| f);
+        let key = claimed
+            .as_ref()
+            .ok()
+            .and_then(|f| self.feeds.get(f))
+            .and_then(|f| f.verifier.as_ref())
+            .map(|v| *v.key());
+        let feed = claimed.as_ref().ok().cloned();
+        let outcome = match key {
+            Some(key) => checkpoint::check_equivocation(&self.cluster, &record.to_evidence(), &key)
+                .map_err(|e| e.to_string()),
+            None => Err(match &claimed {
+                Ok(f) => format!("evidence against {f}, whose genesis is not admitted here"),
+                Err(e) => e.to_string(),
+            }),
+        };
+        match outcome {
+            Ok((feed, size)) => {
+                if let Some(f) = self.feeds.get_mut(&feed) {
+                    f.equivocated = true;
+                }
+                self.record(Problem {
+                    feed: Some(feed.clone()),
+                    seq: Some(size),
+                    location: location.to_string(),
+                    check: "equivocation",
+                    expected: format!("one history of {feed} signed by its author"),
+                    found: format!(
+                        "two checkpoints signed by {feed} that disagree on its first {size} events"
+                    ),
+                });
+            }
+            Err(why) => self.checkpoint_problem(
+                feed.as_deref(),
+                location,
+                "equivocation-evidence",
+                "evidence of two inconsistent checkpoints signed by the feed's author".into(),
+                why,
+            ),
+        }
+    }
+
+    /// Counts each checkpoint's cosigners, once every feed (and so every
+    /// witness's certificate) has been read: cosignatures by other feeds
+    /// whose genesis was admitted. One by such a node that does not verify
+    /// is a `cosignature` problem; others (unknown names) are ignored.
+    fn settle_cosigners(&mut self) -> BTreeMap<String, Vec<String>> {
+        let mut cosigners = BTreeMap::new();
+        let mut bad = Vec::new();
+        for (feed, f) in &self.feeds {
+            let Some(cp) = &f.checkpoint else { continue };
+            let mut names = Vec::new();
+            for sig in cp.note.signatures() {
+                let Some(witness) = checkpoint::feed_of_origin(&self.cluster, &sig.name) else {
+                    continue;
+                };
+                let key = self
+                    .feeds
+                    .get(witness)
+                    .filter(|w| !w.untrusted)
+                    .and_then(|w| w.verifier.as_ref())
+                    .map(|v| *v.key());
+                let Some(key) = key.filter(|_| witness != feed) else {
+                    continue;
+                };
+                match checkpoint::cosignature_by(&self.cluster, &cp.checkpoint, sig, witness, &key)
+                {
+                    Some(_) if !names.iter().any(|n| n == witness) => {
+                        names.push(witness.to_string())
+                    }
+                    Some(_) => {}
+                    None => bad.push((feed.clone(), cp.location.clone(), witness.to_string())),
+                }
+            }
+            names.sort();
+            cosigners.insert(feed.clone(), names);
+        }
+        for (feed, location, witness) in bad {
+            self.checkpoint_problem(
+                Some(&feed),
+                &location,
+                "cosignature",
+                format!("a valid cosignature of {feed}'s checkpoint by {witness}'s key"),
+                format!("a cosignature named {witness} that does not verify"),
+            );
+        }
+        cosigners
+    }
+
+    fn finish(
+        mut self,
+        source: &Path,
+        kind: &'static str,
+        format: Option<u8>,
+        exporter: Option<String>,
+    ) -> AuditReport {
+        let mut cosigners = self.settle_cosigners();
+        let feeds = std::mem::take(&mut self.feeds)
             .into_iter()
             .map(|(service, f)| {
                 let status = if f.untrusted {
                     "untrusted"
                 } else if f.forked {
                     "forked"
+                } else if f.equivocated {
+                    "equivocated"
                 } else if f.problems > 0 || f.verifier.is_none() {
                     "invalid"
                 } else {
                     "valid"
                 };
+                let checkpoint = f.checkpoint.as_ref().map(|c| CheckpointReport {
+                    size: c.checkpoint.size(),
+                    root: hex::encode(c.checkpoint.root()),
+                    verified: c.verified,
+                    cosigners: cosigners.remove(&service).unwrap_or_default(),
+                });
                 FeedReport {
-                    service,
                     events: f.events,
                     verified: f.verified,
                     head_seq: f.reported_head().map(|s| s.0),
@@ -477,12 +868,15 @@ impl<'a> Auditor<'a> {
                     decrypted: f.decrypted,
                     status,
                     problems: f.problems,
+                    checkpoint,
+                    service,
                 }
             })
             .collect();
         AuditReport {
             source: source.display().to_string(),
             kind,
+            format,
             valid: self.problems_total == 0,
             exporter,
             events: self.events,
@@ -555,6 +949,7 @@ pub fn audit_export_visiting<'a>(
     })?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = RecordReader::new(BufReader::with_capacity(1 << 20, file), path)?;
+    let format = reader.format();
     let bar = progress_bar(options.progress, len, "bytes");
     let mut auditor = Auditor::new(options);
     auditor.visitor = visitor;
@@ -595,7 +990,7 @@ pub fn audit_export_visiting<'a>(
             );
             continue;
         }
-        let record = match export::decode_record(&raw.body) {
+        let record = match export::decode_any(format, &raw.body) {
             Ok(r) => r,
             Err(e) => {
                 auditor.problem(
@@ -612,7 +1007,7 @@ pub fn audit_export_visiting<'a>(
             }
         };
         match record {
-            ExportRecord::Event(bytes) => {
+            AnyRecord::Event(bytes) => {
                 chunk_bytes += bytes.len();
                 chunk.push((location, bytes));
                 if chunk.len() >= AUDIT_CHUNK_RECORDS || chunk_bytes >= AUDIT_CHUNK_BYTES_MAX {
@@ -624,14 +1019,14 @@ pub fn audit_export_visiting<'a>(
                 auditor.push_chunk(std::mem::take(&mut chunk));
                 chunk_bytes = 0;
                 match other {
-                    ExportRecord::Begin {
+                    AnyRecord::Begin {
                         exporter: e,
                         created_us,
                     } if record_no == 1 => {
                         exporter = Some(e);
                         begin_created_us = Some(created_us);
                     }
-                    ExportRecord::Begin { .. } => auditor.problem(
+                    AnyRecord::Begin { .. } => auditor.problem(
                         None,
                         &location,
                         Rejection {
@@ -641,19 +1036,23 @@ pub fn audit_export_visiting<'a>(
                             found: "another begin record".into(),
                         },
                     ),
-                    ExportRecord::Fork {
+                    AnyRecord::Fork {
                         stored,
                         conflicting,
                     } => {
                         fork_records += 1;
                         auditor.push_fork(&location, stored, conflicting)
                     }
-                    ExportRecord::End(end) => {
+                    AnyRecord::Checkpoint(record) => auditor.push_checkpoint(&location, record),
+                    AnyRecord::Equivocation(record) => {
+                        auditor.push_equivocation(&location, &record)
+                    }
+                    AnyRecord::End(end) => {
                         let begin = exporter.clone().zip(begin_created_us);
                         auditor.check_end(&location, &end, begin, fork_records);
                         ended = true;
                     }
-                    ExportRecord::Event(_) => {}
+                    AnyRecord::Event(_) => {}
                 }
             }
         }
@@ -684,7 +1083,7 @@ pub fn audit_export_visiting<'a>(
         );
     }
     bar.finish_and_clear();
-    Ok(auditor.finish(path, "export", exporter))
+    Ok(auditor.finish(path, "export", Some(format.number()), exporter))
 }
 
 fn frame_rejection(problem: FrameProblem) -> Rejection {
@@ -766,6 +1165,7 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
         .map_err(sql_err)?;
     auditor.compare_heads("feeds table", &claimed);
     check_derived_columns(&conn, &mut auditor).map_err(sql_err)?;
+    check_stored_checkpoints(&conn, &mut auditor).map_err(|e| store_err(e.to_string()))?;
     bar.finish_and_clear();
     let service: Option<String> = conn
         .query_row(
@@ -774,7 +1174,7 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
             |r| r.get(0),
         )
         .ok();
-    Ok(auditor.finish(dir, "data-dir", service))
+    Ok(auditor.finish(dir, "data-dir", None, service))
 }
 
 /// Checks that each stored event's derived columns (feed, seq, hash, id,
@@ -835,6 +1235,45 @@ fn check_derived_columns(
                 found: format!("column {name} = {found}"),
             });
         }
+    }
+    Ok(())
+}
+
+/// Checks a store's checkpoints and equivocation evidence as an export's
+/// records are checked. The consistency proof from each checkpoint to the
+/// events held is read from the store's tiles: it is checked against the
+/// tree the audit built from the events, so damaged tiles cannot pass.
+fn check_stored_checkpoints(
+    conn: &rusqlite::Connection,
+    auditor: &mut Auditor<'_>,
+) -> Result<(), crate::store::LogError> {
+    for stored in crate::store::read_checkpoints(conn)? {
+        let held = auditor
+            .feeds
+            .get(&stored.feed)
+            .map(|f| f.tree.size())
+            .unwrap_or(0);
+        let consistency = if stored.size == 0 || stored.size >= held {
+            Vec::new()
+        } else {
+            let mut tiles = crate::store::tree::TileReader::new(conn, &stored.feed);
+            merkle::consistency_proof(&mut tiles, stored.size, held).unwrap_or_default()
+        };
+        let location = format!("checkpoints table ({})", stored.feed);
+        let record = CheckpointRecord {
+            note: stored.note.into_bytes(),
+            consistency,
+        };
+        auditor.push_checkpoint(&location, record);
+    }
+    for (feed, evidence) in crate::store::read_equivocations(conn)? {
+        let record = EquivocationRecord {
+            first: evidence.first,
+            second: evidence.second,
+            prefix_root: evidence.prefix_root,
+            proof: evidence.proof,
+        };
+        auditor.push_equivocation(&format!("equivocations table ({feed})"), &record);
     }
     Ok(())
 }

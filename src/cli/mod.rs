@@ -17,6 +17,7 @@ pub mod init;
 pub mod keygen;
 pub mod log;
 pub mod node;
+pub mod prove;
 pub mod publish;
 pub mod query;
 pub mod saga;
@@ -60,8 +61,10 @@ pub enum Command {
     Tail(tail::TailArgs),
     /// Write a self-contained audit bundle of every feed the node holds.
     Export(export::ExportArgs),
-    /// Verify an export or a data directory offline (exit 0 valid, 1 problems, 2 could not run).
+    /// Verify an export, a data directory or a proof file offline (exit 0 valid, 1 problems, 2 could not run).
     Verify(verify::VerifyArgs),
+    /// Write a proof that an event is in its feed, or that a feed's checkpoint extends an older one.
+    Prove(prove::ProveArgs),
     /// Run a peer node in the foreground until SIGINT or SIGTERM.
     Node(node::NodeArgs),
     /// Show peers (connected, backlog, retries, errors) and feed heads.
@@ -122,6 +125,7 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Tail(args) => tail::run(args),
         Command::Export(args) => export::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Prove(args) => prove::run(args),
         Command::Node(args) => node::run(args),
         Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),

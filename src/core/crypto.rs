@@ -15,6 +15,9 @@ pub const AAD_TAG: &[u8] = b"herald/v1/payload-aad\0";
 pub const CHANNEL_KEY_ID_TAG: &[u8] = b"herald/v1/channel-key-id\0";
 /// Domain tag for the signature on an export's end record.
 pub const EXPORT_END_TAG: &[u8] = b"herald/v1/export-end\0";
+/// Domain tag for the signature on a format-2 export's end record (its body
+/// also counts checkpoints and equivocations, so it gets its own tag).
+pub const EXPORT_END_V2_TAG: &[u8] = b"herald/v2/export-end\0";
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
