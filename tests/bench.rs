@@ -30,7 +30,7 @@ fn assert_cpu_split(split: &Value, must_have: &[&str]) {
             [
                 "signatures",
                 "commit",
-                "checkpoint",
+                "wal-checkpoint",
                 "seal",
                 "network",
                 "other"

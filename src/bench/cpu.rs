@@ -22,7 +22,9 @@ fn role(name: &str) -> &'static str {
     } else if name.starts_with("herald-commit") {
         "commit"
     } else if name.starts_with("herald-checkpoi") {
-        "checkpoint"
+        // SQLite's WAL checkpointer thread, not Merkle checkpoints (their
+        // signing runs in the commit stage).
+        "wal-checkpoint"
     } else if name.starts_with("herald-seal") {
         "seal"
     } else if name.starts_with("tokio-") {
@@ -92,7 +94,9 @@ pub struct CpuSplit {
     /// SQLite inserts, commits and fsync; for received events also
     /// decoding, chain checks, and the batch verification of a run short
     /// enough for one verification batch, which runs on the calling thread),
-    /// `checkpoint`, `seal` (encryption, hashing, chaining), `network`
+    /// `wal-checkpoint` (moving the WAL into the database file; Merkle
+    /// checkpoints are signed and checked in `commit`), `seal`
+    /// (encryption, hashing, chaining), `network`
     /// (QUIC, TLS, the async runtime, and the store reads replication makes
     /// on the runtime's blocking pool), `other` (the bench itself).
     pub shares: BTreeMap<String, f64>,
@@ -132,7 +136,7 @@ mod tests {
     fn roles_come_from_thread_names() {
         assert_eq!(role("herald-pool-0"), "signatures");
         assert_eq!(role("herald-commit-b"), "commit");
-        assert_eq!(role("herald-checkpoi"), "checkpoint");
+        assert_eq!(role("herald-checkpoi"), "wal-checkpoint");
         assert_eq!(role("herald-seal-ben"), "seal");
         assert_eq!(role("tokio-runtime-w"), "network");
         assert_eq!(role("tokio-rt-worker"), "network");

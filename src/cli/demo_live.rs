@@ -486,7 +486,10 @@ async fn drive(
 /// certificate (and the channel key, to read it): a C2SP tlog-proof with
 /// the event, its inclusion path, the cosigned checkpoint and the author's
 /// certificate, checked offline, with the two other nodes as witnesses.
-fn prove_a_donation(live: &Path, configs: &BTreeMap<&'static str, PathBuf>) -> Result<bool, CliError> {
+fn prove_a_donation(
+    live: &Path,
+    configs: &BTreeMap<&'static str, PathBuf>,
+) -> Result<bool, CliError> {
     use crate::audit::proof::{ProofOptions, ProofTarget, prove_inclusion, verify_inclusion_proof};
     println!("   -- prove one donation to an auditor who holds the CA certificate, not the log");
     let config = NodeConfig::load(&configs["fundraising"])?;
