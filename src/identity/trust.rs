@@ -282,6 +282,8 @@ impl TrustAnchor {
             });
         }
         verify_signature(&cert, &self.ca_key)?;
+        // After the specific checks above, so their errors stay specific.
+        check_cert_frame(cert_der).map_err(malformed)?;
         let public_key = subject_ed25519_key(&cert)?;
         verifying_key(&public_key)?;
         check_critical_extensions(&cert)?;
@@ -418,6 +420,58 @@ impl AuthorAdmission for TrustAnchor {
     }
 }
 
+/// The Ed25519 `AlgorithmIdentifier` (RFC 8410) in DER.
+const ED25519_ALGORITHM_DER: [u8; 7] = [0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70];
+/// DER head of the certificate's signature: a BIT STRING of 65 bytes, the
+/// first (unused bits) zero, then the 64-byte Ed25519 signature.
+const ED25519_SIGNATURE_HEAD: [u8; 3] = [0x03, 0x41, 0x00];
+
+/// Checks the bytes of a certificate that the CA's signature does not cover
+/// (everything around the signed TBS) against their one DER form. The X.509
+/// parser is lenient there (it takes a primitive-tagged SEQUENCE, 0x10, for
+/// one); herald admits only certificates in the one form, so bytes that
+/// carry a certificate (a genesis event, a proof) cannot be reshaped.
+pub(crate) fn check_cert_frame(der: &[u8]) -> Result<(), String> {
+    let (body, rest) = der_sequence(der).ok_or("the certificate is not one DER SEQUENCE")?;
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after the certificate", rest.len()));
+    }
+    let (_, after_tbs) = der_sequence(body).ok_or("the to-be-signed part is not a DER SEQUENCE")?;
+    let signature = after_tbs
+        .strip_prefix(&ED25519_ALGORITHM_DER[..])
+        .ok_or("the signature algorithm is not Ed25519 in its DER form")?;
+    match signature.strip_prefix(&ED25519_SIGNATURE_HEAD[..]) {
+        Some(sig) if sig.len() == 64 => Ok(()),
+        _ => Err("the signature is not a 64-byte Ed25519 signature in its DER form".into()),
+    }
+}
+
+/// Splits a DER SEQUENCE (tag 0x30, minimal definite length of at most two
+/// bytes) into its contents and what follows it.
+fn der_sequence(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        0..=0x7f => (usize::from(first), rest),
+        0x81 => match rest.split_first()? {
+            (&l, rest) if l >= 0x80 => (usize::from(l), rest),
+            _ => return None,
+        },
+        0x82 => {
+            let l = usize::from(*rest.first()?) << 8 | usize::from(*rest.get(1)?);
+            if l < 0x100 {
+                return None;
+            }
+            (l, &rest[2..])
+        }
+        _ => return None,
+    };
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,6 +500,23 @@ mod tests {
 
     fn cert(dir: &Path, name: &str) -> Vec<u8> {
         read_cert_pem(&dir.join(format!("{name}.crt"))).unwrap()
+    }
+
+    #[test]
+    fn a_certificate_outside_its_one_der_form_is_refused() {
+        let c = cluster();
+        let trust = anchor(&c.dir);
+        let der = cert(&c.dir, "a");
+        // The X.509 parser takes a primitive-tagged SEQUENCE (0x10) for the
+        // outer frame, which the CA's signature does not cover.
+        let mut reshaped = der.clone();
+        reshaped[0] = 0x10;
+        let err = trust.admit_author("a", &reshaped).unwrap_err();
+        assert!(matches!(err, CertError::Malformed { .. }), "{err}");
+        let mut trailing = der.clone();
+        trailing.push(0);
+        assert!(trust.admit_author("a", &trailing).is_err());
+        assert!(trust.admit_author("a", &der).is_ok());
     }
 
     #[test]
