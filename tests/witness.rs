@@ -87,6 +87,17 @@ async fn every_node_cosigns_the_checkpoints_of_the_feeds_it_verified() {
             .await;
         }
     }
+    // `herald status` shows the same: every feed's checkpoint and its
+    // two witnesses.
+    for node in &nodes {
+        let status = node.status().await;
+        assert_eq!(status.checkpoints.len(), 3, "{}", node.service());
+        for c in &status.checkpoints {
+            assert_eq!(c.size, 6);
+            assert_eq!(c.cosigners.len(), 2, "{}: {c:?}", node.service());
+            assert!(!c.cosigners.contains(&c.feed), "the author is no witness");
+        }
+    }
     for node in nodes {
         node.shutdown().await;
     }

@@ -11,7 +11,7 @@ use super::{CliError, EXIT_OK};
 use crate::audit::verify::format_timestamp;
 use crate::config::NodeConfig;
 use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
-use crate::node::{NodeStatus, PeerState};
+use crate::node::{CheckpointStatus, NodeStatus, PeerState};
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
@@ -107,6 +107,13 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
             }
         })
         .collect();
+    let (trust, _) = config.load_identity(crate::clock::now_us())?;
+    let cluster = crate::core::checkpoint::cluster_id(&trust.ca_public_key());
+    let stored: Vec<std::sync::Arc<crate::store::StoredCheckpoint>> =
+        crate::store::read_checkpoints(&conn)?
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect();
     Ok(NodeStatus {
         service: config.service.clone(),
         running: false,
@@ -115,6 +122,7 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
         healthy: true,
         problems: Vec::new(),
         recovering: false,
+        checkpoints: CheckpointStatus::from_stored(&cluster, &stored),
     })
 }
 
@@ -168,6 +176,23 @@ fn print_status(s: &NodeStatus) {
             f.seq,
             hex::encode(f.hash),
             f.status
+        );
+    }
+    println!(
+        "{:<16} {:>10} {:<18} COSIGNED BY",
+        "CHECKPOINT", "SIZE", "ROOT"
+    );
+    for c in &s.checkpoints {
+        println!(
+            "{:<16} {:>10} {:<18} {}",
+            c.feed,
+            c.size,
+            c.root.get(..16).unwrap_or(&c.root),
+            if c.cosigners.is_empty() {
+                "-".to_string()
+            } else {
+                c.cosigners.join(", ")
+            }
         );
     }
 }

@@ -107,6 +107,44 @@ pub struct NodeStatus {
     /// proclaim yet.
     #[serde(default)]
     pub recovering: bool,
+    /// Each feed's latest checkpoint this node holds and who cosigned it.
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointStatus>,
+}
+
+/// A feed's latest checkpoint as `herald status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointStatus {
+    pub feed: String,
+    /// Events the checkpoint covers.
+    pub size: u64,
+    /// Its root, hex.
+    pub root: String,
+    /// Other nodes whose cosignatures it carries (checked when merged).
+    pub cosigners: Vec<String>,
+}
+
+impl CheckpointStatus {
+    /// The status of every checkpoint `log` holds.
+    pub fn of(log: &Log) -> Vec<CheckpointStatus> {
+        CheckpointStatus::from_stored(log.cluster(), &log.latest_checkpoints())
+    }
+
+    /// The status of stored checkpoints of cluster `cluster`.
+    pub fn from_stored(
+        cluster: &str,
+        stored: &[Arc<crate::store::StoredCheckpoint>],
+    ) -> Vec<CheckpointStatus> {
+        stored
+            .iter()
+            .map(|c| CheckpointStatus {
+                feed: c.feed.clone(),
+                size: c.size,
+                root: hex::encode(c.root),
+                cosigners: c.cosigners(cluster),
+            })
+            .collect()
+    }
 }
 
 fn default_true() -> bool {
@@ -496,6 +534,7 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
         healthy: health.is_healthy(),
         problems: health.problems(),
         recovering: inner.log.is_recovering(),
+        checkpoints: CheckpointStatus::of(&inner.log),
     }
 }
 
