@@ -93,10 +93,15 @@ pub struct ExportedFeed {
 impl ExportEndBody {
     /// The message the exporter signs.
     pub fn signing_message(&self) -> Vec<u8> {
-        let mut msg = crypto::EXPORT_END_TAG.to_vec();
-        msg.extend_from_slice(&postcard::to_stdvec(self).unwrap_or_default());
-        msg
+        tagged_message(crypto::EXPORT_END_TAG, self)
     }
+}
+
+/// `tag ‖ postcard(body)`: what an exporter signs for an end record.
+fn tagged_message(tag: &[u8], body: &impl Serialize) -> Vec<u8> {
+    let mut msg = tag.to_vec();
+    msg.extend_from_slice(&postcard::to_stdvec(body).unwrap_or_default());
+    msg
 }
 
 /// Which export format a file is in (from its magic).
@@ -205,9 +210,7 @@ pub struct ExportEndBodyV2 {
 impl ExportEndBodyV2 {
     /// The message the exporter signs.
     pub fn signing_message(&self) -> Vec<u8> {
-        let mut msg = crypto::EXPORT_END_V2_TAG.to_vec();
-        msg.extend_from_slice(&postcard::to_stdvec(self).unwrap_or_default());
-        msg
+        tagged_message(crypto::EXPORT_END_V2_TAG, self)
     }
 }
 
