@@ -86,6 +86,8 @@ fn a_small_bench_run_reports_every_section_as_json() {
     assert_eq!(number(&report, "prove.feed_size"), 3001.0);
     assert_eq!(number(&report, "prove.proofs"), 3001.0);
     assert!(number(&report, "prove.proofs_per_s") > 0.0);
+    assert!(number(&report, "prove.proofs_per_s_one_thread") > 0.0);
+    assert!(number(&report, "prove.threads") >= 1.0);
     assert_eq!(number(&report, "prove.log2_bound"), 12.0);
     assert!(
         number(&report, "prove.max_proof_hashes") <= 12.0,

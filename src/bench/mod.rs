@@ -105,9 +105,12 @@ pub struct Prove {
     /// Leaves of the proved feed's tree.
     pub feed_size: u64,
     pub proofs: u64,
-    /// Proofs generated per second on one thread (reading tiles through
-    /// SQLite and hashing).
+    /// Proofs generated per second on every core (`threads`, one read
+    /// connection each), reading tiles through SQLite and hashing.
     pub proofs_per_s: f64,
+    pub threads: usize,
+    /// The same on one thread.
+    pub proofs_per_s_one_thread: f64,
     /// The longest proof generated, in hashes, and ⌈log2 feed_size⌉.
     pub max_proof_hashes: usize,
     pub log2_bound: usize,
@@ -420,24 +423,58 @@ fn bench_prove(setup: &Setup) -> Result<Prove, BenchError> {
     use crate::core::merkle;
     use crate::store::tree::TileReader;
     let failed = |what: String| BenchError::Setup(what);
-    let conn = crate::store::open_read_only(&setup.dir.join("data"))?;
+    let data = setup.dir.join("data");
+    let conn = crate::store::open_read_only(&data)?;
     let checkpoint = crate::store::read_checkpoint(&conn, "bench")?
         .ok_or_else(|| failed("the bench feed has no checkpoint".into()))?;
     let size = checkpoint.size;
     let proofs = BENCH_PROOFS_MAX.min(size);
     // A fixed pseudo-random walk over the leaves (no OS randomness needed).
     let index = |i: u64| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % size;
-    let mut reader;
-    let mut generated = Vec::with_capacity(proofs as usize);
+    // Proofs `from..to` of the walk on one read connection, each with a
+    // fresh reader: no tile is cached from one proof to the next.
+    let prove_range = |conn: &rusqlite::Connection, from: u64, to: u64| {
+        (from..to)
+            .map(|i| {
+                merkle::inclusion_proof(&mut TileReader::new(conn, "bench"), index(i), size)
+                    .map_err(|e| failed(format!("inclusion proof: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
     let start = Instant::now();
-    for i in 0..proofs {
-        // A fresh reader per proof: no tile is cached from one proof to the next.
-        reader = TileReader::new(&conn, "bench");
-        let proof = merkle::inclusion_proof(&mut reader, index(i), size)
-            .map_err(|e| failed(format!("inclusion proof: {e}")))?;
-        generated.push(proof);
+    let generated = prove_range(&conn, 0, proofs)?;
+    let one_thread = start.elapsed();
+    // The same proofs again on every core, one read connection each, as a
+    // node serving proofs would.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let connections = (0..threads)
+        .map(|_| crate::store::open_read_only(&data))
+        .collect::<Result<Vec<_>, _>>()?;
+    let start = Instant::now();
+    let per_thread = proofs.div_ceil(threads);
+    let parallel: Vec<Result<Vec<Vec<_>>, BenchError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = connections
+            .into_iter()
+            .enumerate()
+            .map(|(t, conn)| {
+                let from = (t as u64 * per_thread).min(proofs);
+                let to = (from + per_thread).min(proofs);
+                scope.spawn(move || prove_range(&conn, from, to))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(failed("a proof thread panicked".into())))
+            })
+            .collect()
+    });
+    let all_cores = start.elapsed();
+    let parallel: Vec<Vec<_>> = parallel.into_iter().collect::<Result<Vec<_>, _>>()?;
+    if parallel.concat() != generated {
+        return Err(failed("proofs made on several threads differ".into()));
     }
-    let elapsed = start.elapsed();
     let mut reader = TileReader::new(&conn, "bench");
     let mut max_proof_hashes = 0;
     for (i, proof) in generated.iter().enumerate() {
@@ -450,7 +487,9 @@ fn bench_prove(setup: &Setup) -> Result<Prove, BenchError> {
     Ok(Prove {
         feed_size: size,
         proofs,
-        proofs_per_s: rate(proofs as usize, elapsed),
+        proofs_per_s: rate(proofs as usize, all_cores),
+        threads: threads as usize,
+        proofs_per_s_one_thread: rate(proofs as usize, one_thread),
         max_proof_hashes,
         log2_bound: (64 - (size.max(1) - 1).leading_zeros()) as usize,
     })

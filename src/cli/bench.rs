@@ -102,9 +102,11 @@ fn print_table(r: &BenchReport) {
         "offline verify (export)", r.verify.events_per_s, r.verify.fraction_of_batch_verify_ceiling
     );
     println!(
-        "{:<34} {:>12.0}/s   (feed of {} events, {} proofs, at most {} hashes, ⌈log2 n⌉ = {})",
+        "{:<34} {:>12.0}/s   ({} threads; {:.0}/s on one; feed of {} events, {} proofs, at most {} hashes, ⌈log2 n⌉ = {})",
         "inclusion proofs (from tiles)",
         r.prove.proofs_per_s,
+        r.prove.threads,
+        r.prove.proofs_per_s_one_thread,
         r.prove.feed_size,
         r.prove.proofs,
         r.prove.max_proof_hashes,

@@ -154,16 +154,24 @@ fn entries_at(size: u64, level: u32) -> u64 {
     size.checked_shr(TILE_HEIGHT * level).unwrap_or(0)
 }
 
-/// Root of a perfect subtree given its 2^k lowest nodes, left to right.
+/// Root of a perfect subtree given its 2^k lowest nodes (at most one
+/// tile's worth), left to right. Hashes in place: proofs call it for every
+/// node they read.
 fn perfect_root(nodes: &[Hash]) -> Hash {
-    let mut row: Vec<Hash> = nodes.to_vec();
-    while row.len() > 1 {
-        row = row
-            .chunks(2)
-            .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
-            .collect();
+    let mut row = [[0u8; 32]; TILE_WIDTH];
+    let mut len = nodes.len().min(TILE_WIDTH);
+    row[..len].copy_from_slice(&nodes[..len]);
+    while len > 1 {
+        for i in 0..len / 2 {
+            row[i] = merkle::node_hash(&row[2 * i], &row[2 * i + 1]);
+        }
+        len /= 2;
     }
-    row.first().copied().unwrap_or_else(merkle::empty_root)
+    if nodes.is_empty() {
+        merkle::empty_root()
+    } else {
+        row[0]
+    }
 }
 
 fn damaged(feed: &str, level: u32, idx: u64, expected: usize, found: usize) -> LogError {
@@ -172,16 +180,25 @@ fn damaged(feed: &str, level: u32, idx: u64, expected: usize, found: usize) -> L
     ))
 }
 
+const READ_TILE_SQL: &str =
+    "SELECT hashes FROM tree_tiles WHERE feed = ?1 AND level = ?2 AND idx = ?3";
+
 fn read_tile(
     conn: &Connection,
     feed: &str,
     level: u32,
     idx: u64,
 ) -> Result<Option<Vec<Hash>>, LogError> {
-    let blob: Option<Vec<u8>> = conn
-        .prepare_cached(
-            "SELECT hashes FROM tree_tiles WHERE feed = ?1 AND level = ?2 AND idx = ?3",
-        )?
+    read_tile_with(&mut *conn.prepare_cached(READ_TILE_SQL)?, feed, level, idx)
+}
+
+fn read_tile_with(
+    statement: &mut rusqlite::Statement<'_>,
+    feed: &str,
+    level: u32,
+    idx: u64,
+) -> Result<Option<Vec<Hash>>, LogError> {
+    let blob: Option<Vec<u8>> = statement
         .query_row(params![feed, level, idx as i64], |row| row.get(0))
         .optional()?;
     let Some(blob) = blob else { return Ok(None) };
@@ -223,6 +240,8 @@ pub struct TileReader<'a> {
     conn: &'a Connection,
     feed: &'a str,
     tiles: HashMap<(u32, u64), Vec<Hash>>,
+    /// The tile query, prepared on first use and kept for the proof.
+    statement: Option<rusqlite::CachedStatement<'a>>,
 }
 
 impl<'a> TileReader<'a> {
@@ -231,7 +250,18 @@ impl<'a> TileReader<'a> {
             conn,
             feed,
             tiles: HashMap::new(),
+            statement: None,
         }
+    }
+
+    fn read(&mut self, level: u32, idx: u64) -> Result<Vec<Hash>, LogError> {
+        let statement = match self.statement.as_mut() {
+            Some(statement) => statement,
+            None => self
+                .statement
+                .insert(self.conn.prepare_cached(READ_TILE_SQL)?),
+        };
+        Ok(read_tile_with(statement, self.feed, level, idx)?.unwrap_or_default())
     }
 }
 
@@ -246,7 +276,7 @@ impl NodeSource for TileReader<'_> {
         let idx = first / TILE_WIDTH as u64;
         let offset = (first % TILE_WIDTH as u64) as usize;
         if !self.tiles.contains_key(&(level, idx)) {
-            let tile = read_tile(self.conn, self.feed, level, idx)?.unwrap_or_default();
+            let tile = self.read(level, idx)?;
             self.tiles.insert((level, idx), tile);
         }
         let tile = &self.tiles[&(level, idx)];
