@@ -83,6 +83,12 @@ fn a_small_bench_run_reports_every_section_as_json() {
     assert_eq!(number(&report, "verify.events"), 3001.0);
     // Proofs come from the proclaim run's feed (genesis + 3000 events); each
     // was verified against the checkpoint, and none is longer than ⌈log2 n⌉.
+    // The storage ceiling stores rows of the run's envelope size.
+    assert!(number(&report, "ceiling.storage_per_s") > 0.0);
+    assert!(number(&report, "ceiling.storage_row_bytes") > 256.0);
+    let storage_fraction = number(&report, "proclaim.fraction_of_storage_ceiling");
+    let expected = proclaimed / number(&report, "ceiling.storage_per_s");
+    assert!((storage_fraction - expected).abs() < 1e-9, "{report}");
     assert_eq!(number(&report, "prove.feed_size"), 3001.0);
     assert_eq!(number(&report, "prove.proofs"), 3001.0);
     assert!(number(&report, "prove.proofs_per_s") > 0.0);

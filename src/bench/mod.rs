@@ -80,6 +80,13 @@ pub struct Ceiling {
     pub batch_verify_per_s: f64,
     /// Single (non-batch) verifications per second on all cores.
     pub single_verify_per_s: f64,
+    /// Storage: rows of `storage_row_bytes` (the proclaim run's average
+    /// stored envelope) inserted into one plain SQLite table (WAL,
+    /// `synchronous=FULL`) per second, `BENCH_BATCH_EVENTS` rows per commit
+    /// and fsync. Once events need no signature of their own, this is the
+    /// ceiling of durable proclaim.
+    pub storage_per_s: f64,
+    pub storage_row_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -93,6 +100,8 @@ pub struct Proclaim {
     pub latency_us_p999: u64,
     /// events_per_s / sign_per_s.
     pub fraction_of_sign_ceiling: f64,
+    /// events_per_s / storage_per_s.
+    pub fraction_of_storage_ceiling: f64,
     pub bytes_on_disk_per_event: f64,
     /// Where the run's CPU time went, by thread role.
     pub cpu: cpu::CpuSplit,
@@ -140,6 +149,8 @@ pub enum BenchError {
     Audit(#[from] crate::audit::verify::AuditError),
     #[error(transparent)]
     Draft(#[from] crate::core::verify::DraftError),
+    #[error("storage ceiling: sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
 }
 
 /// Runs every benchmark in a scratch directory under `work_dir`.
@@ -159,6 +170,8 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
     let proclaim = bench_proclaim(options, &setup)?;
     let verify = bench_verify(&setup, work_dir, options.progress)?;
     let prove = bench_prove(&setup)?;
+    let storage_row_bytes = average_envelope_bytes(&setup)?;
+    let storage_per_s = measure_storage_ceiling(work_dir, storage_row_bytes)?;
     let cluster_run = if options.cluster_events > 0 {
         Some(cluster::run_cluster(
             work_dir,
@@ -181,9 +194,12 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
         sign_per_s: before.sign_per_s.max(after.sign_per_s),
         batch_verify_per_s: before.batch_verify_per_s.max(after.batch_verify_per_s),
         single_verify_per_s: before.single_verify_per_s.max(after.single_verify_per_s),
+        storage_per_s,
+        storage_row_bytes,
     };
     let proclaim = Proclaim {
         fraction_of_sign_ceiling: proclaim.events_per_s / ceiling.sign_per_s,
+        fraction_of_storage_ceiling: proclaim.events_per_s / ceiling.storage_per_s.max(1.0),
         ..proclaim
     };
     let verify = OfflineVerify {
@@ -267,7 +283,59 @@ pub fn measure_ceiling() -> Ceiling {
         sign_per_s,
         batch_verify_per_s,
         single_verify_per_s,
+        storage_per_s: 0.0,
+        storage_row_bytes: 0,
     }
+}
+
+/// Rows the storage ceiling inserts.
+pub const STORAGE_CEILING_ROWS: usize = 100_000;
+
+/// The storage ceiling (see [`Ceiling::storage_per_s`]), in a scratch
+/// database under `work_dir`.
+fn measure_storage_ceiling(work_dir: &Path, row_bytes: usize) -> Result<f64, BenchError> {
+    let path = work_dir.join("storage-ceiling.db");
+    let _ = std::fs::remove_file(&path);
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute_batch("CREATE TABLE rows (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")?;
+    let row = vec![0x5au8; row_bytes];
+    let start = Instant::now();
+    let mut conn = conn;
+    for batch in 0..STORAGE_CEILING_ROWS.div_ceil(BENCH_BATCH_EVENTS) {
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached("INSERT INTO rows (k, v) VALUES (?1, ?2)")?;
+            for i in 0..BENCH_BATCH_EVENTS {
+                insert.execute(rusqlite::params![
+                    (batch * BENCH_BATCH_EVENTS + i) as i64,
+                    row
+                ])?;
+            }
+        }
+        tx.commit()?;
+    }
+    let elapsed = start.elapsed();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(work_dir.join(format!("storage-ceiling.db{suffix}")));
+    }
+    Ok(rate(
+        STORAGE_CEILING_ROWS.div_ceil(BENCH_BATCH_EVENTS) * BENCH_BATCH_EVENTS,
+        elapsed,
+    ))
+}
+
+/// The average stored envelope of the proclaim run's feed.
+fn average_envelope_bytes(setup: &Setup) -> Result<usize, BenchError> {
+    let conn = crate::store::open_read_only(&setup.dir.join("data"))?;
+    let average: f64 = conn.query_row(
+        "SELECT COALESCE(AVG(LENGTH(envelope)), 0) FROM events WHERE seq > 0",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(average.round() as usize)
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -376,6 +444,7 @@ fn bench_proclaim(options: &BenchOptions, setup: &Setup) -> Result<Proclaim, Ben
         latency_us_p99: percentile(&latencies_us, 0.99),
         latency_us_p999: percentile(&latencies_us, 0.999),
         fraction_of_sign_ceiling: 0.0, // filled in against the final ceiling
+        fraction_of_storage_ceiling: 0.0,
         bytes_on_disk_per_event: db_bytes as f64 / options.events.max(1) as f64,
         cpu,
     })
