@@ -459,12 +459,8 @@ fn layout(line: usize, why: String) -> ProofCheckError {
 
 /// ASCII decimal without leading zeros (as tlog-checkpoint sizes).
 fn decimal(text: &str, line: usize) -> Result<u64, ProofCheckError> {
-    let ok = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && (text == "0" || !text.starts_with('0'));
-    ok.then(|| text.parse().ok())
-        .flatten()
-        .ok_or_else(|| layout(line, format!("{text:?} is not a decimal size")))
+    crate::core::note::parse_decimal(text)
+        .map_err(|_| layout(line, format!("{text:?} is not a decimal size")))
 }
 
 // ---------------------------------------------------------------------------

@@ -1237,8 +1237,9 @@ fn check_note_text(text: &str) -> Result<(), NoteError> {
 }
 
 /// Parses ASCII decimal with no sign and no leading zeros (except `0`
-/// itself). `u64::from_str` alone would accept `+5` and `007`.
-fn parse_decimal(s: &str) -> Result<u64, &'static str> {
+/// itself). `u64::from_str` alone would accept `+5` and `007`. The error
+/// says what is wrong with it.
+pub fn parse_decimal(s: &str) -> Result<u64, &'static str> {
     if s.is_empty() {
         return Err("is empty");
     }

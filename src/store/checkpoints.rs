@@ -30,7 +30,7 @@ pub const COSIGNATURES_MAX: usize = 64;
 pub struct StoredCheckpoint {
     pub feed: String,
     pub size: u64,
-    #[serde(serialize_with = "crate::store::checkpoints::hex_hash")]
+    #[serde(serialize_with = "crate::store::hex_hash")]
     pub root: Hash,
     /// The signed note: the author's signature, then every cosignature.
     pub note: String,
@@ -52,11 +52,6 @@ impl StoredCheckpoint {
             })
             .unwrap_or_default()
     }
-}
-
-/// Serialises a hash as lower-case hex (for `--json` output).
-pub(crate) fn hex_hash<S: serde::Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&hex::encode(hash))
 }
 
 /// What became of a checkpoint a peer sent.

@@ -278,7 +278,7 @@ fn hash_from_hex<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Hash, D::Erro
         .map_err(|_| serde::de::Error::custom("a hash is 32 bytes"))
 }
 
-fn hex_hash<S: serde::Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn hex_hash<S: serde::Serializer>(hash: &Hash, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&hex::encode(hash))
 }
 
