@@ -179,6 +179,17 @@ pub fn open_checkpoint(
     author_key: &VerifyingKey,
 ) -> Result<VerifiedCheckpoint, CheckpointError> {
     let (note, checkpoint, feed) = claimed_feed(cluster, bytes)?;
+    verify_claimed(note, checkpoint, feed, author_key)
+}
+
+/// Checks the author's signature on what [`claimed_feed`] parsed (with
+/// `author_key`, the key of `feed`'s genesis certificate).
+pub fn verify_claimed(
+    note: Note,
+    checkpoint: Checkpoint,
+    feed: String,
+    author_key: &VerifyingKey,
+) -> Result<VerifiedCheckpoint, CheckpointError> {
     let signed = note
         .signatures()
         .iter()

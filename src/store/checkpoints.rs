@@ -252,8 +252,8 @@ pub(crate) fn accept(
     bytes: &[u8],
 ) -> Result<Result<CheckpointOutcome, CheckpointError>, LogError> {
     let cluster = w.signer.cluster().to_string();
-    let feed = match checkpoint::claimed_feed(&cluster, bytes) {
-        Ok((_, _, feed)) => feed,
+    let (note, claimed, feed) = match checkpoint::claimed_feed(&cluster, bytes) {
+        Ok(parsed) => parsed,
         Err(e) => return Ok(Err(e)),
     };
     let Some(head) = super::writer::read_head(tx, &feed)? else {
@@ -263,7 +263,7 @@ pub(crate) fn accept(
         Ok(v) => *v.key(),
         Err(_) => return Ok(Ok(CheckpointOutcome::UnknownFeed)),
     };
-    let verified = match checkpoint::open_checkpoint(&cluster, bytes, &author_key) {
+    let verified = match checkpoint::verify_claimed(note, claimed, feed.clone(), &author_key) {
         Ok(v) => v,
         Err(e) => return Ok(Err(e)),
     };
