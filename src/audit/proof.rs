@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::cert::{AuthorCert, CertError};
 use crate::core::checkpoint::{self, CheckpointError, VerifiedCheckpoint};
 use crate::core::codec::DecodeError;
-use crate::core::crypto::{self, ChannelKey, Hash};
+use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::event::Encryption;
 use crate::core::limits::CERT_BYTES_MAX;
 use crate::core::merkle::{self, ProofError};
@@ -37,7 +37,9 @@ use crate::core::note::{
     NOTE_BYTES_MAX, NoteError, PROOF_BYTES_MAX, PROOF_EXTRA_BYTES_MAX, PROOF_HASHES_MAX,
     PROOF_HEADER, ProofText,
 };
-use crate::core::verify::{DecodedEvent, decrypt_payload, signature_valid};
+use crate::core::verify::{
+    DecodedEvent, check_cert_window, check_payload, decrypt_payload, signature_valid,
+};
 use crate::identity::{CertRole, TrustAnchor};
 use crate::store::tree::TileReader;
 
@@ -802,12 +804,14 @@ fn check_event(
     if !signature_valid(key, event.hash(), &signature) {
         return Err(ProofCheckError::EventSignature { feed, seq });
     }
+    // The feed verifier's own rules for the payload commitment and the
+    // certificate's validity at the event's time.
     if let Some(payload) = event.payload()
-        && (payload.len() != h.payload.len as usize || crypto::sha256(&[payload]) != h.payload.hash)
+        && check_payload(h, payload).is_err()
     {
         return Err(ProofCheckError::PayloadHash { feed, seq });
     }
-    if h.timestamp_us < cert.not_before_us || h.timestamp_us > cert.not_after_us {
+    if check_cert_window(cert, h).is_err() {
         return Err(ProofCheckError::CertificateValidity { feed, seq });
     }
     Ok(())

@@ -20,12 +20,12 @@ mod sealer;
 mod signatures;
 mod verifier;
 
-pub use payload::{DecryptError, decrypt_payload, open_payload};
+pub use payload::{DecryptError, check_payload, decrypt_payload, open_payload};
 pub use sealer::{ChainedBatch, Draft, DraftError, Entropy, Sealer, SealerMark};
 pub use signatures::{
     SignatureVerdict, batch_signatures_valid, check_event_signatures, signature_valid,
 };
-pub use verifier::FeedVerifier;
+pub use verifier::{FeedVerifier, check_cert_window};
 
 use std::fmt;
 

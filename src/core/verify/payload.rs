@@ -8,7 +8,7 @@ use super::{Check, Rejection, VerifiedEvent, hx};
 use crate::core::crypto::{self, ChannelKey};
 use crate::core::event::*;
 
-pub(super) fn check_payload(h: &EventHeader, payload: &[u8]) -> Result<(), Rejection> {
+pub fn check_payload(h: &EventHeader, payload: &[u8]) -> Result<(), Rejection> {
     if payload.len() != h.payload.len as usize {
         return Err(Rejection::new(
             h.seq,

@@ -312,7 +312,7 @@ impl FeedVerifier {
     }
 }
 
-fn check_cert_window(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejection> {
+pub fn check_cert_window(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejection> {
     if h.timestamp_us < cert.not_before_us || h.timestamp_us > cert.not_after_us {
         return Err(Rejection::new(
             h.seq,
