@@ -188,7 +188,7 @@ fn signed_items(n: usize) -> Vec<(VerifyingKey, Hash, Signature)> {
         .skip(1)
         .map(|e| {
             let decoded = DecodedEvent::decode(e.into_bytes()).expect("decodes");
-            let sig = Signature::from_bytes(decoded.signature_bytes());
+            let sig = Signature::from_bytes(decoded.signature_bytes().expect("a format-1 event"));
             (key, *decoded.hash(), sig)
         })
         .collect()

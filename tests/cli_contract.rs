@@ -405,7 +405,7 @@ fn event_time_checks_name_rfc3339_times() {
         (now + 400 * day, Check::CertificateValidity),
     ] {
         let decoded_genesis = DecodedEvent::decode(genesis.bytes().to_vec()).unwrap();
-        let (mut verifier, _) = FeedVerifier::genesis(&*trust, decoded_genesis).unwrap();
+        let (mut verifier, _) = FeedVerifier::genesis(&*trust, decoded_genesis, None).unwrap();
         let event = seal_at(at);
         let verdict = verifier.check_signature(&event);
         let rejection = verifier.check_next(&event, verdict).unwrap_err();

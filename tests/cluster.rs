@@ -577,7 +577,7 @@ async fn a_misbehaving_peer_is_cut_off_and_the_rest_carries_on() {
 
     // (a) A forged signature on event 1.
     let (mut envelope, _) = codec::decode_envelope(feed.events[0].bytes()).expect("decode");
-    envelope.signature[10] ^= 0x01;
+    envelope.signature.as_mut().expect("a format-1 event")[10] ^= 0x01;
     let forged = codec::encode_envelope(&envelope);
     m.send(&events_frame(&[&forged])).await;
     assert_eq!(
@@ -599,7 +599,7 @@ async fn a_misbehaving_peer_is_cut_off_and_the_rest_carries_on() {
     let signature = feed.key.sign(&codec::signing_message(&hash)).to_bytes();
     let wrong_prev = codec::encode_envelope(&Envelope {
         header: header_bytes,
-        signature,
+        signature: Some(signature),
         payload: envelope.payload,
     });
     let mut m = Attack::open(&net, "mallory", "node-a").await;

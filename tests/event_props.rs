@@ -7,7 +7,8 @@ use common::Cluster;
 use ed25519_dalek::Signer;
 use herald::core::codec::{self, DecodeError};
 use herald::core::crypto::ChannelKey;
-use herald::core::event::{Encryption, EventHeader, PayloadDescriptor, SignatureScope};
+use herald::core::event::{Encryption, Envelope, EventHeader, PayloadDescriptor, SignatureScope};
+use herald::core::limits::{FORMAT_VERSION_SEALED, FORMAT_VERSION_SIGNED};
 use herald::core::verify::{
     Check, DecodedEvent, Draft, Entropy, FeedVerifier, Sealer, VerifiedEvent,
     batch_signatures_valid, check_event_signatures, open_payload,
@@ -81,7 +82,7 @@ fn fixture() -> Fixture {
 
 fn verifier(f: &Fixture) -> FeedVerifier {
     let genesis = DecodedEvent::decode(f.genesis.bytes().to_vec()).unwrap();
-    FeedVerifier::genesis(&f.trust, genesis).unwrap().0
+    FeedVerifier::genesis(&f.trust, genesis, None).unwrap().0
 }
 
 /// Verifies `bytes` as the event after genesis; `Err` names the failed check.
@@ -179,7 +180,7 @@ fn ciphertext_moved_to_another_event_does_not_decrypt() {
         .to_bytes();
     let moved = codec::encode_envelope(&herald::core::event::Envelope {
         header,
-        signature,
+        signature: Some(signature),
         payload: Some(payload),
     });
     let _ = env2;
@@ -240,10 +241,10 @@ fn trailing_bytes_and_unknown_versions_are_refused() {
     ));
     let (_, header) = codec::decode_envelope(f.events[0].bytes()).unwrap();
     let mut header_bytes = codec::encode_header(&header);
-    header_bytes[0] = 2;
+    header_bytes[0] = 3;
     assert_eq!(
         codec::decode_header(&header_bytes).err(),
-        Some(DecodeError::Version { found: 2 })
+        Some(DecodeError::Version { found: 3 })
     );
     let oversized = vec![0u8; herald::core::limits::ENVELOPE_BYTES_MAX + 1];
     assert!(matches!(
@@ -267,6 +268,7 @@ fn arb_header() -> impl Strategy<Value = EventHeader> {
             any::<[u8; 24]>(),
             any::<[u8; 32]>(),
             0u32..1_000_000,
+            any::<bool>(),
         ),
     )
         .prop_map(
@@ -279,12 +281,17 @@ fn arb_header() -> impl Strategy<Value = EventHeader> {
                 event_type,
                 schema,
                 meta,
-                (key_id, nonce, hash, len),
+                (key_id, nonce, hash, len, sealed),
             )| {
                 id[6] = 0x70 | (id[6] & 0x0f); // UUID version 7
                 id[8] = 0x80 | (id[8] & 0x3f); // RFC 9562 variant
+                let (version, signature_scope) = if sealed {
+                    (FORMAT_VERSION_SEALED, SignatureScope::Checkpoint)
+                } else {
+                    (FORMAT_VERSION_SIGNED, SignatureScope::Event)
+                };
                 EventHeader {
-                    version: herald::core::limits::FORMAT_VERSION,
+                    version,
                     id,
                     author,
                     seq,
@@ -298,7 +305,7 @@ fn arb_header() -> impl Strategy<Value = EventHeader> {
                         hash,
                         len,
                     },
-                    signature_scope: SignatureScope::Event,
+                    signature_scope,
                 }
             },
         )
@@ -311,6 +318,40 @@ proptest! {
         let decoded = codec::decode_header(&bytes).unwrap();
         prop_assert_eq!(&decoded, &header);
         prop_assert_eq!(codec::encode_header(&decoded), bytes);
+    }
+
+    #[test]
+    fn envelopes_of_both_formats_round_trip_and_a_mismatched_form_is_refused(
+        header in arb_header(),
+        payload in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let sealed = header.version == FORMAT_VERSION_SEALED;
+        let header_bytes = codec::encode_header(&header);
+        let envelope = |signature: Option<[u8; 64]>| Envelope {
+            header: header_bytes.clone(),
+            signature,
+            payload: Some(payload.clone()),
+        };
+        let (right, wrong) = if sealed {
+            (envelope(None), envelope(Some([7; 64])))
+        } else {
+            (envelope(Some([7; 64])), envelope(None))
+        };
+        let bytes = codec::encode_envelope(&right);
+        prop_assert_eq!(codec::is_sealed_envelope(&bytes), sealed);
+        // Payload length and hash are not checked by the codec (the
+        // verifier checks them against the header).
+        let (decoded, decoded_header) = codec::decode_envelope(&bytes).unwrap();
+        prop_assert_eq!(&decoded, &right);
+        prop_assert_eq!(&decoded_header, &header);
+        let mismatched = codec::decode_envelope(&codec::encode_envelope(&wrong));
+        prop_assert!(
+            matches!(mismatched, Err(DecodeError::Field { field: "envelope", .. })),
+            "{:?}", mismatched
+        );
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        prop_assert!(codec::decode_envelope(&trailing).is_err());
     }
 
     #[test]
@@ -387,7 +428,7 @@ fn a_verdict_under_another_feeds_key_does_not_admit_a_forgery() {
     );
     let genesis = |e: &VerifiedEvent| DecodedEvent::decode(e.bytes().to_vec()).unwrap();
     let (mut billing_verifier, _) =
-        FeedVerifier::genesis(&trust, genesis(&billing_genesis)).unwrap();
+        FeedVerifier::genesis(&trust, genesis(&billing_genesis), None).unwrap();
     let (_, insider_genesis) = Sealer::genesis(
         "fundraising",
         insider.signing_key.clone(),
@@ -395,7 +436,8 @@ fn a_verdict_under_another_feeds_key_does_not_admit_a_forgery() {
         entropy(1).id,
         now,
     );
-    let (insider_verifier, _) = FeedVerifier::genesis(&trust, genesis(&insider_genesis)).unwrap();
+    let (insider_verifier, _) =
+        FeedVerifier::genesis(&trust, genesis(&insider_genesis), None).unwrap();
     // The insider writes the next event of billing's feed, signed with its
     // own key: its own verifier truthfully finds the signature valid.
     let mut forger = Sealer::resume(

@@ -128,7 +128,7 @@ fn worked_example_bytes_are_pinned() {
     assert_eq!(hex::encode(&env.header), EXPECTED_HEADER_HEX);
     assert_eq!(hex::encode(decoded.hash()), EXPECTED_HASH_HEX);
     assert_eq!(
-        hex::encode(decoded.signature_bytes()),
+        hex::encode(decoded.signature_bytes().expect("a format-1 event")),
         EXPECTED_SIGNATURE_HEX
     );
     assert_eq!(

@@ -11,7 +11,7 @@ use herald::core::query::{
     QUERY_RESULT_TAG, QueryRequest, QueryResultBody, QueryStatus, SignedQueryResult,
     result_signing_message,
 };
-use herald::core::wire::{ALPN_PEER, FeedPosition, PeerMessage};
+use herald::core::wire::{ALPN_PEER, FeedPosition, PeerMessage, Seal};
 use herald::net::{self, NetError};
 use herald::node::Node;
 use herald::node::peer::StreamOpen;
@@ -119,7 +119,7 @@ fn a_signed_query_result_is_encoded_as_documented() {
 #[test]
 fn hello_and_its_feed_positions_are_encoded_as_documented() {
     let hello = PeerMessage::Hello {
-        protocol: 2,
+        protocol: 3,
         service: "a".into(),
         heads: vec![FeedPosition {
             feed: "b".into(),
@@ -129,7 +129,7 @@ fn hello_and_its_feed_positions_are_encoded_as_documented() {
     };
     let expected = hex_of(&[
         "00",   // Hello
-        "02",   // protocol 2
+        "03",   // protocol 3
         "0161", // service "a"
         "01",   // one position
         "0162", // feed "b"
@@ -142,11 +142,38 @@ fn hello_and_its_feed_positions_are_encoded_as_documented() {
     );
 }
 
+/// PROTOCOL.md section 3: `Events` carries its envelopes and then its
+/// seals, each `end`, `note` and `proof` in that order.
+#[test]
+fn events_and_their_seals_are_encoded_as_documented() {
+    let events = PeerMessage::Events {
+        events: vec![serde_bytes::ByteBuf::from(b"e".to_vec())],
+        seals: vec![Seal {
+            end: 300,
+            note: serde_bytes::ByteBuf::from(b"n".to_vec()),
+            proof: vec![[0x44; 32]],
+        }],
+    };
+    assert_eq!(
+        hex::encode(postcard::to_stdvec(&events).expect("encode")),
+        hex::encode(hex_of(&[
+            "01",   // Events
+            "01",   // one envelope
+            "0165", // "e"
+            "01",   // one seal
+            "ac02", // end 300
+            "016e", // note "n"
+            "01",   // one proof hash
+            &"44".repeat(32),
+        ]))
+    );
+}
+
 /// PROTOCOL.md section 3: the two messages of version 2 have the indices
 /// and field order the table gives.
 #[test]
 fn checkpoint_and_equivocation_messages_are_encoded_as_documented() {
-    assert_eq!(herald::core::wire::PROTOCOL_VERSION, 2);
+    assert_eq!(herald::core::wire::PROTOCOL_VERSION, 3);
     let checkpoint = PeerMessage::Checkpoint {
         note: serde_bytes::ByteBuf::from(b"ab".to_vec()),
     };

@@ -149,7 +149,8 @@ impl Sim {
                 now_us,
             );
             let decoded = DecodedEvent::decode(genesis.bytes().to_vec()).expect("genesis decodes");
-            let (verifier, _) = FeedVerifier::genesis(&trust, decoded).expect("genesis verifies");
+            let (verifier, _) =
+                FeedVerifier::genesis(&trust, decoded, None).expect("genesis verifies");
             let mut feeds = BTreeMap::new();
             feeds.insert(
                 name.to_string(),
@@ -294,13 +295,21 @@ impl Sim {
                                 y,
                                 PeerMessage::Events {
                                     events: std::mem::take(&mut frame),
+                                    seals: Vec::new(),
                                 },
                             );
                         }
                     }
                 }
                 if !frame.is_empty() {
-                    self.send(x, y, PeerMessage::Events { events: frame });
+                    self.send(
+                        x,
+                        y,
+                        PeerMessage::Events {
+                            events: frame,
+                            seals: Vec::new(),
+                        },
+                    );
                 }
             }
         }
@@ -327,7 +336,7 @@ impl Sim {
             Ok(r) => r,
             Err(e) => panic!("honest peers never break the protocol: {e}"),
         };
-        if let Received::Events(envelopes) = received {
+        if let Received::Events(envelopes, _) = received {
             let touched = self.ingest(to, envelopes);
             let ack = Session::ack(self.nodes[to].positions(Some(&touched)));
             self.send(to, from, ack);
@@ -345,7 +354,7 @@ impl Sim {
             match store.get_mut(&feed) {
                 None if seq == 0 => {
                     let (verifier, _) =
-                        FeedVerifier::genesis(&self.trust, event).expect("genesis verifies");
+                        FeedVerifier::genesis(&self.trust, event, None).expect("genesis verifies");
                     store.insert(
                         feed,
                         StoredFeed {
@@ -503,8 +512,8 @@ impl Sim {
                     .iter()
                     .map(|(_, b)| DecodedEvent::decode(b.clone()).expect("stored bytes decode"));
                 let genesis = events.next().expect("genesis");
-                let (mut verifier, _) =
-                    FeedVerifier::genesis(&self.trust, genesis).expect("stored genesis verifies");
+                let (mut verifier, _) = FeedVerifier::genesis(&self.trust, genesis, None)
+                    .expect("stored genesis verifies");
                 let rest: Vec<DecodedEvent> = events.collect();
                 let (verified, rejection) = verifier.verify_run(rest);
                 assert!(

@@ -490,6 +490,7 @@ async fn frames_are_bounded_and_decoded_exactly() {
     let (mut send, _recv) = client.open_bi().await.unwrap();
     let huge = PeerMessage::Events {
         events: vec![serde_bytes::ByteBuf::from(vec![0u8; FRAME_BYTES_MAX])],
+        seals: vec![],
     };
     let e = write_frame(&mut send, &huge).await.unwrap_err();
     assert!(matches!(e, NetError::FrameTooLarge { .. }), "{e}");

@@ -507,7 +507,10 @@ fn event_offsets(record: &Framed) -> (usize, usize) {
     // one length byte (64 = 0x40) and the 64 bytes.
     let sig_at = header_at + header.len() + 1;
     assert_eq!(body[sig_at - 1], 64, "signature length prefix");
-    assert_eq!(&body[sig_at..sig_at + 64], decoded.signature_bytes());
+    assert_eq!(
+        &body[sig_at..sig_at + 64],
+        decoded.signature_bytes().expect("a format-1 event")
+    );
     (4 + header_at, 4 + sig_at)
 }
 
@@ -1009,7 +1012,7 @@ fn a_small_order_component_gets_one_verdict_on_events_and_end_records() {
         panic!("an event record");
     };
     let event = DecodedEvent::decode(envelope).expect("event");
-    let signature = Signature::from_bytes(event.signature_bytes());
+    let signature = Signature::from_bytes(event.signature_bytes().expect("a format-1 event"));
     let message = herald::core::codec::signing_message(event.hash());
     assert!(
         fundraising.verify(&message, &signature).is_err(),

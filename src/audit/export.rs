@@ -390,6 +390,10 @@ fn write_snapshot<W: Write>(
             conn.prepare("SELECT feed, seq, hash, envelope FROM events ORDER BY feed, seq")?;
         let mut rows = stmt.query([])?;
         let mut current: Option<ExportedFeed> = None;
+        // Format-2 events are authentic through a checkpoint: those beyond
+        // the feed's stored checkpoint (a relay received them before it)
+        // stay out of the export, which ends each feed where it can prove.
+        let mut covered = 0u64;
         while let Some(row) = rows.next()? {
             let feed: String = row.get(0)?;
             if current.as_ref().is_none_or(|c| c.feed != feed) {
@@ -397,6 +401,7 @@ fn write_snapshot<W: Write>(
                     checkpoints += write_checkpoint(conn, writer, &done, out_path)?;
                     feeds.push(done);
                 }
+                covered = crate::store::read_checkpoint(conn, &feed)?.map_or(0, |c| c.size);
                 current = Some(ExportedFeed {
                     feed: feed.clone(),
                     events: 0,
@@ -404,13 +409,18 @@ fn write_snapshot<W: Write>(
                     head_hash: [0; 32],
                 });
             }
+            let seq = row.get::<_, i64>(1)? as u64;
+            let envelope: Vec<u8> = row.get(3)?;
+            if seq >= covered && crate::core::codec::is_sealed_envelope(&envelope) {
+                continue;
+            }
             if let Some(c) = current.as_mut() {
                 c.events += 1;
-                c.head_seq = row.get::<_, i64>(1)? as u64;
+                c.head_seq = seq;
                 c.head_hash = crate::store::hash_from_blob(&row.get::<_, Vec<u8>>(2)?);
             }
             writer
-                .record(&ExportRecordV2::Event(row.get(3)?))
+                .record(&ExportRecordV2::Event(envelope))
                 .map_err(write_err)?;
         }
         if let Some(done) = current.take() {

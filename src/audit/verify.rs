@@ -226,6 +226,12 @@ struct FeedAudit {
     checkpoint: Option<FeedCheckpoint>,
     /// Valid equivocation evidence names the feed.
     equivocated: bool,
+    /// Format-2 events that passed every check but authenticity, which the
+    /// feed's checkpoint must then give: how many, the first one's sequence
+    /// number and the sequence number after the last.
+    pending: u64,
+    pending_from: Option<u64>,
+    pending_to: u64,
 }
 
 /// A checkpoint signed by the feed's author, and whether it passed the
@@ -238,6 +244,26 @@ struct FeedCheckpoint {
 }
 
 impl FeedAudit {
+    /// A format-2 event at `seq` passed every check but authenticity.
+    fn note_pending(&mut self, seq: u64) {
+        self.pending += 1;
+        self.pending_from.get_or_insert(seq);
+        self.pending_to = seq + 1;
+    }
+
+    /// Format-2 events no verified checkpoint covers: how many (at most),
+    /// and from which sequence number.
+    fn unauthenticated(&self) -> Option<(u64, u64)> {
+        let from = self.pending_from?;
+        let covered = self
+            .checkpoint
+            .as_ref()
+            .filter(|c| c.verified)
+            .map_or(0, |c| c.checkpoint.size());
+        let first = covered.max(from);
+        (first < self.pending_to).then(|| (first, (self.pending_to - first).min(self.pending)))
+    }
+
     /// An event at `seq` with `hash` became the feed's head: extends the
     /// tree when it is the next leaf, loses it when it skips one.
     fn grow_tree(&mut self, seq: u64, hash: &Hash) {
@@ -367,11 +393,21 @@ impl<'a> Auditor<'a> {
                 // The genesis was refused once; that is the feed's problem.
                 continue;
             }
-            match FeedVerifier::genesis(&self.options.trust, event) {
+            let admitted = if event.is_sealed() {
+                FeedVerifier::genesis_pending_checkpoint(&self.options.trust, &event)
+                    .map(|v| (v, event))
+            } else {
+                FeedVerifier::genesis(&self.options.trust, event, None)
+                    .map(|(v, genesis)| (v, genesis.into_decoded()))
+            };
+            match admitted {
                 Ok((verifier, genesis)) => {
                     feed.verifier = Some(verifier);
                     feed.verified += 1;
                     feed.grow_tree(0, genesis.hash());
+                    if genesis.is_sealed() {
+                        feed.note_pending(0);
+                    }
                     let ts = genesis.header().timestamp_us;
                     feed.first_ts = Some(ts);
                     feed.last_ts = Some(ts);
@@ -385,7 +421,9 @@ impl<'a> Auditor<'a> {
                 }
             }
         }
-        // Pass 2: every signature of the chunk, in batches on all cores.
+        // Pass 2: every signature of the chunk, in batches on all cores
+        // (format-2 events have none: their feed's checkpoint vouches for
+        // them once the tree over them is known).
         let verdicts =
             check_event_signatures(signer_keys.iter().zip(pending.iter().map(|(_, e)| e)));
         // Pass 3: the chain, in order.
@@ -403,10 +441,18 @@ impl<'a> Auditor<'a> {
         let Some(verifier) = feed.verifier.as_mut() else {
             return;
         };
-        match verifier.check_next(&event, verdict) {
+        let checked = if event.is_sealed() {
+            verifier.check_next_pending_checkpoint(&event)
+        } else {
+            verifier.check_next(&event, verdict)
+        };
+        match checked {
             Ok(()) => {
                 feed.grow_tree(event.header().seq, event.hash());
                 feed.verified += 1;
+                if event.is_sealed() {
+                    feed.note_pending(event.header().seq);
+                }
                 let ts = event.header().timestamp_us;
                 feed.first_ts.get_or_insert(ts);
                 feed.last_ts = Some(ts);
@@ -830,6 +876,41 @@ impl<'a> Auditor<'a> {
         cosigners
     }
 
+    /// Reports each feed's format-2 events that no verified checkpoint
+    /// covers: they passed every other check, but nothing signed vouches
+    /// for them, so they do not count as verified.
+    fn settle_pending(&mut self) {
+        let mut found = Vec::new();
+        for (feed, f) in self.feeds.iter_mut() {
+            let Some((first, count)) = f.unauthenticated() else {
+                continue;
+            };
+            f.verified = f.verified.saturating_sub(count);
+            let size = f
+                .checkpoint
+                .as_ref()
+                .filter(|c| c.verified)
+                .map(|c| c.checkpoint.size());
+            found.push((feed.clone(), first, f.pending_to, size));
+        }
+        for (feed, first, end, size) in found {
+            self.record(Problem {
+                feed: Some(feed.clone()),
+                seq: Some(first),
+                location: "end of source".into(),
+                check: Check::Signature.name(),
+                expected: format!(
+                    "a checkpoint signed by {feed}'s key whose tree includes its format-2 events up to sequence {}",
+                    end - 1
+                ),
+                found: match size {
+                    Some(size) => format!("a verified checkpoint of size {size}, which ends before sequence {first}"),
+                    None => "no verified checkpoint of the feed".into(),
+                },
+            });
+        }
+    }
+
     fn finish(
         mut self,
         source: &Path,
@@ -837,6 +918,7 @@ impl<'a> Auditor<'a> {
         format: Option<u8>,
         exporter: Option<String>,
     ) -> AuditReport {
+        self.settle_pending();
         let mut cosigners = self.settle_cosigners();
         let feeds = std::mem::take(&mut self.feeds)
             .into_iter()

@@ -24,7 +24,9 @@ pub enum DecodeError {
     TrailingBytes { what: &'static str, found: usize },
     #[error("{what} is not in canonical form")]
     NotCanonical { what: &'static str },
-    #[error("unsupported format version {found} (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "unsupported format version {found} (this build reads {FORMAT_VERSION_SIGNED} and {FORMAT_VERSION_SEALED})"
+    )]
     Version { found: u8 },
     #[error("field {field} is invalid: {reason}")]
     Field { field: &'static str, reason: String },
@@ -45,12 +47,79 @@ pub fn encode_header(header: &EventHeader) -> Vec<u8> {
     postcard::to_extend(header, Vec::with_capacity(224 + variable)).unwrap_or_default()
 }
 
-/// Encodes an envelope canonically.
+/// First byte of a format-2 (sealed) envelope. A format-1 envelope starts
+/// with its header's length as a varint, never 0, so the byte tells the
+/// formats apart.
+pub const SEALED_ENVELOPE_MARKER: u8 = 0x00;
+
+/// A format-1 envelope on the wire: header bytes, signature, payload.
+#[derive(serde::Serialize)]
+struct SignedWire<'a> {
+    #[serde(with = "serde_bytes")]
+    header: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    signature: &'a [u8; 64],
+    #[serde(with = "serde_bytes")]
+    payload: Option<&'a [u8]>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignedWireOwned {
+    #[serde(with = "serde_bytes")]
+    header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    signature: [u8; 64],
+    #[serde(with = "serde_bytes")]
+    payload: Option<Vec<u8>>,
+}
+
+/// A format-2 envelope after its marker byte: header bytes, payload.
+#[derive(serde::Serialize)]
+struct SealedWire<'a> {
+    #[serde(with = "serde_bytes")]
+    header: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    payload: Option<&'a [u8]>,
+}
+
+#[derive(serde::Deserialize)]
+struct SealedWireOwned {
+    #[serde(with = "serde_bytes")]
+    header: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    payload: Option<Vec<u8>>,
+}
+
+/// Encodes an envelope canonically: format 1 when it carries a signature,
+/// format 2 (marker byte first) when it does not.
 pub fn encode_envelope(envelope: &Envelope) -> Vec<u8> {
     // Two length prefixes (at most 5 bytes each), the signature with its
     // prefix, the option tag: 80 bytes of room is enough.
     let size = envelope.header.len() + envelope.payload.as_ref().map_or(0, Vec::len) + 80;
-    postcard::to_extend(envelope, Vec::with_capacity(size)).unwrap_or_default()
+    let mut out = Vec::with_capacity(size);
+    let header = envelope.header.as_slice();
+    let payload = envelope.payload.as_deref();
+    // postcard serialisation of plain data into a Vec cannot fail.
+    match &envelope.signature {
+        Some(signature) => postcard::to_extend(
+            &SignedWire {
+                header,
+                signature,
+                payload,
+            },
+            out,
+        )
+        .unwrap_or_default(),
+        None => {
+            out.push(SEALED_ENVELOPE_MARKER);
+            postcard::to_extend(&SealedWire { header, payload }, out).unwrap_or_default()
+        }
+    }
+}
+
+/// Whether envelope bytes are of a format-2 (sealed) event.
+pub fn is_sealed_envelope(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&SEALED_ENVELOPE_MARKER)
 }
 
 /// The event hash: `SHA-256(EVENT_HASH_TAG ‖ header bytes)`.
@@ -74,8 +143,29 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, EventHeader), DecodeEr
             limit: ENVELOPE_BYTES_MAX,
         });
     }
-    let (envelope, rest): (Envelope, &[u8]) =
-        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Envelope(e.to_string()))?;
+    let not_decodable = |e: postcard::Error| DecodeError::Envelope(e.to_string());
+    let (envelope, rest) = match bytes.split_first() {
+        Some((&SEALED_ENVELOPE_MARKER, sealed)) => {
+            let (wire, rest): (SealedWireOwned, &[u8]) =
+                postcard::take_from_bytes(sealed).map_err(not_decodable)?;
+            let envelope = Envelope {
+                header: wire.header,
+                signature: None,
+                payload: wire.payload,
+            };
+            (envelope, rest)
+        }
+        _ => {
+            let (wire, rest): (SignedWireOwned, &[u8]) =
+                postcard::take_from_bytes(bytes).map_err(not_decodable)?;
+            let envelope = Envelope {
+                header: wire.header,
+                signature: Some(wire.signature),
+                payload: wire.payload,
+            };
+            (envelope, rest)
+        }
+    };
     if !rest.is_empty() {
         return Err(DecodeError::TrailingBytes {
             what: "envelope",
@@ -86,6 +176,22 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, EventHeader), DecodeEr
         return Err(DecodeError::NotCanonical { what: "envelope" });
     }
     let header = decode_header(&envelope.header)?;
+    // The envelope's form and the header's version must agree: a format-2
+    // header in a signed envelope (or the reverse) is two events in one.
+    if (header.version == FORMAT_VERSION_SEALED) != envelope.signature.is_none() {
+        return Err(DecodeError::Field {
+            field: "envelope",
+            reason: format!(
+                "a format-{} header in a {} envelope",
+                header.version,
+                if envelope.signature.is_some() {
+                    "signed (format-1)"
+                } else {
+                    "sealed (format-2)"
+                }
+            ),
+        });
+    }
     if let Some(payload) = &envelope.payload
         && payload.len() > PAYLOAD_BYTES_MAX
     {
@@ -111,7 +217,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<EventHeader, DecodeError> {
     // The version byte comes first so a future format is named as such rather
     // than reported as garbage.
     match bytes.first() {
-        Some(&FORMAT_VERSION) => {}
+        Some(&(FORMAT_VERSION_SIGNED | FORMAT_VERSION_SEALED)) => {}
         Some(&found) => return Err(DecodeError::Version { found }),
         None => return Err(DecodeError::Header("empty".into())),
     }
@@ -133,11 +239,11 @@ pub fn decode_header(bytes: &[u8]) -> Result<EventHeader, DecodeError> {
 /// Checks every field rule of a header (also used before sealing).
 pub fn check_header_fields(header: &EventHeader) -> Result<(), DecodeError> {
     let field = |field: &'static str, reason: String| Err(DecodeError::Field { field, reason });
-    if header.version != FORMAT_VERSION {
-        return Err(DecodeError::Version {
-            found: header.version,
-        });
-    }
+    let scope = match header.version {
+        FORMAT_VERSION_SIGNED => SignatureScope::Event,
+        FORMAT_VERSION_SEALED => SignatureScope::Checkpoint,
+        found => return Err(DecodeError::Version { found }),
+    };
     if header.seq > SEQ_MAX {
         return field("seq", format!("{} over the limit of {SEQ_MAX}", header.seq));
     }
@@ -178,8 +284,14 @@ pub fn check_header_fields(header: &EventHeader) -> Result<(), DecodeError> {
             "only herald.* event types may carry a plaintext payload".into(),
         );
     }
-    if header.signature_scope != SignatureScope::Event {
-        return field("signature_scope", "unsupported".into());
+    if header.signature_scope != scope {
+        return field(
+            "signature_scope",
+            format!(
+                "format {} requires {scope:?}, found {:?}",
+                header.version, header.signature_scope
+            ),
+        );
     }
     let genesis_type = header.event_type == GENESIS_EVENT_TYPE;
     if genesis_type != (header.seq == 0) {

@@ -1,12 +1,16 @@
 //! The event (`TruthProclamationEvent`): a header that commits to everything,
-//! a signature over the header's hash, and the (usually encrypted) payload.
+//! its authentication, and the (usually encrypted) payload.
 //!
 //! The exact bytes are specified in `docs/FORMAT.md`. In short:
 //!
 //! * `header bytes = postcard(EventHeader)`, canonical (one encoding per event);
 //! * `event hash = SHA-256("herald/v1/event-hash\0" ‖ header bytes)`;
-//! * `signature = Ed25519(author key, "herald/v1/event-signature\0" ‖ event hash)`;
-//! * `envelope = postcard(Envelope { header bytes, signature, payload? })`.
+//! * format 1 (signed events): `signature = Ed25519(author key,
+//!   "herald/v1/event-signature\0" ‖ event hash)` and
+//!   `envelope = postcard(header bytes, signature, payload?)`;
+//! * format 2 (sealed events): no signature of its own; the event is
+//!   authentic once it is included in a checkpoint its author signed, and
+//!   `envelope = 0x00 ‖ postcard(header bytes, payload?)`.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +45,8 @@ pub struct EventHeader {
     pub meta: Vec<(String, String)>,
     /// How the payload is encrypted, and its hash and length.
     pub payload: PayloadDescriptor,
-    /// What the signature covers; room for batch signatures later.
+    /// What authenticates the event: its own signature (format 1) or its
+    /// author's signed checkpoints (format 2).
     pub signature_scope: SignatureScope,
 }
 
@@ -68,24 +73,25 @@ pub enum Encryption {
     },
 }
 
-/// What the event's signature covers.
+/// What authenticates an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SignatureScope {
-    /// The signature covers this event's hash alone.
+    /// Format 1: a signature over this event's hash alone, in the envelope.
     Event,
+    /// Format 2: the author's signed checkpoints of the feed's Merkle tree
+    /// (one signature per sealed batch); the envelope carries none.
+    Checkpoint,
 }
 
-/// An event as stored and sent: header bytes, signature, payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// An event as stored and sent: header bytes, the signature of a format-1
+/// event, payload. `codec::encode_envelope` gives the bytes of each format.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// The canonical header bytes the hash and signature cover.
-    #[serde(with = "serde_bytes")]
+    /// The canonical header bytes the hash (and a signature) cover.
     pub header: Vec<u8>,
-    /// Ed25519 signature (64 bytes).
-    #[serde(with = "serde_bytes")]
-    pub signature: [u8; 64],
+    /// Ed25519 signature (64 bytes) of a format-1 event; `None` in format 2.
+    pub signature: Option<[u8; 64]>,
     /// Payload bytes, or `None` when pruned.
-    #[serde(with = "serde_bytes")]
     pub payload: Option<Vec<u8>>,
 }
 

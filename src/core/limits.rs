@@ -1,8 +1,13 @@
 //! Every bound herald enforces on event content, named and documented in one
 //! place. Decoders check these before allocating; `docs/FORMAT.md` lists them.
 
-/// Current event format version, the first byte of every header.
-pub const FORMAT_VERSION: u8 = 1;
+/// Format 1: every event carries its own signature.
+pub const FORMAT_VERSION_SIGNED: u8 = 1;
+/// Format 2: events are authenticated by their author's signed checkpoints.
+pub const FORMAT_VERSION_SEALED: u8 = 2;
+/// The event format this build writes (the first byte of every header). It
+/// reads both formats.
+pub const FORMAT_VERSION: u8 = FORMAT_VERSION_SIGNED;
 
 /// Longest service (feed author) name, in bytes. Names are DNS labels.
 pub const SERVICE_NAME_BYTES_MAX: usize = 63;

@@ -23,8 +23,8 @@ use super::checkpoint::Equivocation;
 use super::codec::check_service_name;
 use super::limits::SEQ_MAX;
 use super::wire::{
-    FRAME_FEEDS_MAX, FeedPosition, PROOF_HASHES_MAX, PROTOCOL_VERSION, PeerMessage,
-    REPLICATION_WINDOW_EVENTS,
+    FRAME_FEEDS_MAX, FRAME_SEALS_MAX, FeedPosition, PROOF_HASHES_MAX, PROTOCOL_VERSION,
+    PeerMessage, REPLICATION_WINDOW_EVENTS, SEAL_NOTE_BYTES_MAX, Seal,
 };
 
 /// How long a sender waits for acknowledgement progress before resending
@@ -76,6 +76,34 @@ pub enum ProtocolError {
     BadFeedName(String),
     #[error("peer sent a proof of {found} hashes, over the limit of {PROOF_HASHES_MAX}")]
     ProofTooLong { found: usize },
+    #[error("peer sent {found} seals in one frame, over the limit of {FRAME_SEALS_MAX}")]
+    TooManySeals { found: usize },
+    #[error(
+        "peer sent a seal whose note is {found} bytes, over the limit of {SEAL_NOTE_BYTES_MAX}"
+    )]
+    SealTooLarge { found: usize },
+}
+
+/// An `Events` frame carries at most [`FRAME_SEALS_MAX`] seals, each with a
+/// note of at most [`SEAL_NOTE_BYTES_MAX`] bytes and a proof of at most
+/// [`PROOF_HASHES_MAX`] hashes. What they vouch for is checked at ingest.
+pub fn check_seals(seals: &[Seal]) -> Result<(), ProtocolError> {
+    if seals.len() > FRAME_SEALS_MAX {
+        return Err(ProtocolError::TooManySeals { found: seals.len() });
+    }
+    for seal in seals {
+        if seal.note.len() > SEAL_NOTE_BYTES_MAX {
+            return Err(ProtocolError::SealTooLarge {
+                found: seal.note.len(),
+            });
+        }
+        if seal.proof.len() > PROOF_HASHES_MAX {
+            return Err(ProtocolError::ProofTooLong {
+                found: seal.proof.len(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A `Hello` or `Ack` names at most [`FRAME_FEEDS_MAX`] feeds, each a
@@ -101,8 +129,9 @@ pub fn check_positions(heads: &[FeedPosition]) -> Result<(), ProtocolError> {
 pub enum Received {
     /// Nothing to do beyond polling for sends.
     Nothing,
-    /// Verify and commit these envelopes, then send [`Session::ack`].
-    Events(Vec<Vec<u8>>),
+    /// Verify and commit these envelopes, authenticating format-2 runs with
+    /// the seals, then send [`Session::ack`].
+    Events(Vec<Vec<u8>>, Vec<Seal>),
     /// Fork evidence: check that both envelopes are validly signed by one
     /// author at one sequence number with different hashes, record it and
     /// pass it on to the other peers.
@@ -177,6 +206,16 @@ impl Session {
     pub fn hold_back(&mut self, feed: &str, from: u64) {
         let limit = self.held_back.entry(feed.to_string()).or_insert(from);
         *limit = (*limit).min(from);
+    }
+
+    /// Takes back the events of `feed` from `next` on that [`Self::poll_send`]
+    /// handed out but the driver could not send yet (no checkpoint it holds
+    /// covers them): the next `poll_send` offers them again.
+    pub fn rewind_send(&mut self, feed: &str, next: u64) {
+        let acked = self.peer_next.get(feed).copied().unwrap_or(0);
+        if let Some(send_next) = self.send_next.get_mut(feed) {
+            *send_next = (*send_next).min(next).max(acked);
+        }
     }
 
     /// Where sending `feed` stops, if it was held back.
@@ -264,12 +303,14 @@ impl Session {
                 }
                 Ok(Received::Nothing)
             }
-            PeerMessage::Events { events } => {
+            PeerMessage::Events { events, seals } => {
                 if !self.hello_received {
                     return Err(ProtocolError::BeforeHello("Events"));
                 }
+                check_seals(&seals)?;
                 Ok(Received::Events(
                     events.into_iter().map(|b| b.into_vec()).collect(),
+                    seals,
                 ))
             }
             PeerMessage::Fork { first, second } => {
@@ -696,7 +737,13 @@ mod tests {
     fn protocol_violations_are_named() {
         let mut s = Session::new("b", 0);
         assert_eq!(
-            s.on_message(0, PeerMessage::Events { events: vec![] }),
+            s.on_message(
+                0,
+                PeerMessage::Events {
+                    events: vec![],
+                    seals: vec![]
+                }
+            ),
             Err(ProtocolError::BeforeHello("Events"))
         );
         assert!(matches!(

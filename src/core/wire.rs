@@ -8,7 +8,7 @@ use super::crypto::Hash;
 use super::limits::ENVELOPE_BYTES_MAX;
 
 /// Version carried in `Hello`; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// ALPN of node-to-node connections (replication and queries).
 pub const ALPN_PEER: &[u8] = b"herald-peer/1";
 /// ALPN of command-line clients talking to a node.
@@ -24,6 +24,12 @@ pub const FRAME_TARGET_BYTES: usize = 256 * 1024;
 pub const FRAME_FEEDS_MAX: usize = 10_000;
 /// Most hashes in a Merkle proof on the wire (a tree of 2^64 leaves needs 64).
 pub const PROOF_HASHES_MAX: usize = 64;
+/// Most seals in one `Events` frame (one per feed whose format-2 events it
+/// carries; a frame carries one feed's run, so one is the norm).
+pub const FRAME_SEALS_MAX: usize = 16;
+/// Largest checkpoint note in a seal: the author's signature only (a
+/// sender strips cosignatures, which travel in `Checkpoint` messages).
+pub const SEAL_NOTE_BYTES_MAX: usize = 4 * 1024;
 /// Events a sender may have in flight (sent, not yet acknowledged) per peer.
 pub const REPLICATION_WINDOW_EVENTS: u64 = 16_384;
 
@@ -54,6 +60,23 @@ pub struct FeedPosition {
     pub hash: Hash,
 }
 
+/// What authenticates a run of a feed's format-2 events in an `Events`
+/// frame: the author's checkpoint of size `m ≥ end` and the consistency
+/// proof from the feed's tree at `end` (the sequence number after the run's
+/// last event) to it. The receiver extends its own tree by the run, which
+/// must then be `end` events long, and checks the proof and the author's
+/// signature: one signature check for the whole run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    /// Tree size at the end of the run.
+    pub end: u64,
+    /// The checkpoint as a C2SP signed note with the author's signature.
+    pub note: serde_bytes::ByteBuf,
+    /// Consistency proof from `end` to the checkpoint's size (empty when
+    /// they are equal).
+    pub proof: Vec<Hash>,
+}
+
 /// Messages on the replication stream (both directions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerMessage {
@@ -63,8 +86,12 @@ pub enum PeerMessage {
         service: String,
         heads: Vec<FeedPosition>,
     },
-    /// Events the receiver lacks, each feed's in sequence order.
-    Events { events: Vec<serde_bytes::ByteBuf> },
+    /// Events the receiver lacks, each feed's in sequence order, and the
+    /// seals that authenticate the format-2 events among them.
+    Events {
+        events: Vec<serde_bytes::ByteBuf>,
+        seals: Vec<Seal>,
+    },
     /// Cumulative acknowledgement: the heads the sender now holds durably.
     Ack { heads: Vec<FeedPosition> },
     /// Fork evidence: two envelopes of one author at one sequence number

@@ -16,7 +16,7 @@ use crate::core::query::QueryRequest;
 use crate::core::replication::{Received, Session, check_positions};
 use crate::core::verify::{Check, Rejection};
 use crate::core::wire::{
-    FRAME_EVENTS_MAX, FRAME_FEEDS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, close,
+    FRAME_EVENTS_MAX, FRAME_FEEDS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, Seal, close,
 };
 use crate::net::{self, NetError};
 use crate::store::{CheckpointOutcome, EvidenceOutcome, FeedHead, IngestPolicy};
@@ -292,7 +292,7 @@ async fn inbound(
         };
         match checker.on_message(clock::now_us(), message) {
             Ok(Received::Nothing) => {}
-            Ok(Received::Events(envelopes)) => pending.add(envelopes),
+            Ok(Received::Events(envelopes, seals)) => pending.add(envelopes, seals),
             Ok(Received::Fork(first, second)) => {
                 // Keep the stream's order: what came before is applied first.
                 apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
@@ -351,17 +351,19 @@ impl FloodGuard {
     }
 }
 
-/// Events of queued frames, gathered for one ingest.
+/// Events of queued frames, and their seals, gathered for one ingest.
 #[derive(Debug, Default)]
 struct Gathered {
     envelopes: Vec<Vec<u8>>,
+    seals: Vec<Seal>,
     bytes: usize,
 }
 
 impl Gathered {
-    fn add(&mut self, envelopes: Vec<Vec<u8>>) {
+    fn add(&mut self, envelopes: Vec<Vec<u8>>, seals: Vec<Seal>) {
         self.bytes += envelopes.iter().map(Vec::len).sum::<usize>();
         self.envelopes.extend(envelopes);
+        self.seals.extend(seals);
     }
 
     /// Whether another queued frame may join (within the coalescing limits).
@@ -369,9 +371,12 @@ impl Gathered {
         self.envelopes.len() < INGEST_COALESCE_EVENTS_MAX && self.bytes < INGEST_COALESCE_BYTES_MAX
     }
 
-    fn take(&mut self) -> Vec<Vec<u8>> {
+    fn take(&mut self) -> (Vec<Vec<u8>>, Vec<Seal>) {
         self.bytes = 0;
-        std::mem::take(&mut self.envelopes)
+        (
+            std::mem::take(&mut self.envelopes),
+            std::mem::take(&mut self.seals),
+        )
     }
 }
 
@@ -387,7 +392,8 @@ async fn apply_pending(
     if pending.envelopes.is_empty() {
         return Ok(());
     }
-    apply(inner, peer, pending.take(), policy).await?;
+    let (envelopes, seals) = pending.take();
+    apply(inner, peer, envelopes, seals, policy).await?;
     lock(shared).ack_due = true;
     shared.wake.notify_one();
     Ok(())
@@ -644,12 +650,25 @@ async fn compare_histories(
         let event = tokio::task::spawn_blocking(move || log.pruned_event_at(&feed, seq))
             .await
             .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
-        if let Some(event) = event {
-            let frame = PeerMessage::Events {
+        let frame = match event {
+            // A format-2 event proves nothing on its own: the checkpoint
+            // covering our side does (the peer holds its own, and the two
+            // are evidence of the split).
+            Some(event) if crate::core::codec::is_sealed_envelope(&event) => {
+                let Some(ours) = inner.log.latest_checkpoint(&position.feed) else {
+                    continue;
+                };
+                PeerMessage::Checkpoint {
+                    note: serde_bytes::ByteBuf::from(ours.note.clone().into_bytes()),
+                }
+            }
+            Some(event) => PeerMessage::Events {
                 events: vec![serde_bytes::ByteBuf::from(event)],
-            };
-            net::write_frame(send, &frame).await?;
-        }
+                seals: Vec::new(),
+            },
+            None => continue,
+        };
+        net::write_frame(send, &frame).await?;
     }
     Ok(())
 }
@@ -724,13 +743,15 @@ async fn apply(
     inner: &Arc<Inner>,
     peer: &str,
     envelopes: Vec<Vec<u8>>,
+    seals: Vec<Seal>,
     policy: &mut IngestPolicy,
 ) -> Result<(), PeerError> {
     let log = inner.log.clone();
     let this_batch = policy.clone();
-    let report = tokio::task::spawn_blocking(move || log.ingest_from(envelopes, this_batch))
-        .await
-        .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
+    let report =
+        tokio::task::spawn_blocking(move || log.ingest_sealed(envelopes, seals, this_batch))
+            .await
+            .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
     for (feed, rejection) in &report.conflicts {
         tracing::warn!(
             peer,
@@ -927,7 +948,11 @@ fn held_feeds_only(
     Ok(heads)
 }
 
-/// Sends every event the peer lacks (within the session's window), framed.
+/// Sends every event the peer lacks (within the session's window), framed,
+/// each frame of format-2 events with the seal that authenticates it. Events
+/// no checkpoint held covers yet (a relay received them before their
+/// checkpoint) wait: the session is rewound to them and sends them once one
+/// arrives.
 async fn send_missing(
     inner: &Arc<Inner>,
     session: &mut Session,
@@ -936,7 +961,7 @@ async fn send_missing(
 ) -> Result<(), PeerError> {
     for range in session.poll_send(heads) {
         let mut from = range.from;
-        while from <= range.to {
+        'range: while from <= range.to {
             let envelopes = match inner.log.recent_envelopes(&range.feed, from, range.to) {
                 Some(recent) => recent,
                 None => {
@@ -951,13 +976,67 @@ async fn send_missing(
             if envelopes.is_empty() {
                 break;
             }
-            from += envelopes.len() as u64;
-            for frame in frames(envelopes) {
-                net::write_frame(send, &PeerMessage::Events { events: frame }).await?;
+            for mut frame in frames(envelopes) {
+                let mut seals = Vec::new();
+                if frame
+                    .iter()
+                    .any(|e| crate::core::codec::is_sealed_envelope(e))
+                {
+                    let covered = inner
+                        .log
+                        .latest_checkpoint(&range.feed)
+                        .map_or(0, |c| c.size);
+                    let end = from + frame.len() as u64;
+                    if covered < end {
+                        // Send what a checkpoint covers; the rest waits.
+                        frame.truncate(covered.saturating_sub(from) as usize);
+                    }
+                    if !frame.is_empty() {
+                        let end = from + frame.len() as u64;
+                        match seal_for(inner, &range.feed, end).await? {
+                            Some(seal) => seals.push(seal),
+                            None => frame.clear(),
+                        }
+                    }
+                    if (frame.len() as u64) < end - from {
+                        session.rewind_send(&range.feed, from + frame.len() as u64);
+                    }
+                }
+                if frame.is_empty() {
+                    break 'range;
+                }
+                from += frame.len() as u64;
+                net::write_frame(
+                    send,
+                    &PeerMessage::Events {
+                        events: frame,
+                        seals,
+                    },
+                )
+                .await?;
             }
         }
     }
     Ok(())
+}
+
+/// The seal of `feed`'s run ending at `end`: from memory when the latest
+/// checkpoint ends there (the common case), else with a proof read from the
+/// store.
+async fn seal_for(inner: &Arc<Inner>, feed: &str, end: u64) -> Result<Option<Seal>, PeerError> {
+    let ends_here = inner
+        .log
+        .latest_checkpoint(feed)
+        .is_some_and(|c| c.size == end);
+    if ends_here {
+        return Ok(inner.log.seal_for(feed, end)?);
+    }
+    let log = inner.log.clone();
+    let feed = feed.to_string();
+    tokio::task::spawn_blocking(move || log.seal_for(&feed, end))
+        .await
+        .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))?
+        .map_err(PeerError::from)
 }
 
 /// Encoded bytes one envelope adds to an `Events` frame: its varint length
@@ -1044,6 +1123,7 @@ pub(crate) fn update_status(inner: &Inner, peer: &str, f: impl FnOnce(&mut PeerS
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::wire::SEAL_NOTE_BYTES_MAX;
 
     /// The worst mixes of sizes: just under the target of small events,
     /// then maximal ones, then small again. Every frame must encode within
@@ -1075,8 +1155,15 @@ mod tests {
             let framed = frames(envelopes.clone());
             for frame in &framed {
                 assert!(frame.len() <= FRAME_EVENTS_MAX);
+                // With the largest seal a frame may carry.
+                let seal = Seal {
+                    end: u64::MAX,
+                    note: serde_bytes::ByteBuf::from(vec![b'x'; SEAL_NOTE_BYTES_MAX]),
+                    proof: vec![[0xff; 32]; crate::core::wire::PROOF_HASHES_MAX],
+                };
                 let body = postcard::to_allocvec(&PeerMessage::Events {
                     events: frame.clone(),
+                    seals: vec![seal],
                 })
                 .unwrap();
                 assert!(
@@ -1096,22 +1183,22 @@ mod tests {
         let mut gathered = Gathered::default();
         assert!(gathered.wants_more());
         // Small events: the event count is the limit.
-        gathered.add(vec![vec![0u8; 500]; INGEST_COALESCE_EVENTS_MAX - 1]);
+        gathered.add(vec![vec![0u8; 500]; INGEST_COALESCE_EVENTS_MAX - 1], vec![]);
         assert!(gathered.wants_more());
-        gathered.add(vec![vec![0u8; 500]]);
+        gathered.add(vec![vec![0u8; 500]], vec![]);
         assert!(!gathered.wants_more());
-        assert_eq!(gathered.take().len(), INGEST_COALESCE_EVENTS_MAX);
+        assert_eq!(gathered.take().0.len(), INGEST_COALESCE_EVENTS_MAX);
         assert!(gathered.wants_more(), "taking starts over");
 
         // Large events: the bytes are the limit, long before the count.
         let big = vec![0u8; 1024 * 1024];
         for _ in 0..INGEST_COALESCE_BYTES_MAX / big.len() - 1 {
-            gathered.add(vec![big.clone()]);
+            gathered.add(vec![big.clone()], vec![]);
             assert!(gathered.wants_more());
         }
-        gathered.add(vec![big.clone()]);
+        gathered.add(vec![big.clone()], vec![]);
         assert!(!gathered.wants_more());
-        assert_eq!(gathered.take().len(), 4);
+        assert_eq!(gathered.take().0.len(), 4);
         assert_eq!(gathered.bytes, 0);
     }
 }

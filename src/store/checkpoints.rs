@@ -81,6 +81,38 @@ pub enum CheckpointOutcome {
     Mismatch { feed: String },
 }
 
+/// The consistency proof of `feed`'s stored tree from `old` to `new` leaves.
+pub(crate) fn consistency_proof(
+    conn: &Connection,
+    feed: &str,
+    old: u64,
+    new: u64,
+) -> Result<Vec<Hash>, LogError> {
+    merkle::consistency_proof(&mut TileReader::new(conn, feed), old, new).map_err(|e| {
+        LogError::Corrupt(format!(
+            "consistency proof of {feed} from {old} to {new}: {e}"
+        ))
+    })
+}
+
+/// A stored checkpoint's note with its author's signature alone (seals
+/// travel with every frame; cosignatures travel in `Checkpoint` messages).
+pub(crate) fn author_only(cluster: &str, stored: &StoredCheckpoint) -> Result<String, LogError> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        LogError::Corrupt(format!("stored checkpoint of {}: {e}", stored.feed))
+    };
+    let note = Note::parse(stored.note.as_bytes()).map_err(|e| corrupt(&e))?;
+    let origin = crate::core::checkpoint::origin(cluster, &stored.feed);
+    let author: Vec<NoteSignature> = note
+        .signatures()
+        .iter()
+        .filter(|s| s.name == origin)
+        .cloned()
+        .collect();
+    let note = Note::new(note.text(), author).map_err(|e| corrupt(&e))?;
+    Ok(note.to_text())
+}
+
 /// Reads the latest checkpoint of `feed`.
 pub fn read_checkpoint(
     conn: &Connection,

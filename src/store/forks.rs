@@ -186,9 +186,22 @@ impl Log {
         envelopes: Vec<Vec<u8>>,
         policy: IngestPolicy,
     ) -> Result<super::IngestReport, LogError> {
+        self.ingest_sealed(envelopes, Vec::new(), policy)
+    }
+
+    /// [`Log::ingest_from`] with the seals that authenticate runs of
+    /// format-2 events (see `core::wire::Seal`); a sealed event no valid
+    /// seal covers is rejected like a bad signature.
+    pub fn ingest_sealed(
+        &self,
+        envelopes: Vec<Vec<u8>>,
+        seals: Vec<crate::core::wire::Seal>,
+        policy: IngestPolicy,
+    ) -> Result<super::IngestReport, LogError> {
         let (reply, receiver) = std::sync::mpsc::sync_channel(1);
         self.send(Request::Ingest {
             envelopes,
+            seals,
             policy,
             reply,
         })?;

@@ -12,6 +12,7 @@ mod own_feed;
 mod peers;
 mod recent;
 mod schema;
+mod seals;
 mod subscribe;
 mod transact;
 pub mod tree;
@@ -459,6 +460,36 @@ impl Log {
     /// `feed`'s latest checkpoint, if this node holds one.
     pub fn latest_checkpoint(&self, feed: &str) -> Option<Arc<StoredCheckpoint>> {
         self.checkpoint_cache.get(feed)
+    }
+
+    /// The seal for a run of `feed`'s events ending at tree size `end` (see
+    /// `core::wire::Seal`): the latest checkpoint with its author's
+    /// signature only and the consistency proof from `end` to it (read from
+    /// the stored tree unless the checkpoint ends there). `None` if no
+    /// checkpoint held covers `end`: those events cannot be sent yet.
+    pub fn seal_for(
+        &self,
+        feed: &str,
+        end: u64,
+    ) -> Result<Option<crate::core::wire::Seal>, LogError> {
+        let Some(stored) = self.latest_checkpoint(feed) else {
+            return Ok(None);
+        };
+        if stored.size < end || end == 0 {
+            return Ok(None);
+        }
+        let proof = if stored.size == end {
+            Vec::new()
+        } else {
+            let reader = self.reader()?;
+            checkpoints::consistency_proof(&reader, feed, end, stored.size)?
+        };
+        let note = checkpoints::author_only(&self.cluster, &stored)?;
+        Ok(Some(crate::core::wire::Seal {
+            end,
+            note: serde_bytes::ByteBuf::from(note.into_bytes()),
+            proof,
+        }))
     }
 
     /// Checks a checkpoint a peer sent against this node's copy of the

@@ -30,10 +30,7 @@ pub const TILE_WIDTH: usize = 1 << TILE_HEIGHT;
 /// Most tile levels any feed can need: sizes are below 2^64.
 const TILE_LEVELS_MAX: usize = 64 / TILE_HEIGHT as usize;
 
-/// The leaf hash of an event in its feed's tree.
-pub fn leaf_of(event_hash: &Hash) -> Hash {
-    merkle::leaf_hash(event_hash)
-}
+pub use crate::core::verify::leaf_of;
 
 /// The right edge of one feed's tree: per tile level, the entries of its
 /// partial tile (fewer than [`TILE_WIDTH`]). Enough to append and to compute
@@ -88,6 +85,13 @@ impl FeedTree {
             return merkle::empty_root();
         };
         nodes.fold(*last, |right, left| merkle::node_hash(left, &right))
+    }
+
+    /// The tree's frontier, from which a verifier extends it by a run of
+    /// received events (see `core::verify::check_sealed_run`).
+    pub fn merkle_frontier(&self) -> Result<merkle::Frontier, LogError> {
+        merkle::Frontier::from_parts(self.size, self.frontier())
+            .map_err(|e| LogError::Corrupt(format!("a feed tree's frontier: {e}")))
     }
 
     /// The roots of the perfect subtrees that make up the tree, largest

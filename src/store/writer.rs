@@ -32,6 +32,7 @@ use crate::core::verify::{
     Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, SignatureVerdict,
     VerifiedEvent, check_event_signatures,
 };
+use crate::core::wire::Seal;
 use crate::identity::TrustAnchor;
 
 /// Sealed batches that may wait for the commit stage (bounds memory and
@@ -72,9 +73,11 @@ pub(crate) enum Request {
         drafts: Vec<Proclamation>,
         reply: ReceiptReply,
     },
-    /// Verify and commit events of other feeds (replication, import).
+    /// Verify and commit events of other feeds (replication, import); the
+    /// seals authenticate runs of format-2 events.
     Ingest {
         envelopes: Vec<Vec<u8>>,
+        seals: Vec<Seal>,
         policy: IngestPolicy,
         reply: IngestReply,
     },
@@ -135,6 +138,7 @@ enum Work {
     },
     Ingest {
         envelopes: Vec<Vec<u8>>,
+        seals: Vec<Seal>,
         policy: IngestPolicy,
         reply: IngestReply,
     },
@@ -429,10 +433,12 @@ impl SealStage {
                 }
                 Request::Ingest {
                     envelopes,
+                    seals,
                     policy,
                     reply,
                 } => out.push(Work::Ingest {
                     envelopes,
+                    seals,
                     policy,
                     reply,
                 }),
@@ -562,10 +568,11 @@ impl CommitStage {
             match item {
                 Work::Ingest {
                     envelopes,
+                    seals,
                     policy,
                     reply,
                 } => {
-                    let outcome = self.ingest(envelopes, policy);
+                    let outcome = self.ingest(envelopes, seals, policy);
                     // Fork evidence changes a feed's status, not its events,
                     // but replication must hear of it to pass it on.
                     if let Ok(r) = &outcome
@@ -842,9 +849,10 @@ impl CommitStage {
     fn ingest(
         &mut self,
         envelopes: Vec<Vec<u8>>,
+        seals: Vec<Seal>,
         policy: IngestPolicy,
     ) -> Result<IngestReport, LogError> {
-        let outcome = self.ingest_in_transaction(envelopes, policy);
+        let outcome = self.ingest_in_transaction(envelopes, seals, policy);
         if outcome.is_err() {
             // The transaction rolled back: cached verifiers and trees may
             // stand ahead of the store, so reload them from disk.
@@ -871,6 +879,7 @@ impl CommitStage {
     fn ingest_in_transaction(
         &mut self,
         envelopes: Vec<Vec<u8>>,
+        seals: Vec<Seal>,
         mut policy: IngestPolicy,
     ) -> Result<IngestReport, LogError> {
         let mut report = IngestReport::default();
@@ -886,6 +895,29 @@ impl CommitStage {
         };
         let decoded: Vec<Result<DecodedEvent, _>> =
             envelopes.into_iter().map(DecodedEvent::decode).collect();
+        let cluster = self.signer.cluster().to_string();
+        let sealed = super::seals::check_seals(
+            &tx,
+            &mut super::seals::SealContext {
+                trust: &self.trust,
+                verifiers: &mut self.verifiers,
+                trees: &mut self.trees,
+                cluster: &cluster,
+                own_guard: &own_guard,
+                policy: &policy,
+            },
+            &decoded,
+            &seals,
+        )?;
+        if let Some(reason) = sealed.unreadable {
+            report.rejected = Some(Rejection {
+                seq: None,
+                check: Check::Signature,
+                expected: "seals whose checkpoints name feeds of this cluster".into(),
+                found: reason,
+            });
+            return Ok(report);
+        }
         let signatures = precheck_signatures(
             &tx,
             &self.trust,
@@ -900,7 +932,8 @@ impl CommitStage {
         // event's hash, for the feed's tree.
         let mut leaves: HashMap<String, (u64, Vec<Hash>)> = HashMap::new();
         let mut forked: HashMap<String, Option<u64>> = HashMap::new();
-        for (event, verdict) in decoded.into_iter().zip(signatures) {
+        let verdicts = sealed.verdicts.into_iter().zip(signatures);
+        for (event, (seal_verdict, signature)) in decoded.into_iter().zip(verdicts) {
             let feed = event.as_ref().ok().map(|e| e.header().author.clone());
             let seq = event.as_ref().map_or(0, |e| e.header().seq);
             if let Some(feed) = &feed
@@ -909,17 +942,25 @@ impl CommitStage {
                 report.skipped += 1;
                 continue;
             }
-            let outcome = match event {
-                Ok(event) => ingest_one(
+            let unsealed = seal_verdict.is_none()
+                && event.as_ref().is_ok_and(DecodedEvent::is_sealed)
+                && !holds(&tx, &self.verifiers, feed.as_deref(), seq)?;
+            let failure = feed
+                .as_ref()
+                .filter(|_| unsealed)
+                .and_then(|f| sealed.failures.get(f));
+            let outcome = match (event, failure) {
+                (Ok(_), Some(failure)) => seal_rejection(seq, failure),
+                (Ok(event), None) => ingest_one(
                     &tx,
                     &self.trust,
                     &mut self.verifiers,
                     &mut forked,
                     &own_guard,
                     event,
-                    verdict,
+                    seal_verdict.or(signature),
                 )?,
-                Err(e) => Outcome::Rejected(Rejection::decode(&e)),
+                (Err(e), _) => Outcome::Rejected(Rejection::decode(&e)),
             };
             match outcome {
                 Outcome::Applied(head) => {
@@ -943,6 +984,12 @@ impl CommitStage {
                         report.new_forks.push((feed, seq));
                     }
                     report.skipped += 1;
+                }
+                Outcome::Conflict(rejection) => {
+                    let Some(feed) = feed else { continue };
+                    report.skipped += 1;
+                    policy.skip_from(&feed, seq);
+                    report.conflicts.push((feed, rejection));
                 }
                 Outcome::Rejected(rejection) => match feed
                     .as_deref()
@@ -970,7 +1017,18 @@ impl CommitStage {
         for (feed, (first_seq, hashes)) in leaves {
             self.trees.append(&tx, &feed, first_seq, hashes)?;
         }
+        let mut witness = super::checkpoints::Witness {
+            trust: &self.trust,
+            verifiers: &mut self.verifiers,
+            trees: &mut self.trees,
+            signer: &self.signer,
+            unmatched: &mut self.unmatched_checkpoints,
+        };
+        let witnessed = witness_seals(&tx, &mut witness, &sealed.notes)?;
         tx.commit()?;
+        for outcome in &witnessed {
+            self.announce_checkpoint(outcome);
+        }
         self.check_self_fork(&report);
         if report.rejected.is_some() {
             // A rejected run may have left a verifier mid-way; reload from disk.
@@ -1031,7 +1089,58 @@ enum Outcome {
     Applied((u64, Hash, u64)),
     Duplicate,
     Fork,
+    /// Signed by the author but not this node's history of the feed, sent
+    /// by a relay: not the sender's fault.
+    Conflict(Rejection),
     Rejected(Rejection),
+}
+
+/// Whether this node stores an event at `feed`/`seq` (a copy a peer sent
+/// again needs no seal: it is compared with the stored one).
+fn holds(
+    tx: &Transaction<'_>,
+    verifiers: &HashMap<String, FeedVerifier>,
+    feed: Option<&str>,
+    seq: u64,
+) -> Result<bool, LogError> {
+    let Some(feed) = feed else { return Ok(false) };
+    if let Some(v) = verifiers.get(feed) {
+        return Ok(seq < v.next_seq());
+    }
+    Ok(stored_hash(tx, feed, seq)?.is_some())
+}
+
+/// Hands the checkpoints of a batch's seals to the witness, after the
+/// events they cover are stored: it stores and cosigns those that match
+/// this node's tree and records a split view where one is proved.
+fn witness_seals(
+    tx: &Transaction<'_>,
+    witness: &mut super::checkpoints::Witness<'_>,
+    notes: &[Vec<u8>],
+) -> Result<Vec<CheckpointOutcome>, LogError> {
+    let mut outcomes = Vec::new();
+    for note in notes {
+        match super::checkpoints::accept(tx, witness, note)? {
+            Ok(outcome) => outcomes.push(outcome),
+            // Checked already with the seal; nothing more to say of it.
+            Err(e) => tracing::debug!(error = %e, "a seal's checkpoint was not witnessed"),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// The outcome for a format-2 event whose feed's seal failed.
+fn seal_rejection(seq: u64, failure: &super::seals::SealFailure) -> Outcome {
+    let rejection = |found: &str| Rejection {
+        seq: Some(seq),
+        check: Check::Signature,
+        expected: "a seal whose checkpoint, signed by the feed's author, includes the event".into(),
+        found: found.to_string(),
+    };
+    match failure {
+        super::seals::SealFailure::Misbehaviour(why) => Outcome::Rejected(rejection(why)),
+        super::seals::SealFailure::Conflict(why) => Outcome::Conflict(rejection(why)),
+    }
 }
 
 /// Checks the signatures of every event whose author's key is known (a
@@ -1167,7 +1276,7 @@ fn ingest_one(
         }));
     }
     let verified = if seq == 0 {
-        match FeedVerifier::genesis(trust, event) {
+        match FeedVerifier::genesis(trust, event, None) {
             Ok((verifier, verified)) => {
                 verifiers.insert(author, verifier);
                 verified

@@ -110,6 +110,7 @@ pub fn events_frame(envelopes: &[&[u8]]) -> PeerMessage {
             .iter()
             .map(|e| serde_bytes::ByteBuf::from(e.to_vec()))
             .collect(),
+        seals: Vec::new(),
     }
 }
 

@@ -16,11 +16,13 @@
 //! herald's one signature rule, single and batched.
 
 mod payload;
+mod seal;
 mod sealer;
 mod signatures;
 mod verifier;
 
 pub use payload::{DecryptError, check_payload, decrypt_payload, open_payload};
+pub use seal::{Seal, SealError, SealedRun, check_sealed_run, leaf_of};
 pub use sealer::{ChainedBatch, Draft, DraftError, Entropy, Sealer, SealerMark};
 pub use signatures::{
     SignatureVerdict, batch_signatures_valid, check_event_signatures, signature_valid,
@@ -41,7 +43,7 @@ use super::event::*;
 pub struct DecodedEvent {
     header: EventHeader,
     hash: Hash,
-    signature: [u8; 64],
+    signature: Option<[u8; 64]>,
     payload: Option<Vec<u8>>,
     bytes: Vec<u8>,
 }
@@ -77,13 +79,19 @@ impl DecodedEvent {
         &self.bytes
     }
 
-    /// The raw signature bytes.
-    pub fn signature_bytes(&self) -> &[u8; 64] {
-        &self.signature
+    /// The raw signature bytes of a format-1 event; `None` for a format-2
+    /// event, which its author's checkpoints authenticate.
+    pub fn signature_bytes(&self) -> Option<&[u8; 64]> {
+        self.signature.as_ref()
     }
 
-    fn signature(&self) -> Signature {
-        Signature::from_bytes(&self.signature)
+    /// Whether this is a format-2 event (authenticated by checkpoints).
+    pub fn is_sealed(&self) -> bool {
+        self.signature.is_none()
+    }
+
+    fn signature(&self) -> Option<Signature> {
+        self.signature.as_ref().map(Signature::from_bytes)
     }
 }
 
@@ -117,6 +125,19 @@ impl VerifiedEvent {
     /// Consumes the event, returning its envelope bytes.
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
+    }
+
+    /// The event as decoded (for callers that handle both kinds).
+    pub fn into_decoded(self) -> DecodedEvent {
+        DecodedEvent {
+            signature: crate::core::codec::decode_envelope(&self.bytes)
+                .ok()
+                .and_then(|(e, _)| e.signature),
+            header: self.header,
+            hash: self.hash,
+            payload: self.payload,
+            bytes: self.bytes,
+        }
     }
 }
 

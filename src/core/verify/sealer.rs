@@ -98,6 +98,8 @@ pub struct Sealer {
     next_seq: u64,
     head_hash: Hash,
     last_timestamp_us: u64,
+    /// The event format it writes: signed (1) or sealed (2).
+    format: u8,
 }
 
 impl fmt::Debug for Sealer {
@@ -111,7 +113,7 @@ impl fmt::Debug for Sealer {
 
 impl Sealer {
     /// Starts a new feed: returns the sealer and the genesis event carrying
-    /// `cert_der`.
+    /// `cert_der`, in the format this build writes.
     pub fn genesis(
         author: &str,
         key: SigningKey,
@@ -119,17 +121,49 @@ impl Sealer {
         id: [u8; 16],
         now_us: u64,
     ) -> (Sealer, VerifiedEvent) {
-        let mut sealer = Sealer {
+        Sealer::new_feed(author, key).start_feed(cert_der, id, now_us)
+    }
+
+    /// A sealer for a feed that does not exist yet; [`Self::start_feed`]
+    /// writes its genesis event.
+    pub fn new_feed(author: &str, key: SigningKey) -> Sealer {
+        Sealer {
             author: author.into(),
             key,
             next_seq: 0,
             head_hash: [0u8; 32],
             last_timestamp_us: 0,
-        };
+            format: FORMAT_VERSION,
+        }
+    }
+
+    /// Switches the event format this sealer writes from its next event on
+    /// ([`FORMAT_VERSION_SIGNED`] or [`FORMAT_VERSION_SEALED`]; a feed may
+    /// move from format 1 to 2). Another value keeps the current format.
+    pub fn with_format(mut self, format: u8) -> Sealer {
+        if matches!(format, FORMAT_VERSION_SIGNED | FORMAT_VERSION_SEALED) {
+            self.format = format;
+        }
+        self
+    }
+
+    /// The format of the events it writes.
+    pub fn format(&self) -> u8 {
+        self.format
+    }
+
+    /// Writes the genesis event of a new feed (the sealer stands at 0).
+    pub fn start_feed(
+        mut self,
+        cert_der: &[u8],
+        id: [u8; 16],
+        now_us: u64,
+    ) -> (Sealer, VerifiedEvent) {
+        debug_assert_eq!(self.next_seq, 0);
         let header = EventHeader {
-            version: FORMAT_VERSION,
+            version: self.format,
             id,
-            author: author.into(),
+            author: self.author.clone(),
             seq: 0,
             prev: [0u8; 32],
             timestamp_us: now_us,
@@ -141,11 +175,11 @@ impl Sealer {
                 hash: crypto::sha256(&[cert_der]),
                 len: cert_der.len() as u32,
             },
-            signature_scope: SignatureScope::Event,
+            signature_scope: scope_of(self.format),
         };
-        let unsigned = sealer.chain(header, cert_der.to_vec());
-        let event = sealer.sign(unsigned);
-        (sealer, event)
+        let unsigned = self.chain(header, cert_der.to_vec());
+        let event = self.sign(unsigned);
+        (self, event)
     }
 
     /// Resumes a feed from its stored head.
@@ -162,6 +196,7 @@ impl Sealer {
             next_seq: head_seq + 1,
             head_hash,
             last_timestamp_us,
+            format: FORMAT_VERSION,
         }
     }
 
@@ -267,7 +302,7 @@ impl Sealer {
             )
             .unwrap_or_default();
         let header = EventHeader {
-            version: FORMAT_VERSION,
+            version: self.format,
             id: entropy.id,
             author: self.author.clone(),
             seq,
@@ -284,7 +319,7 @@ impl Sealer {
                 hash: crypto::sha256(&[&ciphertext]),
                 len: ciphertext.len() as u32,
             },
-            signature_scope: SignatureScope::Event,
+            signature_scope: scope_of(self.format),
         };
         (header, ciphertext)
     }
@@ -326,9 +361,21 @@ pub struct ChainedBatch {
 }
 
 impl ChainedBatch {
-    /// Signs every event on all cores.
+    /// Signs every format-1 event on all cores; format-2 events need no
+    /// signature of their own (their checkpoint is signed at commit).
     pub fn sign(self) -> Vec<VerifiedEvent> {
         let key = &self.key;
+        if self
+            .unsigned
+            .iter()
+            .all(|u| u.header.version == FORMAT_VERSION_SEALED)
+        {
+            return self
+                .unsigned
+                .into_iter()
+                .map(|u| sign_with(key, u))
+                .collect();
+        }
         self.unsigned
             .into_par_iter()
             .map(|u| sign_with(key, u))
@@ -372,16 +419,28 @@ struct Unsigned {
     payload: Vec<u8>,
 }
 
+/// What authenticates events of `format`.
+fn scope_of(format: u8) -> SignatureScope {
+    if format == FORMAT_VERSION_SEALED {
+        SignatureScope::Checkpoint
+    } else {
+        SignatureScope::Event
+    }
+}
+
+/// Finishes a chained event: a format-1 event is signed; a format-2 event
+/// is left for its batch's checkpoint.
 fn sign_with(key: &SigningKey, u: Unsigned) -> VerifiedEvent {
-    let signature = key.sign(&codec::signing_message(&u.hash));
+    let signature = (u.header.version == FORMAT_VERSION_SIGNED)
+        .then(|| key.sign(&codec::signing_message(&u.hash)));
     let envelope = Envelope {
         header: u.header_bytes,
-        signature: signature.to_bytes(),
+        signature: signature.map(|s| s.to_bytes()),
         payload: Some(u.payload),
     };
     let bytes = codec::encode_envelope(&envelope);
     // Assert before the bytes reach the disk: our own events must verify.
-    debug_assert!(signature_valid(&key.verifying_key(), &u.hash, &signature));
+    debug_assert!(signature.is_none_or(|s| signature_valid(&key.verifying_key(), &u.hash, &s)));
     debug_assert!(codec::decode_envelope(&bytes).is_ok());
     VerifiedEvent {
         header: u.header,

@@ -1,6 +1,8 @@
 //! Herald's one signature rule, applied to event hashes: single checks and
 //! batches on all cores, which accept exactly the same signatures; and the
-//! [`SignatureVerdict`] that carries an event's result to its verifier.
+//! [`SignatureVerdict`] that carries an event's result to its verifier,
+//! whether reached through the event's own signature (format 1) or through
+//! a checkpoint of its author's that covers it (format 2, see `seal`).
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use rayon::prelude::*;
@@ -62,12 +64,27 @@ pub struct SignatureVerdict {
     event_hash: Hash,
     /// Whether the signature verified under herald's rule.
     valid: bool,
+    /// What was checked: the event's own signature or a checkpoint.
+    basis: Basis,
+}
+
+/// What a verdict rests on. A format-1 event needs its own signature, a
+/// format-2 event a checkpoint; the verifier refuses the other kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Basis {
+    /// The event's own signature.
+    EventSignature,
+    /// A checkpoint signed by the author whose tree includes the event.
+    Checkpoint,
 }
 
 impl SignatureVerdict {
-    /// Checks one event's signature under `key`.
+    /// Checks one event's signature under `key`. A format-2 event has none:
+    /// the verdict is invalid (only a checkpoint can vouch for it).
     pub(super) fn check(key: &VerifyingKey, event: &DecodedEvent) -> SignatureVerdict {
-        let valid = signature_valid(key, event.hash(), &event.signature());
+        let valid = event
+            .signature()
+            .is_some_and(|signature| signature_valid(key, event.hash(), &signature));
         SignatureVerdict::new(key, event, valid)
     }
 
@@ -76,7 +93,24 @@ impl SignatureVerdict {
             key: key.to_bytes(),
             event_hash: *event.hash(),
             valid,
+            basis: Basis::EventSignature,
         }
+    }
+
+    /// A verdict that `event` is included in a checkpoint signed with `key`
+    /// (only `seal` reaches it, after checking signature and proof).
+    pub(super) fn covered(key: &VerifyingKey, event: &DecodedEvent) -> SignatureVerdict {
+        SignatureVerdict {
+            key: key.to_bytes(),
+            event_hash: *event.hash(),
+            valid: true,
+            basis: Basis::Checkpoint,
+        }
+    }
+
+    /// What the verdict rests on.
+    pub(super) fn basis(&self) -> Basis {
+        self.basis
     }
 
     /// Whether the signature verified.
@@ -110,14 +144,18 @@ pub fn check_event_signatures<'a>(
     items: impl IntoIterator<Item = (&'a VerifyingKey, &'a DecodedEvent)>,
 ) -> Vec<SignatureVerdict> {
     let items: Vec<(&VerifyingKey, &DecodedEvent)> = items.into_iter().collect();
+    // Format-2 events carry no signature to check: their verdict is
+    // invalid here, and only a checkpoint (see `seal`) can vouch for them.
     let keyed: Vec<(VerifyingKey, Hash, Signature)> = items
         .iter()
-        .map(|(key, event)| (**key, *event.hash(), event.signature()))
+        .filter_map(|(key, event)| Some((**key, *event.hash(), event.signature()?)))
         .collect();
-    let results = batch_signatures_valid(&keyed);
+    let mut results = batch_signatures_valid(&keyed).into_iter();
     items
         .iter()
-        .zip(results)
-        .map(|((key, event), valid)| SignatureVerdict::new(key, event, valid))
+        .map(|(key, event)| {
+            let valid = !event.is_sealed() && results.next().unwrap_or(false);
+            SignatureVerdict::new(key, event, valid)
+        })
         .collect()
 }

@@ -4,7 +4,7 @@
 use ed25519_dalek::VerifyingKey;
 
 use super::payload::check_payload;
-use super::signatures::{SignatureVerdict, check_event_signatures, signature_valid};
+use super::signatures::{Basis, SignatureVerdict, check_event_signatures, signature_valid};
 use super::{Check, DecodedEvent, Rejection, VerifiedEvent, hx};
 use crate::core::cert::{AuthorAdmission, AuthorCert};
 use crate::core::crypto::Hash;
@@ -28,55 +28,77 @@ pub struct FeedVerifier {
 
 impl FeedVerifier {
     /// Verifies a feed's genesis event, which carries the author's
-    /// certificate, and starts verifying the feed from it.
+    /// certificate, and starts verifying the feed from it. A format-1
+    /// genesis is checked against its own signature; a format-2 genesis
+    /// needs `verdict`, from a checkpoint under the certificate's key that
+    /// covers it (see [`super::check_sealed_run`] and [`Self::admitted_key`]).
     pub fn genesis(
         trust: &impl AuthorAdmission,
         event: DecodedEvent,
+        verdict: Option<SignatureVerdict>,
     ) -> Result<(FeedVerifier, VerifiedEvent), Rejection> {
+        let (cert, key) = admit_genesis(trust, &event)?;
         let header = &event.header;
-        if header.seq != 0 || header.event_type != GENESIS_EVENT_TYPE {
-            return Err(Rejection::new(
-                header.seq,
-                Check::Author,
-                "the feed to begin with a genesis event at sequence 0",
-                format!("{} at sequence {}", header.event_type, header.seq),
-            ));
-        }
-        let cert_der = match &event.payload {
-            Some(p) => p,
-            None => {
-                return Err(Rejection::new(
-                    0,
-                    Check::Certificate,
-                    "a genesis payload holding the author's certificate",
-                    "a pruned payload",
-                ));
-            }
+        let verdict = match verdict {
+            Some(verdict) if event.is_sealed() => verdict,
+            _ => SignatureVerdict::check(&key, &event),
         };
-        check_payload(header, cert_der)?;
-        let cert = trust.admit_author(&header.author, cert_der).map_err(|e| {
-            Rejection::new(0, Check::Certificate, "a certificate admitted by the CA", e)
-        })?;
-        let key = VerifyingKey::from_bytes(&cert.public_key)
-            .map_err(|e| Rejection::new(0, Check::Certificate, "a valid Ed25519 public key", e))?;
-        if !signature_valid(&key, &event.hash, &event.signature()) {
-            return Err(Rejection::new(
-                0,
-                Check::Signature,
-                "a signature by the key in the certificate",
-                "an invalid signature",
-            ));
+        let mut verifier = FeedVerifier {
+            cert,
+            key,
+            next_seq: 0,
+            head_hash: [0u8; 32],
+            damaged_slot: None,
+            last_timestamp_us: header.timestamp_us,
+        };
+        verifier.check_verdict(&event, verdict)?;
+        check_cert_window(&verifier.cert, header)?;
+        verifier.next_seq = 1;
+        verifier.head_hash = event.hash;
+        Ok((verifier, VerifiedEvent::from_decoded(event)))
+    }
+
+    /// For auditors that authenticate a format-2 feed afterwards, against a
+    /// checkpoint over the tree of every event they accepted (they must
+    /// report the events as unauthentic if none covers them): starts the
+    /// feed from a format-2 genesis, checking everything but authenticity.
+    pub fn genesis_pending_checkpoint(
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+    ) -> Result<FeedVerifier, Rejection> {
+        if !event.is_sealed() {
+            return Err(not_sealed(event));
         }
-        check_cert_window(&cert, header)?;
-        let verifier = FeedVerifier {
+        let (cert, key) = admit_genesis(trust, event)?;
+        check_cert_window(&cert, &event.header)?;
+        Ok(FeedVerifier {
             cert,
             key,
             next_seq: 1,
             head_hash: event.hash,
             damaged_slot: None,
-            last_timestamp_us: header.timestamp_us,
-        };
-        Ok((verifier, VerifiedEvent::from_decoded(event)))
+            last_timestamp_us: event.header.timestamp_us,
+        })
+    }
+
+    /// [`Self::check_next`] for a format-2 event whose authenticity the
+    /// caller establishes afterwards, as for
+    /// [`Self::genesis_pending_checkpoint`].
+    pub fn check_next_pending_checkpoint(&mut self, event: &DecodedEvent) -> Result<(), Rejection> {
+        if !event.is_sealed() {
+            return Err(not_sealed(event));
+        }
+        let verdict = SignatureVerdict::covered(&self.key, event);
+        self.check_next(event, verdict)
+    }
+
+    /// The key of the certificate a genesis event carries, if the CA admits
+    /// it: what a checkpoint of a new feed must be signed with.
+    pub fn admitted_key(
+        trust: &impl AuthorAdmission,
+        genesis: &DecodedEvent,
+    ) -> Result<VerifyingKey, Rejection> {
+        admit_genesis(trust, genesis).map(|(_, key)| key)
     }
 
     /// Resumes verification of a feed from a stored head without replaying it
@@ -285,30 +307,54 @@ impl FeedVerifier {
                 ),
             ));
         }
-        if !verdict.is_valid() {
-            return Err(Rejection::new(
-                seq,
-                Check::Signature,
-                format!(
-                    "a signature by {}'s key over hash {}",
-                    self.cert.service,
-                    hx(&event.hash)
-                ),
-                "an invalid signature",
-            ));
+        let needed = if event.is_sealed() {
+            Basis::Checkpoint
+        } else {
+            Basis::EventSignature
+        };
+        if !verdict.is_valid() || verdict.basis() != needed {
+            return Err(if event.is_sealed() {
+                Rejection::new(
+                    seq,
+                    Check::Signature,
+                    format!(
+                        "a checkpoint signed by {}'s key whose tree includes event {}",
+                        self.cert.service,
+                        hx(&event.hash)
+                    ),
+                    "no such checkpoint",
+                )
+            } else {
+                Rejection::new(
+                    seq,
+                    Check::Signature,
+                    format!(
+                        "a signature by {}'s key over hash {}",
+                        self.cert.service,
+                        hx(&event.hash)
+                    ),
+                    "an invalid signature",
+                )
+            });
         }
         Ok(())
     }
 
     /// Checks that two events are a proof of fork of this feed: both validly
-    /// signed by the author, same sequence number, different hashes.
+    /// signed by the author, same sequence number, different hashes. Only
+    /// format-1 events prove a fork on their own; two format-2 histories are
+    /// proved apart by two checkpoints (see `checkpoint::Equivocation`).
     pub fn is_fork_proof(&self, a: &DecodedEvent, b: &DecodedEvent) -> bool {
+        let signed = |e: &DecodedEvent| {
+            e.signature()
+                .is_some_and(|s| signature_valid(&self.key, &e.hash, &s))
+        };
         a.header.author == self.cert.service
             && b.header.author == self.cert.service
             && a.header.seq == b.header.seq
             && a.hash != b.hash
-            && signature_valid(&self.key, &a.hash, &a.signature())
-            && signature_valid(&self.key, &b.hash, &b.signature())
+            && signed(a)
+            && signed(b)
     }
 }
 
@@ -326,4 +372,47 @@ pub fn check_cert_window(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejec
         ));
     }
     Ok(())
+}
+
+/// A format-1 event offered where only format-2 events may wait for a
+/// checkpoint: its own signature must be checked.
+fn not_sealed(event: &DecodedEvent) -> Rejection {
+    Rejection::new(
+        event.header.seq,
+        Check::Signature,
+        "a format-2 event (a format-1 event is checked against its own signature)",
+        "a format-1 event",
+    )
+}
+
+/// Admits the certificate a genesis event carries: the checks that need no
+/// signature (type, sequence, payload, CA and revocation list).
+fn admit_genesis(
+    trust: &impl AuthorAdmission,
+    event: &DecodedEvent,
+) -> Result<(AuthorCert, VerifyingKey), Rejection> {
+    let header = &event.header;
+    if header.seq != 0 || header.event_type != GENESIS_EVENT_TYPE {
+        return Err(Rejection::new(
+            header.seq,
+            Check::Author,
+            "the feed to begin with a genesis event at sequence 0",
+            format!("{} at sequence {}", header.event_type, header.seq),
+        ));
+    }
+    let Some(cert_der) = &event.payload else {
+        return Err(Rejection::new(
+            0,
+            Check::Certificate,
+            "a genesis payload holding the author's certificate",
+            "a pruned payload",
+        ));
+    };
+    check_payload(header, cert_der)?;
+    let cert = trust.admit_author(&header.author, cert_der).map_err(|e| {
+        Rejection::new(0, Check::Certificate, "a certificate admitted by the CA", e)
+    })?;
+    let key = VerifyingKey::from_bytes(&cert.public_key)
+        .map_err(|e| Rejection::new(0, Check::Certificate, "a valid Ed25519 public key", e))?;
+    Ok((cert, key))
 }

@@ -1,0 +1,211 @@
+//! Seals at ingest: which received format-2 events a peer's seals vouch for.
+//!
+//! Each seal names its feed through its checkpoint's origin. The run it
+//! covers is the batch's events of that feed from the tree this node holds
+//! up to the seal's `end`; `core::verify::check_sealed_run` extends the
+//! stored tree's frontier by the run and checks the author's signature and
+//! the consistency proof. Several seals of one feed (frames gathered into
+//! one ingest) are taken in order of `end`, each extending the last.
+
+use std::collections::HashMap;
+
+use rusqlite::Transaction;
+
+use super::LogError;
+use super::checkpoints::Trees;
+use super::forks::IngestPolicy;
+use super::writer::load_verifier;
+use crate::core::checkpoint;
+use crate::core::codec::DecodeError;
+use crate::core::merkle::Frontier;
+use crate::core::verify::{
+    self, DecodedEvent, FeedVerifier, SealError, SignatureVerdict, check_sealed_run,
+};
+use crate::core::wire::Seal;
+use crate::identity::TrustAnchor;
+
+/// Why the seals of one feed in a batch did not vouch for its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum SealFailure {
+    /// The sender is at fault (a forged or malformed seal, a run that does
+    /// not follow the tree it claims to extend).
+    Misbehaviour(String),
+    /// The author signed the checkpoint, but this node's copy of the feed
+    /// is not a prefix of it: the sender relays another branch of the feed
+    /// (the author signed two histories), which is not the relay's fault.
+    Conflict(String),
+}
+
+/// What a batch's seals vouched for.
+#[derive(Debug, Default)]
+pub(super) struct SealCheck {
+    /// Per decoded event of the batch: the verdict a seal gave it (format-2
+    /// events only; format-1 events carry their own signature).
+    pub verdicts: Vec<Option<SignatureVerdict>>,
+    /// Per feed, why its seals failed (its events after the failure point
+    /// get no verdict).
+    pub failures: HashMap<String, SealFailure>,
+    /// A seal that does not even name a feed of this cluster: the batch is
+    /// refused.
+    pub unreadable: Option<String>,
+    /// Checkpoint notes for the checkpoint witness once the events are
+    /// stored: those that end exactly where their run does (this node then
+    /// holds every event they cover) and those that disagree with this
+    /// node's copy (evidence of a split view, if one can be proved).
+    pub notes: Vec<Vec<u8>>,
+}
+
+/// What the seal check needs of the commit stage.
+pub(super) struct SealContext<'a> {
+    pub trust: &'a TrustAnchor,
+    pub verifiers: &'a mut HashMap<String, FeedVerifier>,
+    pub trees: &'a mut Trees,
+    pub cluster: &'a str,
+    /// This node's own feed, never appended by a peer (empty while
+    /// recovering, when it is ingested like any other).
+    pub own_guard: &'a str,
+    pub policy: &'a IngestPolicy,
+}
+
+/// Checks every seal of a batch against the batch's events.
+pub(super) fn check_seals(
+    tx: &Transaction<'_>,
+    cx: &mut SealContext<'_>,
+    events: &[Result<DecodedEvent, DecodeError>],
+    seals: &[Seal],
+) -> Result<SealCheck, LogError> {
+    let mut check = SealCheck {
+        verdicts: vec![None; events.len()],
+        ..SealCheck::default()
+    };
+    if seals.is_empty() {
+        return Ok(check);
+    }
+    // Per feed, the positions of its events in the batch.
+    let mut by_feed: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, event) in events.iter().enumerate() {
+        if let Ok(event) = event {
+            by_feed.entry(&event.header().author).or_default().push(i);
+        }
+    }
+    let mut named = Vec::with_capacity(seals.len());
+    for seal in seals {
+        match checkpoint::claimed_feed(cx.cluster, &seal.note) {
+            Ok((_, _, feed)) => named.push((feed, seal)),
+            Err(e) => {
+                check.unreadable = Some(e.to_string());
+                return Ok(check);
+            }
+        }
+    }
+    named.sort_by_key(|(_, seal)| seal.end);
+    // Per feed, the frontier after the runs vouched for so far.
+    let mut frontiers: HashMap<String, Frontier> = HashMap::new();
+    for (feed, seal) in named {
+        if feed == cx.own_guard
+            || cx.policy.skips(&feed, seal.end.saturating_sub(1))
+            || check.failures.contains_key(&feed)
+        {
+            continue;
+        }
+        let positions = by_feed.get(feed.as_str()).map_or(&[][..], Vec::as_slice);
+        let Some((key, stored)) = author_key(tx, cx, &feed, events, positions)? else {
+            // A feed this node cannot check yet (no genesis held or sent):
+            // its events are refused when applied.
+            continue;
+        };
+        let held = match frontiers.get(&feed) {
+            Some(f) => f.clone(),
+            None => cx.trees.get(tx, &feed, stored)?.merkle_frontier()?,
+        };
+        if seal.end <= held.size() {
+            continue; // Everything it covers is held already.
+        }
+        let run: Vec<usize> = positions
+            .iter()
+            .copied()
+            .filter(|&i| {
+                events[i]
+                    .as_ref()
+                    .is_ok_and(|e| (held.size()..seal.end).contains(&e.header().seq))
+            })
+            .collect();
+        let run_events: Vec<&DecodedEvent> = run
+            .iter()
+            .filter_map(|&i| events[i].as_ref().ok())
+            .collect();
+        let outcome = check_sealed_run(
+            cx.cluster,
+            &feed,
+            &key,
+            &held,
+            &run_events,
+            verify::Seal {
+                note: &seal.note,
+                proof: &seal.proof,
+            },
+        );
+        match outcome {
+            Ok(sealed) if sealed.frontier.size() == seal.end => {
+                for (&i, verdict) in run.iter().zip(&sealed.verdicts) {
+                    if events[i].as_ref().is_ok_and(DecodedEvent::is_sealed) {
+                        check.verdicts[i] = Some(*verdict);
+                    }
+                }
+                if sealed.checkpoint_is_complete() {
+                    check.notes.push(seal.note.to_vec());
+                }
+                frontiers.insert(feed, sealed.frontier);
+            }
+            Ok(sealed) => {
+                let reason = format!(
+                    "a seal for a run ending at {} vouched for one ending at {}",
+                    seal.end,
+                    sealed.frontier.size()
+                );
+                check
+                    .failures
+                    .insert(feed, SealFailure::Misbehaviour(reason));
+            }
+            Err(SealError::Inconsistent(e))
+                if cx.policy.sender.as_deref() != Some(feed.as_str()) =>
+            {
+                check.notes.push(seal.note.to_vec());
+                let reason = format!(
+                    "the feed's author signed a checkpoint this node's copy does not extend to ({e})"
+                );
+                check.failures.insert(feed, SealFailure::Conflict(reason));
+            }
+            Err(e) => {
+                check
+                    .failures
+                    .insert(feed, SealFailure::Misbehaviour(e.to_string()));
+            }
+        }
+    }
+    Ok(check)
+}
+
+/// The key `feed`'s checkpoints must be signed with and the number of its
+/// events this node stores: from its stored genesis, or from the genesis
+/// in the batch for a feed new to this node. `None` if neither exists or
+/// the certificate is not admitted (the events are then refused when
+/// applied, with the reason).
+fn author_key(
+    tx: &Transaction<'_>,
+    cx: &mut SealContext<'_>,
+    feed: &str,
+    events: &[Result<DecodedEvent, DecodeError>],
+    positions: &[usize],
+) -> Result<Option<(ed25519_dalek::VerifyingKey, u64)>, LogError> {
+    if let Ok(verifier) = load_verifier(tx, cx.trust, cx.verifiers, feed)? {
+        return Ok(Some((*verifier.key(), verifier.next_seq())));
+    }
+    let genesis = positions
+        .iter()
+        .filter_map(|&i| events[i].as_ref().ok())
+        .find(|e| e.header().seq == 0);
+    Ok(genesis
+        .and_then(|g| FeedVerifier::admitted_key(cx.trust, g).ok())
+        .map(|key| (key, 0)))
+}
