@@ -79,13 +79,13 @@ fn channel() -> ChannelKey {
 
 /// A feed's genesis plus `n` sealed events.
 fn sealed_events(n: usize) -> Vec<VerifiedEvent> {
-    let (mut sealer, genesis) = Sealer::genesis(
-        "fundraising",
-        signing_key(),
-        b"not a certificate: the sealer does not read it",
-        entropy(usize::MAX).id,
-        NOW_US,
-    );
+    let (mut sealer, genesis) = Sealer::new_feed("fundraising", signing_key())
+        .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+        .start_feed(
+            b"not a certificate: the sealer does not read it",
+            entropy(usize::MAX).id,
+            NOW_US,
+        );
     let channel = channel();
     let drafts = (0..n)
         .map(|i| (draft(i), &channel, entropy(i)))
@@ -129,13 +129,9 @@ fn drafts(channel: &ChannelKey) -> Vec<(Draft, &ChannelKey, Entropy)> {
 
 fn bench_seal(c: &mut Criterion) {
     let channel = channel();
-    let (mut sealer, _) = Sealer::genesis(
-        "fundraising",
-        signing_key(),
-        b"cert",
-        entropy(usize::MAX).id,
-        NOW_US,
-    );
+    let (mut sealer, _) = Sealer::new_feed("fundraising", signing_key())
+        .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+        .start_feed(b"cert", entropy(usize::MAX).id, NOW_US);
     let mut g = c.benchmark_group("seal");
     g.throughput(Throughput::Elements(BATCH as u64));
     g.bench_function("seal_batch_64", |b| {

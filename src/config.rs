@@ -56,6 +56,22 @@ pub struct NodeConfig {
     /// Executable saga command handlers (see `docs/SAGAS.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command_handlers: Vec<CommandHandlerConfig>,
+    /// The event format this node writes: 2 (sealed by checkpoints, the
+    /// default) or 1 (a signature per event, for verifiers that only read
+    /// format 1). Every node reads both.
+    #[serde(
+        default = "default_event_format",
+        skip_serializing_if = "is_default_event_format"
+    )]
+    pub event_format: u8,
+}
+
+fn default_event_format() -> u8 {
+    crate::core::limits::FORMAT_VERSION
+}
+
+fn is_default_event_format(format: &u8) -> bool {
+    *format == default_event_format()
 }
 
 /// An executable that runs a saga command (or compensation) type.
@@ -205,6 +221,7 @@ impl NodeConfig {
                 .collect(),
             query_handlers: Vec::new(),
             command_handlers: Vec::new(),
+            event_format: default_event_format(),
         }
     }
 

@@ -381,16 +381,13 @@ fn event_time_checks_name_rfc3339_times() {
         now,
     )
     .unwrap();
-    let (_, genesis) = Sealer::genesis(
-        "a",
-        identity.signing_key.clone(),
-        &identity.cert.der,
-        *uuid::Uuid::now_v7().as_bytes(),
-        now,
-    );
+    let (_, genesis) = Sealer::new_feed("a", identity.signing_key.clone())
+        .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+        .start_feed(&identity.cert.der, *uuid::Uuid::now_v7().as_bytes(), now);
     let channel = ChannelKey::new("default", [0x5a; 32]);
     let seal_at = |timestamp_us: u64| {
-        let mut sealer = Sealer::resume("a", identity.signing_key.clone(), 0, *genesis.hash(), 0);
+        let mut sealer = Sealer::resume("a", identity.signing_key.clone(), 0, *genesis.hash(), 0)
+            .with_format(herald::core::limits::FORMAT_VERSION_SIGNED);
         let draft = Draft::new("t", 1, vec![], b"{}".to_vec()).unwrap();
         let entropy = Entropy {
             id: *uuid::Uuid::now_v7().as_bytes(),

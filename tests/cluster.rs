@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::attack::{Attack, events_frame, framed, seal_feed};
+use common::attack::{Attack, Forger, events_frame, framed, seal_feed};
 use common::net::{Net, free_ports};
 use common::{herald_bin, wait_async};
 use ed25519_dalek::Signer;
@@ -550,6 +550,86 @@ async fn events_are_relayed_through_a_middle_node() {
 // 4. A peer with a valid certificate that misbehaves.
 
 /// A sealed feed of `name`: genesis and events 1..=n.
+/// Format 2 over the wire: sealed events count only with a seal, the
+/// author's checkpoint over exactly the history the node then holds. A
+/// peer that sends them bare, with a seal signed by another key, or with a
+/// seal of another history is cut off and nothing of it is applied; with
+/// the right seal they are applied and the node holds (and cosigns) the
+/// author's checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_events_need_their_authors_seal() {
+    let net = Net::with_peers(&["node-a", "mallory"], |me| match me {
+        "node-a" => vec!["mallory".into()],
+        _ => vec!["node-a".into()],
+    });
+    let a = Node::start(&net.config("node-a"))
+        .await
+        .expect("start node-a");
+    let mut mallory = Forger::sealed(&net, "mallory", "mallory");
+    let events = mallory.seal(4, "mallory.says");
+    let genesis = mallory.genesis.clone();
+    // The first four events are sent; the fifth makes another history's
+    // checkpoint below.
+    let history: Vec<&herald::core::verify::VerifiedEvent> =
+        std::iter::once(&genesis).chain(&events[..3]).collect();
+    let bytes: Vec<&[u8]> = history.iter().map(|e| e.bytes()).collect();
+    assert!(bytes.iter().all(|b| codec::is_sealed_envelope(b)));
+    let with_seals = |seals| {
+        let PeerMessage::Events { events, .. } = events_frame(&bytes) else {
+            unreachable!()
+        };
+        PeerMessage::Events { events, seals }
+    };
+    let holds_mallory = |heads: &Heads| heads.contains_key("mallory");
+
+    // Bare: no seal.
+    let mut m = Attack::open(&net, "mallory", "node-a").await;
+    m.send(&with_seals(vec![])).await;
+    assert_eq!(
+        m.closed_with().await,
+        close::VERIFICATION_FAILED as u64,
+        "bare"
+    );
+    assert!(!holds_mallory(&node_heads(&a).await));
+
+    // A seal signed by another key (node-a's own would not do either).
+    let forger = Forger::sealed(&net, "mallory", "node-a");
+    let mut m = Attack::open(&net, "mallory", "node-a").await;
+    m.send(&with_seals(vec![forger.seal_of(&history)])).await;
+    assert_eq!(
+        m.closed_with().await,
+        close::VERIFICATION_FAILED as u64,
+        "foreign key"
+    );
+    assert!(!holds_mallory(&node_heads(&a).await));
+
+    // A seal without its proof: mallory's checkpoint over one more event
+    // claimed to end with the run.
+    let longer: Vec<&herald::core::verify::VerifiedEvent> =
+        std::iter::once(&genesis).chain(&events).collect();
+    let mut wrong = mallory.seal_of(&longer);
+    wrong.end = history.len() as u64;
+    let mut m = Attack::open(&net, "mallory", "node-a").await;
+    m.send(&with_seals(vec![wrong])).await;
+    assert_eq!(
+        m.closed_with().await,
+        close::VERIFICATION_FAILED as u64,
+        "no proof"
+    );
+    assert!(!holds_mallory(&node_heads(&a).await));
+
+    // The right seal: applied, acknowledged, checkpoint held.
+    let mut m = Attack::open(&net, "mallory", "node-a").await;
+    m.send(&with_seals(vec![mallory.seal_of(&history)])).await;
+    m.wait_ack("mallory", 3).await;
+    let held = a
+        .log()
+        .latest_checkpoint("mallory")
+        .expect("mallory's checkpoint");
+    assert_eq!((held.size, held.cosigned_size), (4, 4));
+    a.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_peer_is_cut_off_and_the_rest_carries_on() {
     // "mallory" sorts before "node-a", so mallory dials and node-a accepts.

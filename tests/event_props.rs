@@ -49,13 +49,9 @@ fn fixture() -> Fixture {
     .unwrap();
     let channel = ChannelKey::new("default", [0x42; 32]);
     let now = herald::clock::now_us();
-    let (mut sealer, genesis) = Sealer::genesis(
-        "fundraising",
-        identity.signing_key.clone(),
-        &identity.cert.der,
-        entropy(0).id,
-        now,
-    );
+    let (mut sealer, genesis) = Sealer::new_feed("fundraising", identity.signing_key.clone())
+        .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+        .start_feed(&identity.cert.der, entropy(0).id, now);
     let drafts = (1..=3u8)
         .map(|i| {
             let meta = vec![("correlation_id".to_string(), format!("c-{i}"))];
@@ -378,7 +374,8 @@ fn timestamps_never_go_backwards_even_if_the_clock_does() {
         last.header().seq,
         *last.hash(),
         NOW_US,
-    );
+    )
+    .with_format(herald::core::limits::FORMAT_VERSION_SIGNED);
     let draft = Draft::new("donation.received", 1, vec![], b"{}".to_vec()).unwrap();
     let sealed = sealer.seal_batch(vec![(draft, &f.channel, entropy(9))], NOW_US - 5_000_000);
     assert_eq!(sealed[0].header().timestamp_us, NOW_US);
@@ -419,23 +416,15 @@ fn a_verdict_under_another_feeds_key_does_not_admit_a_forgery() {
         NodeIdentity::load(node, &config.key, &config.cert, &trust, now).unwrap()
     };
     let (insider, billing) = (identity("fundraising"), identity("billing"));
-    let (_, billing_genesis) = Sealer::genesis(
-        "billing",
-        billing.signing_key.clone(),
-        &billing.cert.der,
-        entropy(0).id,
-        now,
-    );
+    let (_, billing_genesis) = Sealer::new_feed("billing", billing.signing_key.clone())
+        .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+        .start_feed(&billing.cert.der, entropy(0).id, now);
     let genesis = |e: &VerifiedEvent| DecodedEvent::decode(e.bytes().to_vec()).unwrap();
     let (mut billing_verifier, _) =
         FeedVerifier::genesis(&trust, genesis(&billing_genesis), None).unwrap();
-    let (_, insider_genesis) = Sealer::genesis(
-        "fundraising",
-        insider.signing_key.clone(),
-        &insider.cert.der,
-        entropy(1).id,
-        now,
-    );
+    let (_, insider_genesis) = Sealer::new_feed("fundraising", insider.signing_key.clone())
+        .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+        .start_feed(&insider.cert.der, entropy(1).id, now);
     let (insider_verifier, _) =
         FeedVerifier::genesis(&trust, genesis(&insider_genesis), None).unwrap();
     // The insider writes the next event of billing's feed, signed with its
@@ -446,7 +435,9 @@ fn a_verdict_under_another_feeds_key_does_not_admit_a_forgery() {
         0,
         *billing_genesis.hash(),
         now,
-    );
+    )
+    .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+    .with_format(herald::core::limits::FORMAT_VERSION_SIGNED);
     let channel = ChannelKey::new("default", [0x42; 32]);
     let draft = Draft::new("invoice.paid", 1, vec![], b"{}".to_vec()).unwrap();
     let forged = forger.seal_batch(vec![(draft, &channel, entropy(2))], now);

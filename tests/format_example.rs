@@ -77,7 +77,8 @@ const EXPECTED_ENVELOPE_HEX: &str = concat!(
 /// Seals the example through herald's public API.
 fn seal_example() -> Vec<u8> {
     let key = SigningKey::from_bytes(&SIGNING_SEED);
-    let mut sealer = Sealer::resume(AUTHOR, key, HEAD_SEQ, HEAD_HASH, LAST_TIMESTAMP_US);
+    let mut sealer = Sealer::resume(AUTHOR, key, HEAD_SEQ, HEAD_HASH, LAST_TIMESTAMP_US)
+        .with_format(herald::core::limits::FORMAT_VERSION_SIGNED);
     let channel = ChannelKey::new("default", CHANNEL_KEY);
     let draft = Draft::new(
         EVENT_TYPE,

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use common::Cluster;
 use herald::audit::verify::{AuditOptions, audit_data_dir};
-use herald::core::verify::Draft;
+use herald::core::verify::{Check, Draft};
 use herald::identity::TrustAnchor;
-use herald::store::{Log, LogError, LogOptions};
+use herald::store::{IngestPolicy, Log, LogError, LogOptions};
 
 fn audit_options(cluster: &Cluster) -> AuditOptions {
     AuditOptions {
@@ -114,10 +114,12 @@ fn bad_drafts_are_refused_and_change_nothing() {
     );
 }
 
+/// Format 1: each event's own signature proves it, so a second validly
+/// signed event at a position proves a fork.
 #[test]
 fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
     let cluster = Cluster::new(&["a", "b"]);
-    let a = cluster.open("a");
+    let a = cluster.open_signed("a");
     for i in 0..5 {
         a.proclaim("volunteer.signed_up", format!("{i}").as_bytes(), vec![])
             .unwrap();
@@ -158,7 +160,7 @@ fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
 
     // Fork: copy a's store, rewind the copy to head 5, and let both
     // proclaim a different sequence 6 with the same key.
-    let a = cluster.open("a");
+    let a = cluster.open_signed("a");
     let six = a.proclaim("volunteer.signed_up", b"first", vec![]).unwrap();
     let six_bytes = a.read("a", 6..=6).unwrap().remove(0).envelope;
     a.close();
@@ -168,6 +170,7 @@ fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
     fork_config.data_dir = fork_dir;
     // Rewind the copy to head 5 so it re-proclaims sequence 6 differently.
     rewind_to(&fork_config.data_dir, "a", 5);
+    fork_config.event_format = herald::core::limits::FORMAT_VERSION_SIGNED;
     let forked = Log::open(&fork_config).unwrap();
     let other_six = forked
         .proclaim("volunteer.signed_up", b"second", vec![])
@@ -371,4 +374,69 @@ fn replication_reads_of_recent_own_events_match_the_store_byte_for_byte() {
     let stored = stored_envelopes(&data_dir, "a");
     assert_eq!(log.recent_envelopes("a", 302, 302).unwrap(), stored[302..]);
     log.close();
+}
+
+/// Format 2: events carry no signature; a seal (the author's checkpoint
+/// and a consistency proof) authenticates a run. Without a seal, or with
+/// one of another run, nothing is applied; with it, the run is applied
+/// once and the receiver holds (and cosigns) the author's checkpoint.
+#[test]
+fn sealed_events_are_applied_with_their_seal_and_refused_without() {
+    let cluster = Cluster::new(&["a", "b"]);
+    let a = cluster.open("a");
+    for i in 0..5 {
+        a.proclaim("volunteer.signed_up", format!("{i}").as_bytes(), vec![])
+            .unwrap();
+    }
+    let events: Vec<Vec<u8>> = a
+        .read("a", 0..=5)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| herald::core::codec::is_sealed_envelope(e))
+    );
+    // A seal for the first three events (a consistency proof to the
+    // checkpoint at 6) and one for all six.
+    let first_three = a.seal_for("a", 3).unwrap().expect("a holds its checkpoint");
+    let all = a.seal_for("a", 6).unwrap().expect("a holds its checkpoint");
+    assert!(!first_three.proof.is_empty() && all.proof.is_empty());
+    a.close();
+
+    let b = cluster.open("b");
+    let unsealed = b.ingest(events.clone()).unwrap();
+    assert_eq!(unsealed.applied, 0);
+    assert_eq!(unsealed.rejected.expect("refused").check, Check::Signature);
+    // A seal that covers less than the events sent vouches for none of
+    // those beyond it.
+    let partial = b
+        .ingest_sealed(
+            events.clone(),
+            vec![first_three.clone()],
+            IngestPolicy::default(),
+        )
+        .unwrap();
+    assert_eq!(partial.applied, 3, "{:?}", partial.rejected);
+    assert_eq!(partial.rejected.expect("the rest refused").seq, Some(3));
+    assert!(
+        b.latest_checkpoint("a").is_none(),
+        "no checkpoint ends at 3"
+    );
+    let rest = b
+        .ingest_sealed(
+            events[3..].to_vec(),
+            vec![all.clone()],
+            IngestPolicy::default(),
+        )
+        .unwrap();
+    assert_eq!((rest.applied, rest.rejected), (3, None));
+    assert_eq!(b.latest_checkpoint("a").map(|c| c.size), Some(6));
+    let again = b
+        .ingest_sealed(events.clone(), vec![all], IngestPolicy::default())
+        .unwrap();
+    assert_eq!((again.applied, again.duplicates), (0, 6));
+    b.close();
 }

@@ -186,13 +186,18 @@ fn an_event_beyond_the_latest_checkpoint_is_not_yet_covered() {
     assert_eq!(early.size, 2);
     a.proclaim("t.x", b"{}", vec![]).unwrap();
     a.proclaim("t.x", b"{}", vec![]).unwrap();
-    let events: Vec<Vec<u8>> = a
-        .read("a", 0..=u64::MAX)
+    let (events, _) = common::sealed_feed(&a, "a");
+    // A fifth event, so the seal of the four is a consistency proof to a
+    // checkpoint b cannot hold yet (it lacks the fifth event).
+    a.proclaim("t.x", b"{}", vec![]).unwrap();
+    let seal = a
+        .seal_for("a", 4)
         .unwrap()
-        .into_iter()
-        .map(|e| e.envelope)
-        .collect();
-    b.ingest(events).unwrap();
+        .expect("a's checkpoint covers 4");
+    let report = b
+        .ingest_sealed(events, vec![seal], herald::store::IngestPolicy::default())
+        .unwrap();
+    assert_eq!((report.applied, report.rejected), (4, None));
     a.close();
     let dir = tempfile::tempdir().unwrap();
     let config = cluster.config_path("b");
@@ -326,16 +331,10 @@ fn two_witnessing_nodes() -> Cluster {
         b.proclaim("t.b", format!("{i}").as_bytes(), vec![])
             .unwrap();
     }
-    let all = |log: &herald::store::Log, feed: &str| -> Vec<Vec<u8>> {
-        log.read(feed, 0..=u64::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|e| e.envelope)
-            .collect()
-    };
-    b.ingest(all(&a, "a")).unwrap();
-    a.ingest(all(&b, "b")).unwrap();
-    // Each cosigns the other's checkpoint, then gets its own back cosigned.
+    // Each takes the other's feed with its seal, and so holds and cosigns
+    // the other's checkpoint; then gets its own back cosigned.
+    common::hand_over(&a, &b, "a");
+    common::hand_over(&b, &a, "b");
     let note = |log: &herald::store::Log, feed: &str| {
         log.latest_checkpoint(feed)
             .unwrap()

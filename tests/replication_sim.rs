@@ -141,13 +141,9 @@ impl Sim {
             let mut id = rng.bytes::<16>();
             id[6] = 0x70 | (id[6] & 0x0f);
             id[8] = 0x80 | (id[8] & 0x3f);
-            let (sealer, genesis) = Sealer::genesis(
-                name,
-                identity.signing_key.clone(),
-                &identity.cert.der,
-                id,
-                now_us,
-            );
+            let (sealer, genesis) = Sealer::new_feed(name, identity.signing_key.clone())
+                .with_format(herald::core::limits::FORMAT_VERSION_SIGNED)
+                .start_feed(&identity.cert.der, id, now_us);
             let decoded = DecodedEvent::decode(genesis.bytes().to_vec()).expect("genesis decodes");
             let (verifier, _) =
                 FeedVerifier::genesis(&trust, decoded, None).expect("genesis verifies");

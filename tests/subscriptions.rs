@@ -330,12 +330,7 @@ fn events_ingested_from_another_feed_are_delivered_in_arrival_order() {
         a.proclaim("donation.received", format!("{i}").as_bytes(), vec![])
             .unwrap();
     }
-    let a_events: Vec<Vec<u8>> = a
-        .read("a", 0..=10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.envelope)
-        .collect();
+    let (a_events, a_seal) = common::sealed_feed(&a, "a");
     a.close();
 
     let b = cluster.open("b");
@@ -344,7 +339,10 @@ fn events_ingested_from_another_feed_are_delivered_in_arrival_order() {
         .subscribe("donations", "donation.*", StartFrom::Start)
         .unwrap();
     b.proclaim("donation.received", b"\"b1\"", vec![]).unwrap();
-    assert_eq!(b.ingest(a_events).unwrap().applied, 4);
+    let report = b
+        .ingest_sealed(a_events, a_seal, herald::store::IngestPolicy::default())
+        .unwrap();
+    assert_eq!(report.applied, 4);
     b.proclaim("donation.received", b"\"b2\"", vec![]).unwrap();
 
     let got: Vec<(String, u64)> = drain(&mut sub, 2)

@@ -786,7 +786,8 @@ fn regenerate_vectors() {
         2,
         fundraising_seq2.hash,
         fundraising_seq2.header.timestamp_us,
-    );
+    )
+    .with_format(herald::core::limits::FORMAT_VERSION_SIGNED);
     let forged_draft = Draft::new(
         "donation.received",
         1,

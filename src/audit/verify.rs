@@ -469,7 +469,11 @@ impl<'a> Auditor<'a> {
                 }
             }
             Err(r) => {
-                verifier.resync(&event, verdict);
+                if event.is_sealed() {
+                    verifier.resync_pending_checkpoint(&event);
+                } else {
+                    verifier.resync(&event, verdict);
+                }
                 if verifier.head_hash() == event.hash() {
                     // Adopted as the head (section 12): it is in the tree.
                     feed.grow_tree(event.header().seq, event.hash());

@@ -382,6 +382,7 @@ fn open_log(setup: &Setup) -> Result<Log, BenchError> {
         channels: vec![channel],
         default_channel: "default".into(),
         recover_own_feed: false,
+        event_format: crate::core::limits::FORMAT_VERSION,
     })?)
 }
 

@@ -190,8 +190,17 @@ fn relay_to_council(dir: &Path) -> Result<bool, CliError> {
             .into_iter()
             .map(|e| e.envelope)
             .collect();
-        let first = council.ingest(envelopes.clone())?;
-        let again = council.ingest(envelopes)?;
+        // The author's checkpoint over its whole feed vouches for all of it.
+        let seal = crate::store::seal_from_store(
+            &conn,
+            council.cluster(),
+            service,
+            envelopes.len() as u64,
+        )?
+        .ok_or_else(|| format!("{service} holds no checkpoint of its feed"))?;
+        let policy = crate::store::IngestPolicy::default();
+        let first = council.ingest_sealed(envelopes.clone(), vec![seal.clone()], policy.clone())?;
+        let again = council.ingest_sealed(envelopes, vec![seal], policy)?;
         println!(
             "   council <- {service}: {} verified and applied, then {} duplicates skipped on redelivery",
             first.applied, again.duplicates

@@ -7,7 +7,7 @@ pub const FORMAT_VERSION_SIGNED: u8 = 1;
 pub const FORMAT_VERSION_SEALED: u8 = 2;
 /// The event format this build writes (the first byte of every header). It
 /// reads both formats.
-pub const FORMAT_VERSION: u8 = FORMAT_VERSION_SIGNED;
+pub const FORMAT_VERSION: u8 = FORMAT_VERSION_SEALED;
 
 /// Longest service (feed author) name, in bytes. Names are DNS labels.
 pub const SERVICE_NAME_BYTES_MAX: usize = 63;

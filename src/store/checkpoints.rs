@@ -95,6 +95,48 @@ pub(crate) fn consistency_proof(
     })
 }
 
+/// The seal of `feed`'s run ending at tree size `end`, from the checkpoint
+/// stored in `conn` (see [`Log::seal_for`](super::Log::seal_for)): for
+/// tools that hand one store's events to another.
+pub fn seal_from_store(
+    conn: &Connection,
+    cluster: &str,
+    feed: &str,
+    end: u64,
+) -> Result<Option<crate::core::wire::Seal>, LogError> {
+    match read_checkpoint(conn, feed)? {
+        Some(stored) => seal_of(Some(conn), cluster, &stored, end),
+        None => Ok(None),
+    }
+}
+
+/// The seal for a run ending at `end` under `stored`: `None` if it does
+/// not cover `end`. `conn` reads the consistency proof (needed unless the
+/// checkpoint ends at `end`).
+pub(crate) fn seal_of(
+    conn: Option<&Connection>,
+    cluster: &str,
+    stored: &StoredCheckpoint,
+    end: u64,
+) -> Result<Option<crate::core::wire::Seal>, LogError> {
+    if stored.size < end || end == 0 {
+        return Ok(None);
+    }
+    let proof = match conn {
+        _ if stored.size == end => Vec::new(),
+        Some(conn) => consistency_proof(conn, &stored.feed, end, stored.size)?,
+        None => {
+            return Err(LogError::Corrupt("a seal's proof needs the store".into()));
+        }
+    };
+    let note = author_only(cluster, stored)?;
+    Ok(Some(crate::core::wire::Seal {
+        end,
+        note: serde_bytes::ByteBuf::from(note.into_bytes()),
+        proof,
+    }))
+}
+
 /// A stored checkpoint's note with its author's signature alone (seals
 /// travel with every frame; cosignatures travel in `Checkpoint` messages).
 pub(crate) fn author_only(cluster: &str, stored: &StoredCheckpoint) -> Result<String, LogError> {

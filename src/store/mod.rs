@@ -30,7 +30,7 @@ use serde::Serialize;
 
 pub use checkpoints::{
     COSIGNATURES_MAX, CheckpointCache, CheckpointOutcome, StoredCheckpoint, read_checkpoint,
-    read_checkpoints, read_equivocations,
+    read_checkpoints, read_equivocations, seal_from_store,
 };
 pub use forks::{EvidenceOutcome, IngestPolicy, Tolerated, pruned_envelope};
 pub use health::{Health, Problem};
@@ -49,6 +49,7 @@ use crate::core::checkpoint::{CheckpointError, Equivocation};
 use crate::core::codec;
 use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::event::EventHeader;
+use crate::core::limits::{FORMAT_VERSION_SEALED, FORMAT_VERSION_SIGNED};
 use crate::core::verify::{Draft, DraftError, Rejection, Sealer, VerifiedEvent};
 use crate::identity::{IdentityError, NodeIdentity, TrustAnchor};
 
@@ -101,6 +102,8 @@ pub enum LogError {
         "store {path} is damaged (SQLite quick_check: {report}); the node refuses to start on it: restore the store from a backup, or move it aside so the node recovers its feed from its peers"
     )]
     Damaged { path: PathBuf, report: String },
+    #[error("unsupported event format {0}: this build writes format 1 (signed) or 2 (sealed)")]
+    EventFormat(u8),
     #[error("this node cannot proclaim yet: {0}")]
     CannotProclaim(String),
     #[error(transparent)]
@@ -297,6 +300,9 @@ pub struct LogOptions {
     /// (or fail, see [`Log::refuse_proclamations`]). `false`: resume or
     /// start the feed at once.
     pub recover_own_feed: bool,
+    /// The event format this node writes (`FORMAT_VERSION_SEALED` or
+    /// `FORMAT_VERSION_SIGNED`; see `NodeConfig::event_format`).
+    pub event_format: u8,
 }
 
 impl LogOptions {
@@ -311,6 +317,7 @@ impl LogOptions {
             channels,
             default_channel: config.default_channel.clone(),
             recover_own_feed: false,
+            event_format: config.event_format,
         })
     }
 }
@@ -365,7 +372,11 @@ impl Log {
             channels,
             default_channel,
             recover_own_feed,
+            event_format,
         } = options;
+        if !matches!(event_format, FORMAT_VERSION_SIGNED | FORMAT_VERSION_SEALED) {
+            return Err(LogError::EventFormat(event_format));
+        }
         std::fs::create_dir_all(&data_dir).map_err(|source| LogError::DataDir {
             path: data_dir.clone(),
             source,
@@ -378,7 +389,7 @@ impl Log {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let checkpointer = Checkpointer::start(&db_path)?;
         claim_service(&conn, &db_path, &identity.service)?;
-        let sealer = open_own_feed(&mut conn, &identity, &trust, recover_own_feed)?;
+        let sealer = open_own_feed(&mut conn, &identity, &trust, recover_own_feed, event_format)?;
         let recovering = Arc::new(std::sync::atomic::AtomicBool::new(sealer.is_none()));
         let reader = open_connection(&db_path, false)?;
         let head_conn = open_connection(&db_path, false)?;
@@ -389,6 +400,7 @@ impl Log {
             head_conn,
             own_service: identity.service.clone(),
             identity: identity.clone(),
+            event_format,
             deferred: Vec::new(),
             refusal: None,
         };
@@ -475,21 +487,12 @@ impl Log {
         let Some(stored) = self.latest_checkpoint(feed) else {
             return Ok(None);
         };
-        if stored.size < end || end == 0 {
-            return Ok(None);
+        if stored.size == end {
+            // Ends here: no proof, so no read.
+            return checkpoints::seal_of(None, &self.cluster, &stored, end);
         }
-        let proof = if stored.size == end {
-            Vec::new()
-        } else {
-            let reader = self.reader()?;
-            checkpoints::consistency_proof(&reader, feed, end, stored.size)?
-        };
-        let note = checkpoints::author_only(&self.cluster, &stored)?;
-        Ok(Some(crate::core::wire::Seal {
-            end,
-            note: serde_bytes::ByteBuf::from(note.into_bytes()),
-            proof,
-        }))
+        let reader = self.reader()?;
+        checkpoints::seal_of(Some(&reader), &self.cluster, &stored, end)
     }
 
     /// Checks a checkpoint a peer sent against this node's copy of the
@@ -1013,6 +1016,7 @@ fn open_own_feed(
     identity: &NodeIdentity,
     trust: &TrustAnchor,
     recover: bool,
+    format: u8,
 ) -> Result<Option<Sealer>, LogError> {
     let service = &identity.service;
     let head = writer::read_head(conn, service)?;
@@ -1021,10 +1025,10 @@ fn open_own_feed(
         (Some(_), true) => {
             // Check the key and the head row now (it writes nothing for a
             // stored feed), so a bad store fails at start-up, not later.
-            start_or_resume(conn, identity, trust, false)?;
+            start_or_resume(conn, identity, trust, false, format)?;
             Ok(None)
         }
-        (_, false) => start_or_resume(conn, identity, trust, true).map(Some),
+        (_, false) => start_or_resume(conn, identity, trust, true, format).map(Some),
     }
 }
 
@@ -1038,19 +1042,16 @@ pub(crate) fn start_or_resume(
     identity: &NodeIdentity,
     trust: &TrustAnchor,
     sign: bool,
+    format: u8,
 ) -> Result<Sealer, LogError> {
     let service = &identity.service;
     let signer = checkpoints::signer_for(identity, trust);
     let Some(head) = writer::read_head(conn, service)? else {
         let now_us = clock::now_us();
         let id = writer::new_entropy(now_us).id;
-        let (sealer, genesis) = Sealer::genesis(
-            service,
-            identity.signing_key.clone(),
-            &identity.cert.der,
-            id,
-            now_us,
-        );
+        let (sealer, genesis) = Sealer::new_feed(service, identity.signing_key.clone())
+            .with_format(format)
+            .start_feed(&identity.cert.der, id, now_us);
         writer::commit_own(conn, &[genesis], &mut Default::default(), &signer)?;
         return Ok(sealer);
     };
@@ -1087,7 +1088,8 @@ pub(crate) fn start_or_resume(
         head.seq,
         head.hash,
         head.last_timestamp_us,
-    ))
+    )
+    .with_format(format))
 }
 
 /// Whether another process holds the store's lock (a running node, or a

@@ -171,6 +171,8 @@ enum Work {
     /// for what is durable (or a new feed).
     FinishRecovery {
         identity: Box<crate::identity::NodeIdentity>,
+        /// The event format the node writes.
+        format: u8,
         reply: SyncSender<Result<Sealer, LogError>>,
     },
 }
@@ -180,6 +182,8 @@ pub(crate) struct SealStage {
     /// `None` while the feed is being recovered from peers.
     pub sealer: Option<Sealer>,
     pub identity: crate::identity::NodeIdentity,
+    /// The event format the node writes.
+    pub event_format: u8,
     /// Proclamations waiting for recovery to end, in order.
     pub deferred: Vec<Request>,
     /// Why recovery cannot finish now: proclamations fail with it instead
@@ -510,6 +514,7 @@ impl SealStage {
         let (reply, receiver) = sync_channel(1);
         work.send(Work::FinishRecovery {
             identity: Box::new(self.identity.clone()),
+            format: self.event_format,
             reply,
         })
         .map_err(|_| LogError::WriterGone)?;
@@ -528,13 +533,16 @@ impl SealStage {
         match read_head(&self.head_conn, &self.own_service) {
             Ok(Some(head)) => {
                 tracing::warn!(seq = head.seq, "rewinding the sealer to the durable head");
-                self.sealer = Some(Sealer::resume(
-                    &self.own_service,
-                    sealer.signing_key().clone(),
-                    head.seq,
-                    head.hash,
-                    head.last_timestamp_us,
-                ));
+                self.sealer = Some(
+                    Sealer::resume(
+                        &self.own_service,
+                        sealer.signing_key().clone(),
+                        head.seq,
+                        head.hash,
+                        head.last_timestamp_us,
+                    )
+                    .with_format(sealer.format()),
+                );
             }
             Ok(None) | Err(_) => {
                 tracing::error!("cannot read the durable feed head; keeping the sealer as is");
@@ -610,11 +618,20 @@ impl CommitStage {
                     }
                     let _ = reply.send(outcome);
                 }
-                Work::FinishRecovery { identity, reply } => {
+                Work::FinishRecovery {
+                    identity,
+                    format,
+                    reply,
+                } => {
                     self.recovering.store(false, Ordering::Release);
                     self.verifiers.remove(&self.own_service);
-                    let sealer =
-                        super::start_or_resume(&mut self.conn, &identity, &self.trust, true);
+                    let sealer = super::start_or_resume(
+                        &mut self.conn,
+                        &identity,
+                        &self.trust,
+                        true,
+                        format,
+                    );
                     // It may have signed the recovered feed's checkpoint.
                     self.trees.clear();
                     self.checkpoint_cache.refresh(&self.conn, &self.own_service);
@@ -1276,7 +1293,7 @@ fn ingest_one(
         }));
     }
     let verified = if seq == 0 {
-        match FeedVerifier::genesis(trust, event, None) {
+        match FeedVerifier::genesis(trust, event, verdict) {
             Ok((verifier, verified)) => {
                 verifiers.insert(author, verifier);
                 verified

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use herald::core::crypto::ChannelKey;
 use herald::core::verify::{Draft, Entropy, Sealer, SealerMark, VerifiedEvent};
-use herald::core::wire::{ALPN_PEER, PROTOCOL_VERSION, PeerMessage};
+use herald::core::wire::{ALPN_PEER, PROTOCOL_VERSION, PeerMessage, Seal};
 use herald::identity::NodeIdentity;
 use herald::net;
 use herald::node::peer::StreamOpen;
@@ -38,16 +38,39 @@ pub fn seal_feed(net: &Net, name: &str, n: u8) -> Feed {
 
 /// Seals events of the feed `author` with the key and certificate of
 /// `signer` (the same name: a genuine feed; another: a forgery), and can go
-/// back to an earlier point to seal a second history (a fork).
+/// back to an earlier point to seal a second history (a fork). It writes
+/// format 1 (each event signed, so each proves itself) unless made with
+/// [`Forger::sealed`].
 pub struct Forger {
     pub key: ed25519_dalek::SigningKey,
     pub genesis: VerifiedEvent,
     sealer: Sealer,
     sealed: u32,
+    cluster: String,
 }
 
 impl Forger {
     pub fn new(net: &Net, author: &str, signer: &str) -> Forger {
+        Forger::in_format(
+            net,
+            author,
+            signer,
+            herald::core::limits::FORMAT_VERSION_SIGNED,
+        )
+    }
+
+    /// A forger writing format-2 events (authentic only through a seal,
+    /// see [`Forger::seal_of`]).
+    pub fn sealed(net: &Net, author: &str, signer: &str) -> Forger {
+        Forger::in_format(
+            net,
+            author,
+            signer,
+            herald::core::limits::FORMAT_VERSION_SEALED,
+        )
+    }
+
+    fn in_format(net: &Net, author: &str, signer: &str, format: u8) -> Forger {
         let keys = net.keys();
         let identity = NodeIdentity::load(
             signer,
@@ -57,18 +80,41 @@ impl Forger {
             herald::clock::now_us(),
         )
         .expect("identity");
-        let (sealer, genesis) = Sealer::genesis(
-            author,
-            identity.signing_key.clone(),
-            &identity.cert.der,
-            entropy(0).id,
-            herald::clock::now_us(),
-        );
+        let (sealer, genesis) = Sealer::new_feed(author, identity.signing_key.clone())
+            .with_format(format)
+            .start_feed(&identity.cert.der, entropy(0).id, herald::clock::now_us());
         Forger {
             key: identity.signing_key,
             genesis,
             sealer,
             sealed: 0,
+            cluster: herald::core::checkpoint::cluster_id(&net.trust().ca_public_key()),
+        }
+    }
+
+    /// The seal of the run `events[from..]` of a history `events` (genesis
+    /// first), signed with this forger's key: the checkpoint of the whole
+    /// history, ending with the run.
+    pub fn seal_of(&self, history: &[&VerifiedEvent]) -> Seal {
+        let tree = herald::core::merkle::MemoryTree::from_leaf_hashes(
+            history
+                .iter()
+                .map(|e| herald::core::verify::leaf_of(e.hash())),
+        )
+        .expect("tree");
+        let author = history[0].header().author.clone();
+        let signer = herald::core::checkpoint::CheckpointSigner::new(
+            self.cluster.clone(),
+            author,
+            self.key.clone(),
+        );
+        let note = signer
+            .sign(tree.size(), tree.root())
+            .expect("sign checkpoint");
+        Seal {
+            end: tree.size(),
+            note: serde_bytes::ByteBuf::from(note.to_text().into_bytes()),
+            proof: Vec::new(),
         }
     }
 

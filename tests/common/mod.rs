@@ -39,6 +39,21 @@ impl Cluster {
         Log::open(&self.config(node)).expect("open log")
     }
 
+    /// Opens `node`'s log writing format 1 (a signature per event), for
+    /// tests of what format-1 events prove on their own.
+    pub fn open_signed(&self, node: &str) -> Log {
+        let mut config = self.config(node);
+        config.event_format = herald::core::limits::FORMAT_VERSION_SIGNED;
+        Log::open(&config).expect("open log")
+    }
+
+    /// Makes `node`'s config file write format 1 (for nodes started from it).
+    pub fn write_signed(&self, node: &str) {
+        let mut config = self.config(node);
+        config.event_format = herald::core::limits::FORMAT_VERSION_SIGNED;
+        std::fs::write(self.config_path(node), config.to_toml()).expect("save config");
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.path().join("keys/ca.crt")
     }
@@ -106,4 +121,29 @@ where
             Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
         }
     }
+}
+
+/// Every event `log` holds of `feed`, and the seal its latest checkpoint
+/// gives them (format-2 events are authentic only through one).
+pub fn sealed_feed(log: &Log, feed: &str) -> (Vec<Vec<u8>>, Vec<herald::core::wire::Seal>) {
+    let events: Vec<Vec<u8>> = log
+        .read(feed, 0..=u64::MAX)
+        .expect("read feed")
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    let seal = log
+        .seal_for(feed, events.len() as u64)
+        .expect("seal")
+        .into_iter()
+        .collect();
+    (events, seal)
+}
+
+/// Hands every event `from` holds of `feed` to `to`, as a peer would:
+/// sealed by `from`'s latest checkpoint of the feed.
+pub fn hand_over(from: &Log, to: &Log, feed: &str) -> herald::store::IngestReport {
+    let (events, seals) = sealed_feed(from, feed);
+    to.ingest_sealed(events, seals, herald::store::IngestPolicy::default())
+        .expect("ingest")
 }

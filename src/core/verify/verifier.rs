@@ -92,6 +92,16 @@ impl FeedVerifier {
         self.check_next(event, verdict)
     }
 
+    /// [`Self::resync`] for a format-2 event an auditor holds pending its
+    /// checkpoint: it counts as authentic for resynchronisation, since the
+    /// checkpoint check that follows covers it.
+    pub fn resync_pending_checkpoint(&mut self, event: &DecodedEvent) {
+        if event.is_sealed() {
+            let verdict = SignatureVerdict::covered(&self.key, event);
+            self.resync(event, verdict);
+        }
+    }
+
     /// The key of the certificate a genesis event carries, if the CA admits
     /// it: what a checkpoint of a new feed must be signed with.
     pub fn admitted_key(
