@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+mod common;
+
 use serde_json::{Value, json};
 
 /// The CA every case but `foreign-ca` verifies against (relative to the
@@ -191,6 +193,28 @@ const CASES: &[Case] = &[
     Case {
         name: "v2-equivocating",
         file: "v2-equivocating.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    // Format-2 (sealed) events: authentic only through their checkpoint.
+    Case {
+        name: "sealed-valid",
+        file: "sealed-valid.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    Case {
+        name: "sealed-tampered-event",
+        file: "sealed-tampered-event.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    Case {
+        name: "sealed-no-checkpoint",
+        file: "sealed-no-checkpoint.hrld",
         ca: CA,
         args: &[],
         known_bug: None,
@@ -842,6 +866,7 @@ fn regenerate_vectors() {
 
     // Format 2, from the keys just written.
     write_format2_vectors(&dir);
+    write_sealed_vectors(&dir);
 
     // Expected reports, from the built binary. READ THEM before committing.
     for case in CASES {
@@ -1303,10 +1328,16 @@ fn export_format1(
 
 /// A node config for `service` of the vector cluster, over the test-only
 /// keys in `dir/keys`, with its data under `data`.
-fn vector_config(dir: &Path, data: &Path, service: &str, port: u16) -> NodeConfig {
+fn vector_config(
+    dir: &Path,
+    data: &Path,
+    service: &str,
+    port: u16,
+    event_format: u8,
+) -> NodeConfig {
     let k = dir.join("keys");
     let text = format!(
-        "service = \"{service}\"\ndata_dir = \"{}\"\nkey = \"{}\"\ncert = \"{}\"\nca = \"{}\"\ndefault_channel = \"default\"\nlisten = \"127.0.0.1:{port}\"\n\n[channels]\ndefault = \"{}\"\n",
+        "service = \"{service}\"\ndata_dir = \"{}\"\nkey = \"{}\"\ncert = \"{}\"\nca = \"{}\"\ndefault_channel = \"default\"\nlisten = \"127.0.0.1:{port}\"\nevent_format = {event_format}\n\n[channels]\ndefault = \"{}\"\n",
         data.join(service).display(),
         k.join(format!("{service}.key")).display(),
         k.join(format!("{service}.crt")).display(),
@@ -1326,8 +1357,10 @@ fn vector_config(dir: &Path, data: &Path, service: &str, port: u16) -> NodeConfi
 /// a second, inconsistent checkpoint).
 fn write_format2_vectors(dir: &Path) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let council_config = vector_config(dir, tmp.path(), "council", 17490);
-    let fundraising_config = vector_config(dir, tmp.path(), "fundraising", 17491);
+    // These vectors hold format-1 events (export format 2 came first).
+    let signed = herald::core::limits::FORMAT_VERSION_SIGNED;
+    let council_config = vector_config(dir, tmp.path(), "council", 17490, signed);
+    let fundraising_config = vector_config(dir, tmp.path(), "fundraising", 17491, signed);
     let council = Log::open(&council_config).expect("council");
     let fundraising = Log::open(&fundraising_config).expect("fundraising");
     proclaim(&council, "meeting.held", json!({"minutes": "m-1"}), &[]);
@@ -1436,6 +1469,114 @@ fn write_format2_vectors(dir: &Path) {
 fn regenerate_format2_vectors() {
     write_format2_vectors(&vectors_dir());
     for case in CASES.iter().filter(|c| c.name.starts_with("v2-")) {
+        let projected = auditor_expectation(case, run_case(case));
+        let text = serde_json::to_string_pretty(&projected).expect("json") + "\n";
+        std::fs::write(expected_path(case), text).expect("write expected");
+    }
+}
+
+/// Writes the sealed-event vectors from the test-only keys:
+/// `sealed-valid.hrld` (council and fundraising writing format 2, each
+/// holding the other's feed through its seal, each checkpoint cosigned by
+/// the other node), `sealed-tampered-event.hrld` (one byte of fundraising's
+/// event 2's `prev` changed in the file, its record re-framed) and
+/// `sealed-no-checkpoint.hrld` (fundraising's checkpoint record left out).
+fn write_sealed_vectors(dir: &Path) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let sealed = herald::core::limits::FORMAT_VERSION_SEALED;
+    let council_config = vector_config(dir, tmp.path(), "council", 17492, sealed);
+    let fundraising_config = vector_config(dir, tmp.path(), "fundraising", 17493, sealed);
+    let council = Log::open(&council_config).expect("council");
+    let fundraising = Log::open(&fundraising_config).expect("fundraising");
+    proclaim(&council, "meeting.held", json!({"minutes": "m-2"}), &[]);
+    for (donor, cents) in [("D-3001", 2500), ("D-3002", 9000), ("D-3003", 100)] {
+        let payload = json!({"donor": donor, "amount_cents": cents});
+        proclaim(&fundraising, "donation.received", payload, &[]);
+    }
+    for (to, from, feed) in [
+        (&council, &fundraising, "fundraising"),
+        (&fundraising, &council, "council"),
+    ] {
+        let report = common::hand_over(from, to, feed);
+        assert_eq!(report.rejected, None, "{feed} handed over");
+    }
+    // Each gets its own checkpoint back, cosigned by the other.
+    for (log, from, feed) in [
+        (&council, &fundraising, "council"),
+        (&fundraising, &council, "fundraising"),
+    ] {
+        let cp = from.latest_checkpoint(feed).expect("checkpoint");
+        log.accept_checkpoint(cp.note.clone().into_bytes())
+            .expect("accept")
+            .expect("the checkpoint matches");
+    }
+    fundraising.close();
+    council.close();
+    let now = herald::clock::now_us();
+    let council_key = vector_key(dir, "council");
+    let conn = herald::store::open_read_only(&council_config.data_dir).expect("store");
+    export::export_store(
+        &conn,
+        "council",
+        &council_key,
+        now,
+        &dir.join("sealed-valid.hrld"),
+    )
+    .expect("export");
+
+    // Rewrites the valid file record by record.
+    let valid = std::fs::read(dir.join("sealed-valid.hrld")).expect("read");
+    let rewrite = |name: &str, edit: &dyn Fn(ExportRecordV2) -> Option<ExportRecordV2>| {
+        let mut out = valid[..8].to_vec();
+        let mut at = 8;
+        while at < valid.len() {
+            let len = u32::from_le_bytes(valid[at..at + 4].try_into().expect("len")) as usize;
+            let record = export::decode_record_v2(&valid[at + 4..at + 4 + len]).expect("record");
+            if let Some(record) = edit(record) {
+                let body = postcard::to_stdvec(&record).expect("encode");
+                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                out.extend_from_slice(&body);
+            }
+            at += 4 + len;
+        }
+        std::fs::write(dir.join(name), out).expect("write");
+    };
+    let fundraising_event = |bytes: &[u8], seq: u64| {
+        herald::core::codec::decode_envelope(bytes)
+            .is_ok_and(|(_, h)| h.author == "fundraising" && h.seq == seq)
+    };
+    rewrite("sealed-tampered-event.hrld", &|record| {
+        Some(match record {
+            ExportRecordV2::Event(mut bytes) if fundraising_event(&bytes, 2) => {
+                // `00`, the header's 2-byte length, version, id (16), the
+                // author ("fundraising", 1 + 11), seq (1): then `prev`.
+                let prev_at = 1 + 2 + 1 + 16 + 12 + 1;
+                bytes[prev_at + 5] ^= 0x01;
+                ExportRecordV2::Event(bytes)
+            }
+            other => other,
+        })
+    });
+    rewrite("sealed-no-checkpoint.hrld", &|record| match record {
+        ExportRecordV2::Checkpoint(c)
+            if String::from_utf8_lossy(&c.note)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .ends_with("/fundraising") =>
+        {
+            None
+        }
+        other => Some(other),
+    });
+}
+
+/// Rewrites only the sealed-event vectors and their expected reports.
+#[test]
+#[ignore = "rewrites the sealed-event vectors; run explicitly and review the expected reports"]
+fn regenerate_sealed_vectors() {
+    write_sealed_vectors(&vectors_dir());
+    for case in CASES.iter().filter(|c| c.name.starts_with("sealed-")) {
         let projected = auditor_expectation(case, run_case(case));
         let text = serde_json::to_string_pretty(&projected).expect("json") + "\n";
         std::fs::write(expected_path(case), text).expect("write expected");

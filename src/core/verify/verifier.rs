@@ -93,13 +93,21 @@ impl FeedVerifier {
     }
 
     /// [`Self::resync`] for a format-2 event an auditor holds pending its
-    /// checkpoint: it counts as authentic for resynchronisation, since the
-    /// checkpoint check that follows covers it.
+    /// checkpoint (whose check follows and settles its authenticity). With
+    /// no signature to tell, position decides: one that stands in the
+    /// expected slot but failed is taken as damaged there (the next event
+    /// may follow it unchecked against it); one further ahead becomes the
+    /// head (events were dropped or reordered).
     pub fn resync_pending_checkpoint(&mut self, event: &DecodedEvent) {
-        if event.is_sealed() {
-            let verdict = SignatureVerdict::covered(&self.key, event);
-            self.resync(event, verdict);
+        if !event.is_sealed() {
+            return;
         }
+        let verdict = if event.header.seq == self.next_seq {
+            SignatureVerdict::check(&self.key, event)
+        } else {
+            SignatureVerdict::covered(&self.key, event)
+        };
+        self.resync(event, verdict);
     }
 
     /// The key of the certificate a genesis event carries, if the CA admits
