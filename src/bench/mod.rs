@@ -177,8 +177,7 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
             work_dir,
             options.cluster_events,
             options.payload_bytes,
-            before.sign_per_s,
-            before.batch_verify_per_s,
+            storage_per_s,
             options.network,
         )?)
     } else {
@@ -228,11 +227,9 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
     })
 }
 
-/// Recomputes the cluster fractions against the final (higher) ceilings.
+/// Recomputes the cluster fractions against the final ceilings.
 fn rescale_cluster(mut c: cluster::ClusterReport, ceiling: &Ceiling) -> cluster::ClusterReport {
-    let nodes = c.nodes as f64;
-    c.topology_ceiling_per_s =
-        1.0 / (1.0 / ceiling.sign_per_s + (nodes - 1.0) / ceiling.batch_verify_per_s);
+    c.topology_ceiling_per_s = cluster::topology_ceiling(ceiling.storage_per_s, c.nodes);
     let wan = c.wan.as_mut().map(|w| &mut w.run);
     for run in c
         .runs

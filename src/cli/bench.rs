@@ -139,10 +139,10 @@ fn print_table(r: &BenchReport) {
     if let Some(c) = &r.cluster {
         println!();
         println!(
-            "cluster: {} nodes on loopback (QUIC, mutual TLS, fsync); topology ceiling {:.0}/s = 1/(1/sign + {}/batch-verify)",
+            "cluster: {} nodes on loopback (QUIC, mutual TLS, fsync); topology ceiling {:.0}/s = storage ceiling / {} (every node stores every event on this one machine)",
             c.nodes,
             c.topology_ceiling_per_s,
-            c.nodes - 1
+            c.nodes
         );
         println!(
             "{:<26} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}",

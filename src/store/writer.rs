@@ -1273,10 +1273,18 @@ fn ingest_one(
             forked.insert(author.clone(), Some(seq));
             return Ok(Outcome::Fork);
         }
+        // An honest peer sends a format-2 event of a position this node
+        // holds only as a copy: its side of a split view travels as a
+        // checkpoint, since a format-2 event proves no fork on its own.
+        let found = if event.is_sealed() {
+            "another format-2 event (unsigned, so no fork proof) at a position this node holds"
+        } else {
+            "an invalidly signed conflicting event"
+        };
         return Ok(Outcome::Rejected(Rejection {
             check: Check::Signature,
             expected: "a copy of the stored event or a validly signed fork".into(),
-            found: "an invalidly signed conflicting event".into(),
+            found: found.into(),
             ..conflict
         }));
     }
