@@ -17,6 +17,7 @@ pub mod init;
 pub mod keygen;
 pub mod log;
 pub mod node;
+pub mod outbox;
 pub mod prove;
 pub mod publish;
 pub mod query;
@@ -71,6 +72,12 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Ask a service a synchronous question through the running node.
     Query(query::QueryArgs),
+    /// Create the outbox table of a source in the service's database (or print its DDL).
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
+    /// Create the inbox table of a sink in the service's database (or print its DDL).
+    #[command(subcommand)]
+    Inbox(outbox::InboxCommand),
     /// Start sagas, show their state, rebuild their history offline.
     #[command(subcommand)]
     Saga(saga::SagaCommand),
@@ -130,6 +137,8 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),
         Command::Saga(cmd) => saga::run(cmd),
+        Command::Outbox(cmd) => outbox::run_outbox(cmd),
+        Command::Inbox(cmd) => outbox::run_inbox(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
     }
