@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod demo;
 pub mod demo_live;
+pub mod demo_outbox;
 pub mod export;
 pub mod init;
 pub mod keygen;

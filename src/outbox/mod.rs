@@ -582,7 +582,7 @@ impl Links {
         }
     }
 
-    fn register(&self, kind: Kind, name: &str, target: &Target, table: &str) {
+    pub(crate) fn register(&self, kind: Kind, name: &str, target: &Target, table: &str) {
         if let Ok(mut map) = self.map(kind).lock() {
             map.insert(
                 name.to_string(),
@@ -720,9 +720,8 @@ pub fn spawn(
         let app_name = format!("herald {} outbox {}", config.service, source.name);
         match Target::resolve(source.url.as_ref(), source.url_env.as_deref(), app_name) {
             Ok(target) => {
-                links.register(Kind::Source, &source.name, &target, &source.table);
                 let spec = relay::RelaySpec::new(source, target);
-                tasks.push(tokio::spawn(relay::run(
+                tasks.push(tokio::spawn(relay::run_registered(
                     log.clone(),
                     spec,
                     links.clone(),
@@ -736,9 +735,8 @@ pub fn spawn(
         let app_name = format!("herald {} inbox {}", config.service, sink.name);
         match Target::resolve(sink.url.as_ref(), sink.url_env.as_deref(), app_name) {
             Ok(target) => {
-                links.register(Kind::Sink, &sink.name, &target, &sink.table);
                 let spec = sink::SinkSpec::new(sink, target);
-                tasks.push(tokio::spawn(sink::run(
+                tasks.push(tokio::spawn(sink::run_registered(
                     log.clone(),
                     spec,
                     links.clone(),

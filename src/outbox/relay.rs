@@ -124,6 +124,18 @@ struct Records {
     unconfirmed: BTreeSet<String>,
 }
 
+/// Shows the relay of `spec` in `links` (status), then runs it until
+/// `shutdown`.
+pub async fn run_registered(
+    log: Arc<Log>,
+    spec: RelaySpec,
+    links: Links,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    links.register(Kind::Source, &spec.name, &spec.target, &spec.table);
+    run(log, spec, links, shutdown).await
+}
+
 /// Runs the relay of `spec` until `shutdown`.
 pub async fn run(
     log: Arc<Log>,

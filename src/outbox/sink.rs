@@ -83,6 +83,18 @@ struct State {
     positions: Option<BTreeMap<String, i64>>,
 }
 
+/// Shows the sink of `spec` in `links` (status), then runs it until
+/// `shutdown`.
+pub async fn run_registered(
+    log: Arc<Log>,
+    spec: SinkSpec,
+    links: Links,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    links.register(Kind::Sink, &spec.name, &spec.target, &spec.table);
+    run(log, spec, links, shutdown).await
+}
+
 /// Runs the sink of `spec` until `shutdown`.
 pub async fn run(
     log: Arc<Log>,
