@@ -591,7 +591,7 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
             while committed.len() < per_writer {
                 transactions += 1;
                 let n = (1 + seed.below(8) as usize).min(per_writer - committed.len());
-                let commit = transactions % 10 != 0;
+                let commit = !transactions.is_multiple_of(10);
                 let rows: Vec<NewRow> = (0..n)
                     .map(|k| NewRow::ledger(format!(r#"{{"w":{w},"i":{}}}"#, i + k)))
                     .collect();

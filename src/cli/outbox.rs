@@ -12,13 +12,13 @@ use crate::config::NodeConfig;
 
 #[derive(Debug, Subcommand)]
 pub enum OutboxCommand {
-    /// Create the outbox table of a configured [[outbox_sources]] entry.
+    /// Create the outbox table of a source named in the config (outbox_sources).
     Init(OutboxInitArgs),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum InboxCommand {
-    /// Create the inbox and position tables of a configured [[inbox_sinks]] entry.
+    /// Create the inbox and position tables of a sink named in the config (inbox_sinks).
     Init(InboxInitArgs),
 }
 

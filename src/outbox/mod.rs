@@ -13,7 +13,7 @@
 //!   database transaction, so each lands exactly once, in order per feed.
 //! * `pg`, `maria`, `sqlite`: one SQL dialect and driver per backend
 //!   (tokio-postgres with LISTEN/NOTIFY, mysql_async polling, rusqlite
-//!   polling), behind [`Db`].
+//!   polling), behind one `Db` enum.
 //!
 //! Every database call has a deadline ([`DB_CALL_TIMEOUT_MS`]); a database
 //! that is down is retried with a doubling backoff from
