@@ -560,7 +560,9 @@ impl Drop for NodeProcess {
 async fn crash_suite(db: Db, port: u16, rows_total: usize) {
     let scratch = tempfile::tempdir().unwrap();
     let service = Service::new(db, &format!("crash_{port}"), scratch.path()).await;
-    let cluster = cluster(port, &service.toml(""));
+    // Small batches, so a backlog makes many full batches (whose marking
+    // overlaps the next batch's proclamation).
+    let cluster = cluster(port, &service.toml("batch_rows = 100"));
     let config = cluster.config_path("a");
     // The tables, as an operator creates them.
     let printed = herald(
@@ -572,11 +574,29 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
     assert!(!created.contains("pw-"), "a password leaked: {created}");
     herald(&["inbox", "init", "--sink", &service.sink()], &config);
 
+    // A backlog waiting before the node starts: writer number WRITERS.
+    const WRITERS: usize = 4;
+    const BACKLOG: usize = 2_000;
+    let mut backlog: Vec<(String, usize)> = Vec::new();
+    {
+        let mut conn = service.connect().await;
+        for chunk in 0..BACKLOG / 100 {
+            let rows: Vec<NewRow> = (0..100)
+                .map(|k| NewRow::ledger(format!(r#"{{"w":{WRITERS},"i":{}}}"#, chunk * 100 + k)))
+                .collect();
+            conn.insert(&service.outbox, &rows, true).await;
+            backlog.extend(
+                rows.into_iter()
+                    .enumerate()
+                    .map(|(k, r)| (r.id, chunk * 100 + k)),
+            );
+        }
+    }
+
     let mut node = NodeProcess::start(config.clone(), cluster.path().join("node.log"));
     let mut rng = Rng::new();
 
     // Writers: concurrent transactions of 1 to 8 rows; one in ten rolled back.
-    const WRITERS: usize = 4;
     let per_writer = rows_total / WRITERS;
     let mut writers = Vec::new();
     for w in 0..WRITERS {
@@ -624,13 +644,14 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
     }
     let mut committed: HashMap<String, (usize, usize)> = HashMap::new();
     let mut rolled_back: BTreeSet<String> = BTreeSet::new();
+    committed.extend(backlog.into_iter().map(|(id, i)| (id, (WRITERS, i))));
     for (w, writer) in writers.into_iter().enumerate() {
         let (c, r) = writer.await.unwrap();
         committed.extend(c.into_iter().map(|(id, i)| (id, (w, i))));
         rolled_back.extend(r);
     }
     eprintln!(
-        "{db:?}: {} rows committed, {} rolled back, {kills} node SIGKILLs, {drops} sessions killed",
+        "{db:?}: {} rows committed ({BACKLOG} before the node started), {} rolled back, {kills} node SIGKILLs, {drops} sessions killed",
         committed.len(),
         rolled_back.len()
     );
@@ -689,6 +710,13 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
         "{text}"
     );
     node.sigkill();
+    let node_log = std::fs::read_to_string(cluster.path().join("node.log")).unwrap_or_default();
+    eprintln!(
+        "{db:?}: {} batches found rows proclaimed before a crash and only marked them",
+        node_log
+            .matches("already proclaimed by an earlier attempt")
+            .count()
+    );
 
     // The log: each committed row exactly once, nothing rolled back.
     let log = cluster.open("a");

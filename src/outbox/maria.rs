@@ -70,11 +70,13 @@ impl Maria {
         table: &str,
         limit: usize,
         max_attempts: Option<u32>,
+        exclude: &[i64],
     ) -> Result<Vec<OutboxRow>, OutboxError> {
         let sql = format!(
             "SELECT insertion_order, id, event_type, payload, metadata, channel \
-             FROM {table} WHERE published_timestamp IS NULL AND retry_count < ? \
-             ORDER BY insertion_order LIMIT ?"
+             FROM {table} WHERE published_timestamp IS NULL AND retry_count < ?{} \
+             ORDER BY insertion_order LIMIT ?",
+            super::not_in(exclude)
         );
         let attempts = max_attempts.map_or(i64::from(i32::MAX), i64::from);
         type Row = (

@@ -306,20 +306,22 @@ impl Db {
         .await
     }
 
-    /// Up to `limit` unpublished rows in insertion order; with
-    /// `max_attempts`, only rows tried fewer times.
+    /// Up to `limit` unpublished rows in insertion order, leaving out the
+    /// rows `exclude` (being marked); with `max_attempts`, only rows tried
+    /// fewer times.
     pub(crate) async fn fetch(
         &mut self,
         target: &Target,
         table: &str,
         limit: usize,
         max_attempts: Option<u32>,
+        exclude: &[i64],
     ) -> Result<Vec<OutboxRow>, OutboxError> {
         bounded(target, "reading the outbox", async {
             match self {
-                Db::Postgres(c) => c.fetch(target, table, limit, max_attempts).await,
-                Db::Maria(c) => c.fetch(target, table, limit, max_attempts).await,
-                Db::Sqlite(c) => c.fetch(target, table, limit, max_attempts).await,
+                Db::Postgres(c) => c.fetch(target, table, limit, max_attempts, exclude).await,
+                Db::Maria(c) => c.fetch(target, table, limit, max_attempts, exclude).await,
+                Db::Sqlite(c) => c.fetch(target, table, limit, max_attempts, exclude).await,
             }
         })
         .await
@@ -553,6 +555,16 @@ struct LinkState {
 pub struct Links {
     sources: Arc<Mutex<BTreeMap<String, LinkState>>>,
     sinks: Arc<Mutex<BTreeMap<String, LinkState>>>,
+}
+
+/// `AND insertion_order NOT IN (…)` for `exclude` (numbers the relay
+/// computed itself), or nothing.
+pub(crate) fn not_in(exclude: &[i64]) -> String {
+    if exclude.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = exclude.iter().map(i64::to_string).collect();
+    format!(" AND insertion_order NOT IN ({})", list.join(","))
 }
 
 /// Which of the two maps a link lives in.

@@ -118,16 +118,18 @@ impl Pg {
         table: &str,
         limit: usize,
         max_attempts: Option<u32>,
+        exclude: &[i64],
     ) -> Result<Vec<OutboxRow>, OutboxError> {
         let sql = format!(
             "SELECT insertion_order, id::text, event_type, payload, metadata, channel \
              FROM {table} WHERE published_timestamp IS NULL AND retry_count < $1 \
+             AND NOT (insertion_order = ANY($3::int8[])) \
              ORDER BY insertion_order LIMIT $2"
         );
         let attempts = max_attempts.map_or(i32::MAX, |a| a as i32);
         let rows = self
             .client
-            .query(&sql, &[&attempts, &(limit as i64)])
+            .query(&sql, &[&attempts, &(limit as i64), &exclude])
             .await
             .map_err(err(target, "reading the outbox"))?;
         rows.iter()

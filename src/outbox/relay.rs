@@ -150,6 +150,7 @@ pub async fn run(
     let mut db: Option<Db> = None;
     let mut backoff_ms = RECONNECT_BACKOFF_MIN_MS;
     let mut counted_at: Option<Instant> = None;
+    let mut unmarked: Option<Unmarked> = None;
     let listen = super::notify_channel(&spec.table);
     loop {
         if *shutdown.borrow() {
@@ -185,11 +186,14 @@ pub async fn run(
                 Err(e) => {
                     links.disconnected(Kind::Source, &spec.name, &e.to_string());
                     db = None;
+                    if let Some(u) = unmarked.take() {
+                        records.unconfirm(u.ids);
+                    }
                     continue;
                 }
             }
         }
-        match batch(&log, &spec, conn, &mut records, &links).await {
+        match batch(&log, &spec, conn, &mut records, &links, &mut unmarked).await {
             Ok(Step::Full) => {
                 backoff_ms = RECONNECT_BACKOFF_MIN_MS;
                 continue;
@@ -210,6 +214,9 @@ pub async fn run(
             Err(BatchError::Db(e)) => {
                 links.disconnected(Kind::Source, &spec.name, &e.to_string());
                 db = None;
+                if let Some(u) = unmarked.take() {
+                    records.unconfirm(u.ids);
+                }
                 if !back_off(&mut backoff_ms, &mut shutdown).await {
                     return;
                 }
@@ -265,26 +272,151 @@ enum Outcome {
     },
 }
 
-/// One batch: read, proclaim in one herald transaction, mark in one
-/// database transaction.
+/// A batch proclaimed in herald whose rows are not marked yet.
+#[derive(Default)]
+pub(crate) struct Unmarked {
+    published: Vec<Published>,
+    failed: Vec<Failed>,
+    /// Ids of the published rows (their records).
+    ids: Vec<String>,
+    /// Every row of the batch, to leave out of the next read.
+    orders: Vec<i64>,
+}
+
+impl Unmarked {
+    fn of(outcomes: Vec<Outcome>, spec: &RelaySpec, links: &Links) -> Unmarked {
+        let mut batch = Unmarked::default();
+        let mut earlier_rows = 0usize;
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Proclaimed {
+                    order,
+                    id,
+                    seq,
+                    earlier,
+                } => {
+                    earlier_rows += usize::from(earlier);
+                    batch.published.push(Published {
+                        order,
+                        seq: seq as i64,
+                    });
+                    batch.ids.push(id);
+                    batch.orders.push(order);
+                }
+                Outcome::Failed { order, id, error } => {
+                    links.failed(Kind::Source, &spec.name, &format!("row {id}: {error}"));
+                    batch.failed.push(Failed {
+                        order,
+                        error: clip(&error, ROW_ERROR_BYTES_MAX),
+                    });
+                    batch.orders.push(order);
+                }
+            }
+        }
+        if earlier_rows > 0 {
+            tracing::info!(
+                source = %spec.name,
+                rows = earlier_rows,
+                "rows already proclaimed by an earlier attempt (not marked then); marking them only"
+            );
+        }
+        batch
+    }
+}
+
+/// Marks `batch` in the database; its records become confirmed (to delete)
+/// or, when the outcome is unknown, unconfirmed.
+async fn mark(
+    db: &mut Db,
+    spec: &RelaySpec,
+    feed: &str,
+    batch: Unmarked,
+    records: &mut Records,
+    links: &Links,
+) -> Result<(), BatchError> {
+    match db
+        .mark(
+            &spec.target,
+            &spec.table,
+            feed,
+            &batch.published,
+            &batch.failed,
+        )
+        .await
+    {
+        Ok(()) => {
+            records.confirmed.extend(batch.ids);
+            links.done(Kind::Source, &spec.name, batch.published.len() as u64);
+            Ok(())
+        }
+        Err(e) => {
+            records.unconfirm(batch.ids);
+            Err(BatchError::Db(e))
+        }
+    }
+}
+
+impl Records {
+    fn unconfirm(&mut self, ids: Vec<String>) {
+        let room = UNCONFIRMED_RECORDS_MAX.saturating_sub(self.unconfirmed.len());
+        self.unconfirmed.extend(ids.into_iter().take(room));
+    }
+}
+
+/// One batch: read (leaving out the rows of the batch still being marked),
+/// then proclaim in one herald transaction while the previous batch is
+/// marked in one database transaction. Without strict order the new batch
+/// stays unmarked in `unmarked` until the next call overlaps it with the
+/// next proclamation (or, when the table is drained, is marked at once);
+/// with strict order every batch is marked before the next is read.
+///
+/// Overlapping is safe for exactly-once because the herald transactions run
+/// one after the other and each row's record commits with its event: a row
+/// read again before its marking committed is found recorded and only
+/// marked. It keeps the order because a read leaves out only rows already
+/// proclaimed.
 async fn batch(
     log: &Arc<Log>,
     spec: &RelaySpec,
     db: &mut Db,
     records: &mut Records,
     links: &Links,
+    unmarked: &mut Option<Unmarked>,
 ) -> Result<Step, BatchError> {
+    let feed = log.service().to_string();
     let attempts = (!spec.strict_order).then_some(spec.max_attempts);
-    let rows = db
-        .fetch(&spec.target, &spec.table, spec.batch_rows, attempts)
+    let exclude: Vec<i64> = unmarked
+        .as_ref()
+        .map(|u| u.orders.clone())
+        .unwrap_or_default();
+    let rows = match db
+        .fetch(
+            &spec.target,
+            &spec.table,
+            spec.batch_rows,
+            attempts,
+            &exclude,
+        )
         .await
-        .map_err(BatchError::Db)?;
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            if let Some(u) = unmarked.take() {
+                records.unconfirm(u.ids);
+            }
+            return Err(BatchError::Db(e));
+        }
+    };
     let full = rows.len() == spec.batch_rows;
-    // A read that is not full holds every waiting row: a record whose row is
-    // not among them belongs to a row that was marked (or deleted).
+    // A read that is not full holds every waiting row (but those being
+    // marked): a record whose row is not among them belongs to a row that
+    // was marked (or deleted).
     let mut forget = std::mem::take(&mut records.confirmed);
     if !full {
-        let waiting: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let mut waiting: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        if let Some(u) = unmarked.as_ref() {
+            waiting.extend(u.ids.iter().map(String::as_str));
+        }
         let (gone, kept): (BTreeSet<String>, BTreeSet<String>) =
             std::mem::take(&mut records.unconfirmed)
                 .into_iter()
@@ -293,72 +425,44 @@ async fn batch(
         forget.extend(gone);
     }
     if rows.is_empty() {
+        if let Some(u) = unmarked.take() {
+            mark(db, spec, &feed, u, records, links).await?;
+        }
         if !forget.is_empty()
             && let Err(e) = proclaim(log, spec, Vec::new(), forget.clone()).await
         {
-            records.confirmed = forget;
+            records.confirmed.extend(forget);
             return Err(e);
         }
         return Ok(Step::Drained);
     }
-    let outcomes = match proclaim(log, spec, rows, forget.clone()).await {
+    let previous = unmarked.take();
+    let (proclaimed, marked) = tokio::join!(proclaim(log, spec, rows, forget.clone()), async {
+        match previous {
+            Some(u) => mark(db, spec, &feed, u, records, links).await,
+            None => Ok(()),
+        }
+    });
+    let outcomes = match proclaimed {
         Ok(outcomes) => outcomes,
         Err(e) => {
-            records.confirmed = forget;
+            records.confirmed.extend(forget);
+            marked?;
             return Err(e);
         }
     };
-    let mut published = Vec::new();
-    let mut failed = Vec::new();
-    let mut ids = Vec::new();
-    let mut earlier_rows = 0usize;
-    for outcome in &outcomes {
-        match outcome {
-            Outcome::Proclaimed {
-                order,
-                id,
-                seq,
-                earlier,
-            } => {
-                earlier_rows += usize::from(*earlier);
-                published.push(Published {
-                    order: *order,
-                    seq: *seq as i64,
-                });
-                ids.push(id.clone());
-            }
-            Outcome::Failed { order, id, error } => {
-                failed.push(Failed {
-                    order: *order,
-                    error: clip(error, ROW_ERROR_BYTES_MAX),
-                });
-                links.failed(Kind::Source, &spec.name, &format!("row {id}: {error}"));
-            }
-        }
+    let batch = Unmarked::of(outcomes, spec, links);
+    if let Err(e) = marked {
+        records.unconfirm(batch.ids);
+        return Err(e);
     }
-    if earlier_rows > 0 {
-        tracing::info!(
-            source = %spec.name,
-            rows = earlier_rows,
-            "rows already proclaimed by an earlier attempt (not marked then); marking them only"
-        );
+    let blocked = spec.strict_order && !batch.failed.is_empty();
+    if spec.strict_order || !full {
+        mark(db, spec, &feed, batch, records, links).await?;
+    } else {
+        *unmarked = Some(batch);
     }
-    let feed = log.service().to_string();
-    match db
-        .mark(&spec.target, &spec.table, &feed, &published, &failed)
-        .await
-    {
-        Ok(()) => {
-            records.confirmed.extend(ids);
-            links.done(Kind::Source, &spec.name, published.len() as u64);
-        }
-        Err(e) => {
-            let room = UNCONFIRMED_RECORDS_MAX.saturating_sub(records.unconfirmed.len());
-            records.unconfirmed.extend(ids.into_iter().take(room));
-            return Err(BatchError::Db(e));
-        }
-    }
-    Ok(if spec.strict_order && !failed.is_empty() {
+    Ok(if blocked {
         Step::Blocked
     } else if full {
         Step::Full

@@ -85,16 +85,18 @@ impl Sqlite {
         table: &str,
         limit: usize,
         max_attempts: Option<u32>,
+        exclude: &[i64],
     ) -> Result<Vec<OutboxRow>, OutboxError> {
         let sql = format!(
             "SELECT insertion_order, CAST(id AS TEXT), CAST(event_type AS TEXT), \
                     CAST(payload AS TEXT), CAST(metadata AS TEXT), CAST(channel AS TEXT) \
-             FROM {table} WHERE published_timestamp IS NULL AND retry_count < ?1 \
-             ORDER BY insertion_order LIMIT ?2"
+             FROM {table} WHERE published_timestamp IS NULL AND retry_count < ?1{} \
+             ORDER BY insertion_order LIMIT ?2",
+            super::not_in(exclude)
         );
         let attempts = max_attempts.map_or(i64::MAX, i64::from);
         self.with("reading the outbox", move |conn| {
-            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut stmt = conn.prepare(&sql)?;
             let rows = stmt.query_map(params![attempts, limit as i64], |r| {
                 Ok(OutboxRow {
                     order: r.get(0)?,
