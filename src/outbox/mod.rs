@@ -47,7 +47,7 @@ pub const POLL_INTERVAL_MS_MIN: u64 = 10;
 pub const POLL_INTERVAL_MS_MAX: u64 = 60_000;
 /// Default rows per relay batch (one herald transaction, one database
 /// transaction to mark them).
-pub const BATCH_ROWS_DEFAULT: usize = 512;
+pub const BATCH_ROWS_DEFAULT: usize = 1024;
 /// Most rows per relay batch: what one herald transaction may proclaim.
 pub const BATCH_ROWS_MAX: usize = crate::store::TRANSACT_EVENTS_MAX;
 /// Default attempts at a row that cannot be proclaimed before it is skipped
