@@ -671,6 +671,74 @@ default = "keys/channel-default.key"
     }
 
     #[test]
+    fn outbox_sources_and_inbox_sinks_take_defaults_and_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "{BASE}\n[[outbox_sources]]\nname = \"ledger\"\nurl = \"postgres://l:secret@127.0.0.1/l\"\n\n[[inbox_sinks]]\nname = \"reports\"\nurl = \"sqlite://svc/reports.db\"\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text)).expect("loads");
+        let source = &config.outbox_sources[0];
+        assert_eq!(source.table, OUTBOX_TABLE_DEFAULT);
+        assert!(!source.strict_order && source.batch_rows.is_none());
+        assert!(
+            !format!("{config:?}").contains("secret"),
+            "Debug hides the password"
+        );
+        let sink = &config.inbox_sinks[0];
+        assert_eq!(sink.table, INBOX_TABLE_DEFAULT);
+        assert_eq!(sink.types, ["*"]);
+        let expected = format!("sqlite://{}", dir.path().join("svc/reports.db").display());
+        assert_eq!(
+            sink.url.as_ref().map(DbUrl::expose),
+            Some(expected.as_str())
+        );
+
+        for (entry, needle) in [
+            (
+                "[[outbox_sources]]\nname = \"Bad Name\"\nurl = \"sqlite://x\"",
+                "\"Bad Name\"",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"",
+                "exactly one of `url` and `url_env`",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"sqlite://x\"\nurl_env = \"X\"",
+                "exactly one",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"oracle://u:pw@h/d\"",
+                "u:***@h",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"sqlite://x\"\ntable = \"t; drop\"",
+                "table",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"sqlite://x\"\nchannel = \"nope\"",
+                "\"nope\"",
+            ),
+            (
+                "[[inbox_sinks]]\nname = \"x\"\nurl = \"sqlite://x\"\ntypes = []",
+                "no pattern",
+            ),
+            (
+                "[[inbox_sinks]]\nname = \"x\"\nurl = \"sqlite://x\"\nfrom = \"later\"",
+                "later",
+            ),
+        ] {
+            let text = format!("{BASE}\n{entry}\n");
+            let e = NodeConfig::load(&write(dir.path(), &text)).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains(needle),
+                "{message:?} should say {needle:?}"
+            );
+            assert!(!message.contains(":pw@"), "{message}");
+        }
+    }
+
+    #[test]
     fn query_handler_config_is_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         for bad in [

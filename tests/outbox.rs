@@ -23,7 +23,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Cluster, herald_bin, spawn_node, wait_async};
+use common::{Cluster, herald_bin, wait_async};
 use mysql_async::prelude::Queryable;
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -123,10 +123,15 @@ impl Service {
     /// The config lines of this service's source (with `extra` settings)
     /// and sink.
     fn toml(&self, extra: &str) -> String {
+        self.toml_with(&format!("url = \"{}\"", self.url), extra)
+    }
+
+    /// The same, the source's URL given by `source_url` (a `url = ...` or
+    /// `url_env = ...` line).
+    fn toml_with(&self, source_url: &str, extra: &str) -> String {
         format!(
-            "\n[[outbox_sources]]\nname = \"{}\"\nurl = \"{}\"\ntable = \"{}\"\npoll_interval_ms = 20\n{extra}\n\n[[inbox_sinks]]\nname = \"{}\"\nurl = \"{}\"\ntable = \"{}\"\ntypes = [\"ledger.*\"]\n",
+            "\n[[outbox_sources]]\nname = \"{}\"\n{source_url}\ntable = \"{}\"\npoll_interval_ms = 20\n{extra}\n\n[[inbox_sinks]]\nname = \"{}\"\nurl = \"{}\"\ntable = \"{}\"\ntypes = [\"ledger.*\"]\n",
             self.source(),
-            self.url,
             self.outbox,
             self.sink(),
             self.url,
@@ -511,9 +516,18 @@ fn cluster(port: u16, extra: &str) -> Cluster {
     cluster
 }
 
+/// The environment variable the crash tests' source reads its URL from.
+const SOURCE_URL_ENV: &str = "HERALD_TEST_SOURCE_URL";
+
 /// Runs `herald ARGS`, asserting exit 0; returns stdout.
 fn herald(args: &[&str], config: &Path) -> String {
+    herald_env(args, config, &[])
+}
+
+/// [`herald`] with environment variables.
+fn herald_env(args: &[&str], config: &Path, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(herald_bin())
+        .envs(env.iter().copied())
         .args(args)
         .arg("--config")
         .arg(config)
@@ -527,17 +541,45 @@ fn herald(args: &[&str], config: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The node process, restarted at will.
+/// The node process, restarted at will, with the source URL in its
+/// environment.
 struct NodeProcess {
     config: PathBuf,
     log: PathBuf,
+    source_url: String,
     child: Option<Child>,
 }
 
+/// Starts `herald node` as `common::spawn_node` does, with the source URL
+/// in [`SOURCE_URL_ENV`].
+fn spawn_node_with_url(config: &Path, log: &Path, source_url: &str) -> Child {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    std::process::Command::new(herald_bin())
+        .arg("node")
+        .arg("--config")
+        .arg(config)
+        .env("HERALD_LOG", "info")
+        .env(SOURCE_URL_ENV, source_url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
 impl NodeProcess {
-    fn start(config: PathBuf, log: PathBuf) -> NodeProcess {
-        let child = Some(spawn_node(Path::new(herald_bin()), &config, &log));
-        NodeProcess { config, log, child }
+    fn start(config: PathBuf, log: PathBuf, source_url: String) -> NodeProcess {
+        let child = Some(spawn_node_with_url(&config, &log, &source_url));
+        NodeProcess {
+            config,
+            log,
+            source_url,
+            child,
+        }
     }
     fn sigkill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -547,7 +589,11 @@ impl NodeProcess {
     }
     fn restart(&mut self) {
         self.sigkill();
-        self.child = Some(spawn_node(Path::new(herald_bin()), &self.config, &self.log));
+        self.child = Some(spawn_node_with_url(
+            &self.config,
+            &self.log,
+            &self.source_url,
+        ));
     }
 }
 
@@ -593,7 +639,11 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
         }
     }
 
-    let mut node = NodeProcess::start(config.clone(), cluster.path().join("node.log"));
+    let mut node = NodeProcess::start(
+        config.clone(),
+        cluster.path().join("node.log"),
+        service.url.clone(),
+    );
     let mut rng = Rng::new();
 
     // Writers: concurrent transactions of 1 to 8 rows; one in ten rolled back.
@@ -711,6 +761,16 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
     );
     node.sigkill();
     let node_log = std::fs::read_to_string(cluster.path().join("node.log")).unwrap_or_default();
+    assert!(
+        !node_log.contains("pw-"),
+        "a password reached the node's log"
+    );
+    if db != Db::Sqlite {
+        assert!(
+            node_log.contains("lost its database"),
+            "killed sessions are logged"
+        );
+    }
     eprintln!(
         "{db:?}: {} batches found rows proclaimed before a crash and only marked them",
         node_log
