@@ -1206,3 +1206,75 @@ async fn mariadb_rows_proclaimed_but_unmarked_are_marked_not_reproclaimed() {
 async fn sqlite_rows_proclaimed_but_unmarked_are_marked_not_reproclaimed() {
     unmarked_suite(Db::Sqlite, 17632).await;
 }
+
+/// `herald bench --outbox-url`: the section is there, consistent, and the
+/// run's tables are gone afterwards. (Speed is not asserted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_reports_relay_and_sink_rates_and_cleans_up() {
+    let child = std::process::Command::new(herald_bin())
+        .args([
+            "bench",
+            "--events",
+            "300",
+            "--cluster-events",
+            "0",
+            "--sagas",
+            "0",
+            "--outbox-url",
+            PG_URL,
+            "--outbox-rows",
+            "500",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outbox = &report["outbox"];
+    assert_eq!(outbox["rows"], 500);
+    let relay = outbox["relay_rows_per_s"].as_f64().unwrap();
+    let proclaim = report["proclaim"]["events_per_s"].as_f64().unwrap();
+    assert!(relay > 0.0 && outbox["sink_events_per_s"].as_f64().unwrap() > 0.0);
+    let fraction = outbox["relay_fraction_of_proclaim"].as_f64().unwrap();
+    assert!((fraction - relay / proclaim).abs() < 1e-9, "{outbox}");
+    let Conn::Pg(client) = Service::new(Db::Pg, "bench", Path::new("/tmp"))
+        .await
+        .connect()
+        .await
+    else {
+        unreachable!()
+    };
+    let left: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename LIKE $1",
+            &[&format!("herald_bench_%_{pid}%")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the bench dropped its tables");
+    // Only PostgreSQL is measured: another URL is refused, exit 2.
+    let out = std::process::Command::new(herald_bin())
+        .args([
+            "bench",
+            "--events",
+            "10",
+            "--cluster-events",
+            "0",
+            "--sagas",
+            "0",
+        ])
+        .args(["--outbox-url", "sqlite:///tmp/x.db", "--outbox-rows", "10"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must name PostgreSQL"));
+}

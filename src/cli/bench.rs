@@ -61,6 +61,15 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     if args.network == Network::Wan && args.cluster_events == 0 {
         return Err("--network wan needs the cluster scenarios (--cluster-events above 0)".into());
     }
+    if let Some(url) = &args.outbox_url
+        && crate::outbox::Backend::of(url).ok() != Some(crate::outbox::Backend::Postgres)
+    {
+        return Err(format!(
+            "--outbox-url must name PostgreSQL (postgres://…), not {}",
+            crate::config::redact_url(url)
+        )
+        .into());
+    }
     let scratch = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
     let options = BenchOptions {
         events: args.events,
