@@ -5,14 +5,13 @@
 //! SQLite table. A transaction the ledger rolls back never leaves. No
 //! server needed (docs/OUTBOX.md shows the same with PostgreSQL).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::CliError;
 use crate::config::{DbUrl, InboxSinkConfig, NodeConfig, OutboxSourceConfig};
-use crate::node::Node;
 
 /// The two services of this part.
 const SERVICES: [&str; 2] = ["ledger", "reports"];
@@ -25,11 +24,79 @@ const POLL_MS: u64 = 50;
 pub fn run_outbox(dir: &Path) -> Result<bool, CliError> {
     let dir = dir.join("outbox");
     let configs = provision(&dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(drive(&dir, &configs))
+    let (ledger_config, reports_config) = (&configs[0].1, &configs[1].1);
+    let (_, ddl) = runtime.block_on(crate::outbox::init_source(
+        ledger_config,
+        "ledger-db",
+        false,
+    ))?;
+    println!(
+        "   herald outbox init: {} statements in ledger-service.db; herald inbox init: reports-service.db",
+        ddl.len()
+    );
+    runtime.block_on(crate::outbox::init_sink(
+        reports_config,
+        "reports-db",
+        false,
+    ))?;
+    let ledger_db = dir.join("ledger-service.db");
+    let reports_db = dir.join("reports-service.db");
+    let (donation_id, row_id, rolled_back_id) = service_transactions(&ledger_db)?;
+
+    let mut nodes = Vec::new();
+    for (service, (path, _)) in SERVICES.iter().zip(&configs) {
+        nodes.push((*service, super::demo_live::spawn_node(path, &dir, service)?));
+    }
+    let watched = runtime.block_on(watch(&reports_db, &configs[1].0, &donation_id));
+    for (service, child) in nodes.iter_mut() {
+        super::demo_live::stop_gracefully(service, child);
+    }
+    let (arrived, sink) = watched?;
+    let mut ok = true;
+    match &arrived {
+        Some((event_id, feed, seq, payload)) => {
+            println!(
+                "   reports-service.db herald_inbox: event {event_id} ({feed}/{seq}) {payload}"
+            );
+        }
+        None => println!("   reports-service.db herald_inbox: nothing after {ARRIVAL_TIMEOUT:?}"),
+    }
+    if let Some(sink) = &sink {
+        println!(
+            "   herald status on reports: inbox sink {} {} ({} written, last error {})",
+            sink.name,
+            if sink.connected { "connected" } else { "down" },
+            sink.done,
+            sink.last_error.as_deref().unwrap_or("none")
+        );
+    }
+    ok &= expect(
+        arrived.as_ref().is_some_and(|(_, feed, _, payload)| {
+            feed == "ledger" && payload.contains(&donation_id)
+        }),
+        "the donation reached the reports service's own table, decrypted, through the reports node",
+    );
+    let marked = published_as(&ledger_db, &row_id)?;
+    if let Some((feed, seq)) = &marked {
+        println!("   ledger-service.db herald_outbox: row {row_id} published as {feed}/{seq}");
+    }
+    ok &= expect(
+        marked.is_some()
+            && arrived
+                .as_ref()
+                .zip(marked.as_ref())
+                .is_some_and(|(a, m)| a.2 == m.1),
+        "the outbox row is marked published with the event's sequence number",
+    );
+    ok &= expect(
+        published_as(&ledger_db, &rolled_back_id)?.is_none()
+            && !relayed(&configs[0].1, &rolled_back_id)?,
+        "the rolled-back transaction's row was never proclaimed",
+    );
+    Ok(ok)
 }
 
 fn expect(condition: bool, what: &str) -> bool {
@@ -39,7 +106,7 @@ fn expect(condition: bool, what: &str) -> bool {
 
 /// Two nodes on free loopback ports: ledger with an outbox source, reports
 /// with an inbox sink, each in its service's own SQLite file.
-fn provision(dir: &Path) -> Result<Vec<NodeConfig>, CliError> {
+fn provision(dir: &Path) -> Result<Vec<(PathBuf, NodeConfig)>, CliError> {
     let names: Vec<String> = SERVICES.iter().map(|s| s.to_string()).collect();
     crate::config::init_cluster(dir, &names, 7400, 365, true)?;
     let ports = [free_port()?, free_port()?];
@@ -75,7 +142,7 @@ fn provision(dir: &Path) -> Result<Vec<NodeConfig>, CliError> {
             }];
         }
         std::fs::write(&path, config.to_toml())?;
-        configs.push(NodeConfig::load(&path)?);
+        configs.push((path.clone(), NodeConfig::load(&path)?));
     }
     println!(
         "   ledger (outbox source ledger-service.db) and reports (inbox sink reports-service.db) on ports {} and {}",
@@ -89,64 +156,24 @@ fn free_port() -> std::io::Result<std::net::SocketAddr> {
     std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()
 }
 
-async fn drive(dir: &Path, configs: &[NodeConfig]) -> Result<bool, CliError> {
-    let (ledger_config, reports_config) = (&configs[0], &configs[1]);
-    let (_, ddl) = crate::outbox::init_source(ledger_config, "ledger-db", false).await?;
-    println!(
-        "   herald outbox init created {} statements in ledger-service.db",
-        ddl.len()
-    );
-    crate::outbox::init_sink(reports_config, "reports-db", false).await?;
-    let ledger_db = dir.join("ledger-service.db");
-    let reports_db = dir.join("reports-service.db");
-    let (donation_id, row_id, rolled_back_id) = service_transactions(&ledger_db)?;
-
-    let ledger = Node::start(ledger_config).await?;
-    let reports = Node::start(reports_config).await?;
-    let arrived = wait_for_inbox(&reports_db, &donation_id).await;
-    let mut ok = true;
-    match &arrived {
-        Some((event_id, feed, seq, payload)) => {
-            println!(
-                "   reports-service.db herald_inbox: event {event_id} ({feed}/{seq}) {payload}"
-            );
-        }
-        None => println!("   reports-service.db herald_inbox: nothing after {ARRIVAL_TIMEOUT:?}"),
-    }
-    ok &= expect(
-        arrived.as_ref().is_some_and(|(_, feed, _, payload)| {
-            feed == "ledger" && payload.contains(&donation_id)
-        }),
-        "the donation reached the reports service's own table, decrypted",
-    );
-    let marked = published_as(&ledger_db, &row_id)?;
-    if let Some((feed, seq)) = &marked {
-        println!("   ledger-service.db herald_outbox: row {row_id} published as {feed}/{seq}");
-    }
-    ok &= expect(
-        marked.is_some()
-            && arrived
-                .as_ref()
-                .zip(marked.as_ref())
-                .is_some_and(|(a, m)| a.2 == m.1),
-        "the outbox row is marked published with the event's sequence number",
-    );
-    ok &= expect(
-        published_as(&ledger_db, &rolled_back_id)?.is_none() && !relayed(&ledger, &rolled_back_id),
-        "the rolled-back transaction's row was never proclaimed",
-    );
-    let status = reports.status().await;
-    if let Some(sink) = status.inbox_sinks.first() {
-        println!(
-            "   status: inbox sink {} {} ({} written)",
-            sink.name,
-            if sink.connected { "connected" } else { "down" },
-            sink.done
-        );
-    }
-    reports.shutdown().await;
-    ledger.shutdown().await;
-    Ok(ok)
+/// Waits until the reports service's inbox holds the donation; returns the
+/// row and the reports node's sink status.
+async fn watch(
+    reports_db: &Path,
+    reports_config: &Path,
+    donation_id: &str,
+) -> Result<
+    (
+        Option<(String, String, i64, String)>,
+        Option<crate::outbox::DbLinkStatus>,
+    ),
+    CliError,
+> {
+    let arrived = wait_for_inbox(reports_db, donation_id).await;
+    let (_, client) = super::demo_live::client(reports_config).await?;
+    let status = super::demo_live::status(&client).await;
+    client.finish().await;
+    Ok((arrived, status?.inbox_sinks.into_iter().next()))
 }
 
 /// The ledger service's own transactions: the donation and its outbox row
@@ -220,19 +247,22 @@ fn published_as(db: &Path, row_id: &str) -> Result<Option<(String, i64)>, CliErr
         .optional()?)
 }
 
-/// Whether the ledger's feed holds an event relayed from row `row_id`.
-fn relayed(ledger: &Node, row_id: &str) -> bool {
-    let log = ledger.log();
-    let head = log
-        .heads()
-        .ok()
-        .and_then(|h| h.into_iter().find(|f| f.feed == "ledger").map(|f| f.seq))
-        .unwrap_or(0);
-    log.read("ledger", 0..=head)
-        .map(|events| {
-            events
-                .iter()
-                .any(|e| e.header.meta_value(crate::outbox::relay::META_ROW_ID) == Some(row_id))
-        })
-        .unwrap_or(true)
+/// Whether the ledger's feed (its store, read after the node stopped) holds
+/// an event relayed from row `row_id`.
+fn relayed(ledger: &NodeConfig, row_id: &str) -> Result<bool, CliError> {
+    let conn = crate::store::open_read_only(&ledger.data_dir)?;
+    let mut after = 0;
+    loop {
+        let events = crate::store::read_arrivals_from(&conn, after, 1000)?;
+        let Some(last) = events.last() else {
+            return Ok(false);
+        };
+        after = last.arrival;
+        if events
+            .iter()
+            .any(|e| e.header.meta_value(crate::outbox::relay::META_ROW_ID) == Some(row_id))
+        {
+            return Ok(true);
+        }
+    }
 }
