@@ -389,6 +389,7 @@ async fn batch(
         .as_ref()
         .map(|u| u.orders.clone())
         .unwrap_or_default();
+    let started = Instant::now();
     let rows = match db
         .fetch(
             &spec.target,
@@ -436,13 +437,31 @@ async fn batch(
         }
         return Ok(Step::Drained);
     }
+    let read_us = started.elapsed().as_micros();
     let previous = unmarked.take();
-    let (proclaimed, marked) = tokio::join!(proclaim(log, spec, rows, forget.clone()), async {
-        match previous {
-            Some(u) => mark(db, spec, &feed, u, records, links).await,
-            None => Ok(()),
+    let (proclaimed, marked) = tokio::join!(
+        async {
+            let started = Instant::now();
+            let outcome = proclaim(log, spec, rows, forget.clone()).await;
+            (outcome, started.elapsed().as_micros())
+        },
+        async {
+            let started = Instant::now();
+            let outcome = match previous {
+                Some(u) => mark(db, spec, &feed, u, records, links).await,
+                None => Ok(()),
+            };
+            (outcome, started.elapsed().as_micros())
         }
-    });
+    );
+    let ((proclaimed, proclaim_us), (marked, mark_us)) = (proclaimed, marked);
+    tracing::debug!(
+        source = %spec.name,
+        read_us,
+        proclaim_us,
+        mark_previous_us = mark_us,
+        "relay batch"
+    );
     let outcomes = match proclaimed {
         Ok(outcomes) => outcomes,
         Err(e) => {
