@@ -161,6 +161,50 @@ impl Service {
         }
     }
 
+    /// Drops this test's tables (and MariaDB user), so runs leave the shared
+    /// `test` databases as they found them. Called when a test passed.
+    async fn cleanup(&self) {
+        let blk = format!("blk_{}", self.tag);
+        let tables = [
+            self.outbox.clone(),
+            self.inbox.clone(),
+            format!("{}_position", self.inbox),
+            blk.clone(),
+        ];
+        match self.db {
+            Db::Pg => {
+                let Conn::Pg(c) = self.connect().await else {
+                    unreachable!()
+                };
+                for t in &tables {
+                    c.batch_execute(&format!("DROP TABLE IF EXISTS {t} CASCADE"))
+                        .await
+                        .unwrap();
+                }
+                c.batch_execute(&format!(
+                    "DROP FUNCTION IF EXISTS {blk}(); DROP FUNCTION IF EXISTS {}_herald_notify()",
+                    self.outbox
+                ))
+                .await
+                .unwrap();
+            }
+            Db::Maria => {
+                let mut root = mysql_async::Conn::from_url(MARIA_ROOT_URL).await.unwrap();
+                for t in &tables {
+                    root.query_drop(format!("DROP TABLE IF EXISTS {t}"))
+                        .await
+                        .unwrap();
+                }
+                if let Some(user) = &self.maria_user {
+                    root.query_drop(format!("DROP USER IF EXISTS '{user}'@'%'"))
+                        .await
+                        .unwrap();
+                }
+            }
+            Db::Sqlite => {}
+        }
+    }
+
     /// Kills the node's database sessions on the server (PostgreSQL by
     /// application name, MariaDB by user). Returns how many.
     async fn kill_sessions(&self) -> usize {
@@ -848,6 +892,8 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
     let positions = conn.positions(&service.inbox).await;
     let last = inbox.iter().map(|r| r.seq).max().unwrap();
     assert_eq!(positions[&(service.sink(), "a".to_string())], last);
+    drop(conn);
+    service.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1011,6 +1057,9 @@ async fn poison_suite(db: Db, port: u16) {
         "{rows:?}"
     );
     node.shutdown().await;
+    drop(conn);
+    lax.cleanup().await;
+    strict.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1190,6 +1239,8 @@ async fn unmarked_suite(db: Db, port: u16) {
         assert_eq!(row.seq, Some(by_id[row.id.as_str()] as i64), "{row:?}");
     }
     node.shutdown().await;
+    drop(conn);
+    service.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
