@@ -64,6 +64,228 @@ pub struct NodeConfig {
         skip_serializing_if = "is_default_event_format"
     )]
     pub event_format: u8,
+    /// Outbox tables in services' own databases that this node relays into
+    /// its feed (see `docs/OUTBOX.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox_sources: Vec<OutboxSourceConfig>,
+    /// Inbox tables in services' own databases this node writes received
+    /// events into (see `docs/OUTBOX.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbox_sinks: Vec<InboxSinkConfig>,
+}
+
+/// Default outbox table name.
+pub const OUTBOX_TABLE_DEFAULT: &str = "herald_outbox";
+/// Default inbox table name.
+pub const INBOX_TABLE_DEFAULT: &str = "herald_inbox";
+/// Longest outbox source or inbox sink name, in bytes (it becomes part of a
+/// consumer name and of a reserved state table name).
+pub const DB_LINK_NAME_BYTES_MAX: usize = 40;
+/// Longest table name of an outbox or inbox, in bytes (PostgreSQL keeps
+/// identifiers to 63 bytes, and herald derives index, trigger and position
+/// table names from it).
+pub const DB_TABLE_NAME_BYTES_MAX: usize = 40;
+
+/// A database URL that may hold a password: its `Debug` form hides the
+/// password, so printing a config never leaks it.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DbUrl(pub String);
+
+impl DbUrl {
+    /// The URL as written, password included (to connect with).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`, for logs and messages.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl std::fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// `scheme://user:password@host/...` with the password replaced by `***`
+/// (anything else unchanged), and `password=...` parameters likewise.
+pub fn redact_url(url: &str) -> String {
+    let mut out = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+            let (authority, tail) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+                    None => url.to_string(),
+                },
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
+    };
+    // Query-string or keyword forms: password=secret
+    while let Some(at) = out.to_ascii_lowercase().find("password=") {
+        let start = at + "password=".len();
+        if out[start..].starts_with("***") {
+            break;
+        }
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+    }
+    out
+}
+
+/// An outbox table in a service's own database, relayed by this node: each
+/// committed row becomes one signed event of this node's feed, exactly once,
+/// and is then marked published (see `docs/OUTBOX.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSourceConfig {
+    /// The source's name (`herald outbox init --source NAME`, status).
+    pub name: String,
+    /// `postgres://…`, `mysql://…` (MariaDB) or `sqlite:///path` (a
+    /// relative `sqlite://path` is relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<DbUrl>,
+    /// Or: the environment variable holding the URL (keeps credentials out
+    /// of the file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// The outbox table. Default [`OUTBOX_TABLE_DEFAULT`].
+    #[serde(default = "outbox_table_default")]
+    pub table: String,
+    /// Channel for rows whose `channel` is NULL. Default: the node's
+    /// `default_channel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    /// Longest wait between looks at the table when nothing wakes the relay
+    /// (PostgreSQL's NOTIFY normally does). Default and bounds in
+    /// `crate::outbox` (`POLL_INTERVAL_MS_*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
+    /// Rows read and proclaimed per batch (one herald transaction, one
+    /// database transaction). Default and bound in `crate::outbox`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_rows: Option<usize>,
+    /// Attempts at a row that cannot be proclaimed before it is skipped.
+    /// Default in `crate::outbox` (`ROW_ATTEMPTS_DEFAULT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Keep strict order: a row that cannot be proclaimed stops the rows
+    /// behind it until it is fixed or deleted (instead of being skipped).
+    #[serde(default)]
+    pub strict_order: bool,
+}
+
+/// An inbox table in a service's own database: received events of the
+/// chosen types land there exactly once, with the sink's position per feed
+/// committed in the same database transaction (see `docs/OUTBOX.md`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InboxSinkConfig {
+    /// The sink's name (its durable consumer is `inbox.NAME`).
+    pub name: String,
+    /// As [`OutboxSourceConfig::url`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<DbUrl>,
+    /// As [`OutboxSourceConfig::url_env`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// The inbox table (its positions go to `TABLE_position`). Default
+    /// [`INBOX_TABLE_DEFAULT`].
+    #[serde(default = "inbox_table_default")]
+    pub table: String,
+    /// Event type patterns (`*`, `?`), as subscriptions. Default `["*"]`;
+    /// `herald.*` system events only when a pattern starts with `herald.`.
+    #[serde(default = "all_types")]
+    pub types: Vec<String>,
+    /// Where a new sink starts: `start` (default: every event the node
+    /// holds) or `now`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+fn outbox_table_default() -> String {
+    OUTBOX_TABLE_DEFAULT.to_string()
+}
+
+fn inbox_table_default() -> String {
+    INBOX_TABLE_DEFAULT.to_string()
+}
+
+fn all_types() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+/// Checks a source or sink name: 1 to [`DB_LINK_NAME_BYTES_MAX`] bytes of
+/// `a-z`, `0-9`, `_`, `-`.
+pub fn check_db_link_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && name.len() <= DB_LINK_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "name {name:?} must be 1 to {DB_LINK_NAME_BYTES_MAX} bytes of a-z, 0-9, '_', '-'"
+        ))
+    }
+}
+
+/// Checks a table name: a letter or `_`, then letters, digits or `_`, at most
+/// [`DB_TABLE_NAME_BYTES_MAX`] bytes. Such a name needs no quoting in
+/// PostgreSQL, MariaDB or SQLite, so it is written into SQL as is.
+pub fn check_table_name(table: &str) -> Result<(), String> {
+    let mut bytes = table.bytes();
+    let valid = table.len() <= DB_TABLE_NAME_BYTES_MAX
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "table {table:?} must be 1 to {DB_TABLE_NAME_BYTES_MAX} bytes: a letter or '_', then letters, digits or '_'"
+        ))
+    }
+}
+
+/// Checks that exactly one of `url` and `url_env` is set and that a set URL
+/// names a supported database.
+fn check_db_url(url: Option<&DbUrl>, url_env: Option<&str>) -> Result<(), String> {
+    match (url, url_env) {
+        (Some(url), None) => check_db_scheme(url.expose()),
+        (None, Some(var)) if !var.is_empty() => Ok(()),
+        _ => Err("set exactly one of `url` and `url_env`".to_string()),
+    }
+}
+
+/// Whether `url` starts with a supported scheme.
+pub fn check_db_scheme(url: &str) -> Result<(), String> {
+    const SCHEMES: [&str; 5] = [
+        "postgres://",
+        "postgresql://",
+        "mysql://",
+        "mariadb://",
+        "sqlite://",
+    ];
+    if SCHEMES.iter().any(|s| url.starts_with(s)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "url {} must start with postgres://, mysql:// (MariaDB) or sqlite://",
+            redact_url(url)
+        ))
+    }
 }
 
 fn default_event_format() -> u8 {
@@ -192,6 +414,39 @@ impl NodeConfig {
                 });
             }
         }
+        let mut link_names = std::collections::BTreeSet::new();
+        for source in &config.outbox_sources {
+            let at = |m: String| invalid(format!("outbox source {:?}: {m}", source.name));
+            check_db_link_name(&source.name).map_err(at)?;
+            check_table_name(&source.table).map_err(at)?;
+            check_db_url(source.url.as_ref(), source.url_env.as_deref()).map_err(at)?;
+            if let Some(channel) = &source.channel
+                && !config.channels.contains_key(channel)
+            {
+                return Err(at(format!("channel {channel:?} is not in [channels]")));
+            }
+            if !link_names.insert(("source", source.name.as_str())) {
+                return Err(at("listed twice".into()));
+            }
+        }
+        for sink in &config.inbox_sinks {
+            let at = |m: String| invalid(format!("inbox sink {:?}: {m}", sink.name));
+            check_db_link_name(&sink.name).map_err(at)?;
+            check_table_name(&sink.table).map_err(at)?;
+            check_db_url(sink.url.as_ref(), sink.url_env.as_deref()).map_err(at)?;
+            if sink.types.is_empty() {
+                return Err(at("`types` lists no pattern".into()));
+            }
+            if let Some(from) = &sink.from
+                && from != "start"
+                && from != "now"
+            {
+                return Err(at(format!("`from` is {from:?}: use \"start\" or \"now\"")));
+            }
+            if !link_names.insert(("sink", sink.name.as_str())) {
+                return Err(at("listed twice".into()));
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
@@ -222,6 +477,8 @@ impl NodeConfig {
             query_handlers: Vec::new(),
             command_handlers: Vec::new(),
             event_format: default_event_format(),
+            outbox_sources: Vec::new(),
+            inbox_sinks: Vec::new(),
         }
     }
 
@@ -276,6 +533,19 @@ impl NodeConfig {
         }
         for p in self.channels.values_mut() {
             resolve(p);
+        }
+        // A relative SQLite database path is relative to the config file.
+        let urls = self
+            .outbox_sources
+            .iter_mut()
+            .filter_map(|s| s.url.as_mut())
+            .chain(self.inbox_sinks.iter_mut().filter_map(|s| s.url.as_mut()));
+        for url in urls {
+            if let Some(file) = url.0.strip_prefix("sqlite://")
+                && Path::new(file).is_relative()
+            {
+                url.0 = format!("sqlite://{}", base.join(file).display());
+            }
         }
         let programs = self
             .query_handlers
@@ -415,6 +685,74 @@ default = "keys/channel-default.key"
             .to_string();
         assert!(message.contains("(`listen = \"nowhere\"`)"), "{message}");
         assert_eq!(message.lines().count(), 1, "{message}");
+    }
+
+    #[test]
+    fn outbox_sources_and_inbox_sinks_take_defaults_and_are_checked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "{BASE}\n[[outbox_sources]]\nname = \"ledger\"\nurl = \"postgres://l:secret@127.0.0.1/l\"\n\n[[inbox_sinks]]\nname = \"reports\"\nurl = \"sqlite://svc/reports.db\"\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text)).expect("loads");
+        let source = &config.outbox_sources[0];
+        assert_eq!(source.table, OUTBOX_TABLE_DEFAULT);
+        assert!(!source.strict_order && source.batch_rows.is_none());
+        assert!(
+            !format!("{config:?}").contains("secret"),
+            "Debug hides the password"
+        );
+        let sink = &config.inbox_sinks[0];
+        assert_eq!(sink.table, INBOX_TABLE_DEFAULT);
+        assert_eq!(sink.types, ["*"]);
+        let expected = format!("sqlite://{}", dir.path().join("svc/reports.db").display());
+        assert_eq!(
+            sink.url.as_ref().map(DbUrl::expose),
+            Some(expected.as_str())
+        );
+
+        for (entry, needle) in [
+            (
+                "[[outbox_sources]]\nname = \"Bad Name\"\nurl = \"sqlite://x\"",
+                "\"Bad Name\"",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"",
+                "exactly one of `url` and `url_env`",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"sqlite://x\"\nurl_env = \"X\"",
+                "exactly one",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"oracle://u:pw@h/d\"",
+                "u:***@h",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"sqlite://x\"\ntable = \"t; drop\"",
+                "table",
+            ),
+            (
+                "[[outbox_sources]]\nname = \"x\"\nurl = \"sqlite://x\"\nchannel = \"nope\"",
+                "\"nope\"",
+            ),
+            (
+                "[[inbox_sinks]]\nname = \"x\"\nurl = \"sqlite://x\"\ntypes = []",
+                "no pattern",
+            ),
+            (
+                "[[inbox_sinks]]\nname = \"x\"\nurl = \"sqlite://x\"\nfrom = \"later\"",
+                "later",
+            ),
+        ] {
+            let text = format!("{BASE}\n{entry}\n");
+            let e = NodeConfig::load(&write(dir.path(), &text)).unwrap_err();
+            let message = e.to_string();
+            assert!(
+                message.contains(needle),
+                "{message:?} should say {needle:?}"
+            );
+            assert!(!message.contains(":pw@"), "{message}");
+        }
     }
 
     #[test]

@@ -13,11 +13,13 @@
 //! * [`config`]: the node configuration file.
 //! * [`saga`]: sagas across peers: definitions, the sans-IO state machine,
 //!   the orchestrator and participants.
+//! * [`outbox`]: the service's own database: the outbox relay and the
+//!   inbox sink (PostgreSQL, MariaDB, SQLite).
 //! * [`cli`]: the `herald` command line.
 //! * [`bench`](mod@bench): the benchmark harness behind `herald bench`.
 //!
 //! Dependencies point one way, bottom to top: core → identity → config →
-//! store → saga → node/net → cli/bench/audit. A lower layer never names a
+//! store → saga → outbox → node/net → cli/bench/audit. A lower layer never names a
 //! higher one (`tests/layers.rs` checks it); what two layers share lives in
 //! the lower.
 #![forbid(unsafe_code)]
@@ -32,5 +34,6 @@ pub mod core;
 pub mod identity;
 pub mod net;
 pub mod node;
+pub mod outbox;
 pub mod saga;
 pub mod store;

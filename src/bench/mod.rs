@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod cpu;
 pub mod netem;
+pub mod outbox;
 pub mod sagas;
 pub mod scale;
 
@@ -49,6 +50,10 @@ pub struct BenchOptions {
     /// `Wan` also runs the one-publisher cluster scenario through the WAN
     /// profile (50 ms round trip, 1 % loss).
     pub network: cluster::Network,
+    /// PostgreSQL for the service-database section (`None` skips it).
+    pub outbox_url: Option<String>,
+    /// Outbox rows relayed (and events sunk) in that section.
+    pub outbox_rows: u64,
 }
 
 /// One run's figures. Rates are per second; latencies in microseconds.
@@ -62,6 +67,9 @@ pub struct BenchReport {
     pub cluster: Option<cluster::ClusterReport>,
     pub sagas: Option<sagas::SagaReport>,
     pub scale: Option<scale::ScaleReport>,
+    /// The service-database section (`--outbox-url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<outbox::OutboxReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -215,7 +223,18 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
     } else {
         None
     };
+    let outbox = match &options.outbox_url {
+        Some(url) => Some(outbox::run_outbox(
+            &setup,
+            url,
+            options.outbox_rows,
+            options.payload_bytes,
+            proclaim.events_per_s,
+        )?),
+        None => None,
+    };
     Ok(BenchReport {
+        outbox,
         machine,
         ceiling,
         proclaim,
@@ -369,11 +388,16 @@ fn bench_identity(setup: &Setup) -> Result<(TrustAnchor, NodeIdentity), BenchErr
 }
 
 fn open_log(setup: &Setup) -> Result<Log, BenchError> {
+    open_log_at(setup, &setup.dir.join("data"))
+}
+
+/// The benchmark node's log with its store in `data_dir`.
+fn open_log_at(setup: &Setup, data_dir: &Path) -> Result<Log, BenchError> {
     let keys = setup.dir.join("keys");
     let (trust, identity) = bench_identity(setup)?;
     let channel = crate::identity::load_channel_key("default", &keys.join("channel-default.key"))?;
     Ok(Log::open_with(LogOptions {
-        data_dir: setup.dir.join("data"),
+        data_dir: data_dir.to_path_buf(),
         identity,
         trust,
         channels: vec![channel],

@@ -36,6 +36,14 @@ pub struct BenchArgs {
     /// its rate as a fraction of the loopback rate of the same run.
     #[arg(long, value_enum, default_value_t = Network::Loopback)]
     pub network: Network,
+    /// Also measure the outbox relay and the inbox sink against this
+    /// PostgreSQL database (e.g. postgres://postgres@127.0.0.1/test); the
+    /// run creates and drops its own tables there.
+    #[arg(long)]
+    pub outbox_url: Option<String>,
+    /// Rows relayed (and events written by the sink) with --outbox-url.
+    #[arg(long, default_value_t = 100_000)]
+    pub outbox_rows: u64,
 }
 
 pub fn run(args: BenchArgs) -> Result<u8, CliError> {
@@ -53,6 +61,15 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     if args.network == Network::Wan && args.cluster_events == 0 {
         return Err("--network wan needs the cluster scenarios (--cluster-events above 0)".into());
     }
+    if let Some(url) = &args.outbox_url
+        && crate::outbox::Backend::of(url).ok() != Some(crate::outbox::Backend::Postgres)
+    {
+        return Err(format!(
+            "--outbox-url must name PostgreSQL (postgres://…), not {}",
+            crate::config::redact_url(url)
+        )
+        .into());
+    }
     let scratch = tempfile::Builder::new().prefix("herald-bench-").tempdir()?;
     let options = BenchOptions {
         events: args.events,
@@ -62,6 +79,8 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
         payload_bytes: args.payload,
         progress: !args.json && std::io::stderr().is_terminal(),
         network: args.network,
+        outbox_url: args.outbox_url,
+        outbox_rows: args.outbox_rows,
     };
     let report = run_bench(&options, scratch.path())?;
     if args.json {
@@ -140,9 +159,7 @@ fn print_table(r: &BenchReport) {
         println!();
         println!(
             "cluster: {} nodes on loopback (QUIC, mutual TLS, fsync); topology ceiling {:.0}/s = storage ceiling / {} (every node stores every event on this one machine)",
-            c.nodes,
-            c.topology_ceiling_per_s,
-            c.nodes
+            c.nodes, c.topology_ceiling_per_s, c.nodes
         );
         println!(
             "{:<26} {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}",
@@ -211,6 +228,20 @@ fn print_table(r: &BenchReport) {
             s.verify_events_per_s,
             s.verify_rss_growth_mb,
             s.catch_up_events_per_s
+        );
+    }
+    if let Some(o) = &r.outbox {
+        println!();
+        println!(
+            "service database ({}): {} rows of {} B payload; relay {:.0} rows/s into durable signed events, marked published ({:.2} of durable proclaim, {} rows per batch); sink {:.0} events/s into the inbox with positions ({} per transaction)",
+            o.database,
+            o.rows,
+            o.payload_bytes,
+            o.relay_rows_per_s,
+            o.relay_fraction_of_proclaim,
+            o.batch_rows,
+            o.sink_events_per_s,
+            o.sink_batch_events
         );
     }
     println!(

@@ -112,6 +112,11 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     step("7. three live nodes on loopback: replication, queries, a SIGKILL, an audit");
     ok &= super::demo_live::run_live(&dir)?;
 
+    step(
+        "8. the service's own database: an outbox row in SQLite becomes a signed event in another service's inbox table",
+    );
+    ok &= super::demo_outbox::run_outbox(&dir)?;
+
     println!();
     if ok {
         println!("demo finished: every check behaved as expected");

@@ -185,7 +185,7 @@ fn set_executable(_path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn spawn_node(config: &Path, live: &Path, service: &str) -> Result<Child, CliError> {
+pub(super) fn spawn_node(config: &Path, live: &Path, service: &str) -> Result<Child, CliError> {
     let log = std::fs::File::create(live.join(format!("{service}.log")))?;
     Ok(Command::new(std::env::current_exe()?)
         .args(["node", "--config"])
@@ -196,7 +196,7 @@ fn spawn_node(config: &Path, live: &Path, service: &str) -> Result<Child, CliErr
 }
 
 /// SIGTERM, then wait: the node finishes in-flight commits and tells peers.
-fn stop_gracefully(service: &str, child: &mut Child) {
+pub(super) fn stop_gracefully(service: &str, child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -213,7 +213,7 @@ fn stop_gracefully(service: &str, child: &mut Child) {
     println!("   {service} did not stop in time; killed");
 }
 
-async fn client(config: &Path) -> Result<(NodeConfig, NodeClient), CliError> {
+pub(super) async fn client(config: &Path) -> Result<(NodeConfig, NodeClient), CliError> {
     let config = NodeConfig::load(config)?;
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     loop {
@@ -225,7 +225,7 @@ async fn client(config: &Path) -> Result<(NodeConfig, NodeClient), CliError> {
     }
 }
 
-async fn status(client: &NodeClient) -> Result<NodeStatus, CliError> {
+pub(super) async fn status(client: &NodeClient) -> Result<NodeStatus, CliError> {
     let mut json = None;
     client
         .request(&ClientRequest::Status, |r| match r {

@@ -12,11 +12,13 @@ use clap::{Parser, Subcommand};
 pub mod bench;
 pub mod demo;
 pub mod demo_live;
+pub mod demo_outbox;
 pub mod export;
 pub mod init;
 pub mod keygen;
 pub mod log;
 pub mod node;
+pub mod outbox;
 pub mod prove;
 pub mod publish;
 pub mod query;
@@ -71,6 +73,12 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Ask a service a synchronous question through the running node.
     Query(query::QueryArgs),
+    /// Create the outbox table of a source in the service's database (or print its DDL).
+    #[command(subcommand)]
+    Outbox(outbox::OutboxCommand),
+    /// Create the inbox table of a sink in the service's database (or print its DDL).
+    #[command(subcommand)]
+    Inbox(outbox::InboxCommand),
     /// Start sagas, show their state, rebuild their history offline.
     #[command(subcommand)]
     Saga(saga::SagaCommand),
@@ -130,6 +138,8 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Status(args) => status::run(args),
         Command::Query(args) => query::run(args),
         Command::Saga(cmd) => saga::run(cmd),
+        Command::Outbox(cmd) => outbox::run_outbox(cmd),
+        Command::Inbox(cmd) => outbox::run_inbox(cmd),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
     }

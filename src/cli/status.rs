@@ -123,7 +123,60 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
         problems: Vec::new(),
         recovering: false,
         checkpoints: CheckpointStatus::from_stored(&cluster, &stored),
+        outbox_sources: config
+            .outbox_sources
+            .iter()
+            .map(|s| offline_link(&s.name, s.url.as_ref(), &s.table))
+            .collect(),
+        inbox_sinks: config
+            .inbox_sinks
+            .iter()
+            .map(|s| offline_link(&s.name, s.url.as_ref(), &s.table))
+            .collect(),
     })
+}
+
+/// A configured source or sink of a node that is not running.
+fn offline_link(
+    name: &str,
+    url: Option<&crate::config::DbUrl>,
+    table: &str,
+) -> crate::outbox::DbLinkStatus {
+    crate::outbox::DbLinkStatus {
+        name: name.to_string(),
+        backend: url
+            .and_then(|u| crate::outbox::Backend::of(u.expose()).ok())
+            .map(|b| b.name().to_string())
+            .unwrap_or_default(),
+        url: url.map(|u| u.redacted()).unwrap_or_default(),
+        table: table.to_string(),
+        last_error: Some("node is not running".into()),
+        ..Default::default()
+    }
+}
+
+fn print_links(title: &str, links: &[crate::outbox::DbLinkStatus]) {
+    if links.is_empty() {
+        return;
+    }
+    println!(
+        "{:<16} {:<9} {:<20} {:<10} {:>8} {:>8} {:>8} {:>8} LAST ERROR",
+        title, "DATABASE", "TABLE", "STATE", "BACKLOG", "PER SEC", "SKIPPED", "RETRIES"
+    );
+    for l in links {
+        println!(
+            "{:<16} {:<9} {:<20} {:<10} {:>8} {:>8} {:>8} {:>8} {}",
+            l.name,
+            l.backend,
+            l.table,
+            if l.connected { "connected" } else { "down" },
+            l.backlog,
+            l.per_second,
+            l.skipped,
+            l.retries,
+            l.last_error.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn print_status(s: &NodeStatus) {
@@ -168,6 +221,8 @@ fn print_status(s: &NodeStatus) {
             p.last_error.as_deref().unwrap_or("-")
         );
     }
+    print_links("OUTBOX SOURCE", &s.outbox_sources);
+    print_links("INBOX SINK", &s.inbox_sinks);
     println!("{:<16} {:>10} {:<66} STATUS", "FEED", "HEAD", "HASH");
     for f in &s.feeds {
         println!(

@@ -110,6 +110,12 @@ pub struct NodeStatus {
     /// Each feed's latest checkpoint this node holds and who cosigned it.
     #[serde(default)]
     pub checkpoints: Vec<CheckpointStatus>,
+    /// Outbox tables in services' databases this node relays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox_sources: Vec<crate::outbox::DbLinkStatus>,
+    /// Inbox tables in services' databases this node writes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inbox_sinks: Vec<crate::outbox::DbLinkStatus>,
 }
 
 /// A feed's latest checkpoint as `herald status` shows it.
@@ -171,6 +177,8 @@ pub(crate) struct Inner {
     pub orchestrator: crate::saga::orchestrator::Orchestrator,
     /// Saga command handlers of this node (participant side).
     pub command_handlers: crate::saga::participant::Handlers,
+    /// Status of the outbox relays and inbox sinks.
+    pub db_links: crate::outbox::Links,
 }
 
 /// A running node.
@@ -236,6 +244,8 @@ impl Node {
                 )
             })
             .collect();
+        let (db_links, db_link_tasks) =
+            crate::outbox::spawn(log.clone(), config, shutdown_rx.clone());
         let inner = Arc::new(Inner {
             service: config.service.clone(),
             log,
@@ -250,9 +260,11 @@ impl Node {
             own_feed_reported: Mutex::new(BTreeMap::new()),
             orchestrator,
             command_handlers,
+            db_links,
         });
         let mut tasks = vec![tokio::spawn(accept_loop(inner.clone())), participant];
         tasks.extend(saga_tasks);
+        tasks.extend(db_link_tasks);
         if inner.log.is_recovering() {
             tasks.push(tokio::spawn(recover_own_feed(inner.clone())));
         }
@@ -526,6 +538,16 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
         .map(|p| p.values().cloned().collect())
         .unwrap_or_default();
     let health = inner.log.health();
+    let log = inner.log.clone();
+    let last_arrival = tokio::task::spawn_blocking(move || {
+        log.reader()
+            .ok()
+            .and_then(|conn| crate::store::last_arrival(&conn).ok())
+    })
+    .await
+    .ok()
+    .flatten();
+    let (outbox_sources, inbox_sinks) = inner.db_links.snapshot(last_arrival);
     NodeStatus {
         service: inner.service.clone(),
         running: true,
@@ -535,6 +557,8 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
         problems: health.problems(),
         recovering: inner.log.is_recovering(),
         checkpoints: CheckpointStatus::of(&inner.log),
+        outbox_sources,
+        inbox_sinks,
     }
 }
 

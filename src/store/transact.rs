@@ -232,6 +232,39 @@ impl<'a> Tx<'a> {
         self.proclaim_draft(draft, None)
     }
 
+    /// Sets `key` in one of herald's own (`herald.*`) state tables: the
+    /// outbox relay's record of which source rows it proclaimed.
+    pub(crate) fn put_reserved(
+        &mut self,
+        table: &str,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), TxError> {
+        check_table(table, true)?;
+        if !table.starts_with(RESERVED_TABLE_PREFIX) {
+            return Err(TxError::InvalidState(format!(
+                "table {table:?} is not one of herald's own"
+            )));
+        }
+        self.put_unchecked(table, key, value)
+    }
+
+    /// Removes `key` from one of herald's own (`herald.*`) state tables.
+    pub(crate) fn delete_reserved(&mut self, table: &str, key: &str) -> Result<bool, TxError> {
+        check_table(table, true)?;
+        check_key(key)?;
+        if !table.starts_with(RESERVED_TABLE_PREFIX) {
+            return Err(TxError::InvalidState(format!(
+                "table {table:?} is not one of herald's own"
+            )));
+        }
+        let n = self
+            .sql
+            .prepare_cached("DELETE FROM app_state WHERE tbl = ?1 AND key = ?2")?
+            .execute(params![table, key])?;
+        Ok(n > 0)
+    }
+
     /// The SQL transaction, for herald's own tables (sagas).
     pub(crate) fn sql(&self) -> &Connection {
         self.sql
