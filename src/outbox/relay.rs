@@ -126,14 +126,16 @@ struct Records {
 
 /// Shows the relay of `spec` in `links` (status), then runs it until
 /// `shutdown`.
-pub async fn run_registered(
+pub fn run_registered(
     log: Arc<Log>,
     spec: RelaySpec,
     links: Links,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) -> impl std::future::Future<Output = ()> {
+    // Registered before the task first runs, so `herald status` lists the
+    // source from the moment the node starts.
     links.register(Kind::Source, &spec.name, &spec.target, &spec.table);
-    run(log, spec, links, shutdown).await
+    run(log, spec, links, shutdown)
 }
 
 /// Runs the relay of `spec` until `shutdown`.

@@ -85,14 +85,16 @@ struct State {
 
 /// Shows the sink of `spec` in `links` (status), then runs it until
 /// `shutdown`.
-pub async fn run_registered(
+pub fn run_registered(
     log: Arc<Log>,
     spec: SinkSpec,
     links: Links,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+) -> impl std::future::Future<Output = ()> {
+    // Registered before the task first runs, so `herald status` lists the
+    // sink from the moment the node starts.
     links.register(Kind::Sink, &spec.name, &spec.target, &spec.table);
-    run(log, spec, links, shutdown).await
+    run(log, spec, links, shutdown)
 }
 
 /// Runs the sink of `spec` until `shutdown`.
