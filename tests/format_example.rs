@@ -568,6 +568,117 @@ fn a_verifier_written_from_section_10_agrees_with_herald_on_begin_and_end_bytes(
 /// Just enough 256-bit arithmetic for the torsion test: scalars mod
 /// l = 2^252 + 27742317777372353535851937790883648493 and the field prime
 /// p = 2^255 - 19, little-endian 64-bit limbs.
+/// docs/FORMAT.md section 16: a verifier written from the document alone
+/// (module `spec`: its own decoder, RFC 6962 root and note parser) agrees
+/// with herald on sealed events: which bytes decode, and that a run is
+/// authentic exactly when its tree's root is the one the author signed. Every
+/// single-byte change of an event either fails to decode (in both), fails
+/// its payload commitment, or changes the root so the checkpoint no longer
+/// covers it, in herald's seal check as in the spec's.
+#[test]
+fn a_verifier_written_from_section_16_authenticates_sealed_events_as_herald_does() {
+    use herald::core::checkpoint::{CheckpointSigner, cluster_id};
+    use herald::core::merkle::Frontier;
+    use herald::core::verify::{Seal, check_sealed_run};
+    let key = SigningKey::from_bytes(&SIGNING_SEED);
+    let cluster = cluster_id(&[3; 32]);
+    let origin = format!("herald/{cluster}/{AUTHOR}");
+    let (mut sealer, genesis) = Sealer::new_feed(AUTHOR, key.clone())
+        .with_format(herald::core::limits::FORMAT_VERSION_SEALED)
+        .start_feed(b"certificate bytes", EVENT_ID, LAST_TIMESTAMP_US);
+    let channel = ChannelKey::new("default", CHANNEL_KEY);
+    let drafts = (0..3u8)
+        .map(|i| {
+            let draft = Draft::new(EVENT_TYPE, 1, vec![], vec![i; 40]).expect("draft");
+            let mut id = EVENT_ID;
+            id[15] = i + 1;
+            (draft, &channel, Entropy { id, nonce: [i; 24] })
+        })
+        .collect();
+    let mut run: Vec<Vec<u8>> = vec![genesis.bytes().to_vec()];
+    run.extend(
+        sealer
+            .seal_batch(drafts, LAST_TIMESTAMP_US + 1)
+            .into_iter()
+            .map(|e| e.into_bytes()),
+    );
+    // The spec's view: decode, hash, leaves, root.
+    let spec_hashes = |run: &[Vec<u8>]| -> Result<Vec<[u8; 32]>, String> {
+        run.iter()
+            .map(|b| {
+                let (env, header) = spec::decode_sealed(b)?;
+                if let Some(p) = &env.payload {
+                    spec::check_payload(&header, p)?;
+                }
+                Ok(spec::event_hash(&env.header))
+            })
+            .collect()
+    };
+    let hashes = spec_hashes(&run).expect("the spec decodes herald's sealed events");
+    let leaves: Vec<[u8; 32]> = hashes.iter().map(spec::leaf).collect();
+    let root = spec::merkle_root(&leaves);
+    let signer = CheckpointSigner::new(cluster.clone(), AUTHOR.into(), key.clone());
+    let note = signer.sign(4, root).expect("sign").to_text();
+    assert_eq!(
+        spec::open_checkpoint(&note, &origin, &key.verifying_key()),
+        Some((4, root)),
+        "the spec opens herald's checkpoint"
+    );
+    // herald's view of the same run and seal.
+    let herald_accepts = |run: &[Vec<u8>]| -> bool {
+        let Ok(decoded) = run
+            .iter()
+            .map(|b| DecodedEvent::decode(b.clone()))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            return false;
+        };
+        let payloads_ok = decoded.iter().all(|e| match e.payload() {
+            Some(p) => herald::core::verify::check_payload(e.header(), p).is_ok(),
+            None => true,
+        });
+        let refs: Vec<&DecodedEvent> = decoded.iter().collect();
+        let seal = Seal {
+            note: note.as_bytes(),
+            proof: &[],
+        };
+        payloads_ok
+            && check_sealed_run(
+                &cluster,
+                AUTHOR,
+                &key.verifying_key(),
+                &Frontier::new(),
+                &refs,
+                seal,
+            )
+            .is_ok()
+    };
+    let spec_accepts = |run: &[Vec<u8>]| -> bool {
+        spec_hashes(run)
+            .is_ok_and(|h| spec::merkle_root(&h.iter().map(spec::leaf).collect::<Vec<_>>()) == root)
+    };
+    assert!(herald_accepts(&run) && spec_accepts(&run));
+    let target = 2;
+    for i in 0..run[target].len() {
+        for mask in [0x01u8, 0x80] {
+            let mut changed = run.clone();
+            changed[target][i] ^= mask;
+            let decodes = (
+                DecodedEvent::decode(changed[target].clone()).is_ok(),
+                spec::decode_sealed(&changed[target]).is_ok(),
+            );
+            assert_eq!(
+                decodes.0, decodes.1,
+                "byte {i} ^ {mask:#04x}: decoders disagree"
+            );
+            assert!(
+                !herald_accepts(&changed) && !spec_accepts(&changed),
+                "byte {i} ^ {mask:#04x} of a sealed event went unnoticed"
+            );
+        }
+    }
+}
+
 mod scalar {
     type U256 = [u64; 4];
     const L: U256 = [
@@ -702,6 +813,7 @@ mod spec {
 
     // Limits (FORMAT.md, "Limits").
     pub const FORMAT_VERSION: u8 = 1;
+    pub const FORMAT_VERSION_SEALED: u8 = 2;
     pub const SERVICE_NAME_BYTES_MAX: usize = 63;
     pub const EVENT_TYPE_BYTES_MAX: usize = 128;
     pub const META_ENTRIES_MAX: usize = 32;
@@ -906,7 +1018,7 @@ mod spec {
         }
         let mut r = Reader { buf: bytes, pos: 0 };
         let version = r.byte()?;
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_SEALED {
             return Err(format!("version {version}"));
         }
         let id = r.array::<16>()?;
@@ -933,9 +1045,11 @@ mod spec {
         };
         let payload_hash = r.array::<32>()?;
         let payload_len = r.varint(32)? as u32;
+        // Section 3: `Event` (0) with version 1, `Checkpoint` (1) with 2.
         let signature_scope = match r.varint(32)? {
-            0 => 0,
-            v => return Err(format!("signature scope variant {v}")),
+            0 if version == FORMAT_VERSION => 0,
+            1 if version == FORMAT_VERSION_SEALED => 1,
+            v => return Err(format!("signature scope variant {v} in version {version}")),
         };
         r.end()?;
         let h = Header {
@@ -1012,10 +1126,113 @@ mod spec {
         Ok(())
     }
 
+    /// A format-2 envelope (section 16.1): after the `00` marker, the header
+    /// bytes and the payload option.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Sealed {
+        pub header: Vec<u8>,
+        pub payload: Option<Vec<u8>>,
+    }
+
+    /// Section 16.1 and 5: a format-2 event, decoded and checked.
+    pub fn decode_sealed(bytes: &[u8]) -> Result<(Sealed, Header), String> {
+        if bytes.len() > ENVELOPE_BYTES_MAX {
+            return Err("envelope too large".into());
+        }
+        let Some((0, rest)) = bytes.split_first() else {
+            return Err("not a sealed envelope".into());
+        };
+        let mut r = Reader { buf: rest, pos: 0 };
+        let header = r.bytes()?.to_vec();
+        let payload = match r.byte()? {
+            0 => None,
+            1 => Some(r.bytes()?.to_vec()),
+            t => return Err(format!("option tag {t}")),
+        };
+        r.end()?;
+        let h = parse_header(&header)?;
+        if h.version != FORMAT_VERSION_SEALED {
+            return Err("a format-1 header in a sealed envelope".into());
+        }
+        if payload
+            .as_ref()
+            .is_some_and(|p| p.len() > PAYLOAD_BYTES_MAX)
+        {
+            return Err("payload too large".into());
+        }
+        Ok((Sealed { header, payload }, h))
+    }
+
+    /// Section 15.1: the RFC 6962 root over leaf hashes.
+    pub fn merkle_root(leaves: &[[u8; 32]]) -> [u8; 32] {
+        match leaves.len() {
+            0 => Sha256::digest([]).into(),
+            1 => leaves[0],
+            n => {
+                let k = n.next_power_of_two() / 2;
+                let mut h = Sha256::new();
+                h.update([0x01]);
+                h.update(merkle_root(&leaves[..k]));
+                h.update(merkle_root(&leaves[k..]));
+                h.finalize().into()
+            }
+        }
+    }
+
+    /// Section 15.1: an event's leaf.
+    pub fn leaf(event_hash: &[u8; 32]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update([0x00]);
+        h.update(event_hash);
+        h.finalize().into()
+    }
+
+    /// Section 15.3: the size and root of a checkpoint note whose origin is
+    /// `origin`, if a signature line by `origin` verifies under `key`.
+    pub fn open_checkpoint(
+        note: &str,
+        origin: &str,
+        key: &VerifyingKey,
+    ) -> Option<(u64, [u8; 32])> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let (text, signatures) = note.split_once("\n\n")?;
+        let text = format!("{text}\n");
+        let mut lines = text.lines();
+        if lines.next()? != origin {
+            return None;
+        }
+        let size: u64 = lines.next()?.parse().ok()?;
+        let root: [u8; 32] = b64.decode(lines.next()?).ok()?.try_into().ok()?;
+        let signed = signatures.lines().any(|line| {
+            let Some(rest) = line.strip_prefix("\u{2014} ") else {
+                return false;
+            };
+            let Some((name, sig)) = rest.split_once(' ') else {
+                return false;
+            };
+            let Ok(raw) = b64.decode(sig) else {
+                return false;
+            };
+            name == origin
+                && raw.len() == 68
+                && key
+                    .verify(
+                        text.as_bytes(),
+                        &Signature::from_slice(&raw[4..]).expect("64 bytes"),
+                    )
+                    .is_ok()
+        });
+        signed.then_some((size, root))
+    }
+
     /// Everything a decoder checks before any signature or chain check.
     pub fn decode(bytes: &[u8]) -> Result<(Envelope, Header), String> {
         let env = parse_envelope(bytes)?;
         let header = parse_header(&env.header)?;
+        if header.version != FORMAT_VERSION {
+            return Err("a format-2 header in a signed envelope".into());
+        }
         if let Some(p) = &env.payload
             && p.len() > PAYLOAD_BYTES_MAX
         {

@@ -521,7 +521,18 @@ impl Node {
             self.inner.endpoint.wait_idle(),
         )
         .await;
-        tracing::info!(service = %self.inner.service, "node stopped");
+        let service = self.inner.service.clone();
+        // Subscription and consumer tasks stop on the shutdown signal but
+        // may be finishing a handler: wait (bounded) until the last of them
+        // lets go of the log, so its store lock is free when this returns
+        // and the same store can be opened again at once.
+        let log = Arc::downgrade(&self.inner.log);
+        drop(self);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(SHUTDOWN_GRACE_MS);
+        while log.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::info!(%service, "node stopped");
     }
 }
 
