@@ -249,3 +249,86 @@ async fn a_checkpoint_not_signed_by_the_feeds_author_cuts_the_sender_off() {
     assert!(a.log().equivocations().unwrap().is_empty());
     a.shutdown().await;
 }
+
+/// A split view of format-2 events: the author sends one history, sealed,
+/// to node-a and another to node-b, which are not peers of each other. The
+/// events prove nothing alone; node-c, peer of both, finds the split when it
+/// compares their positions, the checkpoints it passes on meet the
+/// other side's, and every node records the author's two signed checkpoints
+/// as evidence and freezes the feed. No honest node is cut off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_view_of_sealed_events_is_proved_by_checkpoints_and_frozen_everywhere() {
+    let net = Net::with_peers(&["node-a", "node-b", "node-c", "mallory"], |me| match me {
+        "node-a" => vec!["node-c".into(), "mallory".into()],
+        "node-b" => vec!["node-c".into(), "mallory".into()],
+        "node-c" => vec!["node-a".into(), "node-b".into()],
+        _ => vec!["node-a".into(), "node-b".into()],
+    });
+    let mut mallory = Forger::sealed(&net, "mallory", "mallory");
+    let common: Vec<VerifiedEvent> = [
+        vec![mallory.genesis.clone()],
+        mallory.seal(2, "mallory.says"),
+    ]
+    .concat();
+    let fork_point = mallory.mark();
+    let first = [common.clone(), mallory.seal(1, "version.a")].concat();
+    mallory.restore(fork_point);
+    let second = [common.clone(), mallory.seal(1, "version.b")].concat();
+    assert_ne!(first[3].hash(), second[3].hash());
+    let sealed_frame = |history: &[VerifiedEvent]| {
+        let refs: Vec<&VerifiedEvent> = history.iter().collect();
+        let PeerMessage::Events { events, .. } = events_frame(&envelopes(history)) else {
+            unreachable!()
+        };
+        PeerMessage::Events {
+            events,
+            seals: vec![mallory.seal_of(&refs)],
+        }
+    };
+
+    let a = Node::start(&net.config("node-a")).await.expect("start a");
+    let b = Node::start(&net.config("node-b")).await.expect("start b");
+    let mut to_a = Attack::open(&net, "mallory", "node-a").await;
+    to_a.send(&sealed_frame(&first)).await;
+    to_a.wait_ack("mallory", 3).await;
+    let mut to_b = Attack::open(&net, "mallory", "node-b").await;
+    to_b.send(&sealed_frame(&second)).await;
+    to_b.wait_ack("mallory", 3).await;
+    let c = Node::start(&net.config("node-c")).await.expect("start c");
+
+    for node in [&a, &b, &c] {
+        wait_async(
+            &format!(
+                "{} to hold equivocation evidence against mallory",
+                node.service()
+            ),
+            CONVERGE,
+            || async {
+                let evidence = node.log().equivocations().map_err(|e| e.to_string())?;
+                match evidence.iter().find(|(feed, _)| feed == "mallory") {
+                    Some(_) => Ok(()),
+                    None => Err(format!("{} pieces of evidence", evidence.len())),
+                }
+            },
+        )
+        .await;
+        let status = node.status().await;
+        let feed = status.feeds.iter().find(|h| h.feed == "mallory");
+        assert_eq!(
+            feed.map(|f| f.status.as_str()),
+            Some("forked"),
+            "{} froze the feed",
+            node.service()
+        );
+    }
+    // The honest nodes stayed connected throughout.
+    let peers = c.status().await.peers;
+    for name in ["node-a", "node-b"] {
+        let peer = peers.iter().find(|p| p.name == name).expect("a peer");
+        assert!(peer.connected, "node-c still connected to {name}: {peer:?}");
+    }
+    drop((to_a, to_b));
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
+}
