@@ -566,8 +566,10 @@ async fn sealed_events_need_their_authors_seal() {
         .await
         .expect("start node-a");
     let mut mallory = Forger::sealed(&net, "mallory", "mallory");
-    let events = mallory.seal(4, "mallory.says");
     let genesis = mallory.genesis.clone();
+    let first_two = mallory.seal(2, "mallory.says");
+    let fork_point = mallory.mark();
+    let events = [first_two, mallory.seal(2, "mallory.says")].concat();
     // The first four events are sent; the fifth makes another history's
     // checkpoint below.
     let history: Vec<&herald::core::verify::VerifiedEvent> =
@@ -627,6 +629,39 @@ async fn sealed_events_need_their_authors_seal() {
         .latest_checkpoint("mallory")
         .expect("mallory's checkpoint");
     assert_eq!((held.size, held.cosigned_size), (4, 4));
+
+    // The author's other history at a position node-a holds, sealed by a
+    // second checkpoint of size 4: an unsigned event proves nothing, the
+    // two checkpoints prove the split. The sender is cut off, the evidence
+    // kept, the feed frozen.
+    mallory.restore(fork_point);
+    let rewritten = mallory.seal(1, "mallory.rewrites");
+    let other: Vec<&herald::core::verify::VerifiedEvent> = std::iter::once(&genesis)
+        .chain(&events[..2])
+        .chain(&rewritten)
+        .collect();
+    let mut m = Attack::open(&net, "mallory", "node-a").await;
+    let PeerMessage::Events { events: frame, .. } = events_frame(&[rewritten[0].bytes()]) else {
+        unreachable!()
+    };
+    m.send(&PeerMessage::Events {
+        events: frame,
+        seals: vec![mallory.seal_of(&other)],
+    })
+    .await;
+    assert_eq!(
+        m.closed_with().await,
+        close::VERIFICATION_FAILED as u64,
+        "rewritten"
+    );
+    let evidence = a.log().equivocations().expect("equivocations");
+    assert!(
+        evidence.iter().any(|(feed, _)| feed == "mallory"),
+        "{evidence:?}"
+    );
+    let heads = a.log().heads().expect("heads");
+    let head = heads.iter().find(|h| h.feed == "mallory").expect("mallory");
+    assert_eq!((head.seq, head.status.as_str()), (3, "forked"));
     a.shutdown().await;
 }
 

@@ -50,8 +50,9 @@ pub(super) struct SealCheck {
     pub unreadable: Option<String>,
     /// Checkpoint notes for the checkpoint witness once the events are
     /// stored: those that end exactly where their run does (this node then
-    /// holds every event they cover) and those that disagree with this
-    /// node's copy (evidence of a split view, if one can be proved).
+    /// holds every event they cover), those of runs it held already, and
+    /// those that disagree with this node's copy (evidence of a split
+    /// view, if one can be proved).
     pub notes: Vec<Vec<u8>>,
 }
 
@@ -119,7 +120,13 @@ pub(super) fn check_seals(
             None => cx.trees.get(tx, &feed, stored)?.merkle_frontier()?,
         };
         if seal.end <= held.size() {
-            continue; // Everything it covers is held already.
+            // Everything it covers is held already: copies, or the author's
+            // other history at positions this node holds, which only the
+            // checkpoint can prove (the witness compares it with this
+            // node's tree and records the split if it holds a checkpoint
+            // of its own there).
+            check.notes.push(seal.note.to_vec());
+            continue;
         }
         let run: Vec<usize> = positions
             .iter()
