@@ -1008,6 +1008,19 @@ impl CommitStage {
                     policy.skip_from(&feed, seq);
                     report.conflicts.push((feed, rejection));
                 }
+                Outcome::SealedConflict(rejection)
+                    if feed.is_some() && policy.sender.as_deref() != feed.as_deref() =>
+                {
+                    let Some(feed) = feed else { continue };
+                    report.skipped += 1;
+                    policy.skip_from(&feed, seq);
+                    report.conflicts.push((feed, rejection));
+                }
+                Outcome::SealedConflict(rejection) => {
+                    report.rejected = Some(rejection);
+                    report.rejected_feed = feed;
+                    break;
+                }
                 Outcome::Rejected(rejection) => match feed
                     .as_deref()
                     .and_then(|f| policy.tolerates(f, &rejection))
@@ -1109,6 +1122,10 @@ enum Outcome {
     /// Signed by the author but not this node's history of the feed, sent
     /// by a relay: not the sender's fault.
     Conflict(Rejection),
+    /// A format-2 event other than the one this node holds at its position:
+    /// from a relay, the author's other history (its seal's checkpoint goes
+    /// to the witness as evidence); from the author, misbehaviour.
+    SealedConflict(Rejection),
     Rejected(Rejection),
 }
 
@@ -1276,15 +1293,18 @@ fn ingest_one(
         // An honest peer sends a format-2 event of a position this node
         // holds only as a copy: its side of a split view travels as a
         // checkpoint, since a format-2 event proves no fork on its own.
-        let found = if event.is_sealed() {
-            "another format-2 event (unsigned, so no fork proof) at a position this node holds"
-        } else {
-            "an invalidly signed conflicting event"
-        };
+        if event.is_sealed() {
+            return Ok(Outcome::SealedConflict(Rejection {
+                check: Check::Signature,
+                expected: "a copy of the stored event (a format-2 event proves no fork)".into(),
+                found: "another format-2 event at a position this node holds".into(),
+                ..conflict
+            }));
+        }
         return Ok(Outcome::Rejected(Rejection {
             check: Check::Signature,
             expected: "a copy of the stored event or a validly signed fork".into(),
-            found: found.into(),
+            found: "an invalidly signed conflicting event".into(),
             ..conflict
         }));
     }
