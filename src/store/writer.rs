@@ -1008,8 +1008,14 @@ impl CommitStage {
                     policy.skip_from(&feed, seq);
                     report.conflicts.push((feed, rejection));
                 }
+                // From a relay (a peer that is not the author), as for a
+                // previous-hash conflict; a local import is told.
                 Outcome::SealedConflict(rejection)
-                    if feed.is_some() && policy.sender.as_deref() != feed.as_deref() =>
+                    if feed.is_some()
+                        && policy
+                            .sender
+                            .as_deref()
+                            .is_some_and(|s| Some(s) != feed.as_deref()) =>
                 {
                     let Some(feed) = feed else { continue };
                     report.skipped += 1;
