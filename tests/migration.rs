@@ -1,7 +1,7 @@
 //! A store written by an older herald (schema version 4: per-event
 //! signatures, no Merkle trees) is upgraded in place at start-up: every
 //! event stays byte for byte, every feed gets its Merkle tree, the node
-//! signs its own feed's checkpoint, and it goes on proclaiming.
+//! signs its own feed's checkpoint, and it goes on proclaiming, in format 2.
 
 use std::path::{Path, PathBuf};
 
@@ -126,11 +126,35 @@ fn a_schema_4_store_is_upgraded_in_place_and_keeps_every_event() {
     }
     log.close();
 
+    // The feed went on in format 2: the old events keep their signatures,
+    // the new one has none and its checkpoint vouches for it.
+    let formats: Vec<bool> = after
+        .iter()
+        .filter(|e| e.0 == "council")
+        .map(|e| herald::core::codec::is_sealed_envelope(&e.3))
+        .collect();
+    assert_eq!(formats, [false, false, false, false, false, false, true]);
+
     // Opening again changes nothing.
     let log = Log::open(&config).unwrap();
     assert_eq!(events(&db), after);
     assert_eq!(read_checkpoint(&conn, "council").unwrap().unwrap().size, 7);
     log.close();
+
+    // An auditor verifies the mixed feed: six signatures and one checkpoint.
+    let options = herald::audit::verify::AuditOptions {
+        trust: herald::identity::TrustAnchor::load(&config.ca, None).unwrap(),
+        channel_keys: Vec::new(),
+        progress: false,
+    };
+    let report = herald::audit::verify::audit_data_dir(&config.data_dir, &options).unwrap();
+    assert!(report.valid, "{:?}", report.problems);
+    let council = report
+        .feeds
+        .iter()
+        .find(|f| f.service == "council")
+        .unwrap();
+    assert_eq!((council.verified, council.status), (7, "valid"));
 }
 
 fn cert_der(service: &str) -> Vec<u8> {
