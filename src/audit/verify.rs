@@ -397,8 +397,10 @@ impl<'a> Auditor<'a> {
                 FeedVerifier::genesis_pending_checkpoint(&self.options.trust, &event)
                     .map(|v| (v, event))
             } else {
-                FeedVerifier::genesis(&self.options.trust, event, None)
-                    .map(|(v, genesis)| (v, genesis.into_decoded()))
+                // The small genesis is kept as decoded: the verified value
+                // carries no signature to tell its format by.
+                FeedVerifier::genesis(&self.options.trust, event.clone(), None)
+                    .map(|(v, _)| (v, event))
             };
             match admitted {
                 Ok((verifier, genesis)) => {

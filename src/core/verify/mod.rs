@@ -126,19 +126,6 @@ impl VerifiedEvent {
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
-
-    /// The event as decoded (for callers that handle both kinds).
-    pub fn into_decoded(self) -> DecodedEvent {
-        DecodedEvent {
-            signature: crate::core::codec::decode_envelope(&self.bytes)
-                .ok()
-                .and_then(|(e, _)| e.signature),
-            header: self.header,
-            hash: self.hash,
-            payload: self.payload,
-            bytes: self.bytes,
-        }
-    }
 }
 
 /// Which verification check an event failed. The names are stable: they
