@@ -20,6 +20,25 @@ use herald::node::Node;
 /// Longest any convergence wait may take before the test fails.
 const CONVERGE: Duration = Duration::from_secs(30);
 
+/// Waits until `node` holds equivocation evidence against mallory's feed.
+async fn wait_for_evidence_against_mallory(node: &Node) {
+    wait_async(
+        &format!(
+            "{} to hold equivocation evidence against mallory",
+            node.service()
+        ),
+        CONVERGE,
+        || async {
+            let evidence = node.log().equivocations().map_err(|e| e.to_string())?;
+            match evidence.iter().find(|(feed, _)| feed == "mallory") {
+                Some(_) => Ok(()),
+                None => Err(format!("{} pieces of evidence", evidence.len())),
+            }
+        },
+    )
+    .await;
+}
+
 fn envelopes(events: &[VerifiedEvent]) -> Vec<&[u8]> {
     events.iter().map(|e| e.bytes()).collect()
 }
@@ -146,21 +165,7 @@ async fn an_author_that_signs_two_histories_is_caught_and_frozen_everywhere() {
     to_a.send(&checkpoint_message(&true_checkpoint)).await;
 
     for node in [&a, &b, &c] {
-        wait_async(
-            &format!(
-                "{} to hold equivocation evidence against mallory",
-                node.service()
-            ),
-            CONVERGE,
-            || async {
-                let evidence = node.log().equivocations().map_err(|e| e.to_string())?;
-                match evidence.iter().find(|(feed, _)| feed == "mallory") {
-                    Some(_) => Ok(()),
-                    None => Err(format!("{} pieces of evidence", evidence.len())),
-                }
-            },
-        )
-        .await;
+        wait_for_evidence_against_mallory(node).await;
         let status = node.status().await;
         let feed = status
             .feeds
@@ -297,21 +302,7 @@ async fn a_split_view_of_sealed_events_is_proved_by_checkpoints_and_frozen_every
     let c = Node::start(&net.config("node-c")).await.expect("start c");
 
     for node in [&a, &b, &c] {
-        wait_async(
-            &format!(
-                "{} to hold equivocation evidence against mallory",
-                node.service()
-            ),
-            CONVERGE,
-            || async {
-                let evidence = node.log().equivocations().map_err(|e| e.to_string())?;
-                match evidence.iter().find(|(feed, _)| feed == "mallory") {
-                    Some(_) => Ok(()),
-                    None => Err(format!("{} pieces of evidence", evidence.len())),
-                }
-            },
-        )
-        .await;
+        wait_for_evidence_against_mallory(node).await;
         let status = node.status().await;
         let feed = status.feeds.iter().find(|h| h.feed == "mallory");
         assert_eq!(
