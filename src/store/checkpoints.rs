@@ -330,16 +330,30 @@ pub(crate) fn accept(
         Ok(parsed) => parsed,
         Err(e) => return Ok(Err(e)),
     };
-    let Some(head) = super::writer::read_head(tx, &feed)? else {
-        return Ok(Ok(CheckpointOutcome::UnknownFeed));
-    };
+    // No verifier: a feed this node holds nothing of (or whose author it
+    // no longer admits).
     let author_key = match super::writer::load_verifier(tx, w.trust, w.verifiers, &feed)? {
         Ok(v) => *v.key(),
         Err(_) => return Ok(Ok(CheckpointOutcome::UnknownFeed)),
     };
-    let verified = match checkpoint::verify_claimed(note, claimed, feed.clone(), &author_key) {
-        Ok(v) => v,
-        Err(e) => return Ok(Err(e)),
+    match checkpoint::verify_claimed(note, claimed, feed, &author_key) {
+        Ok(verified) => accept_verified(tx, w, verified),
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+/// [`accept`] for a checkpoint whose author's signature is checked already
+/// (a seal's, at ingest): the same comparison, merge and cosignature,
+/// without checking the signature twice.
+pub(crate) fn accept_verified(
+    tx: &Transaction<'_>,
+    w: &mut Witness<'_>,
+    verified: VerifiedCheckpoint,
+) -> Result<Result<CheckpointOutcome, CheckpointError>, LogError> {
+    let cluster = w.signer.cluster().to_string();
+    let feed = verified.feed().to_string();
+    let Some(head) = super::writer::read_head(tx, &feed)? else {
+        return Ok(Ok(CheckpointOutcome::UnknownFeed));
     };
     let held = head.seq + 1;
     if verified.size() > held {

@@ -15,7 +15,7 @@ use super::LogError;
 use super::checkpoints::Trees;
 use super::forks::IngestPolicy;
 use super::writer::load_verifier;
-use crate::core::checkpoint;
+use crate::core::checkpoint::{self, VerifiedCheckpoint};
 use crate::core::codec::DecodeError;
 use crate::core::merkle::Frontier;
 use crate::core::verify::{
@@ -53,7 +53,16 @@ pub(super) struct SealCheck {
     /// holds every event they cover), those of runs it held already, and
     /// those that disagree with this node's copy (evidence of a split
     /// view, if one can be proved).
-    pub notes: Vec<Vec<u8>>,
+    pub notes: Vec<SealNote>,
+}
+
+/// A seal's checkpoint for the witness.
+#[derive(Debug)]
+pub(super) enum SealNote {
+    /// Its author's signature checked with the run it vouched for.
+    Verified(VerifiedCheckpoint),
+    /// Not checked here (a run held already, or one it did not join).
+    Unchecked(Vec<u8>),
 }
 
 /// What the seal check needs of the commit stage.
@@ -125,7 +134,7 @@ pub(super) fn check_seals(
             // checkpoint can prove (the witness compares it with this
             // node's tree and records the split if it holds a checkpoint
             // of its own there).
-            check.notes.push(seal.note.to_vec());
+            check.notes.push(SealNote::Unchecked(seal.note.to_vec()));
             continue;
         }
         let run: Vec<usize> = positions
@@ -159,10 +168,11 @@ pub(super) fn check_seals(
                         check.verdicts[i] = Some(*verdict);
                     }
                 }
-                if sealed.checkpoint_is_complete() {
-                    check.notes.push(seal.note.to_vec());
-                }
+                let complete = sealed.checkpoint_is_complete();
                 frontiers.insert(feed, sealed.frontier);
+                if complete {
+                    check.notes.push(SealNote::Verified(sealed.checkpoint));
+                }
             }
             Ok(sealed) => {
                 let reason = format!(
@@ -177,7 +187,7 @@ pub(super) fn check_seals(
             Err(SealError::Inconsistent(e))
                 if cx.policy.sender.as_deref() != Some(feed.as_str()) =>
             {
-                check.notes.push(seal.note.to_vec());
+                check.notes.push(SealNote::Unchecked(seal.note.to_vec()));
                 let reason = format!(
                     "the feed's author signed a checkpoint this node's copy does not extend to ({e})"
                 );

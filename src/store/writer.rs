@@ -1060,7 +1060,7 @@ impl CommitStage {
             signer: &self.signer,
             unmatched: &mut self.unmatched_checkpoints,
         };
-        let witnessed = witness_seals(&tx, &mut witness, &sealed.notes)?;
+        let witnessed = witness_seals(&tx, &mut witness, sealed.notes)?;
         tx.commit()?;
         for outcome in &witnessed {
             self.announce_checkpoint(outcome);
@@ -1156,11 +1156,19 @@ fn holds(
 fn witness_seals(
     tx: &Transaction<'_>,
     witness: &mut super::checkpoints::Witness<'_>,
-    notes: &[Vec<u8>],
+    notes: Vec<super::seals::SealNote>,
 ) -> Result<Vec<CheckpointOutcome>, LogError> {
     let mut outcomes = Vec::new();
     for note in notes {
-        match super::checkpoints::accept(tx, witness, note)? {
+        let outcome = match note {
+            super::seals::SealNote::Verified(verified) => {
+                super::checkpoints::accept_verified(tx, witness, verified)?
+            }
+            super::seals::SealNote::Unchecked(bytes) => {
+                super::checkpoints::accept(tx, witness, &bytes)?
+            }
+        };
+        match outcome {
             Ok(outcome) => outcomes.push(outcome),
             // Checked already with the seal; nothing more to say of it.
             Err(e) => tracing::debug!(error = %e, "a seal's checkpoint was not witnessed"),
