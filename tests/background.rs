@@ -70,16 +70,17 @@ async fn a_damaged_event_type_column_stops_neither_subscriptions_nor_sagas() {
     log.proclaim("x.two", b"{}", vec![]).expect("proclaim");
     drop(log);
 
-    // One byte of x.one's derived type column flipped so it is no longer
-    // UTF-8; its signed envelope is intact.
+    // One byte of x.one's type name flipped so it is no longer UTF-8. The
+    // store keeps each event's hash in its feed's tree, so the row no
+    // longer rebuilds to the event that was proclaimed.
     let changed = db(&net)
         .execute(
-            "UPDATE events SET event_type = CAST(X'78FF6F6E65' AS TEXT) WHERE event_type = 'x.one'",
+            "UPDATE type_names SET name = CAST(X'78FF6F6E65' AS TEXT) WHERE name = 'x.one'",
             [],
         )
         .expect("flip a byte");
     assert_eq!(changed, 1);
-    // `herald verify` on the data directory names the disagreement.
+    // `herald verify` on the data directory names the damaged event.
     let report = audit_data_dir(
         &net.data_dir("a"),
         &AuditOptions {
@@ -94,7 +95,7 @@ async fn a_damaged_event_type_column_stops_neither_subscriptions_nor_sagas() {
         report
             .problems
             .iter()
-            .any(|p| p.check == "derived-column" && p.found.contains("event_type")),
+            .any(|p| p.check == "stored-hash" && p.feed.as_deref() == Some("a") && p.seq == Some(1)),
         "{:?}",
         report.problems
     );
@@ -242,13 +243,16 @@ async fn a_permanent_store_fault_makes_the_node_unhealthy_and_stop() {
     let a = Node::start(&net.config("a")).await.expect("start a");
     a.proclaim("z.one", b"{}", vec![]).await.expect("proclaim");
     a.shutdown().await;
-    // z.one's envelope no longer decodes: nothing a retry can fix.
-    db(&net)
+    // z.one's payload is cut short: its row no longer rebuilds to the event
+    // its feed's tree holds, and nothing a retry can fix.
+    let changed = db(&net)
         .execute(
-            "UPDATE events SET envelope = substr(envelope, 1, 10) WHERE event_type = 'z.one'",
+            "UPDATE event_rows SET payload = substr(payload, 1, 10)
+             WHERE type = (SELECT id FROM type_names WHERE name = 'z.one')",
             [],
         )
-        .expect("damage an envelope");
+        .expect("damage a payload");
+    assert_eq!(changed, 1);
 
     let a = Node::start(&net.config("a")).await.expect("restart a");
     let (_seen, handler) = collector();
@@ -281,15 +285,23 @@ fn herald_node_exits_non_zero_when_its_saga_engine_cannot_recover() {
     let log = herald::store::Log::open(&net.config("a")).expect("open the store");
     log.proclaim("x.cmd", b"{}", vec![]).expect("proclaim");
     drop(log);
-    // A row the saga participant reads (its type column says a saga
-    // command) whose stored envelope no longer decodes.
-    db(&net)
+    // A row the saga participant reads (its type says a saga command) that
+    // no longer rebuilds to the event its feed's tree holds.
+    let conn = db(&net);
+    conn.execute(
+        "INSERT OR IGNORE INTO type_names (name) VALUES (?1)",
+        [herald::saga::events::COMMAND],
+    )
+    .expect("intern the command type");
+    let changed = conn
         .execute(
-            "UPDATE events SET envelope = substr(envelope, 1, 10), event_type = ?1
-             WHERE event_type = 'x.cmd'",
+            "UPDATE event_rows SET type = (SELECT id FROM type_names WHERE name = ?1)
+             WHERE type = (SELECT id FROM type_names WHERE name = 'x.cmd')",
             [herald::saga::events::COMMAND],
         )
-        .expect("damage an envelope");
+        .expect("damage a row");
+    assert_eq!(changed, 1);
+    drop(conn);
     let mut child = std::process::Command::new(common::herald_bin())
         .args(["node", "--config"])
         .arg(net.config_path("a"))

@@ -109,13 +109,12 @@ fn every_acknowledged_event_survives_sigkill() {
 fn assert_checkpoint_covers_the_feed(cluster: &Cluster, round: usize) {
     let db = cluster.config("a").data_dir.join(herald::store::DB_FILE);
     let conn = rusqlite::Connection::open(&db).unwrap();
-    let hashes: Vec<Vec<u8>> = conn
-        .prepare("SELECT hash FROM events WHERE feed = 'a' ORDER BY seq")
+    // Each event rebuilt from its row and hashed here.
+    let hashes: Vec<[u8; 32]> = herald::store::read_feed_from(&conn, "a", 0..=u64::MAX)
         .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .iter()
+        .map(|e| herald::core::codec::event_hash(&herald::core::codec::decode_envelope(&e.envelope).unwrap().0.header))
+        .collect();
     let mut tree = MemoryTree::default();
     for hash in &hashes {
         tree.push(merkle::leaf_hash(hash)).unwrap();

@@ -253,17 +253,12 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
 fn rewind_to(data_dir: &std::path::Path, feed: &str, head: i64) {
     let conn = rusqlite::Connection::open(data_dir.join("herald.db")).unwrap();
     conn.execute(
-        "DELETE FROM events WHERE feed = ?1 AND seq > ?2",
+        "DELETE FROM event_rows WHERE feed = (SELECT id FROM feed_names WHERE name = ?1) AND seq > ?2",
         rusqlite::params![feed, head],
     )
     .unwrap();
-    let (hash, ts): (Vec<u8>, i64) = conn
-        .query_row(
-            "SELECT hash, timestamp_us FROM events WHERE feed = ?1 AND seq = ?2",
-            rusqlite::params![feed, head],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let kept = herald::store::read_feed_from(&conn, feed, head as u64..=head as u64).unwrap();
+    let (hash, ts) = (kept[0].hash.to_vec(), kept[0].header.timestamp_us as i64);
     conn.execute(
         "UPDATE feeds SET head_seq = ?2, head_hash = ?3, last_timestamp_us = ?4 WHERE feed = ?1",
         rusqlite::params![feed, head, hash, ts],
@@ -318,13 +313,11 @@ fn a_failed_commit_loses_nothing_acknowledged_and_never_forks_the_feed() {
 /// Every envelope of `feed` as the store holds it, read with plain SQLite.
 fn stored_envelopes(data_dir: &std::path::Path, feed: &str) -> Vec<Vec<u8>> {
     let conn = rusqlite::Connection::open(data_dir.join("herald.db")).unwrap();
-    let mut stmt = conn
-        .prepare("SELECT envelope FROM events WHERE feed = ?1 ORDER BY seq")
-        .unwrap();
-    stmt.query_map([feed], |r| r.get(0))
+    herald::store::read_feed_from(&conn, feed, 0..=u64::MAX)
         .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect()
 }
 
 #[test]

@@ -1286,14 +1286,13 @@ fn export_format1(
         created_us,
     };
     writer.record(&begin).expect("begin");
-    let mut stmt = conn
-        .prepare("SELECT feed, seq, hash, envelope FROM events ORDER BY feed, seq")
-        .expect("query");
-    let rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .expect("rows")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let mut rows: Vec<(String, i64, Vec<u8>, Vec<u8>)> = Vec::new();
+    for head in herald::store::read_heads_from(conn).expect("heads") {
+        let events = herald::store::read_feed_from(conn, &head.feed, 0..=u64::MAX).expect("events");
+        rows.extend(events.into_iter().map(|e| {
+            (head.feed.clone(), e.header.seq as i64, e.hash.to_vec(), e.envelope)
+        }));
+    }
     let mut feeds: Vec<ExportedFeed> = Vec::new();
     for (feed, seq, hash, envelope) in &rows {
         if feeds.last().is_none_or(|f| f.feed != *feed) {

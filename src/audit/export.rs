@@ -386,16 +386,17 @@ fn write_snapshot<W: Write>(
     let mut feeds = Vec::new();
     let mut checkpoints = 0u64;
     {
-        let mut stmt =
-            conn.prepare("SELECT feed, seq, hash, envelope FROM events ORDER BY feed, seq")?;
+        let mut stmt = conn.prepare(&crate::store::rows::select_events("ORDER BY f.name, e.seq"))?;
         let mut rows = stmt.query([])?;
+        let mut rebuilder = crate::store::rows::Rebuilder::new(conn);
         let mut current: Option<ExportedFeed> = None;
         // Format-2 events are authentic through a checkpoint: those beyond
         // the feed's stored checkpoint (a relay received them before it)
         // stay out of the export, which ends each feed where it can prove.
         let mut covered = 0u64;
         while let Some(row) = rows.next()? {
-            let feed: String = row.get(0)?;
+            let event = rebuilder.event(crate::store::rows::event_row(row)?)?;
+            let feed = event.header.author.clone();
             if current.as_ref().is_none_or(|c| c.feed != feed) {
                 if let Some(done) = current.take() {
                     checkpoints += write_checkpoint(conn, writer, &done, out_path)?;
@@ -409,18 +410,17 @@ fn write_snapshot<W: Write>(
                     head_hash: [0; 32],
                 });
             }
-            let seq = row.get::<_, i64>(1)? as u64;
-            let envelope: Vec<u8> = row.get(3)?;
-            if seq >= covered && crate::core::codec::is_sealed_envelope(&envelope) {
+            let seq = event.header.seq;
+            if seq >= covered && crate::core::codec::is_sealed_envelope(&event.envelope) {
                 continue;
             }
             if let Some(c) = current.as_mut() {
                 c.events += 1;
                 c.head_seq = seq;
-                c.head_hash = crate::store::hash_from_blob(&row.get::<_, Vec<u8>>(2)?);
+                c.head_hash = event.hash;
             }
             writer
-                .record(&ExportRecordV2::Event(envelope))
+                .record(&ExportRecordV2::Event(event.envelope))
                 .map_err(write_err)?;
         }
         if let Some(done) = current.take() {

@@ -256,36 +256,26 @@ fn find_event(
     conn: &Connection,
     target: &ProofTarget,
 ) -> Result<(String, u64, Vec<u8>), ProveError> {
-    let row = |r: &rusqlite::Row<'_>| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)? as u64,
-            r.get::<_, Vec<u8>>(2)?,
-        ))
-    };
-    match target {
-        ProofTarget::Id(id) => conn
-            .query_row(
-                "SELECT feed, seq, envelope FROM events WHERE id = ?1",
-                [id.as_slice()],
-                row,
-            )
-            .optional()?
-            .ok_or_else(|| ProveError::NoSuchId(uuid::Uuid::from_bytes(*id).to_string())),
+    use crate::store::rows::query_events;
+    let found = match target {
+        ProofTarget::Id(id) => query_events(conn, "WHERE e.id = ?1 LIMIT 1", [id.as_slice()])?
+            .pop()
+            .ok_or_else(|| ProveError::NoSuchId(uuid::Uuid::from_bytes(*id).to_string()))?,
         ProofTarget::FeedSeq(feed, seq) => {
             let seq_i64 = i64::try_from(*seq).unwrap_or(i64::MAX);
-            conn.query_row(
-                "SELECT feed, seq, envelope FROM events WHERE feed = ?1 AND seq = ?2",
+            query_events(
+                conn,
+                "WHERE f.name = ?1 AND e.seq = ?2",
                 rusqlite::params![feed, seq_i64],
-                row,
-            )
-            .optional()?
+            )?
+            .pop()
             .ok_or_else(|| ProveError::NoSuchEvent {
                 feed: feed.clone(),
                 seq: *seq,
-            })
+            })?
         }
-    }
+    };
+    Ok((found.header.author, found.header.seq, found.envelope))
 }
 
 /// The certificate from `feed`'s genesis event, as the store keeps it.

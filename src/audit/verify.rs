@@ -1205,30 +1205,11 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
     let sql_err = |e: rusqlite::Error| store_err(e.to_string());
     conn.execute_batch("BEGIN").map_err(sql_err)?;
     let total: i64 = conn
-        .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+        .query_row("SELECT count(*) FROM event_rows", [], |r| r.get(0))
         .map_err(sql_err)?;
     let bar = progress_bar(options.progress, total as u64, "events");
     let mut auditor = Auditor::new(options);
-    {
-        let mut stmt = conn
-            .prepare("SELECT arrival, envelope FROM events ORDER BY feed, seq")
-            .map_err(sql_err)?;
-        let mut rows = stmt.query([]).map_err(sql_err)?;
-        let mut chunk = Vec::with_capacity(AUDIT_CHUNK_RECORDS);
-        let mut chunk_bytes = 0usize;
-        while let Some(row) = rows.next().map_err(sql_err)? {
-            let arrival: i64 = row.get(0).map_err(sql_err)?;
-            let envelope: Vec<u8> = row.get(1).map_err(sql_err)?;
-            chunk_bytes += envelope.len();
-            chunk.push((format!("row {arrival}"), envelope));
-            if chunk.len() >= AUDIT_CHUNK_RECORDS || chunk_bytes >= AUDIT_CHUNK_BYTES_MAX {
-                bar.inc(chunk.len() as u64);
-                auditor.push_chunk(std::mem::take(&mut chunk));
-                chunk_bytes = 0;
-            }
-        }
-        auditor.push_chunk(chunk);
-    }
+    read_stored_events(&conn, &mut auditor, &bar).map_err(|e| store_err(e.to_string()))?;
     let forks = crate::store::read_forks(&conn).map_err(|e| store_err(e.to_string()))?;
     for fork in forks {
         auditor.push_fork(
@@ -1252,7 +1233,6 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
         .collect::<Result<_, _>>()
         .map_err(sql_err)?;
     auditor.compare_heads("feeds table", &claimed);
-    check_derived_columns(&conn, &mut auditor).map_err(sql_err)?;
     check_stored_checkpoints(&conn, &mut auditor).map_err(|e| store_err(e.to_string()))?;
     bar.finish_and_clear();
     let service: Option<String> = conn
@@ -1265,65 +1245,63 @@ pub fn audit_data_dir(dir: &Path, options: &AuditOptions) -> Result<AuditReport,
     Ok(auditor.finish(dir, "data-dir", None, service))
 }
 
-/// Checks that each stored event's derived columns (feed, seq, hash, id,
-/// event_type, timestamp_us: what the node indexes and filters by) agree
-/// with its signed envelope. The envelope is what the chain checks verify;
-/// a damaged column leaves it valid but makes reads that trust the column
-/// (type filters, look-ups by id) see a different event, so each
-/// disagreement is a problem (check `derived-column`) and the store is not
-/// valid. An envelope that does not decode is reported by the chain checks.
-fn check_derived_columns(
+/// Feeds the auditor every stored event, rebuilt from its row, in feed and
+/// sequence order. The store keeps each event's hash once, in its feed's
+/// tree: a row that rebuilds to another hash than the tree holds there (a
+/// damaged column or tile) is a problem (check `stored-hash`), and the
+/// rebuilt event still goes through every chain check, which name what the
+/// damage breaks. A row that cannot describe an event at all (a nonce of
+/// the wrong length, say) is a problem (check `decode`).
+fn read_stored_events(
     conn: &rusqlite::Connection,
     auditor: &mut Auditor<'_>,
-) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare(
-        "SELECT arrival, feed, seq, hash, id, CAST(event_type AS BLOB), timestamp_us, envelope
-         FROM events ORDER BY arrival",
-    )?;
+    bar: &ProgressBar,
+) -> Result<(), crate::store::LogError> {
+    use crate::store::rows;
+    let mut stmt = conn.prepare(&rows::select_events("ORDER BY f.name, e.seq"))?;
     let mut rows = stmt.query([])?;
+    let mut rebuilder = rows::Rebuilder::new(conn);
+    let mut chunk = Vec::with_capacity(AUDIT_CHUNK_RECORDS);
+    let mut chunk_bytes = 0usize;
     while let Some(row) = rows.next()? {
-        let arrival: i64 = row.get(0)?;
-        let envelope: Vec<u8> = row.get(7)?;
-        let Ok((env, header)) = crate::core::codec::decode_envelope(&envelope) else {
-            continue;
+        let row = rows::event_row(row)?;
+        let (arrival, feed, seq) = (row.arrival, row.feed.clone(), row.seq);
+        let location = format!("row {arrival}");
+        let problem = |check: &'static str, expected: String, found: String| Problem {
+            feed: Some(feed.clone()),
+            seq: Some(seq),
+            location: location.clone(),
+            check,
+            expected,
+            found,
         };
-        let hash = crate::core::codec::event_hash(&env.header);
-        let column = |i: usize| -> rusqlite::Result<String> {
-            Ok(match row.get_ref(i)? {
-                rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                    match std::str::from_utf8(t) {
-                        Ok(text) if i != 3 && i != 4 => format!("{text:?}"),
-                        _ => hex::encode(t),
-                    }
-                }
-                rusqlite::types::ValueRef::Real(r) => r.to_string(),
-                rusqlite::types::ValueRef::Null => "NULL".to_string(),
-            })
-        };
-        let expected = [
-            (1, "feed", format!("{:?}", header.author)),
-            (2, "seq", header.seq.to_string()),
-            (3, "hash", hex::encode(hash)),
-            (4, "id", hex::encode(header.id)),
-            (5, "event_type", format!("{:?}", header.event_type)),
-            (6, "timestamp_us", header.timestamp_us.to_string()),
-        ];
-        for (i, name, want) in expected {
-            let found = column(i)?;
-            if found == want {
+        let rebuilt = match rebuilder.rebuild(row)? {
+            Ok(rebuilt) => rebuilt,
+            Err(why) => {
+                auditor.record(problem("decode", "a row that describes an event".into(), why));
                 continue;
             }
-            auditor.record(Problem {
-                feed: Some(header.author.clone()),
-                seq: Some(header.seq),
-                location: format!("row {arrival}"),
-                check: "derived-column",
-                expected: format!("column {name} = {want}, as in the signed envelope"),
-                found: format!("column {name} = {found}"),
-            });
+        };
+        if rebuilt.tree_hash != Some(rebuilt.event.hash) {
+            auditor.record(problem(
+                "stored-hash",
+                format!(
+                    "the event hash the feed's tree holds ({})",
+                    rebuilt.tree_hash.map_or("none".into(), hex::encode)
+                ),
+                format!("a row that hashes to {}", hex::encode(rebuilt.event.hash)),
+            ));
+        }
+        let envelope = rebuilt.event.envelope;
+        chunk_bytes += envelope.len();
+        chunk.push((location, envelope));
+        if chunk.len() >= AUDIT_CHUNK_RECORDS || chunk_bytes >= AUDIT_CHUNK_BYTES_MAX {
+            bar.inc(chunk.len() as u64);
+            auditor.push_chunk(std::mem::take(&mut chunk));
+            chunk_bytes = 0;
         }
     }
+    auditor.push_chunk(chunk);
     Ok(())
 }
 

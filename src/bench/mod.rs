@@ -343,11 +343,15 @@ fn measure_storage_ceiling(work_dir: &Path, row_bytes: usize) -> Result<f64, Ben
     ))
 }
 
-/// The average stored envelope of the proclaim run's feed.
+/// The average stored row of the proclaim run's feed: its blobs, plus 16
+/// bytes for its integer columns (`store::rows`).
 fn average_envelope_bytes(setup: &Setup) -> Result<usize, BenchError> {
     let conn = crate::store::open_read_only(&setup.dir.join("data"))?;
     let average: f64 = conn.query_row(
-        "SELECT COALESCE(AVG(LENGTH(envelope)), 0) FROM events WHERE seq > 0",
+        "SELECT COALESCE(AVG(16 + LENGTH(id) + COALESCE(LENGTH(nonce), 0)
+             + COALESCE(LENGTH(payload), 0) + COALESCE(LENGTH(meta), 0)
+             + COALESCE(LENGTH(signature), 0)), 0)
+         FROM event_rows WHERE seq > 0",
         [],
         |r| r.get(0),
     )?;

@@ -207,6 +207,9 @@ fn write_checkpoint(tx: &Connection, c: &StoredCheckpoint) -> Result<(), LogErro
 #[derive(Debug, Default)]
 pub(crate) struct Trees {
     feeds: HashMap<String, FeedTree>,
+    /// Interned ids of feed, type and channel names (`store::rows`), which
+    /// a rollback voids just as it voids the trees.
+    names: super::rows::Names,
 }
 
 impl Trees {
@@ -237,17 +240,19 @@ impl Trees {
         event_hashes: impl IntoIterator<Item = Hash>,
     ) -> Result<&FeedTree, LogError> {
         let tree = self.get(tx, feed, first_seq)?;
-        tree.append(
-            tx,
-            feed,
-            event_hashes.into_iter().map(|h| super::tree::leaf_of(&h)),
-        )?;
+        tree.append(tx, feed, event_hashes)?;
         Ok(tree)
     }
 
-    /// Forgets every cached tree (after a rollback).
+    /// The interned names, for storing event rows in the same transaction.
+    pub fn names(&mut self) -> &mut super::rows::Names {
+        &mut self.names
+    }
+
+    /// Forgets every cached tree and name (after a rollback).
     pub fn clear(&mut self) {
         self.feeds.clear();
+        self.names.clear();
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction};
 
 use super::writer::{EvidenceReply, Request, load_verifier, record_fork, stored_hash};
 use super::{ForkEvidence, Log, LogError};
@@ -275,16 +275,9 @@ impl Log {
     /// The envelope this node holds at `feed`/`seq`, payload pruned.
     pub fn pruned_event_at(&self, feed: &str, seq: u64) -> Result<Option<Vec<u8>>, LogError> {
         let conn = self.reader()?;
-        let bytes: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT envelope FROM events WHERE feed = ?1 AND seq = ?2",
-                params![feed, seq as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        bytes
-            .map(|b| {
-                pruned_envelope(&b)
+        super::rows::event_at(&conn, feed, seq)?
+            .map(|event| {
+                pruned_envelope(&event.envelope)
                     .map_err(|e| LogError::Corrupt(format!("stored event {feed}/{seq}: {e}")))
             })
             .transpose()

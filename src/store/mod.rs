@@ -11,6 +11,7 @@ pub mod health;
 mod own_feed;
 mod peers;
 mod recent;
+pub(crate) mod rows;
 mod schema;
 mod seals;
 mod subscribe;
@@ -46,7 +47,6 @@ use writer::Request;
 use crate::clock;
 use crate::config::NodeConfig;
 use crate::core::checkpoint::{CheckpointError, Equivocation};
-use crate::core::codec;
 use crate::core::crypto::{ChannelKey, Hash};
 use crate::core::event::EventHeader;
 use crate::core::limits::{FORMAT_VERSION_SEALED, FORMAT_VERSION_SIGNED};
@@ -698,27 +698,20 @@ impl Log {
         feed: &str,
         range: RangeInclusive<u64>,
     ) -> Result<Vec<StoredEvent>, LogError> {
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT arrival, envelope FROM events WHERE feed = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
-        )?;
-        let start = (*range.start()).min(i64::MAX as u64) as i64;
-        let end = (*range.end()).min(i64::MAX as u64) as i64;
-        let rows = stmt.query_map(params![feed, start, end], row_to_raw)?;
-        rows.map(|r| stored_event(r?)).collect()
+        read_feed_from(&*self.reader()?, feed, range)
     }
 
     /// Events with this id (UUID v7 bytes), in arrival order, at most
     /// `limit`. Ids are chosen by authors, so more than one feed may hold an
-    /// event with the same id; uses the `events_by_id` index.
+    /// event with the same id; uses the `event_rows_by_id` index.
     pub fn read_by_id(&self, id: &[u8; 16], limit: usize) -> Result<Vec<StoredEvent>, LogError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT arrival, envelope FROM events WHERE id = ?1 ORDER BY arrival LIMIT ?2",
-        )?;
         let limit = limit.min(i64::MAX as usize) as i64;
-        let rows = stmt.query_map(params![id.as_slice(), limit], row_to_raw)?;
-        rows.map(|r| stored_event(r?)).collect()
+        rows::query_events(
+            &conn,
+            "WHERE e.id = ?1 ORDER BY e.arrival LIMIT ?2",
+            params![id.as_slice(), limit],
+        )
     }
 
     /// Events in arrival order after position `after`, at most `limit`.
@@ -832,6 +825,22 @@ impl Pending {
     }
 }
 
+/// Events of `feed` with sequence numbers in `range`, in order, from any
+/// connection (including a read-only one).
+pub fn read_feed_from(
+    conn: &Connection,
+    feed: &str,
+    range: RangeInclusive<u64>,
+) -> Result<Vec<StoredEvent>, LogError> {
+    let start = (*range.start()).min(i64::MAX as u64) as i64;
+    let end = (*range.end()).min(i64::MAX as u64) as i64;
+    rows::query_events(
+        conn,
+        "WHERE f.name = ?1 AND e.seq BETWEEN ?2 AND ?3 ORDER BY e.seq",
+        params![feed, start, end],
+    )
+}
+
 /// Events in arrival order after position `after`, at most `limit`, from any
 /// connection (including a read-only one).
 pub fn read_arrivals_from(
@@ -839,11 +848,11 @@ pub fn read_arrivals_from(
     after: u64,
     limit: usize,
 ) -> Result<Vec<StoredEvent>, LogError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT arrival, envelope FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after as i64, limit as i64], row_to_raw)?;
-    rows.map(|r| stored_event(r?)).collect()
+    rows::query_events(
+        conn,
+        "WHERE e.arrival > ?1 ORDER BY e.arrival LIMIT ?2",
+        params![after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64],
+    )
 }
 
 /// The head of every feed, from any connection (read-only included).
@@ -869,37 +878,43 @@ pub fn hash_from_blob(blob: &[u8]) -> Hash {
     writer::blob32(blob.to_vec())
 }
 
-fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Vec<u8>)> {
-    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+/// The event in arrival position `arrival`, if any.
+pub(crate) fn read_arrival(conn: &Connection, arrival: u64) -> Result<Option<StoredEvent>, LogError> {
+    Ok(rows::query_events(conn, "WHERE e.arrival = ?1", [arrival.min(i64::MAX as u64) as i64])?.pop())
 }
 
-fn stored_event((arrival, envelope): (u64, Vec<u8>)) -> Result<StoredEvent, LogError> {
-    let (env, header) = codec::decode_envelope(&envelope)
-        .map_err(|e| LogError::Corrupt(format!("event at arrival {arrival}: {e}")))?;
-    Ok(StoredEvent {
-        arrival,
-        hash: codec::event_hash(&env.header),
-        header,
-        envelope,
-    })
-}
-
+/// Every recorded fork whose both sides this store holds (the first side
+/// is the stored event at the fork's position unless the row carries it).
 pub fn read_forks(conn: &Connection) -> Result<Vec<ForkEvidence>, LogError> {
     let mut stmt = conn.prepare(
-        "SELECT f.feed, f.seq, COALESCE(f.stored_envelope, e.envelope), f.conflicting_envelope
-         FROM forks f LEFT JOIN events e ON e.feed = f.feed AND e.seq = f.seq
-         WHERE f.stored_envelope IS NOT NULL OR e.envelope IS NOT NULL
-         ORDER BY f.id",
+        "SELECT feed, seq, stored_envelope, conflicting_envelope FROM forks ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok(ForkEvidence {
-            feed: r.get(0)?,
-            seq: r.get::<_, i64>(1)? as u64,
-            stored_envelope: r.get(2)?,
-            conflicting_envelope: r.get(3)?,
-        })
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)? as u64,
+            r.get::<_, Option<Vec<u8>>>(2)?,
+            r.get::<_, Vec<u8>>(3)?,
+        ))
     })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut forks = Vec::new();
+    for row in rows {
+        let (feed, seq, stored, conflicting_envelope) = row?;
+        let stored_envelope = match stored {
+            Some(envelope) => envelope,
+            None => match rows::event_at(conn, &feed, seq)? {
+                Some(event) => event.envelope,
+                None => continue,
+            },
+        };
+        forks.push(ForkEvidence {
+            feed,
+            seq,
+            stored_envelope,
+            conflicting_envelope,
+        });
+    }
+    Ok(forks)
 }
 
 fn take_lock(data_dir: &Path) -> Result<File, LogError> {
@@ -1062,20 +1077,19 @@ pub(crate) fn start_or_resume(
     if genesis_key.as_ref() != Some(&identity.cert.public_key) {
         return Err(LogError::KeyChanged);
     }
-    let last: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT seq, hash FROM events WHERE feed = ?1 ORDER BY seq DESC LIMIT 1",
-            [service],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .ok();
+    let last = rows::query_events(
+        conn,
+        "WHERE f.name = ?1 ORDER BY e.seq DESC LIMIT 1",
+        [service],
+    )?
+    .pop();
     match last {
-        Some((seq, hash)) if seq as u64 == head.seq && hash.as_slice() == head.hash => {}
+        Some(last) if last.header.seq == head.seq && last.hash == head.hash => {}
         other => {
             return Err(LogError::Corrupt(format!(
                 "feed head says sequence {} but the last stored event is {:?}",
                 head.seq,
-                other.map(|o| o.0)
+                other.map(|o| o.header.seq)
             )));
         }
     }

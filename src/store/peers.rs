@@ -30,14 +30,19 @@ impl Log {
             return Ok(recent);
         }
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT envelope FROM events WHERE feed = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq",
-        )?;
-        let mut rows = stmt.query(params![feed, from as i64, to.min(i64::MAX as u64) as i64])?;
+        let mut stmt = conn.prepare_cached(&super::rows::select_events(
+            "WHERE f.name = ?1 AND e.seq BETWEEN ?2 AND ?3 ORDER BY e.seq",
+        ))?;
+        let mut rows = stmt.query(params![
+            feed,
+            from.min(i64::MAX as u64) as i64,
+            to.min(i64::MAX as u64) as i64
+        ])?;
+        let mut rebuilder = super::rows::Rebuilder::new(&conn);
         let mut out = Vec::new();
         let mut bytes = 0;
         while let Some(row) = rows.next()? {
-            let envelope: Vec<u8> = row.get(0)?;
+            let envelope = rebuilder.event(super::rows::event_row(row)?)?.envelope;
             bytes += envelope.len();
             out.push(envelope);
             if bytes >= READ_ENVELOPES_BYTES_MAX {

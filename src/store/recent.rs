@@ -104,7 +104,8 @@ impl Inner {
     fn record_from(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         let after = self.recorded_up_to;
         let mut stmt = conn.prepare_cached(
-            "SELECT arrival, event_type FROM events WHERE arrival > ?1 ORDER BY arrival",
+            "SELECT e.arrival, t.name FROM event_rows e JOIN type_names t ON t.id = e.type
+             WHERE e.arrival > ?1 ORDER BY e.arrival",
         )?;
         let mut rows = stmt.query([after as i64])?;
         let mut last = after;
@@ -179,12 +180,19 @@ mod tests {
         inner
     }
 
-    /// An `events` table (just the columns summaries read) holding arrivals
-    /// 1 and 2.
+    /// The event tables (just the columns summaries read) holding arrivals
+    /// 1 and 2, with an `events` view the tests insert through by type name.
     fn store_holding_two_events() -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
-            "CREATE TABLE events (arrival INTEGER PRIMARY KEY, event_type TEXT NOT NULL);
+            "CREATE TABLE type_names (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+             CREATE TABLE event_rows (arrival INTEGER PRIMARY KEY, type INTEGER NOT NULL);
+             CREATE VIEW events AS SELECT e.arrival, t.name AS event_type
+                 FROM event_rows e JOIN type_names t ON t.id = e.type;
+             CREATE TRIGGER events_insert INSTEAD OF INSERT ON events BEGIN
+                 INSERT OR IGNORE INTO type_names (name) VALUES (NEW.event_type);
+                 INSERT INTO event_rows (type) SELECT id FROM type_names WHERE name = NEW.event_type;
+             END;
              INSERT INTO events (event_type) VALUES ('a'), ('b');",
         )
         .unwrap();
@@ -291,13 +299,13 @@ mod tests {
         assert_eq!(recent.holds_after(3), Some(false));
 
         // A summary that fails leaves the answer to the store...
-        conn.execute_batch("ALTER TABLE events RENAME TO moved;")
+        conn.execute_batch("ALTER TABLE event_rows RENAME TO moved;")
             .unwrap();
         assert!(recent.record_from(&conn).is_err());
         assert_eq!(recent.holds_after(3), None);
         // ...until one succeeds and covers what the failed one missed.
         conn.execute_batch(
-            "ALTER TABLE moved RENAME TO events;
+            "ALTER TABLE moved RENAME TO event_rows;
              INSERT INTO events (event_type) VALUES ('d');",
         )
         .unwrap();

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves a store from version `i` to
 /// `i + 1`. Never edit a released migration; append a new one.
@@ -164,12 +164,97 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (feed, first_note, second_note)
     );
     "#,
+    // 5 -> 6: compact events (`store::rows`). The header's fields in
+    // columns instead of its bytes; names interned; `prev` and the event
+    // hash kept once, in the feed's tree (level-0 tiles now hold event
+    // hashes, not leaf hashes). `after_migration` rebuilds the trees, copies
+    // every event (checking each rebuilds byte for byte) and drops `events`.
+    r#"
+    CREATE TABLE feed_names (
+        id   INTEGER PRIMARY KEY,
+        name TEXT    NOT NULL UNIQUE
+    );
+    CREATE TABLE type_names (
+        id   INTEGER PRIMARY KEY,
+        name TEXT    NOT NULL UNIQUE
+    );
+    CREATE TABLE channel_keys (
+        id     INTEGER PRIMARY KEY,
+        key_id BLOB    NOT NULL UNIQUE
+    );
+    -- Every event this node holds; rowid `arrival` is the node-local order
+    -- in which it learned them (subscriptions and replay follow it).
+    CREATE TABLE event_rows (
+        arrival        INTEGER PRIMARY KEY,
+        feed           INTEGER NOT NULL,  -- feed_names.id
+        seq            INTEGER NOT NULL,
+        id             BLOB    NOT NULL,  -- UUID v7, 16 bytes
+        type           INTEGER NOT NULL,  -- type_names.id
+        timestamp_us   INTEGER NOT NULL,
+        form           INTEGER NOT NULL,  -- header version: 1 signed, 2 sealed
+        schema_version INTEGER NOT NULL,
+        meta           BLOB,              -- postcard of the pairs; NULL: none
+        channel        INTEGER,           -- channel_keys.id; NULL: plaintext
+        nonce          BLOB,              -- 24 bytes; NULL: plaintext
+        payload        BLOB,              -- NULL: pruned
+        payload_digest BLOB,              -- hash ‖ u32 BE length, when pruned
+        signature      BLOB,              -- format 1 only
+        UNIQUE (feed, seq)
+    );
+    CREATE INDEX event_rows_by_id ON event_rows (id);
+    "#,
 ];
 
 /// Work a migration needs beyond SQL, run in its transaction after it.
 fn after_migration(to_version: u32, tx: &Connection) -> Result<(), SchemaError> {
-    if to_version == 5 {
-        super::tree::rebuild_all(tx).map_err(|e| SchemaError::Data(e.to_string()))?;
+    let data = |e: super::LogError| SchemaError::Data(e.to_string());
+    match to_version {
+        5 => super::tree::rebuild_all(tx).map_err(data)?,
+        6 => {
+            super::tree::rebuild_all(tx).map_err(data)?;
+            compact_events(tx)?;
+            tx.execute_batch("DROP TABLE events;")?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Copies every event of the old `events` table into `event_rows`, keeping
+/// its arrival, and checks that each rebuilds to its exact stored bytes: an
+/// event the compact layout cannot keep byte for byte (a damaged row, a
+/// broken chain) stops the migration and leaves the store as it was.
+fn compact_events(tx: &Connection) -> Result<(), SchemaError> {
+    let mut names = super::rows::Names::default();
+    let mut statement = tx.prepare("SELECT arrival, envelope FROM events ORDER BY arrival")?;
+    let mut rows = statement.query([])?;
+    let mut read_back = tx.prepare(&super::rows::select_events("WHERE e.arrival = ?1"))?;
+    let mut rebuilder = super::rows::Rebuilder::new(tx);
+    while let Some(row) = rows.next()? {
+        let arrival: i64 = row.get(0)?;
+        let envelope: Vec<u8> = row.get(1)?;
+        let cannot = |why: String| {
+            SchemaError::Data(format!(
+                "event at arrival {arrival} cannot be moved to the compact layout: {why}; the store is left at version 5"
+            ))
+        };
+        let (parts, header) =
+            crate::core::codec::decode_envelope(&envelope).map_err(|e| cannot(e.to_string()))?;
+        super::rows::insert_row(
+            tx,
+            &mut names,
+            Some(arrival),
+            &header,
+            parts.signature.as_ref(),
+            parts.payload.as_deref(),
+        )?;
+        let stored = read_back.query_row([arrival], super::rows::event_row)?;
+        let rebuilt = rebuilder
+            .event(stored)
+            .map_err(|e| cannot(e.to_string()))?;
+        if rebuilt.envelope != envelope {
+            return Err(cannot("it does not rebuild to its stored bytes".into()));
+        }
     }
     Ok(())
 }
@@ -225,8 +310,18 @@ pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
 }
 
 /// Applies every migration the store lacks, each in its own transaction.
+/// A store that held events in the old layout is then vacuumed, so the
+/// file shrinks to what the compact rows need.
 pub fn migrate(conn: &mut Connection) -> Result<(), SchemaError> {
     let current = version(conn)?;
+    migrate_from(conn, current)?;
+    if (1..6).contains(&current) {
+        conn.execute_batch("VACUUM;")?;
+    }
+    Ok(())
+}
+
+fn migrate_from(conn: &mut Connection, current: u32) -> Result<(), SchemaError> {
     if current > SCHEMA_VERSION {
         return Err(SchemaError::TooNew { found: current });
     }

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Log, LogError, StoredEvent, open_connection, stored_event};
+use super::{Log, LogError, StoredEvent, open_connection};
 use crate::clock;
 use crate::core::limits::EVENT_TYPE_BYTES_MAX;
 
@@ -345,7 +345,7 @@ impl Subscription {
         }
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT EXISTS (SELECT 1 FROM events WHERE arrival > ?1)")?;
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM event_rows WHERE arrival > ?1)")?;
         Ok(stmt.query_row([to_sql(self.position)], |r| r.get(0))?)
     }
 }
@@ -575,7 +575,7 @@ pub fn position_for(conn: &Connection, from: StartFrom) -> Result<u64, LogError>
         StartFrom::Timestamp(us) => {
             // No index on timestamp_us: a one-off scan when subscribing.
             let first: Option<i64> = conn.query_row(
-                "SELECT min(arrival) FROM events WHERE timestamp_us >= ?1",
+                "SELECT min(arrival) FROM event_rows WHERE timestamp_us >= ?1",
                 [to_sql(us)],
                 |r| r.get(0),
             )?;
@@ -589,7 +589,7 @@ pub fn position_for(conn: &Connection, from: StartFrom) -> Result<u64, LogError>
 
 /// The last arrival the store holds (0 when empty).
 pub fn last_arrival(conn: &Connection) -> Result<u64, LogError> {
-    let last: Option<i64> = conn.query_row("SELECT max(arrival) FROM events", [], |r| r.get(0))?;
+    let last: Option<i64> = conn.query_row("SELECT max(arrival) FROM event_rows", [], |r| r.get(0))?;
     last.map_or(Ok(0), from_sql)
 }
 
@@ -686,7 +686,8 @@ fn read_types(
     limit: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT arrival, CAST(event_type AS BLOB) FROM events WHERE arrival > ?1 ORDER BY arrival LIMIT ?2",
+        "SELECT e.arrival, CAST(t.name AS BLOB) FROM event_rows e JOIN type_names t ON t.id = e.type
+         WHERE e.arrival > ?1 ORDER BY e.arrival LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![to_sql(after), limit as i64], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -698,12 +699,10 @@ fn read_types(
     .collect()
 }
 
-/// The event at `arrival`, decoded from its stored (signed) envelope.
+/// The event at `arrival`, its envelope rebuilt from its row.
 fn read_event(conn: &Connection, arrival: u64) -> Result<StoredEvent, LogError> {
-    let envelope: Vec<u8> = conn
-        .prepare_cached("SELECT envelope FROM events WHERE arrival = ?1")?
-        .query_row([to_sql(arrival)], |r| r.get(0))?;
-    stored_event((arrival, envelope))
+    super::read_arrival(conn, arrival)?
+        .ok_or_else(|| LogError::Corrupt(format!("no event at arrival {arrival}")))
 }
 
 fn to_sql(value: u64) -> i64 {

@@ -2,18 +2,22 @@
 //!
 //! A feed's tree has one leaf per event, in sequence order: leaf hash =
 //! SHA-256(0x00 ‖ event hash) (`docs/FORMAT.md`, "Merkle feeds"). The tree is
-//! kept in `tree_tiles` as tiles of [`TILE_WIDTH`] hashes: tile level `k`
-//! holds the hashes of the tree's nodes of height `TILE_HEIGHT · k` (level 0:
-//! the leaf hashes), and tile `idx` of a level holds its entries
-//! `[TILE_WIDTH · idx, TILE_WIDTH · (idx + 1))`. A full tile is written once;
-//! the partial tile at each level's right edge is rewritten as it grows.
+//! kept in `tree_tiles` as tiles of [`TILE_WIDTH`] hashes: tile level `k > 0`
+//! holds the hashes of the tree's nodes of height `TILE_HEIGHT · k`, and tile
+//! `idx` of a level holds its entries `[TILE_WIDTH · idx, TILE_WIDTH · (idx +
+//! 1))`. Level 0 holds the **event hashes** themselves (a leaf hash is one
+//! SHA-256 away): it is the only place the store keeps them, so an event's
+//! row needs neither its own hash nor its predecessor's (`store::rows`). A
+//! full tile is written once; the partial tile at each level's right edge is
+//! rewritten as it grows.
 //!
 //! What that costs: 32 bytes per event at level 0 plus one sixteenth of that
 //! per level above, one row per 16 events; appending writes one partial tile
 //! per level per commit. Any node of the tree is at most 2^3 entries of one
-//! tile hashed together (at most 7 hashes), so an inclusion or consistency
-//! proof of a feed of n events reads at most ⌈log16 n⌉ + 1 tiles per edge of
-//! the proof and hashes at most 7 · ⌈log2 n⌉ nodes.
+//! tile hashed together (at most 7 hashes, plus up to 8 leaf hashes at level
+//! 0), so an inclusion or consistency proof of a feed of n events reads at
+//! most ⌈log16 n⌉ + 1 tiles per edge of the proof and hashes at most
+//! 15 · ⌈log2 n⌉ nodes.
 
 use std::collections::HashMap;
 
@@ -98,12 +102,12 @@ impl FeedTree {
     /// (leftmost) first.
     fn frontier(&self) -> Vec<Hash> {
         let mut frontier = Vec::new();
-        for entries in self.edges.iter().rev() {
+        for (level, entries) in self.edges.iter().enumerate().rev() {
             let mut offset = 0;
             for bit in (0..TILE_HEIGHT).rev() {
                 let width = 1usize << bit;
                 if entries.len() & width != 0 {
-                    frontier.push(perfect_root(&entries[offset..offset + width]));
+                    frontier.push(node_of(level as u32, &entries[offset..offset + width]));
                     offset += width;
                 }
             }
@@ -111,19 +115,28 @@ impl FeedTree {
         frontier
     }
 
-    /// Appends leaves, writing every tile that fills up and then the partial
-    /// tiles that changed. Runs inside the caller's transaction, so the tree
-    /// and the events commit together.
+    /// The hash of the event at `seq` if it sits in the partial tile this
+    /// tree keeps in memory (an event appended in the running transaction,
+    /// say); `None` when it is beyond the tree or in a full tile.
+    pub fn edge_event_hash(&self, seq: u64) -> Option<Hash> {
+        let edge = self.edges.first()?;
+        let first = self.size - edge.len() as u64;
+        (seq >= first && seq < self.size).then(|| edge[(seq - first) as usize])
+    }
+
+    /// Appends events by their hashes, writing every tile that fills up and
+    /// then the partial tiles that changed. Runs inside the caller's
+    /// transaction, so the tree and the events commit together.
     pub fn append(
         &mut self,
         conn: &Connection,
         feed: &str,
-        leaves: impl IntoIterator<Item = Hash>,
+        event_hashes: impl IntoIterator<Item = Hash>,
     ) -> Result<(), LogError> {
         let mut touched = 0usize;
-        for leaf in leaves {
+        for event_hash in event_hashes {
             let mut level = 0usize;
-            let mut entry = leaf;
+            let mut entry = event_hash;
             loop {
                 if self.edges.len() <= level {
                     self.edges.push(Vec::new());
@@ -137,7 +150,7 @@ impl FeedTree {
                 let count_after = entries_at(self.size + 1, level as u32);
                 let idx = count_after / TILE_WIDTH as u64 - 1;
                 write_tile(conn, feed, level as u32, idx, &full)?;
-                entry = perfect_root(&full);
+                entry = node_of(level as u32, &full);
                 level += 1;
             }
             self.size += 1;
@@ -156,6 +169,20 @@ impl FeedTree {
 /// How many entries tile level `level` has in a tree of `size` leaves.
 fn entries_at(size: u64, level: u32) -> u64 {
     size.checked_shr(TILE_HEIGHT * level).unwrap_or(0)
+}
+
+/// Root of the perfect subtree over `entries` of tile level `level`: at
+/// level 0 the entries are event hashes, hashed into leaves first.
+fn node_of(level: u32, entries: &[Hash]) -> Hash {
+    if level > 0 {
+        return perfect_root(entries);
+    }
+    let mut leaves = [[0u8; 32]; TILE_WIDTH];
+    let len = entries.len().min(TILE_WIDTH);
+    for (leaf, event_hash) in leaves.iter_mut().zip(entries) {
+        *leaf = leaf_of(event_hash);
+    }
+    perfect_root(&leaves[..len])
 }
 
 /// Root of a perfect subtree given its 2^k lowest nodes (at most one
@@ -287,8 +314,51 @@ impl NodeSource for TileReader<'_> {
         if tile.len() < offset + width {
             return Err(damaged(self.feed, level, idx, offset + width, tile.len()));
         }
-        Ok(perfect_root(&tile[offset..offset + width]))
+        Ok(node_of(level, &tile[offset..offset + width]))
     }
+}
+
+/// Reads stored event hashes of one feed by sequence number from its
+/// level-0 tiles, keeping the last tile read (reads go mostly in order).
+pub struct EventHashes<'a> {
+    conn: &'a Connection,
+    feed: String,
+    tile: Option<(u64, Vec<Hash>)>,
+}
+
+impl<'a> EventHashes<'a> {
+    pub fn new(conn: &'a Connection, feed: &str) -> EventHashes<'a> {
+        EventHashes {
+            conn,
+            feed: feed.to_string(),
+            tile: None,
+        }
+    }
+
+    /// The hash of event `seq`, `None` if the tiles do not hold it.
+    pub fn get(&mut self, seq: u64) -> Result<Option<Hash>, LogError> {
+        let idx = seq / TILE_WIDTH as u64;
+        let offset = (seq % TILE_WIDTH as u64) as usize;
+        let cached = self.tile.as_ref().is_some_and(|(i, _)| *i == idx);
+        if !cached {
+            let tile = read_tile(self.conn, &self.feed, 0, idx)?.unwrap_or_default();
+            self.tile = Some((idx, tile));
+        }
+        Ok(self
+            .tile
+            .as_ref()
+            .and_then(|(_, tile)| tile.get(offset).copied()))
+    }
+
+    /// Forgets the cached tile (the store changed under it).
+    pub fn forget(&mut self) {
+        self.tile = None;
+    }
+}
+
+/// The stored hash of event `feed`/`seq`, `None` if the store lacks it.
+pub fn event_hash_at(conn: &Connection, feed: &str, seq: u64) -> Result<Option<Hash>, LogError> {
+    EventHashes::new(conn, feed).get(seq)
 }
 
 /// Builds the tree of every feed from its stored event hashes (the schema
@@ -314,7 +384,7 @@ pub(crate) fn rebuild_all(conn: &Connection) -> Result<(), LogError> {
                 tree.size()
             )));
         }
-        tree.append(conn, &feed, [leaf_of(&super::hash_from_blob(&hash))])?;
+        tree.append(conn, &feed, [super::hash_from_blob(&hash)])?;
     }
     Ok(())
 }
@@ -334,8 +404,12 @@ mod tests {
         conn
     }
 
+    fn event_hash(i: u64) -> Hash {
+        crate::core::crypto::sha256(&[&i.to_le_bytes()])
+    }
+
     fn leaf(i: u64) -> Hash {
-        leaf_of(&crate::core::crypto::sha256(&[&i.to_le_bytes()]))
+        leaf_of(&event_hash(i))
     }
 
     #[test]
@@ -346,12 +420,21 @@ mod tests {
         let mut next = 0u64;
         // Batches of assorted sizes cross tile boundaries at every level.
         for batch in [1usize, 1, 14, 16, 3, 255, 1, 300, 17, 4096 - 608, 5] {
-            let leaves: Vec<Hash> = (next..next + batch as u64).map(leaf).collect();
+            let hashes: Vec<Hash> = (next..next + batch as u64).map(event_hash).collect();
             next += batch as u64;
-            tree.append(&conn, "f", leaves.iter().copied()).unwrap();
-            for l in &leaves {
-                memory.push(*l).unwrap();
+            tree.append(&conn, "f", hashes.iter().copied()).unwrap();
+            for h in &hashes {
+                memory.push(leaf_of(h)).unwrap();
             }
+            // Every event hash is readable back by its sequence number,
+            // from the partial edge in memory and from the tiles.
+            let last = next - 1;
+            if next % TILE_WIDTH as u64 != 0 {
+                assert_eq!(tree.edge_event_hash(last), Some(event_hash(last)));
+            }
+            assert_eq!(tree.edge_event_hash(next), None);
+            assert_eq!(event_hash_at(&conn, "f", last).unwrap(), Some(event_hash(last)));
+            assert_eq!(event_hash_at(&conn, "f", next).unwrap(), None);
             assert_eq!(tree.size(), next);
             assert_eq!(tree.root(), root_at(&mut memory.clone(), next).unwrap());
             let reloaded = FeedTree::load(&conn, "f", next).unwrap();
@@ -376,7 +459,7 @@ mod tests {
     fn a_missing_or_short_tile_is_reported_as_damage_not_a_wrong_root() {
         let conn = conn();
         let mut tree = FeedTree::default();
-        tree.append(&conn, "f", (0..20).map(leaf)).unwrap();
+        tree.append(&conn, "f", (0..20).map(event_hash)).unwrap();
         conn.execute("DELETE FROM tree_tiles WHERE level = 0 AND idx = 1", [])
             .unwrap();
         let err = FeedTree::load(&conn, "f", 20).unwrap_err();

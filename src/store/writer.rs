@@ -715,7 +715,7 @@ impl CommitStage {
                 }
             }
             let events = chained.take().map(|c| c.sign()).unwrap_or_default();
-            insert_events(&tx, &events)?;
+            insert_events(&tx, self.trees.names(), &events)?;
             if let Some(last) = events.last() {
                 upsert_head(&tx, last)?;
             }
@@ -947,7 +947,7 @@ impl CommitStage {
         let mut new_heads: HashMap<String, (u64, Hash, u64)> = HashMap::new();
         // Per feed, the first applied sequence number and every applied
         // event's hash, for the feed's tree.
-        let mut leaves: HashMap<String, (u64, Vec<Hash>)> = HashMap::new();
+        let mut leaves = PendingHashes::new();
         let mut forked: HashMap<String, Option<u64>> = HashMap::new();
         let verdicts = sealed.verdicts.into_iter().zip(signatures);
         for (event, (seal_verdict, signature)) in decoded.into_iter().zip(verdicts) {
@@ -961,7 +961,7 @@ impl CommitStage {
             }
             let unsealed = seal_verdict.is_none()
                 && event.as_ref().is_ok_and(DecodedEvent::is_sealed)
-                && !holds(&tx, &self.verifiers, feed.as_deref(), seq)?;
+                && !holds(&tx, &self.verifiers, &leaves, feed.as_deref(), seq)?;
             let failure = feed
                 .as_ref()
                 .filter(|_| unsealed)
@@ -972,6 +972,8 @@ impl CommitStage {
                     &tx,
                     &self.trust,
                     &mut self.verifiers,
+                    self.trees.names(),
+                    &leaves,
                     &mut forked,
                     &own_guard,
                     event,
@@ -1140,6 +1142,7 @@ enum Outcome {
 fn holds(
     tx: &Transaction<'_>,
     verifiers: &HashMap<String, FeedVerifier>,
+    pending: &PendingHashes,
     feed: Option<&str>,
     seq: u64,
 ) -> Result<bool, LogError> {
@@ -1147,7 +1150,7 @@ fn holds(
     if let Some(v) = verifiers.get(feed) {
         return Ok(seq < v.next_seq());
     }
-    Ok(stored_hash(tx, feed, seq)?.is_some())
+    Ok(held_hash(tx, pending, feed, seq)?.is_some())
 }
 
 /// Hands the checkpoints of a batch's seals to the witness, after the
@@ -1242,10 +1245,13 @@ fn precheck_signatures(
     Ok(slots.into_iter().map(|s| s.map(|i| results[i])).collect())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn ingest_one(
     tx: &Transaction<'_>,
     trust: &TrustAnchor,
     verifiers: &mut HashMap<String, FeedVerifier>,
+    names: &mut super::rows::Names,
+    pending: &PendingHashes,
     forked: &mut HashMap<String, Option<u64>>,
     own_service: &str,
     event: DecodedEvent,
@@ -1282,7 +1288,7 @@ fn ingest_one(
     let stored = if beyond_head {
         None
     } else {
-        stored_hash(tx, &author, seq)?
+        held_hash(tx, pending, &author, seq)?
     };
     if let Some(stored) = stored {
         if &stored == event.hash() {
@@ -1298,7 +1304,7 @@ fn ingest_one(
             expected: hex::encode(stored),
             found: hex::encode(event.hash()),
         };
-        if verifier.is_fork_proof(&event, &event_at(tx, &author, seq)?) {
+        if verifier.is_fork_proof(&event, &event_at(tx, pending, &author, seq)?) {
             record_fork(tx, &event, stored, None)?;
             // Any earlier fork point would have refused this event above.
             forked.insert(author.clone(), Some(seq));
@@ -1353,7 +1359,7 @@ fn ingest_one(
             Err(r) => return Ok(Outcome::Rejected(r)),
         }
     };
-    insert_event(tx, &verified)?;
+    insert_event(tx, names, &verified)?;
     if seq == 0 {
         // The feed's row (with its certificate) must exist from genesis on.
         upsert_head(tx, &verified)?;
@@ -1414,7 +1420,7 @@ pub(crate) fn commit_own(
 ) -> Result<(), LogError> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     debug_assert!(events.iter().all(|e| e.header().author == signer.service()));
-    insert_events(&tx, events)?;
+    insert_events(&tx, trees.names(), events)?;
     if let Some(last) = events.last() {
         upsert_head(&tx, last)?;
     }
@@ -1443,34 +1449,22 @@ pub(crate) fn extend_own_tree(
     super::checkpoints::sign_own(tx, signer, tree)
 }
 
-const INSERT_EVENT_SQL: &str =
-    "INSERT INTO events (feed, seq, hash, id, event_type, timestamp_us, envelope)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
-
-pub(crate) fn insert_event(tx: &Transaction<'_>, event: &VerifiedEvent) -> rusqlite::Result<()> {
-    insert_events(tx, std::slice::from_ref(event))
+pub(crate) fn insert_event(
+    tx: &Transaction<'_>,
+    names: &mut super::rows::Names,
+    event: &VerifiedEvent,
+) -> rusqlite::Result<()> {
+    insert_events(tx, names, std::slice::from_ref(event))
 }
 
-/// Inserts events with one statement lookup for the whole run (the
-/// statement cache hashes the SQL text on every lookup).
+/// Stores events as compact rows (`store::rows`); their hashes go to the
+/// feed's tree, which the caller extends in the same transaction.
 pub(crate) fn insert_events(
     tx: &Transaction<'_>,
+    names: &mut super::rows::Names,
     events: &[VerifiedEvent],
 ) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(INSERT_EVENT_SQL)?;
-    for event in events {
-        let h = event.header();
-        stmt.execute(params![
-            h.author,
-            h.seq as i64,
-            event.hash().as_slice(),
-            h.id.as_slice(),
-            h.event_type,
-            h.timestamp_us as i64,
-            event.bytes(),
-        ])?;
-    }
-    Ok(())
+    super::rows::insert_events(tx, names, events)
 }
 
 /// Moves a feed's head to `event`; a genesis event creates the feed row.
@@ -1536,24 +1530,39 @@ pub(crate) fn blob32(v: Vec<u8>) -> Hash {
     out
 }
 
+/// Hashes of events applied in the running ingest transaction, per feed:
+/// the first one's sequence number and every hash, in order. The feed's
+/// tree (where stored hashes live) takes them when the batch ends.
+pub(super) type PendingHashes = HashMap<String, (u64, Vec<Hash>)>;
+
 /// The hash of the event `feed`/`seq` this store holds, if any.
-pub(super) fn stored_hash(tx: &Connection, feed: &str, seq: u64) -> rusqlite::Result<Option<Hash>> {
-    tx.prepare_cached("SELECT hash FROM events WHERE feed = ?1 AND seq = ?2")?
-        .query_row(params![feed, seq as i64], |r| Ok(blob32(r.get(0)?)))
-        .optional()
+pub(super) fn stored_hash(tx: &Connection, feed: &str, seq: u64) -> Result<Option<Hash>, LogError> {
+    super::tree::event_hash_at(tx, feed, seq)
 }
 
+/// [`stored_hash`], seeing the events of the running ingest too.
+fn held_hash(
+    tx: &Connection,
+    pending: &PendingHashes,
+    feed: &str,
+    seq: u64,
+) -> Result<Option<Hash>, LogError> {
+    super::rows::Rebuilder::with_pending(tx, pending).hash_at(feed, seq)
+}
+
+/// The event stored at `feed`/`seq`, rebuilt from its row.
 pub(super) fn event_at(
     tx: &Transaction<'_>,
+    pending: &PendingHashes,
     feed: &str,
     seq: u64,
 ) -> Result<DecodedEvent, LogError> {
-    let bytes: Vec<u8> = tx.query_row(
-        "SELECT envelope FROM events WHERE feed = ?1 AND seq = ?2",
-        params![feed, seq as i64],
-        |r| r.get(0),
-    )?;
-    DecodedEvent::decode(bytes).map_err(|e| LogError::Corrupt(format!("{feed}/{seq}: {e}")))
+    let mut statement =
+        tx.prepare_cached(&super::rows::select_events("WHERE f.name = ?1 AND e.seq = ?2"))?;
+    let row = statement.query_row(params![feed, seq as i64], super::rows::event_row)?;
+    let event = super::rows::Rebuilder::with_pending(tx, pending).event(row)?;
+    DecodedEvent::decode(event.envelope)
+        .map_err(|e| LogError::Corrupt(format!("{feed}/{seq}: {e}")))
 }
 
 /// The verifier of `feed`, resumed from its stored head on first use. The

@@ -101,6 +101,7 @@ impl DecodedEvent {
 pub struct VerifiedEvent {
     header: EventHeader,
     hash: Hash,
+    signature: Option<[u8; 64]>,
     payload: Option<Vec<u8>>,
     bytes: Vec<u8>,
 }
@@ -117,6 +118,10 @@ impl VerifiedEvent {
     /// The stored payload bytes (ciphertext when encrypted), if not pruned.
     pub fn payload(&self) -> Option<&[u8]> {
         self.payload.as_deref()
+    }
+    /// The signature of a format-1 event; `None` in format 2.
+    pub fn signature_bytes(&self) -> Option<&[u8; 64]> {
+        self.signature.as_ref()
     }
     /// The exact signed envelope bytes.
     pub fn bytes(&self) -> &[u8] {
@@ -229,6 +234,7 @@ impl VerifiedEvent {
         VerifiedEvent {
             header: event.header,
             hash: event.hash,
+            signature: event.signature,
             payload: event.payload,
             bytes: event.bytes,
         }

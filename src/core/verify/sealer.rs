@@ -445,6 +445,7 @@ fn sign_with(key: &SigningKey, u: Unsigned) -> VerifiedEvent {
     VerifiedEvent {
         header: u.header,
         hash: u.hash,
+        signature: envelope.signature,
         payload: envelope.payload,
         bytes,
     }
