@@ -92,10 +92,9 @@ async fn a_damaged_event_type_column_stops_neither_subscriptions_nor_sagas() {
     .expect("audit");
     assert!(!report.valid);
     assert!(
-        report
-            .problems
-            .iter()
-            .any(|p| p.check == "stored-hash" && p.feed.as_deref() == Some("a") && p.seq == Some(1)),
+        report.problems.iter().any(|p| p.check == "stored-hash"
+            && p.feed.as_deref() == Some("a")
+            && p.seq == Some(1)),
         "{:?}",
         report.problems
     );

@@ -113,7 +113,14 @@ fn assert_checkpoint_covers_the_feed(cluster: &Cluster, round: usize) {
     let hashes: Vec<[u8; 32]> = herald::store::read_feed_from(&conn, "a", 0..=u64::MAX)
         .unwrap()
         .iter()
-        .map(|e| herald::core::codec::event_hash(&herald::core::codec::decode_envelope(&e.envelope).unwrap().0.header))
+        .map(|e| {
+            herald::core::codec::event_hash(
+                &herald::core::codec::decode_envelope(&e.envelope)
+                    .unwrap()
+                    .0
+                    .header,
+            )
+        })
         .collect();
     let mut tree = MemoryTree::default();
     for hash in &hashes {

@@ -104,7 +104,10 @@ fn a_schema_4_store_is_upgraded_in_place_and_keeps_every_event() {
     assert_eq!(before.len(), 14, "council 0..=5 and fundraising 0..=7");
 
     let log = Log::open(&config).expect("the old store opens and is migrated");
-    assert_eq!(schema_version(&db), herald::store::SCHEMA_VERSION.to_string());
+    assert_eq!(
+        schema_version(&db),
+        herald::store::SCHEMA_VERSION.to_string()
+    );
     assert_eq!(events(&db), before, "no event changed, none lost or added");
 
     // The node signed its own feed's checkpoint over all six of its events,

@@ -1290,7 +1290,12 @@ fn export_format1(
     for head in herald::store::read_heads_from(conn).expect("heads") {
         let events = herald::store::read_feed_from(conn, &head.feed, 0..=u64::MAX).expect("events");
         rows.extend(events.into_iter().map(|e| {
-            (head.feed.clone(), e.header.seq as i64, e.hash.to_vec(), e.envelope)
+            (
+                head.feed.clone(),
+                e.header.seq as i64,
+                e.hash.to_vec(),
+                e.envelope,
+            )
         }));
     }
     let mut feeds: Vec<ExportedFeed> = Vec::new();

@@ -386,7 +386,8 @@ fn write_snapshot<W: Write>(
     let mut feeds = Vec::new();
     let mut checkpoints = 0u64;
     {
-        let mut stmt = conn.prepare(&crate::store::rows::select_events("ORDER BY f.name, e.seq"))?;
+        let mut stmt =
+            conn.prepare(&crate::store::rows::select_events("ORDER BY f.name, e.seq"))?;
         let mut rows = stmt.query([])?;
         let mut rebuilder = crate::store::rows::Rebuilder::new(conn);
         let mut current: Option<ExportedFeed> = None;

@@ -1278,7 +1278,11 @@ fn read_stored_events(
         let rebuilt = match rebuilder.rebuild(row)? {
             Ok(rebuilt) => rebuilt,
             Err(why) => {
-                auditor.record(problem("decode", "a row that describes an event".into(), why));
+                auditor.record(problem(
+                    "decode",
+                    "a row that describes an event".into(),
+                    why,
+                ));
                 continue;
             }
         };

@@ -851,7 +851,10 @@ pub fn read_arrivals_from(
     rows::query_events(
         conn,
         "WHERE e.arrival > ?1 ORDER BY e.arrival LIMIT ?2",
-        params![after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64],
+        params![
+            after.min(i64::MAX as u64) as i64,
+            limit.min(i64::MAX as usize) as i64
+        ],
     )
 }
 
@@ -879,8 +882,16 @@ pub fn hash_from_blob(blob: &[u8]) -> Hash {
 }
 
 /// The event in arrival position `arrival`, if any.
-pub(crate) fn read_arrival(conn: &Connection, arrival: u64) -> Result<Option<StoredEvent>, LogError> {
-    Ok(rows::query_events(conn, "WHERE e.arrival = ?1", [arrival.min(i64::MAX as u64) as i64])?.pop())
+pub(crate) fn read_arrival(
+    conn: &Connection,
+    arrival: u64,
+) -> Result<Option<StoredEvent>, LogError> {
+    Ok(rows::query_events(
+        conn,
+        "WHERE e.arrival = ?1",
+        [arrival.min(i64::MAX as u64) as i64],
+    )?
+    .pop())
 }
 
 /// Every recorded fork whose both sides this store holds (the first side

@@ -153,8 +153,8 @@ pub(crate) fn insert_row(
             (Some(names.channel(tx, key_id)?), Some(nonce.as_slice()))
         }
     };
-    let meta = (!header.meta.is_empty())
-        .then(|| postcard::to_allocvec(&header.meta).unwrap_or_default());
+    let meta =
+        (!header.meta.is_empty()).then(|| postcard::to_allocvec(&header.meta).unwrap_or_default());
     // Only a pruned payload needs its digest kept: a held one gives it.
     let digest = payload.is_none().then(|| {
         let mut d = header.payload.hash.to_vec();
@@ -392,8 +392,9 @@ fn rebuild_parts(
     };
     let meta = match &row.meta {
         None => Vec::new(),
-        Some(bytes) => postcard::from_bytes(bytes)
-            .map_err(|e| format!("its metadata does not decode: {e}"))?,
+        Some(bytes) => {
+            postcard::from_bytes(bytes).map_err(|e| format!("its metadata does not decode: {e}"))?
+        }
     };
     let signature = match row.signature {
         None => None,

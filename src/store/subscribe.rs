@@ -589,7 +589,8 @@ pub fn position_for(conn: &Connection, from: StartFrom) -> Result<u64, LogError>
 
 /// The last arrival the store holds (0 when empty).
 pub fn last_arrival(conn: &Connection) -> Result<u64, LogError> {
-    let last: Option<i64> = conn.query_row("SELECT max(arrival) FROM event_rows", [], |r| r.get(0))?;
+    let last: Option<i64> =
+        conn.query_row("SELECT max(arrival) FROM event_rows", [], |r| r.get(0))?;
     last.map_or(Ok(0), from_sql)
 }
 

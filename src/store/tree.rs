@@ -433,7 +433,10 @@ mod tests {
                 assert_eq!(tree.edge_event_hash(last), Some(event_hash(last)));
             }
             assert_eq!(tree.edge_event_hash(next), None);
-            assert_eq!(event_hash_at(&conn, "f", last).unwrap(), Some(event_hash(last)));
+            assert_eq!(
+                event_hash_at(&conn, "f", last).unwrap(),
+                Some(event_hash(last))
+            );
             assert_eq!(event_hash_at(&conn, "f", next).unwrap(), None);
             assert_eq!(tree.size(), next);
             assert_eq!(tree.root(), root_at(&mut memory.clone(), next).unwrap());

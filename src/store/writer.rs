@@ -1557,8 +1557,9 @@ pub(super) fn event_at(
     feed: &str,
     seq: u64,
 ) -> Result<DecodedEvent, LogError> {
-    let mut statement =
-        tx.prepare_cached(&super::rows::select_events("WHERE f.name = ?1 AND e.seq = ?2"))?;
+    let mut statement = tx.prepare_cached(&super::rows::select_events(
+        "WHERE f.name = ?1 AND e.seq = ?2",
+    ))?;
     let row = statement.query_row(params![feed, seq as i64], super::rows::event_row)?;
     let event = super::rows::Rebuilder::with_pending(tx, pending).event(row)?;
     DecodedEvent::decode(event.envelope)
