@@ -66,36 +66,6 @@ struct StoredFeed {
     events: Vec<(Hash, Vec<u8>)>,
 }
 
-struct SimNode {
-    name: String,
-    up: bool,
-    sealer: Sealer,
-    feeds: BTreeMap<String, StoredFeed>,
-    /// Sessions by peer, with the connection epoch they belong to.
-    sessions: BTreeMap<String, (u64, Session)>,
-}
-
-impl SimNode {
-    fn heads(&self) -> BTreeMap<String, u64> {
-        self.feeds
-            .iter()
-            .map(|(f, s)| (f.clone(), s.events.len() as u64 - 1))
-            .collect()
-    }
-
-    fn positions(&self, feeds: Option<&BTreeSet<String>>) -> Vec<FeedPosition> {
-        self.feeds
-            .iter()
-            .filter(|(f, _)| feeds.is_none_or(|set| set.contains(*f)))
-            .map(|(f, s)| FeedPosition {
-                feed: f.clone(),
-                seq: s.events.len() as u64 - 1,
-                hash: s.events.last().map(|e| e.0).unwrap_or([0; 32]),
-            })
-            .collect()
-    }
-}
-
 /// A node's feeds as the ingest rules read them.
 struct SimFeeds<'a>(&'a BTreeMap<String, StoredFeed>);
 
@@ -140,6 +110,36 @@ impl FeedState for SimFeeds<'_> {
             .extend(events.iter().map(|e| leaf_of(&e.0)))
             .expect("small trees");
         Ok(frontier)
+    }
+}
+
+struct SimNode {
+    name: String,
+    up: bool,
+    sealer: Sealer,
+    feeds: BTreeMap<String, StoredFeed>,
+    /// Sessions by peer, with the connection epoch they belong to.
+    sessions: BTreeMap<String, (u64, Session)>,
+}
+
+impl SimNode {
+    fn heads(&self) -> BTreeMap<String, u64> {
+        self.feeds
+            .iter()
+            .map(|(f, s)| (f.clone(), s.events.len() as u64 - 1))
+            .collect()
+    }
+
+    fn positions(&self, feeds: Option<&BTreeSet<String>>) -> Vec<FeedPosition> {
+        self.feeds
+            .iter()
+            .filter(|(f, _)| feeds.is_none_or(|set| set.contains(*f)))
+            .map(|(f, s)| FeedPosition {
+                feed: f.clone(),
+                seq: s.events.len() as u64 - 1,
+                hash: s.events.last().map(|e| e.0).unwrap_or([0; 32]),
+            })
+            .collect()
     }
 }
 

@@ -485,10 +485,12 @@ impl<S: FeedState, A: AuthorAdmission> Run<'_, S, A> {
                 .verifiers
                 .get(&author)
                 .is_some_and(|v| seq >= v.next_seq());
-        let stored = match so_far.applied_hash(&author, seq) {
-            _ if beyond_head => None,
-            Some(hash) => Some(hash),
-            None => self.state.stored_hash(&author, seq)?,
+        let stored = if beyond_head {
+            None
+        } else if let Some(hash) = so_far.applied_hash(&author, seq) {
+            Some(hash)
+        } else {
+            self.state.stored_hash(&author, seq)?
         };
         if let Some(stored) = stored {
             return self.against_stored(event, stored, so_far);
