@@ -170,3 +170,72 @@ fn scanner_flags_upward_paths_and_skips_comments() {
     assert_eq!(layer_of(Path::new("config.rs")), "config");
     assert_eq!(layer_of(Path::new("core/verify.rs")), "core");
 }
+
+/// What the sans-IO core must not use: storage, async runtimes, sockets,
+/// files, threads, the clock or the OS's randomness. Time and randomness
+/// are passed in; the store and the node do the I/O.
+const CORE_FORBIDDEN_IO: &[&str] = &[
+    "rusqlite",
+    "tokio",
+    "quinn",
+    "std::fs",
+    "std::net",
+    "std::thread",
+    "std::time",
+    "SystemTime",
+    "Instant",
+    "clock::now",
+    "OsRng",
+    "thread_rng",
+];
+
+/// Every use of an I/O item in `text` (a core file), as `line: item`,
+/// outside comments and the file's inline test module (tests may time
+/// themselves).
+fn io_uses(text: &str) -> Vec<(usize, &'static str)> {
+    let code = text
+        .split("#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or(text);
+    let mut found = Vec::new();
+    for (i, line) in code.lines().enumerate() {
+        if line.trim_start().starts_with("//") {
+            continue;
+        }
+        for item in CORE_FORBIDDEN_IO {
+            if line.contains(item) {
+                found.push((i + 1, *item));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_core_does_no_io() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+    let mut files = Vec::new();
+    rust_files(&core, &mut files);
+    files.sort();
+    let mut problems = Vec::new();
+    for file in &files {
+        // Unit tests in their own file (`mod tests;`) are not the core.
+        if file.file_name().is_some_and(|n| n == "tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for (line, item) in io_uses(&text) {
+            problems.push(format!("{}:{line}: {item}", file.display()));
+        }
+    }
+    assert!(files.len() > 10, "no core files found under {core:?}");
+    assert!(
+        problems.is_empty(),
+        "the sans-IO core does I/O:\n{}",
+        problems.join("\n")
+    );
+    // The scanner itself: code is flagged, comments and tests are not.
+    let sample = "use rusqlite::Connection;\n// tokio in a comment\n\
+                  #[cfg(test)]\nmod tests {\n    use std::time::Instant;\n}\n";
+    assert_eq!(io_uses(sample), vec![(1, "rusqlite")]);
+}

@@ -19,8 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use common::Cluster;
 use herald::core::crypto::{ChannelKey, Hash};
+use herald::core::ingest::{Batch, Decision, FeedState, Ingest, IngestPolicy, StoredHead};
+use herald::core::merkle::Frontier;
 use herald::core::replication::{Received, Session};
-use herald::core::verify::{DecodedEvent, Draft, Entropy, FeedVerifier, Sealer};
+use herald::core::verify::{Check, DecodedEvent, Draft, Entropy, FeedVerifier, Sealer, leaf_of};
 use herald::core::wire::{FRAME_EVENTS_MAX, FeedPosition, PeerMessage};
 use herald::identity::{NodeIdentity, TrustAnchor};
 
@@ -62,6 +64,53 @@ impl Rng {
 struct StoredFeed {
     verifier: FeedVerifier,
     events: Vec<(Hash, Vec<u8>)>,
+}
+
+/// A node's feeds as the ingest rules read them.
+struct SimFeeds<'a>(&'a BTreeMap<String, StoredFeed>);
+
+impl FeedState for SimFeeds<'_> {
+    type Error = std::convert::Infallible;
+
+    fn stored_hash(&mut self, feed: &str, seq: u64) -> Result<Option<Hash>, Self::Error> {
+        Ok(self
+            .0
+            .get(feed)
+            .and_then(|f| f.events.get(seq as usize))
+            .map(|e| e.0))
+    }
+
+    fn stored_event(&mut self, feed: &str, seq: u64) -> Result<DecodedEvent, Self::Error> {
+        let bytes = self.0[feed].events[seq as usize].1.clone();
+        Ok(DecodedEvent::decode(bytes).expect("stored bytes decode"))
+    }
+
+    fn head(&mut self, feed: &str) -> Result<Option<StoredHead>, Self::Error> {
+        Ok(self.0.get(feed).map(|f| {
+            let decode = |e: &(Hash, Vec<u8>)| DecodedEvent::decode(e.1.clone()).expect("decodes");
+            let (genesis, last) = (decode(&f.events[0]), decode(&f.events[f.events.len() - 1]));
+            StoredHead {
+                seq: last.header().seq,
+                hash: *last.hash(),
+                last_timestamp_us: last.header().timestamp_us,
+                genesis_cert: genesis.payload().unwrap_or_default().to_vec(),
+            }
+        }))
+    }
+
+    /// No feed forks here (checked after every step).
+    fn fork_seq(&mut self, _feed: &str) -> Result<Option<u64>, Self::Error> {
+        Ok(None)
+    }
+
+    fn frontier(&mut self, feed: &str, size: u64) -> Result<Frontier, Self::Error> {
+        let mut frontier = Frontier::new();
+        let events = &self.0[feed].events[..size as usize];
+        frontier
+            .extend(events.iter().map(|e| leaf_of(&e.0)))
+            .expect("small trees");
+        Ok(frontier)
+    }
 }
 
 struct SimNode {
@@ -339,47 +388,55 @@ impl Sim {
         }
     }
 
+    /// Applies a frame through the real ingest rules (`core::ingest`), one
+    /// event per batch so that a gap (an event whose predecessors are still
+    /// on their way) refuses only itself; anything else refused from an
+    /// honest peer fails the run.
     fn ingest(&mut self, node: usize, envelopes: Vec<Vec<u8>>) -> BTreeSet<String> {
         let mut touched = BTreeSet::new();
+        let mut rules = Ingest::default();
+        let own = self.nodes[node].name.clone();
         for bytes in envelopes {
             let event = DecodedEvent::decode(bytes.clone()).expect("honest bytes decode");
             let feed = event.header().author.clone();
             let seq = event.header().seq;
             touched.insert(feed.clone());
-            let store = &mut self.nodes[node].feeds;
-            match store.get_mut(&feed) {
-                None if seq == 0 => {
-                    let (verifier, _) =
-                        FeedVerifier::genesis(&self.trust, event, None).expect("genesis verifies");
-                    store.insert(
-                        feed,
-                        StoredFeed {
-                            verifier,
-                            events: vec![(
-                                *DecodedEvent::decode(bytes.clone()).unwrap().hash(),
-                                bytes,
-                            )],
-                        },
-                    );
+            let batch = Batch {
+                envelopes: vec![bytes],
+                seals: &[],
+                policy: IngestPolicy::default(),
+                own_feed: Some(&own),
+                cluster: "",
+            };
+            let ingested =
+                match rules.ingest(&mut SimFeeds(&self.nodes[node].feeds), &self.trust, batch) {
+                    Ok(ingested) => ingested,
+                    Err(never) => match never {},
+                };
+            for decision in ingested.decisions {
+                match decision {
+                    Decision::Applied(event) => {
+                        let verifier = rules.verifier(&feed).expect("applied: verifier").clone();
+                        let entry = (*event.hash(), event.into_bytes());
+                        match self.nodes[node].feeds.get_mut(&feed) {
+                            Some(stored) => {
+                                stored.events.push(entry);
+                                stored.verifier = verifier;
+                            }
+                            None => {
+                                let events = vec![entry];
+                                let stored = StoredFeed { verifier, events };
+                                self.nodes[node].feeds.insert(feed.clone(), stored);
+                            }
+                        }
+                    }
+                    Decision::Duplicate => {}
+                    // A gap: the genesis, or earlier events, still on their way.
+                    Decision::Rejected(r)
+                        if r.check == Check::Sequence
+                            || (r.check == Check::Author && r.seq.is_none()) => {}
+                    other => panic!("{own} refused {feed}/{seq} from an honest peer: {other:?}"),
                 }
-                None => {} // a gap: the genesis has not arrived yet
-                Some(stored) if (seq as usize) < stored.events.len() => {
-                    assert_eq!(
-                        &stored.events[seq as usize].0,
-                        event.hash(),
-                        "fork of {feed} at {seq}"
-                    );
-                }
-                Some(stored) if seq as usize == stored.events.len() => {
-                    let verdict = stored.verifier.check_signature(&event);
-                    let hash = *event.hash();
-                    stored
-                        .verifier
-                        .verify_next(event, verdict)
-                        .expect("relayed events verify");
-                    stored.events.push((hash, bytes));
-                }
-                Some(_) => {} // a gap: earlier events are still on their way
             }
         }
         touched

@@ -1,6 +1,7 @@
-//! Forks and split views: what an ingest tolerates from a sender that is
-//! not at fault, fork evidence received from peers, and the reads
-//! replication needs to compare histories and pass evidence on.
+//! Forks and split views: fork evidence received from peers, and the reads
+//! replication needs to compare histories and pass evidence on. What an
+//! ingest tolerates from a sender that is not at fault is an ingest rule
+//! (`core::ingest`); its policy is re-exported here.
 //!
 //! Fork evidence is self-proving: two envelopes of one author at one
 //! sequence number with different hashes, both validly signed by the
@@ -8,8 +9,6 @@
 //! freeze the feed. The event hash covers the header only (the payload is
 //! committed by its hash), so evidence travels with payloads pruned and
 //! stays small whatever the events carried.
-
-use std::collections::HashMap;
 
 use rusqlite::{Connection, OptionalExtension, Transaction};
 
@@ -20,65 +19,7 @@ use crate::core::crypto::Hash;
 use crate::core::verify::{Check, DecodedEvent, FeedVerifier, Rejection};
 use crate::identity::TrustAnchor;
 
-/// How an ingest treats what a sender sends, beyond the checks every event
-/// passes.
-#[derive(Debug, Clone, Default)]
-pub struct IngestPolicy {
-    /// The peer the events came from (`None`: a local import). An event
-    /// whose previous hash does not match this node's history is that
-    /// peer's fault only if the peer is the feed's author: a relay forwards
-    /// what the author signed.
-    pub sender: Option<String>,
-    /// Per feed, the sequence number from which its events are skipped
-    /// unread: the sender holds another branch of it from there, so
-    /// whatever else it sends of it cannot apply. Events below (copies, or
-    /// the sender's side of the fork) are still taken.
-    pub skip_feeds: HashMap<String, u64>,
-}
-
-/// A rejection that is not the sender's fault.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tolerated {
-    /// The feed forked; nothing from the fork on is taken.
-    Forked,
-    /// A validly signed event that does not follow this node's history of
-    /// the feed (the author signed two histories), sent by a relay.
-    Conflict,
-}
-
-impl IngestPolicy {
-    /// The policy for events received from `peer`.
-    pub fn from_peer(peer: &str, skip_feeds: HashMap<String, u64>) -> IngestPolicy {
-        IngestPolicy {
-            sender: Some(peer.to_string()),
-            skip_feeds,
-        }
-    }
-
-    /// Whether the event `feed`/`seq` is skipped unread.
-    pub fn skips(&self, feed: &str, seq: u64) -> bool {
-        self.skip_feeds.get(feed).is_some_and(|&from| seq >= from)
-    }
-
-    /// Skips `feed` from `seq` on (or from earlier, if already skipped).
-    pub fn skip_from(&mut self, feed: &str, seq: u64) {
-        let from = self.skip_feeds.entry(feed.to_string()).or_insert(seq);
-        *from = (*from).min(seq);
-    }
-
-    /// Whether rejecting an event of `author` for `rejection` leaves the
-    /// sender blameless, and why. Signatures are checked before previous
-    /// hashes, so a previous-hash rejection means the author signed it.
-    pub fn tolerates(&self, author: &str, rejection: &Rejection) -> Option<Tolerated> {
-        match rejection.check {
-            Check::Fork => Some(Tolerated::Forked),
-            Check::PreviousHash if self.sender.as_deref().is_some_and(|s| s != author) => {
-                Some(Tolerated::Conflict)
-            }
-            _ => None,
-        }
-    }
-}
+pub use crate::core::ingest::{IngestPolicy, Tolerated};
 
 /// What became of fork evidence a peer sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -281,64 +222,5 @@ impl Log {
                     .map_err(|e| LogError::Corrupt(format!("stored event {feed}/{seq}: {e}")))
             })
             .transpose()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rejection(check: Check) -> Rejection {
-        Rejection {
-            seq: Some(3),
-            check,
-            expected: String::new(),
-            found: String::new(),
-        }
-    }
-
-    #[test]
-    fn only_a_relay_is_forgiven_a_conflicting_history() {
-        let from_b = IngestPolicy::from_peer("b", HashMap::new());
-        assert_eq!(
-            from_b.tolerates("a", &rejection(Check::PreviousHash)),
-            Some(Tolerated::Conflict),
-            "b relays a's feed: a signed both histories"
-        );
-        assert_eq!(
-            from_b.tolerates("b", &rejection(Check::PreviousHash)),
-            None,
-            "b's own feed not following its history is b's doing"
-        );
-        assert_eq!(
-            from_b.tolerates("a", &rejection(Check::Fork)),
-            Some(Tolerated::Forked)
-        );
-        for check in [
-            Check::Signature,
-            Check::Sequence,
-            Check::Decode,
-            Check::Author,
-            Check::PayloadHash,
-        ] {
-            assert_eq!(from_b.tolerates("a", &rejection(check)), None, "{check:?}");
-        }
-        let local = IngestPolicy::default();
-        assert_eq!(local.tolerates("a", &rejection(Check::PreviousHash)), None);
-    }
-
-    #[test]
-    fn skipping_starts_at_the_earliest_point_and_spares_what_lies_below() {
-        let mut policy = IngestPolicy::from_peer("b", HashMap::new());
-        policy.skip_from("a", 9);
-        policy.skip_from("a", 12);
-        assert!(
-            !policy.skips("a", 8),
-            "the sender's side of the fork still arrives"
-        );
-        assert!(policy.skips("a", 9) && policy.skips("a", 40));
-        policy.skip_from("a", 5);
-        assert!(policy.skips("a", 5));
-        assert!(!policy.skips("c", 100));
     }
 }

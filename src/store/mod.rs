@@ -8,12 +8,12 @@
 pub mod checkpoints;
 mod forks;
 pub mod health;
+mod ingest;
 mod own_feed;
 mod peers;
 mod recent;
 pub(crate) mod rows;
 mod schema;
-mod seals;
 mod subscribe;
 mod transact;
 pub mod tree;
@@ -183,32 +183,7 @@ impl Receipt {
     }
 }
 
-/// What an ingest applied.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IngestReport {
-    /// Events verified and committed.
-    pub applied: usize,
-    /// Events already held (skipped: applied exactly once).
-    pub duplicates: usize,
-    /// Forks detected and recorded as evidence.
-    pub forks: usize,
-    /// Events not applied because their feed forked, or because the sender
-    /// holds another branch of it (see [`IngestPolicy`]); not the sender's
-    /// fault, so the rest of the batch was applied.
-    pub skipped: usize,
-    /// Forks recorded by this ingest: (feed, sequence number).
-    pub new_forks: Vec<(String, u64)>,
-    /// Feeds whose events did not follow this node's history although the
-    /// author signed them (the author signed two histories); sent by a
-    /// relay, which is not at fault. The driver stops taking those feeds
-    /// from that sender and compares histories to obtain fork evidence.
-    pub conflicts: Vec<(String, Rejection)>,
-    /// Why ingest stopped early, if it did: the first event that failed
-    /// verification (nothing after it was looked at).
-    pub rejected: Option<Rejection>,
-    /// The feed of the rejected event, when it decoded far enough to say.
-    pub rejected_feed: Option<String>,
-}
+pub use crate::core::ingest::IngestReport;
 
 /// A feed's head as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]

@@ -241,9 +241,6 @@ fn text(r: &Row<'_>, column: usize) -> rusqlite::Result<String> {
 pub(crate) struct Rebuilder<'a> {
     conn: &'a Connection,
     hashes: HashMap<String, EventHashes<'a>>,
-    /// Hashes of events appended in the running transaction, not yet in
-    /// the tiles: per feed, the first sequence number and the hashes.
-    pending: Option<&'a HashMap<String, (u64, Vec<Hash>)>>,
 }
 
 /// Feeds a [`Rebuilder`] keeps a tile of at once; reads by arrival that
@@ -255,30 +252,11 @@ impl<'a> Rebuilder<'a> {
         Rebuilder {
             conn,
             hashes: HashMap::new(),
-            pending: None,
-        }
-    }
-
-    /// A rebuilder that also sees the hashes of events appended in the
-    /// running transaction (the writer, mid-ingest).
-    pub fn with_pending(
-        conn: &'a Connection,
-        pending: &'a HashMap<String, (u64, Vec<Hash>)>,
-    ) -> Rebuilder<'a> {
-        Rebuilder {
-            pending: Some(pending),
-            ..Rebuilder::new(conn)
         }
     }
 
     /// The stored hash of event `feed`/`seq`, if the store holds it.
     pub fn hash_at(&mut self, feed: &str, seq: u64) -> Result<Option<Hash>, LogError> {
-        if let Some((first, hashes)) = self.pending.and_then(|p| p.get(feed))
-            && seq >= *first
-            && let Some(hash) = hashes.get((seq - first) as usize)
-        {
-            return Ok(Some(*hash));
-        }
         if !self.hashes.contains_key(feed) {
             if self.hashes.len() >= REBUILDER_FEEDS_MAX {
                 self.hashes.clear();

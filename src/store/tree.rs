@@ -115,15 +115,6 @@ impl FeedTree {
         frontier
     }
 
-    /// The hash of the event at `seq` if it sits in the partial tile this
-    /// tree keeps in memory (an event appended in the running transaction,
-    /// say); `None` when it is beyond the tree or in a full tile.
-    pub fn edge_event_hash(&self, seq: u64) -> Option<Hash> {
-        let edge = self.edges.first()?;
-        let first = self.size - edge.len() as u64;
-        (seq >= first && seq < self.size).then(|| edge[(seq - first) as usize])
-    }
-
     /// Appends events by their hashes, writing every tile that fills up and
     /// then the partial tiles that changed. Runs inside the caller's
     /// transaction, so the tree and the events commit together.
@@ -426,13 +417,8 @@ mod tests {
             for h in &hashes {
                 memory.push(leaf_of(h)).unwrap();
             }
-            // Every event hash is readable back by its sequence number,
-            // from the partial edge in memory and from the tiles.
+            // Every event hash is readable back by its sequence number.
             let last = next - 1;
-            if next % TILE_WIDTH as u64 != 0 {
-                assert_eq!(tree.edge_event_hash(last), Some(event_hash(last)));
-            }
-            assert_eq!(tree.edge_event_hash(next), None);
             assert_eq!(
                 event_hash_at(&conn, "f", last).unwrap(),
                 Some(event_hash(last))

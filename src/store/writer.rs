@@ -21,16 +21,17 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::checkpoints::CheckpointOutcome;
-use super::forks::{EvidenceOutcome, IngestPolicy, Tolerated, record_evidence};
+use super::forks::{EvidenceOutcome, IngestPolicy, record_evidence};
+use super::ingest::{TxFeeds, write_ingested};
 use super::transact::{Channels, TransactJob, Tx, TxError, TxReply};
 use super::{IngestReport, LogError, Proclamation, Receipt};
 use crate::clock;
 use crate::core::checkpoint::{CheckpointError, Equivocation};
 use crate::core::crypto::{ChannelKey, Hash};
+use crate::core::ingest::{Batch, Ingest, Ingested, SealNote};
 use crate::core::limits::COMMIT_BATCH_EVENTS_MAX;
 use crate::core::verify::{
-    Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, SignatureVerdict,
-    VerifiedEvent, check_event_signatures,
+    Check, DecodedEvent, Draft, Entropy, FeedVerifier, Rejection, Sealer, VerifiedEvent,
 };
 use crate::core::wire::Seal;
 use crate::identity::TrustAnchor;
@@ -208,8 +209,9 @@ pub(crate) struct CommitStage {
     /// The own feed's latest committed envelopes, for the outbox.
     pub own_feed: Arc<super::own_feed::OwnFeedCache>,
     pub trust: Arc<TrustAnchor>,
-    /// Verifiers of feeds seen so far (loaded lazily from `feeds`).
-    pub verifiers: HashMap<String, FeedVerifier>,
+    /// The ingest rules, with the verifiers of feeds seen so far (loaded
+    /// lazily from `feeds`).
+    pub verifiers: Ingest,
     pub own_service: String,
     /// While true, this node's own feed is accepted from peers (recovery).
     pub recovering: Arc<std::sync::atomic::AtomicBool>,
@@ -624,7 +626,7 @@ impl CommitStage {
                     reply,
                 } => {
                     self.recovering.store(false, Ordering::Release);
-                    self.verifiers.remove(&self.own_service);
+                    self.verifiers.forget(&self.own_service);
                     let sealer = super::start_or_resume(
                         &mut self.conn,
                         &identity,
@@ -791,7 +793,7 @@ impl CommitStage {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut witness = super::checkpoints::Witness {
             trust: &self.trust,
-            verifiers: &mut self.verifiers,
+            verifiers: self.verifiers.verifiers_mut(),
             trees: &mut self.trees,
             signer: &self.signer,
             unmatched: &mut self.unmatched_checkpoints,
@@ -834,7 +836,7 @@ impl CommitStage {
             Ok((_, _, feed)) => feed,
             Err(e) => return Ok(Err(e)),
         };
-        let key = match load_verifier(&tx, &self.trust, &mut self.verifiers, &feed)? {
+        let key = match load_verifier(&tx, &self.trust, self.verifiers.verifiers_mut(), &feed)? {
             Ok(v) => *v.key(),
             // A feed this node holds nothing of: it cannot check the
             // author's signatures; the evidence comes again later.
@@ -873,7 +875,7 @@ impl CommitStage {
         if outcome.is_err() {
             // The transaction rolled back: cached verifiers and trees may
             // stand ahead of the store, so reload them from disk.
-            self.verifiers.clear();
+            self.verifiers.forget_all();
             self.trees.clear();
         }
         outcome
@@ -888,7 +890,13 @@ impl CommitStage {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let outcome = record_evidence(&tx, &self.trust, &mut self.verifiers, first, second)?;
+        let outcome = record_evidence(
+            &tx,
+            &self.trust,
+            self.verifiers.verifiers_mut(),
+            first,
+            second,
+        )?;
         tx.commit()?;
         Ok(outcome)
     }
@@ -897,181 +905,43 @@ impl CommitStage {
         &mut self,
         envelopes: Vec<Vec<u8>>,
         seals: Vec<Seal>,
-        mut policy: IngestPolicy,
+        policy: IngestPolicy,
     ) -> Result<IngestReport, LogError> {
-        let mut report = IngestReport::default();
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // While recovering, this node's own feed is verified and stored like
         // any other; afterwards only its sealer appends to it.
-        let own_guard = if self.recovering.load(Ordering::Acquire) {
-            String::new()
-        } else {
-            self.own_service.clone()
-        };
-        let decoded: Vec<Result<DecodedEvent, _>> =
-            envelopes.into_iter().map(DecodedEvent::decode).collect();
-        let cluster = self.signer.cluster().to_string();
-        let sealed = super::seals::check_seals(
-            &tx,
-            &mut super::seals::SealContext {
-                trust: &self.trust,
-                verifiers: &mut self.verifiers,
-                trees: &mut self.trees,
-                cluster: &cluster,
-                own_guard: &own_guard,
-                policy: &policy,
+        let own_feed = (!self.recovering.load(Ordering::Acquire)).then_some(&*self.own_service);
+        let ingested = self.verifiers.ingest(
+            &mut TxFeeds {
+                tx: &tx,
+                trees: Some(&mut self.trees),
             },
-            &decoded,
-            &seals,
+            &*self.trust,
+            Batch {
+                envelopes,
+                seals: &seals,
+                policy,
+                own_feed,
+                cluster: self.signer.cluster(),
+            },
         )?;
-        if let Some(reason) = sealed.unreadable {
-            report.rejected = Some(Rejection {
-                seq: None,
-                check: Check::Signature,
-                expected: "seals whose checkpoints name feeds of this cluster".into(),
-                found: reason,
-            });
-            return Ok(report);
-        }
-        let signatures = precheck_signatures(
-            &tx,
-            &self.trust,
-            &mut self.verifiers,
-            &decoded,
-            &own_guard,
-            &policy,
-        )?;
-        // Heads move once per feed per batch, not once per event.
-        let mut new_heads: HashMap<String, (u64, Hash, u64)> = HashMap::new();
-        // Per feed, the first applied sequence number and every applied
-        // event's hash, for the feed's tree.
-        let mut leaves = PendingHashes::new();
-        let mut forked: HashMap<String, Option<u64>> = HashMap::new();
-        let verdicts = sealed.verdicts.into_iter().zip(signatures);
-        for (event, (seal_verdict, signature)) in decoded.into_iter().zip(verdicts) {
-            let feed = event.as_ref().ok().map(|e| e.header().author.clone());
-            let seq = event.as_ref().map_or(0, |e| e.header().seq);
-            if let Some(feed) = &feed
-                && policy.skips(feed, seq)
-            {
-                report.skipped += 1;
-                continue;
-            }
-            let unsealed = seal_verdict.is_none()
-                && event.as_ref().is_ok_and(DecodedEvent::is_sealed)
-                && !holds(&tx, &self.verifiers, &leaves, feed.as_deref(), seq)?;
-            let failure = feed
-                .as_ref()
-                .filter(|_| unsealed)
-                .and_then(|f| sealed.failures.get(f));
-            let outcome = match (event, failure) {
-                (Ok(_), Some(failure)) => seal_rejection(seq, failure),
-                (Ok(event), None) => ingest_one(
-                    &tx,
-                    &self.trust,
-                    &mut self.verifiers,
-                    self.trees.names(),
-                    &leaves,
-                    &mut forked,
-                    &own_guard,
-                    event,
-                    seal_verdict.or(signature),
-                )?,
-                (Err(e), _) => Outcome::Rejected(Rejection::decode(&e)),
-            };
-            match outcome {
-                Outcome::Applied(head) => {
-                    report.applied += 1;
-                    if let Some(feed) = &feed {
-                        leaves
-                            .entry(feed.clone())
-                            .or_insert_with(|| (head.0, Vec::new()))
-                            .1
-                            .push(head.1);
-                        new_heads.insert(feed.clone(), head);
-                    }
-                }
-                Outcome::Duplicate => report.duplicates += 1,
-                // A fork is the author's doing, not the sender's: keep the
-                // evidence, take no more of that feed, go on with the rest.
-                Outcome::Fork => {
-                    report.forks += 1;
-                    if let Some(feed) = feed {
-                        policy.skip_from(&feed, seq);
-                        report.new_forks.push((feed, seq));
-                    }
-                    report.skipped += 1;
-                }
-                Outcome::Conflict(rejection) => {
-                    let Some(feed) = feed else { continue };
-                    report.skipped += 1;
-                    policy.skip_from(&feed, seq);
-                    report.conflicts.push((feed, rejection));
-                }
-                // From a relay (a peer that is not the author), as for a
-                // previous-hash conflict; a local import is told.
-                Outcome::SealedConflict(rejection)
-                    if feed.is_some()
-                        && policy
-                            .sender
-                            .as_deref()
-                            .is_some_and(|s| Some(s) != feed.as_deref()) =>
-                {
-                    let Some(feed) = feed else { continue };
-                    report.skipped += 1;
-                    policy.skip_from(&feed, seq);
-                    report.conflicts.push((feed, rejection));
-                }
-                Outcome::SealedConflict(rejection) => {
-                    report.rejected = Some(rejection);
-                    report.rejected_feed = feed;
-                    break;
-                }
-                Outcome::Rejected(rejection) => match feed
-                    .as_deref()
-                    .and_then(|f| policy.tolerates(f, &rejection))
-                {
-                    Some(kind) => {
-                        let Some(feed) = feed else { continue };
-                        report.skipped += 1;
-                        policy.skip_from(&feed, seq);
-                        if kind == Tolerated::Conflict {
-                            report.conflicts.push((feed, rejection));
-                        }
-                    }
-                    None => {
-                        report.rejected = Some(rejection);
-                        report.rejected_feed = feed;
-                        break;
-                    }
-                },
-            }
-        }
-        for (feed, (seq, hash, timestamp_us)) in &new_heads {
-            set_head(&tx, feed, *seq, hash, *timestamp_us)?;
-        }
-        for (feed, (first_seq, hashes)) in leaves {
-            self.trees.append(&tx, &feed, first_seq, hashes)?;
-        }
+        write_ingested(&tx, &mut self.trees, &ingested)?;
+        let Ingested { report, notes, .. } = ingested;
         let mut witness = super::checkpoints::Witness {
             trust: &self.trust,
-            verifiers: &mut self.verifiers,
+            verifiers: self.verifiers.verifiers_mut(),
             trees: &mut self.trees,
             signer: &self.signer,
             unmatched: &mut self.unmatched_checkpoints,
         };
-        let witnessed = witness_seals(&tx, &mut witness, sealed.notes)?;
+        let witnessed = witness_seals(&tx, &mut witness, notes)?;
         tx.commit()?;
         for outcome in &witnessed {
             self.announce_checkpoint(outcome);
         }
         self.check_self_fork(&report);
-        if report.rejected.is_some() {
-            // A rejected run may have left a verifier mid-way; reload from disk.
-            self.verifiers.clear();
-        }
         Ok(report)
     }
 }
@@ -1121,55 +991,21 @@ impl CommitStage {
     }
 }
 
-/// What happened to one ingested event.
-enum Outcome {
-    /// Stored; the feed's new head (sequence, hash, timestamp).
-    Applied((u64, Hash, u64)),
-    Duplicate,
-    Fork,
-    /// Signed by the author but not this node's history of the feed, sent
-    /// by a relay: not the sender's fault.
-    Conflict(Rejection),
-    /// A format-2 event other than the one this node holds at its position:
-    /// from a relay, the author's other history (its seal's checkpoint goes
-    /// to the witness as evidence); from the author, misbehaviour.
-    SealedConflict(Rejection),
-    Rejected(Rejection),
-}
-
-/// Whether this node stores an event at `feed`/`seq` (a copy a peer sent
-/// again needs no seal: it is compared with the stored one).
-fn holds(
-    tx: &Transaction<'_>,
-    verifiers: &HashMap<String, FeedVerifier>,
-    pending: &PendingHashes,
-    feed: Option<&str>,
-    seq: u64,
-) -> Result<bool, LogError> {
-    let Some(feed) = feed else { return Ok(false) };
-    if let Some(v) = verifiers.get(feed) {
-        return Ok(seq < v.next_seq());
-    }
-    Ok(held_hash(tx, pending, feed, seq)?.is_some())
-}
-
 /// Hands the checkpoints of a batch's seals to the witness, after the
 /// events they cover are stored: it stores and cosigns those that match
 /// this node's tree and records a split view where one is proved.
 fn witness_seals(
     tx: &Transaction<'_>,
     witness: &mut super::checkpoints::Witness<'_>,
-    notes: Vec<super::seals::SealNote>,
+    notes: Vec<SealNote>,
 ) -> Result<Vec<CheckpointOutcome>, LogError> {
     let mut outcomes = Vec::new();
     for note in notes {
         let outcome = match note {
-            super::seals::SealNote::Verified(verified) => {
+            SealNote::Verified(verified) => {
                 super::checkpoints::accept_verified(tx, witness, verified)?
             }
-            super::seals::SealNote::Unchecked(bytes) => {
-                super::checkpoints::accept(tx, witness, &bytes)?
-            }
+            SealNote::Unchecked(bytes) => super::checkpoints::accept(tx, witness, &bytes)?,
         };
         match outcome {
             Ok(outcome) => outcomes.push(outcome),
@@ -1180,196 +1016,8 @@ fn witness_seals(
     Ok(outcomes)
 }
 
-/// The outcome for a format-2 event whose feed's seal failed.
-fn seal_rejection(seq: u64, failure: &super::seals::SealFailure) -> Outcome {
-    let rejection = |found: &str| Rejection {
-        seq: Some(seq),
-        check: Check::Signature,
-        expected: "a seal whose checkpoint, signed by the feed's author, includes the event".into(),
-        found: found.to_string(),
-    };
-    match failure {
-        super::seals::SealFailure::Misbehaviour(why) => Outcome::Rejected(rejection(why)),
-        super::seals::SealFailure::Conflict(why) => Outcome::Conflict(rejection(why)),
-    }
-}
-
-/// Checks the signatures of every event whose author's key is known (a
-/// stored feed, or a genesis in the batch), in batches on all cores, before
-/// the events are applied in order. `None`: check when applying.
-fn precheck_signatures(
-    tx: &Transaction<'_>,
-    trust: &TrustAnchor,
-    verifiers: &mut HashMap<String, FeedVerifier>,
-    events: &[Result<DecodedEvent, crate::core::codec::DecodeError>],
-    own_service: &str,
-    policy: &IngestPolicy,
-) -> Result<Vec<Option<SignatureVerdict>>, LogError> {
-    let mut keys: HashMap<String, Option<ed25519_dalek::VerifyingKey>> = HashMap::new();
-    let mut items = Vec::new();
-    let mut slots = Vec::with_capacity(events.len());
-    for event in events {
-        let Ok(event) = event else {
-            slots.push(None);
-            continue;
-        };
-        let author = &event.header().author;
-        // This node's own feed is only ever appended by its sealer (outside
-        // recovery), and skipped feeds are not looked at: spend no
-        // verification on either (a peer could send them by the thousand).
-        if author == own_service || policy.skips(author, event.header().seq) {
-            slots.push(None);
-            continue;
-        }
-        if !keys.contains_key(author) {
-            let key = match load_verifier(tx, trust, verifiers, author)? {
-                Ok(v) => Some(*v.key()),
-                Err(_) => None,
-            };
-            keys.insert(author.clone(), key);
-        }
-        // Events this node already holds are duplicates (or fork evidence,
-        // checked on its own when applied): don't spend a verification.
-        let held = verifiers
-            .get(author)
-            .is_some_and(|v| event.header().seq < v.next_seq());
-        match keys.get(author).copied().flatten() {
-            Some(key) if event.header().seq > 0 && !held => {
-                slots.push(Some(items.len()));
-                items.push((key, event));
-            }
-            _ => slots.push(None),
-        }
-    }
-    let results = check_event_signatures(items.iter().map(|(key, event)| (key, *event)));
-    Ok(slots.into_iter().map(|s| s.map(|i| results[i])).collect())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn ingest_one(
-    tx: &Transaction<'_>,
-    trust: &TrustAnchor,
-    verifiers: &mut HashMap<String, FeedVerifier>,
-    names: &mut super::rows::Names,
-    pending: &PendingHashes,
-    forked: &mut HashMap<String, Option<u64>>,
-    own_service: &str,
-    event: DecodedEvent,
-    verdict: Option<SignatureVerdict>,
-) -> Result<Outcome, LogError> {
-    let author = event.header().author.clone();
-    let seq = event.header().seq;
-    let fork_at = match forked.get(&author) {
-        Some(f) => *f,
-        None => {
-            let f = super::forks::fork_seq(tx, &author)?;
-            forked.insert(author.clone(), f);
-            f
-        }
-    };
-    // Below the fork the feed's history is undisputed; from it on, nothing
-    // more of it is taken.
-    if let Some(fork_seq) = fork_at
-        && seq >= fork_seq
-    {
-        return Ok(Outcome::Rejected(Rejection {
-            seq: Some(seq),
-            check: Check::Fork,
-            expected: format!("events of {author} below {fork_seq}, where its feed forked"),
-            found: format!("an event of {author} at sequence {seq}"),
-        }));
-    }
-    // A feed's stored events are exactly 0..=head, and a cached verifier
-    // stands at head + 1, so an event at or beyond it cannot be held yet:
-    // skip the lookup on the hot path. This node's own feed is excluded, as
-    // its sealer (not this verifier) advances it once it proclaims.
-    let beyond_head =
-        author != own_service && verifiers.get(&author).is_some_and(|v| seq >= v.next_seq());
-    let stored = if beyond_head {
-        None
-    } else {
-        held_hash(tx, pending, &author, seq)?
-    };
-    if let Some(stored) = stored {
-        if &stored == event.hash() {
-            return Ok(Outcome::Duplicate);
-        }
-        let verifier = match load_verifier(tx, trust, verifiers, &author)? {
-            Ok(v) => v,
-            Err(r) => return Ok(Outcome::Rejected(r)),
-        };
-        let conflict = Rejection {
-            seq: Some(seq),
-            check: Check::Fork,
-            expected: hex::encode(stored),
-            found: hex::encode(event.hash()),
-        };
-        if verifier.is_fork_proof(&event, &event_at(tx, pending, &author, seq)?) {
-            record_fork(tx, &event, stored, None)?;
-            // Any earlier fork point would have refused this event above.
-            forked.insert(author.clone(), Some(seq));
-            return Ok(Outcome::Fork);
-        }
-        // An honest peer sends a format-2 event of a position this node
-        // holds only as a copy: its side of a split view travels as a
-        // checkpoint, since a format-2 event proves no fork on its own.
-        if event.is_sealed() {
-            return Ok(Outcome::SealedConflict(Rejection {
-                check: Check::Signature,
-                expected: "a copy of the stored event (a format-2 event proves no fork)".into(),
-                found: "another format-2 event at a position this node holds".into(),
-                ..conflict
-            }));
-        }
-        return Ok(Outcome::Rejected(Rejection {
-            check: Check::Signature,
-            expected: "a copy of the stored event or a validly signed fork".into(),
-            found: "an invalidly signed conflicting event".into(),
-            ..conflict
-        }));
-    }
-    if author == own_service {
-        // Our own feed ahead of our store: only recovery may append it,
-        // never a peer's push once this node proclaims. No honest peer
-        // sends it (it holds no more of our feed than we do), so this is
-        // refused before any signature is checked.
-        return Ok(Outcome::Rejected(Rejection {
-            seq: Some(seq),
-            check: Check::Author,
-            expected: "no events of this node's own feed beyond its head".into(),
-            found: format!("{author} event at sequence {seq}"),
-        }));
-    }
-    let verified = if seq == 0 {
-        match FeedVerifier::genesis(trust, event, verdict) {
-            Ok((verifier, verified)) => {
-                verifiers.insert(author, verifier);
-                verified
-            }
-            Err(r) => return Ok(Outcome::Rejected(r)),
-        }
-    } else {
-        let verifier = match load_verifier(tx, trust, verifiers, &author)? {
-            Ok(v) => v,
-            Err(r) => return Ok(Outcome::Rejected(r)),
-        };
-        let verdict = verdict.unwrap_or_else(|| verifier.check_signature(&event));
-        match verifier.verify_next(event, verdict) {
-            Ok(v) => v,
-            Err(r) => return Ok(Outcome::Rejected(r)),
-        }
-    };
-    insert_event(tx, names, &verified)?;
-    if seq == 0 {
-        // The feed's row (with its certificate) must exist from genesis on.
-        upsert_head(tx, &verified)?;
-    }
-    let h = verified.header();
-    Ok(Outcome::Applied((h.seq, *verified.hash(), h.timestamp_us)))
-}
-
 /// Moves a feed's head (the feed's row exists since its genesis).
-fn set_head(
+pub(super) fn set_head(
     tx: &Transaction<'_>,
     feed: &str,
     seq: u64,
@@ -1530,30 +1178,14 @@ pub(crate) fn blob32(v: Vec<u8>) -> Hash {
     out
 }
 
-/// Hashes of events applied in the running ingest transaction, per feed:
-/// the first one's sequence number and every hash, in order. The feed's
-/// tree (where stored hashes live) takes them when the batch ends.
-pub(super) type PendingHashes = HashMap<String, (u64, Vec<Hash>)>;
-
 /// The hash of the event `feed`/`seq` this store holds, if any.
 pub(super) fn stored_hash(tx: &Connection, feed: &str, seq: u64) -> Result<Option<Hash>, LogError> {
     super::tree::event_hash_at(tx, feed, seq)
 }
 
-/// [`stored_hash`], seeing the events of the running ingest too.
-fn held_hash(
-    tx: &Connection,
-    pending: &PendingHashes,
-    feed: &str,
-    seq: u64,
-) -> Result<Option<Hash>, LogError> {
-    super::rows::Rebuilder::with_pending(tx, pending).hash_at(feed, seq)
-}
-
 /// The event stored at `feed`/`seq`, rebuilt from its row.
 pub(super) fn event_at(
     tx: &Transaction<'_>,
-    pending: &PendingHashes,
     feed: &str,
     seq: u64,
 ) -> Result<DecodedEvent, LogError> {
@@ -1561,7 +1193,7 @@ pub(super) fn event_at(
         "WHERE f.name = ?1 AND e.seq = ?2",
     ))?;
     let row = statement.query_row(params![feed, seq as i64], super::rows::event_row)?;
-    let event = super::rows::Rebuilder::with_pending(tx, pending).event(row)?;
+    let event = super::rows::Rebuilder::new(tx).event(row)?;
     DecodedEvent::decode(event.envelope)
         .map_err(|e| LogError::Corrupt(format!("{feed}/{seq}: {e}")))
 }
@@ -1574,32 +1206,8 @@ pub(super) fn load_verifier<'a>(
     verifiers: &'a mut HashMap<String, FeedVerifier>,
     feed: &str,
 ) -> Result<Result<&'a mut FeedVerifier, Rejection>, LogError> {
-    if !verifiers.contains_key(feed) {
-        let Some(head) = read_head(tx, feed)? else {
-            return Ok(Err(Rejection {
-                seq: None,
-                check: Check::Author,
-                expected: format!("the genesis event of feed {feed} first"),
-                found: "an event of a feed this node has not started".into(),
-            }));
-        };
-        let resumed = FeedVerifier::resume(
-            trust,
-            feed,
-            &head.genesis_cert,
-            head.seq,
-            head.hash,
-            head.last_timestamp_us,
-        );
-        match resumed {
-            Ok(verifier) => verifiers.insert(feed.to_string(), verifier),
-            Err(r) => return Ok(Err(r)),
-        };
-    }
-    verifiers
-        .get_mut(feed)
-        .map(Ok)
-        .ok_or_else(|| LogError::Corrupt(format!("verifier for {feed} vanished")))
+    let mut feeds = TxFeeds { tx, trees: None };
+    crate::core::ingest::load_verifier(&mut feeds, trust, verifiers, feed)
 }
 
 /// Records fork evidence: `conflicting` against the event with hash

@@ -2,19 +2,15 @@
 //!
 //! Each seal names its feed through its checkpoint's origin. The run it
 //! covers is the batch's events of that feed from the tree this node holds
-//! up to the seal's `end`; `core::verify::check_sealed_run` extends the
-//! stored tree's frontier by the run and checks the author's signature and
-//! the consistency proof. Several seals of one feed (frames gathered into
-//! one ingest) are taken in order of `end`, each extending the last.
+//! up to the seal's `end`; [`check_sealed_run`] extends the stored tree's
+//! frontier by the run and checks the author's signature and the
+//! consistency proof. Several seals of one feed (frames gathered into one
+//! ingest) are taken in order of `end`, each extending the last.
 
 use std::collections::HashMap;
 
-use rusqlite::Transaction;
-
-use super::LogError;
-use super::checkpoints::Trees;
-use super::forks::IngestPolicy;
-use super::writer::load_verifier;
+use super::{FeedState, IngestPolicy, load_verifier};
+use crate::core::cert::AuthorAdmission;
 use crate::core::checkpoint::{self, VerifiedCheckpoint};
 use crate::core::codec::DecodeError;
 use crate::core::merkle::Frontier;
@@ -22,11 +18,10 @@ use crate::core::verify::{
     self, DecodedEvent, FeedVerifier, SealError, SignatureVerdict, check_sealed_run,
 };
 use crate::core::wire::Seal;
-use crate::identity::TrustAnchor;
 
 /// Why the seals of one feed in a batch did not vouch for its events.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum SealFailure {
+pub enum SealFailure {
     /// The sender is at fault (a forged or malformed seal, a run that does
     /// not follow the tree it claims to extend).
     Misbehaviour(String),
@@ -58,32 +53,31 @@ pub(super) struct SealCheck {
 
 /// A seal's checkpoint for the witness.
 #[derive(Debug)]
-pub(super) enum SealNote {
+pub enum SealNote {
     /// Its author's signature checked with the run it vouched for.
     Verified(VerifiedCheckpoint),
     /// Not checked here (a run held already, or one it did not join).
     Unchecked(Vec<u8>),
 }
 
-/// What the seal check needs of the commit stage.
-pub(super) struct SealContext<'a> {
-    pub trust: &'a TrustAnchor,
+/// What the seal check needs besides the store.
+pub(super) struct SealContext<'a, A> {
+    pub trust: &'a A,
     pub verifiers: &'a mut HashMap<String, FeedVerifier>,
-    pub trees: &'a mut Trees,
     pub cluster: &'a str,
-    /// This node's own feed, never appended by a peer (empty while
+    /// This node's own feed, never appended by a peer (`None` while
     /// recovering, when it is ingested like any other).
-    pub own_guard: &'a str,
+    pub own_feed: Option<&'a str>,
     pub policy: &'a IngestPolicy,
 }
 
 /// Checks every seal of a batch against the batch's events.
-pub(super) fn check_seals(
-    tx: &Transaction<'_>,
-    cx: &mut SealContext<'_>,
+pub(super) fn check_seals<S: FeedState, A: AuthorAdmission>(
+    state: &mut S,
+    cx: &mut SealContext<'_, A>,
     events: &[Result<DecodedEvent, DecodeError>],
     seals: &[Seal],
-) -> Result<SealCheck, LogError> {
+) -> Result<SealCheck, S::Error> {
     let mut check = SealCheck {
         verdicts: vec![None; events.len()],
         ..SealCheck::default()
@@ -112,21 +106,21 @@ pub(super) fn check_seals(
     // Per feed, the frontier after the runs vouched for so far.
     let mut frontiers: HashMap<String, Frontier> = HashMap::new();
     for (feed, seal) in named {
-        if feed == cx.own_guard
+        if cx.own_feed == Some(feed.as_str())
             || cx.policy.skips(&feed, seal.end.saturating_sub(1))
             || check.failures.contains_key(&feed)
         {
             continue;
         }
         let positions = by_feed.get(feed.as_str()).map_or(&[][..], Vec::as_slice);
-        let Some((key, stored)) = author_key(tx, cx, &feed, events, positions)? else {
+        let Some((key, stored)) = author_key(state, cx, &feed, events, positions)? else {
             // A feed this node cannot check yet (no genesis held or sent):
             // its events are refused when applied.
             continue;
         };
         let held = match frontiers.get(&feed) {
             Some(f) => f.clone(),
-            None => cx.trees.get(tx, &feed, stored)?.merkle_frontier()?,
+            None => state.frontier(&feed, stored)?,
         };
         if seal.end <= held.size() {
             // Everything it covers is held already: copies, or the author's
@@ -208,14 +202,14 @@ pub(super) fn check_seals(
 /// in the batch for a feed new to this node. `None` if neither exists or
 /// the certificate is not admitted (the events are then refused when
 /// applied, with the reason).
-fn author_key(
-    tx: &Transaction<'_>,
-    cx: &mut SealContext<'_>,
+fn author_key<S: FeedState, A: AuthorAdmission>(
+    state: &mut S,
+    cx: &mut SealContext<'_, A>,
     feed: &str,
     events: &[Result<DecodedEvent, DecodeError>],
     positions: &[usize],
-) -> Result<Option<(ed25519_dalek::VerifyingKey, u64)>, LogError> {
-    if let Ok(verifier) = load_verifier(tx, cx.trust, cx.verifiers, feed)? {
+) -> Result<Option<(ed25519_dalek::VerifyingKey, u64)>, S::Error> {
+    if let Ok(verifier) = load_verifier(state, cx.trust, cx.verifiers, feed)? {
         return Ok(Some((*verifier.key(), verifier.next_seq())));
     }
     let genesis = positions
