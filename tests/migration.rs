@@ -14,7 +14,13 @@ use herald::store::{Log, read_checkpoint};
 use rusqlite::Connection;
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v4")
+    fixture_named("store-v4")
+}
+
+fn fixture_named(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 fn keys() -> PathBuf {
@@ -24,10 +30,14 @@ fn keys() -> PathBuf {
 /// A copy of the fixture's store and a config for node `council` using the
 /// test-only keys it was written with.
 fn copy_of_fixture(dir: &Path) -> NodeConfig {
+    copy_of(dir, &fixture())
+}
+
+fn copy_of(dir: &Path, fixture: &Path) -> NodeConfig {
     let data = dir.join("data/council");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::copy(
-        fixture().join("data/council/herald.db"),
+        fixture.join("data/council/herald.db"),
         data.join("herald.db"),
     )
     .unwrap();
@@ -179,4 +189,142 @@ fn a_schema_4_store_is_upgraded_in_place_and_keeps_every_event() {
 fn cert_der(service: &str) -> Vec<u8> {
     let pem = std::fs::read_to_string(keys().join(format!("{service}.crt"))).unwrap();
     pem::parse(pem).unwrap().into_contents()
+}
+
+fn page_size(db: &Path) -> i64 {
+    Connection::open(db)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Every stored checkpoint as (feed, size, note, cosigned size).
+fn checkpoints(db: &Path) -> Vec<(String, u64, String, u64)> {
+    let conn = Connection::open(db).unwrap();
+    let mut all: Vec<_> = herald::store::read_checkpoints(&conn)
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.feed.clone(), c.size, c.note.clone(), c.cosigned_size))
+        .collect();
+    all.sort();
+    all
+}
+
+#[test]
+fn a_schema_5_store_moves_to_the_compact_layout_keeping_every_event_tree_and_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = copy_of(dir.path(), &fixture_named("store-v5"));
+    let db = config.data_dir.join("herald.db");
+    assert_eq!(schema_version(&db), "5", "the fixture is an old store");
+    let before = events(&db);
+    assert_eq!(before.len(), 15, "council 0..=5 and fundraising 0..=8");
+    let checkpoints_before = checkpoints(&db);
+    assert_eq!(
+        checkpoints_before
+            .iter()
+            .map(|c| (c.0.as_str(), c.1, c.3))
+            .collect::<Vec<_>>(),
+        [("council", 6, 0), ("fundraising", 9, 9)],
+        "council's own checkpoint, and fundraising's that council cosigned"
+    );
+
+    let log = Log::open(&config).expect("the old store opens and is migrated");
+    assert_eq!(
+        schema_version(&db),
+        herald::store::SCHEMA_VERSION.to_string()
+    );
+    // Every event rebuilds from its compact row to its exact old bytes.
+    assert_eq!(events(&db), before, "no event changed, none lost or added");
+    assert_eq!(checkpoints(&db), checkpoints_before, "checkpoints kept");
+    assert_eq!(page_size(&db), 8192, "vacuumed into the store's page size");
+    let conn = Connection::open(&db).unwrap();
+    let old_table: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'events'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(old_table, 0, "the old events table is gone");
+
+    // Each feed's tree gives the same roots as the stored hashes did, and
+    // proves inclusion in the checkpoint council cosigned.
+    let mut tiles = TileReader::new(&conn, "fundraising");
+    for size in 1..=9u64 {
+        assert_eq!(
+            merkle::root_at(&mut tiles, size).unwrap(),
+            independent_root(&before, "fundraising", size as usize),
+            "fundraising's tree at size {size}"
+        );
+    }
+    let fundraising = read_checkpoint(&conn, "fundraising").unwrap().unwrap();
+    let proof = merkle::inclusion_proof(&mut tiles, 3, 9).unwrap();
+    let leaf = merkle::leaf_hash(
+        &before
+            .iter()
+            .find(|e| e.0 == "fundraising" && e.1 == 3)
+            .unwrap()
+            .2,
+    );
+    merkle::verify_inclusion(&leaf, 3, 9, &proof, &fundraising.root).unwrap();
+
+    // Reads by id and by arrival give the old bytes too.
+    let (_, header) = herald::core::codec::decode_envelope(&before[3].3).unwrap();
+    let by_id = log.read_by_id(&header.id, 2).unwrap();
+    assert_eq!(by_id.len(), 1);
+    assert_eq!(by_id[0].envelope, before[3].3);
+    let arrivals = log.read_arrivals(0, 100).unwrap();
+    assert_eq!(arrivals.len(), 15);
+
+    // The feed goes on where it stood.
+    let receipt = log.proclaim("motion.carried", b"{}", vec![]).unwrap();
+    assert_eq!(receipt.seq, 6);
+    let after = events(&db);
+    let own = read_checkpoint(&conn, "council").unwrap().unwrap();
+    assert_eq!(own.size, 7);
+    assert_eq!(own.root, independent_root(&after, "council", 7));
+    log.close();
+
+    let options = herald::audit::verify::AuditOptions {
+        trust: herald::identity::TrustAnchor::load(&config.ca, None).unwrap(),
+        channel_keys: Vec::new(),
+        progress: false,
+    };
+    let report = herald::audit::verify::audit_data_dir(&config.data_dir, &options).unwrap();
+    assert!(report.valid, "{:?}", report.problems);
+    let verified: Vec<(&str, u64)> = report
+        .feeds
+        .iter()
+        .map(|f| (f.service.as_str(), f.verified))
+        .collect();
+    assert_eq!(verified, [("council", 7), ("fundraising", 9)]);
+}
+
+#[test]
+fn a_store_whose_events_cannot_be_kept_byte_for_byte_is_left_unmigrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = copy_of(dir.path(), &fixture_named("store-v5"));
+    let db = config.data_dir.join("herald.db");
+    // Damage: the hash column of fundraising/3 no longer matches its
+    // envelope, so event 4's `prev` cannot be derived from it.
+    let conn = Connection::open(&db).unwrap();
+    conn.execute(
+        "UPDATE events SET hash = zeroblob(32) WHERE feed = 'fundraising' AND seq = 3",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let before = events(&db);
+
+    let err = match Log::open(&config) {
+        Ok(_) => panic!("a damaged store was migrated"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("cannot be moved to the compact layout"),
+        "{err}"
+    );
+    assert!(err.contains("left at version 5"), "{err}");
+    assert_eq!(schema_version(&db), "5");
+    assert_eq!(events(&db), before, "nothing changed");
 }
