@@ -1063,21 +1063,23 @@ pub(crate) fn start_or_resume(
     if genesis_key.as_ref() != Some(&identity.cert.public_key) {
         return Err(LogError::KeyChanged);
     }
-    let last = rows::query_events(
-        conn,
-        "WHERE f.name = ?1 ORDER BY e.seq DESC LIMIT 1",
+    // The last row and the hash the feed's tree holds for it; the row
+    // itself is checked when it is read.
+    let last: Option<i64> = conn.query_row(
+        "SELECT max(e.seq) FROM event_rows e JOIN feed_names f ON f.id = e.feed WHERE f.name = ?1",
         [service],
-    )?
-    .pop();
-    match last {
-        Some(last) if last.header.seq == head.seq && last.hash == head.hash => {}
-        other => {
-            return Err(LogError::Corrupt(format!(
-                "feed head says sequence {} but the last stored event is {:?}",
-                head.seq,
-                other.map(|o| o.header.seq)
-            )));
-        }
+        |r| r.get(0),
+    )?;
+    let last = last.map(|seq| seq as u64);
+    let last_hash = match last {
+        Some(seq) => tree::event_hash_at(conn, service, seq)?,
+        None => None,
+    };
+    if last != Some(head.seq) || last_hash != Some(head.hash) {
+        return Err(LogError::Corrupt(format!(
+            "feed head says sequence {} but the last stored event is {last:?}",
+            head.seq
+        )));
     }
     if sign {
         checkpoints::cover_own_feed(conn, &signer, head.seq + 1)?;

@@ -30,13 +30,14 @@
 //!
 //! # Cost
 //!
-//! Matching reads only the arrival and type columns, a page at a time. The
-//! type column is only a filter: what a runner delivers, and whether it
-//! matches, comes from the stored signed envelope, so a damaged derived
-//! column (not even text) does not stop a subscription. (A column damaged
-//! into another valid type hides its row from the filter; `herald verify
-//! DATA_DIR` reports every row whose derived columns disagree with its
-//! envelope.) Runs
+//! Matching reads only the arrival and the row's type name, a page at a
+//! time; a matching row is then rebuilt and checked against the hash its
+//! feed's tree holds (`store::rows`), and a damaged one is a permanent
+//! fault. A type name damaged into bytes that are not text matches no
+//! pattern, so it does not stop the subscriptions that never wanted it
+//! (the saga engine's, say); one damaged into another valid type hides its
+//! rows from the filter. `herald verify DATA_DIR` reports both (check
+//! `stored-hash`). Runs
 //! of recent commits that hold no wanted type are stepped over without
 //! reading them at all (`store/recent.rs`), so a consumer of a rare type
 //! (the saga engine's, on every node) costs next to nothing while the log
@@ -231,13 +232,12 @@ impl Subscription {
             let page_len = SUBSCRIPTION_PAGE_EVENTS.min(SUBSCRIPTION_SCAN_EVENTS_MAX - scanned);
             let page = read_types(&self.conn, position, page_len)?;
             for (arrival, indexed_type) in &page {
-                // The type column is derived from the signed envelope and
-                // only narrows what is read: a row whose column matches, or
-                // is not even text (a damaged column), is decided by the
-                // envelope's own header, which is what gets delivered.
+                // A type name that is not text is damaged (no event type is
+                // anything but text) and matches no pattern; a matching row
+                // is rebuilt and checked before it is delivered.
                 let candidate = match std::str::from_utf8(indexed_type) {
                     Ok(t) => crate::core::event::glob_match(&self.pattern, t),
-                    Err(_) => true,
+                    Err(_) => false,
                 };
                 if candidate {
                     let event = read_event(&self.conn, *arrival)?;
