@@ -122,8 +122,12 @@ pub(crate) fn insert_events(
     names: &mut Names,
     events: &[VerifiedEvent],
 ) -> rusqlite::Result<()> {
+    // One statement lookup for the whole run (the statement cache hashes
+    // the SQL text on every lookup).
+    let mut statement = tx.prepare_cached(INSERT_ROW_SQL)?;
     for event in events {
-        insert_row(
+        insert_with(
+            &mut statement,
             tx,
             names,
             None,
@@ -138,6 +142,27 @@ pub(crate) fn insert_events(
 /// Stores one event from its parts (also the migration's path, which keeps
 /// each event's `arrival`; `None`: the next one).
 pub(crate) fn insert_row(
+    tx: &Connection,
+    names: &mut Names,
+    arrival: Option<i64>,
+    header: &EventHeader,
+    signature: Option<&[u8; 64]>,
+    payload: Option<&[u8]>,
+) -> rusqlite::Result<()> {
+    let mut statement = tx.prepare_cached(INSERT_ROW_SQL)?;
+    insert_with(
+        &mut statement,
+        tx,
+        names,
+        arrival,
+        header,
+        signature,
+        payload,
+    )
+}
+
+fn insert_with(
+    statement: &mut rusqlite::CachedStatement<'_>,
     tx: &Connection,
     names: &mut Names,
     arrival: Option<i64>,
@@ -161,7 +186,7 @@ pub(crate) fn insert_row(
         d.extend_from_slice(&header.payload.len.to_be_bytes());
         d
     });
-    tx.prepare_cached(INSERT_ROW_SQL)?.execute(params![
+    statement.execute(params![
         feed,
         header.seq as i64,
         header.id.as_slice(),
