@@ -151,6 +151,7 @@ impl Connection {
                 heads,
             } => {
                 let reported = heads.clone();
+                let before = self.session.acknowledged().len();
                 self.session.on_message(
                     now_us,
                     PeerMessage::Hello {
@@ -164,7 +165,9 @@ impl Connection {
                     .find(|h| h.feed == self.service)
                     .map(|h| h.seq);
                 self.reported_at_hello = reported;
-                self.ack_progress = true;
+                // The acknowledged map only grows, and before `Hello` it is
+                // empty: it moved if it holds anything now.
+                self.ack_progress |= self.session.acknowledged().len() > before;
                 Ok(Received::Established { own_head })
             }
             PeerMessage::Ack { heads } => {
@@ -200,7 +203,9 @@ impl Connection {
     /// second is a flood.
     fn count_frame(&mut self, now_us: u64) -> Result<(), ProtocolError> {
         let start = *self.flood_window_start_us.get_or_insert(now_us);
-        if now_us.saturating_sub(start) >= FLOOD_WINDOW_US {
+        // A clock that went back starts a new window too, so it can never
+        // hold one open and count an honest peer's frames as a flood.
+        if now_us < start || now_us - start >= FLOOD_WINDOW_US {
             self.flood_window_start_us = Some(now_us);
             self.frames_in_window = 0;
         }
@@ -622,6 +627,16 @@ mod tests {
             c.handle_message(10, Session::ack(vec![]), all),
             Err(ProtocolError::Flood)
         );
+        let mut back = Connection::new("me", "b", 0);
+        back.handle_message(10_000_000, Session::hello("b", &[]), all)
+            .unwrap();
+        for _ in 0..2 * PEER_FRAMES_PER_SECOND_MAX {
+            // The clock stepped back (before the window's start): a new window.
+            back.handle_message(5_000_000, Session::ack(vec![]), all)
+                .unwrap();
+            back.handle_message(10_000_000, Session::ack(vec![]), all)
+                .unwrap();
+        }
         let mut d = Connection::new("me", "b", 0);
         d.handle_message(0, Session::hello("b", &[]), all).unwrap();
         for i in 1..2 * PEER_FRAMES_PER_SECOND_MAX as u64 {
