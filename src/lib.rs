@@ -3,8 +3,9 @@
 //! Layout (see `docs/` and the architecture brief):
 //!
 //! * [`core`]: the sans-IO heart. Limits, the event and its canonical codec,
-//!   sealing (encrypt, chain, sign) and verification. No clock, no disk, no
-//!   sockets, no OS randomness: time and randomness are passed in.
+//!   sealing (encrypt, chain, sign), verification and the replication
+//!   connection's state machine. No clock, no disk, no sockets, no OS
+//!   randomness: time and randomness are passed in.
 //! * [`identity`]: certificates, keys, the trust anchor and revocation.
 //! * [`store`]: the durable local log in SQLite, with a group-committing writer.
 //! * [`audit`]: the export bundle and offline verification.

@@ -1,7 +1,10 @@
 //! A deterministic, seeded simulation of several nodes replicating through
-//! the sans-IO session (`herald::core::replication`), with real sealed and
-//! verified events, over a network that loses, duplicates, delays and
-//! reorders messages, partitions links and crashes nodes.
+//! the sans-IO connection machine the node drives
+//! (`herald::core::replication::Connection`, one per connection and side),
+//! with real sealed and verified events, over a network that loses,
+//! duplicates, delays and reorders messages, partitions links and crashes
+//! nodes. Time is virtual: it jumps to the next message or to the next
+//! timer a connection asks for (`poll_timeout`).
 //!
 //! After every step: no feed forks anywhere (every node's copy of a feed is a
 //! prefix of its author's), and nothing unverified is stored. After the chaos
@@ -21,9 +24,9 @@ use common::Cluster;
 use herald::core::crypto::{ChannelKey, Hash};
 use herald::core::ingest::{Batch, Decision, FeedState, Ingest, IngestPolicy, StoredHead};
 use herald::core::merkle::Frontier;
-use herald::core::replication::{Received, Session};
+use herald::core::replication::{Connection, Received, frames};
 use herald::core::verify::{Check, DecodedEvent, Draft, Entropy, FeedVerifier, Sealer, leaf_of};
-use herald::core::wire::{FRAME_EVENTS_MAX, FeedPosition, PeerMessage};
+use herald::core::wire::{FeedPosition, PeerMessage};
 use herald::identity::{NodeIdentity, TrustAnchor};
 
 /// Nodes in the simulated cluster, linked in a ring so most pairs need a relay.
@@ -118,8 +121,8 @@ struct SimNode {
     up: bool,
     sealer: Sealer,
     feeds: BTreeMap<String, StoredFeed>,
-    /// Sessions by peer, with the connection epoch they belong to.
-    sessions: BTreeMap<String, (u64, Session)>,
+    /// Connections by peer, with the connection epoch they belong to.
+    sessions: BTreeMap<String, (u64, Connection)>,
 }
 
 impl SimNode {
@@ -130,10 +133,9 @@ impl SimNode {
             .collect()
     }
 
-    fn positions(&self, feeds: Option<&BTreeSet<String>>) -> Vec<FeedPosition> {
+    fn positions(&self) -> Vec<FeedPosition> {
         self.feeds
             .iter()
-            .filter(|(f, _)| feeds.is_none_or(|set| set.contains(*f)))
             .map(|(f, s)| FeedPosition {
                 feed: f.clone(),
                 seq: s.events.len() as u64 - 1,
@@ -295,9 +297,9 @@ impl Sim {
                 let epoch = *self.epochs.entry(l).or_insert(0);
                 for (x, y) in [(a, b), (b, a)] {
                     let peer = self.nodes[y].name.clone();
-                    let session = Session::new(&peer, self.now_us);
-                    self.nodes[x].sessions.insert(peer, (epoch, session));
-                    let hello = Session::hello(&self.nodes[x].name, &self.nodes[x].positions(None));
+                    let conn = Connection::new(&self.nodes[x].name, &peer, self.now_us);
+                    let hello = conn.hello(&self.nodes[x].positions());
+                    self.nodes[x].sessions.insert(peer, (epoch, conn));
                     self.send(x, y, hello);
                 }
             }
@@ -311,56 +313,57 @@ impl Sim {
             .expect("known node")
     }
 
-    /// Every session sends what its peer lacks, in frames.
+    /// Every connection sends what it asks for, as the node's outbound
+    /// half does: a retransmission when its timer ran out, the
+    /// acknowledgement it owes, then the events the peer lacks, framed.
     fn pump_sends(&mut self) {
         for x in 0..self.nodes.len() {
             if !self.nodes[x].up {
                 continue;
             }
             let heads = self.nodes[x].heads();
+            let positions = self.nodes[x].positions();
             let peers: Vec<String> = self.nodes[x].sessions.keys().cloned().collect();
             for peer in peers {
                 let y = self.index_of(&peer);
                 let now = self.now_us;
-                let session = &mut self.nodes[x].sessions.get_mut(&peer).expect("session").1;
-                if session.poll_timeout().is_some_and(|t| t <= now) {
-                    session.handle_timeout(now);
+                let conn = &mut self.nodes[x].sessions.get_mut(&peer).expect("session").1;
+                if conn.poll_timeout().is_some_and(|t| t <= now) {
+                    conn.handle_timeout(now);
                 }
-                let ranges = session.poll_send(&heads);
-                let mut frame = Vec::new();
+                let ack = conn.poll_ack(&positions);
+                let ranges = conn.poll_send(now, &heads);
+                if let Some(ack) = ack {
+                    self.send(x, y, ack);
+                }
                 for range in ranges {
-                    for seq in range.from..=range.to {
-                        let bytes = self.nodes[x].feeds[&range.feed].events[seq as usize]
-                            .1
-                            .clone();
-                        frame.push(serde_bytes::ByteBuf::from(bytes));
-                        if frame.len() == FRAME_EVENTS_MAX {
-                            self.send(
-                                x,
-                                y,
-                                PeerMessage::Events {
-                                    events: std::mem::take(&mut frame),
-                                    seals: Vec::new(),
-                                },
-                            );
-                        }
+                    let envelopes: Vec<Vec<u8>> = self.nodes[x].feeds[&range.feed].events
+                        [range.from as usize..=range.to as usize]
+                        .iter()
+                        .map(|(_, bytes)| bytes.clone())
+                        .collect();
+                    for events in frames(envelopes) {
+                        let seals = Vec::new();
+                        self.send(x, y, PeerMessage::Events { events, seals });
                     }
-                }
-                if !frame.is_empty() {
-                    self.send(
-                        x,
-                        y,
-                        PeerMessage::Events {
-                            events: frame,
-                            seals: Vec::new(),
-                        },
-                    );
                 }
             }
         }
     }
 
-    /// A receiver verifies and stores (exactly once), then acknowledges.
+    /// When the next connection of a running node wants to be called back.
+    fn next_timer(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|n| n.up)
+            .flat_map(|n| n.sessions.values())
+            .filter_map(|(_, conn)| conn.poll_timeout())
+            .min()
+    }
+
+    /// A receiver's connection checks the frame; events are verified and
+    /// stored (exactly once), and the connection then owes an
+    /// acknowledgement, sent by the next pump.
     fn deliver(&mut self, message: InFlight) {
         let InFlight {
             from,
@@ -374,17 +377,24 @@ impl Sim {
         }
         let from_name = self.nodes[from].name.clone();
         let now = self.now_us;
-        let Some((_, session)) = self.nodes[to].sessions.get_mut(&from_name) else {
+        let node = &mut self.nodes[to];
+        let feeds = &node.feeds;
+        let Some((_, conn)) = node.sessions.get_mut(&from_name) else {
             return;
         };
-        let received = match session.on_message(now, message) {
+        let received = match conn.handle_message(now, message, |f| feeds.contains_key(f)) {
             Ok(r) => r,
             Err(e) => panic!("honest peers never break the protocol: {e}"),
         };
-        if let Received::Events(envelopes, _) = received {
-            let touched = self.ingest(to, envelopes);
-            let ack = Session::ack(self.nodes[to].positions(Some(&touched)));
-            self.send(to, from, ack);
+        match received {
+            Received::Events(envelopes, _) => {
+                self.ingest(to, envelopes);
+                if let Some((_, conn)) = self.nodes[to].sessions.get_mut(&from_name) {
+                    conn.handle_ingested(&[]);
+                }
+            }
+            Received::Nothing | Received::Established { .. } => {}
+            other => panic!("honest peers of format 1 send no {other:?}"),
         }
     }
 
@@ -503,13 +513,21 @@ impl Sim {
         }
     }
 
-    /// Delivers the next message, or lets time pass to the next timer.
+    /// Delivers the next message, or lets time pass to the next timer a
+    /// connection asked for (the next pump handles it), or a little.
     fn advance(&mut self) {
-        if let Some(Reverse((at, id))) = self.queue.pop() {
-            self.now_us = self.now_us.max(at);
-            if let Some(message) = self.messages.remove(&id) {
-                self.deliver(message);
+        let next_message = self.queue.peek().map(|Reverse((at, _))| *at);
+        let timer = self.next_timer();
+        if next_message.is_some_and(|at| timer.is_none_or(|t| at <= t)) {
+            if let Some(Reverse((at, id))) = self.queue.pop() {
+                self.now_us = self.now_us.max(at);
+                if let Some(message) = self.messages.remove(&id) {
+                    self.deliver(message);
+                }
             }
+        } else if let Some(timer) = timer {
+            // At least a microsecond, so a timer never stalls virtual time.
+            self.now_us = timer.max(self.now_us + 1);
         } else {
             self.now_us += 100_000;
         }

@@ -16,8 +16,17 @@
 //! acknowledgement arrives for [`RETRANSMIT_AFTER_US`] (over QUIC,
 //! [`RETRANSMIT_AFTER_ON_RELIABLE_US`]) the sender rewinds to
 //! what was acknowledged and sends again (receivers apply each event once).
+//!
+//! A [`Connection`] wraps the session with the rest of one connection's
+//! state; drivers use one per connection.
 
 use std::collections::BTreeMap;
+
+mod connection;
+
+pub use connection::{
+    CHECKPOINT_SEND_INTERVAL_US, CheckpointOffer, Connection, PEER_FRAMES_PER_SECOND_MAX, frames,
+};
 
 use super::checkpoint::Equivocation;
 use super::codec::check_service_name;
@@ -82,6 +91,8 @@ pub enum ProtocolError {
         "peer sent a seal whose note is {found} bytes, over the limit of {SEAL_NOTE_BYTES_MAX}"
     )]
     SealTooLarge { found: usize },
+    #[error("more than {PEER_FRAMES_PER_SECOND_MAX} frames in one second")]
+    Flood,
 }
 
 /// An `Events` frame carries at most [`FRAME_SEALS_MAX`] seals, each with a
@@ -129,6 +140,9 @@ pub fn check_positions(heads: &[FeedPosition]) -> Result<(), ProtocolError> {
 pub enum Received {
     /// Nothing to do beyond polling for sends.
     Nothing,
+    /// The peer's `Hello` arrived ([`Connection`] only): it holds this
+    /// node's own feed up to `own_head` (`None`: none of it).
+    Established { own_head: Option<u64> },
     /// Verify and commit these envelopes, authenticating format-2 runs with
     /// the seals, then send [`Session::ack`].
     Events(Vec<Vec<u8>>, Vec<Seal>),

@@ -1,8 +1,9 @@
-//! The shell around the replication session: one task per peer connection
-//! pumps frames between QUIC and [`Session`], commits what arrives through
-//! the log's verifying ingest, and sends what the peer lacks.
+//! The shell around the replication connection: per peer connection, two
+//! tasks pump frames between QUIC and one sans-IO [`Connection`] (which owns
+//! the protocol state), commit what arrives through the log's verifying
+//! ingest, and read and send what the connection asks for.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,26 +14,18 @@ use crate::clock;
 use crate::core::checkpoint::Equivocation;
 use crate::core::crypto::Hash;
 use crate::core::query::QueryRequest;
-use crate::core::replication::{Received, Session, check_positions};
-use crate::core::verify::{Check, Rejection};
-use crate::core::wire::{
-    FRAME_EVENTS_MAX, FRAME_FEEDS_MAX, FRAME_TARGET_BYTES, FeedPosition, PeerMessage, Seal, close,
+pub use crate::core::replication::PEER_FRAMES_PER_SECOND_MAX;
+use crate::core::replication::{
+    CheckpointOffer, Connection, ProtocolError, Received, SendRange, frames,
 };
+use crate::core::verify::{Check, Rejection};
+use crate::core::wire::{FeedPosition, PeerMessage, Seal, close};
 use crate::net::{self, NetError};
 use crate::store::{CheckpointOutcome, EvidenceOutcome, FeedHead, IngestPolicy};
 
 /// How often acknowledged cursors are persisted for `herald status` (the
 /// protocol itself needs no persisted cursor: `Hello` re-establishes it).
 pub const ACK_PERSIST_INTERVAL_MS: u64 = 500;
-/// Most replication frames a peer may send per second. An honest peer sends
-/// up to 512 events per frame, so this allows millions of events a second;
-/// more frames than that is a flood and the peer is disconnected.
-pub const PEER_FRAMES_PER_SECOND_MAX: u32 = 5_000;
-/// Least time between two checkpoints of one feed sent to one peer: bounds
-/// the signature checks and cosignatures checkpoints cost under load to a
-/// few per second per feed, and delays a witness's cosignature by at most
-/// this.
-pub const CHECKPOINT_SEND_INTERVAL_MS: u64 = 200;
 /// How long the accepting side waits for the dialer's replication stream.
 pub const REPLICATION_STREAM_WAIT_MS: u64 = 10_000;
 
@@ -133,28 +126,21 @@ pub(crate) async fn run_connection(
     error
 }
 
-/// What the inbound half hands to the outbound half. Acknowledgements are
-/// cumulative, so they merge (highest head per feed wins) instead of queueing:
-/// the inbound half never waits for the outbound half, and neither side can
-/// deadlock the other through full flow-control windows.
-#[derive(Default)]
-struct Handoff {
-    /// The peer's `Hello` heads, once.
-    hello: Option<Vec<FeedPosition>>,
-    /// Merged `Ack` heads not yet applied to the session.
-    acks: BTreeMap<String, FeedPosition>,
-    /// We committed received events: send our heads.
-    ack_due: bool,
-}
-
+/// The connection's replication state, shared by its two halves. The
+/// [`Connection`] is the single owner of protocol state; each half locks it
+/// only for calls into the machine, never across IO, so the inbound half
+/// never waits for the outbound half's writes and two nodes sending to each
+/// other cannot deadlock on full flow-control windows.
 struct Shared {
-    handoff: std::sync::Mutex<Handoff>,
+    conn: std::sync::Mutex<Connection>,
+    /// Tells the outbound half the machine has something new to send.
     wake: tokio::sync::Notify,
 }
 
 /// Replication on one connection: an inbound half that reads, verifies and
 /// commits, and an outbound half that sends what the peer lacks and our
-/// acknowledgements. Returns when either half ends.
+/// acknowledgements, both driving one [`Connection`]. Returns when either
+/// half ends.
 async fn replicate(
     inner: &Arc<Inner>,
     peer: &str,
@@ -162,7 +148,11 @@ async fn replicate(
     recv: quinn::RecvStream,
 ) -> Result<(), PeerError> {
     let shared = Arc::new(Shared {
-        handoff: std::sync::Mutex::new(Handoff::default()),
+        conn: std::sync::Mutex::new(Connection::over_reliable_transport(
+            &inner.service,
+            peer,
+            clock::now_us(),
+        )),
         wake: tokio::sync::Notify::new(),
     });
     let mut inbound = tokio::spawn(inbound(
@@ -219,8 +209,9 @@ async fn read_frames(
     }
 }
 
-/// Reads frames, checks the protocol, verifies and commits events. Events
-/// of frames that queued up while an ingest ran are applied together.
+/// Reads frames, checks them through the connection, verifies and commits
+/// events. Events of frames that queued up while an ingest ran are applied
+/// together.
 async fn inbound(
     inner: Arc<Inner>,
     peer: String,
@@ -230,13 +221,8 @@ async fn inbound(
     let peer = peer.as_str();
     let (queue, mut frames) = tokio::sync::mpsc::channel(INBOUND_FRAMES_QUEUED_MAX);
     let _reader = AbortOnDrop(tokio::spawn(read_frames(recv, queue)));
-    // A session of its own, used only to check what arrives is in order.
-    let mut checker = Session::new(peer, clock::now_us());
     let mut shutdown = inner.shutdown.clone();
-    let mut flood = FloodGuard::default();
     let mut pending = Gathered::default();
-    // Feeds this peer holds another branch of, skipped from where they part.
-    let mut policy = IngestPolicy::from_peer(peer, Default::default());
     loop {
         let next = if pending.envelopes.is_empty() {
             tokio::select! {
@@ -248,106 +234,65 @@ async fn inbound(
                 Ok(frame) => Some(frame),
                 // Nothing more queued: apply what was gathered.
                 Err(_) => {
-                    apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                    apply_pending(&inner, peer, &mut pending, &shared).await?;
                     continue;
                 }
             }
         } else {
-            apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+            apply_pending(&inner, peer, &mut pending, &shared).await?;
             continue;
         };
         let message = match next {
             Some(Ok(Some(m))) => m,
             Some(Ok(None)) | None => {
-                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                apply_pending(&inner, peer, &mut pending, &shared).await?;
                 return Err(PeerError::Protocol("replication stream ended".into()));
             }
             Some(Err(e)) => {
-                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                apply_pending(&inner, peer, &mut pending, &shared).await?;
                 return Err(PeerError::Net(e));
             }
         };
-        flood.count(peer)?;
-        let message = match message {
-            // Acknowledgements matter only for feeds this node holds; the
-            // rest would only grow per-session state (and persisted
-            // cursors) at the peer's whim.
-            PeerMessage::Ack { heads } => {
-                if let Err(e) = check_positions(&heads) {
-                    return Err(PeerError::Protocol(e.to_string()));
+        // Acknowledgements matter only for feeds this node holds.
+        let held = match &message {
+            PeerMessage::Ack { .. } => Some(held_feeds(&inner)?),
+            _ => None,
+        };
+        let received = lock(&shared).handle_message(clock::now_us(), message, |feed| {
+            held.as_ref().is_none_or(|held| held.contains(feed))
+        });
+        match received {
+            Ok(Received::Nothing) => shared.wake.notify_one(),
+            Ok(Received::Established { own_head }) => {
+                if let Ok(mut reported) = inner.own_feed_reported.lock() {
+                    reported.insert(peer.to_string(), own_head);
                 }
-                PeerMessage::Ack {
-                    heads: held_feeds_only(&inner, heads)?,
-                }
+                shared.wake.notify_one();
             }
-            other => other,
-        };
-        let forwarded = match &message {
-            PeerMessage::Hello { heads, .. } => Some((true, heads.clone())),
-            PeerMessage::Ack { heads } => Some((false, heads.clone())),
-            PeerMessage::Events { .. }
-            | PeerMessage::Fork { .. }
-            | PeerMessage::Checkpoint { .. }
-            | PeerMessage::Equivocation { .. } => None,
-        };
-        match checker.on_message(clock::now_us(), message) {
-            Ok(Received::Nothing) => {}
             Ok(Received::Events(envelopes, seals)) => pending.add(envelopes, seals),
             Ok(Received::Fork(first, second)) => {
                 // Keep the stream's order: what came before is applied first.
-                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                apply_pending(&inner, peer, &mut pending, &shared).await?;
                 check_evidence(&inner, peer, first, second).await?;
             }
             Ok(Received::Checkpoint(note)) => {
                 // Checked against the tree the events before it built.
-                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                apply_pending(&inner, peer, &mut pending, &shared).await?;
                 check_checkpoint(&inner, peer, note).await?;
             }
             Ok(Received::Equivocation(evidence)) => {
-                apply_pending(&inner, peer, &mut pending, &mut policy, &shared).await?;
+                apply_pending(&inner, peer, &mut pending, &shared).await?;
                 check_equivocation(&inner, peer, *evidence).await?;
             }
-            Err(e @ crate::core::replication::ProtocolError::Version { .. }) => {
+            Err(e @ ProtocolError::Version { .. }) => {
                 return Err(PeerError::Version(e.to_string()));
+            }
+            Err(e @ ProtocolError::Flood) => {
+                tracing::warn!(peer, "peer flooded the replication stream; disconnecting");
+                return Err(PeerError::Protocol(e.to_string()));
             }
             Err(e) => return Err(PeerError::Protocol(e.to_string())),
         }
-        if let Some((hello, heads)) = forwarded {
-            forward_heads(&shared, hello, heads);
-        }
-    }
-}
-
-/// Counts frames per second; more than [`PEER_FRAMES_PER_SECOND_MAX`] is a
-/// flood.
-struct FloodGuard {
-    window_start: tokio::time::Instant,
-    frames_in_window: u32,
-}
-
-impl Default for FloodGuard {
-    fn default() -> Self {
-        FloodGuard {
-            window_start: tokio::time::Instant::now(),
-            frames_in_window: 0,
-        }
-    }
-}
-
-impl FloodGuard {
-    fn count(&mut self, peer: &str) -> Result<(), PeerError> {
-        if self.window_start.elapsed() >= Duration::from_secs(1) {
-            self.window_start = tokio::time::Instant::now();
-            self.frames_in_window = 0;
-        }
-        self.frames_in_window += 1;
-        if self.frames_in_window > PEER_FRAMES_PER_SECOND_MAX {
-            tracing::warn!(peer, "peer flooded the replication stream; disconnecting");
-            return Err(PeerError::Protocol(format!(
-                "more than {PEER_FRAMES_PER_SECOND_MAX} frames in one second"
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -380,52 +325,39 @@ impl Gathered {
     }
 }
 
-/// Applies the gathered events (if any) and asks the outbound half to
-/// acknowledge them.
+/// Applies the gathered events (if any) and tells the connection, which
+/// then owes the peer an acknowledgement.
 async fn apply_pending(
     inner: &Arc<Inner>,
     peer: &str,
     pending: &mut Gathered,
-    policy: &mut IngestPolicy,
     shared: &Shared,
 ) -> Result<(), PeerError> {
     if pending.envelopes.is_empty() {
         return Ok(());
     }
     let (envelopes, seals) = pending.take();
-    apply(inner, peer, envelopes, seals, policy).await?;
-    lock(shared).ack_due = true;
+    // Feeds this peer holds another branch of, skipped from where they part.
+    let skipped = lock(shared)
+        .skipped_feeds()
+        .iter()
+        .map(|(feed, seq)| (feed.clone(), *seq))
+        .collect();
+    let policy = IngestPolicy::from_peer(peer, skipped);
+    let skip_from = apply(inner, peer, envelopes, seals, policy).await?;
+    lock(shared).handle_ingested(&skip_from);
     shared.wake.notify_one();
     Ok(())
 }
 
-/// Hands a peer's `Hello` or newer acknowledged heads to the outbound half.
-fn forward_heads(shared: &Shared, hello: bool, heads: Vec<FeedPosition>) {
-    let mut handoff = lock(shared);
-    if hello {
-        handoff.hello = Some(heads);
-    } else {
-        for head in heads {
-            let newer = handoff
-                .acks
-                .get(&head.feed)
-                .is_none_or(|h| h.seq < head.seq);
-            if newer {
-                handoff.acks.insert(head.feed.clone(), head);
-            }
-        }
-    }
-    drop(handoff);
-    shared.wake.notify_one();
-}
-
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Handoff> {
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Connection> {
     // A poisoned lock only means another task panicked mid-update of plain
     // data; the data is still usable.
-    shared.handoff.lock().unwrap_or_else(|p| p.into_inner())
+    shared.conn.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Sends `Hello`, then whatever the peer lacks and our acknowledgements.
+/// Sends `Hello`, then whatever the connection asks: acknowledgements,
+/// events the peer lacks, evidence and checkpoints.
 async fn outbound(
     inner: Arc<Inner>,
     peer: String,
@@ -436,111 +368,61 @@ async fn outbound(
     let peer = peer.as_str();
     let mut changes = inner.log.changes();
     let mut shutdown = inner.shutdown.clone();
-    let mut session = Session::over_reliable_transport(peer, clock::now_us());
-    let mut histories = Histories::default();
-    net::write_frame(
-        &mut send,
-        &Session::hello(&inner.service, &positions(&local_heads(inner)?)),
-    )
-    .await?;
+    let hello = lock(&shared).hello(&positions(&local_heads(inner)?));
+    net::write_frame(&mut send, &hello).await?;
     let mut last_persist = tokio::time::Instant::now();
     let result = loop {
-        let (hello, acks, ack_due) = {
-            let mut handoff = lock(&shared);
-            let acks: Vec<FeedPosition> = std::mem::take(&mut handoff.acks).into_values().collect();
-            (
-                handoff.hello.take(),
-                acks,
-                std::mem::take(&mut handoff.ack_due),
-            )
-        };
-        let acked_before = session.acknowledged().clone();
-        // The peer's positions, to compare with our history (hashes).
-        let mut reported: Vec<FeedPosition> = Vec::new();
-        if let Some(heads) = hello {
-            let ours = heads
-                .iter()
-                .find(|h| h.feed == inner.service)
-                .map(|h| h.seq);
-            if let Ok(mut reported) = inner.own_feed_reported.lock() {
-                reported.insert(peer.to_string(), ours);
-            }
-            reported.extend(heads.iter().cloned());
-            let hello = Session::hello(peer, &heads);
-            if let Err(e) = session.on_message(clock::now_us(), hello) {
-                break Err(PeerError::Protocol(e.to_string()));
-            }
-        }
-        if !acks.is_empty() && session.established() {
-            reported.extend(acks.iter().cloned());
-            // Merged from several messages (each checked on arrival), so
-            // possibly more positions than one message may carry.
-            let applied = acks.chunks(FRAME_FEEDS_MAX).try_for_each(|chunk| {
-                session
-                    .on_message(clock::now_us(), Session::ack(chunk.to_vec()))
-                    .map(drop)
-            });
-            if let Err(e) = applied {
-                break Err(PeerError::Protocol(e.to_string()));
-            }
-        }
-        if session.acknowledged() != &acked_before {
-            update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
-            if last_persist.elapsed() >= Duration::from_millis(ACK_PERSIST_INTERVAL_MS) {
-                last_persist = tokio::time::Instant::now();
-                persist_acks(inner, peer, session.acknowledged());
-            }
-        }
         // One read of the heads serves the acknowledgement, the sends and
         // the comparison.
         let local = local_heads(inner)?;
         let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
-        if ack_due
-            && let Err(e) = net::write_frame(&mut send, &Session::ack(positions(&local))).await
+        let (ack, acked, backlog, ranges) = {
+            let mut conn = lock(&shared);
+            let ack = if conn.ack_due() {
+                conn.poll_ack(&positions(&local))
+            } else {
+                None
+            };
+            let acked = conn
+                .take_ack_progress()
+                .then(|| conn.acknowledged().clone());
+            let backlog = conn.backlog(&heads);
+            let ranges = conn.poll_send(clock::now_us(), &heads);
+            (ack, acked, backlog, ranges)
+        };
+        if let Some(acked) = acked {
+            update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
+            if last_persist.elapsed() >= Duration::from_millis(ACK_PERSIST_INTERVAL_MS) {
+                last_persist = tokio::time::Instant::now();
+                persist_acks(inner, peer, &acked);
+            }
+        }
+        if let Some(ack) = ack
+            && let Err(e) = net::write_frame(&mut send, &ack).await
         {
             break Err(e.into());
         }
-        update_status(inner, peer, |s| s.backlog = session.backlog(&heads));
-        let (offer, relay_due) = session.relay_heads(&heads, &inner.service, clock::now_us());
-        if let Err(e) = send_missing(inner, &mut session, &offer, &mut send).await {
+        update_status(inner, peer, |s| s.backlog = backlog);
+        if let Err(e) = send_missing(inner, &shared, ranges, &mut send).await {
             break Err(e);
         }
         // After the sends, so comparing histories (which may read the
         // store) never delays delivery. A feed found to diverge is held
         // back from the next send on; what went out before is skipped by
         // the peer, which tolerates another branch from a relay.
-        if let Err(e) = compare_histories(
-            inner,
-            peer,
-            &mut session,
-            &mut histories,
-            &reported,
-            &local,
-            &mut send,
-        )
-        .await
-        {
+        if let Err(e) = compare_histories(inner, peer, &shared, &local, &mut send).await {
             break Err(e);
         }
-        if let Err(e) =
-            share_fork_evidence(inner, &mut session, &mut histories, &local, &mut send).await
-        {
+        if let Err(e) = share_fork_evidence(inner, &shared, &local, &mut send).await {
             break Err(e);
         }
-        let checkpoint_due =
-            match send_checkpoints(inner, &session, &mut histories, &mut send).await {
-                Ok(due) => due,
-                Err(e) => break Err(e),
-            };
-        if let Err(e) =
-            share_equivocations(inner, &session, &mut histories, &local, &mut send).await
-        {
+        if let Err(e) = send_checkpoints(inner, &shared, &mut send).await {
             break Err(e);
         }
-        let wake_at = [session.poll_timeout(), relay_due, checkpoint_due]
-            .into_iter()
-            .flatten()
-            .min();
+        if let Err(e) = share_equivocations(inner, &shared, &local, &mut send).await {
+            break Err(e);
+        }
+        let wake_at = lock(&shared).poll_timeout();
         let timer = wake_at
             .map(|at| Duration::from_micros(at.saturating_sub(clock::now_us())))
             .unwrap_or(Duration::from_secs(3600));
@@ -548,36 +430,18 @@ async fn outbound(
             _ = shared.wake.notified() => {}
             _ = changes.changed() => {}
             _ = tokio::time::sleep(timer) => {
-                let before = session.retransmits();
-                // Also wakes for relays coming due; handle_timeout only acts
-                // when acknowledgements really stalled.
-                session.handle_timeout(clock::now_us());
-                if session.retransmits() > before {
+                // Also wakes for relays and checkpoints coming due; the
+                // connection rewinds only when acknowledgements really stalled.
+                if lock(&shared).handle_timeout(clock::now_us()) {
                     update_status(inner, peer, |s| s.retries += 1);
                 }
             }
             _ = shutdown.changed() => break Err(PeerError::Shutdown),
         }
     };
-    persist_acks(inner, peer, session.acknowledged());
+    let acked = lock(&shared).acknowledged().clone();
+    persist_acks(inner, peer, &acked);
     result
-}
-
-/// What one session knows about how the peer's history compares with ours.
-#[derive(Default)]
-struct Histories {
-    /// Per feed, the last position of the peer's already compared (so a
-    /// repeated acknowledgement costs no store read).
-    compared: HashMap<String, (u64, Hash)>,
-    /// Feeds the peer holds another branch of: our side was sent to it.
-    diverged: HashSet<String>,
-    /// Forked feeds whose evidence this session sent.
-    evidence_sent: HashSet<String>,
-    /// Per feed, the checkpoint (size, signature lines) last sent, and
-    /// when (microseconds since the Unix epoch).
-    checkpoints_sent: HashMap<String, ((u64, usize), u64)>,
-    /// Feeds whose equivocation evidence this session sent.
-    equivocations_sent: HashSet<String>,
 }
 
 /// Compares the peer's reported positions with our history. Where the
@@ -591,36 +455,24 @@ struct Histories {
 async fn compare_histories(
     inner: &Arc<Inner>,
     peer: &str,
-    session: &mut Session,
-    histories: &mut Histories,
-    reported: &[FeedPosition],
+    shared: &Shared,
     local: &[FeedHead],
     send: &mut quinn::SendStream,
 ) -> Result<(), PeerError> {
-    let ours: HashMap<&str, (u64, Hash)> = local
+    let ours: BTreeMap<String, (u64, Hash)> = local
         .iter()
-        .map(|h| (h.feed.as_str(), (h.seq, h.hash)))
+        .map(|h| (h.feed.clone(), (h.seq, h.hash)))
         .collect();
+    let candidates = lock(shared).poll_compare(&ours);
     let mut to_read = Vec::new();
     let mut to_compare = Vec::new();
-    for position in reported {
-        let Some(&(head, head_hash)) = ours.get(position.feed.as_str()) else {
-            continue;
-        };
-        let already =
-            histories.compared.get(&position.feed) == Some(&(position.seq, position.hash));
-        if already || position.seq > head || histories.diverged.contains(&position.feed) {
-            continue;
-        }
-        histories
-            .compared
-            .insert(position.feed.clone(), (position.seq, position.hash));
-        if position.seq == head {
-            to_compare.push((position.clone(), Some(head_hash)));
+    for (position, head_hash) in candidates {
+        if head_hash.is_some() {
+            to_compare.push((position, head_hash));
         } else if let Some(hash) = recent_own_hash(inner, &position.feed, position.seq) {
-            to_compare.push((position.clone(), Some(hash)));
+            to_compare.push((position, Some(hash)));
         } else {
-            to_read.push(position.clone());
+            to_read.push(position);
         }
     }
     if !to_read.is_empty() {
@@ -633,7 +485,7 @@ async fn compare_histories(
     }
     for (position, held) in to_compare {
         let Some(held) = held else { continue };
-        if held == position.hash || !histories.diverged.insert(position.feed.clone()) {
+        if !lock(shared).diverges(&position, &held) {
             continue;
         }
         tracing::warn!(
@@ -644,7 +496,6 @@ async fn compare_histories(
             ours = %hex::encode(&held[..8]),
             "split view: the peer holds another event of this feed at a position this node holds; sending ours as fork evidence"
         );
-        session.hold_back(&position.feed, position.seq);
         let log = inner.log.clone();
         let (feed, seq) = (position.feed.clone(), position.seq);
         let event = tokio::task::spawn_blocking(move || log.pruned_event_at(&feed, seq))
@@ -690,24 +541,16 @@ fn recent_own_hash(inner: &Arc<Inner>, feed: &str, seq: u64) -> Option<Hash> {
 /// forked feed from its fork on.
 async fn share_fork_evidence(
     inner: &Arc<Inner>,
-    session: &mut Session,
-    histories: &mut Histories,
+    shared: &Shared,
     local: &[FeedHead],
     send: &mut quinn::SendStream,
 ) -> Result<(), PeerError> {
-    // Only to a peer that holds the feed: one that does not could not check
-    // the author's signatures yet. It receives the feed up to the fork and
-    // acknowledges it, and the evidence follows.
-    fn due(session: &Session, histories: &Histories, feed: &str) -> bool {
-        !histories.evidence_sent.contains(feed)
-            && session
-                .acknowledged()
-                .get(feed)
-                .is_some_and(|&next| next > 0)
-    }
-    let news = local
-        .iter()
-        .any(|h| h.status == FEED_FORKED && due(session, histories, &h.feed));
+    let news = {
+        let conn = lock(shared);
+        local
+            .iter()
+            .any(|h| h.status == FEED_FORKED && conn.evidence_due(&h.feed))
+    };
     if !news {
         return Ok(());
     }
@@ -716,11 +559,14 @@ async fn share_fork_evidence(
         .await
         .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
     for fork in evidence {
-        session.hold_back(&fork.feed, fork.seq);
-        if !due(session, histories, &fork.feed) {
-            continue;
+        {
+            let mut conn = lock(shared);
+            conn.hold_back(&fork.feed, fork.seq);
+            if !conn.evidence_due(&fork.feed) {
+                continue;
+            }
+            conn.evidence_sent(&fork.feed);
         }
-        histories.evidence_sent.insert(fork.feed.clone());
         let message = PeerMessage::Fork {
             first: serde_bytes::ByteBuf::from(fork.stored_envelope),
             second: serde_bytes::ByteBuf::from(fork.conflicting_envelope),
@@ -738,20 +584,20 @@ const FEED_FORKED: &str = "forked";
 /// A relay that forwards another branch of a feed (its author signed two
 /// histories) is not at fault: that feed is no longer taken from it, the
 /// rest is, and the histories are compared through `Ack` to obtain fork
-/// evidence.
+/// evidence. Returns the feeds not to take from this peer any more, each
+/// from a sequence number.
 async fn apply(
     inner: &Arc<Inner>,
     peer: &str,
     envelopes: Vec<Vec<u8>>,
     seals: Vec<Seal>,
-    policy: &mut IngestPolicy,
-) -> Result<(), PeerError> {
+    policy: IngestPolicy,
+) -> Result<Vec<(String, u64)>, PeerError> {
     let log = inner.log.clone();
-    let this_batch = policy.clone();
-    let report =
-        tokio::task::spawn_blocking(move || log.ingest_sealed(envelopes, seals, this_batch))
-            .await
-            .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
+    let report = tokio::task::spawn_blocking(move || log.ingest_sealed(envelopes, seals, policy))
+        .await
+        .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
+    let mut skip_from = Vec::new();
     for (feed, rejection) in &report.conflicts {
         tracing::warn!(
             peer,
@@ -759,11 +605,9 @@ async fn apply(
             %rejection,
             "peer relays another branch of this feed (its author signed two histories); not taking it from this peer"
         );
-        policy.skip_from(feed, rejection.seq.unwrap_or(0));
+        skip_from.push((feed.clone(), rejection.seq.unwrap_or(0)));
     }
-    for (feed, seq) in &report.new_forks {
-        policy.skip_from(feed, *seq);
-    }
+    skip_from.extend(report.new_forks.iter().cloned());
     if let Some(rejection) = report.rejected {
         if is_misbehaviour(&rejection) {
             tracing::warn!(peer, %rejection, "peer sent an event that failed verification; disconnecting");
@@ -771,7 +615,7 @@ async fn apply(
         }
         tracing::debug!(peer, %rejection, "skipped an event this node already holds");
     }
-    Ok(())
+    Ok(skip_from)
 }
 
 /// Checks fork evidence from `peer` and records it; the writer then wakes
@@ -848,73 +692,47 @@ async fn check_equivocation(
     Ok(())
 }
 
-/// Sends the peer every feed's latest checkpoint that is new to it (a
-/// larger size, or more signatures than last sent), once it acknowledged
-/// holding the events the checkpoint covers.
+/// Sends the peer every feed's latest checkpoint the connection says is due
+/// (new to the peer, its events acknowledged, the send interval passed).
 async fn send_checkpoints(
     inner: &Arc<Inner>,
-    session: &Session,
-    histories: &mut Histories,
+    shared: &Shared,
     send: &mut quinn::SendStream,
-) -> Result<Option<u64>, PeerError> {
-    let now_us = clock::now_us();
-    let mut next_due_us: Option<u64> = None;
-    for checkpoint in inner.log.latest_checkpoints() {
-        let signatures = checkpoint.note.matches("\n\u{2014} ").count();
-        let version = (checkpoint.size, signatures);
-        let last = histories.checkpoints_sent.get(&checkpoint.feed).copied();
-        if last.is_some_and(|(sent, _)| sent == version) {
-            continue;
-        }
-        let held = session
-            .acknowledged()
-            .get(&checkpoint.feed)
-            .copied()
-            .unwrap_or(0);
-        if held < checkpoint.size || session.held_back(&checkpoint.feed).is_some() {
-            continue;
-        }
-        // At most one checkpoint per feed per interval: under load every
-        // commit makes a new one, and each costs its receiver a signature
-        // check and a cosignature. The latest goes out when the interval ends.
-        if let Some((_, sent_at_us)) = last {
-            let due_us = sent_at_us + CHECKPOINT_SEND_INTERVAL_MS * 1000;
-            if now_us < due_us {
-                next_due_us = Some(next_due_us.map_or(due_us, |d| d.min(due_us)));
-                continue;
-            }
-        }
-        histories
-            .checkpoints_sent
-            .insert(checkpoint.feed.clone(), (version, now_us));
+) -> Result<(), PeerError> {
+    let checkpoints = inner.log.latest_checkpoints();
+    let offers: Vec<CheckpointOffer> = checkpoints
+        .iter()
+        .map(|c| CheckpointOffer {
+            feed: c.feed.clone(),
+            size: c.size,
+            signatures: c.note.matches("\n\u{2014} ").count(),
+        })
+        .collect();
+    let due = lock(shared).poll_checkpoints(clock::now_us(), &offers);
+    for i in due {
         let message = PeerMessage::Checkpoint {
-            note: serde_bytes::ByteBuf::from(checkpoint.note.clone().into_bytes()),
+            note: serde_bytes::ByteBuf::from(checkpoints[i].note.clone().into_bytes()),
         };
         net::write_frame(send, &message).await?;
     }
-    Ok(next_due_us)
+    Ok(())
 }
 
 /// Sends equivocation evidence of every frozen feed the peer holds, once
 /// per connection.
 async fn share_equivocations(
     inner: &Arc<Inner>,
-    session: &Session,
-    histories: &mut Histories,
+    shared: &Shared,
     local: &[FeedHead],
     send: &mut quinn::SendStream,
 ) -> Result<(), PeerError> {
-    let due = |feed: &str, histories: &Histories| {
-        !histories.equivocations_sent.contains(feed)
-            && session
-                .acknowledged()
-                .get(feed)
-                .is_some_and(|&next| next > 0)
+    let news = {
+        let conn = lock(shared);
+        local
+            .iter()
+            .any(|h| h.status == FEED_FORKED && conn.equivocation_due(&h.feed))
     };
-    if !local
-        .iter()
-        .any(|h| h.status == FEED_FORKED && due(&h.feed, histories))
-    {
+    if !news {
         return Ok(());
     }
     let log = inner.log.clone();
@@ -922,10 +740,13 @@ async fn share_equivocations(
         .await
         .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))??;
     for (feed, evidence) in evidence {
-        if !due(&feed, histories) {
-            continue;
+        {
+            let mut conn = lock(shared);
+            if !conn.equivocation_due(&feed) {
+                continue;
+            }
+            conn.equivocation_sent(&feed);
         }
-        histories.equivocations_sent.insert(feed);
         let message = PeerMessage::Equivocation {
             first: serde_bytes::ByteBuf::from(evidence.first),
             second: serde_bytes::ByteBuf::from(evidence.second),
@@ -937,29 +758,23 @@ async fn share_equivocations(
     Ok(())
 }
 
-/// `heads` without positions of feeds this node does not hold.
-fn held_feeds_only(
-    inner: &Arc<Inner>,
-    mut heads: Vec<FeedPosition>,
-) -> Result<Vec<FeedPosition>, PeerError> {
-    let held: std::collections::HashSet<String> =
-        inner.log.heads()?.into_iter().map(|h| h.feed).collect();
-    heads.retain(|h| held.contains(&h.feed));
-    Ok(heads)
+/// The feeds this node holds.
+fn held_feeds(inner: &Arc<Inner>) -> Result<HashSet<String>, PeerError> {
+    Ok(inner.log.heads()?.into_iter().map(|h| h.feed).collect())
 }
 
-/// Sends every event the peer lacks (within the session's window), framed,
+/// Sends the events of `ranges` (what the connection handed out), framed,
 /// each frame of format-2 events with the seal that authenticates it. Events
 /// no checkpoint held covers yet (a relay received them before their
-/// checkpoint) wait: the session is rewound to them and sends them once one
-/// arrives.
+/// checkpoint) wait: the connection is rewound to them and sends them once
+/// one arrives.
 async fn send_missing(
     inner: &Arc<Inner>,
-    session: &mut Session,
-    heads: &BTreeMap<String, u64>,
+    shared: &Shared,
+    ranges: Vec<SendRange>,
     send: &mut quinn::SendStream,
 ) -> Result<(), PeerError> {
-    for range in session.poll_send(heads) {
+    for range in ranges {
         let mut from = range.from;
         'range: while from <= range.to {
             let envelopes = match inner.log.recent_envelopes(&range.feed, from, range.to) {
@@ -999,7 +814,7 @@ async fn send_missing(
                         }
                     }
                     if (frame.len() as u64) < end - from {
-                        session.rewind_send(&range.feed, from + frame.len() as u64);
+                        lock(shared).rewind_send(&range.feed, from + frame.len() as u64);
                     }
                 }
                 if frame.is_empty() {
@@ -1037,38 +852,6 @@ async fn seal_for(inner: &Arc<Inner>, feed: &str, end: u64) -> Result<Option<Sea
         .await
         .map_err(|e| PeerError::Protocol(format!("read task failed: {e}")))?
         .map_err(PeerError::from)
-}
-
-/// Encoded bytes one envelope adds to an `Events` frame: its varint length
-/// prefix (at most 5 bytes for any length below 4 GiB) and the bytes.
-fn framed_len(envelope: &[u8]) -> usize {
-    envelope.len() + 5
-}
-
-/// Splits envelopes into frames of at most [`FRAME_EVENTS_MAX`] events and
-/// [`FRAME_TARGET_BYTES`] bytes of envelopes, or a single larger envelope.
-/// A frame is flushed *before* an envelope would carry it past the target,
-/// so no frame exceeds `FRAME_BYTES_MAX` whatever the mix of sizes: either
-/// it holds at most the target (plus framing) or exactly one event, which
-/// is at most `ENVELOPE_BYTES_MAX`.
-pub(crate) fn frames(envelopes: Vec<Vec<u8>>) -> Vec<Vec<serde_bytes::ByteBuf>> {
-    let mut out = Vec::new();
-    let mut frame: Vec<serde_bytes::ByteBuf> = Vec::new();
-    let mut bytes = 0;
-    for e in envelopes {
-        let cost = framed_len(&e);
-        let full = frame.len() >= FRAME_EVENTS_MAX || bytes + cost > FRAME_TARGET_BYTES;
-        if !frame.is_empty() && full {
-            out.push(std::mem::take(&mut frame));
-            bytes = 0;
-        }
-        bytes += cost;
-        frame.push(serde_bytes::ByteBuf::from(e));
-    }
-    if !frame.is_empty() {
-        out.push(frame);
-    }
-    out
 }
 
 fn local_heads(inner: &Arc<Inner>) -> Result<Vec<FeedHead>, PeerError> {
@@ -1123,60 +906,6 @@ pub(crate) fn update_status(inner: &Inner, peer: &str, f: impl FnOnce(&mut PeerS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::wire::SEAL_NOTE_BYTES_MAX;
-
-    /// The worst mixes of sizes: just under the target of small events,
-    /// then maximal ones, then small again. Every frame must encode within
-    /// `FRAME_BYTES_MAX` and the frames must carry every event in order.
-    #[test]
-    fn frames_never_exceed_the_frame_limit_whatever_the_mix_of_sizes() {
-        use crate::core::limits::ENVELOPE_BYTES_MAX;
-        use crate::core::wire::FRAME_BYTES_MAX;
-        let small = 1_000;
-        let mixes: Vec<Vec<usize>> = vec![
-            // ~255 KiB of small events, then one maximal event (the finding).
-            [vec![small; 255], vec![ENVELOPE_BYTES_MAX]].concat(),
-            [
-                vec![small; 261],
-                vec![ENVELOPE_BYTES_MAX; 2],
-                vec![small; 3],
-            ]
-            .concat(),
-            vec![ENVELOPE_BYTES_MAX; 3],
-            [vec![FRAME_TARGET_BYTES - 10], vec![ENVELOPE_BYTES_MAX]].concat(),
-            vec![10; 3 * FRAME_EVENTS_MAX + 1],
-        ];
-        for sizes in mixes {
-            let envelopes: Vec<Vec<u8>> = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| vec![i as u8; n])
-                .collect();
-            let framed = frames(envelopes.clone());
-            for frame in &framed {
-                assert!(frame.len() <= FRAME_EVENTS_MAX);
-                // With the largest seal a frame may carry.
-                let seal = Seal {
-                    end: u64::MAX,
-                    note: serde_bytes::ByteBuf::from(vec![b'x'; SEAL_NOTE_BYTES_MAX]),
-                    proof: vec![[0xff; 32]; crate::core::wire::PROOF_HASHES_MAX],
-                };
-                let body = postcard::to_allocvec(&PeerMessage::Events {
-                    events: frame.clone(),
-                    seals: vec![seal],
-                })
-                .unwrap();
-                assert!(
-                    body.len() <= FRAME_BYTES_MAX,
-                    "a frame of {} events encodes to {} bytes, over {FRAME_BYTES_MAX}",
-                    frame.len(),
-                    body.len()
-                );
-            }
-            let back: Vec<Vec<u8>> = framed.into_iter().flatten().map(|b| b.into_vec()).collect();
-            assert_eq!(back, envelopes, "every event, once, in order");
-        }
-    }
 
     #[test]
     fn queued_frames_are_gathered_within_the_event_and_byte_limits() {
