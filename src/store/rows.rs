@@ -457,3 +457,143 @@ pub(crate) fn event_at(
     )?
     .pop())
 }
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::core::crypto::ChannelKey;
+    use crate::core::limits::FORMAT_VERSION_SIGNED;
+    use crate::core::verify::{Draft, Entropy, Sealer};
+    use crate::store::tree::FeedTree;
+
+    fn store() -> Connection {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::schema::migrate(&mut conn).unwrap();
+        conn
+    }
+
+    fn entropy(i: u8) -> Entropy {
+        let mut id = [i; 16];
+        id[6] = 0x70 | (id[6] & 0x0f);
+        id[8] = 0x80 | (id[8] & 0x3f);
+        Entropy { id, nonce: [i; 24] }
+    }
+
+    /// A feed of `format`: its genesis (plaintext), an encrypted event with
+    /// metadata and one without.
+    fn feed(format: u8) -> Vec<VerifiedEvent> {
+        let channel = ChannelKey::new("default", [9; 32]);
+        let (mut sealer, genesis) = Sealer::new_feed("a", SigningKey::from_bytes(&[3; 32]))
+            .with_format(format)
+            .start_feed(b"certificate", entropy(1).id, 1_000);
+        let drafts = vec![
+            (
+                Draft::new(
+                    "x.meta",
+                    3,
+                    vec![("correlation".into(), "c-1".into())],
+                    b"{}".to_vec(),
+                )
+                .unwrap(),
+                &channel,
+                entropy(2),
+            ),
+            (
+                Draft::new("x.plain", 1, vec![], vec![7; 300]).unwrap(),
+                &channel,
+                entropy(3),
+            ),
+        ];
+        let mut events = vec![genesis];
+        events.extend(sealer.seal_batch(drafts, 2_000));
+        events
+    }
+
+    /// Stores `events`, payloads pruned where `pruned` says, with their
+    /// hashes in the feed's tree.
+    fn store_feed(conn: &Connection, events: &[VerifiedEvent], pruned: &[bool]) {
+        let mut names = Names::default();
+        for (event, pruned) in events.iter().zip(pruned) {
+            let payload = if *pruned { None } else { event.payload() };
+            insert_row(
+                conn,
+                &mut names,
+                None,
+                event.header(),
+                event.signature_bytes(),
+                payload,
+            )
+            .unwrap();
+        }
+        FeedTree::default()
+            .append(conn, "a", events.iter().map(|e| *e.hash()))
+            .unwrap();
+    }
+
+    fn read_all(conn: &Connection) -> Vec<StoredEvent> {
+        query_events(conn, "ORDER BY e.arrival", []).unwrap()
+    }
+
+    #[test]
+    fn every_event_rebuilds_to_its_exact_envelope_in_both_formats() {
+        for format in [FORMAT_VERSION_SIGNED, FORMAT_VERSION_SEALED] {
+            let conn = store();
+            let events = feed(format);
+            store_feed(&conn, &events, &[false, false, false]);
+            let stored = read_all(&conn);
+            assert_eq!(stored.len(), 3);
+            for (stored, event) in stored.iter().zip(&events) {
+                assert_eq!(stored.envelope, event.bytes(), "format {format}");
+                assert_eq!(&stored.hash, event.hash());
+                assert_eq!(&stored.header, event.header());
+            }
+        }
+    }
+
+    #[test]
+    fn a_pruned_payload_keeps_its_digest_and_the_event_its_hash() {
+        let conn = store();
+        let events = feed(FORMAT_VERSION_SEALED);
+        store_feed(&conn, &events, &[false, true, false]);
+        let stored = read_all(&conn);
+        assert_eq!(&stored[1].hash, events[1].hash());
+        let pruned = crate::store::pruned_envelope(events[1].bytes()).unwrap();
+        assert_eq!(stored[1].envelope, pruned);
+        assert_eq!(stored[2].envelope, events[2].bytes(), "its successor too");
+    }
+
+    #[test]
+    fn a_damaged_row_or_tile_is_refused_naming_the_event_never_served() {
+        let conn = store();
+        let events = feed(FORMAT_VERSION_SEALED);
+        store_feed(&conn, &events, &[false, false, false]);
+        conn.execute(
+            "UPDATE event_rows SET timestamp_us = timestamp_us + 1 WHERE seq = 1",
+            [],
+        )
+        .unwrap();
+        let err = query_events(&conn, "ORDER BY e.arrival", [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stored event a/1"), "{err}");
+        assert!(err.contains("the feed's tree holds"), "{err}");
+        // The auditor's view: the row still rebuilds, to another hash.
+        let mut statement = conn.prepare(&select_events("WHERE e.seq = 1")).unwrap();
+        let row = statement.query_row([], event_row).unwrap();
+        let rebuilt = Rebuilder::new(&conn).rebuild(row).unwrap().unwrap();
+        assert_eq!(rebuilt.tree_hash.as_ref(), Some(events[1].hash()));
+        assert_ne!(&rebuilt.event.hash, events[1].hash());
+
+        // A nonce of the wrong length cannot describe an event at all.
+        let conn = store();
+        store_feed(&conn, &events, &[false, false, false]);
+        conn.execute("UPDATE event_rows SET nonce = X'00' WHERE seq = 2", [])
+            .unwrap();
+        let err = query_events(&conn, "ORDER BY e.arrival", [])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nonce is not 24 bytes"), "{err}");
+    }
+}
