@@ -65,21 +65,11 @@ impl Names {
     }
 
     fn feed(&mut self, tx: &Connection, name: &str) -> rusqlite::Result<i64> {
-        if let Some(id) = self.feeds.get(name) {
-            return Ok(*id);
-        }
-        let id = intern(tx, "feed_names", "name", name)?;
-        self.feeds.insert(name.to_string(), id);
-        Ok(id)
+        name_id(&mut self.feeds, tx, "feed_names", name)
     }
 
     fn event_type(&mut self, tx: &Connection, name: &str) -> rusqlite::Result<i64> {
-        if let Some(id) = self.types.get(name) {
-            return Ok(*id);
-        }
-        let id = intern(tx, "type_names", "name", name)?;
-        self.types.insert(name.to_string(), id);
-        Ok(id)
+        name_id(&mut self.types, tx, "type_names", name)
     }
 
     fn channel(&mut self, tx: &Connection, key_id: &ChannelKeyId) -> rusqlite::Result<i64> {
@@ -90,6 +80,21 @@ impl Names {
         self.channels.insert(*key_id, id);
         Ok(id)
     }
+}
+
+/// The id of `name` in the names table `table`, from `ids` when cached.
+fn name_id(
+    ids: &mut HashMap<String, i64>,
+    tx: &Connection,
+    table: &str,
+    name: &str,
+) -> rusqlite::Result<i64> {
+    if let Some(id) = ids.get(name) {
+        return Ok(*id);
+    }
+    let id = intern(tx, table, "name", name)?;
+    ids.insert(name.to_string(), id);
+    Ok(id)
 }
 
 /// The id of `value` in `table`, inserting it when new.
