@@ -31,7 +31,7 @@ use crate::store::{Log, LogOptions, Pending};
 /// Events per submitted batch in the proclaim benchmark.
 pub const BENCH_BATCH_EVENTS: usize = 256;
 /// Batches in flight in the proclaim benchmark.
-pub const BENCH_BATCHES_IN_FLIGHT: usize = 8;
+pub const BENCH_BATCHES_IN_FLIGHT: usize = 16;
 /// Signatures per ceiling measurement.
 pub const CEILING_SIGNATURES: usize = 40_000;
 
