@@ -26,7 +26,7 @@ impl FeedState for TxFeeds<'_, '_> {
     type Error = LogError;
 
     fn stored_hash(&mut self, feed: &str, seq: u64) -> Result<Option<Hash>, LogError> {
-        Ok(stored_hash(self.tx, feed, seq)?)
+        stored_hash(self.tx, feed, seq)
     }
 
     fn stored_event(&mut self, feed: &str, seq: u64) -> Result<DecodedEvent, LogError> {

@@ -363,11 +363,11 @@ pub(crate) struct Rebuilt {
     pub tree_hash: Option<Hash>,
 }
 
+/// What a row describes: the header, a format-1 signature, the payload.
+type EventParts = (EventHeader, Option<[u8; 64]>, Option<Vec<u8>>);
+
 /// The header, signature and payload a row describes, given `prev`.
-fn rebuild_parts(
-    row: EventRow,
-    prev: Hash,
-) -> Result<(EventHeader, Option<[u8; 64]>, Option<Vec<u8>>), String> {
+fn rebuild_parts(row: EventRow, prev: Hash) -> Result<EventParts, String> {
     let id: [u8; 16] = row
         .id
         .as_slice()
