@@ -648,16 +648,7 @@ impl CheckpointCache {
         Ok(cache)
     }
 
-    /// Re-reads `feed`'s checkpoint after a commit.
-    pub(crate) fn refresh(&self, conn: &Connection, feed: &str) {
-        match read_checkpoint(conn, feed) {
-            Ok(Some(checkpoint)) => self.put(checkpoint),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(feed, error = %e, "cannot read the feed's checkpoint"),
-        }
-    }
-
-    fn put(&self, checkpoint: StoredCheckpoint) {
+    pub(crate) fn put(&self, checkpoint: StoredCheckpoint) {
         if let Ok(mut latest) = self.latest.lock() {
             latest.insert(checkpoint.feed.clone(), std::sync::Arc::new(checkpoint));
         }

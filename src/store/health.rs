@@ -14,6 +14,8 @@ use std::sync::Mutex;
 
 /// Name of the recovery of the node's own feed in the node's health.
 pub const RECOVERY_TASK: &str = "own-feed recovery";
+/// Name of the store's writer (its commits and their fsyncs).
+pub const WRITER_TASK: &str = "store writer";
 
 use serde::{Deserialize, Serialize};
 

@@ -1,11 +1,14 @@
 //! The durable local log: one SQLite database per node (`DATA_DIR/herald.db`,
-//! WAL, `synchronous=FULL`), written by one group-committing writer thread and
-//! read through its own connection.
+//! WAL), written by one group-committing writer thread and read through its
+//! own connection.
 //!
 //! A proclamation that returned a [`Receipt`] is on disk: the writer answers
-//! only after the transaction holding it committed.
+//! only after the transaction holding it committed and the WAL was fsynced
+//! after that commit (`durable`: the fsync runs off the commit thread,
+//! overlapping the next transaction).
 
 pub mod checkpoints;
+mod durable;
 mod forks;
 pub mod health;
 mod ingest;
@@ -209,6 +212,14 @@ pub(crate) struct HeadsCache {
 impl HeadsCache {
     /// Reads the heads back through `conn` (the writer's, right after a
     /// commit). On error the cache empties and readers go to the store.
+    /// Publishes heads read back after a commit (`None`: readers go to the
+    /// store).
+    pub(crate) fn set(&self, fresh: Option<Arc<Vec<FeedHead>>>) {
+        if let Ok(mut heads) = self.heads.lock() {
+            *heads = fresh;
+        }
+    }
+
     pub(crate) fn refresh_from(&self, conn: &Connection) {
         let fresh = match read_heads_from(conn) {
             Ok(heads) => Some(Arc::new(heads)),
@@ -397,7 +408,8 @@ impl Log {
         let commit = writer::CommitStage {
             channels: Arc::clone(&channels),
             conn,
-            changes: changes_tx,
+            changes: Arc::new(changes_tx),
+            wal_sync: durable::WalSync::start(&db_path, Arc::clone(&health))?,
             recent: Arc::clone(&recent),
             heads: Arc::clone(&heads),
             own_feed: Arc::clone(&own_feed),

@@ -200,7 +200,9 @@ pub(crate) struct CommitStage {
     pub conn: Connection,
     /// Bumped after every commit that added events, so replication and
     /// subscriptions wake without polling.
-    pub changes: tokio::sync::watch::Sender<u64>,
+    pub changes: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Fsyncs the WAL off this thread; what a commit owes waits for it.
+    pub wal_sync: super::durable::WalSync,
     /// What each commit added, by type (see `store/recent.rs`).
     pub recent: Arc<super::recent::RecentCommits>,
     /// Feed heads as of the latest commit, refreshed after every commit
@@ -558,22 +560,79 @@ impl CommitStage {
     /// after refreshing the heads, keeping `own_events` (this node's own
     /// feed, committed by it) for the outbox and summarising the commit for
     /// [`RecentCommits`](super::recent::RecentCommits).
-    fn announce_commit(&mut self, own_events: &[VerifiedEvent]) {
-        self.heads.refresh_from(&self.conn);
-        if !own_events.is_empty() {
-            self.checkpoint_cache.refresh(&self.conn, &self.own_service);
-        }
-        if let Some(first) = own_events.first() {
-            self.own_feed
-                .append(first.header().seq, own_events.iter().map(|e| e.bytes()));
-        }
+    fn announce_commit(&mut self, own_events: Vec<VerifiedEvent>) {
+        self.announce(own_events, None);
+    }
+
+    /// Reads back, right after a commit, what replication and
+    /// subscriptions are told of it (the heads; the checkpoint of this
+    /// node's feed when it proclaimed, or of `checkpoint_of`), and
+    /// publishes it once the commit is durable (`store::durable`).
+    fn announce(&mut self, own_events: Vec<VerifiedEvent>, checkpoint_of: Option<&str>) {
+        let heads = match super::read_heads_from(&self.conn) {
+            Ok(heads) => Some(Arc::new(heads)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read feed heads back; readers will ask the store");
+                None
+            }
+        };
+        let checkpoint_of = match checkpoint_of {
+            Some(feed) => Some(feed),
+            None if !own_events.is_empty() => Some(self.own_service.as_str()),
+            None => None,
+        };
+        let checkpoint = checkpoint_of.and_then(|feed| {
+            super::checkpoints::read_checkpoint(&self.conn, feed)
+                .inspect_err(
+                    |e| tracing::warn!(feed, error = %e, "cannot read the feed's checkpoint"),
+                )
+                .ok()
+                .flatten()
+        });
         if let Err(e) = self.recent.record_from(&self.conn) {
             tracing::debug!(error = %e, "cannot summarise the commit; subscriptions will read it");
         }
-        self.changes.send_modify(|v| *v += 1);
+        let heads_cache = Arc::clone(&self.heads);
+        let checkpoints = Arc::clone(&self.checkpoint_cache);
+        let own_feed = Arc::clone(&self.own_feed);
+        let changes = Arc::clone(&self.changes);
+        self.wal_sync.after_sync(Box::new(move |synced| {
+            if synced.is_err() {
+                // Durability unknown: tell no one (the node stops).
+                return;
+            }
+            heads_cache.set(heads);
+            if let Some(checkpoint) = checkpoint {
+                checkpoints.put(checkpoint);
+            }
+            if let Some(first) = own_events.first() {
+                own_feed.append(first.header().seq, own_events.iter().map(|e| e.bytes()));
+            }
+            changes.send_modify(|v| *v += 1);
+        }));
+    }
+
+    /// Sends `outcome` on `reply` once everything committed so far is
+    /// durable; if the WAL's fsync failed, a commit error instead.
+    fn reply_after_sync<T: Send + 'static>(
+        &self,
+        reply: SyncSender<Result<T, LogError>>,
+        outcome: Result<T, LogError>,
+    ) {
+        self.wal_sync.after_sync(Box::new(move |synced| {
+            let outcome = synced
+                .map_err(|e| LogError::Commit(e.to_string()))
+                .and(outcome);
+            let _ = reply.send(outcome);
+        }));
     }
 
     fn run(mut self, work: Receiver<Work>, epoch: &AtomicU64) {
+        // Commits append to the WAL without an fsync; the sync thread
+        // fsyncs it before anyone hears of them (`store::durable`).
+        if let Err(e) = self.conn.pragma_update(None, "synchronous", "NORMAL") {
+            tracing::warn!(error = %e, "cannot defer the WAL's fsync; every commit syncs itself");
+        }
         while let Ok(item) = work.recv() {
             match item {
                 Work::Ingest {
@@ -588,9 +647,9 @@ impl CommitStage {
                     if let Ok(r) = &outcome
                         && (r.applied > 0 || !r.new_forks.is_empty())
                     {
-                        self.announce_commit(&[]);
+                        self.announce_commit(Vec::new());
                     }
-                    let _ = reply.send(outcome);
+                    self.reply_after_sync(reply, outcome);
                 }
                 Work::Evidence {
                     first,
@@ -599,26 +658,27 @@ impl CommitStage {
                 } => {
                     let outcome = self.record_evidence(first, second);
                     if let Ok(Ok(EvidenceOutcome::Recorded { .. })) = &outcome {
-                        self.announce_commit(&[]);
+                        self.announce_commit(Vec::new());
                     }
-                    let _ = reply.send(outcome);
+                    self.reply_after_sync(reply, outcome);
                 }
                 Work::Write { job, reply } => {
-                    let _ = reply.send(self.run_job(job));
+                    let outcome = self.run_job(job);
+                    self.reply_after_sync(reply, outcome);
                 }
                 Work::Checkpoint { note, reply } => {
                     let outcome = self.accept_checkpoint(&note);
                     if let Ok(Ok(outcome)) = &outcome {
                         self.announce_checkpoint(outcome);
                     }
-                    let _ = reply.send(outcome);
+                    self.reply_after_sync(reply, outcome);
                 }
                 Work::Equivocation { evidence, reply } => {
                     let outcome = self.record_equivocation(&evidence);
                     if let Ok(Ok(true)) = &outcome {
-                        self.announce_commit(&[]);
+                        self.announce_commit(Vec::new());
                     }
-                    let _ = reply.send(outcome);
+                    self.reply_after_sync(reply, outcome);
                 }
                 Work::FinishRecovery {
                     identity,
@@ -636,11 +696,11 @@ impl CommitStage {
                     );
                     // It may have signed the recovered feed's checkpoint.
                     self.trees.clear();
-                    self.checkpoint_cache.refresh(&self.conn, &self.own_service);
                     if sealer.is_ok() {
-                        self.announce_commit(&[]);
+                        let own = self.own_service.clone();
+                        self.announce(Vec::new(), Some(&own));
                     }
-                    let _ = reply.send(sealer);
+                    self.reply_after_sync(reply, sealer);
                 }
                 Work::Sealed {
                     epoch: sealed_in,
@@ -672,6 +732,8 @@ impl CommitStage {
                 }
             }
         }
+        // Every commit's actions run before the writer reports it stopped.
+        self.wal_sync.finish();
     }
 
     /// Runs each transaction in its own savepoint of one SQLite transaction,
@@ -727,13 +789,23 @@ impl CommitStage {
         })();
         match outcome {
             Ok(events) => {
-                if !events.is_empty() {
-                    self.announce_commit(&events);
-                }
                 let mut receipts = events.iter().map(Receipt::of);
-                for (count, reply) in accepted {
-                    let _ = reply.send(Ok(receipts.by_ref().take(count).collect()));
+                let replies: Vec<(TxReply, Vec<Receipt>)> = accepted
+                    .into_iter()
+                    .map(|(count, reply)| (reply, receipts.by_ref().take(count).collect()))
+                    .collect();
+                if !events.is_empty() {
+                    self.announce_commit(events);
                 }
+                self.wal_sync.after_sync(Box::new(move |synced| {
+                    for (reply, receipts) in replies {
+                        let outcome = match synced {
+                            Ok(()) => Ok(receipts),
+                            Err(e) => Err(TxError::Store(LogError::Commit(e.to_string()))),
+                        };
+                        let _ = reply.send(outcome);
+                    }
+                }));
             }
             Err(e) => {
                 self.trees.clear();
@@ -765,11 +837,20 @@ impl CommitStage {
         }
         match commit_own(&mut self.conn, &events, &mut self.trees, &self.signer) {
             Ok(()) => {
-                self.announce_commit(&events);
                 let mut receipts = events.iter().map(Receipt::of);
-                for (size, reply) in replies {
-                    let _ = reply.send(Ok(receipts.by_ref().take(size).collect()));
-                }
+                let replies: Vec<(ReceiptReply, Vec<Receipt>)> = replies
+                    .into_iter()
+                    .map(|(size, reply)| (reply, receipts.by_ref().take(size).collect()))
+                    .collect();
+                self.announce_commit(events);
+                self.wal_sync.after_sync(Box::new(move |synced| {
+                    for (reply, receipts) in replies {
+                        let outcome = synced
+                            .map(|()| receipts)
+                            .map_err(|e| LogError::Commit(e.to_string()));
+                        let _ = reply.send(outcome);
+                    }
+                }));
             }
             Err(e) => {
                 self.trees.clear();
@@ -816,8 +897,8 @@ impl CommitStage {
     fn announce_checkpoint(&mut self, outcome: &CheckpointOutcome) {
         match outcome {
             CheckpointOutcome::Accepted { feed, .. } | CheckpointOutcome::Equivocation { feed } => {
-                self.checkpoint_cache.refresh(&self.conn, feed);
-                self.announce_commit(&[]);
+                let feed = feed.clone();
+                self.announce(Vec::new(), Some(&feed));
             }
             _ => {}
         }
