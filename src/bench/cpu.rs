@@ -21,6 +21,9 @@ fn role(name: &str) -> &'static str {
         "signatures"
     } else if name.starts_with("herald-commit") {
         "commit"
+    } else if name.starts_with("herald-wal-sync") {
+        // The writer's WAL fsync thread (`store::durable`).
+        "wal-sync"
     } else if name.starts_with("herald-checkpoi") {
         // SQLite's WAL checkpointer thread, not Merkle checkpoints (their
         // signing runs in the commit stage).
@@ -137,6 +140,7 @@ mod tests {
         assert_eq!(role("herald-pool-0"), "signatures");
         assert_eq!(role("herald-commit-b"), "commit");
         assert_eq!(role("herald-checkpoi"), "wal-checkpoint");
+        assert_eq!(role("herald-wal-sync"), "wal-sync");
         assert_eq!(role("herald-seal-ben"), "seal");
         assert_eq!(role("tokio-runtime-w"), "network");
         assert_eq!(role("tokio-rt-worker"), "network");
