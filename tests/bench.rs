@@ -31,6 +31,7 @@ fn assert_cpu_split(split: &Value, must_have: &[&str]) {
                 "signatures",
                 "commit",
                 "wal-checkpoint",
+                "wal-sync",
                 "seal",
                 "network",
                 "other"
