@@ -211,7 +211,17 @@ pub(crate) struct HeadsCache {
 
 impl HeadsCache {
     /// Reads the heads back through `conn` (the writer's, right after a
-    /// commit). On error the cache empties and readers go to the store.
+    /// commit); `None` on error, so readers go to the store.
+    pub(crate) fn read(conn: &Connection) -> Option<Arc<Vec<FeedHead>>> {
+        match read_heads_from(conn) {
+            Ok(heads) => Some(Arc::new(heads)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read feed heads back; readers will ask the store");
+                None
+            }
+        }
+    }
+
     /// Publishes heads read back after a commit (`None`: readers go to the
     /// store).
     pub(crate) fn set(&self, fresh: Option<Arc<Vec<FeedHead>>>) {
@@ -220,17 +230,9 @@ impl HeadsCache {
         }
     }
 
+    /// Reads the heads back through `conn` and publishes them.
     pub(crate) fn refresh_from(&self, conn: &Connection) {
-        let fresh = match read_heads_from(conn) {
-            Ok(heads) => Some(Arc::new(heads)),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read feed heads back; readers will ask the store");
-                None
-            }
-        };
-        if let Ok(mut heads) = self.heads.lock() {
-            *heads = fresh;
-        }
+        self.set(Self::read(conn));
     }
 
     fn get(&self) -> Option<Arc<Vec<FeedHead>>> {

@@ -569,13 +569,7 @@ impl CommitStage {
     /// node's feed when it proclaimed, or of `checkpoint_of`), and
     /// publishes it once the commit is durable (`store::durable`).
     fn announce(&mut self, own_events: Vec<VerifiedEvent>, checkpoint_of: Option<&str>) {
-        let heads = match super::read_heads_from(&self.conn) {
-            Ok(heads) => Some(Arc::new(heads)),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot read feed heads back; readers will ask the store");
-                None
-            }
-        };
+        let heads = super::HeadsCache::read(&self.conn);
         let checkpoint_of = match checkpoint_of {
             Some(feed) => Some(feed),
             None if !own_events.is_empty() => Some(self.own_service.as_str()),
