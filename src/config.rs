@@ -72,6 +72,32 @@ pub struct NodeConfig {
     /// events into (see `docs/OUTBOX.md`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inbox_sinks: Vec<InboxSinkConfig>,
+    /// The node's HTTP/JSON API (see `docs/API.md`). Absent: no API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiConfig>,
+}
+
+/// The node's HTTP/JSON API (`[api]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// TCP address the API listens on. Loopback only (127.0.0.0/8 or
+    /// `::1`): the API has no authentication of its own yet, so off
+    /// loopback it would need TLS with client certificates first.
+    pub listen: SocketAddr,
+}
+
+impl ApiConfig {
+    /// Refuses an address off loopback, saying why.
+    pub fn check(&self) -> Result<(), String> {
+        if self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "[api] listen = \"{}\" is not a loopback address: off loopback the HTTP API needs TLS with client certificates, which this version does not provide; listen on 127.0.0.1 or [::1] (and reach it through a local proxy or SSH tunnel if needed)",
+            self.listen
+        ))
+    }
 }
 
 /// Default outbox table name.
@@ -447,6 +473,9 @@ impl NodeConfig {
                 return Err(at("listed twice".into()));
             }
         }
+        if let Some(api) = &config.api {
+            api.check().map_err(invalid)?;
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
@@ -479,6 +508,7 @@ impl NodeConfig {
             event_format: default_event_format(),
             outbox_sources: Vec::new(),
             inbox_sinks: Vec::new(),
+            api: None,
         }
     }
 
@@ -576,8 +606,37 @@ pub fn init_cluster(
     validity_days: u32,
     force: bool,
 ) -> Result<Vec<PathBuf>, IdentityError> {
+    init_cluster_with_api(dir, nodes, base_port, None, validity_days, force)
+}
+
+/// [`init_cluster`], and with `api_base_port` an `[api]` section per node:
+/// node `i`'s HTTP API listens on TCP `127.0.0.1:(api_base_port + i)`.
+pub fn init_cluster_with_api(
+    dir: &Path,
+    nodes: &[String],
+    base_port: u16,
+    api_base_port: Option<u16>,
+    validity_days: u32,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    if let Some(api) = api_base_port
+        && (api == 0 || u32::from(api) + nodes.len().saturating_sub(1) as u32 > u32::from(u16::MAX))
+    {
+        return Err(IdentityError::InvalidArgument(format!(
+            "--api-base-port {api} with {} nodes does not fit in ports 1..=65535",
+            nodes.len()
+        )));
+    }
     crate::identity::init_cluster_with(dir, nodes, base_port, validity_days, force, |node| {
-        NodeConfig::for_cluster_node(node).to_toml()
+        let mut config = NodeConfig::for_cluster_node(node);
+        if let Some(api) = api_base_port {
+            // Node i listens on base_port + i; its API on api_base_port + i.
+            let index = node.listen.port() - base_port;
+            config.api = Some(ApiConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], api + index)),
+            });
+        }
+        config.to_toml()
     })
 }
 

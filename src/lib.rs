@@ -16,6 +16,8 @@
 //!   the orchestrator and participants.
 //! * [`outbox`]: the service's own database: the outbox relay and the
 //!   inbox sink (PostgreSQL, MariaDB, SQLite).
+//! * [`api`]: the node's HTTP/JSON API (publish, read, SSE, durable
+//!   consumers, queries, sagas), served inside `herald node`.
 //! * [`cli`]: the `herald` command line.
 //! * [`bench`](mod@bench): the benchmark harness behind `herald bench`.
 //!
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 #![deny(unused_must_use)]
 
+pub mod api;
 pub mod audit;
 pub mod bench;
 pub mod cli;

@@ -23,6 +23,10 @@ pub struct InitArgs {
     /// UDP port of the first node; the others follow.
     #[arg(long, default_value_t = BASE_PORT_DEFAULT)]
     pub base_port: u16,
+    /// Give every node an HTTP API (`[api]`, docs/API.md): node `i` listens
+    /// on TCP `127.0.0.1:(PORT + i)`. Without it, no node has one.
+    #[arg(long, value_name = "PORT")]
+    pub api_base_port: Option<u16>,
     /// Validity of the CA and node certificates, in days.
     #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
     pub days: u32,
@@ -35,10 +39,11 @@ pub struct InitArgs {
 }
 
 pub fn run(args: InitArgs) -> Result<u8, CliError> {
-    let written = config::init_cluster(
+    let written = config::init_cluster_with_api(
         &args.dir,
         &args.nodes,
         args.base_port,
+        args.api_base_port,
         args.days,
         args.force,
     )?;

@@ -72,6 +72,8 @@ pub enum NodeError {
     Identity(#[from] crate::identity::IdentityError),
     #[error("{0}")]
     Task(String),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiStartError),
 }
 
 /// What `herald status` shows about one peer.
@@ -186,6 +188,8 @@ pub struct Node {
     inner: Arc<Inner>,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Where the HTTP API listens, if the config has one.
+    api_addr: Option<std::net::SocketAddr>,
 }
 
 impl Node {
@@ -277,11 +281,19 @@ impl Node {
                 )));
             }
         }
+        // The HTTP API stops with the others on the shutdown signal.
+        let mut api_addr = None;
+        if let Some(api) = &config.api {
+            let (addr, task) = crate::api::spawn(inner.clone(), api).await?;
+            api_addr = Some(addr);
+            tasks.push(task);
+        }
         tracing::info!(service = %config.service, listen = %config.listen, "node started");
         Ok(Node {
             inner,
             shutdown: shutdown_tx,
             tasks: Mutex::new(tasks),
+            api_addr,
         })
     }
 
@@ -293,6 +305,11 @@ impl Node {
     /// The node's durable log.
     pub fn log(&self) -> &Arc<Log> {
         &self.inner.log
+    }
+
+    /// The TCP address the HTTP API listens on (`[api]` in the config).
+    pub fn api_addr(&self) -> Option<std::net::SocketAddr> {
+        self.api_addr
     }
 
     /// The UDP address the node listens on.

@@ -9,6 +9,7 @@
 
 pub mod checkpoints;
 mod durable;
+mod follow;
 mod forks;
 pub mod health;
 mod ingest;
@@ -36,6 +37,7 @@ pub use checkpoints::{
     COSIGNATURES_MAX, CheckpointCache, CheckpointOutcome, StoredCheckpoint, read_checkpoint,
     read_checkpoints, read_equivocations, seal_from_store,
 };
+pub use follow::*;
 pub use forks::{EvidenceOutcome, IngestPolicy, Tolerated, pruned_envelope};
 pub use health::{Health, Problem};
 pub use peers::{PeerCursor, READ_ENVELOPES_BYTES_MAX, read_peer_cursors};

@@ -1,0 +1,328 @@
+//! `POST /v1/events`: publish one event or a batch, answered with the
+//! receipts once every event is durable.
+//!
+//! The body is one event object or an array of them (`application/json`),
+//! or one object per line (`application/x-ndjson`). Every event of the
+//! request is decoded and validated (type, metadata, payload size, channel)
+//! before anything is handed to the store, so a bad one writes nothing.
+//! The events then go to the store's writer in batches of
+//! [`PUBLISH_CHUNK_EVENTS`], all in flight at once (sealing one overlaps the
+//! commit of the one before), and the answer waits for the last receipt.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::errors::{ApiError, code, json_response};
+use super::input::{BodyFormat, Params, body_format, decode_json, read_body};
+use super::server::ApiState;
+use super::{PUBLISH_CHUNK_EVENTS, PUBLISH_EVENTS_MAX};
+use crate::core::verify::Draft;
+use crate::store::{Log, LogError, Pending, Proclamation, Receipt};
+
+/// One event to publish, as a client sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    /// The event type (`donation.received`); `herald.*` is reserved.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The payload as JSON (stored compactly).
+    #[serde(default)]
+    pub data: Option<Box<RawValue>>,
+    /// Or the payload as bytes, base64 (standard alphabet, padded).
+    #[serde(default)]
+    pub data_base64: Option<String>,
+    /// Metadata (`correlation_id`, `causation_id`, ...).
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    /// The channel whose key encrypts the payload (default: the node's).
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// The payload schema's version.
+    #[serde(default = "schema_version_default")]
+    pub schema_version: u32,
+}
+
+fn schema_version_default() -> u32 {
+    1
+}
+
+/// A receipt as JSON: the event is durable in `feed` at `seq`.
+#[derive(Debug, Serialize)]
+pub struct ReceiptView<'a> {
+    pub feed: &'a str,
+    pub seq: u64,
+    pub id: uuid::Uuid,
+    pub hash: String,
+}
+
+#[derive(Serialize)]
+struct Receipts<'a> {
+    receipts: Vec<ReceiptView<'a>>,
+}
+
+/// `POST /v1/events`.
+pub async fn publish(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> Result<Response, ApiError> {
+    Params::parse(query.as_deref())?.finish()?;
+    let format = body_format(&headers, &[BodyFormat::Json, BodyFormat::Ndjson])?;
+    let bytes = read_body(&headers, body).await?;
+    let log = Arc::clone(state.log());
+    // Decoding a large batch and waiting for the writer are blocking work.
+    tokio::task::spawn_blocking(move || {
+        let inputs = decode_events(&bytes, format)?;
+        let drafts = validate(&log, inputs)?;
+        let receipts = proclaim(&log, drafts)?;
+        let body = Receipts {
+            receipts: receipt_views(log.service(), &receipts),
+        };
+        serde_json::to_string(&body)
+            .map(|text| json_response(StatusCode::OK, text))
+            .map_err(|e| ApiError::internal(format!("cannot encode the receipts: {e}")))
+    })
+    .await
+    .map_err(|e| ApiError::task("publishing", e))?
+}
+
+fn receipt_views<'a>(feed: &'a str, receipts: &[Receipt]) -> Vec<ReceiptView<'a>> {
+    receipts
+        .iter()
+        .map(|r| ReceiptView {
+            feed,
+            seq: r.seq,
+            id: r.id,
+            hash: hex::encode(r.hash),
+        })
+        .collect()
+}
+
+/// The events of a body, each decoded with the path of a bad field
+/// (`[3].type`; for NDJSON the index counts non-empty lines).
+pub fn decode_events(bytes: &[u8], format: BodyFormat) -> Result<Vec<EventInput>, ApiError> {
+    let inputs = match format {
+        BodyFormat::Json => {
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+            if first == Some(&b'[') {
+                // Bounded by the body limit; the count is checked after.
+                decode_json::<Vec<EventInput>>(bytes, "")?
+            } else {
+                vec![decode_json::<EventInput>(bytes, "")?]
+            }
+        }
+        BodyFormat::Ndjson => {
+            let mut out = Vec::new();
+            for (number, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                check_count(out.len() + 1)?;
+                let prefix = format!("[{}]", out.len());
+                let event = decode_json::<EventInput>(line, &prefix).map_err(|mut e| {
+                    e.message = format!("line {}: {}", number + 1, e.message);
+                    e
+                })?;
+                out.push(event);
+            }
+            out
+        }
+    };
+    if inputs.is_empty() {
+        return Err(ApiError::field("body", "the body holds no event"));
+    }
+    check_count(inputs.len())?;
+    Ok(inputs)
+}
+
+fn check_count(count: usize) -> Result<(), ApiError> {
+    if count > PUBLISH_EVENTS_MAX {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code::TOO_LARGE,
+            format!("the body holds more than {PUBLISH_EVENTS_MAX} events; split it into batches"),
+        )
+        .at("body"));
+    }
+    Ok(())
+}
+
+/// Turns inputs into drafts on their channels, refusing the whole request
+/// at the first bad event (nothing is written).
+pub fn validate(log: &Log, inputs: Vec<EventInput>) -> Result<Vec<Proclamation>, ApiError> {
+    let mut channels: BTreeMap<Option<String>, Arc<crate::core::crypto::ChannelKey>> =
+        BTreeMap::new();
+    let mut drafts = Vec::with_capacity(inputs.len());
+    let single = inputs.len() == 1;
+    for (i, input) in inputs.into_iter().enumerate() {
+        let at = |field: &str| {
+            if single {
+                field.to_string()
+            } else {
+                format!("[{i}].{field}")
+            }
+        };
+        let payload = match (input.data, input.data_base64) {
+            (Some(json), None) => minify_json(json.get()),
+            (None, Some(text)) => BASE64.decode(text.as_bytes()).map_err(|e| {
+                ApiError::field(at("data_base64"), format!("{}: not base64: {e}", at("data_base64")))
+            })?,
+            _ => {
+                return Err(ApiError::field(
+                    at("data"),
+                    format!(
+                        "{}: give the payload as data (JSON) or as data_base64 (bytes), exactly one",
+                        at("data")
+                    ),
+                ));
+            }
+        };
+        let meta: Vec<(String, String)> = input.meta.into_iter().collect();
+        let draft = Draft::new(&input.event_type, input.schema_version, meta, payload)
+            .map_err(|e| draft_error(e, &at))?;
+        let key = match channels.get(&input.channel) {
+            Some(key) => Arc::clone(key),
+            None => {
+                let key = log.channel(input.channel.as_deref()).map_err(|e| {
+                    let mut e = ApiError::from(e);
+                    e.field = Some(at("channel"));
+                    e
+                })?;
+                channels.insert(input.channel, Arc::clone(&key));
+                key
+            }
+        };
+        drafts.push((draft, key));
+    }
+    Ok(drafts)
+}
+
+fn draft_error(e: crate::core::verify::DraftError, at: &dyn Fn(&str) -> String) -> ApiError {
+    use crate::core::verify::DraftError;
+    let field = match &e {
+        DraftError::EventType(_) | DraftError::ReservedType(_) => at("type"),
+        DraftError::Meta(_) => at("meta"),
+        DraftError::PayloadTooLarge { .. } => at("data"),
+    };
+    ApiError::field(field.clone(), format!("{field}: {e}"))
+}
+
+/// Hands the drafts to the writer in batches, all in flight, and waits for
+/// every receipt. If a batch fails, the receipts of those already durable
+/// are sent beside the error.
+pub fn proclaim(log: &Log, mut drafts: Vec<Proclamation>) -> Result<Vec<Receipt>, ApiError> {
+    let mut pending: Vec<Pending> = Vec::with_capacity(drafts.len().div_ceil(PUBLISH_CHUNK_EVENTS));
+    let mut failure: Option<LogError> = None;
+    while !drafts.is_empty() {
+        let rest = drafts.split_off(drafts.len().min(PUBLISH_CHUNK_EVENTS));
+        match log.submit(std::mem::replace(&mut drafts, rest)) {
+            Ok(p) => pending.push(p),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let mut receipts = Vec::new();
+    for p in pending {
+        match p.wait() {
+            Ok(r) if failure.is_none() => receipts.extend(r),
+            Ok(_) => {}
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let Some(e) = failure else {
+        return Ok(receipts);
+    };
+    let mut error = ApiError::from(e);
+    if !receipts.is_empty() {
+        error.message = format!(
+            "{}; the {} events before the failure are durable (their receipts are included)",
+            error.message,
+            receipts.len()
+        );
+        error.receipts =
+            serde_json::to_value(receipt_views(log.service(), &receipts)).ok();
+    }
+    Err(error)
+}
+
+/// `json` (valid JSON text) without its insignificant whitespace: the same
+/// value in the compact form `herald publish` stores.
+pub fn minify_json(json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json.as_bytes() {
+        if in_string {
+            out.push(b);
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            if b == b'"' {
+                in_string = true;
+            }
+            out.push(b);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minify_drops_only_whitespace_outside_strings() {
+        let text = "{ \"a b\" : [1, 2],\n\t\"c\": \"x \\\" y\\\\\", \"d\" : {} }";
+        let minified = minify_json(text);
+        assert_eq!(
+            std::str::from_utf8(&minified).unwrap(),
+            r#"{"a b":[1,2],"c":"x \" y\\","d":{}}"#
+        );
+        let before: serde_json::Value = serde_json::from_str(text).unwrap();
+        let after: serde_json::Value = serde_json::from_slice(&minified).unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn bodies_decode_as_one_event_an_array_or_ndjson() {
+        let one = decode_events(br#"{"type":"a","data":{"x":1}}"#, BodyFormat::Json).unwrap();
+        assert_eq!(one.len(), 1);
+        let many = decode_events(
+            br#" [{"type":"a","data":1},{"type":"b","data_base64":"AAE="}]"#,
+            BodyFormat::Json,
+        )
+        .unwrap();
+        assert_eq!(many.len(), 2);
+        let lines = decode_events(
+            b"{\"type\":\"a\",\"data\":1}\n\n{\"type\":\"b\",\"data\":2}\n",
+            BodyFormat::Ndjson,
+        )
+        .unwrap();
+        assert_eq!(lines[1].event_type, "b");
+        let e = decode_events(b"{\"type\":\"a\",\"data\":1}\n{\"typo\":1}\n", BodyFormat::Ndjson)
+            .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("[1].typo"), "{e}");
+        assert!(e.message.starts_with("line 2: "), "{e}");
+        assert!(decode_events(b"[]", BodyFormat::Json).is_err());
+        assert!(decode_events(b"\n", BodyFormat::Ndjson).is_err());
+    }
+}

@@ -1,0 +1,187 @@
+//! The server: shared state, the router, serving and shutdown.
+//!
+//! Two hooks are left for what comes later, each one place:
+//!
+//! * **Authentication** (HTTPS with client certificates and per-certificate
+//!   permissions): every `/v1` route goes through [`guard`], where one tower
+//!   layer (`route_layer`) or a middleware extracting the client's identity
+//!   is added; health probes stay outside it. Until then the API listens on
+//!   loopback only (`config::ApiConfig::check`).
+//! * **`/metrics`**: [`probes`] holds the unauthenticated operational
+//!   routes; a `/metrics` route (Prometheus text) is added there, next to
+//!   `/healthz` and `/readyz`, with its entry in [`ROUTES`] and
+//!   `docs/openapi.json`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post, put};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use super::events::EventEncoder;
+use super::{STREAMS_MAX, consumers, errors, events, openapi, ops, publish, subscribe};
+use crate::config::ApiConfig;
+use crate::node::Inner;
+use crate::store::Log;
+
+/// Every route the API serves, as (method, path template): the router is
+/// built from the same paths, and a test checks this list against
+/// `docs/openapi.json` and a running node.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/openapi.json"),
+    ("POST", "/v1/events"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/events/{id}"),
+    ("GET", "/v1/feeds"),
+    ("GET", "/v1/feeds/{feed}/events"),
+    ("GET", "/v1/stream"),
+    ("GET", "/v1/consumers"),
+    ("PUT", "/v1/consumers/{name}"),
+    ("GET", "/v1/consumers/{name}"),
+    ("DELETE", "/v1/consumers/{name}"),
+    ("GET", "/v1/consumers/{name}/events"),
+    ("POST", "/v1/consumers/{name}/ack"),
+    ("GET", "/v1/consumers/{name}/stream"),
+    ("POST", "/v1/queries"),
+    ("POST", "/v1/sagas"),
+    ("GET", "/v1/sagas"),
+    ("GET", "/v1/sagas/{id}"),
+    ("GET", "/v1/sagas/{id}/history"),
+    ("GET", "/v1/status"),
+    ("GET", "/v1/peers"),
+];
+
+/// Why the API could not start (the node does not start either).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen for the HTTP API on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    node: Arc<Inner>,
+    /// One permit per open stream ([`STREAMS_MAX`]).
+    pub(crate) streams: Arc<Semaphore>,
+    /// Turns true when the node shuts down: streams and long polls end.
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl ApiState {
+    pub(crate) fn node(&self) -> &Arc<Inner> {
+        &self.node
+    }
+
+    pub fn log(&self) -> &Arc<Log> {
+        &self.node.log
+    }
+
+    /// An encoder for this node's events (its channel keys, its checkpoints).
+    pub fn encoder(&self) -> EventEncoder {
+        EventEncoder::new(&self.node.log)
+    }
+
+    /// Whether the node is shutting down.
+    pub fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+/// Binds `config.listen` and serves the API until the node shuts down
+/// (`node.shutdown` turns true): then it stops accepting, ends its streams
+/// and long polls, and lets requests in progress finish. Returns the bound
+/// address and the serving task.
+pub(crate) async fn spawn(
+    node: Arc<Inner>,
+    config: &ApiConfig,
+) -> Result<(SocketAddr, JoinHandle<()>), ApiStartError> {
+    config.check().map_err(ApiStartError::Config)?;
+    let bind = |source| ApiStartError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(bind)?;
+    let addr = listener.local_addr().map_err(bind)?;
+    let shutdown = node.shutdown.clone();
+    let state = ApiState {
+        node,
+        streams: Arc::new(Semaphore::new(STREAMS_MAX)),
+        shutdown: shutdown.clone(),
+    };
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        let stop = crate::store::stopped(shutdown);
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "the HTTP API stopped serving");
+        }
+    });
+    tracing::info!(%addr, "HTTP API listening");
+    Ok((addr, task))
+}
+
+/// The whole router: probes, then the versioned API behind [`guard`].
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .merge(probes())
+        .merge(guard(v1()))
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .with_state(state)
+}
+
+/// Operational routes outside authentication (the `/metrics` hook).
+fn probes() -> Router<ApiState> {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+}
+
+/// The versioned API.
+fn v1() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/v1/events", post(publish::publish).get(events::list))
+        .route("/v1/events/{id}", get(events::by_id))
+        .route("/v1/feeds", get(events::feeds))
+        .route("/v1/feeds/{feed}/events", get(events::feed_range))
+        .route("/v1/stream", get(subscribe::stream))
+        .route("/v1/consumers", get(consumers::list))
+        .route(
+            "/v1/consumers/{name}",
+            put(consumers::put)
+                .get(consumers::get)
+                .delete(consumers::delete),
+        )
+        .route("/v1/consumers/{name}/events", get(consumers::pull))
+        .route("/v1/consumers/{name}/ack", post(consumers::ack))
+        .route("/v1/consumers/{name}/stream", get(consumers::stream))
+        .route("/v1/queries", post(ops::query))
+        .route("/v1/sagas", post(ops::start_saga).get(ops::list_sagas))
+        .route("/v1/sagas/{id}", get(ops::saga))
+        .route("/v1/sagas/{id}/history", get(ops::saga_history))
+        .route("/v1/status", get(ops::status))
+        .route("/v1/peers", get(ops::peers))
+}
+
+/// The authentication hook: every `/v1` route passes here. Today the API
+/// listens on loopback only and lets every local caller in; client
+/// certificates and per-certificate permissions become one layer here
+/// (`v1.route_layer(...)`), checked before any handler runs.
+fn guard(v1: Router<ApiState>) -> Router<ApiState> {
+    v1
+}

@@ -1,0 +1,173 @@
+//! `GET /v1/stream`: events as Server-Sent Events, live.
+//!
+//! Each event is one SSE message whose `id` is its position in the node's
+//! arrival order and whose `data` is the event's JSON (one line). A stream
+//! opens with an `id:`-only block naming where it starts, and sends another
+//! whenever it has looked past events it did not want, so a client's last
+//! event id is always a position it has seen everything up to. Reconnecting
+//! with `Last-Event-ID` (as every `EventSource` does) or `after=` resumes
+//! right after it: nothing is lost and nothing repeated.
+//!
+//! One task per stream reads batches of events from the store
+//! ([`Follower`]: pages of rows, not a query per event), encodes a whole
+//! batch into one body chunk off the runtime, and hands it to the connection
+//! through a small queue ([`STREAM_BUFFER_BATCHES`]), so a slow client holds
+//! the reader back instead of filling memory. Idle, it waits on the log's
+//! change notification and sends a keep-alive comment every
+//! [`STREAM_KEEPALIVE_MS`].
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::errors::{ApiError, code};
+use super::events::{EventEncoder, resolve_start, type_patterns};
+use super::input::{Params, Start, start_of};
+use super::server::ApiState;
+use super::{STREAM_BUFFER_BATCHES, STREAM_KEEPALIVE_MS, STREAMS_MAX};
+use crate::store::{Follower, StartFrom, StoredEvent};
+
+/// `GET /v1/stream?type=PATTERN&after=P|from=start|now|TIME`.
+pub async fn stream(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let mut params = Params::parse(query.as_deref())?;
+    let patterns = type_patterns(&mut params)?;
+    let start = start_of(&headers, &mut params, None)?.unwrap_or(Start::From(StartFrom::Start));
+    params.finish()?;
+    open(state, patterns, start).await
+}
+
+/// Opens a stream of the events matching `patterns` from `start`.
+pub async fn open(state: ApiState, patterns: Vec<String>, start: Start) -> Result<Response, ApiError> {
+    let permit = Arc::clone(&state.streams)
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::TOO_MANY_STREAMS,
+                format!("{STREAMS_MAX} streams are open, the most this node serves; retry when one ends"),
+            )
+        })?;
+    let log = Arc::clone(state.log());
+    let follower = tokio::task::spawn_blocking(move || {
+        let after = resolve_start(&log, start)?;
+        log.follow(patterns, after)
+    })
+    .await
+    .map_err(|e| ApiError::task("opening a stream", e))??;
+    let (chunks, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER_BATCHES);
+    tokio::spawn(produce(state, follower, chunks, permit));
+    let body = Body::from_stream(futures_util::stream::unfold(receiver, |mut r| async move {
+        r.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), r))
+    }));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Proxies (nginx) would otherwise hold events back in their buffers.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+/// Reads, encodes and sends until the client goes away, the node shuts
+/// down or the store fails (sent as an `error` event). The permit is the
+/// stream's place among [`STREAMS_MAX`]; dropped with the task.
+async fn produce(
+    state: ApiState,
+    mut follower: Follower,
+    chunks: mpsc::Sender<Bytes>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let encoder = state.encoder();
+    let mut shutdown = state.shutdown.clone();
+    // The position the client's last event id stands for.
+    let mut announced = follower.position();
+    if chunks.send(Bytes::from(format!("id: {announced}\n\n"))).await.is_err() {
+        return;
+    }
+    loop {
+        if state.stopping() {
+            return;
+        }
+        let next = read_chunk(follower, encoder.clone()).await;
+        let chunk = match next {
+            Ok((f, chunk)) => {
+                follower = f;
+                chunk
+            }
+            Err(e) => {
+                let _ = chunks.send(error_event(&e)).await;
+                return;
+            }
+        };
+        let position = follower.position();
+        let chunk = match chunk {
+            Some(chunk) => Some(chunk),
+            // Looked past events it did not want: say so, so a resuming
+            // client does not look at them again.
+            None if position > announced => Some(Bytes::from(format!("id: {position}\n\n"))),
+            None => None,
+        };
+        if let Some(chunk) = chunk {
+            announced = position;
+            if chunks.send(chunk).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        tokio::select! {
+            more = follower.wait(Duration::from_millis(STREAM_KEEPALIVE_MS)) => {
+                if !more && chunks.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                    return;
+                }
+            }
+            () = chunks.closed() => return,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The next batch as one SSE chunk (`None`: nothing wanted was found),
+/// read and encoded off the runtime. The follower comes back with it.
+async fn read_chunk(
+    mut follower: Follower,
+    encoder: EventEncoder,
+) -> Result<(Follower, Option<Bytes>), ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let batch = follower.next_batch()?;
+        let position = follower.position();
+        Ok((follower, encode_batch(&encoder, &batch, position)))
+    })
+    .await
+    .map_err(|e| ApiError::task("reading a stream", e))?
+}
+
+/// SSE messages for `batch`, then an `id:`-only block if the follower
+/// looked further than its last event.
+fn encode_batch(encoder: &EventEncoder, batch: &[StoredEvent], position: u64) -> Option<Bytes> {
+    let last = batch.last()?.arrival;
+    let mut out = String::with_capacity(batch.len() * 512);
+    encoder.encode_each(batch, |arrival, json| {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "id: {arrival}\ndata: {json}\n\n");
+    });
+    if position > last {
+        let _ = write!(out, "id: {position}\n\n");
+    }
+    Some(Bytes::from(out))
+}
+
+/// An `error` event carrying the error JSON; the stream ends after it.
+fn error_event(e: &ApiError) -> Bytes {
+    Bytes::from(format!("event: error\ndata: {}\n\n", e.to_json()))
+}
