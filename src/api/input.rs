@@ -7,7 +7,9 @@ use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::DeserializeOwned;
 
-use super::BODY_BYTES_MAX;
+use http_body_util::BodyExt as _;
+
+use super::{BODY_BYTES_MAX, BODY_DRAIN_BYTES_MAX};
 use super::errors::{ApiError, code};
 use crate::core::limits::TIMESTAMP_US_MAX;
 use crate::store::StartFrom;
@@ -67,7 +69,11 @@ pub fn body_format(headers: &HeaderMap, accepted: &[BodyFormat]) -> Result<BodyF
 }
 
 /// Reads the whole body, refusing one over [`BODY_BYTES_MAX`] (by its
-/// declared length at once, else as soon as it grows past it).
+/// declared length at once, else as soon as it grows past it). A refused
+/// body is read on and dropped (up to [`BODY_DRAIN_BYTES_MAX`]) so a client
+/// that sends it all before it reads the answer sees the 413 rather than a
+/// broken connection; one that asked `Expect: 100-continue` is answered at
+/// once and sends nothing.
 pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let too_large = |found: String| {
         ApiError::new(
@@ -81,26 +87,53 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<axum::body::By
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let waits_for_us = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if let Some(length) = declared
         && length > BODY_BYTES_MAX as u64
     {
+        if !waits_for_us && length <= BODY_DRAIN_BYTES_MAX as u64 {
+            drain(body).await;
+        }
         return Err(too_large(length.to_string()));
     }
-    axum::body::to_bytes(body, BODY_BYTES_MAX)
-        .await
-        .map_err(|e| {
-            let e = e.into_inner();
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large("more than that".to_string())
-            } else {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    code::INVALID_JSON,
-                    format!("cannot read the body: {e}"),
-                )
-                .at("body")
-            }
-        })
+    let mut body = body;
+    let mut bytes: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_JSON,
+                format!("cannot read the body: {e}"),
+            )
+            .at("body")
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len() + data.len() > BODY_BYTES_MAX {
+            drain(body).await;
+            return Err(too_large("more than that".to_string()));
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(axum::body::Bytes::from(bytes))
+}
+
+/// Reads and drops what is left of a refused body, up to
+/// [`BODY_DRAIN_BYTES_MAX`] in all; beyond that the connection is closed
+/// on the client instead.
+async fn drain(mut body: Body) {
+    let mut drained = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            drained += data.len();
+        }
+        if drained > BODY_DRAIN_BYTES_MAX {
+            return;
+        }
+    }
 }
 
 /// Decodes `text` as `T`. A syntax error is `invalid_json` with its line
@@ -156,6 +189,11 @@ fn field_path(prefix: &str, path: &str, message: &str) -> String {
         if let Some(rest) = message.split(marker).nth(1)
             && let Some(name) = rest.split('`').next()
         {
+            // Unknown fields are reported at themselves, missing ones at
+            // their parent.
+            if field == name || field.ends_with(&format!(".{name}")) {
+                break;
+            }
             if !field.is_empty() {
                 field.push('.');
             }

@@ -35,6 +35,10 @@ pub(crate) use server::spawn;
 /// payload (1 MiB, base64 in JSON). A larger body is refused with 413 before
 /// it is read to its end.
 pub const BODY_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// How much of a refused (over-limit) body is still read and dropped so the
+/// client can read the 413 answer (64 MiB); a larger one has its connection
+/// closed instead.
+pub const BODY_DRAIN_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// Most events one publish request may carry. A batch is validated as a
 /// whole before anything is written.
 pub const PUBLISH_EVENTS_MAX: usize = 10_000;
