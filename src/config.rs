@@ -815,6 +815,65 @@ default = "keys/channel-default.key"
     }
 
     #[test]
+    fn api_section_is_optional_loopback_only_and_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = NodeConfig::load(&write(dir.path(), BASE)).expect("a config without [api]");
+        assert_eq!(old.api, None);
+        assert!(!old.to_toml().contains("[api]"));
+        for listen in ["127.0.0.1:8400", "127.0.0.5:0", "[::1]:8400"] {
+            let text = format!("{BASE}\n[api]\nlisten = \"{listen}\"\n");
+            let config = NodeConfig::load(&write(dir.path(), &text)).expect("loopback loads");
+            assert_eq!(
+                config.api.as_ref().map(|a| a.listen.to_string()).as_deref(),
+                Some(listen)
+            );
+            let again: NodeConfig = toml::from_str(&config.to_toml()).expect("reparses");
+            assert_eq!(again, config);
+        }
+        for listen in ["0.0.0.0:8400", "192.168.1.4:8400", "[::]:8400"] {
+            let text = format!("{BASE}\n[api]\nlisten = \"{listen}\"\n");
+            let message = NodeConfig::load(&write(dir.path(), &text))
+                .unwrap_err()
+                .to_string();
+            assert!(message.contains(listen), "{message}");
+            assert!(
+                message.contains("TLS with client certificates"),
+                "{message}"
+            );
+        }
+        let text = format!("{BASE}\n[api]\nlisten = \"127.0.0.1:1\"\nport = 2\n");
+        assert!(
+            NodeConfig::load(&write(dir.path(), &text)).is_err(),
+            "unknown keys are refused"
+        );
+    }
+
+    #[test]
+    fn init_with_an_api_base_port_gives_each_node_its_own_api_port() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let nodes = ["a".to_string(), "b".to_string()];
+        init_cluster_with_api(dir.path(), &nodes, 7400, Some(8400), 30, false).expect("init");
+        let ports: Vec<Option<u16>> = nodes
+            .iter()
+            .map(|n| {
+                NodeConfig::load(&dir.path().join(format!("{n}.toml")))
+                    .expect("loads")
+                    .api
+                    .map(|a| a.listen.port())
+            })
+            .collect();
+        assert_eq!(ports, [Some(8400), Some(8401)]);
+        let plain = tempfile::tempdir().expect("tempdir");
+        init_cluster(plain.path(), &nodes, 7400, 30, false).expect("init");
+        let a = NodeConfig::load(&plain.path().join("a.toml")).expect("loads");
+        assert_eq!(a.api, None, "no API unless asked");
+        let full = tempfile::tempdir().expect("tempdir");
+        let e =
+            init_cluster_with_api(full.path(), &nodes, 7400, Some(65535), 30, false).unwrap_err();
+        assert!(e.to_string().contains("--api-base-port 65535"), "{e}");
+    }
+
+    #[test]
     fn query_handler_config_is_checked() {
         let dir = tempfile::tempdir().expect("tempdir");
         for bad in [

@@ -125,7 +125,11 @@ impl Client {
         common::wait_async("the API to be ready", WAIT, || async {
             match self.http.get(format!("{}/readyz", self.base)).send().await {
                 Ok(r) if r.status() == StatusCode::OK => Ok(()),
-                Ok(r) => Err(format!("{}: {}", r.status(), r.text().await.unwrap_or_default())),
+                Ok(r) => Err(format!(
+                    "{}: {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                )),
                 Err(e) => Err(e.to_string()),
             }
         })
@@ -277,9 +281,15 @@ async fn every_endpoint_answers_against_a_real_node() {
 
     // Probes.
     let health = api.get("/healthz", "/healthz").await;
-    assert_eq!((health.status, &health.body["status"]), (StatusCode::OK, &json!("ok")));
+    assert_eq!(
+        (health.status, &health.body["status"]),
+        (StatusCode::OK, &json!("ok"))
+    );
     let ready = api.get("/readyz", "/readyz").await;
-    assert_eq!((ready.status, &ready.body["status"]), (StatusCode::OK, &json!("ready")));
+    assert_eq!(
+        (ready.status, &ready.body["status"]),
+        (StatusCode::OK, &json!("ready"))
+    );
     let doc = api.get("/v1/openapi.json", "/v1/openapi.json").await;
     assert_eq!(doc.body["openapi"], "3.1.0");
 
@@ -292,7 +302,10 @@ async fn every_endpoint_answers_against_a_real_node() {
         }))
         .await;
     assert_eq!(one.len(), 1);
-    assert_eq!((one[0]["feed"].as_str(), one[0]["seq"].as_u64()), (Some("a"), Some(1)));
+    assert_eq!(
+        (one[0]["feed"].as_str(), one[0]["seq"].as_u64()),
+        (Some("a"), Some(1))
+    );
     let batch = api
         .publish(&json!([
             {"type": "donation.received", "data": {"donor": "D-2", "cents": 100}},
@@ -304,11 +317,20 @@ async fn every_endpoint_answers_against_a_real_node() {
     assert_eq!(seqs, [2, 3, 4]);
     let ndjson = b"{\"type\":\"donation.received\",\"data\":{\"donor\":\"D-3\"}}\n\n{\"type\":\"donation.refunded\",\"data\":{\"donor\":\"D-1\"}}\n".to_vec();
     let lines = api
-        .call("POST", "/v1/events", "/v1/events", Some(("application/x-ndjson", ndjson)))
+        .call(
+            "POST",
+            "/v1/events",
+            "/v1/events",
+            Some(("application/x-ndjson", ndjson)),
+        )
         .await;
     assert_eq!(lines.status, StatusCode::OK, "{}", lines.body);
     assert_eq!(lines.body["receipts"][1]["seq"], 6);
-    assert_eq!(head(&a, "a"), Some(6), "receipts come after the events are stored");
+    assert_eq!(
+        head(&a, "a"),
+        Some(6),
+        "receipts come after the events are stored"
+    );
 
     // Read by type, in arrival order, decrypted, with the signature status.
     let donations = api
@@ -346,22 +368,39 @@ async fn every_endpoint_answers_against_a_real_node() {
         .iter()
         .map(|e| e["type"].as_str().unwrap())
         .collect();
-    assert_eq!(types, ["scan.uploaded", "donation.received", "donation.refunded"]);
+    assert_eq!(
+        types,
+        ["scan.uploaded", "donation.received", "donation.refunded"]
+    );
     let binary = &rest.body["events"][0];
-    assert_eq!((&binary["payload"], &binary["data_base64"]), (&json!("binary"), &json!("AAEC/w==")));
+    assert_eq!(
+        (&binary["payload"], &binary["data_base64"]),
+        (&json!("binary"), &json!("AAEC/w=="))
+    );
     assert_eq!(binary["schema_version"], 3);
     assert!(binary.get("data").is_none());
 
     // By id, by feed range, the feeds.
     let id = one[0]["id"].as_str().unwrap();
-    let by_id = api.get("/v1/events/{id}", &format!("/v1/events/{id}")).await;
+    let by_id = api
+        .get("/v1/events/{id}", &format!("/v1/events/{id}"))
+        .await;
     assert_eq!(by_id.body["events"][0]["seq"], 1, "{}", by_id.body);
     let missing = api
-        .get("/v1/events/{id}", "/v1/events/01a218fe-fbda-796e-8f60-7f5de75d1e51")
+        .get(
+            "/v1/events/{id}",
+            "/v1/events/01a218fe-fbda-796e-8f60-7f5de75d1e51",
+        )
         .await;
-    assert_eq!((missing.status, missing.error()), (StatusCode::NOT_FOUND, ("not_found", "id")));
+    assert_eq!(
+        (missing.status, missing.error()),
+        (StatusCode::NOT_FOUND, ("not_found", "id"))
+    );
     let range = api
-        .get("/v1/feeds/{feed}/events", "/v1/feeds/a/events?from_seq=2&limit=2")
+        .get(
+            "/v1/feeds/{feed}/events",
+            "/v1/feeds/a/events?from_seq=2&limit=2",
+        )
         .await;
     let seqs: Vec<u64> = range.body["events"]
         .as_array()
@@ -374,12 +413,18 @@ async fn every_endpoint_answers_against_a_real_node() {
         .get("/v1/feeds/{feed}/events", "/v1/feeds/a/events?to_seq=0")
         .await;
     assert_eq!(genesis.body["events"][0]["type"], "herald.genesis");
-    assert_eq!(genesis.body["events"][0]["payload"], "binary", "a certificate");
+    assert_eq!(
+        genesis.body["events"][0]["payload"], "binary",
+        "a certificate"
+    );
     assert_eq!(genesis.body["events"][0]["channel"], Value::Null);
     let nope = api
         .get("/v1/feeds/{feed}/events", "/v1/feeds/nope/events")
         .await;
-    assert_eq!((nope.status, nope.error()), (StatusCode::NOT_FOUND, ("not_found", "feed")));
+    assert_eq!(
+        (nope.status, nope.error()),
+        (StatusCode::NOT_FOUND, ("not_found", "feed"))
+    );
     let feeds = api.get("/v1/feeds", "/v1/feeds").await;
     let names: Vec<&str> = feeds.body["feeds"]
         .as_array()
@@ -397,8 +442,11 @@ async fn every_endpoint_answers_against_a_real_node() {
     });
     let b_log = b.log().clone();
     let b_config = net.config("b");
-    let finance_key = herald::identity::load_channel_key("finance", &b_config.channels["finance"]).unwrap();
-    b.proclaim("press.release", br#"{"title":"open"}"#, vec![]).await.unwrap();
+    let finance_key =
+        herald::identity::load_channel_key("finance", &b_config.channels["finance"]).unwrap();
+    b.proclaim("press.release", br#"{"title":"open"}"#, vec![])
+        .await
+        .unwrap();
     let secret = Draft::new("ledger.entry", 1, vec![], b"{\"cents\":1}".to_vec()).unwrap();
     tokio::task::spawn_blocking(move || {
         b_log
@@ -419,15 +467,27 @@ async fn every_endpoint_answers_against_a_real_node() {
     .await;
     assert_eq!(from_b[0]["data"], json!({"title": "open"}));
     assert_eq!(from_b[1]["payload"], "encrypted");
-    assert!(from_b[1]["channel"].as_str().unwrap().starts_with("unknown:"));
+    assert!(
+        from_b[1]["channel"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown:")
+    );
     assert!(from_b[1].get("data").is_none());
 
     // A stream: the start mark, then the events, then live ones.
     let mut stream = Sse::open(&api, "/v1/stream", "/v1/stream?type=donation.*", None).await;
     let start = stream.next().await;
-    assert_eq!((start.id, start.data), (Some(0), None), "a stream says where it starts");
+    assert_eq!(
+        (start.id, start.data),
+        (Some(0), None),
+        "a stream says where it starts"
+    );
     let (id1, e1) = stream.next_event().await;
-    assert_eq!((e1["seq"].as_u64(), e1["position"].as_u64()), (Some(1), Some(id1)));
+    assert_eq!(
+        (e1["seq"].as_u64(), e1["position"].as_u64()),
+        (Some(1), Some(id1))
+    );
     for _ in 0..3 {
         stream.next_event().await;
     }
@@ -447,9 +507,15 @@ async fn every_endpoint_answers_against_a_real_node() {
         )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
-    assert_eq!((&created.body["acked"], &created.body["types"]), (&json!(0), &json!(["donation.*"])));
+    assert_eq!(
+        (&created.body["acked"], &created.body["types"]),
+        (&json!(0), &json!(["donation.*"]))
+    );
     let pulled = api
-        .get("/v1/consumers/{name}/events", "/v1/consumers/reports/events?max=2")
+        .get(
+            "/v1/consumers/{name}/events",
+            "/v1/consumers/reports/events?max=2",
+        )
         .await;
     assert_eq!(pulled.status, StatusCode::OK, "{}", pulled.body);
     let pulled_events = pulled.body["events"].as_array().unwrap();
@@ -463,8 +529,13 @@ async fn every_endpoint_answers_against_a_real_node() {
             &json!({"position": second}),
         )
         .await;
-    assert_eq!((acked.status, &acked.body["acked"]), (StatusCode::OK, &json!(second)));
-    let info = api.get("/v1/consumers/{name}", "/v1/consumers/reports").await;
+    assert_eq!(
+        (acked.status, &acked.body["acked"]),
+        (StatusCode::OK, &json!(second))
+    );
+    let info = api
+        .get("/v1/consumers/{name}", "/v1/consumers/reports")
+        .await;
     assert_eq!(info.body["acked"], second);
     let all = api.get("/v1/consumers", "/v1/consumers").await;
     assert_eq!(all.body["consumers"][0]["name"], "reports");
@@ -477,14 +548,27 @@ async fn every_endpoint_answers_against_a_real_node() {
     .await;
     assert_eq!(consumer_stream.next().await.id, Some(second));
     let (_, third) = consumer_stream.next_event().await;
-    assert_eq!(third["data"]["donor"], "D-3", "the stream starts after the ack");
+    assert_eq!(
+        third["data"]["donor"], "D-3",
+        "the stream starts after the ack"
+    );
     drop(consumer_stream);
     let deleted = api
-        .call("DELETE", "/v1/consumers/{name}", "/v1/consumers/reports", None)
+        .call(
+            "DELETE",
+            "/v1/consumers/{name}",
+            "/v1/consumers/reports",
+            None,
+        )
         .await;
     assert_eq!(deleted.status, StatusCode::NO_CONTENT);
-    let gone = api.get("/v1/consumers/{name}", "/v1/consumers/reports").await;
-    assert_eq!((gone.status, gone.error()), (StatusCode::NOT_FOUND, ("not_found", "name")));
+    let gone = api
+        .get("/v1/consumers/{name}", "/v1/consumers/reports")
+        .await;
+    assert_eq!(
+        (gone.status, gone.error()),
+        (StatusCode::NOT_FOUND, ("not_found", "name"))
+    );
 
     // A query to the other node, signed by it; and one this node answers.
     let answer = api
@@ -497,8 +581,14 @@ async fn every_endpoint_answers_against_a_real_node() {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     assert_eq!(answer.body["status"], "success", "{}", answer.body);
-    assert_eq!((&answer.body["responder"], &answer.body["signed"]), (&json!("b"), &json!(true)));
-    assert_eq!((&answer.body["data"]["feed"], &answer.body["correlation_id"]), (&json!("a"), &json!("q-1")));
+    assert_eq!(
+        (&answer.body["responder"], &answer.body["signed"]),
+        (&json!("b"), &json!(true))
+    );
+    assert_eq!(
+        (&answer.body["data"]["feed"], &answer.body["correlation_id"]),
+        (&json!("a"), &json!("q-1"))
+    );
     let unknown = api
         .send_json(
             "POST",
@@ -520,7 +610,10 @@ async fn every_endpoint_answers_against_a_real_node() {
         .await;
     assert_eq!(started.status, StatusCode::CREATED, "{}", started.body);
     let saga_id = started.body["saga_id"].as_str().unwrap().to_string();
-    assert_eq!(started.headers["location"], format!("/v1/sagas/{saga_id}").as_str());
+    assert_eq!(
+        started.headers["location"],
+        format!("/v1/sagas/{saga_id}").as_str()
+    );
     let saga = common::wait_async("the saga to complete", WAIT, || async {
         let s = api
             .get("/v1/sagas/{id}", &format!("/v1/sagas/{saga_id}"))
@@ -534,9 +627,17 @@ async fn every_endpoint_answers_against_a_real_node() {
     .await;
     assert_eq!(saga["saga_type"], "Ping");
     let listed = api.get("/v1/sagas", "/v1/sagas?status=completed").await;
-    assert_eq!(listed.body["sagas"][0]["saga_id"], saga_id.as_str(), "{}", listed.body);
+    assert_eq!(
+        listed.body["sagas"][0]["saga_id"],
+        saga_id.as_str(),
+        "{}",
+        listed.body
+    );
     let history = api
-        .get("/v1/sagas/{id}/history", &format!("/v1/sagas/{saga_id}/history"))
+        .get(
+            "/v1/sagas/{id}/history",
+            &format!("/v1/sagas/{saga_id}/history"),
+        )
         .await;
     let timeline: Vec<(&str, &str)> = history.body["events"]
         .as_array()
@@ -544,19 +645,33 @@ async fn every_endpoint_answers_against_a_real_node() {
         .iter()
         .map(|e| (e["feed"].as_str().unwrap(), e["type"].as_str().unwrap()))
         .collect();
-    assert!(timeline.contains(&("b", "herald.saga.reply")), "{timeline:?}");
-    assert_eq!(timeline.first().map(|t| t.1), Some("herald.saga.started"), "{timeline:?}");
+    assert!(
+        timeline.contains(&("b", "herald.saga.reply")),
+        "{timeline:?}"
+    );
+    assert_eq!(
+        timeline.first().map(|t| t.1),
+        Some("herald.saga.started"),
+        "{timeline:?}"
+    );
     let reply = history.body["events"]
         .as_array()
         .unwrap()
         .iter()
         .find(|e| e["type"] == "herald.saga.reply")
         .unwrap();
-    assert_eq!(reply["data"]["outcome"]["Completed"]["result"], json!({"pong": 5}), "{reply}");
+    assert_eq!(
+        reply["data"]["outcome"]["Completed"]["result"],
+        json!({"pong": 5}),
+        "{reply}"
+    );
 
     // Status and peers.
     let status = api.get("/v1/status", "/v1/status").await;
-    assert_eq!((&status.body["service"], &status.body["running"]), (&json!("a"), &json!(true)));
+    assert_eq!(
+        (&status.body["service"], &status.body["running"]),
+        (&json!("a"), &json!(true))
+    );
     let peers = api.get("/v1/peers", "/v1/peers").await;
     assert_eq!(peers.body["peers"][0]["name"], "b");
     assert_eq!(peers.body["peers"][0]["connected"], true);
@@ -604,7 +719,10 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_describes_every_r
     let served = served.bytes().await.unwrap();
     let checked_in =
         std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json")).unwrap();
-    assert!(served == checked_in, "GET /v1/openapi.json differs from docs/openapi.json");
+    assert!(
+        served == checked_in,
+        "GET /v1/openapi.json differs from docs/openapi.json"
+    );
 
     let doc: Value = serde_json::from_slice(&checked_in).expect("docs/openapi.json is JSON");
     assert_eq!(doc["openapi"], "3.1.0");
@@ -612,7 +730,11 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_describes_every_r
         .iter()
         .map(|(m, p)| (m.to_string(), p.to_string()))
         .collect();
-    assert_eq!(described_operations(&doc), routes, "docs/openapi.json against the router");
+    assert_eq!(
+        described_operations(&doc),
+        routes,
+        "docs/openapi.json against the router"
+    );
     // Every `$ref` points at a schema or response the document defines.
     let text = String::from_utf8(checked_in).unwrap();
     for reference in text.split("\"$ref\": \"#/").skip(1) {
@@ -631,7 +753,10 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_describes_every_r
             .replace("{feed}", "a")
             .replace("{name}", "probe");
         let response = client
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("http://{addr}{concrete}"))
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("http://{addr}{concrete}"),
+            )
             .header("content-type", "application/json")
             .body("{}")
             .timeout(Duration::from_secs(30))
@@ -644,11 +769,16 @@ async fn the_served_openapi_document_is_the_checked_in_one_and_describes_every_r
         {
             let body: Value = response.json().await.unwrap();
             assert_ne!(
-                body["error"]["message"].as_str().map(|m| m.starts_with("no endpoint")),
+                body["error"]["message"]
+                    .as_str()
+                    .map(|m| m.starts_with("no endpoint")),
                 Some(true),
                 "{method} {path} is described but not served"
             );
-            assert_ne!(body["error"]["code"], "method_not_allowed", "{method} {path}");
+            assert_ne!(
+                body["error"]["code"], "method_not_allowed",
+                "{method} {path}"
+            );
         }
     }
     a.shutdown().await;
@@ -671,7 +801,8 @@ async fn an_sse_subscriber_resumes_after_dropped_connections_with_nothing_lost_o
     let api = std::sync::Arc::new(Client::new(a.api_addr().unwrap()));
     api.wait_ready().await;
     // Noise the filter must skip, before and during the load.
-    api.publish(&json!({"type": "noise.before", "data": 0})).await;
+    api.publish(&json!({"type": "noise.before", "data": 0}))
+        .await;
 
     let publisher = {
         let api = api.clone();
@@ -690,14 +821,20 @@ async fn an_sse_subscriber_resumes_after_dropped_connections_with_nothing_lost_o
                         ndjson.push(b'\n');
                     }
                     let answer = api
-                        .call("POST", "/v1/events", "/v1/events", Some(("application/x-ndjson", ndjson)))
+                        .call(
+                            "POST",
+                            "/v1/events",
+                            "/v1/events",
+                            Some(("application/x-ndjson", ndjson)),
+                        )
                         .await;
                     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
                     answer.body["receipts"].as_array().unwrap().clone()
                 };
                 assert_eq!(receipts.len(), SSE_BATCH);
                 published += SSE_BATCH;
-                api.publish(&json!({"type": "noise.during", "data": batch})).await;
+                api.publish(&json!({"type": "noise.during", "data": batch}))
+                    .await;
             }
         })
     };
@@ -711,7 +848,12 @@ async fn an_sse_subscriber_resumes_after_dropped_connections_with_nothing_lost_o
     let mut connections = 0usize;
     let started = Instant::now();
     while received.len() < SSE_EVENTS {
-        assert!(started.elapsed() < WAIT * 4, "only {} events after {:?}", received.len(), started.elapsed());
+        assert!(
+            started.elapsed() < WAIT * 4,
+            "only {} events after {:?}",
+            received.len(),
+            started.elapsed()
+        );
         let mut sse = Sse::open(&api, "/v1/stream", "/v1/stream?type=load.*", last_id).await;
         let budget = drops[connections % drops.len()];
         connections += 1;
@@ -719,7 +861,10 @@ async fn an_sse_subscriber_resumes_after_dropped_connections_with_nothing_lost_o
         while this_connection < budget && received.len() < SSE_EVENTS {
             let block = sse.next().await;
             if let Some(id) = block.id {
-                assert!(id >= last_position, "positions never go back: {id} after {last_position}");
+                assert!(
+                    id >= last_position,
+                    "positions never go back: {id} after {last_position}"
+                );
                 last_position = id;
                 last_id = Some(id);
             }
@@ -741,12 +886,19 @@ async fn an_sse_subscriber_resumes_after_dropped_connections_with_nothing_lost_o
     }
     publisher.await.unwrap();
     assert_eq!(received.len(), SSE_EVENTS);
-    assert!(connections > 10, "the connection was dropped and resumed ({connections} times)");
+    assert!(
+        connections > 10,
+        "the connection was dropped and resumed ({connections} times)"
+    );
     // Nothing more is due: a resumed stream has no further load event.
     let mut sse = Sse::open(&api, "/v1/stream", "/v1/stream?type=load.*", last_id).await;
-    api.publish(&json!({"type": "load.tick", "data": {"i": "last"}})).await;
+    api.publish(&json!({"type": "load.tick", "data": {"i": "last"}}))
+        .await;
     let (_, next) = sse.next_event().await;
-    assert_eq!(next["data"]["i"], "last", "nothing repeated after the last event");
+    assert_eq!(
+        next["data"]["i"], "last",
+        "nothing repeated after the last event"
+    );
     drop(sse);
     a.shutdown().await;
 }
@@ -821,7 +973,10 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
     // The first client: pulls 20, handles 15 and acknowledges them, pulls
     // on with its own fetch position, then dies before acknowledging more.
     let first = api
-        .get("/v1/consumers/{name}/events", "/v1/consumers/billing/events?max=20")
+        .get(
+            "/v1/consumers/{name}/events",
+            "/v1/consumers/billing/events?max=20",
+        )
         .await;
     assert_eq!(numbers(&first), (0..20).collect::<Vec<_>>());
     let fifteenth = positions(&first)[14];
@@ -843,7 +998,11 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
             ),
         )
         .await;
-    assert_eq!(numbers(&on), (20..30).collect::<Vec<_>>(), "a fetch position of its own");
+    assert_eq!(
+        numbers(&on),
+        (20..30).collect::<Vec<_>>(),
+        "a fetch position of its own"
+    );
     assert_eq!(on.body["acked"], fifteenth, "pulling acknowledges nothing");
 
     // The node is killed (no shutdown at all) and started again.
@@ -854,10 +1013,15 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
 
     // The restarted client asks where it stands and pulls from there:
     // everything after its ack again (at-least-once), nothing before.
-    let info = api.get("/v1/consumers/{name}", "/v1/consumers/billing").await;
+    let info = api
+        .get("/v1/consumers/{name}", "/v1/consumers/billing")
+        .await;
     assert_eq!(info.body["acked"], fifteenth, "the ack survived the kill");
     let again = api
-        .get("/v1/consumers/{name}/events", "/v1/consumers/billing/events?max=100")
+        .get(
+            "/v1/consumers/{name}/events",
+            "/v1/consumers/billing/events?max=100",
+        )
         .await;
     assert_eq!(numbers(&again), (15..50).collect::<Vec<_>>());
     let last = *positions(&again).last().unwrap();
@@ -881,10 +1045,16 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
     // Caught up: a pull waits, then answers empty.
     let waited = Instant::now();
     let empty = api
-        .get("/v1/consumers/{name}/events", "/v1/consumers/billing/events?wait_ms=300")
+        .get(
+            "/v1/consumers/{name}/events",
+            "/v1/consumers/billing/events?wait_ms=300",
+        )
         .await;
     assert!(positions(&empty).is_empty());
-    assert!(waited.elapsed() >= Duration::from_millis(300), "the pull waited");
+    assert!(
+        waited.elapsed() >= Duration::from_millis(300),
+        "the pull waited"
+    );
     // A pull that waits wakes for an event published meanwhile.
     let waiting = {
         let base = api.base.clone();
@@ -898,7 +1068,8 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    api.publish(&json!({"type": "order.placed", "data": {"n": 50}})).await;
+    api.publish(&json!({"type": "order.placed", "data": {"n": 50}}))
+        .await;
     let woken = waiting.await.unwrap();
     assert_eq!(woken["events"][0]["data"]["n"], 50, "{woken}");
 
@@ -911,7 +1082,10 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
             &json!({"types": ["stock.*"]}),
         )
         .await;
-    assert_eq!((conflict.status, conflict.error()), (StatusCode::CONFLICT, ("conflict", "types")));
+    assert_eq!(
+        (conflict.status, conflict.error()),
+        (StatusCode::CONFLICT, ("conflict", "types"))
+    );
     let same = api
         .send_json(
             "PUT",
@@ -920,7 +1094,11 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
             &json!({"types": ["order.*"]}),
         )
         .await;
-    assert_eq!((same.status, &same.body["acked"]), (StatusCode::OK, &json!(last)), "unchanged");
+    assert_eq!(
+        (same.status, &same.body["acked"]),
+        (StatusCode::OK, &json!(last)),
+        "unchanged"
+    );
     let beyond = api
         .send_json(
             "POST",
@@ -929,13 +1107,26 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
             &json!({"position": 1_000_000}),
         )
         .await;
-    assert_eq!((beyond.status, beyond.error()), (StatusCode::BAD_REQUEST, ("invalid_field", "position")));
+    assert_eq!(
+        (beyond.status, beyond.error()),
+        (StatusCode::BAD_REQUEST, ("invalid_field", "position"))
+    );
     node.kill().unwrap();
     node.wait().unwrap();
 }
 
 // ---------------------------------------------------------------------------
 // Bad input.
+
+/// What is sent, with what content type, and the status, code and field
+/// expected back.
+type BadCase<'a> = (
+    &'a str,
+    Option<(&'a str, Vec<u8>)>,
+    StatusCode,
+    &'a str,
+    &'a str,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_refused_naming_the_field_and_write_nothing() {
@@ -949,30 +1140,158 @@ async fn bad_bodies_are_refused_naming_the_field_and_write_nothing() {
     let arrival = a.log().last_arrival().unwrap();
 
     let json_body = |text: &str| Some(("application/json", text.as_bytes().to_vec()));
-    let oversized_payload = json!({"type": "big", "data_base64": base64_of(&vec![7u8; 1024 * 1024 + 1])});
+    let oversized_payload =
+        json!({"type": "big", "data_base64": base64_of(&vec![7u8; 1024 * 1024 + 1])});
     let too_many: Vec<Value> = (0..herald::api::PUBLISH_EVENTS_MAX + 1)
         .map(|_| json!({"type": "t", "data": 1}))
         .collect();
-    let cases: Vec<(&str, Option<(&str, Vec<u8>)>, StatusCode, &str, &str)> = vec![
-        ("malformed", json_body(r#"{"type": "t", "data": "#), StatusCode::BAD_REQUEST, "invalid_json", "body"),
-        ("not an event", json_body("[1]"), StatusCode::BAD_REQUEST, "invalid_field", "[0]"),
-        ("unknown field", json_body(r#"[{"type":"t","data":1},{"type":"t","data":1,"colour":"red"}]"#), StatusCode::BAD_REQUEST, "invalid_field", "[1].colour"),
-        ("no type", json_body(r#"{"data":1}"#), StatusCode::BAD_REQUEST, "invalid_field", "type"),
-        ("reserved type", json_body(r#"[{"type":"t","data":1},{"type":"herald.genesis","data":1}]"#), StatusCode::BAD_REQUEST, "invalid_field", "[1].type"),
-        ("type with a space", json_body(r#"{"type":"a b","data":1}"#), StatusCode::BAD_REQUEST, "invalid_field", "type"),
-        ("no payload", json_body(r#"{"type":"t"}"#), StatusCode::BAD_REQUEST, "invalid_field", "data"),
-        ("two payloads", json_body(r#"{"type":"t","data":1,"data_base64":"AA=="}"#), StatusCode::BAD_REQUEST, "invalid_field", "data"),
-        ("bad base64", json_body(r#"{"type":"t","data_base64":"!!"}"#), StatusCode::BAD_REQUEST, "invalid_field", "data_base64"),
-        ("meta not text", json_body(r#"{"type":"t","data":1,"meta":{"k":1}}"#), StatusCode::BAD_REQUEST, "invalid_field", "meta.k"),
-        ("meta key too long", Some(("application/json", serde_json::to_vec(&json!({"type":"t","data":1,"meta":{"k".repeat(65): "v"}})).unwrap())), StatusCode::BAD_REQUEST, "invalid_field", "meta"),
-        ("unknown channel", json_body(r#"[{"type":"t","data":1},{"type":"t","data":1,"channel":"nope"}]"#), StatusCode::BAD_REQUEST, "unknown_channel", "[1].channel"),
-        ("payload over 1 MiB", Some(("application/json", serde_json::to_vec(&oversized_payload).unwrap())), StatusCode::BAD_REQUEST, "invalid_field", "data"),
-        ("too many events", Some(("application/json", serde_json::to_vec(&too_many).unwrap())), StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body"),
-        ("body over the limit", Some(("application/json", vec![b' '; herald::api::BODY_BYTES_MAX + 1])), StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body"),
-        ("empty array", json_body("[]"), StatusCode::BAD_REQUEST, "invalid_field", "body"),
-        ("ndjson, bad third line", Some(("application/x-ndjson", b"{\"type\":\"t\",\"data\":1}\n{\"type\":\"t\",\"data\":2}\n{\"type\":\n".to_vec())), StatusCode::BAD_REQUEST, "invalid_json", "[2]"),
-        ("wrong content type", Some(("text/plain", br#"{"type":"t","data":1}"#.to_vec())), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Content-Type"),
-        ("no content type", None, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Content-Type"),
+    let cases: Vec<BadCase> = vec![
+        (
+            "malformed",
+            json_body(r#"{"type": "t", "data": "#),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "body",
+        ),
+        (
+            "not an event",
+            json_body("[1]"),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "[0]",
+        ),
+        (
+            "unknown field",
+            json_body(r#"[{"type":"t","data":1},{"type":"t","data":1,"colour":"red"}]"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "[1].colour",
+        ),
+        (
+            "no type",
+            json_body(r#"{"data":1}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "type",
+        ),
+        (
+            "reserved type",
+            json_body(r#"[{"type":"t","data":1},{"type":"herald.genesis","data":1}]"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "[1].type",
+        ),
+        (
+            "type with a space",
+            json_body(r#"{"type":"a b","data":1}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "type",
+        ),
+        (
+            "no payload",
+            json_body(r#"{"type":"t"}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "data",
+        ),
+        (
+            "two payloads",
+            json_body(r#"{"type":"t","data":1,"data_base64":"AA=="}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "data",
+        ),
+        (
+            "bad base64",
+            json_body(r#"{"type":"t","data_base64":"!!"}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "data_base64",
+        ),
+        (
+            "meta not text",
+            json_body(r#"{"type":"t","data":1,"meta":{"k":1}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "meta.k",
+        ),
+        (
+            "meta key too long",
+            Some((
+                "application/json",
+                serde_json::to_vec(&json!({"type":"t","data":1,"meta":{"k".repeat(65): "v"}}))
+                    .unwrap(),
+            )),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "meta",
+        ),
+        (
+            "unknown channel",
+            json_body(r#"[{"type":"t","data":1},{"type":"t","data":1,"channel":"nope"}]"#),
+            StatusCode::BAD_REQUEST,
+            "unknown_channel",
+            "[1].channel",
+        ),
+        (
+            "payload over 1 MiB",
+            Some((
+                "application/json",
+                serde_json::to_vec(&oversized_payload).unwrap(),
+            )),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "data",
+        ),
+        (
+            "too many events",
+            Some(("application/json", serde_json::to_vec(&too_many).unwrap())),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "body",
+        ),
+        (
+            "body over the limit",
+            Some((
+                "application/json",
+                vec![b' '; herald::api::BODY_BYTES_MAX + 1],
+            )),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "body",
+        ),
+        (
+            "empty array",
+            json_body("[]"),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "body",
+        ),
+        (
+            "ndjson, bad third line",
+            Some((
+                "application/x-ndjson",
+                b"{\"type\":\"t\",\"data\":1}\n{\"type\":\"t\",\"data\":2}\n{\"type\":\n".to_vec(),
+            )),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "[2]",
+        ),
+        (
+            "wrong content type",
+            Some(("text/plain", br#"{"type":"t","data":1}"#.to_vec())),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type",
+        ),
+        (
+            "no content type",
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Content-Type",
+        ),
     ];
     for (what, body, status, code, field) in cases {
         let answer = api.call("POST", "/v1/events", "/v1/events", body).await;
@@ -984,36 +1303,232 @@ async fn bad_bodies_are_refused_naming_the_field_and_write_nothing() {
         );
         assert_eq!(head(&a, "a"), before, "{what}: nothing was written");
     }
-    assert_eq!(a.log().last_arrival().unwrap(), arrival, "no event at all was stored");
+    assert_eq!(
+        a.log().last_arrival().unwrap(),
+        arrival,
+        "no event at all was stored"
+    );
 
     // Other endpoints: bad parameters, bodies and paths.
     for (method, path, body, status, code, field) in [
-        ("GET", "/v1/events?limit=0", None, StatusCode::BAD_REQUEST, "invalid_parameter", "limit"),
-        ("GET", "/v1/events?colour=red", None, StatusCode::BAD_REQUEST, "invalid_parameter", "colour"),
-        ("GET", "/v1/events?after=1&from=now", None, StatusCode::BAD_REQUEST, "invalid_parameter", "from"),
-        ("GET", "/v1/stream?from=yesterday", None, StatusCode::BAD_REQUEST, "invalid_parameter", "from"),
-        ("GET", "/v1/stream?type=a%20b", None, StatusCode::BAD_REQUEST, "invalid_parameter", "type"),
-        ("GET", "/v1/events/not-a-uuid", None, StatusCode::BAD_REQUEST, "invalid_parameter", "id"),
-        ("PUT", "/v1/consumers/has%20space", json_body("{}"), StatusCode::BAD_REQUEST, "invalid_parameter", "name"),
-        ("PUT", "/v1/consumers/c", json_body(r#"{"types":"x"}"#), StatusCode::BAD_REQUEST, "invalid_field", "types"),
-        ("PUT", "/v1/consumers/c", json_body(r#"{"from":"start","after":1}"#), StatusCode::BAD_REQUEST, "invalid_field", "from"),
-        ("POST", "/v1/consumers/c/ack", json_body(r#"{"position":1}"#), StatusCode::NOT_FOUND, "not_found", "name"),
-        ("POST", "/v1/queries", json_body(r#"{"to":"a"}"#), StatusCode::BAD_REQUEST, "invalid_field", "type"),
-        ("POST", "/v1/queries", json_body(r#"{"to":"a","type":"herald.head","timeout_ms":0}"#), StatusCode::BAD_REQUEST, "invalid_field", "timeout_ms"),
-        ("POST", "/v1/sagas", json_body(r#"{"definition":"saga_type = 1"}"#), StatusCode::BAD_REQUEST, "invalid_field", "definition"),
-        ("GET", "/v1/sagas?status=sleeping", None, StatusCode::BAD_REQUEST, "invalid_parameter", "status"),
-        ("GET", "/v1/sagas/01a218fe-fbda-796e-8f60-7f5de75d1e51", None, StatusCode::NOT_FOUND, "not_found", "id"),
-        ("GET", "/v2/events", None, StatusCode::NOT_FOUND, "not_found", "<no field>"),
-        ("PATCH", "/v1/events", json_body("{}"), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "<no field>"),
+        (
+            "GET",
+            "/v1/events?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "limit",
+        ),
+        (
+            "GET",
+            "/v1/events?colour=red",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "colour",
+        ),
+        (
+            "GET",
+            "/v1/events?after=1&from=now",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "from",
+        ),
+        (
+            "GET",
+            "/v1/stream?from=yesterday",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "from",
+        ),
+        (
+            "GET",
+            "/v1/stream?type=a%20b",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "type",
+        ),
+        (
+            "GET",
+            "/v1/events/not-a-uuid",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "id",
+        ),
+        (
+            "PUT",
+            "/v1/consumers/has%20space",
+            json_body("{}"),
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "name",
+        ),
+        (
+            "PUT",
+            "/v1/consumers/c",
+            json_body(r#"{"types":"x"}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "types",
+        ),
+        (
+            "PUT",
+            "/v1/consumers/c",
+            json_body(r#"{"from":"start","after":1}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "from",
+        ),
+        (
+            "POST",
+            "/v1/consumers/c/ack",
+            json_body(r#"{"position":1}"#),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "name",
+        ),
+        (
+            "POST",
+            "/v1/queries",
+            json_body(r#"{"to":"a"}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "type",
+        ),
+        (
+            "POST",
+            "/v1/queries",
+            json_body(r#"{"to":"a","type":"herald.head","timeout_ms":0}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "timeout_ms",
+        ),
+        (
+            "POST",
+            "/v1/sagas",
+            json_body(r#"{"definition":"saga_type = 1"}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_field",
+            "definition",
+        ),
+        (
+            "GET",
+            "/v1/sagas?status=sleeping",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "status",
+        ),
+        (
+            "GET",
+            "/v1/sagas/01a218fe-fbda-796e-8f60-7f5de75d1e51",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "id",
+        ),
+        (
+            "GET",
+            "/v2/events",
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "<no field>",
+        ),
+        (
+            "PATCH",
+            "/v1/events",
+            json_body("{}"),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "<no field>",
+        ),
     ] {
         let answer = api.call(method, path, path, body).await;
-        assert_eq!((answer.status, answer.error()), (status, (code, field)), "{method} {path}: {}", answer.body);
+        assert_eq!(
+            (answer.status, answer.error()),
+            (status, (code, field)),
+            "{method} {path}: {}",
+            answer.body
+        );
     }
-    assert_eq!(a.log().last_arrival().unwrap(), arrival, "still nothing stored");
+    assert_eq!(
+        a.log().last_arrival().unwrap(),
+        arrival,
+        "still nothing stored"
+    );
     a.shutdown().await;
 }
 
 fn base64_of(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+// ---------------------------------------------------------------------------
+// The store's follower under the streams and pulls.
+
+#[test]
+fn a_follower_returns_exactly_the_wanted_events_in_arrival_order_in_bounded_batches() {
+    let cluster = common::Cluster::new(&["a"]);
+    let log = cluster.open("a");
+    let channel = log.channel(None).unwrap();
+    // Rare, common and large events, in several commits.
+    let mut drafts = Vec::new();
+    for i in 0..3_000u32 {
+        let (event_type, payload) = match i {
+            i if i % 97 == 0 => ("rare.one", vec![b'1'; 10]),
+            i if i % 500 == 1 => ("big.blob", vec![b'x'; 700 * 1024]),
+            _ => ("common.tick", vec![b'2'; 40]),
+        };
+        drafts.push((
+            Draft::new(event_type, 1, vec![], payload).unwrap(),
+            channel.clone(),
+        ));
+    }
+    for chunk in drafts.chunks(300) {
+        log.proclaim_batch(chunk.to_vec()).unwrap();
+    }
+    let everything = log.read_arrivals(0, 10_000).unwrap();
+    let expect = |wanted: &dyn Fn(&str) -> bool| -> Vec<u64> {
+        everything
+            .iter()
+            .filter(|e| wanted(&e.header.event_type))
+            .map(|e| e.arrival)
+            .collect()
+    };
+    let follow = |patterns: Vec<String>| -> (Vec<u64>, usize) {
+        let mut follower = log.follow(patterns, 0).unwrap();
+        let (mut got, mut largest_batch_bytes) = (Vec::new(), 0usize);
+        loop {
+            let batch = follower.next_batch().unwrap();
+            assert!(batch.len() <= herald::store::FOLLOW_BATCH_EVENTS_MAX);
+            let bytes: usize = batch.iter().map(|e| e.envelope.len()).sum();
+            largest_batch_bytes = largest_batch_bytes.max(bytes);
+            got.extend(batch.iter().map(|e| e.arrival));
+            if !follower.has_more().unwrap() {
+                return (got, largest_batch_bytes);
+            }
+        }
+    };
+    let (rare, _) = follow(vec!["rare.*".into()]);
+    assert_eq!(rare, expect(&|t| t == "rare.one"));
+    let (two, _) = follow(vec!["rare.*".into(), "big.?lob".into()]);
+    assert_eq!(two, expect(&|t| t == "rare.one" || t == "big.blob"));
+    let (all, largest) = follow(vec![]);
+    assert_eq!(all, expect(&|_| true));
+    assert!(
+        largest < herald::store::FOLLOW_BATCH_PAYLOAD_BYTES_MAX + 1024 * 1024,
+        "a batch stops near its byte bound ({largest} bytes)"
+    );
+    let (star, _) = follow(vec!["*".into()]);
+    assert_eq!(star, all);
+    assert!(
+        log.follow(vec!["x".into(); 17], 0).is_err(),
+        "too many patterns"
+    );
 }

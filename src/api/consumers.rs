@@ -36,7 +36,9 @@ use super::input::{
     start_of,
 };
 use super::server::ApiState;
-use super::{CONSUMER_NAME_BYTES_MAX, CONSUMER_PREFIX, CONSUMERS_MAX, PAGE_EVENTS_MAX, PULL_WAIT_MS_MAX};
+use super::{
+    CONSUMER_NAME_BYTES_MAX, CONSUMER_PREFIX, CONSUMERS_MAX, PAGE_EVENTS_MAX, PULL_WAIT_MS_MAX,
+};
 use crate::store::{ConsumerCursor, FOLLOW_PATTERNS_MAX, Log, StartFrom};
 
 /// A consumer as the API shows it.
@@ -169,7 +171,8 @@ pub async fn get(
     let log = Arc::clone(state.log());
     let view = blocking("reading a consumer", move || {
         let c = cursor(&log, &name, &stored)?;
-        ConsumerView::of(&c).ok_or_else(|| ApiError::internal("a consumer outside the API's prefix"))
+        ConsumerView::of(&c)
+            .ok_or_else(|| ApiError::internal("a consumer outside the API's prefix"))
     })
     .await?;
     Ok(json_ok(&view))
@@ -188,7 +191,11 @@ pub async fn put(
     body_format(&headers, &[BodyFormat::Json])?;
     let bytes = read_body(&headers, body).await?;
     let request: PutConsumer = if bytes.iter().all(u8::is_ascii_whitespace) {
-        PutConsumer { types: Vec::new(), from: None, after: None }
+        PutConsumer {
+            types: Vec::new(),
+            from: None,
+            after: None,
+        }
     } else {
         decode_json(&bytes, "")?
     };
@@ -199,7 +206,11 @@ pub async fn put(
         define(&log, &name, &stored, &types, start)
     })
     .await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     let text = serde_json::to_string(&view)
         .map_err(|e| ApiError::internal(format!("cannot encode the consumer: {e}")))?;
     Ok(json_response(status, text))
@@ -223,7 +234,10 @@ fn put_types(mut types: Vec<String>) -> Result<Vec<String>, ApiError> {
     if types.len() > FOLLOW_PATTERNS_MAX {
         return Err(ApiError::field(
             "types",
-            format!("{} type patterns, over the limit of {FOLLOW_PATTERNS_MAX}", types.len()),
+            format!(
+                "{} type patterns, over the limit of {FOLLOW_PATTERNS_MAX}",
+                types.len()
+            ),
         ));
     }
     for (i, t) in types.iter().enumerate() {
@@ -282,7 +296,8 @@ fn define(
         log.put_consumer_cursor(stored, &pattern, position)?;
     }
     let now = cursor(log, name, stored)?;
-    let view = ConsumerView::of(&now).ok_or_else(|| ApiError::internal("a consumer outside the API's prefix"))?;
+    let view = ConsumerView::of(&now)
+        .ok_or_else(|| ApiError::internal("a consumer outside the API's prefix"))?;
     Ok((existing.is_none(), view))
 }
 
@@ -295,7 +310,10 @@ pub async fn delete(
     Params::parse(query.as_deref())?.finish()?;
     let stored = stored_name(&name)?;
     let log = Arc::clone(state.log());
-    let deleted = blocking("deleting a consumer", move || Ok(log.delete_consumer_cursor(&stored)?)).await?;
+    let deleted = blocking("deleting a consumer", move || {
+        Ok(log.delete_consumer_cursor(&stored)?)
+    })
+    .await?;
     if !deleted {
         return Err(ApiError::not_found(format!("no consumer {name:?}")).at("name"));
     }
@@ -383,13 +401,14 @@ pub async fn ack(
                 format!("position {position} is beyond the last event this node holds ({last})"),
             ));
         }
-        log.ack_consumer_cursor(&stored, &c.pattern, position)?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                code::CONFLICT,
-                format!("consumer {name:?} was deleted or redefined meanwhile; pull again"),
-            )
-        })
+        log.ack_consumer_cursor(&stored, &c.pattern, position)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    code::CONFLICT,
+                    format!("consumer {name:?} was deleted or redefined meanwhile; pull again"),
+                )
+            })
     })
     .await?;
     Ok(json_ok(&serde_json::json!({ "acked": acked })))
@@ -408,7 +427,10 @@ pub async fn stream(
     params.finish()?;
     let stored = stored_name(&name)?;
     let log = Arc::clone(state.log());
-    let c = blocking("opening a consumer stream", move || cursor(&log, &name, &stored)).await?;
+    let c = blocking("opening a consumer stream", move || {
+        cursor(&log, &name, &stored)
+    })
+    .await?;
     let start = resume.unwrap_or(Start::After(c.last_arrival));
     super::subscribe::open(state, patterns_of(&c.pattern), start).await
 }
@@ -419,7 +441,11 @@ mod tests {
 
     #[test]
     fn pattern_lists_round_trip_through_their_stored_text() {
-        for types in [vec![], vec!["a.*".to_string()], vec!["a.*".into(), "b?".into()]] {
+        for types in [
+            vec![],
+            vec!["a.*".to_string()],
+            vec!["a.*".into(), "b?".into()],
+        ] {
             assert_eq!(patterns_of(&pattern_text(&types)), types);
         }
         assert!(stored_name("orders-1.v2_x").is_ok());

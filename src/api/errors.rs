@@ -170,11 +170,15 @@ impl From<LogError> for ApiError {
             LogError::CannotProclaim(_) | LogError::WriterGone => {
                 ApiError::unavailable(e.to_string())
             }
-            LogError::UnknownChannel { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, code::UNKNOWN_CHANNEL, e.to_string())
-                    .at("channel")
+            LogError::UnknownChannel { .. } => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                code::UNKNOWN_CHANNEL,
+                e.to_string(),
+            )
+            .at("channel"),
+            LogError::Draft(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, code::INVALID_FIELD, e.to_string())
             }
-            LogError::Draft(_) => ApiError::new(StatusCode::BAD_REQUEST, code::INVALID_FIELD, e.to_string()),
             LogError::Subscription(SubscriptionError::InvalidPattern { .. }) => {
                 ApiError::parameter("type", e.to_string())
             }

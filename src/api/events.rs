@@ -331,7 +331,9 @@ pub async fn by_id(
     .await
     .map_err(|e| ApiError::task("reading an event", e))??;
     if events.is_empty() {
-        return Err(ApiError::not_found(format!("this node holds no event with id {uuid}")).at("id"));
+        return Err(
+            ApiError::not_found(format!("this node holds no event with id {uuid}")).at("id"),
+        );
     }
     Ok(json_ok(&serde_json::json!({ "events": events })))
 }
@@ -382,7 +384,9 @@ pub async fn feed_range(
     let encoder = state.encoder();
     let page = tokio::task::spawn_blocking(move || {
         let Some(head) = log.heads()?.into_iter().find(|h| h.feed == feed) else {
-            return Err(ApiError::not_found(format!("this node holds no feed {feed:?}")).at("feed"));
+            return Err(
+                ApiError::not_found(format!("this node holds no feed {feed:?}")).at("feed"),
+            );
         };
         let last = to.unwrap_or(head.seq).min(head.seq);
         let end = last.min(from.saturating_add(limit - 1));

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use http_body_util::BodyExt as _;
 
-use super::{BODY_BYTES_MAX, BODY_DRAIN_BYTES_MAX};
 use super::errors::{ApiError, code};
+use super::{BODY_BYTES_MAX, BODY_DRAIN_BYTES_MAX};
 use crate::core::limits::TIMESTAMP_US_MAX;
 use crate::store::StartFrom;
 
@@ -141,11 +141,9 @@ async fn drain(mut body: Body) {
 /// by its path (`[3].type`) under `prefix`.
 pub fn decode_json<T: DeserializeOwned>(text: &[u8], prefix: &str) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(text);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|e| json_error(&e, prefix))?;
-    deserializer
-        .end()
-        .map_err(|e| syntax_error(&e, prefix))?;
+    let value: T =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|e| json_error(&e, prefix))?;
+    deserializer.end().map_err(|e| syntax_error(&e, prefix))?;
     Ok(value)
 }
 
@@ -213,8 +211,10 @@ pub struct Params {
 impl Params {
     /// Parses a raw query string (`None`: no `?`).
     pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
-            .map_err(|e| ApiError::parameter("query", format!("the query string does not parse: {e}")))?;
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|e| {
+                ApiError::parameter("query", format!("the query string does not parse: {e}"))
+            })?;
         Ok(Params { pairs })
     }
 
@@ -238,7 +238,10 @@ impl Params {
         if values.len() > 1 {
             return Err(ApiError::parameter(
                 name,
-                format!("parameter {name} is given {} times; give it once", values.len()),
+                format!(
+                    "parameter {name} is given {} times; give it once",
+                    values.len()
+                ),
             ));
         }
         Ok(values.pop())
@@ -264,7 +267,9 @@ impl Params {
             None => Ok(()),
             Some((name, _)) => Err(ApiError::parameter(
                 name.clone(),
-                format!("unknown parameter {name:?}; see /v1/openapi.json for this endpoint's parameters"),
+                format!(
+                    "unknown parameter {name:?}; see /v1/openapi.json for this endpoint's parameters"
+                ),
             )),
         }
     }
@@ -342,8 +347,12 @@ pub fn start_of(
 /// Checks a type pattern: 1 to 128 printable ASCII characters without
 /// spaces, as event types are (`*` and `?` are wildcards).
 pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    crate::core::codec::check_event_type(pattern)
-        .map_err(|e| format!("type pattern {pattern:?}: {}", e.replace("event type", "it")))
+    crate::core::codec::check_event_type(pattern).map_err(|e| {
+        format!(
+            "type pattern {pattern:?}: {}",
+            e.replace("event type", "it")
+        )
+    })
 }
 
 #[cfg(test)]
@@ -361,14 +370,21 @@ mod tests {
 
     #[test]
     fn json_errors_name_the_field_by_its_path() {
-        let e = decode_json::<Vec<Item>>(br#"[{"type":"a"},{"type":"b","bogus":1}]"#, "").unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (code::INVALID_FIELD, Some("[1].bogus")));
+        let e =
+            decode_json::<Vec<Item>>(br#"[{"type":"a"},{"type":"b","bogus":1}]"#, "").unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (code::INVALID_FIELD, Some("[1].bogus"))
+        );
         let e = decode_json::<Vec<Item>>(br#"[{"type":"a"},{"count":2}]"#, "").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("[1].type"), "{e}");
         let e = decode_json::<Item>(br#"{"type":"a","count":"x"}"#, "").unwrap_err();
         assert_eq!(e.field.as_deref(), Some("count"), "{e}");
         let e = decode_json::<Item>(br#"{"type":"a""#, "").unwrap_err();
-        assert_eq!((e.code, e.field.as_deref()), (code::INVALID_JSON, Some("body")));
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (code::INVALID_JSON, Some("body"))
+        );
         let e = decode_json::<Item>(br#"{"type":"a"} {}"#, "").unwrap_err();
         assert_eq!(e.code, code::INVALID_JSON, "trailing text is refused");
         let e = decode_json::<Item>(br#"{"type":7}"#, "[4]").unwrap_err();
@@ -391,10 +407,16 @@ mod tests {
     fn start_prefers_last_event_id_and_refuses_after_with_from() {
         let mut headers = HeaderMap::new();
         let mut p = Params::parse(Some("from=start")).unwrap();
-        assert_eq!(start_of(&headers, &mut p, None).unwrap(), Some(Start::From(StartFrom::Start)));
+        assert_eq!(
+            start_of(&headers, &mut p, None).unwrap(),
+            Some(Start::From(StartFrom::Start))
+        );
         headers.insert("last-event-id", "42".parse().unwrap());
         let mut p = Params::parse(Some("from=now")).unwrap();
-        assert_eq!(start_of(&headers, &mut p, None).unwrap(), Some(Start::After(42)));
+        assert_eq!(
+            start_of(&headers, &mut p, None).unwrap(),
+            Some(Start::After(42))
+        );
         let mut p = Params::parse(Some("after=3&from=now")).unwrap();
         assert!(start_of(&HeaderMap::new(), &mut p, None).is_err());
         let mut p = Params::parse(Some("from=2025-01-31T12:00:00Z")).unwrap();

@@ -27,8 +27,8 @@ pub mod server;
 pub mod subscribe;
 
 pub use errors::ApiError;
-pub use server::{ApiStartError, ROUTES};
 pub(crate) use server::spawn;
+pub use server::{ApiStartError, ROUTES};
 
 /// Largest request body, in bytes (16 MiB): a batch of
 /// [`PUBLISH_EVENTS_MAX`] small events, or a few events of the largest

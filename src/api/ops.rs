@@ -258,15 +258,14 @@ pub async fn saga(
     Params::parse(raw.as_deref())?.finish()?;
     let id = saga_id(&id)?;
     let log = Arc::clone(state.log());
-    let saga = tokio::task::spawn_blocking(move || {
-        crate::saga::orchestrator::load(&*log.reader()?, id)
-    })
-    .await
-    .map_err(|e| ApiError::task("reading a saga", e))?
-    .map_err(|e| saga_error(e, "id"))?
-    .ok_or_else(|| {
-        ApiError::not_found(format!("this node orchestrates no saga {id}")).at("id")
-    })?;
+    let saga =
+        tokio::task::spawn_blocking(move || crate::saga::orchestrator::load(&*log.reader()?, id))
+            .await
+            .map_err(|e| ApiError::task("reading a saga", e))?
+            .map_err(|e| saga_error(e, "id"))?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("this node orchestrates no saga {id}")).at("id")
+            })?;
     Ok(json_ok(&saga))
 }
 
@@ -336,7 +335,9 @@ pub async fn saga_history(
             })
         })
         .collect();
-    Ok(json_ok(&serde_json::json!({ "saga_id": id, "events": timeline })))
+    Ok(json_ok(
+        &serde_json::json!({ "saga_id": id, "events": timeline }),
+    ))
 }
 
 /// `GET /v1/status`: the node's status (the shape of `herald status --json`).

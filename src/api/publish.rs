@@ -176,7 +176,10 @@ pub fn validate(log: &Log, inputs: Vec<EventInput>) -> Result<Vec<Proclamation>,
         let payload = match (input.data, input.data_base64) {
             (Some(json), None) => minify_json(json.get()),
             (None, Some(text)) => BASE64.decode(text.as_bytes()).map_err(|e| {
-                ApiError::field(at("data_base64"), format!("{}: not base64: {e}", at("data_base64")))
+                ApiError::field(
+                    at("data_base64"),
+                    format!("{}: not base64: {e}", at("data_base64")),
+                )
             })?,
             _ => {
                 return Err(ApiError::field(
@@ -254,8 +257,7 @@ pub fn proclaim(log: &Log, mut drafts: Vec<Proclamation>) -> Result<Vec<Receipt>
             error.message,
             receipts.len()
         );
-        error.receipts =
-            serde_json::to_value(receipt_views(log.service(), &receipts)).ok();
+        error.receipts = serde_json::to_value(receipt_views(log.service(), &receipts)).ok();
     }
     Err(error)
 }
@@ -318,8 +320,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(lines[1].event_type, "b");
-        let e = decode_events(b"{\"type\":\"a\",\"data\":1}\n{\"typo\":1}\n", BodyFormat::Ndjson)
-            .unwrap_err();
+        let e = decode_events(
+            b"{\"type\":\"a\",\"data\":1}\n{\"typo\":1}\n",
+            BodyFormat::Ndjson,
+        )
+        .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("[1].typo"), "{e}");
         assert!(e.message.starts_with("line 2: "), "{e}");
         assert!(decode_events(b"[]", BodyFormat::Json).is_err());

@@ -3,11 +3,11 @@
 //! Two hooks are left for what comes later, each one place:
 //!
 //! * **Authentication** (HTTPS with client certificates and per-certificate
-//!   permissions): every `/v1` route goes through [`guard`], where one tower
+//!   permissions): every `/v1` route goes through `guard`, where one tower
 //!   layer (`route_layer`) or a middleware extracting the client's identity
 //!   is added; health probes stay outside it. Until then the API listens on
 //!   loopback only (`config::ApiConfig::check`).
-//! * **`/metrics`**: [`probes`] holds the unauthenticated operational
+//! * **`/metrics`**: `probes` holds the unauthenticated operational
 //!   routes; a `/metrics` route (Prometheus text) is added there, next to
 //!   `/healthz` and `/readyz`, with its entry in [`ROUTES`] and
 //!   `docs/openapi.json`.
@@ -134,7 +134,7 @@ pub(crate) async fn spawn(
     Ok((addr, task))
 }
 
-/// The whole router: probes, then the versioned API behind [`guard`].
+/// The whole router: probes, then the versioned API behind `guard`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(probes())

@@ -48,14 +48,20 @@ pub async fn stream(
 }
 
 /// Opens a stream of the events matching `patterns` from `start`.
-pub async fn open(state: ApiState, patterns: Vec<String>, start: Start) -> Result<Response, ApiError> {
+pub async fn open(
+    state: ApiState,
+    patterns: Vec<String>,
+    start: Start,
+) -> Result<Response, ApiError> {
     let permit = Arc::clone(&state.streams)
         .try_acquire_owned()
         .map_err(|_| {
             ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 code::TOO_MANY_STREAMS,
-                format!("{STREAMS_MAX} streams are open, the most this node serves; retry when one ends"),
+                format!(
+                    "{STREAMS_MAX} streams are open, the most this node serves; retry when one ends"
+                ),
             )
         })?;
     let log = Arc::clone(state.log());
@@ -72,7 +78,10 @@ pub async fn open(state: ApiState, patterns: Vec<String>, start: Start) -> Resul
     }));
     let mut response = Response::new(body);
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Proxies (nginx) would otherwise hold events back in their buffers.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -92,7 +101,11 @@ async fn produce(
     let mut shutdown = state.shutdown.clone();
     // The position the client's last event id stands for.
     let mut announced = follower.position();
-    if chunks.send(Bytes::from(format!("id: {announced}\n\n"))).await.is_err() {
+    if chunks
+        .send(Bytes::from(format!("id: {announced}\n\n")))
+        .await
+        .is_err()
+    {
         return;
     }
     loop {

@@ -343,12 +343,12 @@ impl Follower {
         if wanted.is_empty() {
             return Ok(());
         }
-        let dense = wanted.len() * 2 >= looked_at && range_bytes <= 2 * FOLLOW_BATCH_PAYLOAD_BYTES_MAX;
+        let dense =
+            wanted.len() * 2 >= looked_at && range_bytes <= 2 * FOLLOW_BATCH_PAYLOAD_BYTES_MAX;
         if !dense {
             for arrival in wanted {
-                let event = super::read_arrival(&self.conn, *arrival)?.ok_or_else(|| {
-                    LogError::Corrupt(format!("no event at arrival {arrival}"))
-                })?;
+                let event = super::read_arrival(&self.conn, *arrival)?
+                    .ok_or_else(|| LogError::Corrupt(format!("no event at arrival {arrival}")))?;
                 batch.push(event);
             }
             return Ok(());
@@ -368,9 +368,7 @@ impl Follower {
         }
         match next.next() {
             None => Ok(()),
-            Some(missing) => Err(LogError::Corrupt(format!(
-                "no event at arrival {missing}"
-            ))),
+            Some(missing) => Err(LogError::Corrupt(format!("no event at arrival {missing}"))),
         }
     }
 }
