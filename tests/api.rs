@@ -1532,3 +1532,57 @@ fn a_follower_returns_exactly_the_wanted_events_in_arrival_order_in_bounded_batc
         "too many patterns"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Shutdown with streams and pulls open.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_promptly_with_streams_and_pulls_open_and_its_store_opens_again() {
+    let net = Net::mesh(&["a"]);
+    with_api(&net, "a");
+    let a = Node::start(&net.config("a")).await.expect("start a");
+    let api = Client::new(a.api_addr().unwrap());
+    api.wait_ready().await;
+    api.send_json(
+        "PUT",
+        "/v1/consumers/{name}",
+        "/v1/consumers/w",
+        &json!({"from": "now"}),
+    )
+    .await;
+    let mut stream = Sse::open(&api, "/v1/stream", "/v1/stream?from=now", None).await;
+    assert_eq!(stream.next().await.data, None, "the start mark");
+    let pull = {
+        let url = format!("{}/v1/consumers/w/events?wait_ms=30000", api.base);
+        tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status()) })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    a.shutdown().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown waited {:?} for open streams",
+        stopping.elapsed()
+    );
+    // The stream ends and the pull is answered, not left hanging.
+    let end = tokio::time::timeout(WAIT, stream.stream.next())
+        .await
+        .expect("the stream ended");
+    assert!(
+        end.is_none() || end.is_some_and(|r| r.is_err()),
+        "no more events after shutdown"
+    );
+    let pulled = tokio::time::timeout(WAIT, pull)
+        .await
+        .expect("the pull ended")
+        .unwrap();
+    assert!(
+        matches!(pulled, Ok(StatusCode::OK)),
+        "a waiting pull is answered at shutdown: {pulled:?}"
+    );
+    // Nothing of the API holds the store: the node starts again on it.
+    let again = Node::start(&net.config("a"))
+        .await
+        .expect("the store opens again");
+    again.shutdown().await;
+}

@@ -19,7 +19,6 @@
 //! cannot touch the node's own consumers. Their type patterns are stored
 //! one per line (a pattern never holds a line break).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -148,7 +147,7 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let consumers = blocking("listing consumers", move || {
         Ok(log
             .consumer_cursors(CONSUMER_PREFIX, CONSUMERS_MAX)?
@@ -168,7 +167,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
     let stored = stored_name(&name)?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let view = blocking("reading a consumer", move || {
         let c = cursor(&log, &name, &stored)?;
         ConsumerView::of(&c)
@@ -201,7 +200,7 @@ pub async fn put(
     };
     let start = put_start(&request)?;
     let types = put_types(request.types)?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let (created, view) = blocking("defining a consumer", move || {
         define(&log, &name, &stored, &types, start)
     })
@@ -309,7 +308,7 @@ pub async fn delete(
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
     let stored = stored_name(&name)?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let deleted = blocking("deleting a consumer", move || {
         Ok(log.delete_consumer_cursor(&stored)?)
     })
@@ -345,8 +344,8 @@ pub async fn pull(
     let wait_ms = params.number("wait_ms", 0, PULL_WAIT_MS_MAX)?.unwrap_or(0);
     params.finish()?;
     let stored = stored_name(&name)?;
-    let log = Arc::clone(state.log());
-    let encoder = state.encoder();
+    let log = state.log()?;
+    let encoder = state.encoder()?;
     let (c, mut follower) = blocking("opening a pull", move || {
         let c = cursor(&log, &name, &stored)?;
         let follower = log.follow(patterns_of(&c.pattern), after.unwrap_or(c.last_arrival))?;
@@ -391,7 +390,7 @@ pub async fn ack(
     body_format(&headers, &[BodyFormat::Json])?;
     let bytes = read_body(&headers, body).await?;
     let Ack { position } = decode_json(&bytes, "")?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let acked = blocking("acknowledging", move || {
         let c = cursor(&log, &name, &stored)?;
         let last = log.last_arrival()?;
@@ -426,7 +425,7 @@ pub async fn stream(
     let resume = start_of(&headers, &mut params, None)?;
     params.finish()?;
     let stored = stored_name(&name)?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let c = blocking("opening a consumer stream", move || {
         cursor(&log, &name, &stored)
     })

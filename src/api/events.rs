@@ -38,7 +38,7 @@ use super::{EVENTS_BY_ID_MAX, PAGE_EVENTS_DEFAULT, PAGE_EVENTS_MAX, READ_SCAN_RO
 use crate::core::crypto::ChannelKey;
 use crate::core::event::{Encryption, SignatureScope};
 use crate::core::verify::{DecryptError, decrypt_payload};
-use crate::store::{Follower, Log, StartFrom, StoredEvent};
+use crate::store::{Follower, Log, StoredEvent};
 
 /// Turns stored events into their JSON form: decrypts with the node's
 /// channel keys and tells which checkpoint covers each.
@@ -291,11 +291,10 @@ pub async fn list(
     let limit = params
         .number("limit", 1, PAGE_EVENTS_MAX as u64)?
         .map_or(PAGE_EVENTS_DEFAULT, |n| n as usize);
-    let start = start_of(&headers, &mut params, Some(Start::From(StartFrom::Start)))?
-        .unwrap_or(Start::After(0));
+    let start = start_of(&headers, &mut params, None)?.unwrap_or(Start::After(0));
     params.finish()?;
-    let log = Arc::clone(state.log());
-    let encoder = state.encoder();
+    let log = state.log()?;
+    let encoder = state.encoder()?;
     let page = tokio::task::spawn_blocking(move || {
         let after = resolve_start(&log, start)?;
         let mut follower = log.follow(patterns, after)?;
@@ -322,8 +321,8 @@ pub async fn by_id(
     let uuid = uuid::Uuid::parse_str(&id).map_err(|e| {
         ApiError::parameter("id", format!("{id:?} is not an event id (a UUID): {e}"))
     })?;
-    let log = Arc::clone(state.log());
-    let encoder = state.encoder();
+    let log = state.log()?;
+    let encoder = state.encoder()?;
     let events = tokio::task::spawn_blocking(move || {
         let events = log.read_by_id(uuid.as_bytes(), EVENTS_BY_ID_MAX)?;
         Ok::<_, ApiError>(encoder.encode_all(&events))
@@ -344,7 +343,7 @@ pub async fn feeds(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let heads = tokio::task::spawn_blocking(move || log.heads())
         .await
         .map_err(|e| ApiError::task("reading feed heads", e))??;
@@ -380,8 +379,8 @@ pub async fn feed_range(
             format!("to_seq {} is below from_seq {from}", to.unwrap_or(0)),
         ));
     }
-    let log = Arc::clone(state.log());
-    let encoder = state.encoder();
+    let log = state.log()?;
+    let encoder = state.encoder()?;
     let page = tokio::task::spawn_blocking(move || {
         let Some(head) = log.heads()?.into_iter().find(|h| h.feed == feed) else {
             return Err(

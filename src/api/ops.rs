@@ -1,6 +1,5 @@
 //! Queries, sagas, the node's status and peers, and the health probes.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -112,8 +111,9 @@ pub async fn query(
         Some(raw) => super::publish::minify_json(raw.get()),
         None => b"{}".to_vec(),
     };
+    let node = state.node()?;
     let outcome = crate::node::query_peer(
-        state.node(),
+        &node,
         &input.to,
         &input.query_type,
         payload,
@@ -183,7 +183,7 @@ pub async fn start_saga(
             .map_err(|e| ApiError::field("input", format!("input: {e}")))?,
         None => serde_json::json!({}),
     };
-    let node = state.node();
+    let node = state.node()?;
     let id = node
         .orchestrator
         .start(definition, saga_input, &node.service)
@@ -228,7 +228,7 @@ pub async fn list_sagas(
         .number("limit", 1, SAGAS_LIST_MAX as u64)?
         .map_or(SAGAS_LIST_DEFAULT, |n| n as usize);
     params.finish()?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let sagas = tokio::task::spawn_blocking(move || {
         crate::saga::orchestrator::list(&*log.reader()?, status, limit)
     })
@@ -257,7 +257,7 @@ pub async fn saga(
 ) -> Result<Response, ApiError> {
     Params::parse(raw.as_deref())?.finish()?;
     let id = saga_id(&id)?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let saga =
         tokio::task::spawn_blocking(move || crate::saga::orchestrator::load(&*log.reader()?, id))
             .await
@@ -281,7 +281,7 @@ pub async fn saga_history(
 ) -> Result<Response, ApiError> {
     Params::parse(raw.as_deref())?.finish()?;
     let id = saga_id(&id)?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     let entries = tokio::task::spawn_blocking(move || {
         let keys = log.channel_keys();
         let mut follower = log.follow(vec![format!("{SAGA_EVENT_PREFIX}*")], 0)?;
@@ -346,7 +346,8 @@ pub async fn status(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(raw.as_deref())?.finish()?;
-    let status = crate::node::status_of(state.node()).await;
+    let node = state.node()?;
+    let status = crate::node::status_of(&node).await;
     Ok(json_ok(&status))
 }
 
@@ -357,7 +358,7 @@ pub async fn peers(
 ) -> Result<Response, ApiError> {
     Params::parse(raw.as_deref())?.finish()?;
     let peers: Vec<crate::node::PeerState> = state
-        .node()
+        .node()?
         .peers
         .lock()
         .map(|p| p.values().cloned().collect())
@@ -369,7 +370,11 @@ pub async fn peers(
 /// background task met a fault it cannot recover from (a damaged store, a
 /// self-fork): restart it, or look at `herald status`.
 pub async fn healthz(State(state): State<ApiState>) -> Response {
-    let fatal = state.log().health().fatal().borrow().clone();
+    let log = match state.log() {
+        Ok(log) => log,
+        Err(e) => return axum::response::IntoResponse::into_response(e),
+    };
+    let fatal = log.health().fatal().borrow().clone();
     match fatal {
         None => json_ok(&serde_json::json!({ "status": "ok" })),
         Some(reason) => json_response(
@@ -383,7 +388,10 @@ pub async fn healthz(State(state): State<ApiState>) -> Response {
 /// node recovers its own feed from its peers, reports a problem, or shuts
 /// down.
 pub async fn readyz(State(state): State<ApiState>) -> Response {
-    let log = state.log();
+    let log = match state.log() {
+        Ok(log) => log,
+        Err(e) => return axum::response::IntoResponse::into_response(e),
+    };
     let mut reasons: Vec<String> = Vec::new();
     if state.stopping() {
         reasons.push("the node is shutting down".into());

@@ -80,7 +80,7 @@ pub async fn publish(
     Params::parse(query.as_deref())?.finish()?;
     let format = body_format(&headers, &[BodyFormat::Json, BodyFormat::Ndjson])?;
     let bytes = read_body(&headers, body).await?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
     // Decoding a large batch and waiting for the writer are blocking work.
     tokio::task::spawn_blocking(move || {
         let inputs = decode_events(&bytes, format)?;

@@ -13,13 +13,14 @@
 //!   `docs/openapi.json`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use axum::Router;
 use axum::routing::{get, post, put};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::errors::ApiError;
 use super::events::EventEncoder;
 use super::{STREAMS_MAX, consumers, errors, events, openapi, ops, publish, subscribe};
 use crate::config::ApiConfig;
@@ -68,9 +69,14 @@ pub enum ApiStartError {
 }
 
 /// What every handler can reach.
+///
+/// The node is held weakly: connections (and their tasks) may outlive a
+/// node shutdown by a moment, or longer if a client stops reading, and must
+/// not keep its log (and the store's lock) open meanwhile. Once the node is
+/// gone, requests are answered 503.
 #[derive(Clone)]
 pub struct ApiState {
-    node: Arc<Inner>,
+    node: Weak<Inner>,
     /// One permit per open stream ([`STREAMS_MAX`]).
     pub(crate) streams: Arc<Semaphore>,
     /// Turns true when the node shuts down: streams and long polls end.
@@ -78,22 +84,26 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    pub(crate) fn node(&self) -> &Arc<Inner> {
-        &self.node
+    /// The node, unless it has stopped.
+    pub(crate) fn node(&self) -> Result<Arc<Inner>, ApiError> {
+        self.node
+            .upgrade()
+            .ok_or_else(|| ApiError::unavailable("the node has stopped"))
     }
 
-    pub fn log(&self) -> &Arc<Log> {
-        &self.node.log
+    /// The node's log, unless the node has stopped.
+    pub fn log(&self) -> Result<Arc<Log>, ApiError> {
+        Ok(Arc::clone(&self.node()?.log))
     }
 
     /// An encoder for this node's events (its channel keys, its checkpoints).
-    pub fn encoder(&self) -> EventEncoder {
-        EventEncoder::new(&self.node.log)
+    pub fn encoder(&self) -> Result<EventEncoder, ApiError> {
+        Ok(EventEncoder::new(&self.log()?))
     }
 
-    /// Whether the node is shutting down.
+    /// Whether the node is shutting down (or gone).
     pub fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
+        *self.shutdown.borrow() || self.shutdown.has_changed().is_err()
     }
 }
 
@@ -116,7 +126,7 @@ pub(crate) async fn spawn(
     let addr = listener.local_addr().map_err(bind)?;
     let shutdown = node.shutdown.clone();
     let state = ApiState {
-        node,
+        node: Arc::downgrade(&node),
         streams: Arc::new(Semaphore::new(STREAMS_MAX)),
         shutdown: shutdown.clone(),
     };

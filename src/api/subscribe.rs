@@ -64,7 +64,8 @@ pub async fn open(
                 ),
             )
         })?;
-    let log = Arc::clone(state.log());
+    let log = state.log()?;
+    let encoder = EventEncoder::new(&log);
     let follower = tokio::task::spawn_blocking(move || {
         let after = resolve_start(&log, start)?;
         log.follow(patterns, after)
@@ -72,7 +73,7 @@ pub async fn open(
     .await
     .map_err(|e| ApiError::task("opening a stream", e))??;
     let (chunks, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER_BATCHES);
-    tokio::spawn(produce(state, follower, chunks, permit));
+    tokio::spawn(produce(state, encoder, follower, chunks, permit));
     let body = Body::from_stream(futures_util::stream::unfold(receiver, |mut r| async move {
         r.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), r))
     }));
@@ -93,19 +94,16 @@ pub async fn open(
 /// stream's place among [`STREAMS_MAX`]; dropped with the task.
 async fn produce(
     state: ApiState,
+    encoder: EventEncoder,
     mut follower: Follower,
     chunks: mpsc::Sender<Bytes>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let encoder = state.encoder();
     let mut shutdown = state.shutdown.clone();
     // The position the client's last event id stands for.
     let mut announced = follower.position();
-    if chunks
-        .send(Bytes::from(format!("id: {announced}\n\n")))
-        .await
-        .is_err()
-    {
+    let start = Bytes::from(format!("id: {announced}\n\n"));
+    if !send(&chunks, start, &mut shutdown).await {
         return;
     }
     loop {
@@ -119,7 +117,7 @@ async fn produce(
                 chunk
             }
             Err(e) => {
-                let _ = chunks.send(error_event(&e)).await;
+                send(&chunks, error_event(&e), &mut shutdown).await;
                 return;
             }
         };
@@ -133,20 +131,34 @@ async fn produce(
         };
         if let Some(chunk) = chunk {
             announced = position;
-            if chunks.send(chunk).await.is_err() {
+            if !send(&chunks, chunk, &mut shutdown).await {
                 return;
             }
             continue;
         }
         tokio::select! {
             more = follower.wait(Duration::from_millis(STREAM_KEEPALIVE_MS)) => {
-                if !more && chunks.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                let keep_alive = Bytes::from_static(b": keep-alive\n\n");
+                if !more && !send(&chunks, keep_alive, &mut shutdown).await {
                     return;
                 }
             }
             () = chunks.closed() => return,
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// Hands `chunk` to the connection, waiting while its queue is full (a
+/// slow client); `false` once the client is gone or the node shuts down.
+async fn send(
+    chunks: &mpsc::Sender<Bytes>,
+    chunk: Bytes,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = chunks.send(chunk) => sent.is_ok(),
+        _ = shutdown.changed() => false,
     }
 }
 
