@@ -52,6 +52,14 @@ pub const RETRANSMIT_AFTER_ON_RELIABLE_US: u64 = 30_000_000;
 /// cumulative `Ack` then says so, so relays rarely send duplicates; without a
 /// direct link the relay still delivers them, this much later.
 pub const RELAY_DELAY_US: u64 = 500_000;
+/// A third party's feed is relayed to a peer only if the peer has not
+/// taken events of it from anyone else (its `Ack` passing what we sent it)
+/// for this long. In a mesh under load the author's link delivers the
+/// feed and the peer's acknowledgements keep moving past what a relay
+/// sent, so the relay stays quiet instead of sending every event a second
+/// time; when the author's link stalls (or is gone) the peer stops moving,
+/// and the relay takes over this much later.
+pub const RELAY_AFTER_PEER_STALLED_US: u64 = RELAY_DELAY_US;
 /// Head samples kept per relayed feed (bounds [`Session::relay_heads`]).
 const RELAY_HISTORY_MAX: usize = 64;
 /// Most feeds one session tracks for its peer. `Hello` and `Ack` may each
@@ -182,6 +190,10 @@ pub struct Session {
     own_feed_recovery_limit: Option<u64>,
     /// Per third-party feed, when this node held which head (oldest first).
     relay_history: BTreeMap<String, std::collections::VecDeque<(u64, u64)>>,
+    /// Per feed, when the peer last acknowledged events of it beyond what
+    /// this node had sent it: it took them from someone else (the author,
+    /// or another relay). See [`RELAY_AFTER_PEER_STALLED_US`].
+    fed_elsewhere_at_us: BTreeMap<String, u64>,
     /// Feeds not sent to this peer any more: the peer holds another branch
     /// of them (a split view) or they forked. Sending past the point where
     /// the branches part would only be refused.
@@ -202,6 +214,7 @@ impl Session {
             peer_own_next_at_hello: None,
             own_feed_recovery_limit: None,
             relay_history: BTreeMap::new(),
+            fed_elsewhere_at_us: BTreeMap::new(),
             held_back: BTreeMap::new(),
         }
     }
@@ -296,7 +309,10 @@ impl Session {
                         .unwrap_or(0),
                 );
                 for head in heads {
-                    self.advance(&head.feed, head.seq + 1);
+                    // What the peer holds at the start counts as taken from
+                    // elsewhere: a relay first gives the author its chance.
+                    self.advance(&head.feed, head.seq + 1, now_us);
+                    self.fed_elsewhere_at_us.insert(head.feed.clone(), now_us);
                 }
                 // Start sending from what the peer holds, whatever an
                 // earlier connection had in flight.
@@ -310,7 +326,7 @@ impl Session {
                 check_positions(&heads)?;
                 let mut progressed = false;
                 for head in heads {
-                    progressed |= self.advance(&head.feed, head.seq + 1);
+                    progressed |= self.advance(&head.feed, head.seq + 1, now_us);
                 }
                 if progressed {
                     self.last_progress_us = now_us;
@@ -363,7 +379,7 @@ impl Session {
 
     /// Records that the peer holds `feed` below `next`; returns whether that
     /// is news. Positions of feeds beyond [`SESSION_FEEDS_MAX`] are ignored.
-    fn advance(&mut self, feed: &str, next: u64) -> bool {
+    fn advance(&mut self, feed: &str, next: u64, now_us: u64) -> bool {
         if !self.peer_next.contains_key(feed) && self.peer_next.len() >= SESSION_FEEDS_MAX {
             return false;
         }
@@ -373,6 +389,10 @@ impl Session {
         }
         *known = next;
         let send = self.send_next.entry(feed.to_string()).or_insert(0);
+        if next > *send {
+            // The peer holds more than we sent it: someone else feeds it.
+            self.fed_elsewhere_at_us.insert(feed.to_string(), now_us);
+        }
         *send = (*send).max(next);
         true
     }
@@ -437,8 +457,10 @@ impl Session {
 
     /// The heads to offer the peer at `now_us`: this node's own feed and the
     /// peer's own feed as they are; every third party's feed as it was
-    /// [`RELAY_DELAY_US`] ago (see there). The second value is when a held
-    /// back head becomes sendable, if one is held back.
+    /// [`RELAY_DELAY_US`] ago (see there), and only while the peer takes
+    /// none of it from elsewhere ([`RELAY_AFTER_PEER_STALLED_US`]). The
+    /// second value is when a held back head becomes sendable, if one is
+    /// held back.
     pub fn relay_heads(
         &mut self,
         local_heads: &BTreeMap<String, u64>,
@@ -451,6 +473,22 @@ impl Session {
             if feed == own_service || *feed == self.peer {
                 offer.insert(feed.clone(), head);
                 continue;
+            }
+            if let Some(&fed_at) = self.fed_elsewhere_at_us.get(feed) {
+                let due = fed_at + RELAY_AFTER_PEER_STALLED_US;
+                if now_us < due {
+                    // Offer nothing of it now; what was sent stays in flight.
+                    wake = Some(wake.map_or(due, |w| w.min(due)));
+                    // Keep the head history going for when the peer stalls.
+                    let history = self.relay_history.entry(feed.clone()).or_default();
+                    if history.back().is_none_or(|&(_, h)| h < head) {
+                        history.push_back((now_us, head));
+                        if history.len() > RELAY_HISTORY_MAX {
+                            history.pop_front();
+                        }
+                    }
+                    continue;
+                }
             }
             let history = self.relay_history.entry(feed.clone()).or_default();
             if history.back().is_none_or(|&(_, h)| h < head) {
@@ -650,6 +688,33 @@ mod tests {
         assert_eq!(offer.get("c"), Some(&5), "only what was held a delay ago");
         let (offer, _) = s.relay_heads(&later, "me", 1_000 + 3 * RELAY_DELAY_US);
         assert_eq!(offer.get("c"), Some(&9));
+    }
+
+    #[test]
+    fn a_peer_fed_by_someone_else_gets_no_relay_until_it_stalls() {
+        let mut s = Session::new("b", 0);
+        s.on_message(0, Session::hello("b", &[pos("c", 1)])).unwrap();
+        // We hold c up to 50; b holds 1 and keeps taking c from c itself.
+        let local = heads(&[("c", 50)]);
+        let mut now = 2 * RELAY_DELAY_US;
+        s.relay_heads(&local, "me", 0);
+        for seq in [10, 20, 30] {
+            s.on_message(now, Session::ack(vec![pos("c", seq)])).unwrap();
+            assert!({ let offer = s.relay_heads(&local, "me", now).0; s.poll_send(&offer) }.is_empty(), "b is fed by c");
+            now += RELAY_DELAY_US / 2;
+        }
+        // b stops moving (its link to c is down): the relay takes over.
+        now += RELAY_AFTER_PEER_STALLED_US;
+        let ranges = { let offer = s.relay_heads(&local, "me", now).0; s.poll_send(&offer) };
+        assert_eq!(ranges.len(), 1);
+        assert_eq!((ranges[0].from, ranges[0].to), (31, 50));
+        // Acks of what we relayed are not "fed elsewhere": relaying goes on.
+        s.on_message(now + 1, Session::ack(vec![pos("c", 40)])).unwrap();
+        let more = heads(&[("c", 60)]);
+        s.relay_heads(&more, "me", now + 1);
+        let later = now + 2 * RELAY_DELAY_US;
+        let ranges = { let offer = s.relay_heads(&more, "me", later).0; s.poll_send(&offer) };
+        assert_eq!((ranges[0].from, ranges[0].to), (51, 60));
     }
 
     #[test]

@@ -378,11 +378,7 @@ async fn outbound(
         let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
         let (ack, acked, backlog, ranges) = {
             let mut conn = lock(&shared);
-            let ack = if conn.ack_due() {
-                conn.poll_ack(&positions(&local))
-            } else {
-                None
-            };
+            let ack = conn.poll_ack(clock::now_us(), &positions(&local));
             let acked = conn
                 .take_ack_progress()
                 .then(|| conn.acknowledged().clone());
