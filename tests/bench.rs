@@ -56,6 +56,8 @@ fn a_small_bench_run_reports_every_section_as_json() {
             "900",
             "--sagas",
             "6",
+            "--http-events",
+            "600",
             "--json",
         ])
         .output()
@@ -128,4 +130,29 @@ fn a_small_bench_run_reports_every_section_as_json() {
     assert_eq!(number(sagas, "sagas"), 6.0);
     assert!(number(sagas, "sagas_per_s") > 0.0);
     assert_eq!(report["scale"], Value::Null, "--scale was not asked for");
+
+    // The HTTP API section: the same node over HTTP and directly.
+    let http = &report["http"];
+    assert_eq!(number(http, "events"), 600.0);
+    let (direct, batch) = (
+        number(http, "direct_events_per_s"),
+        number(http, "http_batch_events_per_s"),
+    );
+    assert!(direct > 0.0 && batch > 0.0, "{http}");
+    assert!((number(http, "http_batch_fraction_of_direct") - batch / direct).abs() < 1e-9);
+    // Every event the run wrote (both batch runs, and the genesis) reached
+    // the one SSE subscriber.
+    assert_eq!(number(http, "sse_events"), 1201.0, "{http}");
+    assert!(number(http, "sse_events_per_s") > 0.0);
+    assert_eq!(number(http, "paced_events"), 600.0);
+    for path in ["direct_single", "http_single"] {
+        assert!(
+            number(http, &format!("{path}_us_p50")) <= number(http, &format!("{path}_us_p99")),
+            "{http}"
+        );
+    }
+    assert_eq!(
+        number(http, "http_single_p99_overhead_us"),
+        number(http, "http_single_us_p99") - number(http, "direct_single_us_p99")
+    );
 }

@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod cpu;
+pub mod http;
 pub mod netem;
 pub mod outbox;
 pub mod sagas;
@@ -54,6 +55,8 @@ pub struct BenchOptions {
     pub outbox_url: Option<String>,
     /// Outbox rows relayed (and events sunk) in that section.
     pub outbox_rows: u64,
+    /// Events per batch-publish run of the HTTP API section (0 skips it).
+    pub http_events: u64,
 }
 
 /// One run's figures. Rates are per second; latencies in microseconds.
@@ -70,6 +73,9 @@ pub struct BenchReport {
     /// The service-database section (`--outbox-url`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outbox: Option<outbox::OutboxReport>,
+    /// The HTTP API section.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<http::HttpReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -233,7 +239,17 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
         )?),
         None => None,
     };
+    let http = if options.http_events > 0 {
+        Some(http::run_http(
+            work_dir,
+            options.http_events,
+            options.payload_bytes,
+        )?)
+    } else {
+        None
+    };
     Ok(BenchReport {
+        http,
         outbox,
         machine,
         ceiling,

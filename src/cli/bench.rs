@@ -44,6 +44,11 @@ pub struct BenchArgs {
     /// Rows relayed (and events written by the sink) with --outbox-url.
     #[arg(long, default_value_t = 100_000)]
     pub outbox_rows: u64,
+    /// Events per batch-publish run of the HTTP API section (one node with
+    /// its API on loopback: batch publish against the same node's direct
+    /// proclaim, one SSE subscriber, single-event latency); 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    pub http_events: u64,
 }
 
 pub fn run(args: BenchArgs) -> Result<u8, CliError> {
@@ -81,6 +86,7 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
         network: args.network,
         outbox_url: args.outbox_url,
         outbox_rows: args.outbox_rows,
+        http_events: args.http_events,
     };
     let report = run_bench(&options, scratch.path())?;
     if args.json {
@@ -244,9 +250,42 @@ fn print_table(r: &BenchReport) {
             o.sink_batch_events
         );
     }
+    if let Some(h) = &r.http {
+        print_http(h);
+    }
     println!(
         "verify: {} events, result {}",
         r.verify.events,
         if r.verify.valid { "valid" } else { "INVALID" }
+    );
+}
+
+fn print_http(h: &crate::bench::http::HttpReport) {
+    println!();
+    println!(
+        "HTTP API (one node, loopback, {} B payload): {} events per run",
+        h.payload_bytes, h.events
+    );
+    println!(
+        "  batch publish, JSON arrays of {} ({} requests in flight): {:.0}/s = {:.2} of the same node's direct proclaim ({:.0}/s)",
+        h.batch_events,
+        h.requests_in_flight,
+        h.http_batch_events_per_s,
+        h.http_batch_fraction_of_direct,
+        h.direct_events_per_s
+    );
+    println!(
+        "  SSE, one subscriber from the start: {} events at {:.0}/s",
+        h.sse_events, h.sse_events_per_s
+    );
+    println!(
+        "  single events at {}/s ({} each), call to durable: HTTP p50 {} us, p99 {} us; direct p50 {} us, p99 {} us; HTTP p99 overhead {} us",
+        h.paced_rate_per_s,
+        h.paced_events,
+        h.http_single_us_p50,
+        h.http_single_us_p99,
+        h.direct_single_us_p50,
+        h.direct_single_us_p99,
+        h.http_single_p99_overhead_us
     );
 }
