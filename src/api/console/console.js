@@ -11,10 +11,11 @@
   // Limits: every list the page draws is bounded.
   const REFRESH_MS = 2000; // how often everything is read again
   const EVENTS_PER_FEED = 20; // newest events read from each feed
-  const EVENTS_SHOWN = 50; // newest events shown, all feeds merged
+  const EVENTS_SHOWN = 30; // newest events shown, all feeds merged
   const FEEDS_READ_MAX = 32; // feeds whose events are read (newest heads first)
   const SAGAS_SHOWN = 8; // newest sagas drawn
-  const PAYLOAD_CHARS_MAX = 400; // longer payload text is cut
+  const PAYLOAD_CHARS_MAX = 2000; // longer payload text is cut (in the tooltip)
+  const PAYLOAD_CHARS_SHOWN = 120; // longer payload text is cut (in the table)
   const SVG_NS = 'http://www.w3.org/2000/svg';
 
   // Histories of sagas that had ended when they were read: they no longer
@@ -120,7 +121,7 @@
   function payloadText(event) {
     switch (event.payload) {
       case 'json':
-        return cut(JSON.stringify(event.data), PAYLOAD_CHARS_MAX);
+        return JSON.stringify(event.data);
       case 'binary': {
         const b64 = event.data_base64 || '';
         const bytes = Math.floor((b64.length * 3) / 4) - (b64.endsWith('==') ? 2 : b64.endsWith('=') ? 1 : 0);
@@ -229,13 +230,17 @@
   }
 
   function drawEvents(events) {
-    const rows = events.map((e) => el('tr', { 'data-event': e.id },
-      el('td', { class: 'mono' }, shortTime(e.time)),
-      el('td', { class: 'feed' }, e.feed),
-      el('td', { class: 'num' }, e.seq),
-      el('td', { class: 'type' }, e.type),
-      el('td', { class: 'signature ok' }, signatureText(e.signature)),
-      el('td', { class: `payload${e.payload === 'json' ? '' : ' muted'}` }, payloadText(e))));
+    const rows = events.map((e) => {
+      const payload = payloadText(e);
+      return el('tr', { 'data-event': e.id },
+        el('td', { class: 'mono nowrap', title: e.time }, timeOfDay(e.time)),
+        el('td', { class: 'feed' }, e.feed),
+        el('td', { class: 'num' }, e.seq),
+        el('td', { class: 'type' }, e.type),
+        el('td', { class: 'signature ok' }, signatureText(e.signature)),
+        el('td', { class: `payload mono${e.payload === 'json' ? '' : ' muted'}`, title: cut(payload, PAYLOAD_CHARS_MAX) },
+          cut(payload, PAYLOAD_CHARS_SHOWN)));
+    });
     fill(document.querySelector('#events tbody'), rows, 6, 'no events yet');
   }
 
