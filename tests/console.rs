@@ -194,7 +194,10 @@ impl Api {
     /// `status`; returns its id.
     async fn run_saga(&self, input: Value, status: &str) -> String {
         let started = self
-            .post("/v1/sagas", &json!({"definition": CAMPAIGN, "input": input}))
+            .post(
+                "/v1/sagas",
+                &json!({"definition": CAMPAIGN, "input": input}),
+            )
             .await;
         let id = started["saga_id"].as_str().expect("saga id").to_string();
         common::wait_async(&format!("saga {id} to end {status}"), WAIT, || async {
@@ -235,8 +238,12 @@ async fn cluster() -> (Net, Vec<Node>, Api, SocketAddr) {
     let net = Net::mesh(&["hq", "press", "venue"]);
     with_api(&net, "hq");
     let hq = Node::start(&net.config("hq")).await.expect("start hq");
-    let press = Node::start(&net.config("press")).await.expect("start press");
-    let venue = Node::start(&net.config("venue")).await.expect("start venue");
+    let press = Node::start(&net.config("press"))
+        .await
+        .expect("start press");
+    let venue = Node::start(&net.config("venue"))
+        .await
+        .expect("start venue");
     press.on_command("media.secure", |_, _| Ok(json!({"slot": "front page"})));
     press.on_command("media.release", |_, _| Ok(json!({"released": true})));
     venue.on_command("venue.book", |_, cmd| {
@@ -455,8 +462,10 @@ async fn the_console_shows_feeds_peers_events_and_saga_timelines_in_chromium() {
                 )
             })
             .collect();
-        let drawn_signed: Vec<(String, String)> =
-            drawn.iter().map(|(t, s, _)| (t.clone(), s.clone())).collect();
+        let drawn_signed: Vec<(String, String)> = drawn
+            .iter()
+            .map(|(t, s, _)| (t.clone(), s.clone()))
+            .collect();
         assert_eq!(drawn_signed, expected, "saga {id}: the diagram's events");
         let labels: Vec<&str> = drawn.iter().map(|(_, _, l)| l.as_str()).collect();
         let has = |wanted: &str| {

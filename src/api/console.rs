@@ -108,7 +108,13 @@ mod tests {
 
     #[test]
     fn the_script_never_parses_strings_as_markup() {
-        for sink in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+        for sink in [
+            "innerHTML",
+            "outerHTML",
+            "insertAdjacentHTML",
+            "document.write",
+            "eval(",
+        ] {
             assert!(!SCRIPT_JS.contains(sink), "console.js uses {sink}");
         }
     }
