@@ -425,16 +425,22 @@
 
   // ---- the loop ----------------------------------------------------------------
 
+  // Draws what could be read; throws (after drawing the rest) if a part
+  // could not be read, so the banner says what is missing.
   async function refresh() {
     const [status, feeds, peers] = await Promise.all([
       getJson('/v1/status'), getJson('/v1/feeds'), getJson('/v1/peers'),
     ]);
-    const [events, sagas] = await Promise.all([readRecentEvents(feeds.feeds), readSagas()]);
     drawHeader(status, peers.peers);
     drawFeeds(feeds.feeds, status.checkpoints);
     drawPeers(peers.peers);
-    drawEvents(events);
-    drawSagas(sagas);
+    const [events, sagas] = await Promise.allSettled([readRecentEvents(feeds.feeds), readSagas()]);
+    const failures = [];
+    if (events.status === 'fulfilled') drawEvents(events.value);
+    else failures.push(`recent events: ${events.reason.message}`);
+    if (sagas.status === 'fulfilled') drawSagas(sagas.value);
+    else failures.push(`sagas: ${sagas.reason.message}`);
+    if (failures.length > 0) throw new Error(failures.join('; '));
   }
 
   async function loop() {
