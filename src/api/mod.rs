@@ -12,10 +12,12 @@
 //! `/metrics`, serving and shutdown), [`publish`], [`events`] (reads and the
 //! event's JSON form), [`subscribe`] (SSE), [`consumers`] (durable
 //! consumers), [`ops`] (queries, sagas, status, peers, health), [`errors`]
-//! (the error JSON), [`input`] (bodies and query strings), [`openapi`].
+//! (the error JSON), [`input`] (bodies and query strings), [`openapi`],
+//! [`console`] (the web page at `/`).
 //!
 //! Every limit is one of the constants below; `docs/API.md` lists them.
 
+pub mod console;
 pub mod consumers;
 pub mod errors;
 pub mod events;

@@ -54,6 +54,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sagas/{id}/history"),
     ("GET", "/v1/status"),
     ("GET", "/v1/peers"),
+    // The console (`console::routes`).
+    ("GET", "/"),
+    ("GET", "/console/console.js"),
+    ("GET", "/console/console.css"),
 ];
 
 /// Why the API could not start (the node does not start either).
@@ -149,6 +153,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(probes())
         .merge(guard(v1()))
+        .merge(super::console::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .with_state(state)
