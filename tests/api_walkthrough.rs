@@ -97,10 +97,7 @@ fn normalise(text: &str) -> String {
             "<uuid>",
         ),
         (r"\b[0-9a-f]{64}\b", "<hash>"),
-        (
-            r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z",
-            "<time>",
-        ),
+        (r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z", "<time>"),
         (r#"(_us"?\s*[:=]\s*)\d+"#, "${1}<us>"),
     ];
     let mut out = text.to_string();
