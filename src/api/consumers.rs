@@ -156,7 +156,7 @@ pub async fn list(
             .collect::<Vec<_>>())
     })
     .await?;
-    Ok(json_ok(&serde_json::json!({ "consumers": consumers })))
+    Ok(json_ok(&super::events::Field("consumers", &consumers)))
 }
 
 /// `GET /v1/consumers/{name}`.

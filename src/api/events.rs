@@ -334,7 +334,7 @@ pub async fn by_id(
             ApiError::not_found(format!("this node holds no event with id {uuid}")).at("id"),
         );
     }
-    Ok(json_ok(&serde_json::json!({ "events": events })))
+    Ok(json_ok(&Field("events", &events)))
 }
 
 /// `GET /v1/feeds`: every feed this node holds and its head.
@@ -347,7 +347,7 @@ pub async fn feeds(
     let heads = tokio::task::spawn_blocking(move || log.heads())
         .await
         .map_err(|e| ApiError::task("reading feed heads", e))??;
-    Ok(json_ok(&serde_json::json!({ "feeds": heads })))
+    Ok(json_ok(&Field("feeds", &heads)))
 }
 
 /// A feed range and where the next one starts.
@@ -405,6 +405,21 @@ pub async fn feed_range(
     Ok(json_ok(&page))
 }
 
+/// A JSON object of one field, `{"NAME": value}`, encoded straight from
+/// `value`. Unlike `serde_json::json!`, which goes through
+/// `serde_json::Value` (whose objects sort their keys), it keeps the field
+/// order of the structs and the events' JSON as encoded, so every read gives
+/// an event (and a feed head, a consumer, a peer) in the same key order.
+pub struct Field<'a, T: ?Sized>(pub &'static str, pub &'a T);
+
+impl<T: Serialize + ?Sized> Serialize for Field<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(self.0, self.1)?;
+        map.end()
+    }
+}
+
 /// A 200 answer with `value` as JSON.
 pub fn json_ok(value: &impl Serialize) -> Response {
     match serde_json::to_string(value) {
@@ -433,5 +448,29 @@ mod tests {
         assert!(json_data(b"\x30\x82\x01\x0a").is_none(), "DER is not JSON");
         assert!(json_data(b"").is_none());
         assert_eq!(json_data(b"7").unwrap().get(), "7");
+    }
+
+    #[test]
+    fn a_field_keeps_the_order_of_what_it_holds() {
+        let events = vec![RawValue::from_string(r#"{"z":1,"a":{"y":2,"b":3}}"#.into()).unwrap()];
+        assert_eq!(
+            serde_json::to_string(&Field("events", &events)).unwrap(),
+            r#"{"events":[{"z":1,"a":{"y":2,"b":3}}]}"#
+        );
+        #[derive(Serialize)]
+        struct Head {
+            feed: &'static str,
+            seq: u64,
+            hash: &'static str,
+        }
+        let heads = [Head {
+            feed: "f",
+            seq: 2,
+            hash: "ab",
+        }];
+        assert_eq!(
+            serde_json::to_string(&Field("feeds", &heads[..])).unwrap(),
+            r#"{"feeds":[{"feed":"f","seq":2,"hash":"ab"}]}"#
+        );
     }
 }

@@ -245,7 +245,7 @@ pub async fn list_sagas(
             ended: s.ended_at_us.map(crate::clock::format_timestamp),
         })
         .collect();
-    Ok(json_ok(&serde_json::json!({ "sagas": summaries })))
+    Ok(json_ok(&super::events::Field("sagas", &summaries)))
 }
 
 /// `GET /v1/sagas/{id}`: the saga's state as stored (the shape of
@@ -321,23 +321,43 @@ pub async fn saga_history(
     if entries.is_empty() {
         return Err(ApiError::not_found(format!("this node holds no event of saga {id}")).at("id"));
     }
-    let timeline: Vec<serde_json::Value> = entries
+    let events: Vec<TimelineView> = entries
         .iter()
-        .map(|e| {
-            serde_json::json!({
-                "time": crate::clock::format_timestamp(e.timestamp_us),
-                "feed": e.author,
-                "seq": e.seq,
-                "type": e.event_type,
-                "meta": e.meta,
-                "data": e.payload,
-                "summary": e.describe(),
-            })
+        .map(|e| TimelineView {
+            time: crate::clock::format_timestamp(e.timestamp_us),
+            feed: &e.author,
+            seq: e.seq,
+            event_type: &e.event_type,
+            meta: &e.meta,
+            data: e.payload.as_ref(),
+            summary: e.describe(),
         })
         .collect();
-    Ok(json_ok(
-        &serde_json::json!({ "saga_id": id, "events": timeline }),
-    ))
+    Ok(json_ok(&HistoryView {
+        saga_id: id,
+        events,
+    }))
+}
+
+/// A saga's timeline (`GET /v1/sagas/{id}/history`), encoded field by
+/// field so its keys keep this order (as the events' JSON does).
+#[derive(Serialize)]
+struct HistoryView<'a> {
+    saga_id: uuid::Uuid,
+    events: Vec<TimelineView<'a>>,
+}
+
+/// One entry of a saga's timeline.
+#[derive(Serialize)]
+struct TimelineView<'a> {
+    time: String,
+    feed: &'a str,
+    seq: u64,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    meta: &'a std::collections::BTreeMap<String, String>,
+    data: Option<&'a serde_json::Value>,
+    summary: String,
 }
 
 /// `GET /v1/status`: the node's status (the shape of `herald status --json`).
@@ -363,7 +383,7 @@ pub async fn peers(
         .lock()
         .map(|p| p.values().cloned().collect())
         .unwrap_or_default();
-    Ok(json_ok(&serde_json::json!({ "peers": peers })))
+    Ok(json_ok(&super::events::Field("peers", &peers)))
 }
 
 /// `GET /healthz`: liveness. 200 while the node runs; 503 once a
