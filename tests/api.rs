@@ -100,6 +100,33 @@ impl Client {
         }
     }
 
+    /// A GET whose answer is not JSON (the console's files): status,
+    /// content type and text.
+    async fn get_text(&self, route: &str, path: &str) -> (u16, String, String) {
+        self.visited
+            .lock()
+            .unwrap()
+            .insert(("GET".to_string(), route.to_string()));
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request sent");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (
+            status,
+            content_type,
+            response.text().await.expect("body read"),
+        )
+    }
+
     async fn get(&self, route: &str, path: &str) -> Answer {
         self.call("GET", route, path, None).await
     }
@@ -247,6 +274,15 @@ async fn two_nodes() -> (Net, Node, Node, Client) {
     b.on_command("ping.undo", |_, _| Ok(json!({})));
     let client = Client::new(a.api_addr().expect("a has an API"));
     client.wait_ready().await;
+    // The tests read b's feed through a: wait until it has replicated.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while head(&a, "b").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b's feed never reached a"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     (net, a, b, client)
 }
 
@@ -675,6 +711,18 @@ async fn every_endpoint_answers_against_a_real_node() {
     let peers = api.get("/v1/peers", "/v1/peers").await;
     assert_eq!(peers.body["peers"][0]["name"], "b");
     assert_eq!(peers.body["peers"][0]["connected"], true);
+
+    // The console: a page and its two files (tests/console.rs renders it).
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/console/console.js", "javascript"),
+        ("/console/console.css", "text/css"),
+    ] {
+        let (status, content_type, text) = api.get_text(path, path).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(content_type.contains(kind), "{path}: {content_type}");
+        assert!(!text.is_empty(), "{path}");
+    }
 
     let visited = api.visited.lock().unwrap().clone();
     let routes: BTreeSet<(String, String)> = herald::api::ROUTES
