@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 pub mod bench;
 pub mod demo;
+pub mod demo_api;
 pub mod demo_live;
 pub mod demo_outbox;
 pub mod export;
