@@ -701,6 +701,8 @@ mod tests {
         assert!(e.to_string().contains("client certificates only"), "{e}");
         let e = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], 0).unwrap_err();
         assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
+        let e = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], u64::MAX).unwrap_err();
+        assert!(matches!(e, CertError::Expired { .. }), "{e}");
         let e = api_client_of(&f.trust, None, now).unwrap_err();
         assert!(e.to_string().contains("no client certificate"), "{e}");
         let id = TlsIdentity::from_files(
