@@ -514,15 +514,17 @@ async fn the_handshake_refuses_foreign_revoked_node_and_missing_certificates() {
     herald::identity::issue_client(&other.keys(), "writer", 30, false).expect("issue");
     let foreign = https(&identity(&other.keys(), "writer", &s.net), addr);
     let e = answered(&foreign, addr).await.expect_err("a foreign CA's certificate");
-    assert!(!e.is_empty());
+    assert!(e.contains("UnknownCA"), "{e}");
 
     // Revoked (listed in the revocation list the node loaded).
     let gone = https(&identity(&keys, "gone", &s.net), addr);
-    answered(&gone, addr).await.expect_err("a revoked certificate");
+    let e = answered(&gone, addr).await.expect_err("a revoked certificate");
+    assert!(e.contains("CertificateRevoked"), "{e}");
 
     // A node certificate is not an API client certificate.
     let node = https(&identity(&keys, "a", &s.net), addr);
-    answered(&node, addr).await.expect_err("a node certificate");
+    let e = answered(&node, addr).await.expect_err("a node certificate");
+    assert!(e.contains("UnsupportedCertificate"), "{e}");
 
     // No client certificate at all.
     let verifier = Arc::new(AnyServer(Arc::new(rustls::crypto::ring::default_provider())));
@@ -541,9 +543,10 @@ async fn the_handshake_refuses_foreign_revoked_node_and_missing_certificates() {
         .timeout(REQUEST_TIMEOUT)
         .build()
         .unwrap();
-    answered(&anonymous, addr)
+    let e = answered(&anonymous, addr)
         .await
         .expect_err("no client certificate");
+    assert!(e.contains("CertificateRequired"), "{e}");
     // Plain HTTP on an HTTPS port is no way around it either.
     let plain = reqwest::Client::new()
         .get(format!("http://{addr}/v1/events"))

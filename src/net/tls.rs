@@ -365,7 +365,13 @@ impl ClientCertVerifier for ApiClientVerifier {
                     reason = %e,
                     "refused HTTP API client certificate"
                 );
-                Err(refusal(e))
+                // A node certificate (or another usage) is the wrong purpose.
+                Err(match e {
+                    CertError::NotPeerCertificate { .. } => {
+                        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)
+                    }
+                    e => refusal(e),
+                })
             }
         }
     }
