@@ -577,6 +577,16 @@ impl NodeConfig {
         }
         if let Some(api) = &config.api {
             api.check().map_err(invalid)?;
+            // A client certificate named after a node is that node's own
+            // client identity on QUIC (`herald-client/1`, full access).
+            let nodes = std::iter::once(&config.service).chain(config.peers.iter().map(|p| &p.name));
+            for node in nodes {
+                if api.clients.iter().any(|c| &c.name == node) {
+                    return Err(invalid(format!(
+                        "[[api.clients]] name = {node:?} is a node of this cluster; a client certificate with a node's name would also be that node's own client identity on QUIC, so give API clients names of their own"
+                    )));
+                }
+            }
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -984,6 +994,14 @@ default = "keys/channel-default.key"
                 .to_string();
             assert!(message.contains(needle), "{message:?} should say {needle:?}");
         }
+        let service = NodeConfig::load(&write(dir.path(), BASE)).expect("base").service;
+        let text = format!(
+            "{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\nname = \"{service}\"\n"
+        );
+        let message = NodeConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("is a node of this cluster"), "{message}");
         let text = format!(
             "{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\nname = \"x\"\n[[api.clients]]\nname = \"x\"\n"
         );
