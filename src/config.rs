@@ -579,7 +579,8 @@ impl NodeConfig {
             api.check().map_err(invalid)?;
             // A client certificate named after a node is that node's own
             // client identity on QUIC (`herald-client/1`, full access).
-            let nodes = std::iter::once(&config.service).chain(config.peers.iter().map(|p| &p.name));
+            let nodes =
+                std::iter::once(&config.service).chain(config.peers.iter().map(|p| &p.name));
             for node in nodes {
                 if api.clients.iter().any(|c| &c.name == node) {
                     return Err(invalid(format!(
@@ -977,10 +978,13 @@ default = "keys/channel-default.key"
         assert_eq!(api.clients.len(), 2);
         assert_eq!(api.clients[0].publish, ["order.*"]);
         assert!(api.clients[0].admin);
-        assert_eq!(api.clients[1], ApiClientConfig {
-            name: "viewer".into(),
-            ..ApiClientConfig::default()
-        });
+        assert_eq!(
+            api.clients[1],
+            ApiClientConfig {
+                name: "viewer".into(),
+                ..ApiClientConfig::default()
+            }
+        );
         let again: NodeConfig = toml::from_str(&config.to_toml()).expect("reparses");
         assert_eq!(again, config);
         for (entry, needle) in [
@@ -988,13 +992,19 @@ default = "keys/channel-default.key"
             ("name = \"x\"\npublish = [\"has space\"]", "has space"),
             ("name = \"x\"\nwrite = true", "write"),
         ] {
-            let text = format!("{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\n{entry}\n");
+            let text =
+                format!("{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\n{entry}\n");
             let message = NodeConfig::load(&write(dir.path(), &text))
                 .unwrap_err()
                 .to_string();
-            assert!(message.contains(needle), "{message:?} should say {needle:?}");
+            assert!(
+                message.contains(needle),
+                "{message:?} should say {needle:?}"
+            );
         }
-        let service = NodeConfig::load(&write(dir.path(), BASE)).expect("base").service;
+        let service = NodeConfig::load(&write(dir.path(), BASE))
+            .expect("base")
+            .service;
         let text = format!(
             "{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\nname = \"{service}\"\n"
         );

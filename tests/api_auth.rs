@@ -128,7 +128,9 @@ async fn over_socket(socket: &Path, method: &str, path: &str, body: Option<Value
         .and_then(|s| s.parse().ok())
         .expect("a status line");
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{head}"
     );
     let body = if body.is_empty() {
@@ -255,8 +257,14 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     )
     .await;
     assert_eq!(published.0, 200, "{}", published.1);
-    let order_id = published.1["receipts"][0]["id"].as_str().unwrap().to_string();
-    let secret_id = published.1["receipts"][1]["id"].as_str().unwrap().to_string();
+    let order_id = published.1["receipts"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret_id = published.1["receipts"][1]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let status = over_socket(&s.socket, "GET", "/v1/status", None).await;
     assert_eq!(status.0, 200, "{}", status.1);
 
@@ -285,10 +293,21 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     )
     .await;
     assert_forbidden(&refused, "publish");
-    assert!(refused.1["error"]["message"].as_str().unwrap().contains("payment.made"));
+    assert!(
+        refused.1["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("payment.made")
+    );
     assert_forbidden(
-        &call(&reader, addr, "POST", "/v1/events", Some(json!({"type": "order.x", "data": {}})))
-            .await,
+        &call(
+            &reader,
+            addr,
+            "POST",
+            "/v1/events",
+            Some(json!({"type": "order.x", "data": {}})),
+        )
+        .await,
         "publish",
     );
     assert_eq!(head(&s.node), before, "a refused publish writes nothing");
@@ -311,14 +330,31 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     }
     let range = call(&reader, addr, "GET", "/v1/feeds/a/events", None).await;
     assert_eq!(types_of(&range.1), ["secret.note"]);
-    let one = call(&reader, addr, "GET", &format!("/v1/events/{secret_id}"), None).await;
+    let one = call(
+        &reader,
+        addr,
+        "GET",
+        &format!("/v1/events/{secret_id}"),
+        None,
+    )
+    .await;
     assert_eq!(one.0, StatusCode::OK, "{}", one.1);
     assert_forbidden(
-        &call(&reader, addr, "GET", &format!("/v1/events/{order_id}"), None).await,
+        &call(
+            &reader,
+            addr,
+            "GET",
+            &format!("/v1/events/{order_id}"),
+            None,
+        )
+        .await,
         "read_channels",
     );
     for path in ["/v1/events", "/v1/stream", "/v1/feeds"] {
-        assert_forbidden(&call(&nobody, addr, "GET", path, None).await, "read_channels");
+        assert_forbidden(
+            &call(&nobody, addr, "GET", path, None).await,
+            "read_channels",
+        );
     }
 
     // A stream (SSE) carries only readable events, and moves past the rest.
@@ -345,7 +381,14 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     // Durable consumers are per client: same name, separate consumers, each
     // pulling only what its client may read.
     for c in [&writer, &reader] {
-        let put = call(c, addr, "PUT", "/v1/consumers/work", Some(json!({"from": "start"}))).await;
+        let put = call(
+            c,
+            addr,
+            "PUT",
+            "/v1/consumers/work",
+            Some(json!({"from": "start"})),
+        )
+        .await;
         assert_eq!(put.0, StatusCode::CREATED, "{}", put.1);
     }
     let pulled = call(&writer, addr, "GET", "/v1/consumers/work/events", None).await;
@@ -364,11 +407,18 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     .await;
     assert_eq!(acked.0, StatusCode::OK, "{}", acked.1);
     let writers = call(&writer, addr, "GET", "/v1/consumers/work", None).await;
-    assert_eq!(writers.1["acked"], 0, "the reader's ack moved only its own consumer");
+    assert_eq!(
+        writers.1["acked"], 0,
+        "the reader's ack moved only its own consumer"
+    );
     let listed = call(&writer, addr, "GET", "/v1/consumers", None).await;
     assert_eq!(listed.1["consumers"].as_array().unwrap().len(), 1);
     let local = over_socket(&s.socket, "GET", "/v1/consumers", None).await;
-    assert_eq!(local.1["consumers"], json!([]), "clients' consumers are their own");
+    assert_eq!(
+        local.1["consumers"],
+        json!([]),
+        "clients' consumers are their own"
+    );
     let deleted = call(&nobody, addr, "DELETE", "/v1/consumers/work", None).await;
     assert_eq!(deleted.0, StatusCode::NOT_FOUND, "{}", deleted.1);
     assert_forbidden(
@@ -412,11 +462,25 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     let other = PING_SAGA.replace("\"Ping\"", "\"Transfer\"");
     let before = head(&s.node);
     assert_forbidden(
-        &call(&writer, addr, "POST", "/v1/sagas", Some(json!({"definition": other}))).await,
+        &call(
+            &writer,
+            addr,
+            "POST",
+            "/v1/sagas",
+            Some(json!({"definition": other})),
+        )
+        .await,
         "sagas",
     );
     assert_forbidden(
-        &call(&reader, addr, "POST", "/v1/sagas", Some(json!({"definition": PING_SAGA}))).await,
+        &call(
+            &reader,
+            addr,
+            "POST",
+            "/v1/sagas",
+            Some(json!({"definition": PING_SAGA})),
+        )
+        .await,
         "sagas",
     );
     assert_eq!(head(&s.node), before, "a refused saga start writes nothing");
@@ -424,7 +488,10 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     assert_eq!(saga.0, StatusCode::OK, "{}", saga.1);
     let sagas = call(&writer, addr, "GET", "/v1/sagas", None).await;
     assert_eq!(sagas.1["sagas"].as_array().unwrap().len(), 1, "{}", sagas.1);
-    assert_forbidden(&call(&reader, addr, "GET", "/v1/sagas", None).await, "sagas");
+    assert_forbidden(
+        &call(&reader, addr, "GET", "/v1/sagas", None).await,
+        "sagas",
+    );
     assert_forbidden(
         &call(&reader, addr, "GET", &format!("/v1/sagas/{saga_id}"), None).await,
         "sagas",
@@ -438,7 +505,10 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
     }
 
     // A valid certificate of the cluster with no [[api.clients]] entry.
-    assert_forbidden(&call(&stranger, addr, "GET", "/v1/events", None).await, "client");
+    assert_forbidden(
+        &call(&stranger, addr, "GET", "/v1/events", None).await,
+        "client",
+    );
     // Probes stay outside the permissions (but behind the TLS handshake).
     let health = call(&stranger, addr, "GET", "/healthz", None).await;
     assert_eq!(health.0, StatusCode::OK, "{}", health.1);
@@ -513,12 +583,16 @@ async fn the_handshake_refuses_foreign_revoked_node_and_missing_certificates() {
     let other = Net::mesh(&["x"]);
     herald::identity::issue_client(&other.keys(), "writer", 30, false).expect("issue");
     let foreign = https(&identity(&other.keys(), "writer", &s.net), addr);
-    let e = answered(&foreign, addr).await.expect_err("a foreign CA's certificate");
+    let e = answered(&foreign, addr)
+        .await
+        .expect_err("a foreign CA's certificate");
     assert!(e.contains("UnknownCA"), "{e}");
 
     // Revoked (listed in the revocation list the node loaded).
     let gone = https(&identity(&keys, "gone", &s.net), addr);
-    let e = answered(&gone, addr).await.expect_err("a revoked certificate");
+    let e = answered(&gone, addr)
+        .await
+        .expect_err("a revoked certificate");
     assert!(e.contains("CertificateRevoked"), "{e}");
 
     // A node certificate is not an API client certificate.
@@ -527,7 +601,9 @@ async fn the_handshake_refuses_foreign_revoked_node_and_missing_certificates() {
     assert!(e.contains("UnsupportedCertificate"), "{e}");
 
     // No client certificate at all.
-    let verifier = Arc::new(AnyServer(Arc::new(rustls::crypto::ring::default_provider())));
+    let verifier = Arc::new(AnyServer(
+        Arc::new(rustls::crypto::ring::default_provider()),
+    ));
     let mut bare = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -573,7 +649,9 @@ async fn plain_http_off_loopback_is_refused_with_a_clear_error() {
     });
     // Loading the file refuses it...
     std::fs::write(net.config_path("a"), config.to_toml()).unwrap();
-    let e = NodeConfig::load(&net.config_path("a")).unwrap_err().to_string();
+    let e = NodeConfig::load(&net.config_path("a"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("0.0.0.0:0") && e.contains("tls = true"), "{e}");
     // ...and so does starting a node from a config built in code.
     let e = match Node::start(&config).await {
@@ -590,7 +668,9 @@ async fn plain_http_off_loopback_is_refused_with_a_clear_error() {
         tls: true,
         ..ApiConfig::default()
     });
-    let node = Node::start(&config).await.expect("HTTPS off loopback starts");
+    let node = Node::start(&config)
+        .await
+        .expect("HTTPS off loopback starts");
     assert!(node.api_addr().is_some());
     node.shutdown().await;
 }

@@ -31,17 +31,15 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, code, json_response};
 use super::events::{json_ok, read_page};
 use super::input::{
     BodyFormat, Params, Start, body_format, check_pattern, decode_json, parse_from, read_body,
     start_of,
 };
-use super::auth::Access;
 use super::server::ApiState;
-use super::{
-    CONSUMERS_MAX, PAGE_EVENTS_MAX, PULL_WAIT_MS_MAX,
-};
+use super::{CONSUMERS_MAX, PAGE_EVENTS_MAX, PULL_WAIT_MS_MAX};
 use crate::store::{ConsumerCursor, FOLLOW_PATTERNS_MAX, Log, StartFrom};
 
 /// A consumer as the API shows it.

@@ -31,9 +31,9 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, json_response};
 use super::input::{Params, Start, check_pattern, start_of};
-use super::auth::Access;
 use super::server::ApiState;
 use super::{EVENTS_BY_ID_MAX, PAGE_EVENTS_DEFAULT, PAGE_EVENTS_MAX, READ_SCAN_ROWS_MAX};
 use crate::core::crypto::ChannelKey;

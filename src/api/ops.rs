@@ -10,10 +10,10 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, code, json_response};
 use super::events::{json_data, json_ok};
 use super::input::{BodyFormat, Params, body_format, decode_json, read_body};
-use super::auth::Access;
 use super::server::ApiState;
 use super::{QUERY_TIMEOUT_MS_DEFAULT, SAGAS_LIST_DEFAULT, SAGAS_LIST_MAX};
 use crate::audit::saga_history::{Entry, HISTORY_ENTRIES_MAX};
@@ -312,9 +312,9 @@ pub async fn saga_history(
                 ApiError::not_found(format!("this node orchestrates no saga {id}")).at("id")
             })?;
             access.may_saga(&saga.saga_type)?;
-            access.reader(&log).unwrap_or_else(|_| {
-                super::auth::ReadFilter::Channels(Arc::new(Vec::new()))
-            })
+            access
+                .reader(&log)
+                .unwrap_or_else(|_| super::auth::ReadFilter::Channels(Arc::new(Vec::new())))
         }
     };
     let entries = tokio::task::spawn_blocking(move || {

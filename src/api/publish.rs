@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State, Extension};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
@@ -21,9 +21,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, code, json_response};
 use super::input::{BodyFormat, Params, body_format, decode_json, read_body};
-use super::auth::Access;
 use super::server::ApiState;
 use super::{PUBLISH_CHUNK_EVENTS, PUBLISH_EVENTS_MAX};
 use crate::core::verify::Draft;

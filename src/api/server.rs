@@ -20,9 +20,9 @@ use axum::routing::{get, post, put};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::auth::{Caller, Policy, TlsListener, UnixSocket, UnixSocketError};
 use super::errors::ApiError;
 use super::events::EventEncoder;
-use super::auth::{Caller, Policy, TlsListener, UnixSocket, UnixSocketError};
 use super::{STREAMS_MAX, auth, consumers, errors, events, openapi, ops, publish, subscribe};
 use crate::config::ApiConfig;
 use crate::node::Inner;
@@ -194,10 +194,7 @@ pub(crate) async fn spawn(
 }
 
 /// Runs one listener's server, logging why it stopped if it failed.
-async fn report(
-    what: &'static str,
-    serve: impl std::future::Future<Output = std::io::Result<()>>,
-) {
+async fn report(what: &'static str, serve: impl std::future::Future<Output = std::io::Result<()>>) {
     if let Err(e) = serve.await {
         tracing::error!(error = %e, listener = what, "the HTTP API stopped serving");
     }

@@ -27,10 +27,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::auth::{Access, ReadFilter};
 use super::errors::{ApiError, code};
 use super::events::{EventEncoder, resolve_start, type_patterns};
 use super::input::{Params, Start, start_of};
-use super::auth::{Access, ReadFilter};
 use super::server::ApiState;
 use super::{STREAM_BUFFER_BATCHES, STREAM_KEEPALIVE_MS, STREAMS_MAX};
 use crate::store::{Follower, StartFrom, StoredEvent};
