@@ -155,6 +155,16 @@ async fn setup() -> Setup {
         herald::identity::issue_client(&keys, name, 30, false).expect("issue client");
     }
     herald::identity::revoke(&keys, "gone").expect("revoke");
+    let day_us = 86_400_000_000;
+    let now_us = herald::clock::now_us();
+    herald::identity::issue_client_with_validity(
+        &keys,
+        "expired",
+        now_us - 2 * day_us,
+        now_us - day_us,
+        false,
+    )
+    .expect("issue an expired client");
     herald::identity::create_channel(&keys, "secret", false).expect("channel");
     let default_channel = net.config("a").default_channel.clone();
     let socket = net.path().join("api.sock");
@@ -186,6 +196,7 @@ async fn setup() -> Setup {
                     ..client("operator")
                 },
                 client("gone"),
+                client("expired"),
             ],
         });
     });
@@ -608,12 +619,20 @@ async fn the_handshake_refuses_foreign_revoked_node_and_missing_certificates() {
         .expect_err("a foreign CA's certificate");
     assert!(e.contains("UnknownCA"), "{e}");
 
-    // Revoked (listed in the revocation list the node loaded).
+    // Revoked (in the revocation list the node loaded; listed in
+    // [[api.clients]], so only the revocation stops it).
     let gone = https(&identity(&keys, "gone", &s.net), addr);
     let e = answered(&gone, addr)
         .await
         .expect_err("a revoked certificate");
     assert!(e.contains("CertificateRevoked"), "{e}");
+
+    // Expired (listed, so only its validity window stops it).
+    let expired = https(&identity(&keys, "expired", &s.net), addr);
+    let e = answered(&expired, addr)
+        .await
+        .expect_err("an expired certificate");
+    assert!(e.contains("CertificateExpired"), "{e}");
 
     // A node certificate is not an API client certificate.
     let node = https(&identity(&keys, "a", &s.net), addr);
