@@ -323,7 +323,21 @@ impl ApiClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now_us: u64,
     ) -> Result<AuthorCert, CertError> {
-        no_intermediates(intermediates)?;
+        // Common TLS stacks (OpenSSL, so curl) send the root along with the
+        // client certificate when it is in their trust store: the cluster
+        // CA's own certificate, byte for byte, is not an intermediate.
+        let others: Vec<&CertificateDer<'_>> = intermediates
+            .iter()
+            .filter(|c| c.as_ref() != trust.ca_der())
+            .collect();
+        if !others.is_empty() {
+            return Err(CertError::Malformed {
+                reason: format!(
+                    "{} intermediate certificate(s) presented; herald certificates are issued directly by the cluster CA",
+                    others.len()
+                ),
+            });
+        }
         let (cert, role) = trust.admit_peer(end_entity)?;
         if role != Role::Client {
             return Err(CertError::NotPeerCertificate {
@@ -709,6 +723,12 @@ mod tests {
         assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
         let e = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], u64::MAX).unwrap_err();
         assert!(matches!(e, CertError::Expired { .. }), "{e}");
+        // The CA's own certificate sent along is not an intermediate; any
+        // other certificate is.
+        ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[der(&f, "ca")], now).unwrap();
+        let e =
+            ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[der(&f, "a")], now).unwrap_err();
+        assert!(e.to_string().contains("intermediate"), "{e}");
         let e = api_client_of(&f.trust, None, now).unwrap_err();
         assert!(e.to_string().contains("no client certificate"), "{e}");
         let id = TlsIdentity::from_files(
