@@ -673,6 +673,35 @@ async fn the_handshake_refuses_foreign_revoked_node_and_missing_certificates() {
         "plain HTTP is not served on the HTTPS listener"
     );
 
+    // An OpenSSL client (curl), which sends the CA's certificate along
+    // with its own, is served as docs/API.md shows; without a certificate
+    // it gets the certificate_required alert.
+    let curl = |with_cert: bool| {
+        let mut command = std::process::Command::new("curl");
+        command
+            .args(["-sS", "--max-time", "30", "--cacert"])
+            .arg(keys.join("ca.crt"))
+            .args(["--resolve", &format!("a:{}:127.0.0.1", addr.port())]);
+        if with_cert {
+            command
+                .arg("--cert")
+                .arg(keys.join("writer.crt"))
+                .arg("--key")
+                .arg(keys.join("writer.key"));
+        }
+        command
+            .arg(url(addr, "/v1/status"))
+            .output()
+            .expect("curl is needed for this test (Debian package curl)")
+    };
+    let out = curl(true);
+    let body: Value = serde_json::from_slice(&out.stdout).expect("a JSON answer");
+    assert_eq!(body["error"]["field"], "admin", "{body}");
+    let out = curl(false);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("certificate required"), "{stderr}");
+
     // The node still serves the good client after all that.
     assert_eq!(answered(&good, addr).await, Ok(StatusCode::OK));
     s.node.shutdown().await;
