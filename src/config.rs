@@ -77,26 +77,128 @@ pub struct NodeConfig {
     pub api: Option<ApiConfig>,
 }
 
-/// The node's HTTP/JSON API (`[api]`).
+/// The node's HTTP/JSON API (`[api]`), and who may use it
+/// (`docs/API.md`, "Access control").
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// TCP address the API listens on. Loopback only (127.0.0.0/8 or
-    /// `::1`): the API has no authentication of its own yet, so off
-    /// loopback it would need TLS with client certificates first.
+    /// TCP address the API listens on (documented default
+    /// `127.0.0.1:PORT`). On loopback it may be plain HTTP; off loopback it
+    /// must be HTTPS (`tls = true`), which [`ApiConfig::check`] enforces.
     pub listen: SocketAddr,
+    /// Serve HTTPS on `listen`: the node's own certificate, and a client
+    /// certificate issued by the cluster CA (`herald keygen client`)
+    /// required of every caller. Permissions come from `clients`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls: bool,
+    /// A Unix socket the API also listens on (created with mode 0600; a
+    /// stale socket left by a dead node is replaced). Callers on it are the
+    /// local operator, with full access, like loopback plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<PathBuf>,
+    /// What each client certificate may do over HTTPS (`[[api.clients]]`).
+    /// A certificate not listed here is answered 403 on every `/v1` route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<ApiClientConfig>,
+}
+
+impl Default for ApiConfig {
+    /// Loopback plain HTTP on a port the OS picks, no socket, no clients.
+    fn default() -> ApiConfig {
+        ApiConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: false,
+            unix: None,
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// Most `[[api.clients]]` entries a config may list.
+pub const API_CLIENTS_MAX: usize = 1_000;
+/// Most patterns (or channels) one permission list of a client may hold.
+pub const API_CLIENT_PATTERNS_MAX: usize = 64;
+
+/// One client certificate's permissions (`[[api.clients]]`). Every list is
+/// empty (nothing allowed) unless given; a pattern is an exact name or a
+/// `*` glob, as in `herald tail --type`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiClientConfig {
+    /// The client's name: the service name of its certificate (the DNS
+    /// name `herald keygen client --name` wrote).
+    pub name: String,
+    /// Event types it may publish (`POST /v1/events`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
+    /// Channels whose events it may read, stream and consume; `"*"` is
+    /// every channel, unencrypted events included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_channels: Vec<String>,
+    /// Query types it may ask (`POST /v1/queries`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<String>,
+    /// Saga types it may start (`POST /v1/sagas`) and read (list, status,
+    /// history).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sagas: Vec<String>,
+    /// Node administration: `GET /v1/status` and `GET /v1/peers`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub admin: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl ApiConfig {
-    /// Refuses an address off loopback, saying why.
+    /// Refuses plain HTTP off loopback, an empty socket path and bad client
+    /// entries, saying why.
     pub fn check(&self) -> Result<(), String> {
-        if self.listen.ip().is_loopback() {
-            return Ok(());
+        if !self.tls && !self.listen.ip().is_loopback() {
+            return Err(format!(
+                "[api] listen = \"{}\" is not a loopback address, and off loopback the HTTP API is served only as HTTPS with client certificates: set `tls = true` in [api] (and list each client in [[api.clients]]), or listen on 127.0.0.1 or [::1]",
+                self.listen
+            ));
         }
-        Err(format!(
-            "[api] listen = \"{}\" is not a loopback address: off loopback the HTTP API needs TLS with client certificates, which this version does not provide; listen on 127.0.0.1 or [::1] (and reach it through a local proxy or SSH tunnel if needed)",
-            self.listen
-        ))
+        if let Some(unix) = &self.unix
+            && unix.as_os_str().is_empty()
+        {
+            return Err("[api] unix is empty: give the path of the socket to create".into());
+        }
+        if self.clients.len() > API_CLIENTS_MAX {
+            return Err(format!(
+                "[[api.clients]] lists {} clients, over the limit of {API_CLIENTS_MAX}",
+                self.clients.len()
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for client in &self.clients {
+            let at = |m: String| format!("[[api.clients]] name = {:?}: {m}", client.name);
+            crate::identity::validate_name("client", &client.name)
+                .map_err(|e| at(e.to_string()))?;
+            if !names.insert(client.name.as_str()) {
+                return Err(at("listed twice".into()));
+            }
+            for (key, list) in [
+                ("publish", &client.publish),
+                ("read_channels", &client.read_channels),
+                ("queries", &client.queries),
+                ("sagas", &client.sagas),
+            ] {
+                if list.len() > API_CLIENT_PATTERNS_MAX {
+                    return Err(at(format!(
+                        "`{key}` lists {} entries, over the limit of {API_CLIENT_PATTERNS_MAX}",
+                        list.len()
+                    )));
+                }
+                for pattern in list {
+                    crate::core::codec::check_event_type(pattern)
+                        .map_err(|e| at(format!("`{key}` entry {pattern:?}: {e}")))?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -475,6 +577,17 @@ impl NodeConfig {
         }
         if let Some(api) = &config.api {
             api.check().map_err(invalid)?;
+            // A client certificate named after a node is that node's own
+            // client identity on QUIC (`herald-client/1`, full access).
+            let nodes =
+                std::iter::once(&config.service).chain(config.peers.iter().map(|p| &p.name));
+            for node in nodes {
+                if api.clients.iter().any(|c| &c.name == node) {
+                    return Err(invalid(format!(
+                        "[[api.clients]] name = {node:?} is a node of this cluster; a client certificate with a node's name would also be that node's own client identity on QUIC, so give API clients names of their own"
+                    )));
+                }
+            }
         }
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
@@ -564,6 +677,9 @@ impl NodeConfig {
         for p in self.channels.values_mut() {
             resolve(p);
         }
+        if let Some(p) = self.api.as_mut().and_then(|a| a.unix.as_mut()) {
+            resolve(p);
+        }
         // A relative SQLite database path is relative to the config file.
         let urls = self
             .outbox_sources
@@ -634,6 +750,7 @@ pub fn init_cluster_with_api(
             let index = node.listen.port() - base_port;
             config.api = Some(ApiConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], api + index)),
+                ..ApiConfig::default()
             });
         }
         config.to_toml()
@@ -815,7 +932,7 @@ default = "keys/channel-default.key"
     }
 
     #[test]
-    fn api_section_is_optional_loopback_only_and_round_trips() {
+    fn api_section_is_optional_plain_http_only_on_loopback_and_round_trips() {
         let dir = tempfile::tempdir().expect("tempdir");
         let old = NodeConfig::load(&write(dir.path(), BASE)).expect("a config without [api]");
         assert_eq!(old.api, None);
@@ -836,16 +953,72 @@ default = "keys/channel-default.key"
                 .unwrap_err()
                 .to_string();
             assert!(message.contains(listen), "{message}");
-            assert!(
-                message.contains("TLS with client certificates"),
-                "{message}"
-            );
+            assert!(message.contains("tls = true"), "{message}");
+            // With HTTPS it may listen anywhere.
+            let text = format!("{BASE}\n[api]\nlisten = \"{listen}\"\ntls = true\n");
+            let config = NodeConfig::load(&write(dir.path(), &text)).expect("HTTPS off loopback");
+            assert!(config.api.as_ref().is_some_and(|a| a.tls));
         }
         let text = format!("{BASE}\n[api]\nlisten = \"127.0.0.1:1\"\nport = 2\n");
         assert!(
             NodeConfig::load(&write(dir.path(), &text)).is_err(),
             "unknown keys are refused"
         );
+    }
+
+    #[test]
+    fn api_clients_and_socket_are_checked_resolved_and_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!(
+            "{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\ntls = true\nunix = \"run/api.sock\"\n\n[[api.clients]]\nname = \"billing\"\npublish = [\"order.*\"]\nread_channels = [\"default\"]\nqueries = [\"balance\"]\nsagas = [\"refund\"]\nadmin = true\n\n[[api.clients]]\nname = \"viewer\"\n"
+        );
+        let config = NodeConfig::load(&write(dir.path(), &text)).expect("loads");
+        let api = config.api.clone().expect("[api]");
+        assert_eq!(api.unix, Some(dir.path().join("run/api.sock")));
+        assert_eq!(api.clients.len(), 2);
+        assert_eq!(api.clients[0].publish, ["order.*"]);
+        assert!(api.clients[0].admin);
+        assert_eq!(
+            api.clients[1],
+            ApiClientConfig {
+                name: "viewer".into(),
+                ..ApiClientConfig::default()
+            }
+        );
+        let again: NodeConfig = toml::from_str(&config.to_toml()).expect("reparses");
+        assert_eq!(again, config);
+        for (entry, needle) in [
+            ("name = \"Bad Name\"", "Bad Name"),
+            ("name = \"x\"\npublish = [\"has space\"]", "has space"),
+            ("name = \"x\"\nwrite = true", "write"),
+        ] {
+            let text =
+                format!("{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\n{entry}\n");
+            let message = NodeConfig::load(&write(dir.path(), &text))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                message.contains(needle),
+                "{message:?} should say {needle:?}"
+            );
+        }
+        let service = NodeConfig::load(&write(dir.path(), BASE))
+            .expect("base")
+            .service;
+        let text = format!(
+            "{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\nname = \"{service}\"\n"
+        );
+        let message = NodeConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("is a node of this cluster"), "{message}");
+        let text = format!(
+            "{BASE}\n[api]\nlisten = \"127.0.0.1:0\"\n[[api.clients]]\nname = \"x\"\n[[api.clients]]\nname = \"x\"\n"
+        );
+        let message = NodeConfig::load(&write(dir.path(), &text))
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("listed twice"), "{message}");
     }
 
     #[test]

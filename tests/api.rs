@@ -260,6 +260,7 @@ fn with_api(net: &Net, node: &str) {
     net.edit(node, |c| {
         c.api = Some(ApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            ..ApiConfig::default()
         })
     });
 }
@@ -990,6 +991,7 @@ async fn a_durable_consumer_resumes_at_its_ack_after_its_node_is_killed_and_it_r
     net.edit("a", |c| {
         c.api = Some(ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], port)),
+            ..ApiConfig::default()
         })
     });
     let config = net.config_path("a");

@@ -217,6 +217,7 @@ fn with_api(net: &Net, node: &str) {
     net.edit(node, |c| {
         c.api = Some(ApiConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            ..ApiConfig::default()
         })
     });
 }

@@ -15,19 +15,23 @@
 //!   position, or from `Last-Event-ID` when reconnecting.
 //!
 //! Consumers live in the store's `consumer_cursors` table (the same cursors
-//! Rust subscriptions use) under the prefix [`CONSUMER_PREFIX`], so the API
-//! cannot touch the node's own consumers. Their type patterns are stored
-//! one per line (a pattern never holds a line break).
+//! Rust subscriptions use) under the prefix [`CONSUMER_PREFIX`](super::CONSUMER_PREFIX) (the local
+//! operator's) or a prefix of each HTTPS client's own
+//! ([`Access::consumer_prefix`]), so the API cannot touch the node's own
+//! consumers and no client can touch another's. Pulls and streams leave
+//! out events of channels the client may not read. Their type patterns are
+//! stored one per line (a pattern never holds a line break).
 
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, code, json_response};
 use super::events::{json_ok, read_page};
 use super::input::{
@@ -35,9 +39,7 @@ use super::input::{
     start_of,
 };
 use super::server::ApiState;
-use super::{
-    CONSUMER_NAME_BYTES_MAX, CONSUMER_PREFIX, CONSUMERS_MAX, PAGE_EVENTS_MAX, PULL_WAIT_MS_MAX,
-};
+use super::{CONSUMERS_MAX, PAGE_EVENTS_MAX, PULL_WAIT_MS_MAX};
 use crate::store::{ConsumerCursor, FOLLOW_PATTERNS_MAX, Log, StartFrom};
 
 /// A consumer as the API shows it.
@@ -53,9 +55,9 @@ pub struct ConsumerView {
 }
 
 impl ConsumerView {
-    fn of(cursor: &ConsumerCursor) -> Option<ConsumerView> {
+    fn of(prefix: &str, cursor: &ConsumerCursor) -> Option<ConsumerView> {
         Some(ConsumerView {
-            name: cursor.consumer.strip_prefix(CONSUMER_PREFIX)?.to_string(),
+            name: cursor.consumer.strip_prefix(prefix)?.to_string(),
             types: patterns_of(&cursor.pattern),
             acked: cursor.last_arrival,
             updated: crate::clock::format_timestamp(cursor.updated_at_us),
@@ -87,6 +89,11 @@ struct Ack {
     position: u64,
 }
 
+/// The prefix every API consumer's stored name starts with (the
+/// operator's [`CONSUMER_PREFIX`](super::CONSUMER_PREFIX) and the clients'
+/// [`super::auth::CLIENT_CONSUMER_PREFIX`]).
+const API_CONSUMERS: &str = "api";
+
 /// The stored form of a pattern list (one per line; empty: every event).
 fn pattern_text(types: &[String]) -> String {
     if types.is_empty() {
@@ -103,10 +110,11 @@ fn patterns_of(text: &str) -> Vec<String> {
     text.split('\n').map(str::to_string).collect()
 }
 
-/// The store's name for API consumer `name`, after checking it.
-fn stored_name(name: &str) -> Result<String, ApiError> {
+/// The store's name for the caller's API consumer `name`, after checking it.
+fn stored_name(access: &Access, name: &str) -> Result<String, ApiError> {
+    let max = access.consumer_name_bytes_max();
     let valid = !name.is_empty()
-        && name.len() <= CONSUMER_NAME_BYTES_MAX
+        && name.len() <= max
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -114,11 +122,11 @@ fn stored_name(name: &str) -> Result<String, ApiError> {
         return Err(ApiError::parameter(
             "name",
             format!(
-                "consumer name {name:?} must be 1 to {CONSUMER_NAME_BYTES_MAX} bytes of A-Z, a-z, 0-9, '.', '_', '-'"
+                "consumer name {name:?} must be 1 to {max} bytes of A-Z, a-z, 0-9, '.', '_', '-'"
             ),
         ));
     }
-    Ok(format!("{CONSUMER_PREFIX}{name}"))
+    Ok(format!("{}{name}", access.consumer_prefix()))
 }
 
 /// The consumer's cursor, or 404.
@@ -144,15 +152,17 @@ async fn blocking<T: Send + 'static>(
 /// `GET /v1/consumers`.
 pub async fn list(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
     let log = state.log()?;
+    let prefix = access.consumer_prefix();
     let consumers = blocking("listing consumers", move || {
         Ok(log
-            .consumer_cursors(CONSUMER_PREFIX, CONSUMERS_MAX)?
+            .consumer_cursors(&prefix, CONSUMERS_MAX)?
             .iter()
-            .filter_map(ConsumerView::of)
+            .filter_map(|c| ConsumerView::of(&prefix, c))
             .collect::<Vec<_>>())
     })
     .await?;
@@ -162,15 +172,16 @@ pub async fn list(
 /// `GET /v1/consumers/{name}`.
 pub async fn get(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
-    let stored = stored_name(&name)?;
+    let stored = stored_name(&access, &name)?;
     let log = state.log()?;
     let view = blocking("reading a consumer", move || {
         let c = cursor(&log, &name, &stored)?;
-        ConsumerView::of(&c)
+        ConsumerView::of(&access.consumer_prefix(), &c)
             .ok_or_else(|| ApiError::internal("a consumer outside the API's prefix"))
     })
     .await?;
@@ -180,13 +191,14 @@ pub async fn get(
 /// `PUT /v1/consumers/{name}`: 201 when created, 200 when it existed.
 pub async fn put(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
-    let stored = stored_name(&name)?;
+    let stored = stored_name(&access, &name)?;
     body_format(&headers, &[BodyFormat::Json])?;
     let bytes = read_body(&headers, body).await?;
     let request: PutConsumer = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -201,8 +213,11 @@ pub async fn put(
     let start = put_start(&request)?;
     let types = put_types(request.types)?;
     let log = state.log()?;
+    // A consumer is for reading: refused to a client that may read nothing.
+    access.reader(&log)?;
+    let prefix = access.consumer_prefix();
     let (created, view) = blocking("defining a consumer", move || {
-        define(&log, &name, &stored, &types, start)
+        define(&log, &prefix, &name, &stored, &types, start)
     })
     .await?;
     let status = if created {
@@ -251,6 +266,7 @@ fn put_types(mut types: Vec<String>) -> Result<Vec<String>, ApiError> {
 /// Creates or repositions a consumer; `true` when it is new.
 fn define(
     log: &Log,
+    prefix: &str,
     name: &str,
     stored: &str,
     types: &[String],
@@ -275,8 +291,10 @@ fn define(
         (_, Some(Start::From(from))) => Some(log.position_for(from)?),
         (None, None) => Some(log.position_for(StartFrom::Start)?),
     };
+    // Counted over the operator's and every client's consumers ("api." and
+    // "apic." both start with "api").
     if existing.is_none()
-        && log.consumer_cursors(CONSUMER_PREFIX, CONSUMERS_MAX)?.len() >= CONSUMERS_MAX
+        && log.consumer_cursors(API_CONSUMERS, CONSUMERS_MAX)?.len() >= CONSUMERS_MAX
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -295,7 +313,7 @@ fn define(
         log.put_consumer_cursor(stored, &pattern, position)?;
     }
     let now = cursor(log, name, stored)?;
-    let view = ConsumerView::of(&now)
+    let view = ConsumerView::of(prefix, &now)
         .ok_or_else(|| ApiError::internal("a consumer outside the API's prefix"))?;
     Ok((existing.is_none(), view))
 }
@@ -303,11 +321,12 @@ fn define(
 /// `DELETE /v1/consumers/{name}`: 204, or 404 if there was none.
 pub async fn delete(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
-    let stored = stored_name(&name)?;
+    let stored = stored_name(&access, &name)?;
     let log = state.log()?;
     let deleted = blocking("deleting a consumer", move || {
         Ok(log.delete_consumer_cursor(&stored)?)
@@ -333,6 +352,7 @@ struct Pulled {
 /// `GET /v1/consumers/{name}/events?max=N&after=P&wait_ms=W`.
 pub async fn pull(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -343,8 +363,9 @@ pub async fn pull(
     let after = params.number("after", 0, i64::MAX as u64)?;
     let wait_ms = params.number("wait_ms", 0, PULL_WAIT_MS_MAX)?.unwrap_or(0);
     params.finish()?;
-    let stored = stored_name(&name)?;
+    let stored = stored_name(&access, &name)?;
     let log = state.log()?;
+    let reader = access.reader(&log)?;
     let encoder = state.encoder()?;
     let (c, mut follower) = blocking("opening a pull", move || {
         let c = cursor(&log, &name, &stored)?;
@@ -355,8 +376,9 @@ pub async fn pull(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
     let mut shutdown = state.shutdown.clone();
     loop {
+        let reader = reader.clone();
         let (f, events, next_after) = blocking("pulling", move || {
-            let (events, next) = read_page(&mut follower, max, |_| true)?;
+            let (events, next) = read_page(&mut follower, max, |e| reader.allows(e))?;
             Ok((follower, events, next))
         })
         .await?;
@@ -380,13 +402,14 @@ pub async fn pull(
 /// `POST /v1/consumers/{name}/ack` `{"position": P}`.
 pub async fn ack(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
-    let stored = stored_name(&name)?;
+    let stored = stored_name(&access, &name)?;
     body_format(&headers, &[BodyFormat::Json])?;
     let bytes = read_body(&headers, body).await?;
     let Ack { position } = decode_json(&bytes, "")?;
@@ -417,6 +440,7 @@ pub async fn ack(
 /// `Last-Event-ID` when a client reconnects.
 pub async fn stream(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(name): Path<String>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -424,14 +448,15 @@ pub async fn stream(
     let mut params = Params::parse(query.as_deref())?;
     let resume = start_of(&headers, &mut params, None)?;
     params.finish()?;
-    let stored = stored_name(&name)?;
+    let stored = stored_name(&access, &name)?;
     let log = state.log()?;
+    let reader = access.reader(&log)?;
     let c = blocking("opening a consumer stream", move || {
         cursor(&log, &name, &stored)
     })
     .await?;
     let start = resume.unwrap_or(Start::After(c.last_arrival));
-    super::subscribe::open(state, patterns_of(&c.pattern), start).await
+    super::subscribe::open(state, patterns_of(&c.pattern), start, reader).await
 }
 
 #[cfg(test)]
@@ -447,10 +472,11 @@ mod tests {
         ] {
             assert_eq!(patterns_of(&pattern_text(&types)), types);
         }
-        assert!(stored_name("orders-1.v2_x").is_ok());
-        assert!(stored_name("").is_err());
-        assert!(stored_name("has space").is_err());
-        assert!(stored_name(&"x".repeat(CONSUMER_NAME_BYTES_MAX + 1)).is_err());
-        assert_eq!(stored_name("a").unwrap(), "api.a");
+        let op = &Access::Operator;
+        assert!(stored_name(op, "orders-1.v2_x").is_ok());
+        assert!(stored_name(op, "").is_err());
+        assert!(stored_name(op, "has space").is_err());
+        assert!(stored_name(op, &"x".repeat(super::super::CONSUMER_NAME_BYTES_MAX + 1)).is_err());
+        assert_eq!(stored_name(op, "a").unwrap(), "api.a");
     }
 }

@@ -21,6 +21,10 @@ pub mod code {
     pub const INVALID_PARAMETER: &str = "invalid_parameter";
     /// 400: the event names a channel this node holds no key for.
     pub const UNKNOWN_CHANNEL: &str = "unknown_channel";
+    /// 403: the caller's client certificate lacks the permission `field`
+    /// names (`publish`, `read_channels`, `queries`, `sagas`, `admin`), or
+    /// has no `[[api.clients]]` entry (`field` is `client`).
+    pub const FORBIDDEN: &str = "forbidden";
     /// 404: no such route, event, feed, consumer or saga.
     pub const NOT_FOUND: &str = "not_found";
     /// 405: the route exists, the method does not.

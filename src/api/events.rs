@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
@@ -31,6 +31,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, json_response};
 use super::input::{Params, Start, check_pattern, start_of};
 use super::server::ApiState;
@@ -282,6 +283,7 @@ pub fn type_patterns(params: &mut Params) -> Result<Vec<String>, ApiError> {
 /// `GET /v1/events`: events in arrival order, by type patterns and feed.
 pub async fn list(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -294,12 +296,13 @@ pub async fn list(
     let start = start_of(&headers, &mut params, None)?.unwrap_or(Start::After(0));
     params.finish()?;
     let log = state.log()?;
+    let reader = access.reader(&log)?;
     let encoder = state.encoder()?;
     let page = tokio::task::spawn_blocking(move || {
         let after = resolve_start(&log, start)?;
         let mut follower = log.follow(patterns, after)?;
         let (events, next_after) = read_page(&mut follower, limit, |e| {
-            feed.as_deref().is_none_or(|f| f == e.header.author)
+            feed.as_deref().is_none_or(|f| f == e.header.author) && reader.allows(e)
         })?;
         Ok::<_, ApiError>(Page {
             events: encoder.encode_all(&events),
@@ -314,6 +317,7 @@ pub async fn list(
 /// `GET /v1/events/{id}`: the events with this id (several feeds may hold one).
 pub async fn by_id(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -322,9 +326,15 @@ pub async fn by_id(
         ApiError::parameter("id", format!("{id:?} is not an event id (a UUID): {e}"))
     })?;
     let log = state.log()?;
+    let reader = access.reader(&log)?;
     let encoder = state.encoder()?;
     let events = tokio::task::spawn_blocking(move || {
-        let events = log.read_by_id(uuid.as_bytes(), EVENTS_BY_ID_MAX)?;
+        let mut events = log.read_by_id(uuid.as_bytes(), EVENTS_BY_ID_MAX)?;
+        let held = events.len();
+        events.retain(|e| reader.allows(e));
+        if held > 0 && events.is_empty() {
+            return Err(unreadable(&access, uuid));
+        }
         Ok::<_, ApiError>(encoder.encode_all(&events))
     })
     .await
@@ -340,10 +350,13 @@ pub async fn by_id(
 /// `GET /v1/feeds`: every feed this node holds and its head.
 pub async fn feeds(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(query.as_deref())?.finish()?;
     let log = state.log()?;
+    // Feed heads are read permission's metadata: any readable channel.
+    access.reader(&log)?;
     let heads = tokio::task::spawn_blocking(move || log.heads())
         .await
         .map_err(|e| ApiError::task("reading feed heads", e))??;
@@ -362,6 +375,7 @@ struct FeedPage {
 /// `GET /v1/feeds/{feed}/events`: a feed's events by sequence number.
 pub async fn feed_range(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(feed): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -380,6 +394,7 @@ pub async fn feed_range(
         ));
     }
     let log = state.log()?;
+    let reader = access.reader(&log)?;
     let encoder = state.encoder()?;
     let page = tokio::task::spawn_blocking(move || {
         let Some(head) = log.heads()?.into_iter().find(|h| h.feed == feed) else {
@@ -389,11 +404,14 @@ pub async fn feed_range(
         };
         let last = to.unwrap_or(head.seq).min(head.seq);
         let end = last.min(from.saturating_add(limit - 1));
-        let events = if from > last {
+        let mut events = if from > last {
             Vec::new()
         } else {
             log.read(&feed, from..=end)?
         };
+        // Events of channels the caller may not read are left out; the
+        // page still covers `from..=end`.
+        events.retain(|e| reader.allows(e));
         let next_seq = (end < last).then_some(end + 1);
         Ok(FeedPage {
             events: encoder.encode_all(&events),
@@ -418,6 +436,18 @@ impl<T: Serialize + ?Sized> Serialize for Field<'_, T> {
         map.serialize_entry(self.0, self.1)?;
         map.end()
     }
+}
+
+/// 403 for an event the caller may not read (its channel is not in the
+/// caller's `read_channels`).
+fn unreadable(access: &Access, id: uuid::Uuid) -> ApiError {
+    super::auth::forbidden(
+        "read_channels",
+        format!(
+            "client \"{}\" may not read event {id}: its channel is not in the client's `read_channels` permission",
+            access.client().unwrap_or("local")
+        ),
+    )
 }
 
 /// A 200 answer with `value` as JSON.

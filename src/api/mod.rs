@@ -5,8 +5,9 @@
 //! application.
 //!
 //! It runs inside the node (`[api] listen = "127.0.0.1:PORT"` in the node's
-//! config; absent, there is none), on axum over hyper, and only on loopback
-//! until client-certificate authentication exists (`config::ApiConfig`).
+//! config; absent, there is none), on axum over hyper: plain HTTP on
+//! loopback, HTTPS with client certificates anywhere, and optionally a Unix
+//! socket ([`auth`], `config::ApiConfig`).
 //!
 //! Layout: [`server`] (state, router, the hooks for authentication and
 //! `/metrics`, serving and shutdown), [`publish`], [`events`] (reads and the
@@ -17,6 +18,7 @@
 //!
 //! Every limit is one of the constants below; `docs/API.md` lists them.
 
+pub mod auth;
 pub mod console;
 pub mod consumers;
 pub mod errors;

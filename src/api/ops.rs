@@ -1,14 +1,16 @@
 //! Queries, sagas, the node's status and peers, and the health probes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, code, json_response};
 use super::events::{json_data, json_ok};
 use super::input::{BodyFormat, Params, body_format, decode_json, read_body};
@@ -92,6 +94,7 @@ fn query_view(o: QueryOutcome) -> QueryView {
 /// whatever the status; `signed` says whether the responder signed it).
 pub async fn query(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Body,
@@ -100,6 +103,7 @@ pub async fn query(
     body_format(&headers, &[BodyFormat::Json])?;
     let bytes = read_body(&headers, body).await?;
     let input: QueryInput = decode_json(&bytes, "")?;
+    access.may_query(&input.query_type)?;
     let timeout_ms = input.timeout_ms.unwrap_or(QUERY_TIMEOUT_MS_DEFAULT);
     if timeout_ms == 0 || timeout_ms > QUERY_TIMEOUT_MS_MAX {
         return Err(ApiError::field(
@@ -169,6 +173,7 @@ fn parse_definition(raw: &RawValue) -> Result<SagaDefinition, ApiError> {
 /// `POST /v1/sagas`: 201 with the saga's id once its start is durable.
 pub async fn start_saga(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
     body: Body,
@@ -178,6 +183,7 @@ pub async fn start_saga(
     let bytes = read_body(&headers, body).await?;
     let input: SagaInput = decode_json(&bytes, "")?;
     let definition = parse_definition(&input.definition)?;
+    access.may_saga(&definition.saga_type)?;
     let saga_input: serde_json::Value = match &input.input {
         Some(raw) => serde_json::from_str(raw.get())
             .map_err(|e| ApiError::field("input", format!("input: {e}")))?,
@@ -216,6 +222,7 @@ struct SagaSummary {
 /// newest first.
 pub async fn list_sagas(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let mut params = Params::parse(raw.as_deref())?;
@@ -228,6 +235,7 @@ pub async fn list_sagas(
         .number("limit", 1, SAGAS_LIST_MAX as u64)?
         .map_or(SAGAS_LIST_DEFAULT, |n| n as usize);
     params.finish()?;
+    access.may_list_sagas()?;
     let log = state.log()?;
     let sagas = tokio::task::spawn_blocking(move || {
         crate::saga::orchestrator::list(&*log.reader()?, status, limit)
@@ -235,8 +243,11 @@ pub async fn list_sagas(
     .await
     .map_err(|e| ApiError::task("listing sagas", e))?
     .map_err(|e| saga_error(e, "status"))?;
+    // A client sees the sagas of the types it may use (so a page may hold
+    // fewer than `limit`).
     let summaries: Vec<SagaSummary> = sagas
         .iter()
+        .filter(|s| access.sees_saga(&s.saga_type))
         .map(|s| SagaSummary {
             saga_id: s.id,
             saga_type: s.saga_type.clone(),
@@ -252,6 +263,7 @@ pub async fn list_sagas(
 /// `herald saga status --json`).
 pub async fn saga(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -266,6 +278,7 @@ pub async fn saga(
             .ok_or_else(|| {
                 ApiError::not_found(format!("this node orchestrates no saga {id}")).at("id")
             })?;
+    access.may_saga(&saga.saga_type)?;
     Ok(json_ok(&saga))
 }
 
@@ -276,12 +289,34 @@ pub async fn saga(
 /// time), so it costs about a second per million events.
 pub async fn saga_history(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(raw.as_deref())?.finish()?;
     let id = saga_id(&id)?;
     let log = state.log()?;
+    // A client reads the history of a saga this node orchestrates, of a
+    // type it may use, with the payloads of channels it may read.
+    let reader = match &access {
+        Access::Operator => super::auth::ReadFilter::All,
+        Access::Client(_) => {
+            let store = Arc::clone(&log);
+            let saga = tokio::task::spawn_blocking(move || {
+                crate::saga::orchestrator::load(&*store.reader()?, id)
+            })
+            .await
+            .map_err(|e| ApiError::task("reading a saga", e))?
+            .map_err(|e| saga_error(e, "id"))?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("this node orchestrates no saga {id}")).at("id")
+            })?;
+            access.may_saga(&saga.saga_type)?;
+            access
+                .reader(&log)
+                .unwrap_or_else(|_| super::auth::ReadFilter::Channels(Arc::new(Vec::new())))
+        }
+    };
     let entries = tokio::task::spawn_blocking(move || {
         let keys = log.channel_keys();
         let mut follower = log.follow(vec![format!("{SAGA_EVENT_PREFIX}*")], 0)?;
@@ -293,8 +328,9 @@ pub async fn saga_history(
                 if saga_id_of(h) != Some(id) || entries.len() >= HISTORY_ENTRIES_MAX {
                     continue;
                 }
-                let payload = crate::core::codec::decode_envelope(&event.envelope)
-                    .ok()
+                let payload = Some(&event)
+                    .filter(|e| reader.allows(e))
+                    .and_then(|e| crate::core::codec::decode_envelope(&e.envelope).ok())
                     .and_then(|(envelope, _)| envelope.payload)
                     .and_then(|p| decrypt_payload(h, &p, &keys).ok())
                     .and_then(|plain| serde_json::from_slice(&plain).ok());
@@ -363,9 +399,11 @@ struct TimelineView<'a> {
 /// `GET /v1/status`: the node's status (the shape of `herald status --json`).
 pub async fn status(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(raw.as_deref())?.finish()?;
+    access.admin("the node's status")?;
     let node = state.node()?;
     let status = crate::node::status_of(&node).await;
     Ok(json_ok(&status))
@@ -374,9 +412,11 @@ pub async fn status(
 /// `GET /v1/peers`: the configured peers and their connection state.
 pub async fn peers(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     Params::parse(raw.as_deref())?.finish()?;
+    access.admin("the node's peers")?;
     let peers: Vec<crate::node::PeerState> = state
         .node()?
         .peers

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
@@ -21,6 +21,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::auth::Access;
 use super::errors::{ApiError, code, json_response};
 use super::input::{BodyFormat, Params, body_format, decode_json, read_body};
 use super::server::ApiState;
@@ -73,6 +74,7 @@ struct Receipts<'a> {
 /// `POST /v1/events`.
 pub async fn publish(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
@@ -84,6 +86,10 @@ pub async fn publish(
     // Decoding a large batch and waiting for the writer are blocking work.
     tokio::task::spawn_blocking(move || {
         let inputs = decode_events(&bytes, format)?;
+        // Nothing is written unless the caller may publish every event.
+        for input in &inputs {
+            access.may_publish(&input.event_type)?;
+        }
         let drafts = validate(&log, inputs)?;
         let receipts = proclaim(&log, drafts)?;
         let body = Receipts {

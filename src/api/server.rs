@@ -2,11 +2,11 @@
 //!
 //! Two hooks are left for what comes later, each one place:
 //!
-//! * **Authentication** (HTTPS with client certificates and per-certificate
-//!   permissions): every `/v1` route goes through `guard`, where one tower
-//!   layer (`route_layer`) or a middleware extracting the client's identity
-//!   is added; health probes stay outside it. Until then the API listens on
-//!   loopback only (`config::ApiConfig::check`).
+//! * **Authentication** (see [`super::auth`]): every `/v1` route goes
+//!   through `guard`, which resolves the connection's caller (local
+//!   operator, or a client certificate over HTTPS) to its permissions;
+//!   health probes stay outside it. Each listener (plain TCP on loopback,
+//!   HTTPS, the Unix socket) says who its connections belong to.
 //! * **`/metrics`**: `probes` holds the unauthenticated operational
 //!   routes; a `/metrics` route (Prometheus text) is added there, next to
 //!   `/healthz` and `/readyz`, with its entry in [`ROUTES`] and
@@ -20,9 +20,10 @@ use axum::routing::{get, post, put};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
+use super::auth::{Caller, Policy, TlsListener, UnixSocket, UnixSocketError};
 use super::errors::ApiError;
 use super::events::EventEncoder;
-use super::{STREAMS_MAX, consumers, errors, events, openapi, ops, publish, subscribe};
+use super::{STREAMS_MAX, auth, consumers, errors, events, openapi, ops, publish, subscribe};
 use crate::config::ApiConfig;
 use crate::node::Inner;
 use crate::store::Log;
@@ -70,6 +71,10 @@ pub enum ApiStartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot serve the HTTP API as HTTPS: {0}")]
+    Tls(#[from] crate::net::NetError),
+    #[error("cannot listen for the HTTP API on a Unix socket: {0}")]
+    Unix(#[from] UnixSocketError),
 }
 
 /// What every handler can reach.
@@ -85,6 +90,8 @@ pub struct ApiState {
     pub(crate) streams: Arc<Semaphore>,
     /// Turns true when the node shuts down: streams and long polls end.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// What each client certificate may do (`[[api.clients]]`).
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl ApiState {
@@ -111,10 +118,12 @@ impl ApiState {
     }
 }
 
-/// Binds `config.listen` and serves the API until the node shuts down
-/// (`node.shutdown` turns true): then it stops accepting, ends its streams
-/// and long polls, and lets requests in progress finish. Returns the bound
-/// address and the serving task.
+/// Binds `config.listen` (plain HTTP on loopback, or HTTPS with client
+/// certificates when `tls`) and `config.unix` if set, and serves the API on
+/// both until the node shuts down (`node.shutdown` turns true): then it
+/// stops accepting, ends its streams and long polls, lets requests in
+/// progress finish, and removes its socket. Returns the bound TCP address
+/// and the serving task.
 pub(crate) async fn spawn(
     node: Arc<Inner>,
     config: &ApiConfig,
@@ -124,35 +133,82 @@ pub(crate) async fn spawn(
         addr: config.listen,
         source,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let tcp = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(bind)?;
-    let addr = listener.local_addr().map_err(bind)?;
+    let addr = tcp.local_addr().map_err(bind)?;
     let shutdown = node.shutdown.clone();
+    let tls = if config.tls {
+        Some(crate::net::tls::api_server_config(&node.tls)?)
+    } else {
+        None
+    };
+    let unix = config.unix.as_deref().map(UnixSocket::bind).transpose()?;
     let state = ApiState {
         node: Arc::downgrade(&node),
         streams: Arc::new(Semaphore::new(STREAMS_MAX)),
         shutdown: shutdown.clone(),
+        policy: Arc::new(Policy::new(config)),
     };
     let app = router(state);
-    let task = tokio::spawn(async move {
-        let stop = crate::store::stopped(shutdown);
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %e, "the HTTP API stopped serving");
+    let mut servers = tokio::task::JoinSet::new();
+    let stop = || crate::store::stopped(shutdown.clone());
+    match tls {
+        Some(tls) => {
+            let listener = TlsListener::new(
+                tcp,
+                tls,
+                Arc::clone(node.tls.trust()),
+                node.tls.clock(),
+                shutdown.clone(),
+            )
+            .map_err(bind)?;
+            let service = app.clone().into_make_service_with_connect_info::<Caller>();
+            servers.spawn(report(
+                "HTTPS",
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stop())
+                    .into_future(),
+            ));
         }
-    });
-    tracing::info!(%addr, "HTTP API listening");
+        None => {
+            let service = app.clone().into_make_service_with_connect_info::<Caller>();
+            servers.spawn(report(
+                "HTTP",
+                axum::serve(tcp, service)
+                    .with_graceful_shutdown(stop())
+                    .into_future(),
+            ));
+        }
+    }
+    if let Some(socket) = unix {
+        let (path, inode) = (socket.path.clone(), socket.inode());
+        let service = app.into_make_service_with_connect_info::<Caller>();
+        let serve = axum::serve(socket.listener, service).with_graceful_shutdown(stop());
+        tracing::info!(path = %path.display(), "HTTP API listening on a Unix socket");
+        servers.spawn(async move {
+            report("Unix socket", serve.into_future()).await;
+            UnixSocket::remove(&path, inode);
+        });
+    }
+    let task = tokio::spawn(async move { while servers.join_next().await.is_some() {} });
+    let scheme = if config.tls { "HTTPS" } else { "HTTP" };
+    tracing::info!(%addr, scheme, "HTTP API listening");
     Ok((addr, task))
+}
+
+/// Runs one listener's server, logging why it stopped if it failed.
+async fn report(what: &'static str, serve: impl std::future::Future<Output = std::io::Result<()>>) {
+    if let Err(e) = serve.await {
+        tracing::error!(error = %e, listener = what, "the HTTP API stopped serving");
+    }
 }
 
 /// The whole router: probes, then the versioned API behind `guard`.
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(probes())
-        .merge(guard(v1()))
+        .merge(guard(v1(), &state))
         .merge(super::console::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
@@ -193,10 +249,14 @@ fn v1() -> Router<ApiState> {
         .route("/v1/peers", get(ops::peers))
 }
 
-/// The authentication hook: every `/v1` route passes here. Today the API
-/// listens on loopback only and lets every local caller in; client
-/// certificates and per-certificate permissions become one layer here
-/// (`v1.route_layer(...)`), checked before any handler runs.
-fn guard(v1: Router<ApiState>) -> Router<ApiState> {
-    v1
+/// The authentication hook: every `/v1` route passes [`auth::guard`]
+/// before its handler runs, which hands the handler the caller's
+/// [`auth::Access`] (or answers 403 for a certificate with no
+/// `[[api.clients]]` entry). Handlers check the permission their request
+/// needs.
+fn guard(v1: Router<ApiState>, state: &ApiState) -> Router<ApiState> {
+    v1.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::guard,
+    ))
 }

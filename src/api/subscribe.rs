@@ -22,11 +22,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use axum::extract::{Extension, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
+use super::auth::{Access, ReadFilter};
 use super::errors::{ApiError, code};
 use super::events::{EventEncoder, resolve_start, type_patterns};
 use super::input::{Params, Start, start_of};
@@ -37,6 +38,7 @@ use crate::store::{Follower, StartFrom, StoredEvent};
 /// `GET /v1/stream?type=PATTERN&after=P|from=start|now|TIME`.
 pub async fn stream(
     State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -44,14 +46,18 @@ pub async fn stream(
     let patterns = type_patterns(&mut params)?;
     let start = start_of(&headers, &mut params, None)?.unwrap_or(Start::From(StartFrom::Start));
     params.finish()?;
-    open(state, patterns, start).await
+    let reader = access.reader(&*state.log()?)?;
+    open(state, patterns, start, reader).await
 }
 
-/// Opens a stream of the events matching `patterns` from `start`.
+/// Opens a stream of the events matching `patterns` from `start`, leaving
+/// out those `reader` does not allow (their positions still advance the
+/// stream's `id`, so a resuming client does not look at them again).
 pub async fn open(
     state: ApiState,
     patterns: Vec<String>,
     start: Start,
+    reader: ReadFilter,
 ) -> Result<Response, ApiError> {
     let permit = Arc::clone(&state.streams)
         .try_acquire_owned()
@@ -73,7 +79,7 @@ pub async fn open(
     .await
     .map_err(|e| ApiError::task("opening a stream", e))??;
     let (chunks, receiver) = mpsc::channel::<Bytes>(STREAM_BUFFER_BATCHES);
-    tokio::spawn(produce(state, encoder, follower, chunks, permit));
+    tokio::spawn(produce(state, encoder, reader, follower, chunks, permit));
     let body = Body::from_stream(futures_util::stream::unfold(receiver, |mut r| async move {
         r.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), r))
     }));
@@ -95,6 +101,7 @@ pub async fn open(
 async fn produce(
     state: ApiState,
     encoder: EventEncoder,
+    reader: ReadFilter,
     mut follower: Follower,
     chunks: mpsc::Sender<Bytes>,
     _permit: OwnedSemaphorePermit,
@@ -110,7 +117,7 @@ async fn produce(
         if state.stopping() {
             return;
         }
-        let next = read_chunk(follower, encoder.clone()).await;
+        let next = read_chunk(follower, encoder.clone(), reader.clone()).await;
         let chunk = match next {
             Ok((f, chunk)) => {
                 follower = f;
@@ -167,9 +174,11 @@ async fn send(
 async fn read_chunk(
     mut follower: Follower,
     encoder: EventEncoder,
+    reader: ReadFilter,
 ) -> Result<(Follower, Option<Bytes>), ApiError> {
     tokio::task::spawn_blocking(move || {
-        let batch = follower.next_batch()?;
+        let mut batch = follower.next_batch()?;
+        batch.retain(|e| reader.allows(e));
         let position = follower.position();
         Ok((follower, encode_batch(&encoder, &batch, position)))
     })

@@ -158,6 +158,7 @@ async fn start_node(dir: &Path) -> Result<Node, BenchError> {
     config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     config.api = Some(ApiConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        ..ApiConfig::default()
     });
     Node::start(&config)
         .await

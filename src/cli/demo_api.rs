@@ -59,7 +59,10 @@ fn provision(dir: &Path) -> Result<(Vec<PathBuf>, SocketAddr), CliError> {
             peer.address = ports[1 - i];
         }
         if i == 0 {
-            config.api = Some(ApiConfig { listen: api });
+            config.api = Some(ApiConfig {
+                listen: api,
+                ..ApiConfig::default()
+            });
         }
         std::fs::write(&path, config.to_toml())?;
         paths.push(path);

@@ -21,7 +21,7 @@ pub enum KeygenCommand {
     Ca(CaArgs),
     /// Issue a node certificate DIR/NAME.crt and key DIR/NAME.key, signed by the CA in DIR.
     Node(LeafArgs),
-    /// Issue a client certificate (clientAuth only; cannot author events).
+    /// Issue a client certificate (clientAuth only: cannot serve or author events), e.g. for an HTTPS client of a node's API.
     Client(LeafArgs),
     /// Create a channel key DIR/channel-NAME.key (32 random bytes as hex, mode 0600).
     Channel(ChannelArgs),

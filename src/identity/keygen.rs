@@ -494,6 +494,26 @@ pub fn issue_node_with_validity(
     )
 }
 
+/// Test support: issues a client certificate with an explicit validity
+/// window (microseconds since the Unix epoch), e.g. an already expired one
+/// (the HTTP API's handshake refuses it: `tests/api_auth.rs`).
+pub fn issue_client_with_validity(
+    dir: &Path,
+    name: &str,
+    not_before_us: u64,
+    not_after_us: u64,
+    force: bool,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    issue_from_dir(
+        dir,
+        name,
+        LeafKind::Client,
+        Some((not_before_us, not_after_us)),
+        1,
+        force,
+    )
+}
+
 fn channel_file(dir: &Path, name: &str) -> PendingFile {
     let key = Zeroizing::new(random_bytes::<32>());
     let mut text = Zeroizing::new(hex::encode(&key[..]));

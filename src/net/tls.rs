@@ -123,6 +123,12 @@ impl TlsIdentity {
         &self.cert
     }
 
+    /// The clock (microseconds since the Unix epoch) validity windows are
+    /// checked with.
+    pub fn clock(&self) -> fn() -> u64 {
+        self.now_us
+    }
+
     /// The trust anchor peers are verified against.
     pub fn trust(&self) -> &Arc<TrustAnchor> {
         &self.trust
@@ -222,6 +228,189 @@ pub fn client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(transport_config()?);
     Ok(config)
+}
+
+// ---------------------------------------------------------------------------
+// HTTPS for the HTTP API (`src/api/auth.rs`, docs/API.md "Access control").
+
+/// The ALPN protocol the API's HTTPS listener offers (axum serves HTTP/1.1).
+pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+
+/// The rustls configuration of the API's HTTPS listener: TLS 1.3, Ed25519,
+/// the node's own certificate, and a **client certificate** (EKU clientAuth
+/// only, `herald keygen client`) issued by the cluster CA, not revoked and
+/// within its validity window, required of every caller. A node certificate
+/// is refused as an API client: nodes and API clients are not
+/// interchangeable, and permissions are granted to client names only. No
+/// session resumption, so every connection runs these checks in full.
+pub fn api_server_config(id: &TlsIdentity) -> Result<rustls::ServerConfig, NetError> {
+    if id.role != Role::Node {
+        return Err(NetError::Unauthorized {
+            reason: format!(
+                "certificate \"{}\" is a client certificate and cannot serve the HTTP API; a server needs a node certificate",
+                id.cert.service
+            ),
+        });
+    }
+    let provider = provider();
+    let verifier = Arc::new(ApiClientVerifier {
+        trust: id.trust.clone(),
+        provider: provider.clone(),
+        now_us: id.now_us,
+    });
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![id.cert_der.clone()], id.key())?;
+    tls.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    tls.max_early_data_size = 0;
+    tls.send_tls13_tickets = 0;
+    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(tls)
+}
+
+/// A rustls configuration for an HTTPS client of a node's API: presents the
+/// identity's (client) certificate and accepts only a node certificate of
+/// the cluster named as dialled (so the URL's host is the node's service
+/// name). Usable with any HTTP client that takes a rustls 0.23
+/// configuration (reqwest's `use_preconfigured_tls`, hyper-rustls).
+pub fn api_client_config(id: &TlsIdentity) -> Result<rustls::ClientConfig, NetError> {
+    let provider = provider();
+    let verifier = Arc::new(NodeServerVerifier {
+        trust: id.trust.clone(),
+        provider: provider.clone(),
+        now_us: id.now_us,
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(vec![id.cert_der.clone()], id.key())?;
+    tls.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    tls.enable_early_data = false;
+    Ok(tls)
+}
+
+/// The client certificate an API connection presented, admitted again
+/// after the handshake to learn its name (the verifier accepted it moments
+/// ago; this repeats its checks rather than trusting that it ran).
+pub fn api_client_of(
+    trust: &TrustAnchor,
+    presented: Option<&[CertificateDer<'_>]>,
+    now_us: u64,
+) -> Result<AuthorCert, CertError> {
+    let Some([end_entity, intermediates @ ..]) = presented else {
+        return Err(CertError::Malformed {
+            reason: "no client certificate was presented".into(),
+        });
+    };
+    ApiClientVerifier::admit(trust, end_entity, intermediates, now_us)
+}
+
+/// Verifies API clients: client certificates of the cluster only.
+#[derive(Debug)]
+struct ApiClientVerifier {
+    trust: Arc<TrustAnchor>,
+    provider: Arc<CryptoProvider>,
+    now_us: fn() -> u64,
+}
+
+impl ApiClientVerifier {
+    fn admit(
+        trust: &TrustAnchor,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now_us: u64,
+    ) -> Result<AuthorCert, CertError> {
+        // Common TLS stacks (OpenSSL, so curl) send the root along with the
+        // client certificate when it is in their trust store: the cluster
+        // CA's own certificate, byte for byte, is not an intermediate.
+        let others: Vec<&CertificateDer<'_>> = intermediates
+            .iter()
+            .filter(|c| c.as_ref() != trust.ca_der())
+            .collect();
+        if !others.is_empty() {
+            return Err(CertError::Malformed {
+                reason: format!(
+                    "{} intermediate certificate(s) presented; herald certificates are issued directly by the cluster CA",
+                    others.len()
+                ),
+            });
+        }
+        let (cert, role) = trust.admit_peer(end_entity)?;
+        if role != Role::Client {
+            return Err(CertError::NotPeerCertificate {
+                reason: format!(
+                    "\"{}\" is a node certificate; the HTTP API takes client certificates only (herald keygen client)",
+                    cert.service
+                ),
+            });
+        }
+        cert.check_time(now_us)?;
+        Ok(cert)
+    }
+}
+
+impl ClientCertVerifier for ApiClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match Self::admit(&self.trust, end_entity, intermediates, (self.now_us)()) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(e) => {
+                tracing::warn!(
+                    subject = %subject_of(end_entity),
+                    reason = %e,
+                    "refused HTTP API client certificate"
+                );
+                // A node certificate (or another usage) is the wrong purpose.
+                Err(match e {
+                    CertError::NotPeerCertificate { .. } => {
+                        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)
+                    }
+                    e => refusal(e),
+                })
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(tls12_refused())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_ed25519_tls13(&self.provider, message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        SIGNATURE_SCHEMES.to_vec()
+    }
 }
 
 /// The presented certificate's subject, for logs.
@@ -519,6 +708,44 @@ mod tests {
         let e = client.check(&a, &[]).unwrap_err();
         assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
         assert!(client.client_auth_mandatory());
+    }
+
+    #[test]
+    fn the_api_verifier_takes_client_certificates_only() {
+        let f = fixture();
+        crate::identity::issue_client(&f.keys, "app", 10, false).unwrap();
+        let now = crate::clock::now_us();
+        let app = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], now).unwrap();
+        assert_eq!(app.service, "app");
+        let e = ApiClientVerifier::admit(&f.trust, &der(&f, "a"), &[], now).unwrap_err();
+        assert!(e.to_string().contains("client certificates only"), "{e}");
+        let e = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], 0).unwrap_err();
+        assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
+        let e = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], u64::MAX).unwrap_err();
+        assert!(matches!(e, CertError::Expired { .. }), "{e}");
+        // The CA's own certificate sent along is not an intermediate; any
+        // other certificate is.
+        ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[der(&f, "ca")], now).unwrap();
+        let e =
+            ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[der(&f, "a")], now).unwrap_err();
+        assert!(e.to_string().contains("intermediate"), "{e}");
+        let e = api_client_of(&f.trust, None, now).unwrap_err();
+        assert!(e.to_string().contains("no client certificate"), "{e}");
+        let id = TlsIdentity::from_files(
+            &f.keys.join("a.crt"),
+            &f.keys.join("a.key"),
+            f.trust.clone(),
+        )
+        .unwrap();
+        api_server_config(&id).unwrap();
+        let client = TlsIdentity::from_files(
+            &f.keys.join("app.crt"),
+            &f.keys.join("app.key"),
+            f.trust.clone(),
+        )
+        .unwrap();
+        api_client_config(&client).unwrap();
+        assert!(api_server_config(&client).is_err(), "a client cannot serve");
     }
 
     #[test]

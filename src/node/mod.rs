@@ -196,6 +196,11 @@ impl Node {
     /// Opens the log, binds the endpoint, and starts replicating with the
     /// configured peers. Must be called inside a tokio runtime.
     pub async fn start(config: &NodeConfig) -> Result<Node, NodeError> {
+        // [api] access control: refuse a bad API config before the store
+        // is opened, so a refused start leaves nothing running or locked.
+        if let Some(api) = &config.api {
+            api.check().map_err(crate::api::ApiStartError::Config)?;
+        }
         let mut options = LogOptions::from_config(config)?;
         // Every node asks its peers before proclaiming: if the store was
         // lost, or is an old copy, or lost its tail (the WAL), the feed
