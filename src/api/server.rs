@@ -33,6 +33,7 @@ use crate::store::Log;
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/events"),
     ("GET", "/v1/events"),
@@ -159,6 +160,36 @@ fn probes() -> Router<ApiState> {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// `GET /metrics`: the node's metrics in the Prometheus text format, or
+/// OpenMetrics when `Accept` asks for `application/openmetrics-text` (see
+/// `node::metrics` and docs/API.md, "Metrics").
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let node = match state.node() {
+        Ok(node) => node,
+        Err(e) => return e.into_response(),
+    };
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = crate::node::metrics::Format::from_accept(accept);
+    match crate::node::metrics::render(&node, format).await {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, format.content_type())],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot answer a metrics scrape");
+            ApiError::internal(e.to_string()).into_response()
+        }
+    }
 }
 
 /// The versioned API.
