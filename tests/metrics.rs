@@ -680,8 +680,9 @@ async fn acks_persist_however_a_session_ends_and_forgeries_count_by_check() {
         .await
         .expect("proclaim");
 
-    // mallory acknowledges node-a's feed and drops the connection at once,
-    // well within the persist interval: its inbound half ends first.
+    // mallory acknowledges node-a's feed and ends its stream at once, well
+    // within the persist interval: node-a's inbound half ends first, and
+    // its outbound half (which persisted acknowledgements) is aborted.
     let mut m = Attack::open(&net, "mallory", "node-a").await;
     m.send(&PeerMessage::Ack {
         heads: vec![FeedPosition {
@@ -691,7 +692,7 @@ async fn acks_persist_however_a_session_ends_and_forgeries_count_by_check() {
         }],
     })
     .await;
-    m.conn.close(0u32.into(), b"gone");
+    m.send.finish().expect("end the stream");
     wait_async("mallory's acknowledgement to be persisted", WAIT, || async {
         let cursors = a.log().peer_cursors().map_err(|e| e.to_string())?;
         match cursors

@@ -176,22 +176,23 @@ impl CommitHistogram {
         self.sum_us.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// Cumulative buckets whose count is their total, so a scrape never
-    /// shows a bucket above the count even while commits are observed.
+    /// The buckets and, as the count, their total: a scrape never shows a
+    /// bucket above the count, even while commits are observed.
     fn snapshot(&self) -> HistogramSnapshot {
-        let mut running = 0;
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(self.buckets.len());
         for (i, bucket) in self.buckets.iter().enumerate() {
-            running += bucket.load(Ordering::Relaxed);
+            let n = bucket.load(Ordering::Relaxed);
+            count += n;
             let bound = COMMIT_SECONDS_BUCKETS
                 .get(i)
                 .copied()
                 .unwrap_or(f64::INFINITY);
-            buckets.push((bound, running));
+            buckets.push((bound, n));
         }
         HistogramSnapshot {
             sum_seconds: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
-            count: running,
+            count,
             buckets,
         }
     }
@@ -202,8 +203,9 @@ impl CommitHistogram {
 pub struct HistogramSnapshot {
     pub sum_seconds: f64,
     pub count: u64,
-    /// (upper bound in seconds, observations at or below it), cumulative,
-    /// ending with `+Inf`.
+    /// (upper bound in seconds, observations above the previous bound and
+    /// at or below this one), ending with `+Inf`; not cumulative (the
+    /// encoder sums them up, as the exposition format wants).
     pub buckets: Vec<(f64, u64)>,
 }
 
@@ -264,7 +266,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commit_histogram_is_cumulative_and_counts_every_observation() {
+    fn commit_histogram_buckets_count_every_observation_once() {
         let h = CommitHistogram::default();
         h.observe(Duration::from_micros(300)); // first bucket
         h.observe(Duration::from_micros(500)); // on the bound: still first
@@ -274,10 +276,11 @@ mod tests {
         assert_eq!(s.count, 4);
         assert_eq!(s.buckets.len(), COMMIT_SECONDS_BUCKETS.len() + 1);
         assert_eq!(s.buckets[0], (0.0005, 2));
-        assert_eq!(s.buckets[2], (0.002, 2));
-        assert_eq!(s.buckets[3], (0.004, 3));
-        assert_eq!(s.buckets[COMMIT_SECONDS_BUCKETS.len() - 1].1, 3);
-        assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 4)));
+        assert_eq!(s.buckets[2], (0.002, 0));
+        assert_eq!(s.buckets[3], (0.004, 1));
+        assert_eq!(s.buckets[COMMIT_SECONDS_BUCKETS.len() - 1].1, 0);
+        assert_eq!(s.buckets.last(), Some(&(f64::INFINITY, 1)));
+        assert_eq!(s.buckets.iter().map(|(_, n)| n).sum::<u64>(), 4);
         assert!((s.sum_seconds - 10.0038).abs() < 1e-9, "{}", s.sum_seconds);
     }
 
