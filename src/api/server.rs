@@ -8,9 +8,8 @@
 //!   is added; health probes stay outside it. Until then the API listens on
 //!   loopback only (`config::ApiConfig::check`).
 //! * **`/metrics`**: `probes` holds the unauthenticated operational
-//!   routes; a `/metrics` route (Prometheus text) is added there, next to
-//!   `/healthz` and `/readyz`, with its entry in [`ROUTES`] and
-//!   `docs/openapi.json`.
+//!   routes: `/healthz`, `/readyz` and `/metrics` (Prometheus text, see
+//!   `node::metrics`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
