@@ -303,7 +303,11 @@ async fn every_endpoint_answers_against_a_real_node() {
         .unwrap();
     assert_eq!(metrics.status(), StatusCode::OK);
     assert!(
-        metrics.text().await.unwrap().contains("herald_events_proclaimed_total"),
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("herald_events_proclaimed_total"),
         "/metrics names its counters"
     );
     let doc = api.get("/v1/openapi.json", "/v1/openapi.json").await;

@@ -121,7 +121,9 @@ fn family_of<'a>(name: &'a str, families: &BTreeMap<String, (String, String)>) -
     }
     for suffix in ["_bucket", "_sum", "_count"] {
         if let Some(base) = name.strip_suffix(suffix)
-            && families.get(base).is_some_and(|(kind, _)| kind == "histogram")
+            && families
+                .get(base)
+                .is_some_and(|(kind, _)| kind == "histogram")
         {
             return base;
         }
@@ -161,7 +163,10 @@ fn parse(text: &str) -> Exposition {
                 "unknown type: {line:?}"
             );
             if kind == "counter" {
-                assert!(name.ends_with("_total"), "counter not named _total: {line:?}");
+                assert!(
+                    name.ends_with("_total"),
+                    "counter not named _total: {line:?}"
+                );
             }
             let doc = help
                 .get(name)
@@ -263,11 +268,11 @@ fn the_parser_refuses_what_prometheus_would() {
     let good = "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"\"} 3\n";
     assert_eq!(parse(good).value("x_total", &[("a", "q\"")]), 3.0);
     for bad in [
-        "x_total 3\n",                                        // no TYPE
-        "# TYPE x_total counter\nx_total 1\n",                // no HELP
-        "# HELP x A.\n# TYPE x counter\nx 1\n",               // counter not _total
-        "# HELP x A.\n# TYPE x gauge\nx{a=b} 1\n",            // unquoted label
-        "# HELP x A.\n# TYPE x gauge\nx one\n",               // bad value
+        "x_total 3\n",                             // no TYPE
+        "# TYPE x_total counter\nx_total 1\n",     // no HELP
+        "# HELP x A.\n# TYPE x counter\nx 1\n",    // counter not _total
+        "# HELP x A.\n# TYPE x gauge\nx{a=b} 1\n", // unquoted label
+        "# HELP x A.\n# TYPE x gauge\nx one\n",    // bad value
         "# HELP h A.\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n",
     ] {
         assert!(
@@ -552,7 +557,7 @@ async fn metrics_follow_traffic_through_a_three_node_cluster() {
             "herald_replication_lag_seconds",
             &[("peer", "c"), ("feed", "a")],
         );
-        if b_lag == 0.0 && c_lag == M as f64 && c_seconds >= 0.02 && c_seconds < 60.0 {
+        if b_lag == 0.0 && c_lag == M as f64 && (0.02..60.0).contains(&c_seconds) {
             Ok(())
         } else {
             Err(format!("b {b_lag}, c {c_lag} ({c_seconds} s)"))
@@ -572,7 +577,9 @@ async fn metrics_follow_traffic_through_a_three_node_cluster() {
         if (connected, lag, backlog) == (1.0, 0.0, 0.0) {
             Ok(())
         } else {
-            Err(format!("connected {connected}, lag {lag}, backlog {backlog}"))
+            Err(format!(
+                "connected {connected}, lag {lag}, backlog {backlog}"
+            ))
         }
     })
     .await;
@@ -693,16 +700,20 @@ async fn acks_persist_however_a_session_ends_and_forgeries_count_by_check() {
     })
     .await;
     m.send.finish().expect("end the stream");
-    wait_async("mallory's acknowledgement to be persisted", WAIT, || async {
-        let cursors = a.log().peer_cursors().map_err(|e| e.to_string())?;
-        match cursors
-            .iter()
-            .find(|c| c.peer == "mallory" && c.feed == "node-a")
-        {
-            Some(c) if c.acked_seq == head.seq => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
+    wait_async(
+        "mallory's acknowledgement to be persisted",
+        WAIT,
+        || async {
+            let cursors = a.log().peer_cursors().map_err(|e| e.to_string())?;
+            match cursors
+                .iter()
+                .find(|c| c.peer == "mallory" && c.feed == "node-a")
+            {
+                Some(c) if c.acked_seq == head.seq => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
     .await;
     let scrape = api.scrape().await;
     assert_eq!(

@@ -294,9 +294,15 @@ fn counter_family(
     help: &str,
     series: &[(Vec<(&str, &str)>, u64)],
 ) -> std::fmt::Result {
-    family(encoder, name, help, None, MetricType::Counter, series, |m, v| {
-        ConstCounter::new(v).encode(m)
-    })
+    family(
+        encoder,
+        name,
+        help,
+        None,
+        MetricType::Counter,
+        series,
+        |m, v| ConstCounter::new(v).encode(m),
+    )
 }
 
 fn gauge_family(
@@ -306,9 +312,15 @@ fn gauge_family(
     unit: Option<&Unit>,
     series: &[(Vec<(&str, &str)>, f64)],
 ) -> std::fmt::Result {
-    family(encoder, name, help, unit, MetricType::Gauge, series, |m, v| {
-        ConstGauge::new(v).encode(m)
-    })
+    family(
+        encoder,
+        name,
+        help,
+        unit,
+        MetricType::Gauge,
+        series,
+        |m, v| ConstGauge::new(v).encode(m),
+    )
 }
 
 impl Collector for Scrape {
@@ -611,6 +623,10 @@ mod tests {
             )),
             Format::OpenMetrics
         );
-        assert!(Format::Prometheus.content_type().starts_with("text/plain; version=0.0.4"));
+        assert!(
+            Format::Prometheus
+                .content_type()
+                .starts_with("text/plain; version=0.0.4")
+        );
     }
 }

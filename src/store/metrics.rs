@@ -236,10 +236,11 @@ impl Log {
         let peer_cursors = self.peer_cursors()?;
         let conn = self.reader()?;
         let last_arrival = super::subscribe::last_arrival(&conn)?;
-        let mut stmt =
-            conn.prepare_cached("SELECT status, COUNT(*) FROM sagas GROUP BY status")?;
+        let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM sagas GROUP BY status")?;
         let sagas = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(StoreSnapshot {
             sagas,
