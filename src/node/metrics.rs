@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -305,12 +305,12 @@ fn counter_family(
     )
 }
 
-fn gauge_family(
+fn gauge_family<V: EncodeGaugeValue + Copy + std::fmt::Debug>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    series: &[(Vec<(&str, &str)>, f64)],
+    series: &[(Vec<(&str, &str)>, V)],
 ) -> std::fmt::Result {
     family(
         encoder,
@@ -372,7 +372,7 @@ impl Collector for Scrape {
             None,
         )?;
 
-        let by_peer = |f: &dyn Fn(&PeerState) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
+        let by_peer = |f: &dyn Fn(&PeerState) -> u64| -> Vec<(Vec<(&str, &str)>, u64)> {
             self.peers
                 .iter()
                 .map(|(p, _)| (vec![("peer", p.name.as_str())], f(p)))
@@ -383,14 +383,14 @@ impl Collector for Scrape {
             "herald_peer_connected",
             "1 while a replication connection to the peer is up, else 0",
             None,
-            &by_peer(&|p| if p.connected { 1.0 } else { 0.0 }),
+            &by_peer(&|p| if p.connected { 1 } else { 0 }),
         )?;
         gauge_family(
             e,
             "herald_peer_backlog_events",
             "Events this node holds that the peer has not acknowledged (as of the session's latest wake-up)",
             None,
-            &by_peer(&|p| p.backlog as f64),
+            &by_peer(&|p| p.backlog),
         )?;
         let lag_events: Vec<_> = self
             .lags
@@ -398,7 +398,7 @@ impl Collector for Scrape {
             .map(|l| {
                 (
                     vec![("peer", l.peer.as_str()), ("feed", l.feed.as_str())],
-                    l.events as f64,
+                    l.events,
                 )
             })
             .collect();
@@ -430,7 +430,7 @@ impl Collector for Scrape {
         let heads: Vec<_> = self
             .heads
             .iter()
-            .map(|h| (vec![("feed", h.feed.as_str())], h.seq as f64))
+            .map(|h| (vec![("feed", h.feed.as_str())], h.seq))
             .collect();
         gauge_family(
             e,
@@ -449,7 +449,7 @@ impl Collector for Scrape {
                     .iter()
                     .find(|(s, _)| s == status.as_str())
                     .map_or(0, |(_, n)| *n);
-                (vec![("state", status.as_str())], n as f64)
+                (vec![("state", status.as_str())], n)
             })
             .collect();
         gauge_family(
@@ -466,17 +466,12 @@ impl Collector for Scrape {
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(self.store.last_arrival as f64).encode(last)?;
+        ConstGauge::new(self.store.last_arrival).encode(last)?;
         let positions: Vec<_> = self
             .store
             .consumers
             .iter()
-            .map(|c| {
-                (
-                    vec![("consumer", c.consumer.as_str())],
-                    c.last_arrival as f64,
-                )
-            })
+            .map(|c| (vec![("consumer", c.consumer.as_str())], c.last_arrival))
             .collect();
         gauge_family(
             e,
@@ -492,7 +487,7 @@ impl Collector for Scrape {
             .map(|c| {
                 (
                     vec![("consumer", c.consumer.as_str())],
-                    self.store.last_arrival.saturating_sub(c.last_arrival) as f64,
+                    self.store.last_arrival.saturating_sub(c.last_arrival),
                 )
             })
             .collect();
@@ -510,7 +505,7 @@ impl Collector for Scrape {
             .map(|c| {
                 (
                     vec![("peer", c.peer.as_str()), ("feed", c.feed.as_str())],
-                    c.acked_seq as f64,
+                    c.acked_seq,
                 )
             })
             .collect();
@@ -522,7 +517,7 @@ impl Collector for Scrape {
             &cursors,
         )?;
 
-        let source = |f: &dyn Fn(&DbLinkStatus) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
+        let source = |f: &dyn Fn(&DbLinkStatus) -> u64| -> Vec<(Vec<(&str, &str)>, u64)> {
             self.outbox_sources
                 .iter()
                 .map(|s| (vec![("source", s.name.as_str())], f(s)))
@@ -533,7 +528,7 @@ impl Collector for Scrape {
             "herald_outbox_backlog_rows",
             "Unpublished rows of a database outbox table still to relay",
             None,
-            &source(&|s| s.backlog as f64),
+            &source(&|s| s.backlog),
         )?;
         let relayed: Vec<_> = self
             .outbox_sources
@@ -546,7 +541,7 @@ impl Collector for Scrape {
             "Rows of a database outbox table relayed into the log since the node started",
             &relayed,
         )?;
-        let sink = |f: &dyn Fn(&DbLinkStatus) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
+        let sink = |f: &dyn Fn(&DbLinkStatus) -> u64| -> Vec<(Vec<(&str, &str)>, u64)> {
             self.inbox_sinks
                 .iter()
                 .map(|s| (vec![("sink", s.name.as_str())], f(s)))
@@ -557,14 +552,14 @@ impl Collector for Scrape {
             "herald_inbox_position",
             "Arrival position up to which a database inbox sink wrote or passed over events",
             None,
-            &sink(&|s| s.position.unwrap_or(0) as f64),
+            &sink(&|s| s.position.unwrap_or(0)),
         )?;
         gauge_family(
             e,
             "herald_inbox_backlog_events",
             "Arrivals of the log a database inbox sink has not looked at yet",
             None,
-            &sink(&|s| s.backlog as f64),
+            &sink(&|s| s.backlog),
         )?;
         Ok(())
     }
