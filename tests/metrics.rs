@@ -414,6 +414,23 @@ async fn metrics_follow_traffic_through_a_three_node_cluster() {
         api.wait_ready().await;
     }
 
+    // Counting starts once every node holds every feed's genesis, so the
+    // traffic below is all that moves the counters.
+    for api in [&api_a, &api_b, &api_c] {
+        wait_metrics(api, "every feed on every node", |m| {
+            let missing: Vec<&str> = ["a", "b", "c"]
+                .into_iter()
+                .filter(|feed| m.get("herald_feed_head_seq", &[("feed", feed)]).is_none())
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        })
+        .await;
+    }
+
     // The format: every family, typed and documented, on every node.
     let before = [
         api_a.scrape().await,
