@@ -327,6 +327,26 @@ async fn every_endpoint_answers_against_a_real_node() {
         (ready.status, &ready.body["status"]),
         (StatusCode::OK, &json!("ready"))
     );
+    // Metrics answer text, not JSON (tests/metrics.rs checks their content).
+    api.visited
+        .lock()
+        .unwrap()
+        .insert(("GET".to_string(), "/metrics".to_string()));
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("herald_events_proclaimed_total"),
+        "/metrics names its counters"
+    );
     let doc = api.get("/v1/openapi.json", "/v1/openapi.json").await;
     assert_eq!(doc.body["openapi"], "3.1.0");
 

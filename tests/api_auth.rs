@@ -534,6 +534,16 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
         let allowed = call(&operator, addr, "GET", path, None).await;
         assert_eq!(allowed.0, StatusCode::OK, "{path}: {}", allowed.1);
     }
+    // Metrics name peers, feeds and consumers: admin only.
+    assert_forbidden(&call(&writer, addr, "GET", "/metrics", None).await, "admin");
+    let scraped = operator
+        .get(url(addr, "/metrics"))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(scraped.status(), StatusCode::OK);
+    let text = scraped.text().await.expect("metrics text");
+    assert!(text.contains("herald_events_proclaimed_total"), "{text}");
 
     // A valid certificate of the cluster with no [[api.clients]] entry.
     assert_forbidden(

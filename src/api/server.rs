@@ -7,10 +7,9 @@
 //!   operator, or a client certificate over HTTPS) to its permissions;
 //!   health probes stay outside it. Each listener (plain TCP on loopback,
 //!   HTTPS, the Unix socket) says who its connections belong to.
-//! * **`/metrics`**: `probes` holds the unauthenticated operational
-//!   routes; a `/metrics` route (Prometheus text) is added there, next to
-//!   `/healthz` and `/readyz`, with its entry in [`ROUTES`] and
-//!   `docs/openapi.json`.
+//! * **`/metrics`** (Prometheus text, see `node::metrics`) goes through the
+//!   guard like `/v1` (an HTTPS client needs `admin`); `probes` holds the
+//!   unauthenticated health probes `/healthz` and `/readyz`.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -34,6 +33,7 @@ use crate::store::Log;
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
+    ("GET", "/metrics"),
     ("GET", "/v1/openapi.json"),
     ("POST", "/v1/events"),
     ("GET", "/v1/events"),
@@ -209,17 +209,53 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(probes())
         .merge(guard(v1(), &state))
+        // Behind the guard, unlike the probes: metrics name peers, feeds and
+        // consumers, so an HTTPS client needs `admin`.
+        .merge(guard(Router::new().route("/metrics", get(metrics)), &state))
         .merge(super::console::routes())
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .with_state(state)
 }
 
-/// Operational routes outside authentication (the `/metrics` hook).
+/// Operational routes outside authentication (the health probes).
 fn probes() -> Router<ApiState> {
     Router::new()
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
+}
+
+/// `GET /metrics`: the node's metrics in the Prometheus text format, or
+/// OpenMetrics when `Accept` asks for `application/openmetrics-text` (see
+/// `node::metrics` and docs/API.md, "Metrics").
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<ApiState>,
+    axum::Extension(access): axum::Extension<auth::Access>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if let Err(e) = access.admin("the metrics") {
+        return e.into_response();
+    }
+    let node = match state.node() {
+        Ok(node) => node,
+        Err(e) => return e.into_response(),
+    };
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = crate::node::metrics::Format::from_accept(accept);
+    match crate::node::metrics::render(&node, format).await {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, format.content_type())],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot answer a metrics scrape");
+            ApiError::internal(e.to_string()).into_response()
+        }
+    }
 }
 
 /// The versioned API.

@@ -8,6 +8,7 @@
 //! ([`RECONNECT_BACKOFF_MIN_MS`] to [`RECONNECT_BACKOFF_MAX_MS`]).
 
 pub mod client;
+pub mod metrics;
 pub mod peer;
 pub mod query;
 mod streams;
@@ -181,6 +182,8 @@ pub(crate) struct Inner {
     pub command_handlers: crate::saga::participant::Handlers,
     /// Status of the outbox relays and inbox sinks.
     pub db_links: crate::outbox::Links,
+    /// Replication counters for `/metrics` (see `node/metrics.rs`).
+    pub metrics: metrics::NodeMetrics,
 }
 
 /// A running node.
@@ -270,6 +273,7 @@ impl Node {
             orchestrator,
             command_handlers,
             db_links,
+            metrics: metrics::NodeMetrics::new(config.peers.iter().map(|p| p.name.as_str())),
         });
         let mut tasks = vec![tokio::spawn(accept_loop(inner.clone())), participant];
         tasks.extend(saga_tasks);

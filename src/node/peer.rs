@@ -161,13 +161,26 @@ async fn replicate(
         recv,
         shared.clone(),
     ));
-    let mut outbound = tokio::spawn(outbound(inner.clone(), peer.to_string(), send, shared));
+    let mut outbound = tokio::spawn(outbound(
+        inner.clone(),
+        peer.to_string(),
+        send,
+        shared.clone(),
+    ));
     let result = tokio::select! {
         r = &mut inbound => r,
         r = &mut outbound => r,
     };
     inbound.abort();
     outbound.abort();
+    // However the session ended (either half first, an error, shutdown),
+    // what the peer acknowledged is persisted: the half that would have
+    // persisted it may have been aborted mid-way.
+    let acked = lock(&shared).acknowledged().clone();
+    if !acked.is_empty() {
+        inner.metrics.acknowledged(peer, &acked);
+        persist_acks(inner, peer, &acked);
+    }
     result.unwrap_or_else(|e| Err(PeerError::Protocol(format!("replication task failed: {e}"))))
 }
 
@@ -371,6 +384,9 @@ async fn outbound(
     let hello = lock(&shared).hello(&positions(&local_heads(inner)?));
     net::write_frame(&mut send, &hello).await?;
     let mut last_persist = tokio::time::Instant::now();
+    // Acknowledgements not persisted yet (the interval had not passed):
+    // persisted when it has, even if the peer acknowledges nothing more.
+    let mut unpersisted: Option<BTreeMap<String, u64>> = None;
     let result = loop {
         // One read of the heads serves the acknowledgement, the sends and
         // the comparison.
@@ -388,10 +404,15 @@ async fn outbound(
         };
         if let Some(acked) = acked {
             update_status(inner, peer, |s| s.last_ack_at_us = Some(clock::now_us()));
-            if last_persist.elapsed() >= Duration::from_millis(ACK_PERSIST_INTERVAL_MS) {
-                last_persist = tokio::time::Instant::now();
-                persist_acks(inner, peer, &acked);
-            }
+            inner.metrics.acknowledged(peer, &acked);
+            unpersisted = Some(acked);
+        }
+        let persist_interval = Duration::from_millis(ACK_PERSIST_INTERVAL_MS);
+        if last_persist.elapsed() >= persist_interval
+            && let Some(acked) = unpersisted.take()
+        {
+            last_persist = tokio::time::Instant::now();
+            persist_acks(inner, peer, &acked);
         }
         if let Some(ack) = ack
             && let Err(e) = net::write_frame(&mut send, &ack).await
@@ -422,8 +443,10 @@ async fn outbound(
         let timer = wake_at
             .map(|at| Duration::from_micros(at.saturating_sub(clock::now_us())))
             .unwrap_or(Duration::from_secs(3600));
+        let persist_in = persist_interval.saturating_sub(last_persist.elapsed());
         tokio::select! {
             _ = shared.wake.notified() => {}
+            _ = tokio::time::sleep(persist_in), if unpersisted.is_some() => {}
             _ = changes.changed() => {}
             _ = tokio::time::sleep(timer) => {
                 // Also wakes for relays and checkpoints coming due; the
@@ -435,8 +458,7 @@ async fn outbound(
             _ = shutdown.changed() => break Err(PeerError::Shutdown),
         }
     };
-    let acked = lock(&shared).acknowledged().clone();
-    persist_acks(inner, peer, &acked);
+    // `replicate` persists the acknowledgements once both halves stopped.
     result
 }
 
@@ -593,6 +615,7 @@ async fn apply(
     let report = tokio::task::spawn_blocking(move || log.ingest_sealed(envelopes, seals, policy))
         .await
         .map_err(|e| PeerError::Protocol(format!("ingest task failed: {e}")))??;
+    inner.metrics.received(peer, report.applied);
     let mut skip_from = Vec::new();
     for (feed, rejection) in &report.conflicts {
         tracing::warn!(

@@ -13,6 +13,7 @@ mod follow;
 mod forks;
 pub mod health;
 mod ingest;
+pub mod metrics;
 mod own_feed;
 mod peers;
 mod recent;
@@ -343,6 +344,8 @@ pub struct Log {
     checkpoint_cache: Arc<checkpoints::CheckpointCache>,
     /// This cluster's id, which every checkpoint origin names.
     cluster: String,
+    /// Counters for `/metrics`, shared with the writer.
+    metrics: Arc<metrics::StoreMetrics>,
 }
 
 impl Log {
@@ -402,6 +405,7 @@ impl Log {
         let cluster = crate::core::checkpoint::cluster_id(&trust.ca_public_key());
         let own_feed = Arc::new(own_feed::OwnFeedCache::default());
         let health = Arc::new(Health::default());
+        let store_metrics = Arc::new(metrics::StoreMetrics::default());
         let channels = Arc::new(transact::Channels {
             keys: channels
                 .into_iter()
@@ -426,6 +430,7 @@ impl Log {
             signer: checkpoints::signer_for(&identity, &trust),
             checkpoint_cache: Arc::clone(&checkpoint_cache),
             unmatched_checkpoints: Default::default(),
+            metrics: Arc::clone(&store_metrics),
         };
         let handle = writer::spawn(seal, commit, rx)
             .map_err(|e| LogError::Corrupt(format!("cannot start writer threads: {e}")))?;
@@ -447,6 +452,7 @@ impl Log {
             _lock: lock,
             checkpoint_cache,
             cluster,
+            metrics: store_metrics,
         })
     }
 

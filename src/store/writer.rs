@@ -230,6 +230,9 @@ pub(crate) struct CommitStage {
     /// Author-signed checkpoints that did not match this node's trees yet
     /// (see `checkpoints::Witness::unmatched`).
     pub unmatched_checkpoints: HashMap<String, crate::core::checkpoint::VerifiedCheckpoint>,
+    /// Counters for `/metrics` (events proclaimed, verification failures,
+    /// commit latency): atomics, touched once per commit.
+    pub metrics: Arc<super::metrics::StoreMetrics>,
 }
 
 /// Starts both stages; the returned thread ends after both have drained
@@ -635,7 +638,11 @@ impl CommitStage {
                     policy,
                     reply,
                 } => {
+                    let started = std::time::Instant::now();
                     let outcome = self.ingest(envelopes, seals, policy);
+                    if let Ok(r) = &outcome {
+                        self.metrics.ingested(r);
+                    }
                     // Fork evidence changes a feed's status, not its events,
                     // but replication must hear of it to pass it on.
                     if let Ok(r) = &outcome
@@ -643,7 +650,19 @@ impl CommitStage {
                     {
                         self.announce_commit(Vec::new());
                     }
-                    self.reply_after_sync(reply, outcome);
+                    // Only commits that stored events are timed: an ingest
+                    // of duplicates writes nothing to sync.
+                    let stored = matches!(&outcome, Ok(r) if r.applied > 0);
+                    let metrics = Arc::clone(&self.metrics);
+                    self.wal_sync.after_sync(Box::new(move |synced| {
+                        if stored && synced.is_ok() {
+                            metrics.commit_took(started.elapsed());
+                        }
+                        let outcome = synced
+                            .map_err(|e| LogError::Commit(e.to_string()))
+                            .and(outcome);
+                        let _ = reply.send(outcome);
+                    }));
                 }
                 Work::Evidence {
                     first,
@@ -651,6 +670,9 @@ impl CommitStage {
                     reply,
                 } => {
                     let outcome = self.record_evidence(first, second);
+                    if let Ok(Err(rejection)) = &outcome {
+                        self.metrics.rejected(rejection.check);
+                    }
                     if let Ok(Ok(EvidenceOutcome::Recorded { .. })) = &outcome {
                         self.announce_commit(Vec::new());
                     }
@@ -662,6 +684,9 @@ impl CommitStage {
                 }
                 Work::Checkpoint { note, reply } => {
                     let outcome = self.accept_checkpoint(&note);
+                    if let Ok(Err(_)) = &outcome {
+                        self.metrics.checkpoint_rejected();
+                    }
                     if let Ok(Ok(outcome)) = &outcome {
                         self.announce_checkpoint(outcome);
                     }
@@ -669,6 +694,9 @@ impl CommitStage {
                 }
                 Work::Equivocation { evidence, reply } => {
                     let outcome = self.record_equivocation(&evidence);
+                    if let Ok(Err(_)) = &outcome {
+                        self.metrics.checkpoint_rejected();
+                    }
                     if let Ok(Ok(true)) = &outcome {
                         self.announce_commit(Vec::new());
                     }
@@ -736,6 +764,7 @@ impl CommitStage {
     /// savepoint and un-chains its events; the others still commit. If the
     /// commit fails, the sealer goes back to where the run started.
     fn run_transacts(&mut self, sealer: &mut Sealer, jobs: Vec<TransactJob>) {
+        let started = std::time::Instant::now();
         let start = sealer.mark();
         let channels = Arc::clone(&self.channels);
         let mut accepted: Vec<(usize, TxReply)> = Vec::new();
@@ -788,10 +817,16 @@ impl CommitStage {
                     .into_iter()
                     .map(|(count, reply)| (reply, receipts.by_ref().take(count).collect()))
                     .collect();
+                let proclaimed = events.len();
                 if !events.is_empty() {
                     self.announce_commit(events);
                 }
+                let metrics = Arc::clone(&self.metrics);
                 self.wal_sync.after_sync(Box::new(move |synced| {
+                    if synced.is_ok() && proclaimed > 0 {
+                        metrics.proclaimed(proclaimed);
+                        metrics.commit_took(started.elapsed());
+                    }
                     for (reply, receipts) in replies {
                         let outcome = match synced {
                             Ok(()) => Ok(receipts),
@@ -829,6 +864,7 @@ impl CommitStage {
             }
             return;
         }
+        let started = std::time::Instant::now();
         match commit_own(&mut self.conn, &events, &mut self.trees, &self.signer) {
             Ok(()) => {
                 let mut receipts = events.iter().map(Receipt::of);
@@ -836,8 +872,14 @@ impl CommitStage {
                     .into_iter()
                     .map(|(size, reply)| (reply, receipts.by_ref().take(size).collect()))
                     .collect();
+                let proclaimed = events.len();
                 self.announce_commit(events);
+                let metrics = Arc::clone(&self.metrics);
                 self.wal_sync.after_sync(Box::new(move |synced| {
+                    if synced.is_ok() {
+                        metrics.proclaimed(proclaimed);
+                        metrics.commit_took(started.elapsed());
+                    }
                     for (reply, receipts) in replies {
                         let outcome = synced
                             .map(|()| receipts)
