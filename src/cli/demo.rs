@@ -118,7 +118,7 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     ok &= super::demo_outbox::run_outbox(&dir)?;
 
     step(
-        "9. the HTTP API, for services in any language: publish, read, subscribe, a durable consumer, a query, the console",
+        "9. the HTTP API, for services in any language: publish, read, subscribe, a durable consumer, a query, metrics, the console",
     );
     ok &= super::demo_api::run_api(&dir)?;
 

@@ -2,7 +2,7 @@
 //! nodes run as processes; a client speaks only HTTP and JSON to one of
 //! them: a batch published as NDJSON, read back by id, followed live over
 //! Server-Sent Events, consumed by a durable consumer that acknowledges, a
-//! query answered by the other node, and the console page.
+//! query answered by the other node, the metrics and the console page.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -167,6 +167,27 @@ async fn drive(base: &str) -> Result<bool, CliError> {
     ok &= expect(
         status == 200 && treasury["connected"] == true,
         "the peer is listed and connected",
+    );
+
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let proclaimed = metrics
+        .lines()
+        .find(|l| l.starts_with("herald_events_proclaimed_total"))
+        .unwrap_or("herald_events_proclaimed_total (missing)");
+    println!("   GET /metrics: {proclaimed}");
+    ok &= expect(
+        proclaimed
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse::<f64>().ok())
+            .is_some_and(|n| n >= 3.0),
+        "Prometheus metrics count the events proclaimed",
     );
 
     let console = http
