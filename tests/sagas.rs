@@ -851,6 +851,15 @@ async fn hundreds_of_sagas_timing_out_at_once_all_end() {
         assert_eq!(saga.status, SagaStatus::Failed, "{:#?}", saga.steps);
         assert_eq!(saga.steps[0].status, StepStatus::CompensationFailed);
     }
+    // The saga's row is read from the store as soon as its transaction
+    // commits; its events are read up to the feed heads, which move once
+    // the WAL fsync covers them: a moment later.
+    let deadline = Instant::now() + SAGA_END;
+    while saga_events(node.log(), ids[0], "herald.saga.alert").is_empty()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(POLL).await;
+    }
     assert_eq!(
         saga_events(node.log(), ids[0], "herald.saga.alert").len(),
         1,
