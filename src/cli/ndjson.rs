@@ -48,7 +48,7 @@ use crate::store::{Log, Pending, Receipt};
 /// Longest input line, in bytes, without its line feed (4 MiB: a payload at
 /// the 1 MiB limit as `data_base64`, or as JSON with room for escapes).
 pub const NDJSON_LINE_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Bytes read from stdin at a time.
+/// Bytes read from stdin at a time (in one read).
 pub const NDJSON_READ_BUFFER_BYTES: usize = 256 * 1024;
 /// Most events in one batch (one commit, one `PublishBatch` frame).
 pub const NDJSON_BATCH_EVENTS: usize = CLIENT_STREAM_BATCH_EVENTS_MAX;
@@ -212,7 +212,11 @@ fn read_batches<R: Read>(mut input: BufReader<R>, channel: Option<&str>, tx: &mp
 
 /// Hands over what was read before the stop, then the stop.
 fn stop(tx: &mpsc::Sender<Item>, batch: &mut Vec<LineEvent>, e: NdjsonError) {
-    if !batch.is_empty() && tx.blocking_send(Item::Batch(std::mem::take(batch))).is_err() {
+    if !batch.is_empty()
+        && tx
+            .blocking_send(Item::Batch(std::mem::take(batch)))
+            .is_err()
+    {
         return;
     }
     let _ = tx.blocking_send(Item::Stop(e));
@@ -464,9 +468,11 @@ fn via_node(
         // and frees its slot.
         client.finish().await;
         answer.unwrap_or_else(|| {
-            Err("interrupted; every receipt printed is durable, the node stops \
+            Err(
+                "interrupted; every receipt printed is durable, the node stops \
                  proclaiming the rest"
-                .into())
+                    .into(),
+            )
         })
     })
 }
@@ -546,9 +552,8 @@ async fn stream(
                 match frame {
                     ClientResponse::Receipts(receipts) => {
                         for receipt in receipts {
-                            let line = sent_line(&mut pending, &mut sent_rx, true).ok_or(
-                                "the node sent more receipts than events were sent to it",
-                            )?;
+                            let line = sent_line(&mut pending, &mut sent_rx, true)
+                                .ok_or("the node sent more receipts than events were sent to it")?;
                             print_receipt(&mut out, line, feed, &receipt.into())?;
                             receipted += 1;
                         }
@@ -594,18 +599,24 @@ async fn stream(
     let ((stopped_at, write_error), printed) = tokio::join!(sender, printer);
     let (answers, unreceipted) = printed?;
     if let Some(e) = answers.failed {
-        return Err(format!("the node failed the publish: {e}; every receipt printed is durable").into());
+        return Err(
+            format!("the node failed the publish: {e}; every receipt printed is durable").into(),
+        );
     }
     if let Some(refused) = answers.refused {
         return Ok(Outcome::Refused(refused));
     }
     if let Some(e) = write_error {
-        return Err(format!("sending events to the node: {e}; every receipt printed is durable").into());
+        return Err(
+            format!("sending events to the node: {e}; every receipt printed is durable").into(),
+        );
     }
     if unreceipted {
-        return Err("the node ended the publish before it receipted every event sent; \
+        return Err(
+            "the node ended the publish before it receipted every event sent; \
                     every receipt printed is durable"
-            .into());
+                .into(),
+        );
     }
     match stopped_at {
         Some(e) => stopped(e),
@@ -691,10 +702,18 @@ mod tests {
         let cases: [(&[u8], Option<&str>, &str); 8] = [
             (br#"{"data":1}"#, Some("type"), "missing field `type`"),
             (br#"{"type":7,"data":1}"#, Some("type"), "invalid type"),
-            (br#"{"type":"t","data":1,"colour":"red"}"#, Some("colour"), "unknown field"),
+            (
+                br#"{"type":"t","data":1,"colour":"red"}"#,
+                Some("colour"),
+                "unknown field",
+            ),
             (br#"{"type":"t"}"#, Some("data"), "missing"),
             (br#"{"type":"herald.x","data":1}"#, Some("type"), "reserved"),
-            (br#"{"type":"t","data_base64":"***"}"#, Some("data_base64"), "not base64"),
+            (
+                br#"{"type":"t","data_base64":"***"}"#,
+                Some("data_base64"),
+                "not base64",
+            ),
             (br#"{"type":"t","data":1"#, None, "not valid JSON"),
             (br#"[1]"#, None, "invalid type"),
         ];
@@ -722,7 +741,11 @@ mod tests {
     #[test]
     fn the_reader_skips_blank_lines_and_stops_at_the_first_bad_one() {
         let items = read_all(b"{\"type\":\"t\",\"data\":1}\r\n\n  \n{\"type\":\"t\",\"data\":2}\n{\"type\":\"\",\"data\":3}\n{\"type\":\"t\",\"data\":4}\n");
-        assert_eq!(lines_of(&items), [1, 4], "lines before the bad one, numbered as read");
+        assert_eq!(
+            lines_of(&items),
+            [1, 4],
+            "lines before the bad one, numbered as read"
+        );
         match items.last() {
             Some(Item::Stop(e)) => assert!(e.to_string().starts_with("line 5: field type"), "{e}"),
             other => panic!("{other:?}"),

@@ -12,8 +12,8 @@ use clap::Args;
 use super::ndjson::{self, Outcome};
 use super::{CliError, EXIT_OK, EXIT_PROBLEMS, parse_meta};
 use crate::api::publish::minify_json;
-use crate::core::limits::PAYLOAD_PLAINTEXT_BYTES_MAX;
 use crate::config::NodeConfig;
+use crate::core::limits::PAYLOAD_PLAINTEXT_BYTES_MAX;
 use crate::core::verify::Draft;
 use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
 use crate::store::{Log, Pending, Receipt};
@@ -149,8 +149,8 @@ fn read_payload(data: &str) -> Result<Vec<u8>, CliError> {
         }
         d => d.as_bytes().to_vec(),
     };
-    let json: Box<serde_json::value::RawValue> = serde_json::from_slice(&text)
-        .map_err(|e| format!("{source} is not valid JSON: {e}"))?;
+    let json: Box<serde_json::value::RawValue> =
+        serde_json::from_slice(&text).map_err(|e| format!("{source} is not valid JSON: {e}"))?;
     let payload = minify_json(json.get());
     if payload.len() > PAYLOAD_PLAINTEXT_BYTES_MAX {
         return Err(format!(

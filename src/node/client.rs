@@ -20,10 +20,10 @@ use super::{Inner, status_of};
 use crate::config::NodeConfig;
 use crate::core::query::QueryOutcome;
 use crate::core::verify::Draft;
+use crate::core::verify::DraftError;
 use crate::core::wire::ALPN_CLIENT;
 use crate::identity::TrustAnchor;
 use crate::net::{self, NetError, TlsIdentity};
-use crate::core::verify::DraftError;
 use crate::store::{Log, Pending, Proclamation, Receipt};
 
 /// Most events one `Publish` request may ask for.
@@ -450,8 +450,9 @@ async fn publish_stream(
     // client's writes wait on flow control.
     let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Result<PublishBatch, NetError>>(1);
     let reader = tokio::spawn(read_batches(recv, frames_tx));
-    let mut in_flight: VecDeque<tokio::task::JoinHandle<Result<Vec<Receipt>, crate::store::LogError>>> =
-        VecDeque::new();
+    let mut in_flight: VecDeque<
+        tokio::task::JoinHandle<Result<Vec<Receipt>, crate::store::LogError>>,
+    > = VecDeque::new();
     // Events accepted so far (the index of the next one).
     let mut accepted: u64 = 0;
     let mut delivered: u64 = 0;
@@ -609,7 +610,9 @@ fn accept_batch(
 }
 
 /// The oldest in-flight batch's outcome (never resolves when none is).
-async fn oldest<T>(in_flight: &mut VecDeque<tokio::task::JoinHandle<T>>) -> Result<T, tokio::task::JoinError> {
+async fn oldest<T>(
+    in_flight: &mut VecDeque<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
     match in_flight.front_mut() {
         Some(handle) => handle.await,
         None => std::future::pending().await,
