@@ -644,7 +644,7 @@ fn ndjson_publishes_a_million_lines_in_flat_memory() {
     /// The publisher's peak may not exceed this (KiB). Holding the lines
     /// would take more than 30 MiB for their text alone, and their drafts
     /// and receipts (over 100 bytes each) several times that.
-    const PEAK_MAX_KIB: u64 = 48 * 1024;
+    const PEAK_MAX_KIB: u64 = 32 * 1024;
     /// Growth allowed between the early peak and the final one (KiB).
     const GROWTH_MAX_KIB: u64 = 4 * 1024;
 

@@ -257,6 +257,17 @@ fn next_line<R: Read>(
 /// `data_base64`, `meta`, `channel`, `schema_version`; nothing else) and
 /// checks it as the node will (type, metadata, payload size).
 pub fn parse_line(text: &[u8], line: u64, channel: Option<&str>) -> Result<WireDraft, NdjsonError> {
+    // serde would take an array for a struct, field by position: refuse
+    // anything but an object, as a person reading the line would.
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(NdjsonError::Line {
+            line,
+            field: None,
+            message: "not a JSON object; each line is one event, like \
+                      {\"type\":\"t\",\"data\":{..}}"
+                .into(),
+        });
+    }
     let input: EventInput = decode_json(text, "").map_err(|e| {
         let message = match e.message.strip_prefix("the body is ") {
             Some(rest) => rest.to_string(),
@@ -715,13 +726,13 @@ mod tests {
                 "not base64",
             ),
             (br#"{"type":"t","data":1"#, None, "not valid JSON"),
-            (br#"[1]"#, None, "invalid type"),
+            (br#"[1]"#, None, "not a JSON object"),
         ];
         for (text, field, needle) in cases {
             let e = parse_line(text, 7, None).unwrap_err();
             let NdjsonError::Line {
                 line,
-                field: found,
+                field: ref found,
                 ref message,
             } = e
             else {

@@ -777,3 +777,79 @@ impl NodeClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::limits::{
+        CHANNEL_NAME_BYTES_MAX, EVENT_TYPE_BYTES_MAX, META_ENTRIES_MAX, META_KEY_BYTES_MAX,
+        META_VALUE_BYTES_MAX, PAYLOAD_PLAINTEXT_BYTES_MAX,
+    };
+    use crate::core::wire::FRAME_BYTES_MAX;
+
+    fn largest() -> WireDraft {
+        WireDraft {
+            event_type: "t".repeat(EVENT_TYPE_BYTES_MAX),
+            schema_version: u32::MAX,
+            payload: vec![0xff; PAYLOAD_PLAINTEXT_BYTES_MAX],
+            meta: (0..META_ENTRIES_MAX)
+                .map(|i| {
+                    let key = format!("{i:0>width$}", width = META_KEY_BYTES_MAX);
+                    (key, "v".repeat(META_VALUE_BYTES_MAX))
+                })
+                .collect(),
+            channel: Some("c".repeat(CHANNEL_NAME_BYTES_MAX)),
+        }
+    }
+
+    #[test]
+    fn the_weight_bounds_the_encoding_and_every_batch_fits_a_frame() {
+        let big = largest();
+        big.check().expect("the largest event herald accepts");
+        let one = postcard::to_allocvec(&PublishBatch {
+            events: vec![big.clone()],
+        })
+        .unwrap();
+        assert!(
+            one.len() <= big.weight_bytes(),
+            "{} > {}",
+            one.len(),
+            big.weight_bytes()
+        );
+        assert!(
+            one.len() <= FRAME_BYTES_MAX,
+            "the largest event alone fits a frame"
+        );
+
+        // A batch at the byte bound (small events up to it) fits too.
+        let small = WireDraft {
+            event_type: "t".into(),
+            schema_version: 1,
+            payload: vec![b'x'; 4000],
+            meta: vec![("k".into(), "v".into())],
+            channel: None,
+        };
+        let n = CLIENT_STREAM_BATCH_BYTES_MAX / small.weight_bytes();
+        let batch = PublishBatch {
+            events: vec![small.clone(); n],
+        };
+        let encoded = postcard::to_allocvec(&batch).unwrap();
+        assert!(encoded.len() <= n * small.weight_bytes() + 5);
+        assert!(encoded.len() <= FRAME_BYTES_MAX);
+    }
+
+    #[test]
+    fn drafts_are_refused_naming_the_field() {
+        let mut d = largest();
+        d.event_type = "herald.x".into();
+        assert_eq!(d.check().unwrap_err().field, "type");
+        let mut d = largest();
+        d.meta.push(("k".into(), "v".into()));
+        assert_eq!(d.check().unwrap_err().field, "meta");
+        let mut d = largest();
+        d.payload.push(0);
+        let e = d.check().unwrap_err();
+        assert_eq!(e.field, "data");
+        assert!(e.message.contains("over the limit"), "{}", e.message);
+    }
+}
