@@ -273,6 +273,8 @@ pub fn parse_line(text: &[u8], line: u64, channel: Option<&str>) -> Result<WireD
             Some(rest) => rest.to_string(),
             None => e.message.clone(),
         };
+        // The decoder counts lines within the text it was given: always 1.
+        let message = message.replace(" at line 1 column ", " at column ");
         let field = e.field.filter(|f| !f.is_empty() && f != "body");
         NdjsonError::Line {
             line,

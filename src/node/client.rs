@@ -523,9 +523,8 @@ async fn publish_stream(
     }
     reader.abort();
     if let Some(e) = failure {
-        return Err(format!(
-            "{e}; the {delivered} events receipted before it are durable"
-        ));
+        // The client says what this means for it (receipts it printed).
+        return Err(e);
     }
     match stop {
         None => Ok(()),
