@@ -720,3 +720,57 @@ fn ndjson_publishes_a_million_lines_in_flat_memory() {
         "memory grew from {early_peak} KiB to {last_peak} KiB"
     );
 }
+
+// ---------------------------------------------------------------------------
+// The client-socket messages, as docs/PROTOCOL.md section 6 lays them out.
+
+#[test]
+fn the_streamed_publish_messages_are_encoded_as_documented() {
+    use herald::node::client::{ClientRequest, ClientResponse, PublishBatch, WireDraft};
+    let request = postcard::to_stdvec(&ClientRequest::PublishStream).unwrap();
+    assert_eq!(hex::encode(request), "04");
+    let batch = PublishBatch {
+        events: vec![
+            WireDraft {
+                event_type: "d.r".into(),
+                schema_version: 300,
+                payload: b"{}".to_vec(),
+                meta: vec![("k".into(), "v".into())],
+                channel: Some("ops".into()),
+            },
+            WireDraft {
+                event_type: "t".into(),
+                schema_version: 1,
+                payload: vec![0xff],
+                meta: Vec::new(),
+                channel: None,
+            },
+        ],
+    };
+    let expected = [
+        "02",         // two events
+        "03642e72",   // event_type "d.r"
+        "ac02",       // schema_version 300
+        "027b7d",     // payload "{}"
+        "01",         // one meta entry
+        "016b",       // key "k"
+        "0176",       // value "v"
+        "01036f7073", // channel Some("ops")
+        "0174",       // event_type "t"
+        "01",         // schema_version 1
+        "01ff",       // payload
+        "00",         // no meta
+        "00",         // channel None
+    ]
+    .concat();
+    assert_eq!(hex::encode(postcard::to_stdvec(&batch).unwrap()), expected);
+    let rejected = ClientResponse::Rejected {
+        event: 300,
+        field: "type".into(),
+        message: "m".into(),
+    };
+    assert_eq!(
+        hex::encode(postcard::to_stdvec(&rejected).unwrap()),
+        ["05", "ac02", "0474797065", "016d"].concat()
+    );
+}
