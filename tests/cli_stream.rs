@@ -774,3 +774,66 @@ fn the_streamed_publish_messages_are_encoded_as_documented() {
         ["05", "ac02", "0474797065", "016d"].concat()
     );
 }
+
+#[test]
+fn an_interrupted_ndjson_publish_exits_2_and_the_node_stops_proclaiming_for_it() {
+    let net = Net::mesh(&["a"]);
+    let config = net.config_path("a");
+    let node = NodeProc::start(&net, "a");
+    let mut publish = Streaming::start(&config);
+    // An endless producer: it stops when the pipe breaks.
+    let mut stdin = publish.stdin.take().expect("stdin");
+    let producer = std::thread::spawn(move || {
+        let mut i = 0u64;
+        while writeln!(stdin, r#"{{"type":"endless","data":{i}}}"#).is_ok() {
+            i += 1;
+        }
+    });
+    let mut last = Value::Null;
+    for _ in 0..1_000 {
+        last = publish.receipt();
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &publish.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = wait_for("publish to exit on SIGTERM", || {
+        publish
+            .child
+            .try_wait()
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "running".to_string())
+    });
+    let mut err = String::new();
+    if let Some(mut e) = publish.child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    producer.join().expect("producer");
+    // Every receipt printed is durable; the node stops at once.
+    while let Ok(line) = publish.receipts.try_recv() {
+        last = serde_json::from_str(&line).expect("a whole receipt line");
+    }
+    wait_for("the node to log that the client went away", || {
+        if node.log().contains("streaming publish client went away") {
+            Ok(())
+        } else {
+            Err(node.log())
+        }
+    });
+    let head = own_head(&net, "a");
+    assert!(receipt_seq(&last) <= head, "{last} beyond head {head}");
+    let out = run(
+        &config,
+        &["publish", "--type", "after", "--data", "{}", "--json"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        receipt_seq(&json_lines(&out)[0]),
+        head + 1,
+        "nothing more was proclaimed for the interrupted tool"
+    );
+}
