@@ -693,43 +693,27 @@ mod tests {
     #[test]
     fn a_peer_fed_by_someone_else_gets_no_relay_until_it_stalls() {
         let mut s = Session::new("b", 0);
-        s.on_message(0, Session::hello("b", &[pos("c", 1)]))
-            .unwrap();
+        s.on_message(0, Session::hello("b", &[pos("c", 1)])).unwrap();
         // We hold c up to 50; b holds 1 and keeps taking c from c itself.
         let local = heads(&[("c", 50)]);
         let mut now = 2 * RELAY_DELAY_US;
         s.relay_heads(&local, "me", 0);
         for seq in [10, 20, 30] {
-            s.on_message(now, Session::ack(vec![pos("c", seq)]))
-                .unwrap();
-            assert!(
-                {
-                    let offer = s.relay_heads(&local, "me", now).0;
-                    s.poll_send(&offer)
-                }
-                .is_empty(),
-                "b is fed by c"
-            );
+            s.on_message(now, Session::ack(vec![pos("c", seq)])).unwrap();
+            assert!({ let offer = s.relay_heads(&local, "me", now).0; s.poll_send(&offer) }.is_empty(), "b is fed by c");
             now += RELAY_DELAY_US / 2;
         }
         // b stops moving (its link to c is down): the relay takes over.
         now += RELAY_AFTER_PEER_STALLED_US;
-        let ranges = {
-            let offer = s.relay_heads(&local, "me", now).0;
-            s.poll_send(&offer)
-        };
+        let ranges = { let offer = s.relay_heads(&local, "me", now).0; s.poll_send(&offer) };
         assert_eq!(ranges.len(), 1);
         assert_eq!((ranges[0].from, ranges[0].to), (31, 50));
         // Acks of what we relayed are not "fed elsewhere": relaying goes on.
-        s.on_message(now + 1, Session::ack(vec![pos("c", 40)]))
-            .unwrap();
+        s.on_message(now + 1, Session::ack(vec![pos("c", 40)])).unwrap();
         let more = heads(&[("c", 60)]);
         s.relay_heads(&more, "me", now + 1);
         let later = now + 2 * RELAY_DELAY_US;
-        let ranges = {
-            let offer = s.relay_heads(&more, "me", later).0;
-            s.poll_send(&offer)
-        };
+        let ranges = { let offer = s.relay_heads(&more, "me", later).0; s.poll_send(&offer) };
         assert_eq!((ranges[0].from, ranges[0].to), (51, 60));
     }
 

@@ -269,11 +269,7 @@ impl Connection {
             // Heads moved too soon after the last `Ack`: tell the driver
             // when to come back (`poll_timeout`).
             self.unsolicited_ack_due_us = moved
-                .then(|| {
-                    self.last_ack
-                        .as_ref()
-                        .map(|(_, at)| at + ACK_UNSOLICITED_INTERVAL_US)
-                })
+                .then(|| self.last_ack.as_ref().map(|(_, at)| at + ACK_UNSOLICITED_INTERVAL_US))
                 .flatten();
             return None;
         }
@@ -538,28 +534,12 @@ mod tests {
         let mut c = Connection::new("a", "b", 0);
         assert_eq!(c.poll_ack(0, &[pos("a", 1)]), None, "not before Hello");
         c.handle_message(0, Session::hello("b", &[]), all).unwrap();
-        let ack = |seq| {
-            Some(PeerMessage::Ack {
-                heads: vec![pos("a", seq)],
-            })
-        };
-        assert_eq!(
-            c.poll_ack(10, &[pos("a", 1)]),
-            ack(1),
-            "the first names our heads"
-        );
-        assert_eq!(
-            c.poll_ack(20, &[pos("a", 1)]),
-            None,
-            "nothing moved, nothing owed"
-        );
+        let ack = |seq| Some(PeerMessage::Ack { heads: vec![pos("a", seq)] });
+        assert_eq!(c.poll_ack(10, &[pos("a", 1)]), ack(1), "the first names our heads");
+        assert_eq!(c.poll_ack(20, &[pos("a", 1)]), None, "nothing moved, nothing owed");
         c.handle_ingested(&[("x".into(), 5), ("x".into(), 3)]);
         assert_eq!(c.skipped_feeds()["x"], 3, "the earliest point wins");
-        assert_eq!(
-            c.poll_ack(30, &[pos("a", 1)]),
-            ack(1),
-            "owed after a commit, at once"
-        );
+        assert_eq!(c.poll_ack(30, &[pos("a", 1)]), ack(1), "owed after a commit, at once");
         assert_eq!(c.poll_ack(40, &[pos("a", 1)]), None, "and sent once");
         // Heads moved (events from someone else): announced, but not more
         // often than the interval, and the driver is told when to return.
