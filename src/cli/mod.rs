@@ -18,6 +18,7 @@ pub mod export;
 pub mod init;
 pub mod keygen;
 pub mod log;
+pub mod ndjson;
 pub mod node;
 pub mod outbox;
 pub mod prove;

@@ -1,13 +1,19 @@
-//! `herald publish`: proclaim events into the node's local log.
+//! `herald publish`: proclaim events into the node's local log: one event
+//! (`--data` given inline, from a file with `@FILE`, or from stdin with
+//! `-`), many copies of it (`--count`), or a stream of events read from
+//! stdin (`--ndjson`, see [`super::ndjson`]).
 
 use std::collections::VecDeque;
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::{CliError, EXIT_OK, parse_meta};
+use super::ndjson::{self, Outcome};
+use super::{CliError, EXIT_OK, EXIT_PROBLEMS, parse_meta};
+use crate::api::publish::minify_json;
 use crate::config::NodeConfig;
+use crate::core::limits::PAYLOAD_PLAINTEXT_BYTES_MAX;
 use crate::core::verify::Draft;
 use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
 use crate::store::{Log, Pending, Receipt};
@@ -16,6 +22,11 @@ use crate::store::{Log, Pending, Receipt};
 pub const PUBLISH_BATCH_EVENTS: usize = 256;
 /// Batches in flight for `--count` (keeps sealing and fsync overlapped).
 pub const PUBLISH_BATCHES_IN_FLIGHT: usize = 4;
+/// Most bytes `--data @FILE` or `--data -` reads (4 MiB). The payload
+/// limit (1 MiB) applies to the compact JSON, which may be smaller than
+/// the text read (indentation, line breaks); beyond this no JSON text can
+/// compact to a payload herald accepts in practice, and reading stops.
+pub const DATA_INPUT_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct PublishArgs {
@@ -23,12 +34,14 @@ pub struct PublishArgs {
     #[arg(long)]
     pub config: PathBuf,
     /// Event type, e.g. `donation.received`.
-    #[arg(long = "type")]
-    pub event_type: String,
-    /// Payload: a JSON document (stored in compact form).
-    #[arg(long)]
-    pub data: String,
-    /// Channel whose key encrypts the payload (default: the config's).
+    #[arg(long = "type", required_unless_present = "ndjson")]
+    pub event_type: Option<String>,
+    /// Payload: a JSON document (stored in compact form); `@FILE` reads it
+    /// from FILE, `-` from stdin.
+    #[arg(long, value_name = "JSON|@FILE|-", required_unless_present = "ndjson")]
+    pub data: Option<String>,
+    /// Channel whose key encrypts the payload (default: the config's; with
+    /// --ndjson, of the lines that name none).
     #[arg(long)]
     pub channel: Option<String>,
     /// Metadata entry `key=value` (repeatable), e.g. `correlation_id=42`.
@@ -40,6 +53,11 @@ pub struct PublishArgs {
     /// Print one JSON object per receipt.
     #[arg(long)]
     pub json: bool,
+    /// Read events from stdin, one JSON object per line
+    /// ({"type":..,"data":..,"meta":{..}}), and print one receipt per line
+    /// (JSON) as each batch is durable.
+    #[arg(long, conflicts_with_all = ["event_type", "data", "meta", "count"])]
+    pub ndjson: bool,
 }
 
 /// `--count`: a whole number of events, at least 1. Zero is a usage error
@@ -53,16 +71,31 @@ fn parse_count(text: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: PublishArgs) -> Result<u8, CliError> {
-    let value: serde_json::Value =
-        serde_json::from_str(&args.data).map_err(|e| format!("--data is not valid JSON: {e}"))?;
-    let payload = serde_json::to_vec(&value)?;
+    if args.ndjson {
+        let config = NodeConfig::load(&args.config)?;
+        return match ndjson::run(&config, args.channel)? {
+            Outcome::Done => Ok(EXIT_OK),
+            Outcome::Refused(why) => {
+                eprintln!(
+                    "herald: error: {why}; every line before it is durable and its receipt \
+                     printed, nothing from this line on was published"
+                );
+                Ok(EXIT_PROBLEMS)
+            }
+        };
+    }
+    let (Some(event_type), Some(data)) = (args.event_type.as_deref(), args.data.as_deref()) else {
+        return Err("--type and --data are required without --ndjson".into());
+    };
+    let payload = read_payload(data)?;
     let meta = parse_meta(&args.meta)?;
     // Validate before touching the store, so bad input writes nothing.
-    let draft = Draft::new(&args.event_type, 1, meta, payload)?;
+    let draft = Draft::new(event_type, 1, meta, payload.clone())
+        .map_err(|e| format!("{}: {e}", data_source(data)))?;
     let config = NodeConfig::load(&args.config)?;
     if crate::store::is_locked(&config.data_dir) {
         // The node (or another publisher) holds the store: go through it.
-        return publish_via_node(&config, &args, draft_payload(&args)?);
+        return publish_via_node(&config, &args, event_type, payload);
     }
     let log = Log::open(&config)?;
     let channel = log.channel(args.channel.as_deref())?;
@@ -86,10 +119,69 @@ pub fn run(args: PublishArgs) -> Result<u8, CliError> {
     Ok(EXIT_OK)
 }
 
-fn draft_payload(args: &PublishArgs) -> Result<Vec<u8>, CliError> {
-    let value: serde_json::Value =
-        serde_json::from_str(&args.data).map_err(|e| format!("--data is not valid JSON: {e}"))?;
-    Ok(serde_json::to_vec(&value)?)
+/// How an error names where `--data` came from.
+fn data_source(data: &str) -> String {
+    match data {
+        "-" => "--data - (stdin)".to_string(),
+        d if d.starts_with('@') => format!("--data {d}"),
+        _ => "--data".to_string(),
+    }
+}
+
+/// The payload `--data` gives: the JSON document inline, in the file
+/// `@FILE`, or on stdin (`-`), validated and stored compactly (whitespace
+/// outside strings removed, otherwise as given, as the HTTP API stores
+/// `data`). Refuses a payload over the 1 MiB limit, naming both sizes.
+fn read_payload(data: &str) -> Result<Vec<u8>, CliError> {
+    let source = data_source(data);
+    let text: Vec<u8> = match data {
+        "-" => read_bounded(std::io::stdin().lock(), &source)?,
+        d if d.starts_with('@') => {
+            let path = Path::new(&d[1..]);
+            let file = std::fs::File::open(path)
+                .map_err(|e| format!("{source}: cannot open {}: {e}", path.display()))?;
+            if let Ok(meta) = file.metadata()
+                && meta.len() > DATA_INPUT_BYTES_MAX as u64
+            {
+                return Err(too_large(&source, &meta.len().to_string()).into());
+            }
+            read_bounded(file, &source)?
+        }
+        d => d.as_bytes().to_vec(),
+    };
+    let json: Box<serde_json::value::RawValue> =
+        serde_json::from_slice(&text).map_err(|e| format!("{source} is not valid JSON: {e}"))?;
+    let payload = minify_json(json.get());
+    if payload.len() > PAYLOAD_PLAINTEXT_BYTES_MAX {
+        return Err(format!(
+            "{source}: the payload is {} bytes (compact JSON), over the limit of \
+             {PAYLOAD_PLAINTEXT_BYTES_MAX} bytes (1 MiB); nothing was written",
+            payload.len()
+        )
+        .into());
+    }
+    Ok(payload)
+}
+
+/// Reads all of `input`, refusing more than [`DATA_INPUT_BYTES_MAX`].
+fn read_bounded(input: impl Read, source: &str) -> Result<Vec<u8>, CliError> {
+    let mut text = Vec::new();
+    input
+        .take(DATA_INPUT_BYTES_MAX as u64 + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("{source}: cannot read: {e}"))?;
+    if text.len() > DATA_INPUT_BYTES_MAX {
+        return Err(too_large(source, "more than that").into());
+    }
+    Ok(text)
+}
+
+fn too_large(source: &str, found: &str) -> String {
+    format!(
+        "{source}: the input is {found} bytes, over the {DATA_INPUT_BYTES_MAX} bytes \
+         `herald publish` reads (DATA_INPUT_BYTES_MAX; a payload may be at most \
+         {PAYLOAD_PLAINTEXT_BYTES_MAX} bytes, 1 MiB); nothing was written"
+    )
 }
 
 /// Publishes through the running node's client endpoint, printing receipts
@@ -97,10 +189,11 @@ fn draft_payload(args: &PublishArgs) -> Result<Vec<u8>, CliError> {
 fn publish_via_node(
     config: &NodeConfig,
     args: &PublishArgs,
+    event_type: &str,
     payload: Vec<u8>,
 ) -> Result<u8, CliError> {
     let request = ClientRequest::Publish {
-        event_type: args.event_type.clone(),
+        event_type: event_type.to_string(),
         payload,
         meta: parse_meta(&args.meta)?,
         channel: args.channel.clone(),

@@ -2,6 +2,12 @@
 //! with mutual TLS (ALPN `herald-client/1`), one bidirectional stream per
 //! request: the client sends one [`ClientRequest`] frame, the node answers
 //! with one or more [`ClientResponse`] frames and finishes the stream.
+//!
+//! One request streams in both directions: after
+//! [`ClientRequest::PublishStream`] the client sends [`PublishBatch`] frames
+//! on the same stream until it finishes it, and the node answers each batch
+//! with its receipts as the batch becomes durable (`herald publish
+//! --ndjson`).
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,10 +20,11 @@ use super::{Inner, status_of};
 use crate::config::NodeConfig;
 use crate::core::query::QueryOutcome;
 use crate::core::verify::Draft;
+use crate::core::verify::DraftError;
 use crate::core::wire::ALPN_CLIENT;
 use crate::identity::TrustAnchor;
 use crate::net::{self, NetError, TlsIdentity};
-use crate::store::{Pending, Receipt};
+use crate::store::{Log, Pending, Proclamation, Receipt};
 
 /// Most events one `Publish` request may ask for.
 pub const CLIENT_PUBLISH_COUNT_MAX: u64 = 10_000_000;
@@ -45,6 +52,27 @@ pub const CLIENT_CLOSE_POLL_MS: u64 = 1;
 /// enough to keep receipts flowing on any link a tool uses to reach its node.
 pub const CLIENT_STREAM_RECEIVE_WINDOW_BYTES: u32 = 64 * 1024;
 
+/// Most events in one [`PublishBatch`] of a streamed publish. The node
+/// refuses a larger batch (nothing of it is written).
+pub const CLIENT_STREAM_BATCH_EVENTS_MAX: usize = 256;
+/// A tool closes a [`PublishBatch`] before its events'
+/// [`WireDraft::weight_bytes`] pass this (a batch always takes its first
+/// event). With one event of the largest size alone in its batch, every
+/// batch fits in a frame ([`FRAME_BYTES_MAX`](crate::core::wire::FRAME_BYTES_MAX)).
+pub const CLIENT_STREAM_BATCH_BYTES_MAX: usize = 1024 * 1024;
+/// Batches of one streamed publish the node keeps in flight (handed to the
+/// store's writer, receipts not yet sent). It reads the client's next batch
+/// only below this, so QUIC flow control holds back a producer that runs
+/// ahead of the disk.
+pub const CLIENT_STREAM_BATCHES_IN_FLIGHT: usize = 4;
+/// Bytes a [`WireDraft`]'s encoding may take beyond its strings and
+/// payload: length prefixes (at most 5 bytes each), the schema version, the
+/// channel's option tag. [`WireDraft::weight_bytes`] adds this, plus
+/// [`WIRE_META_ENTRY_OVERHEAD_BYTES`] per metadata entry.
+pub const WIRE_DRAFT_OVERHEAD_BYTES: usize = 32;
+/// Length prefixes of one metadata entry's key and value.
+pub const WIRE_META_ENTRY_OVERHEAD_BYTES: usize = 10;
+
 /// What a tool asks of its node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ClientRequest {
@@ -70,6 +98,97 @@ pub enum ClientRequest {
         definition: String,
         input: String,
     },
+    /// Publish events streamed by the client: [`PublishBatch`] frames follow
+    /// on the same stream until the client finishes it. The node answers
+    /// each batch with one `Receipts` frame once it is durable, in order,
+    /// and stops at the first event it refuses (`Rejected`), after the
+    /// receipts of every event before it.
+    PublishStream,
+}
+
+/// One event of a streamed publish, as the tool sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireDraft {
+    pub event_type: String,
+    pub schema_version: u32,
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    pub meta: Vec<(String, String)>,
+    /// The channel whose key encrypts the payload (`None`: the node's default).
+    pub channel: Option<String>,
+}
+
+/// A batch of a streamed publish: at most [`CLIENT_STREAM_BATCH_EVENTS_MAX`]
+/// events, proclaimed in order as one batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishBatch {
+    pub events: Vec<WireDraft>,
+}
+
+/// Why an event of a streamed publish cannot be proclaimed, and the field
+/// of the event at fault (`type`, `meta`, `data`, `channel`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftRejection {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl WireDraft {
+    /// An upper bound of this event's encoded size in a [`PublishBatch`].
+    pub fn weight_bytes(&self) -> usize {
+        let meta: usize = self
+            .meta
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + WIRE_META_ENTRY_OVERHEAD_BYTES)
+            .sum();
+        self.payload.len()
+            + self.event_type.len()
+            + self.channel.as_ref().map_or(0, String::len)
+            + meta
+            + WIRE_DRAFT_OVERHEAD_BYTES
+    }
+
+    /// Validates the event as the node does (type, metadata, payload size;
+    /// not the channel, which only the node resolves) without consuming it.
+    pub fn check(&self) -> Result<(), DraftRejection> {
+        self.clone().into_draft().map(|_| ())
+    }
+
+    /// Validates the event into a draft (the channel is not resolved).
+    pub fn into_draft(self) -> Result<Draft, DraftRejection> {
+        Draft::new(
+            &self.event_type,
+            self.schema_version,
+            self.meta,
+            self.payload,
+        )
+        .map_err(|e| DraftRejection {
+            field: draft_field(&e),
+            message: e.to_string(),
+        })
+    }
+
+    /// Validates the event and resolves its channel in `log`.
+    pub fn into_proclamation(self, log: &Log) -> Result<Proclamation, DraftRejection> {
+        let channel = self.channel.clone();
+        let draft = self.into_draft()?;
+        let key = log
+            .channel(channel.as_deref())
+            .map_err(|e| DraftRejection {
+                field: "channel",
+                message: e.to_string(),
+            })?;
+        Ok((draft, key))
+    }
+}
+
+/// The event field a draft error is about.
+fn draft_field(e: &DraftError) -> &'static str {
+    match e {
+        DraftError::EventType(_) | DraftError::ReservedType(_) => "type",
+        DraftError::Meta(_) => "meta",
+        DraftError::PayloadTooLarge { .. } => "data",
+    }
 }
 
 /// A receipt on the wire.
@@ -112,6 +231,15 @@ pub enum ClientResponse {
     SagaStarted(String),
     /// The request failed; nothing (more) was done.
     Error(String),
+    /// A streamed publish stopped at an event the node refuses: `event` is
+    /// its index among the events of the stream (from 0), `field` the field
+    /// at fault. Every event before it is durable and was receipted; nothing
+    /// from it on was proclaimed.
+    Rejected {
+        event: u64,
+        field: String,
+        message: String,
+    },
 }
 
 /// Serves one client connection until it closes.
@@ -128,7 +256,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: quinn::Connection) {
                     return;
                 }
             };
-            if let Err(e) = handle(&inner, request, &mut send).await {
+            if let Err(e) = handle(&inner, request, &mut send, recv).await {
                 let _ = net::write_frame(&mut send, &ClientResponse::Error(e)).await;
             }
             let _ = send.finish();
@@ -140,8 +268,10 @@ async fn handle(
     inner: &Arc<Inner>,
     request: ClientRequest,
     send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
 ) -> Result<(), String> {
     match request {
+        ClientRequest::PublishStream => publish_stream(inner, send, recv).await,
         ClientRequest::Status => {
             let status = status_of(inner).await;
             let json = serde_json::to_string(&status).map_err(|e| e.to_string())?;
@@ -291,6 +421,203 @@ async fn client_gone(send: &quinn::SendStream) -> Option<String> {
     }
 }
 
+/// What ends a streamed publish besides the client finishing its stream.
+enum StreamStop {
+    /// An event the node refuses, answered with `Rejected` once every
+    /// event before it is durable and receipted.
+    Rejected {
+        event: u64,
+        field: String,
+        message: String,
+    },
+    /// The client can no longer be answered (it stopped the stream, closed
+    /// the connection, or a frame it sent does not decode).
+    Gone(String),
+}
+
+/// Serves a [`ClientRequest::PublishStream`]: reads [`PublishBatch`]
+/// frames, proclaims each in order (at most
+/// [`CLIENT_STREAM_BATCHES_IN_FLIGHT`] batches in flight) and answers each
+/// with its receipts as it becomes durable.
+async fn publish_stream(
+    inner: &Arc<Inner>,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<(), String> {
+    // Frames are read by their own task: `read_frame` is not cancel-safe,
+    // so it cannot race the in-flight batches in a `select!`. One batch
+    // waits in the channel, one in the reader's hands; beyond that the
+    // client's writes wait on flow control.
+    let (frames_tx, mut frames) = tokio::sync::mpsc::channel::<Result<PublishBatch, NetError>>(1);
+    let reader = tokio::spawn(read_batches(recv, frames_tx));
+    let mut in_flight: VecDeque<
+        tokio::task::JoinHandle<Result<Vec<Receipt>, crate::store::LogError>>,
+    > = VecDeque::new();
+    // Events accepted so far (the index of the next one).
+    let mut accepted: u64 = 0;
+    let mut delivered: u64 = 0;
+    let mut ended = false;
+    let mut stop: Option<StreamStop> = None;
+    let mut failure: Option<String> = None;
+    loop {
+        let reading = !ended && stop.is_none() && failure.is_none();
+        if !reading && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            done = oldest(&mut in_flight), if !in_flight.is_empty() => {
+                in_flight.pop_front();
+                let receipts = match done {
+                    Ok(Ok(receipts)) => receipts,
+                    Ok(Err(e)) => {
+                        failure.get_or_insert(e.to_string());
+                        continue;
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(format!("waiting for a batch: {e}"));
+                        continue;
+                    }
+                };
+                if failure.is_some() || matches!(stop, Some(StreamStop::Gone(_))) {
+                    continue;
+                }
+                let wire: Vec<WireReceipt> = receipts.iter().map(WireReceipt::from).collect();
+                let n = wire.len() as u64;
+                // Blocks while the client's stream window is full (it is
+                // not reading); fails once its connection is gone.
+                match net::write_frame(send, &ClientResponse::Receipts(wire)).await {
+                    Ok(()) => delivered += n,
+                    Err(e) => stop = Some(StreamStop::Gone(e.to_string())),
+                }
+            }
+            frame = frames.recv(), if reading && in_flight.len() < CLIENT_STREAM_BATCHES_IN_FLIGHT => {
+                let batch = match frame {
+                    None => {
+                        ended = true;
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        stop = Some(StreamStop::Gone(e.to_string()));
+                        continue;
+                    }
+                    Some(Ok(batch)) => batch,
+                };
+                let (proclamations, refused) = accept_batch(&inner.log, batch, accepted);
+                if !proclamations.is_empty() {
+                    accepted += proclamations.len() as u64;
+                    match inner.log.submit(proclamations) {
+                        Ok(pending) => in_flight
+                            .push_back(tokio::task::spawn_blocking(move || pending.wait())),
+                        Err(e) => {
+                            failure = Some(e.to_string());
+                            continue;
+                        }
+                    }
+                }
+                if let Some(refused) = refused {
+                    stop = Some(refused);
+                }
+            }
+        }
+    }
+    reader.abort();
+    if let Some(e) = failure {
+        // The client says what this means for it (receipts it printed).
+        return Err(e);
+    }
+    match stop {
+        None => Ok(()),
+        Some(StreamStop::Rejected {
+            event,
+            field,
+            message,
+        }) => net::write_frame(
+            send,
+            &ClientResponse::Rejected {
+                event,
+                field,
+                message,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Some(StreamStop::Gone(reason)) => {
+            tracing::info!(
+                proclaimed = accepted,
+                undelivered = accepted - delivered,
+                %reason,
+                "streaming publish client went away; stopped proclaiming for it"
+            );
+            Err(format!("the client went away: {reason}"))
+        }
+    }
+}
+
+/// Reads a streamed publish's batches into `frames` until the client
+/// finishes the stream, a frame fails, or nobody listens any more.
+async fn read_batches(
+    mut recv: quinn::RecvStream,
+    frames: tokio::sync::mpsc::Sender<Result<PublishBatch, NetError>>,
+) {
+    loop {
+        let frame = match net::read_frame::<PublishBatch>(&mut recv).await {
+            Ok(Some(batch)) => Ok(batch),
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        let failed = frame.is_err();
+        if frames.send(frame).await.is_err() || failed {
+            return;
+        }
+    }
+}
+
+/// The proclamations of a batch up to its first refused event, and the
+/// refusal (`first` is the stream index of the batch's first event).
+fn accept_batch(
+    log: &Log,
+    batch: PublishBatch,
+    first: u64,
+) -> (Vec<Proclamation>, Option<StreamStop>) {
+    if batch.events.len() > CLIENT_STREAM_BATCH_EVENTS_MAX {
+        let refused = StreamStop::Rejected {
+            event: first,
+            field: "events".into(),
+            message: format!(
+                "a batch holds {} events, over the limit of {CLIENT_STREAM_BATCH_EVENTS_MAX}",
+                batch.events.len()
+            ),
+        };
+        return (Vec::new(), Some(refused));
+    }
+    let mut out = Vec::with_capacity(batch.events.len());
+    for (i, event) in batch.events.into_iter().enumerate() {
+        match event.into_proclamation(log) {
+            Ok(p) => out.push(p),
+            Err(e) => {
+                let refused = StreamStop::Rejected {
+                    event: first + i as u64,
+                    field: e.field.into(),
+                    message: e.message,
+                };
+                return (out, Some(refused));
+            }
+        }
+    }
+    (out, None)
+}
+
+/// The oldest in-flight batch's outcome (never resolves when none is).
+async fn oldest<T>(
+    in_flight: &mut VecDeque<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match in_flight.front_mut() {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A tool's connection to its node.
 pub struct NodeClient {
     /// The endpoint's socket and driver serve `conn`; held for as long.
@@ -360,6 +687,18 @@ impl NodeClient {
             _endpoint: endpoint,
             conn,
         })
+    }
+
+    /// Opens a stream and sends `request` without finishing the stream, for
+    /// a request the client goes on sending frames for
+    /// ([`ClientRequest::PublishStream`]).
+    pub async fn open_stream(
+        &self,
+        request: &ClientRequest,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), NetError> {
+        let (mut send, recv) = self.conn.open_bi().await?;
+        net::write_frame(&mut send, request).await?;
+        Ok((send, recv))
     }
 
     /// Sends one request; calls `on_response` for each answer frame.
@@ -435,5 +774,81 @@ impl NodeClient {
             }
             tokio::time::sleep(Duration::from_millis(CLIENT_CLOSE_POLL_MS)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::limits::{
+        CHANNEL_NAME_BYTES_MAX, EVENT_TYPE_BYTES_MAX, META_ENTRIES_MAX, META_KEY_BYTES_MAX,
+        META_VALUE_BYTES_MAX, PAYLOAD_PLAINTEXT_BYTES_MAX,
+    };
+    use crate::core::wire::FRAME_BYTES_MAX;
+
+    fn largest() -> WireDraft {
+        WireDraft {
+            event_type: "t".repeat(EVENT_TYPE_BYTES_MAX),
+            schema_version: u32::MAX,
+            payload: vec![0xff; PAYLOAD_PLAINTEXT_BYTES_MAX],
+            meta: (0..META_ENTRIES_MAX)
+                .map(|i| {
+                    let key = format!("{i:0>width$}", width = META_KEY_BYTES_MAX);
+                    (key, "v".repeat(META_VALUE_BYTES_MAX))
+                })
+                .collect(),
+            channel: Some("c".repeat(CHANNEL_NAME_BYTES_MAX)),
+        }
+    }
+
+    #[test]
+    fn the_weight_bounds_the_encoding_and_every_batch_fits_a_frame() {
+        let big = largest();
+        big.check().expect("the largest event herald accepts");
+        let one = postcard::to_allocvec(&PublishBatch {
+            events: vec![big.clone()],
+        })
+        .unwrap();
+        assert!(
+            one.len() <= big.weight_bytes(),
+            "{} > {}",
+            one.len(),
+            big.weight_bytes()
+        );
+        assert!(
+            one.len() <= FRAME_BYTES_MAX,
+            "the largest event alone fits a frame"
+        );
+
+        // A batch at the byte bound (small events up to it) fits too.
+        let small = WireDraft {
+            event_type: "t".into(),
+            schema_version: 1,
+            payload: vec![b'x'; 4000],
+            meta: vec![("k".into(), "v".into())],
+            channel: None,
+        };
+        let n = CLIENT_STREAM_BATCH_BYTES_MAX / small.weight_bytes();
+        let batch = PublishBatch {
+            events: vec![small.clone(); n],
+        };
+        let encoded = postcard::to_allocvec(&batch).unwrap();
+        assert!(encoded.len() <= n * small.weight_bytes() + 5);
+        assert!(encoded.len() <= FRAME_BYTES_MAX);
+    }
+
+    #[test]
+    fn drafts_are_refused_naming_the_field() {
+        let mut d = largest();
+        d.event_type = "herald.x".into();
+        assert_eq!(d.check().unwrap_err().field, "type");
+        let mut d = largest();
+        d.meta.push(("k".into(), "v".into()));
+        assert_eq!(d.check().unwrap_err().field, "meta");
+        let mut d = largest();
+        d.payload.push(0);
+        let e = d.check().unwrap_err();
+        assert_eq!(e.field, "data");
+        assert!(e.message.contains("over the limit"), "{}", e.message);
     }
 }
