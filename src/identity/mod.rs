@@ -16,7 +16,8 @@
 //!
 //! File formats: certificates are PEM `CERTIFICATE`, private keys PEM
 //! `PRIVATE KEY` (RFC 8410 PKCS#8; v1 written, v1 and v2 read), channel keys one
-//! line of 64 lowercase hex characters (see [`load_channel_key`]), revocation
+//! line of 64 lowercase hex characters per key generation, oldest first (see
+//! [`load_channel_keyring`]), revocation
 //! lists TOML (see [`revocation`]).
 
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ pub mod trust;
 
 pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
-    ClusterNode, create_ca, create_channel, init_cluster_with, issue_client,
+    ClusterNode, RotatedChannel, create_ca, create_channel, rotate_channel, init_cluster_with, issue_client,
     issue_client_with_validity, issue_node, issue_node_with_validity, revoke, revoke_with_status,
 };
 pub use pem::read_cert_pem;
@@ -77,6 +78,10 @@ pub enum IdentityError {
     BadCa { origin: String, reason: String },
     #[error("{}: malformed channel key: {reason}", .path.display())]
     MalformedChannelKey { path: PathBuf, reason: String },
+    #[error("channel {name:?} has no key file {} to rotate; create it first with `herald keygen channel --name {name}` (nothing was written)", .path.display())]
+    NoSuchChannel { name: String, path: PathBuf },
+    #[error("{}: already holds {max} key generations, the limit; nothing was written", .path.display())]
+    TooManyGenerations { path: PathBuf, max: usize },
     #[error("{}: malformed revocation list: {reason}", .path.display())]
     MalformedRevocationList { path: PathBuf, reason: String },
     #[error("{} already exists; pass --force to overwrite it (nothing was written)", .path.display())]
@@ -230,9 +235,31 @@ impl NodeIdentity {
     }
 }
 
-/// Loads a channel key file: one line of 64 lowercase hex characters (32
-/// bytes), optionally surrounded by whitespace. Anything else is rejected.
+/// Most key generations one channel key file may hold. Rotation refuses to
+/// add a generation beyond it; loading refuses a file with more.
+pub const CHANNEL_KEY_GENERATIONS_MAX: usize = 256;
+
+/// Loads the newest generation of a channel key file (the key new events on
+/// the channel are encrypted under). See [`load_channel_keyring`] for the
+/// format; an old single-key file is a keyring of one generation.
 pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityError> {
+    let mut ring = load_channel_keyring(name, path)?;
+    ring.pop().ok_or_else(|| IdentityError::MalformedChannelKey {
+        path: path.to_path_buf(),
+        reason: "holds no key".into(),
+    })
+}
+
+/// Loads every generation of a channel key file, oldest first (the last is
+/// the one new events use).
+///
+/// The file is UTF-8 text, one key per line: 64 lowercase hex characters (32
+/// bytes), optionally surrounded by whitespace. Empty lines and lines whose
+/// first non-blank character is `#` are ignored (rotation writes a comment
+/// naming each new generation's number, key id and time). It must hold at
+/// least one key, at most [`CHANNEL_KEY_GENERATIONS_MAX`], and no key twice.
+/// Anything else is rejected, naming the line.
+pub fn load_channel_keyring(name: &str, path: &Path) -> Result<Vec<ChannelKey>, IdentityError> {
     validate_name("channel", name)?;
     let bytes = read_file(path)?;
     let malformed = |reason: String| IdentityError::MalformedChannelKey {
@@ -241,24 +268,50 @@ pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityE
     };
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| malformed("not UTF-8 text; expected 64 lowercase hex characters".into()))?;
-    let text = text.trim();
-    if text.len() != 64 {
-        return Err(malformed(format!(
-            "expected 64 lowercase hex characters, found {} characters",
-            text.chars().count()
-        )));
+    let mut ring: Vec<ChannelKey> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |reason: String| malformed(format!("line {}: {reason}", i + 1));
+        if line.len() != 64 {
+            return Err(at(format!(
+                "expected 64 lowercase hex characters, found {} characters",
+                line.chars().count()
+            )));
+        }
+        if let Some(c) = line
+            .chars()
+            .find(|c| !(c.is_ascii_digit() || ('a'..='f').contains(c)))
+        {
+            return Err(at(format!(
+                "unexpected character {c:?}; expected 64 lowercase hex characters"
+            )));
+        }
+        if ring.len() == CHANNEL_KEY_GENERATIONS_MAX {
+            return Err(malformed(format!(
+                "holds more than {CHANNEL_KEY_GENERATIONS_MAX} key generations"
+            )));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(line, &mut key[..]).map_err(|e| at(e.to_string()))?;
+        let key = ChannelKey::new(name, *key);
+        if let Some(g) = ring.iter().position(|k| k.id() == key.id()) {
+            return Err(at(format!(
+                "repeats the key of generation {} (key id {})",
+                g + 1,
+                hex::encode(key.id())
+            )));
+        }
+        ring.push(key);
     }
-    if let Some(c) = text
-        .chars()
-        .find(|c| !(c.is_ascii_digit() || ('a'..='f').contains(c)))
-    {
-        return Err(malformed(format!(
-            "unexpected character {c:?}; expected 64 lowercase hex characters"
-        )));
+    if ring.is_empty() {
+        return Err(malformed(
+            "holds no key; expected 64 lowercase hex characters".into(),
+        ));
     }
-    let mut key = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text, &mut key[..]).map_err(|e| malformed(e.to_string()))?;
-    Ok(ChannelKey::new(name, *key))
+    Ok(ring)
 }
 
 /// Longest excerpt of the offending line quoted in a TOML error.
