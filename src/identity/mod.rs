@@ -388,4 +388,95 @@ mod tests {
         let e = load_channel_key("default", &missing).unwrap_err();
         assert!(matches!(e, IdentityError::Missing { .. }), "{e}");
     }
+
+    #[test]
+    fn keyring_holds_generations_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let g1 = "11".repeat(32);
+        let g2 = "22".repeat(32);
+        std::fs::write(&p, format!("{g1}\n\n# generation 2, key id x\n  {g2}  \n")).unwrap();
+        let ring = load_channel_keyring("c", &p).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(hex::encode(ring[0].key_bytes()), g1);
+        assert_eq!(hex::encode(ring[1].key_bytes()), g2);
+        assert!(ring.iter().all(|k| k.name() == "c"));
+        // The key new events use is the newest.
+        let newest = load_channel_key("c", &p).unwrap();
+        assert_eq!(newest.id(), ring[1].id());
+
+        // A key twice, a bad line among good ones, or only comments: refused,
+        // naming the line.
+        std::fs::write(&p, format!("{g1}\n{g2}\n{g1}\n")).unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("generation 1"), "{e}");
+        std::fs::write(&p, format!("{g1}\n{}\n", &g2[..60])).unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(e.contains("line 2") && e.contains("found 60 characters"), "{e}");
+        std::fs::write(&p, "# only a comment\n").unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(e.contains("holds no key"), "{e}");
+
+        // More generations than the limit.
+        let many: String = (0..=CHANNEL_KEY_GENERATIONS_MAX)
+            .map(|i| format!("{:064x}\n", i + 1))
+            .collect();
+        std::fs::write(&p, many).unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(e.contains("more than 256 key generations"), "{e}");
+    }
+
+    #[test]
+    fn rotation_appends_a_generation_and_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = create_channel(dir.path(), "c", false).unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+        let first = load_channel_keyring("c", &path).unwrap();
+        let r = rotate_channel(dir.path(), "c").unwrap();
+        assert_eq!(r.generation, 2);
+        assert_eq!(r.path, path);
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(after.starts_with(&before), "earlier generations kept as they were");
+        let ring = load_channel_keyring("c", &path).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring[0].id(), first[0].id());
+        assert_eq!(ring[1].id(), r.key_id);
+        assert_ne!(ring[0].id(), ring[1].id());
+        assert!(after.contains(&format!("# generation 2, key id {}", hex::encode(r.key_id))));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let r3 = rotate_channel(dir.path(), "c").unwrap();
+        assert_eq!(r3.generation, 3);
+        assert_eq!(load_channel_keyring("c", &path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn rotation_refuses_bad_input_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = rotate_channel(dir.path(), "nope").unwrap_err();
+        assert!(matches!(e, IdentityError::NoSuchChannel { .. }), "{e}");
+        assert!(e.to_string().contains("herald keygen channel --name nope"), "{e}");
+        assert!(!dir.path().join("channel-nope.key").exists());
+
+        let damaged = dir.path().join("channel-bad.key");
+        std::fs::write(&damaged, "not a key\n").unwrap();
+        let e = rotate_channel(dir.path(), "bad").unwrap_err();
+        assert!(matches!(e, IdentityError::MalformedChannelKey { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&damaged).unwrap(), "not a key\n");
+
+        let e = rotate_channel(dir.path(), "Bad").unwrap_err();
+        assert!(matches!(e, IdentityError::InvalidName { .. }), "{e}");
+
+        let full = dir.path().join("channel-full.key");
+        let text: String = (0..CHANNEL_KEY_GENERATIONS_MAX)
+            .map(|i| format!("{:064x}\n", i + 1))
+            .collect();
+        std::fs::write(&full, &text).unwrap();
+        let e = rotate_channel(dir.path(), "full").unwrap_err();
+        assert!(matches!(e, IdentityError::TooManyGenerations { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&full).unwrap(), text);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 2, "no temporary file left behind");
+    }
 }
