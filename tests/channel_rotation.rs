@@ -242,7 +242,13 @@ fn rotated_channel_reads_every_generation_on_every_node() {
     // Bad rotations: a channel without a key file, a damaged key file.
     // Clear errors, exit 2, nothing written.
     let o = herald(&[
-        "keygen", "channel", "--dir", &s(&keys), "--name", "nope", "--rotate",
+        "keygen",
+        "channel",
+        "--dir",
+        &s(&keys),
+        "--name",
+        "nope",
+        "--rotate",
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -254,7 +260,13 @@ fn rotated_channel_reads_every_generation_on_every_node() {
     let damaged = keys.join("channel-damaged.key");
     std::fs::write(&damaged, "0123\n").unwrap();
     let o = herald(&[
-        "keygen", "channel", "--dir", &s(&keys), "--name", "damaged", "--rotate",
+        "keygen",
+        "channel",
+        "--dir",
+        &s(&keys),
+        "--name",
+        "damaged",
+        "--rotate",
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -268,7 +280,14 @@ fn rotated_channel_reads_every_generation_on_every_node() {
     // generation at start.
     let generation_1 = std::fs::read_to_string(&key_file).unwrap();
     let o = herald(&[
-        "keygen", "channel", "--dir", &s(&keys), "--name", "c", "--rotate", "--json",
+        "keygen",
+        "channel",
+        "--dir",
+        &s(&keys),
+        "--name",
+        "c",
+        "--rotate",
+        "--json",
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     let rotated: Value = serde_json::from_slice(&o.stdout).unwrap();

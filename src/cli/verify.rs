@@ -60,10 +60,7 @@ impl AuditKeys {
         let trust = TrustAnchor::load(&self.ca, self.revoked.as_deref())?;
         let mut channel_keys: Vec<ChannelKey> = Vec::new();
         for p in &self.channel_keys {
-            channel_keys.extend(crate::identity::load_channel_keyring(
-                &channel_name(p),
-                p,
-            )?);
+            channel_keys.extend(crate::identity::load_channel_keyring(&channel_name(p), p)?);
         }
         Ok(AuditOptions {
             trust,

@@ -33,8 +33,9 @@ pub mod trust;
 
 pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
-    ClusterNode, RotatedChannel, create_ca, create_channel, rotate_channel, init_cluster_with, issue_client,
+    ClusterNode, RotatedChannel, create_ca, create_channel, init_cluster_with, issue_client,
     issue_client_with_validity, issue_node, issue_node_with_validity, revoke, revoke_with_status,
+    rotate_channel,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
@@ -244,10 +245,11 @@ pub const CHANNEL_KEY_GENERATIONS_MAX: usize = 256;
 /// format; an old single-key file is a keyring of one generation.
 pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityError> {
     let mut ring = load_channel_keyring(name, path)?;
-    ring.pop().ok_or_else(|| IdentityError::MalformedChannelKey {
-        path: path.to_path_buf(),
-        reason: "holds no key".into(),
-    })
+    ring.pop()
+        .ok_or_else(|| IdentityError::MalformedChannelKey {
+            path: path.to_path_buf(),
+            reason: "holds no key".into(),
+        })
 }
 
 /// Loads every generation of a channel key file, oldest first (the last is
@@ -412,7 +414,10 @@ mod tests {
         assert!(e.contains("line 3") && e.contains("generation 1"), "{e}");
         std::fs::write(&p, format!("{g1}\n{}\n", &g2[..60])).unwrap();
         let e = load_channel_keyring("c", &p).unwrap_err().to_string();
-        assert!(e.contains("line 2") && e.contains("found 60 characters"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("found 60 characters"),
+            "{e}"
+        );
         std::fs::write(&p, "# only a comment\n").unwrap();
         let e = load_channel_keyring("c", &p).unwrap_err().to_string();
         assert!(e.contains("holds no key"), "{e}");
@@ -436,7 +441,10 @@ mod tests {
         assert_eq!(r.generation, 2);
         assert_eq!(r.path, path);
         let after = std::fs::read_to_string(&path).unwrap();
-        assert!(after.starts_with(&before), "earlier generations kept as they were");
+        assert!(
+            after.starts_with(&before),
+            "earlier generations kept as they were"
+        );
         let ring = load_channel_keyring("c", &path).unwrap();
         assert_eq!(ring.len(), 2);
         assert_eq!(ring[0].id(), first[0].id());
@@ -456,13 +464,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let e = rotate_channel(dir.path(), "nope").unwrap_err();
         assert!(matches!(e, IdentityError::NoSuchChannel { .. }), "{e}");
-        assert!(e.to_string().contains("herald keygen channel --name nope"), "{e}");
+        assert!(
+            e.to_string().contains("herald keygen channel --name nope"),
+            "{e}"
+        );
         assert!(!dir.path().join("channel-nope.key").exists());
 
         let damaged = dir.path().join("channel-bad.key");
         std::fs::write(&damaged, "not a key\n").unwrap();
         let e = rotate_channel(dir.path(), "bad").unwrap_err();
-        assert!(matches!(e, IdentityError::MalformedChannelKey { .. }), "{e}");
+        assert!(
+            matches!(e, IdentityError::MalformedChannelKey { .. }),
+            "{e}"
+        );
         assert_eq!(std::fs::read_to_string(&damaged).unwrap(), "not a key\n");
 
         let e = rotate_channel(dir.path(), "Bad").unwrap_err();
