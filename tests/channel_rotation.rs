@@ -194,6 +194,40 @@ fn api_events(addr: SocketAddr) -> Vec<Value> {
     })
 }
 
+/// The first `n` events of `GET /v1/stream?type=rot.*&from=start` (a
+/// subscription, Server-Sent Events): each `data:` line's JSON.
+fn api_stream(addr: SocketAddr, n: usize) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::get(format!("http://{addr}/v1/stream?type=rot.*&from=start"))
+            .await
+            .expect("GET /v1/stream");
+        let mut body = response.bytes_stream();
+        let mut buffer = String::new();
+        let mut events = Vec::new();
+        let read = async {
+            while events.len() < n {
+                let chunk = body.next().await.expect("stream open").expect("bytes");
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find('\n') {
+                    let line: String = buffer.drain(..=end).collect();
+                    if let Some(json) = line.trim_end().strip_prefix("data: ") {
+                        events.push(serde_json::from_str(json).expect("event JSON"));
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .expect("the stream delivers every event");
+        events
+    })
+}
+
 /// Every event was decrypted: `log`/`tail` show its data, on channel `c`,
 /// and it names the key generation of its type (`rot.old`: generation 1,
 /// `rot.new`: generation 2).
@@ -312,7 +346,8 @@ fn rotated_channel_reads_every_generation_on_every_node() {
         assert_readable(&tailed, &old_id, &new_id, &format!("tail on {node}"));
         let served = api_events(api[node]);
         assert_eq!(served.len(), 4 * PER_NODE, "{served:?}");
-        for e in &served {
+        let streamed = api_stream(api[node], 4 * PER_NODE);
+        for e in served.iter().chain(&streamed) {
             assert_eq!(e["channel"], "c", "API on {node}: {e}");
             assert_eq!(e["payload"], "json", "API on {node}: decrypted: {e}");
             assert_eq!(e["data"]["type"], e["type"], "API on {node}: {e}");
