@@ -522,10 +522,20 @@ fn channel_file(dir: &Path, name: &str) -> PendingFile {
     PendingFile::secret(dir.join(format!("channel-{name}.key")), text)
 }
 
-/// Creates channel key `dir/channel-name.key` (64 lowercase hex + newline, mode 0600).
+/// Creates channel key `dir/channel-name.key` (64 lowercase hex + newline,
+/// mode 0600): generation 1. An existing file is refused without `force`
+/// (the error points at [`rotate_channel`]); with `force` it is replaced,
+/// every generation it held included.
 pub fn create_channel(dir: &Path, name: &str, force: bool) -> Result<PathBuf, IdentityError> {
     validate_name("channel", name)?;
     let file = channel_file(dir, name);
+    // An existing channel key is most likely a keyring in use: point at
+    // rotation rather than overwriting.
+    if !force && std::fs::symlink_metadata(&file.path).is_ok_and(|m| !m.is_dir()) {
+        return Err(IdentityError::ChannelExists {
+            path: file.path.clone(),
+        });
+    }
     check_targets([file.path.as_path()], force)?;
     ensure_dir(dir)?;
     let path = file.path.clone();

@@ -79,6 +79,8 @@ pub enum IdentityError {
     BadCa { origin: String, reason: String },
     #[error("{}: malformed channel key: {reason}", .path.display())]
     MalformedChannelKey { path: PathBuf, reason: String },
+    #[error("{} already exists; pass --rotate to add a key generation (events under the older ones stay readable), or --force to replace every generation it holds (events under them become unreadable); nothing was written", .path.display())]
+    ChannelExists { path: PathBuf },
     #[error("channel {name:?} has no key file {} to rotate; create it first with `herald keygen channel --name {name}` (nothing was written)", .path.display())]
     NoSuchChannel { name: String, path: PathBuf },
     #[error("{}: already holds {max} key generations, the limit; nothing was written", .path.display())]
@@ -454,6 +456,11 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // Creating it again is refused and points at rotation.
+        let e = create_channel(dir.path(), "c", false).unwrap_err();
+        assert!(matches!(e, IdentityError::ChannelExists { .. }), "{e}");
+        assert!(e.to_string().contains("--rotate"), "{e}");
+        assert_eq!(load_channel_keyring("c", &path).unwrap().len(), 2);
         let r3 = rotate_channel(dir.path(), "c").unwrap();
         assert_eq!(r3.generation, 3);
         assert_eq!(load_channel_keyring("c", &path).unwrap().len(), 3);
