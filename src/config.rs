@@ -43,7 +43,8 @@ pub struct NodeConfig {
     pub revoked: Option<PathBuf>,
     /// Channel used by `publish` when none is named.
     pub default_channel: String,
-    /// Channel name to key file (`channel-NAME.key`).
+    /// Channel name to key file (`channel-NAME.key`, one line per key
+    /// generation: new events use the last, reads use them all).
     pub channels: BTreeMap<String, PathBuf>,
     /// UDP address the node listens on (QUIC).
     pub listen: SocketAddr,
@@ -651,14 +652,17 @@ impl NodeConfig {
         Ok((trust, identity))
     }
 
-    /// Every channel key the config names.
+    /// Every generation of every channel key the config names: per channel
+    /// oldest first, so the last key of a channel is the one new events use
+    /// (see `identity::load_channel_keyring`).
     pub fn load_channel_keys(
         &self,
     ) -> Result<Vec<crate::core::crypto::ChannelKey>, crate::identity::IdentityError> {
-        self.channels
-            .iter()
-            .map(|(name, path)| crate::identity::load_channel_key(name, path))
-            .collect()
+        let mut keys = Vec::new();
+        for (name, path) in &self.channels {
+            keys.extend(crate::identity::load_channel_keyring(name, path)?);
+        }
+        Ok(keys)
     }
 
     fn resolve_paths(&mut self, base: &Path) {

@@ -23,7 +23,7 @@ pub enum KeygenCommand {
     Node(LeafArgs),
     /// Issue a client certificate (clientAuth only: cannot serve or author events), e.g. for an HTTPS client of a node's API.
     Client(LeafArgs),
-    /// Create a channel key DIR/channel-NAME.key (32 random bytes as hex, mode 0600).
+    /// Create a channel key DIR/channel-NAME.key (32 random bytes as hex, mode 0600), or with --rotate add a new key generation to it.
     Channel(ChannelArgs),
     /// Revoke DIR/NAME.crt by adding it to DIR/revoked.toml.
     Revoke(RevokeArgs),
@@ -79,8 +79,13 @@ pub struct ChannelArgs {
     #[arg(long)]
     pub name: String,
     /// Overwrite an existing key.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "rotate")]
     pub force: bool,
+    /// Add a new key generation to the existing DIR/channel-NAME.key, keeping
+    /// the older ones (nodes encrypt new events under it after a restart;
+    /// events under older generations stay readable).
+    #[arg(long)]
+    pub rotate: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -108,6 +113,29 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
             identity::issue_client(&a.dir, &a.name, a.days, a.force)?,
             a.output,
         ),
+        KeygenCommand::Channel(a) if a.rotate => {
+            let rotated = identity::rotate_channel(&a.dir, &a.name)?;
+            let key_id = hex::encode(rotated.key_id);
+            if a.output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "written": [display(&rotated.path)],
+                        "channel": a.name,
+                        "generation": rotated.generation,
+                        "key_id": key_id,
+                    })
+                );
+            } else {
+                println!(
+                    "wrote {} (channel {}: generation {}, key id {key_id}; restart the nodes holding it to encrypt new events under it)",
+                    rotated.path.display(),
+                    a.name,
+                    rotated.generation
+                );
+            }
+            return Ok(EXIT_OK);
+        }
         KeygenCommand::Channel(a) => (
             vec![identity::create_channel(&a.dir, &a.name, a.force)?],
             a.output,

@@ -66,6 +66,10 @@ pub fn event_json(event: &StoredEvent, keys: &[ChannelKey]) -> serde_json::Value
     let payload = crate::core::codec::decode_envelope(&event.envelope)
         .ok()
         .and_then(|(env, _)| env.payload);
+    let key_id_hex = match &h.payload.encryption {
+        Encryption::Plain => None,
+        Encryption::XChaCha20Poly1305 { key_id, .. } => Some(hex::encode(key_id)),
+    };
     let (channel, readable) = match &h.payload.encryption {
         Encryption::Plain => (None, payload.clone()),
         Encryption::XChaCha20Poly1305 { key_id, .. } => {
@@ -110,6 +114,7 @@ pub fn event_json(event: &StoredEvent, keys: &[ChannelKey]) -> serde_json::Value
         "hash": hex::encode(event.hash),
         "meta": meta,
         "channel": channel,
+        "key_id": key_id_hex,
         "data": data,
     })
 }

@@ -46,8 +46,9 @@ pub struct AuditKeys {
     /// A revocation list to honour.
     #[arg(long)]
     pub revoked: Option<PathBuf>,
-    /// A channel key file (`channel-NAME.key`, repeatable); with any given,
-    /// every encrypted event must decrypt under one of them.
+    /// A channel key file (`channel-NAME.key`, repeatable), every key
+    /// generation it holds (a rotated channel's file is its keyring); with
+    /// any given, every encrypted event must decrypt under one of them.
     #[arg(long = "channel-key", value_name = "FILE")]
     pub channel_keys: Vec<PathBuf>,
 }
@@ -57,11 +58,10 @@ impl AuditKeys {
     /// on a terminal and not for JSON output.
     pub fn options(&self, json: bool) -> Result<AuditOptions, CliError> {
         let trust = TrustAnchor::load(&self.ca, self.revoked.as_deref())?;
-        let channel_keys = self
-            .channel_keys
-            .iter()
-            .map(|p| crate::identity::load_channel_key(&channel_name(p), p))
-            .collect::<Result<Vec<ChannelKey>, _>>()?;
+        let mut channel_keys: Vec<ChannelKey> = Vec::new();
+        for p in &self.channel_keys {
+            channel_keys.extend(crate::identity::load_channel_keyring(&channel_name(p), p)?);
+        }
         Ok(AuditOptions {
             trust,
             channel_keys,

@@ -16,7 +16,8 @@
 //! * `D/N.crt`, `D/N.key`: node or client `N` (CN and SAN DNS `N`, random
 //!   positive 16-byte serial, keyUsage digitalSignature, EKU serverAuth +
 //!   clientAuth for nodes, clientAuth only for clients, `CA:FALSE`).
-//! * `D/channel-C.key`: channel key `C`, see [`super::load_channel_key`].
+//! * `D/channel-C.key`: channel key `C`, one line per key generation, oldest
+//!   first, see [`super::load_channel_keyring`] and [`rotate_channel`].
 //! * `D/revoked.toml`: the revocation list, see [`super::revocation`].
 
 use std::io::Write;
@@ -521,15 +522,101 @@ fn channel_file(dir: &Path, name: &str) -> PendingFile {
     PendingFile::secret(dir.join(format!("channel-{name}.key")), text)
 }
 
-/// Creates channel key `dir/channel-name.key` (64 lowercase hex + newline, mode 0600).
+/// Creates channel key `dir/channel-name.key` (64 lowercase hex + newline,
+/// mode 0600): generation 1. An existing file is refused without `force`
+/// (the error points at [`rotate_channel`]); with `force` it is replaced,
+/// every generation it held included.
 pub fn create_channel(dir: &Path, name: &str, force: bool) -> Result<PathBuf, IdentityError> {
     validate_name("channel", name)?;
     let file = channel_file(dir, name);
+    // An existing channel key is most likely a keyring in use: point at
+    // rotation rather than overwriting.
+    if !force && std::fs::symlink_metadata(&file.path).is_ok_and(|m| !m.is_dir()) {
+        return Err(IdentityError::ChannelExists {
+            path: file.path.clone(),
+        });
+    }
     check_targets([file.path.as_path()], force)?;
     ensure_dir(dir)?;
     let path = file.path.clone();
     write_files(vec![file], force)?;
     Ok(path)
+}
+
+/// What [`rotate_channel`] did: the file it rewrote and the new generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotatedChannel {
+    /// The channel key file, now holding one more generation.
+    pub path: PathBuf,
+    /// The new generation's number (1 is the key the file was created with).
+    pub generation: usize,
+    /// The new generation's key id, which new events carry in their header.
+    pub key_id: crate::core::crypto::ChannelKeyId,
+}
+
+/// Adds a new key generation to channel key `dir/channel-name.key`, keeping
+/// every earlier one: the file is read and checked whole, then rewritten
+/// (atomically, mode 0600) with its text unchanged plus a comment line
+/// `# generation N, key id ID, added TIME` and the new key. Nodes encrypt
+/// new events under the newest generation once they restart; every
+/// generation stays in the file so old events stay readable.
+///
+/// A channel without a key file, a damaged file, or one already holding
+/// [`super::CHANNEL_KEY_GENERATIONS_MAX`] generations is refused and
+/// nothing is written.
+pub fn rotate_channel(dir: &Path, name: &str) -> Result<RotatedChannel, IdentityError> {
+    validate_name("channel", name)?;
+    let path = dir.join(format!("channel-{name}.key"));
+    match std::fs::symlink_metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(IdentityError::NoSuchChannel {
+                name: name.to_string(),
+                path,
+            });
+        }
+        _ => {}
+    }
+    let ring = super::load_channel_keyring(name, &path)?;
+    if ring.len() >= super::CHANNEL_KEY_GENERATIONS_MAX {
+        return Err(IdentityError::TooManyGenerations {
+            path,
+            max: super::CHANNEL_KEY_GENERATIONS_MAX,
+        });
+    }
+    // The file was just parsed as UTF-8; read it again as text to keep it
+    // byte for byte (comments included).
+    let bytes = read_file(&path)?;
+    let old = std::str::from_utf8(&bytes).map_err(|_| IdentityError::MalformedChannelKey {
+        path: path.clone(),
+        reason: "not UTF-8 text".into(),
+    })?;
+    let key = loop {
+        let candidate = crate::core::crypto::ChannelKey::new(name, random_bytes::<32>());
+        // 2^-128: never in practice, but a repeated key would make the file
+        // unloadable.
+        if ring.iter().all(|k| k.id() != candidate.id()) {
+            break candidate;
+        }
+    };
+    let generation = ring.len() + 1;
+    let mut text = Zeroizing::new(String::with_capacity(old.len() + 160));
+    text.push_str(old);
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "# generation {generation}, key id {}, added {}\n",
+        hex::encode(key.id()),
+        crate::clock::format_timestamp(now_us())
+    ));
+    text.push_str(&Zeroizing::new(hex::encode(key.key_bytes())));
+    text.push('\n');
+    write_files(vec![PendingFile::secret(path.clone(), text)], true)?;
+    Ok(RotatedChannel {
+        path,
+        generation,
+        key_id: key.id(),
+    })
 }
 
 /// Revokes `dir/name.crt`: appends its name, serial, public key and the

@@ -16,7 +16,8 @@
 //!
 //! File formats: certificates are PEM `CERTIFICATE`, private keys PEM
 //! `PRIVATE KEY` (RFC 8410 PKCS#8; v1 written, v1 and v2 read), channel keys one
-//! line of 64 lowercase hex characters (see [`load_channel_key`]), revocation
+//! line of 64 lowercase hex characters per key generation, oldest first (see
+//! [`load_channel_keyring`]), revocation
 //! lists TOML (see [`revocation`]).
 
 use std::path::{Path, PathBuf};
@@ -32,8 +33,9 @@ pub mod trust;
 
 pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
-    ClusterNode, create_ca, create_channel, init_cluster_with, issue_client,
+    ClusterNode, RotatedChannel, create_ca, create_channel, init_cluster_with, issue_client,
     issue_client_with_validity, issue_node, issue_node_with_validity, revoke, revoke_with_status,
+    rotate_channel,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
@@ -77,6 +79,12 @@ pub enum IdentityError {
     BadCa { origin: String, reason: String },
     #[error("{}: malformed channel key: {reason}", .path.display())]
     MalformedChannelKey { path: PathBuf, reason: String },
+    #[error("{} already exists; pass --rotate to add a key generation (events under the older ones stay readable), or --force to replace every generation it holds (events under them become unreadable); nothing was written", .path.display())]
+    ChannelExists { path: PathBuf },
+    #[error("channel {name:?} has no key file {} to rotate; create it first with `herald keygen channel --name {name}` (nothing was written)", .path.display())]
+    NoSuchChannel { name: String, path: PathBuf },
+    #[error("{}: already holds {max} key generations, the limit; nothing was written", .path.display())]
+    TooManyGenerations { path: PathBuf, max: usize },
     #[error("{}: malformed revocation list: {reason}", .path.display())]
     MalformedRevocationList { path: PathBuf, reason: String },
     #[error("{} already exists; pass --force to overwrite it (nothing was written)", .path.display())]
@@ -230,9 +238,32 @@ impl NodeIdentity {
     }
 }
 
-/// Loads a channel key file: one line of 64 lowercase hex characters (32
-/// bytes), optionally surrounded by whitespace. Anything else is rejected.
+/// Most key generations one channel key file may hold. Rotation refuses to
+/// add a generation beyond it; loading refuses a file with more.
+pub const CHANNEL_KEY_GENERATIONS_MAX: usize = 256;
+
+/// Loads the newest generation of a channel key file (the key new events on
+/// the channel are encrypted under). See [`load_channel_keyring`] for the
+/// format; an old single-key file is a keyring of one generation.
 pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityError> {
+    let mut ring = load_channel_keyring(name, path)?;
+    ring.pop()
+        .ok_or_else(|| IdentityError::MalformedChannelKey {
+            path: path.to_path_buf(),
+            reason: "holds no key".into(),
+        })
+}
+
+/// Loads every generation of a channel key file, oldest first (the last is
+/// the one new events use).
+///
+/// The file is UTF-8 text, one key per line: 64 lowercase hex characters (32
+/// bytes), optionally surrounded by whitespace. Empty lines and lines whose
+/// first non-blank character is `#` are ignored (rotation writes a comment
+/// naming each new generation's number, key id and time). It must hold at
+/// least one key, at most [`CHANNEL_KEY_GENERATIONS_MAX`], and no key twice.
+/// Anything else is rejected, naming the line.
+pub fn load_channel_keyring(name: &str, path: &Path) -> Result<Vec<ChannelKey>, IdentityError> {
     validate_name("channel", name)?;
     let bytes = read_file(path)?;
     let malformed = |reason: String| IdentityError::MalformedChannelKey {
@@ -241,24 +272,50 @@ pub fn load_channel_key(name: &str, path: &Path) -> Result<ChannelKey, IdentityE
     };
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| malformed("not UTF-8 text; expected 64 lowercase hex characters".into()))?;
-    let text = text.trim();
-    if text.len() != 64 {
-        return Err(malformed(format!(
-            "expected 64 lowercase hex characters, found {} characters",
-            text.chars().count()
-        )));
+    let mut ring: Vec<ChannelKey> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = |reason: String| malformed(format!("line {}: {reason}", i + 1));
+        if line.len() != 64 {
+            return Err(at(format!(
+                "expected 64 lowercase hex characters, found {} characters",
+                line.chars().count()
+            )));
+        }
+        if let Some(c) = line
+            .chars()
+            .find(|c| !(c.is_ascii_digit() || ('a'..='f').contains(c)))
+        {
+            return Err(at(format!(
+                "unexpected character {c:?}; expected 64 lowercase hex characters"
+            )));
+        }
+        if ring.len() == CHANNEL_KEY_GENERATIONS_MAX {
+            return Err(malformed(format!(
+                "holds more than {CHANNEL_KEY_GENERATIONS_MAX} key generations"
+            )));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(line, &mut key[..]).map_err(|e| at(e.to_string()))?;
+        let key = ChannelKey::new(name, *key);
+        if let Some(g) = ring.iter().position(|k| k.id() == key.id()) {
+            return Err(at(format!(
+                "repeats the key of generation {} (key id {})",
+                g + 1,
+                hex::encode(key.id())
+            )));
+        }
+        ring.push(key);
     }
-    if let Some(c) = text
-        .chars()
-        .find(|c| !(c.is_ascii_digit() || ('a'..='f').contains(c)))
-    {
-        return Err(malformed(format!(
-            "unexpected character {c:?}; expected 64 lowercase hex characters"
-        )));
+    if ring.is_empty() {
+        return Err(malformed(
+            "holds no key; expected 64 lowercase hex characters".into(),
+        ));
     }
-    let mut key = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text, &mut key[..]).map_err(|e| malformed(e.to_string()))?;
-    Ok(ChannelKey::new(name, *key))
+    Ok(ring)
 }
 
 /// Longest excerpt of the offending line quoted in a TOML error.
@@ -334,5 +391,113 @@ mod tests {
         let missing = dir.path().join("nope");
         let e = load_channel_key("default", &missing).unwrap_err();
         assert!(matches!(e, IdentityError::Missing { .. }), "{e}");
+    }
+
+    #[test]
+    fn keyring_holds_generations_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        let g1 = "11".repeat(32);
+        let g2 = "22".repeat(32);
+        std::fs::write(&p, format!("{g1}\n\n# generation 2, key id x\n  {g2}  \n")).unwrap();
+        let ring = load_channel_keyring("c", &p).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(hex::encode(ring[0].key_bytes()), g1);
+        assert_eq!(hex::encode(ring[1].key_bytes()), g2);
+        assert!(ring.iter().all(|k| k.name() == "c"));
+        // The key new events use is the newest.
+        let newest = load_channel_key("c", &p).unwrap();
+        assert_eq!(newest.id(), ring[1].id());
+
+        // A key twice, a bad line among good ones, or only comments: refused,
+        // naming the line.
+        std::fs::write(&p, format!("{g1}\n{g2}\n{g1}\n")).unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(e.contains("line 3") && e.contains("generation 1"), "{e}");
+        std::fs::write(&p, format!("{g1}\n{}\n", &g2[..60])).unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2") && e.contains("found 60 characters"),
+            "{e}"
+        );
+        std::fs::write(&p, "# only a comment\n").unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(e.contains("holds no key"), "{e}");
+
+        // More generations than the limit.
+        let many: String = (0..=CHANNEL_KEY_GENERATIONS_MAX)
+            .map(|i| format!("{:064x}\n", i + 1))
+            .collect();
+        std::fs::write(&p, many).unwrap();
+        let e = load_channel_keyring("c", &p).unwrap_err().to_string();
+        assert!(e.contains("more than 256 key generations"), "{e}");
+    }
+
+    #[test]
+    fn rotation_appends_a_generation_and_keeps_the_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = create_channel(dir.path(), "c", false).unwrap();
+        let before = std::fs::read_to_string(&path).unwrap();
+        let first = load_channel_keyring("c", &path).unwrap();
+        let r = rotate_channel(dir.path(), "c").unwrap();
+        assert_eq!(r.generation, 2);
+        assert_eq!(r.path, path);
+        let after = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            after.starts_with(&before),
+            "earlier generations kept as they were"
+        );
+        let ring = load_channel_keyring("c", &path).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring[0].id(), first[0].id());
+        assert_eq!(ring[1].id(), r.key_id);
+        assert_ne!(ring[0].id(), ring[1].id());
+        assert!(after.contains(&format!("# generation 2, key id {}", hex::encode(r.key_id))));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Creating it again is refused and points at rotation.
+        let e = create_channel(dir.path(), "c", false).unwrap_err();
+        assert!(matches!(e, IdentityError::ChannelExists { .. }), "{e}");
+        assert!(e.to_string().contains("--rotate"), "{e}");
+        assert_eq!(load_channel_keyring("c", &path).unwrap().len(), 2);
+        let r3 = rotate_channel(dir.path(), "c").unwrap();
+        assert_eq!(r3.generation, 3);
+        assert_eq!(load_channel_keyring("c", &path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn rotation_refuses_bad_input_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = rotate_channel(dir.path(), "nope").unwrap_err();
+        assert!(matches!(e, IdentityError::NoSuchChannel { .. }), "{e}");
+        assert!(
+            e.to_string().contains("herald keygen channel --name nope"),
+            "{e}"
+        );
+        assert!(!dir.path().join("channel-nope.key").exists());
+
+        let damaged = dir.path().join("channel-bad.key");
+        std::fs::write(&damaged, "not a key\n").unwrap();
+        let e = rotate_channel(dir.path(), "bad").unwrap_err();
+        assert!(
+            matches!(e, IdentityError::MalformedChannelKey { .. }),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_to_string(&damaged).unwrap(), "not a key\n");
+
+        let e = rotate_channel(dir.path(), "Bad").unwrap_err();
+        assert!(matches!(e, IdentityError::InvalidName { .. }), "{e}");
+
+        let full = dir.path().join("channel-full.key");
+        let text: String = (0..CHANNEL_KEY_GENERATIONS_MAX)
+            .map(|i| format!("{:064x}\n", i + 1))
+            .collect();
+        std::fs::write(&full, &text).unwrap();
+        let e = rotate_channel(dir.path(), "full").unwrap_err();
+        assert!(matches!(e, IdentityError::TooManyGenerations { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&full).unwrap(), text);
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 2, "no temporary file left behind");
     }
 }

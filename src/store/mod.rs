@@ -282,6 +282,8 @@ pub struct LogOptions {
     pub data_dir: PathBuf,
     pub identity: NodeIdentity,
     pub trust: TrustAnchor,
+    /// Every generation of every channel key, oldest first per channel
+    /// (new events use each channel's last).
     pub channels: Vec<ChannelKey>,
     pub default_channel: String,
     /// Hold this node's feed until [`Log::finish_recovery`], whether the
@@ -323,6 +325,9 @@ pub struct Log {
     /// Channel keys by name and the default; shared with the writer, which
     /// resolves channels for events proclaimed inside transactions.
     channels: Arc<transact::Channels>,
+    /// Every generation of every channel key, for reading (channel key
+    /// rotation): events carry the key id they were encrypted under.
+    all_channel_keys: Arc<Vec<ChannelKey>>,
     trust: Arc<TrustAnchor>,
     /// Moves the WAL into the database in the background.
     _checkpointer: Checkpointer,
@@ -406,11 +411,16 @@ impl Log {
         let own_feed = Arc::new(own_feed::OwnFeedCache::default());
         let health = Arc::new(Health::default());
         let store_metrics = Arc::new(metrics::StoreMetrics::default());
+        // Channel key rotation: `channels` holds every generation, oldest
+        // first per channel. New events use each channel's newest (the last
+        // inserted wins); reads decrypt with all of them, by key id.
+        let all_channel_keys = Arc::new(channels.clone());
+        let mut newest = std::collections::BTreeMap::new();
+        for key in channels {
+            newest.insert(key.name().to_string(), Arc::new(key));
+        }
         let channels = Arc::new(transact::Channels {
-            keys: channels
-                .into_iter()
-                .map(|k| (k.name().to_string(), Arc::new(k)))
-                .collect(),
+            keys: newest,
             default: default_channel,
         });
         let commit = writer::CommitStage {
@@ -441,6 +451,7 @@ impl Log {
             writer: Some(handle),
             reader: Mutex::new(reader),
             channels,
+            all_channel_keys,
             trust,
             changes,
             recent,
@@ -544,9 +555,10 @@ impl Log {
         &self.trust
     }
 
-    /// The channel keys this node holds.
+    /// The channel keys this node holds: every generation of every channel
+    /// (readers pick one by the event header's key id).
     pub fn channel_keys(&self) -> Vec<ChannelKey> {
-        self.channels.keys.values().map(|k| (**k).clone()).collect()
+        self.all_channel_keys.as_ref().clone()
     }
 
     /// Resolves a channel name (`None`: the default channel).
