@@ -797,18 +797,25 @@ async fn crash_suite(db: Db, port: u16, rows_total: usize) {
     )
     .await;
     // Status, as an operator sees it (the backlog is counted every second).
-    let status = wait_async("status shows no backlog", Duration::from_secs(10), || {
-        let config = config.clone();
-        async move {
-            let status: serde_json::Value =
-                serde_json::from_str(&herald(&["status", "--json"], &config)).unwrap();
-            if status["outbox_sources"][0]["backlog"] == 0 {
-                Ok(status)
-            } else {
-                Err(status.to_string())
+    // After the killed sessions the relay reconnects on its own schedule:
+    // wait for that too, not only for the backlog.
+    let status = wait_async(
+        "status shows no backlog, connected",
+        Duration::from_secs(10),
+        || {
+            let config = config.clone();
+            async move {
+                let status: serde_json::Value =
+                    serde_json::from_str(&herald(&["status", "--json"], &config)).unwrap();
+                let source = &status["outbox_sources"][0];
+                if source["backlog"] == 0 && source["connected"] == true {
+                    Ok(status)
+                } else {
+                    Err(status.to_string())
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let source = &status["outbox_sources"][0];
     assert_eq!(source["name"], service.source());
