@@ -1229,7 +1229,17 @@ pub(crate) fn insert_events(
     names: &mut super::rows::Names,
     events: &[VerifiedEvent],
 ) -> rusqlite::Result<()> {
-    super::rows::insert_events(tx, names, events)
+    super::rows::insert_events(tx, names, events)?;
+    // Issue 15, renewal: the feed's current certificate (the column keeps
+    // its historical name) is what a verifier resumes with.
+    for event in events {
+        let h = event.header();
+        if h.event_type == crate::core::event::CERTIFICATE_EVENT_TYPE {
+            tx.prepare_cached("UPDATE feeds SET genesis_cert = ?2 WHERE feed = ?1")?
+                .execute(params![h.author, event.payload().unwrap_or_default()])?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves a feed's head to `event`; a genesis event creates the feed row.

@@ -84,12 +84,16 @@ impl FeedVerifier {
     /// [`Self::check_next`] for a format-2 event whose authenticity the
     /// caller establishes afterwards, as for
     /// [`Self::genesis_pending_checkpoint`].
-    pub fn check_next_pending_checkpoint(&mut self, event: &DecodedEvent) -> Result<(), Rejection> {
+    pub fn check_next_pending_checkpoint(
+        &mut self,
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+    ) -> Result<(), Rejection> {
         if !event.is_sealed() {
             return Err(not_sealed(event));
         }
         let verdict = SignatureVerdict::covered(&self.key, event);
-        self.check_next(event, verdict)
+        self.check_next_with(trust, event, verdict)
     }
 
     /// [`Self::resync`] for a format-2 event an auditor holds pending its
@@ -212,12 +216,104 @@ impl FeedVerifier {
         Ok(VerifiedEvent::from_decoded(event))
     }
 
+    /// [`Self::verify_next`] that also follows certificate renewals
+    /// ([`CERTIFICATE_EVENT_TYPE`]): their certificate is admitted through
+    /// `trust`. Every verifier of a whole feed uses this.
+    pub fn verify_next_with(
+        &mut self,
+        trust: &impl AuthorAdmission,
+        event: DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<VerifiedEvent, Rejection> {
+        self.check_next_with(trust, &event, verdict)?;
+        Ok(VerifiedEvent::from_decoded(event))
+    }
+
+    /// [`Self::check_next`] that also follows certificate renewals: a
+    /// [`CERTIFICATE_EVENT_TYPE`] event must carry a certificate that
+    /// `trust` admits for the feed's author, with the feed's key, whose
+    /// validity includes the event's time; from it on that certificate's
+    /// window applies. On rejection nothing changes.
+    pub fn check_next_with(
+        &mut self,
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
+        let renewed = if event.header.event_type == CERTIFICATE_EVENT_TYPE {
+            Some(self.admit_renewal(trust, event)?)
+        } else {
+            None
+        };
+        self.check_next_inner(event, verdict, renewed)
+    }
+
     /// [`Self::verify_next`] without producing the verified value (for
-    /// auditors, which only count and report).
+    /// auditors, which only count and report). It has no trust anchor, so it
+    /// refuses certificate renewals: see [`Self::check_next_with`].
     pub fn check_next(
         &mut self,
         event: &DecodedEvent,
         verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
+        if event.header.event_type == CERTIFICATE_EVENT_TYPE {
+            return Err(Rejection::new(
+                event.header.seq,
+                Check::Certificate,
+                "a certificate renewal checked against the CA",
+                "a verifier without the CA",
+            ));
+        }
+        self.check_next_inner(event, verdict, None)
+    }
+
+    /// The certificate a renewal event carries, if the CA admits it for this
+    /// feed's author and key (the checks that need no signature).
+    fn admit_renewal(
+        &self,
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+    ) -> Result<AuthorCert, Rejection> {
+        let h = &event.header;
+        let Some(cert_der) = &event.payload else {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Certificate,
+                "a certificate renewal holding the new certificate",
+                "a pruned payload",
+            ));
+        };
+        if h.payload.encryption != Encryption::Plain {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Certificate,
+                "a certificate renewal with a plain payload",
+                "an encrypted payload",
+            ));
+        }
+        check_payload(h, cert_der)?;
+        let cert = trust.admit_author(&self.cert.service, cert_der).map_err(|e| {
+            Rejection::new(h.seq, Check::Certificate, "a certificate admitted by the CA", e)
+        })?;
+        if cert.public_key != self.cert.public_key {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Certificate,
+                format!(
+                    "a renewed certificate for the feed's key {}",
+                    hx(&self.cert.public_key)
+                ),
+                format!("a certificate for key {}", hx(&cert.public_key)),
+            ));
+        }
+        Ok(cert)
+    }
+
+    fn check_next_inner(
+        &mut self,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+        renewed: Option<AuthorCert>,
     ) -> Result<(), Rejection> {
         let h = &event.header;
         if h.author != self.cert.service {
@@ -261,9 +357,13 @@ impl FeedVerifier {
                 crate::clock::format_timestamp(h.timestamp_us),
             ));
         }
-        check_cert_window(&self.cert, h)?;
+        // A renewal is itself checked against the certificate it brings.
+        check_cert_window(renewed.as_ref().unwrap_or(&self.cert), h)?;
         if let Some(payload) = &event.payload {
             check_payload(h, payload)?;
+        }
+        if let Some(cert) = renewed {
+            self.cert = cert;
         }
         self.next_seq = h.seq + 1;
         self.head_hash = event.hash;
