@@ -684,6 +684,12 @@ impl Log {
         })
     }
 
+    /// End of this node's certificate validity, microseconds since the
+    /// Unix epoch (for expiry warnings).
+    pub fn cert_not_after_us(&self) -> u64 {
+        self.cert_not_after_us
+    }
+
     /// Refuses to proclaim once this node's certificate has expired: every
     /// verifier would reject the events (issue 15; renewal then restart).
     fn check_certificate_time(&self) -> Result<(), LogError> {
