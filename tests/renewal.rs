@@ -14,7 +14,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::net::Net;
-use herald::identity::{read_cert_pem, TrustAnchor};
+use herald::identity::{TrustAnchor, read_cert_pem};
 use herald::node::Node;
 
 /// How long the short-lived certificate lasts after the test starts: long
@@ -130,7 +130,10 @@ async fn a_node_outlives_its_certificate_by_renewal() {
     assert_ok(&text);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("certificate: valid until"), "{text}");
-    assert!(text.contains("WARNING: the certificate of node \"a\" expires"), "{text}");
+    assert!(
+        text.contains("WARNING: the certificate of node \"a\" expires"),
+        "{text}"
+    );
     // b's certificate has a year left: no warning.
     let b_status = status_json(&net.config_path("b"));
     assert_eq!(b_status["certificate"]["warning"], serde_json::Value::Null);
@@ -193,7 +196,14 @@ async fn a_node_outlives_its_certificate_by_renewal() {
     let key_before = std::fs::read(keys.join("a.key")).unwrap();
     let old_key = public_key(&keys.join("a.crt"), &ca);
     let renew = herald(&[
-        "keygen", "renew", "--dir", s(&keys), "--name", "a", "--days", "30",
+        "keygen",
+        "renew",
+        "--dir",
+        s(&keys),
+        "--name",
+        "a",
+        "--days",
+        "30",
     ]);
     assert_ok(&renew);
     assert!(
@@ -223,7 +233,10 @@ async fn a_node_outlives_its_certificate_by_renewal() {
     wait_for_head(&b, "a", last).await;
     let status = status_json(&net.config_path("a"));
     assert_eq!(status["certificate"]["days_left"], 29, "{status}");
-    assert!(status["certificate"]["warning"].is_string(), "30 days left warns");
+    assert!(
+        status["certificate"]["warning"].is_string(),
+        "30 days left warns"
+    );
 
     // Every export verifies with the CA alone, across the expiry.
     for node in ["a", "b"] {
@@ -246,7 +259,14 @@ fn renew_refuses_clearly_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path();
     assert_ok(&herald(&["keygen", "ca", "--dir", s(keys)]));
-    assert_ok(&herald(&["keygen", "node", "--dir", s(keys), "--name", "a"]));
+    assert_ok(&herald(&[
+        "keygen",
+        "node",
+        "--dir",
+        s(keys),
+        "--name",
+        "a",
+    ]));
     let files = |d: &Path| {
         let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
             .unwrap()
@@ -273,15 +293,35 @@ fn renew_refuses_clearly_and_writes_nothing() {
     );
     // Out-of-range validity.
     refused(
-        &["keygen", "renew", "--dir", s(keys), "--name", "a", "--days", "0"],
+        &[
+            "keygen",
+            "renew",
+            "--dir",
+            s(keys),
+            "--name",
+            "a",
+            "--days",
+            "0",
+        ],
         "--days 0",
     );
     // A client certificate is not a node certificate.
-    assert_ok(&herald(&["keygen", "client", "--dir", s(keys), "--name", "ops"]));
+    assert_ok(&herald(&[
+        "keygen",
+        "client",
+        "--dir",
+        s(keys),
+        "--name",
+        "ops",
+    ]));
     let before_client = files(keys);
     let o = herald(&["keygen", "renew", "--dir", s(keys), "--name", "ops"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("not a node certificate"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("not a node certificate"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(files(keys), before_client);
     std::fs::remove_file(keys.join("ops.crt")).unwrap();
     std::fs::remove_file(keys.join("ops.key")).unwrap();

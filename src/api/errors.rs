@@ -173,9 +173,7 @@ impl From<LogError> for ApiError {
         match &e {
             LogError::CannotProclaim(_)
             | LogError::WriterGone
-            | LogError::CertificateExpired { .. } => {
-                ApiError::unavailable(e.to_string())
-            }
+            | LogError::CertificateExpired { .. } => ApiError::unavailable(e.to_string()),
             LogError::UnknownChannel { .. } => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 code::UNKNOWN_CHANNEL,

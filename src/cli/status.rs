@@ -114,12 +114,12 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
     let trust = crate::identity::TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
     let certificate = crate::identity::read_cert_pem(&config.cert)
         .and_then(|der| {
-            trust
-                .admit_author(&config.service, &der)
-                .map_err(|source| crate::identity::IdentityError::Certificate {
+            trust.admit_author(&config.service, &der).map_err(|source| {
+                crate::identity::IdentityError::Certificate {
                     path: config.cert.clone(),
                     source,
-                })
+                }
+            })
         })
         .map(|c| crate::node::expiry::node_expiry(&config.service, c.not_after_us, now_us))?;
     let cluster = crate::core::checkpoint::cluster_id(&trust.ca_public_key());

@@ -597,8 +597,9 @@ fn renew_from_dir(
             if ca.not_after_us < now {
                 return Err(IdentityError::BadCa {
                     origin: dir.join(CA_CERT_FILE).display().to_string(),
-                    reason: "has expired; a certificate cannot be renewed under it (create a new CA)"
-                        .into(),
+                    reason:
+                        "has expired; a certificate cannot be renewed under it (create a new CA)"
+                            .into(),
                 });
             }
             (

@@ -186,7 +186,12 @@ impl Sealer {
     /// event whose payload is `cert_der`, a renewed certificate for this
     /// feed's author and key. From it on, verifiers check the feed's events
     /// against that certificate's validity.
-    pub fn renew_certificate(&mut self, cert_der: &[u8], id: [u8; 16], now_us: u64) -> VerifiedEvent {
+    pub fn renew_certificate(
+        &mut self,
+        cert_der: &[u8],
+        id: [u8; 16],
+        now_us: u64,
+    ) -> VerifiedEvent {
         let header = EventHeader {
             version: self.format,
             id,

@@ -292,9 +292,16 @@ impl FeedVerifier {
             ));
         }
         check_payload(h, cert_der)?;
-        let cert = trust.admit_author(&self.cert.service, cert_der).map_err(|e| {
-            Rejection::new(h.seq, Check::Certificate, "a certificate admitted by the CA", e)
-        })?;
+        let cert = trust
+            .admit_author(&self.cert.service, cert_der)
+            .map_err(|e| {
+                Rejection::new(
+                    h.seq,
+                    Check::Certificate,
+                    "a certificate admitted by the CA",
+                    e,
+                )
+            })?;
         if cert.public_key != self.cert.public_key {
             return Err(Rejection::new(
                 h.seq,
