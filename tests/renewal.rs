@@ -238,6 +238,30 @@ async fn a_node_outlives_its_certificate_by_renewal() {
         "30 days left warns"
     );
 
+    // Both restart: b resumes a's feed under the renewed certificate (it
+    // keeps the feed's current one), and a appends no second renewal.
+    a.shutdown().await;
+    b.shutdown().await;
+    let b = Node::start(&net.config("b")).await.expect("restart b");
+    let a = Node::start(&net.config("a"))
+        .await
+        .expect("restart a again");
+    let receipt = common::wait_async(
+        "a to proclaim after a restart",
+        Duration::from_secs(30),
+        || {
+            let a = &a;
+            async move {
+                a.proclaim("note", b"after restarts", vec![])
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(receipt.seq, last + 1, "no second renewal");
+    wait_for_head(&b, "a", last + 1).await;
+
     // Every export verifies with the CA alone, across the expiry.
     for node in ["a", "b"] {
         let export = net.path().join(format!("{node}-after-renewal.hrld"));

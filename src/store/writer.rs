@@ -478,6 +478,15 @@ impl SealStage {
         }
         if let (false, Some(sealer)) = (drafts.is_empty(), self.sealer.as_mut()) {
             let now_us = clock::now_us();
+            // Issue 15: the last word on expiry, at the time the events
+            // get (`Log::submit` checks earlier, so callers rarely get here).
+            let not_after_us = self.identity.cert.not_after_us;
+            if now_us > not_after_us {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(LogError::CertificateExpired { not_after_us }));
+                }
+                return out;
+            }
             let inputs = drafts
                 .into_iter()
                 .zip(keys.iter())
