@@ -379,8 +379,24 @@ fn renew_refuses_clearly_and_writes_nothing() {
         "{out}"
     );
     let after = files(keys);
+    assert_eq!(after.len(), before.len());
     for ((path, old), (_, new)) in before.iter().zip(&after) {
         let renewed = Path::new(path).file_name() == Some("a.crt".as_ref());
         assert_eq!(old == new, !renewed, "{path}");
     }
+
+    // A revoked key is not renewed.
+    assert_ok(&herald(&[
+        "keygen",
+        "revoke",
+        "--dir",
+        s(keys),
+        "--name",
+        "a",
+    ]));
+    let before = files(keys);
+    let o = herald(&["keygen", "renew", "--dir", s(keys), "--name", "a"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+    assert_eq!(files(keys), before);
 }

@@ -541,27 +541,10 @@ pub fn issue_client_with_validity(
 /// key does not match it.
 pub fn renew_node(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf, IdentityError> {
     validate_days(validity_days)?;
-    renew_from_dir(dir, name, None, validity_days)
+    renew_from_dir(dir, name, validity_days)
 }
 
-/// Test support: [`renew_node`] with an explicit validity window
-/// (microseconds since the Unix epoch) instead of "old `not_before` to
-/// `days` from now".
-pub fn renew_node_with_validity(
-    dir: &Path,
-    name: &str,
-    not_before_us: u64,
-    not_after_us: u64,
-) -> Result<PathBuf, IdentityError> {
-    renew_from_dir(dir, name, Some((not_before_us, not_after_us)), 1)
-}
-
-fn renew_from_dir(
-    dir: &Path,
-    name: &str,
-    window_us: Option<(u64, u64)>,
-    validity_days: u32,
-) -> Result<PathBuf, IdentityError> {
+fn renew_from_dir(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf, IdentityError> {
     validate_leaf_name(name)?;
     let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
@@ -576,7 +559,12 @@ fn renew_from_dir(
     }
     let ca = load_ca(dir)?;
     let old_der = read_cert_pem(&cert_path)?;
-    let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), None)?;
+    // A revoked key is not renewed: every verifier would refuse the result.
+    let revoked = dir.join(REVOKED_FILE);
+    let revoked = std::fs::symlink_metadata(&revoked)
+        .is_ok()
+        .then_some(revoked.as_path());
+    let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), revoked)?;
     let old = trust
         .admit_author(name, &old_der)
         .map_err(|source| IdentityError::Certificate {
@@ -590,24 +578,18 @@ fn renew_from_dir(
             cert: cert_path,
         });
     }
-    let (nb, na) = match window_us {
-        Some(w) => w,
-        None => {
-            let now = now_us();
-            if ca.not_after_us < now {
-                return Err(IdentityError::BadCa {
-                    origin: dir.join(CA_CERT_FILE).display().to_string(),
-                    reason:
-                        "has expired; a certificate cannot be renewed under it (create a new CA)"
-                            .into(),
-                });
-            }
-            (
-                old.not_before_us,
-                now.saturating_add(u64::from(validity_days) * US_PER_DAY),
-            )
-        }
-    };
+    let now = now_us();
+    if ca.not_after_us < now {
+        return Err(IdentityError::BadCa {
+            origin: dir.join(CA_CERT_FILE).display().to_string(),
+            reason: "has expired; a certificate cannot be renewed under it (create a new CA)"
+                .into(),
+        });
+    }
+    let (nb, na) = (
+        old.not_before_us,
+        now.saturating_add(u64::from(validity_days) * US_PER_DAY),
+    );
     let cert_der = certify_key(&ca, name, LeafKind::Node, &key, nb, na)?;
     write_files(
         vec![PendingFile::public(cert_path.clone(), cert_pem(&cert_der))],

@@ -33,8 +33,8 @@ pub mod trust;
 pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
     ClusterNode, create_ca, create_channel, init_cluster_with, issue_client,
-    issue_client_with_validity, issue_node, issue_node_with_validity, renew_node,
-    renew_node_with_validity, revoke, revoke_with_status,
+    issue_client_with_validity, issue_node, issue_node_with_validity, renew_node, revoke,
+    revoke_with_status,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
