@@ -171,9 +171,9 @@ pub fn json_response(status: StatusCode, body: String) -> Response {
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> ApiError {
         match &e {
-            LogError::CannotProclaim(_) | LogError::WriterGone => {
-                ApiError::unavailable(e.to_string())
-            }
+            LogError::CannotProclaim(_)
+            | LogError::WriterGone
+            | LogError::CertificateExpired { .. } => ApiError::unavailable(e.to_string()),
             LogError::UnknownChannel { .. } => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 code::UNKNOWN_CHANNEL,

@@ -444,9 +444,9 @@ impl<'a> Auditor<'a> {
             return;
         };
         let checked = if event.is_sealed() {
-            verifier.check_next_pending_checkpoint(&event)
+            verifier.check_next_pending_checkpoint(&self.options.trust, &event)
         } else {
-            verifier.check_next(&event, verdict)
+            verifier.check_next_with(&self.options.trust, &event, verdict)
         };
         match checked {
             Ok(()) => {

@@ -1,5 +1,5 @@
 //! `herald keygen`: create the cluster CA, node and client certificates,
-//! channel keys, and revoke certificates. Prints one line per file written
+//! channel keys, renew and revoke certificates. Prints one line per file written
 //! (or, with `--json`, one JSON object `{"written": [...]}`); never prints key
 //! material.
 
@@ -27,6 +27,8 @@ pub enum KeygenCommand {
     Channel(ChannelArgs),
     /// Revoke DIR/NAME.crt by adding it to DIR/revoked.toml.
     Revoke(RevokeArgs),
+    /// Renew node certificate DIR/NAME.crt for the same key DIR/NAME.key (signed by the CA in DIR); the node uses it from its next restart.
+    Renew(RenewArgs),
 }
 
 /// Options shared by every keygen command.
@@ -102,6 +104,21 @@ pub struct RevokeArgs {
     pub output: OutputArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// Key directory holding ca.crt, ca.key, NAME.crt and NAME.key.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Service name of the node whose certificate is renewed.
+    #[arg(long)]
+    pub name: String,
+    /// Validity from now, in days (the old not_before is kept).
+    #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
+    pub days: u32,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
     let (written, output) = match cmd {
         KeygenCommand::Ca(a) => (identity::create_ca(&a.dir, a.days, a.force)?, a.output),
@@ -138,6 +155,10 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
         }
         KeygenCommand::Channel(a) => (
             vec![identity::create_channel(&a.dir, &a.name, a.force)?],
+            a.output,
+        ),
+        KeygenCommand::Renew(a) => (
+            vec![identity::renew_node(&a.dir, &a.name, a.days)?],
             a.output,
         ),
         KeygenCommand::Revoke(a) => {

@@ -11,6 +11,7 @@ use super::{CliError, EXIT_OK};
 use crate::audit::verify::format_timestamp;
 use crate::config::NodeConfig;
 use crate::node::client::{ClientRequest, ClientResponse, NodeClient};
+use crate::node::expiry::CertificateExpiry;
 use crate::node::{CheckpointStatus, NodeStatus, PeerState};
 
 #[derive(Debug, Args)]
@@ -107,7 +108,20 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
             }
         })
         .collect();
-    let (trust, _) = config.load_identity(crate::clock::now_us())?;
+    // Not load_identity: that refuses an expired certificate, which is just
+    // what status must be able to show.
+    let now_us = crate::clock::now_us();
+    let trust = crate::identity::TrustAnchor::load(&config.ca, config.revoked.as_deref())?;
+    let certificate = crate::identity::read_cert_pem(&config.cert)
+        .and_then(|der| {
+            trust.admit_author(&config.service, &der).map_err(|source| {
+                crate::identity::IdentityError::Certificate {
+                    path: config.cert.clone(),
+                    source,
+                }
+            })
+        })
+        .map(|c| crate::node::expiry::node_expiry(&config.service, c.not_after_us, now_us))?;
     let cluster = crate::core::checkpoint::cluster_id(&trust.ca_public_key());
     let stored: Vec<std::sync::Arc<crate::store::StoredCheckpoint>> =
         crate::store::read_checkpoints(&conn)?
@@ -133,6 +147,8 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
             .iter()
             .map(|s| offline_link(&s.name, s.url.as_ref(), &s.table))
             .collect(),
+        certificate: Some(certificate),
+        ca: crate::node::expiry::ca_expiry(&trust, now_us),
     })
 }
 
@@ -179,6 +195,25 @@ fn print_links(title: &str, links: &[crate::outbox::DbLinkStatus]) {
     }
 }
 
+/// One line per certificate: `certificate: valid until T (N days left)`,
+/// then `  WARNING: ...` within 30 days of its end or after it.
+fn print_expiry(label: &str, e: Option<&CertificateExpiry>) {
+    let Some(e) = e else {
+        return;
+    };
+    if e.days_left < 0 {
+        println!("{label}: EXPIRED at {}", e.not_after);
+    } else {
+        println!(
+            "{label}: valid until {} ({} days left)",
+            e.not_after, e.days_left
+        );
+    }
+    if let Some(w) = &e.warning {
+        println!("  WARNING: {w}");
+    }
+}
+
 fn print_status(s: &NodeStatus) {
     println!(
         "node {} ({})",
@@ -205,6 +240,8 @@ fn print_status(s: &NodeStatus) {
             );
         }
     }
+    print_expiry("certificate", s.certificate.as_ref());
+    print_expiry("ca", s.ca.as_ref());
     println!(
         "{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} LAST ERROR",
         "PEER", "ADDRESS", "STATE", "BACKLOG", "RETRIES", "LAST ACK"

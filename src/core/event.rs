@@ -19,6 +19,11 @@ use super::crypto::{ChannelKeyId, Hash};
 /// Event type of the first event of every feed; its plaintext payload is the
 /// author's DER certificate.
 pub const GENESIS_EVENT_TYPE: &str = "herald.genesis";
+/// Event type of a certificate renewal: its plaintext payload is a new DER
+/// certificate for the feed's author and the **same** key, admitted by the
+/// CA; from this event on (itself included) the feed's events are checked
+/// against that certificate's validity.
+pub const CERTIFICATE_EVENT_TYPE: &str = "herald.certificate";
 /// Prefix reserved for the system's own event types.
 pub const RESERVED_TYPE_PREFIX: &str = "herald.";
 

@@ -235,7 +235,21 @@ fn issue_leaf(
     not_after_us: u64,
 ) -> Result<(Vec<u8>, SigningKey), IdentityError> {
     let key = generate_key();
-    let kp = rcgen_key(&key)?;
+    let cert_der = certify_key(ca, name, kind, &key, not_before_us, not_after_us)?;
+    Ok((cert_der, key))
+}
+
+/// Certifies the existing `key` as leaf `name`, signed by `ca`. The validity
+/// end is clamped to the CA's.
+fn certify_key(
+    ca: &CaMaterial,
+    name: &str,
+    kind: LeafKind,
+    key: &SigningKey,
+    not_before_us: u64,
+    not_after_us: u64,
+) -> Result<Vec<u8>, IdentityError> {
+    let kp = rcgen_key(key)?;
     let ca_kp = rcgen_key(&ca.key)?;
     let issuer =
         Issuer::from_ca_cert_der(&ca.cert_der.as_slice().into(), ca_kp).map_err(gen_err)?;
@@ -257,7 +271,7 @@ fn issue_leaf(
     let not_after_us = not_after_us.min(ca.not_after_us);
     set_validity(&mut params, not_before_us.min(not_after_us), not_after_us)?;
     let cert = params.signed_by(&kp, &issuer).map_err(gen_err)?;
-    Ok((cert.der().to_vec(), key))
+    Ok(cert.der().to_vec())
 }
 
 fn leaf_files(dir: &Path, name: &str, cert_der: &[u8], key: &SigningKey) -> Vec<PendingFile> {
@@ -513,6 +527,76 @@ pub fn issue_client_with_validity(
         1,
         force,
     )
+}
+
+/// Renews node certificate `dir/name.crt` for the **same key**
+/// (`dir/name.key`, which is read but never rewritten): the CA in `dir`
+/// signs a new certificate with the same service name and key, a new serial,
+/// the old certificate's `not_before` (so the window a feed's events were
+/// checked against only grows) and a `not_after` `validity_days` from now
+/// (clamped to the CA's). Only `dir/name.crt` is replaced, atomically.
+///
+/// Refuses, writing nothing, when the CA certificate or key is missing or
+/// expired, when `name` has no certificate or key in `dir`, when the old
+/// certificate is not a node certificate of this CA for `name`, or when the
+/// key does not match it.
+pub fn renew_node(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf, IdentityError> {
+    validate_days(validity_days)?;
+    renew_from_dir(dir, name, validity_days)
+}
+
+fn renew_from_dir(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf, IdentityError> {
+    validate_leaf_name(name)?;
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    for path in [&cert_path, &key_path] {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(IdentityError::UnknownService {
+                name: name.to_string(),
+                dir: dir.to_path_buf(),
+                missing: path.clone(),
+            });
+        }
+    }
+    let ca = load_ca(dir)?;
+    let old_der = read_cert_pem(&cert_path)?;
+    // A revoked key is not renewed: every verifier would refuse the result.
+    let revoked = dir.join(REVOKED_FILE);
+    let revoked = std::fs::symlink_metadata(&revoked)
+        .is_ok()
+        .then_some(revoked.as_path());
+    let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), revoked)?;
+    let old = trust
+        .admit_author(name, &old_der)
+        .map_err(|source| IdentityError::Certificate {
+            path: cert_path.clone(),
+            source,
+        })?;
+    let key = read_private_key(&key_path)?;
+    if key.verifying_key().to_bytes() != old.public_key {
+        return Err(IdentityError::KeyMismatch {
+            key: key_path,
+            cert: cert_path,
+        });
+    }
+    let now = now_us();
+    if ca.not_after_us < now {
+        return Err(IdentityError::BadCa {
+            origin: dir.join(CA_CERT_FILE).display().to_string(),
+            reason: "has expired; a certificate cannot be renewed under it (create a new CA)"
+                .into(),
+        });
+    }
+    let (nb, na) = (
+        old.not_before_us,
+        now.saturating_add(u64::from(validity_days) * US_PER_DAY),
+    );
+    let cert_der = certify_key(&ca, name, LeafKind::Node, &key, nb, na)?;
+    write_files(
+        vec![PendingFile::public(cert_path.clone(), cert_pem(&cert_der))],
+        true,
+    )?;
+    Ok(cert_path)
 }
 
 fn channel_file(dir: &Path, name: &str) -> PendingFile {

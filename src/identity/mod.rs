@@ -34,8 +34,8 @@ pub mod trust;
 pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
     ClusterNode, RotatedChannel, create_ca, create_channel, init_cluster_with, issue_client,
-    issue_client_with_validity, issue_node, issue_node_with_validity, revoke, revoke_with_status,
-    rotate_channel,
+    issue_client_with_validity, issue_node, issue_node_with_validity, renew_node, revoke,
+    revoke_with_status, rotate_channel,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
@@ -101,6 +101,16 @@ pub enum IdentityError {
         kind: &'static str,
         name: String,
         reason: String,
+    },
+    #[error(
+        "no node named \"{name}\" in {}: {} does not exist (issue one with `herald keygen node`)",
+        .dir.display(),
+        .missing.display()
+    )]
+    UnknownService {
+        name: String,
+        dir: PathBuf,
+        missing: PathBuf,
     },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -8,6 +8,7 @@
 //! ([`RECONNECT_BACKOFF_MIN_MS`] to [`RECONNECT_BACKOFF_MAX_MS`]).
 
 pub mod client;
+pub mod expiry;
 pub mod metrics;
 pub mod peer;
 pub mod query;
@@ -119,6 +120,13 @@ pub struct NodeStatus {
     /// Inbox tables in services' databases this node writes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inbox_sinks: Vec<crate::outbox::DbLinkStatus>,
+    /// When this node's certificate expires, and a warning from
+    /// [`expiry::CERT_EXPIRY_WARNING_DAYS`] before (issue 15).
+    #[serde(default)]
+    pub certificate: Option<expiry::CertificateExpiry>,
+    /// The same for the cluster CA's certificate.
+    #[serde(default)]
+    pub ca: Option<expiry::CertificateExpiry>,
 }
 
 /// A feed's latest checkpoint as `herald status` shows it.
@@ -297,6 +305,8 @@ impl Node {
             api_addr = Some(addr);
             tasks.push(task);
         }
+        // Issue 15: warn of an expiring certificate at start, then daily.
+        tasks.push(tokio::spawn(warn_of_expiry(inner.clone())));
         tracing::info!(service = %config.service, listen = %config.listen, "node started");
         Ok(Node {
             inner,
@@ -562,6 +572,25 @@ impl Node {
     }
 }
 
+/// Logs the certificate expiry warnings (see [`expiry`]) now and every
+/// [`expiry::EXPIRY_CHECK_INTERVAL_MS`] until shutdown.
+async fn warn_of_expiry(inner: Arc<Inner>) {
+    let mut shutdown = inner.shutdown.clone();
+    loop {
+        let now_us = clock::now_us();
+        let node = expiry::node_expiry(&inner.service, inner.log.cert_not_after_us(), now_us);
+        let ca = expiry::ca_expiry(&inner.trust, now_us);
+        let mut all = vec![&node];
+        all.extend(ca.as_ref());
+        expiry::log_warnings(&inner.service, &all);
+        let wait = Duration::from_millis(expiry::EXPIRY_CHECK_INTERVAL_MS);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+    }
+}
+
 pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
     let log = inner.log.clone();
     let feeds = tokio::task::spawn_blocking(move || log.heads())
@@ -596,6 +625,12 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
         checkpoints: CheckpointStatus::of(&inner.log),
         outbox_sources,
         inbox_sinks,
+        certificate: Some(expiry::node_expiry(
+            &inner.service,
+            inner.log.cert_not_after_us(),
+            clock::now_us(),
+        )),
+        ca: expiry::ca_expiry(&inner.trust, clock::now_us()),
     }
 }
 

@@ -110,6 +110,11 @@ pub enum LogError {
     Damaged { path: PathBuf, report: String },
     #[error("unsupported event format {0}: this build writes format 1 (signed) or 2 (sealed)")]
     EventFormat(u8),
+    #[error(
+        "this node's certificate expired at {}: it cannot proclaim until it is renewed (`herald keygen renew`, then restart the node)",
+        crate::clock::format_timestamp(*.not_after_us)
+    )]
+    CertificateExpired { not_after_us: u64 },
     #[error("this node cannot proclaim yet: {0}")]
     CannotProclaim(String),
     #[error(transparent)]
@@ -351,6 +356,9 @@ pub struct Log {
     cluster: String,
     /// Counters for `/metrics`, shared with the writer.
     metrics: Arc<metrics::StoreMetrics>,
+    /// End of this node's certificate validity: events sealed after it
+    /// would be rejected by every verifier, so proclaiming stops then.
+    cert_not_after_us: u64,
 }
 
 impl Log {
@@ -444,7 +452,9 @@ impl Log {
         };
         let handle = writer::spawn(seal, commit, rx)
             .map_err(|e| LogError::Corrupt(format!("cannot start writer threads: {e}")))?;
+        let cert_not_after_us = identity.cert.not_after_us;
         Ok(Log {
+            cert_not_after_us,
             service: identity.service,
             db_path,
             requests: Some(tx),
@@ -589,6 +599,7 @@ impl Log {
     /// the receipts when they are durable. Blocks only while the writer's
     /// queue is full (back-pressure).
     pub fn submit(&self, drafts: Vec<Proclamation>) -> Result<Pending, LogError> {
+        self.check_certificate_time()?;
         let (reply, receiver) = sync_channel(1);
         self.send(Request::Proclaim { drafts, reply })?;
         Ok(Pending { receiver })
@@ -611,6 +622,7 @@ impl Log {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> Result<T, TxError> + Send + 'static,
     {
+        self.check_certificate_time()?;
         let (value_tx, value_rx) = sync_channel(1);
         let run = Box::new(move |tx: &mut Tx<'_>| {
             let value = work(tx)?;
@@ -682,6 +694,23 @@ impl Log {
         Ok(WriteHandle {
             requests: self.requests.clone().ok_or(LogError::WriterGone)?,
         })
+    }
+
+    /// End of this node's certificate validity, microseconds since the
+    /// Unix epoch (for expiry warnings).
+    pub fn cert_not_after_us(&self) -> u64 {
+        self.cert_not_after_us
+    }
+
+    /// Refuses to proclaim once this node's certificate has expired: every
+    /// verifier would reject the events (issue 15; renewal then restart).
+    fn check_certificate_time(&self) -> Result<(), LogError> {
+        if clock::now_us() > self.cert_not_after_us {
+            return Err(LogError::CertificateExpired {
+                not_after_us: self.cert_not_after_us,
+            });
+        }
+        Ok(())
     }
 
     fn send(&self, request: Request) -> Result<(), LogError> {
@@ -1118,14 +1147,57 @@ pub(crate) fn start_or_resume(
     if sign {
         checkpoints::cover_own_feed(conn, &signer, head.seq + 1)?;
     }
-    Ok(Sealer::resume(
+    let mut sealer = Sealer::resume(
         service,
         identity.signing_key.clone(),
         head.seq,
         head.hash,
         head.last_timestamp_us,
     )
-    .with_format(format))
+    .with_format(format);
+    if sign {
+        renew_own_certificate(conn, identity, trust, &head, &mut sealer, &signer)?;
+    }
+    Ok(sealer)
+}
+
+/// Issue 15, renewal: when this node starts with a certificate for its
+/// feed's key that is not the feed's current one and lasts longer (it was
+/// renewed with `herald keygen renew`), appends a certificate renewal
+/// event so every verifier checks later events against the new validity.
+fn renew_own_certificate(
+    conn: &mut Connection,
+    identity: &NodeIdentity,
+    trust: &TrustAnchor,
+    head: &writer::HeadRow,
+    sealer: &mut Sealer,
+    signer: &crate::core::checkpoint::CheckpointSigner,
+) -> Result<(), LogError> {
+    if head.genesis_cert == identity.cert.der {
+        return Ok(());
+    }
+    let current_not_after_us = trust
+        .admit_author(&identity.service, &head.genesis_cert)
+        .map(|c| c.not_after_us)
+        .unwrap_or(0);
+    if identity.cert.not_after_us <= current_not_after_us {
+        tracing::warn!(
+            service = %identity.service,
+            "the configured certificate ends no later than the feed's current one; not renewing the feed's certificate"
+        );
+        return Ok(());
+    }
+    let now_us = clock::now_us();
+    let id = writer::new_entropy(now_us).id;
+    let event = sealer.renew_certificate(&identity.cert.der, id, now_us);
+    writer::commit_own(conn, &[event], &mut Default::default(), signer)?;
+    tracing::info!(
+        service = %identity.service,
+        serial = %identity.cert.serial_hex(),
+        not_after = %clock::format_timestamp(identity.cert.not_after_us),
+        "appended a certificate renewal to this node's feed"
+    );
+    Ok(())
 }
 
 /// Whether another process holds the store's lock (a running node, or a

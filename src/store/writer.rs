@@ -478,6 +478,15 @@ impl SealStage {
         }
         if let (false, Some(sealer)) = (drafts.is_empty(), self.sealer.as_mut()) {
             let now_us = clock::now_us();
+            // Issue 15: the last word on expiry, at the time the events
+            // get (`Log::submit` checks earlier, so callers rarely get here).
+            let not_after_us = self.identity.cert.not_after_us;
+            if now_us > not_after_us {
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(LogError::CertificateExpired { not_after_us }));
+                }
+                return out;
+            }
             let inputs = drafts
                 .into_iter()
                 .zip(keys.iter())
@@ -1229,7 +1238,17 @@ pub(crate) fn insert_events(
     names: &mut super::rows::Names,
     events: &[VerifiedEvent],
 ) -> rusqlite::Result<()> {
-    super::rows::insert_events(tx, names, events)
+    super::rows::insert_events(tx, names, events)?;
+    // Issue 15, renewal: the feed's current certificate (the column keeps
+    // its historical name) is what a verifier resumes with.
+    for event in events {
+        let h = event.header();
+        if h.event_type == crate::core::event::CERTIFICATE_EVENT_TYPE {
+            tx.prepare_cached("UPDATE feeds SET genesis_cert = ?2 WHERE feed = ?1")?
+                .execute(params![h.author, event.payload().unwrap_or_default()])?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves a feed's head to `event`; a genesis event creates the feed row.

@@ -521,7 +521,7 @@ impl<S: FeedState, A: AuthorAdmission> Run<'_, S, A> {
                 Err(r) => return Ok(Decision::Rejected(r)),
             };
             let verdict = verdict.unwrap_or_else(|| verifier.check_signature(&event));
-            match verifier.verify_next(event, verdict) {
+            match verifier.verify_next_with(self.trust, event, verdict) {
                 Ok(v) => v,
                 Err(r) => return Ok(Decision::Rejected(r)),
             }

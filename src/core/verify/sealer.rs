@@ -182,6 +182,37 @@ impl Sealer {
         (self, event)
     }
 
+    /// Writes a certificate renewal ([`CERTIFICATE_EVENT_TYPE`]): a plain
+    /// event whose payload is `cert_der`, a renewed certificate for this
+    /// feed's author and key. From it on, verifiers check the feed's events
+    /// against that certificate's validity.
+    pub fn renew_certificate(
+        &mut self,
+        cert_der: &[u8],
+        id: [u8; 16],
+        now_us: u64,
+    ) -> VerifiedEvent {
+        let header = EventHeader {
+            version: self.format,
+            id,
+            author: self.author.clone(),
+            seq: self.next_seq,
+            prev: self.head_hash,
+            timestamp_us: now_us.max(self.last_timestamp_us),
+            event_type: CERTIFICATE_EVENT_TYPE.into(),
+            schema_version: 1,
+            meta: Vec::new(),
+            payload: PayloadDescriptor {
+                encryption: Encryption::Plain,
+                hash: crypto::sha256(&[cert_der]),
+                len: cert_der.len() as u32,
+            },
+            signature_scope: scope_of(self.format),
+        };
+        let unsigned = self.chain(header, cert_der.to_vec());
+        self.sign(unsigned)
+    }
+
     /// Resumes a feed from its stored head.
     pub fn resume(
         author: &str,

@@ -84,12 +84,16 @@ impl FeedVerifier {
     /// [`Self::check_next`] for a format-2 event whose authenticity the
     /// caller establishes afterwards, as for
     /// [`Self::genesis_pending_checkpoint`].
-    pub fn check_next_pending_checkpoint(&mut self, event: &DecodedEvent) -> Result<(), Rejection> {
+    pub fn check_next_pending_checkpoint(
+        &mut self,
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+    ) -> Result<(), Rejection> {
         if !event.is_sealed() {
             return Err(not_sealed(event));
         }
         let verdict = SignatureVerdict::covered(&self.key, event);
-        self.check_next(event, verdict)
+        self.check_next_with(trust, event, verdict)
     }
 
     /// [`Self::resync`] for a format-2 event an auditor holds pending its
@@ -212,12 +216,111 @@ impl FeedVerifier {
         Ok(VerifiedEvent::from_decoded(event))
     }
 
+    /// [`Self::verify_next`] that also follows certificate renewals
+    /// ([`CERTIFICATE_EVENT_TYPE`]): their certificate is admitted through
+    /// `trust`. Every verifier of a whole feed uses this.
+    pub fn verify_next_with(
+        &mut self,
+        trust: &impl AuthorAdmission,
+        event: DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<VerifiedEvent, Rejection> {
+        self.check_next_with(trust, &event, verdict)?;
+        Ok(VerifiedEvent::from_decoded(event))
+    }
+
+    /// [`Self::check_next`] that also follows certificate renewals: a
+    /// [`CERTIFICATE_EVENT_TYPE`] event must carry a certificate that
+    /// `trust` admits for the feed's author, with the feed's key, whose
+    /// validity includes the event's time; from it on that certificate's
+    /// window applies. On rejection nothing changes.
+    pub fn check_next_with(
+        &mut self,
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
+        let renewed = if event.header.event_type == CERTIFICATE_EVENT_TYPE {
+            Some(self.admit_renewal(trust, event)?)
+        } else {
+            None
+        };
+        self.check_next_inner(event, verdict, renewed)
+    }
+
     /// [`Self::verify_next`] without producing the verified value (for
-    /// auditors, which only count and report).
+    /// auditors, which only count and report). It has no trust anchor, so it
+    /// refuses certificate renewals: see [`Self::check_next_with`].
     pub fn check_next(
         &mut self,
         event: &DecodedEvent,
         verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
+        if event.header.event_type == CERTIFICATE_EVENT_TYPE {
+            return Err(Rejection::new(
+                event.header.seq,
+                Check::Certificate,
+                "a certificate renewal checked against the CA",
+                "a verifier without the CA",
+            ));
+        }
+        self.check_next_inner(event, verdict, None)
+    }
+
+    /// The certificate a renewal event carries, if the CA admits it for this
+    /// feed's author and key (the checks that need no signature).
+    fn admit_renewal(
+        &self,
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+    ) -> Result<AuthorCert, Rejection> {
+        let h = &event.header;
+        let Some(cert_der) = &event.payload else {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Certificate,
+                "a certificate renewal holding the new certificate",
+                "a pruned payload",
+            ));
+        };
+        if h.payload.encryption != Encryption::Plain {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Certificate,
+                "a certificate renewal with a plain payload",
+                "an encrypted payload",
+            ));
+        }
+        check_payload(h, cert_der)?;
+        let cert = trust
+            .admit_author(&self.cert.service, cert_der)
+            .map_err(|e| {
+                Rejection::new(
+                    h.seq,
+                    Check::Certificate,
+                    "a certificate admitted by the CA",
+                    e,
+                )
+            })?;
+        if cert.public_key != self.cert.public_key {
+            return Err(Rejection::new(
+                h.seq,
+                Check::Certificate,
+                format!(
+                    "a renewed certificate for the feed's key {}",
+                    hx(&self.cert.public_key)
+                ),
+                format!("a certificate for key {}", hx(&cert.public_key)),
+            ));
+        }
+        Ok(cert)
+    }
+
+    fn check_next_inner(
+        &mut self,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+        renewed: Option<AuthorCert>,
     ) -> Result<(), Rejection> {
         let h = &event.header;
         if h.author != self.cert.service {
@@ -261,9 +364,13 @@ impl FeedVerifier {
                 crate::clock::format_timestamp(h.timestamp_us),
             ));
         }
-        check_cert_window(&self.cert, h)?;
+        // A renewal is itself checked against the certificate it brings.
+        check_cert_window(renewed.as_ref().unwrap_or(&self.cert), h)?;
         if let Some(payload) = &event.payload {
             check_payload(h, payload)?;
+        }
+        if let Some(cert) = renewed {
+            self.cert = cert;
         }
         self.next_seq = h.seq + 1;
         self.head_hash = event.hash;
@@ -433,4 +540,137 @@ fn admit_genesis(
     let key = VerifyingKey::from_bytes(&cert.public_key)
         .map_err(|e| Rejection::new(0, Check::Certificate, "a valid Ed25519 public key", e))?;
     Ok((cert, key))
+}
+
+#[cfg(test)]
+mod renewal_tests {
+    //! Issue 15: a feed follows a renewed certificate for its key.
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::core::cert::CertError;
+    use crate::core::crypto::ChannelKey;
+    use crate::core::limits::FORMAT_VERSION_SIGNED;
+    use crate::core::verify::{Draft, Entropy, Sealer};
+
+    const FEED: &str = "council";
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[5; 32])
+    }
+
+    /// A CA that knows four certificates by their bytes: the original
+    /// (valid 0..=2000), a renewal (0..=10000), one for another key, and
+    /// one that starts late (5000..=10000). Anything else it refuses.
+    struct Ca;
+
+    impl AuthorAdmission for Ca {
+        fn admit_author(&self, service: &str, der: &[u8]) -> Result<AuthorCert, CertError> {
+            let (key, not_before_us, not_after_us) = match der {
+                b"original" => (key(), 0, 2_000),
+                b"renewed" => (key(), 0, 10_000),
+                b"other-key" => (SigningKey::from_bytes(&[6; 32]), 0, 10_000),
+                b"late" => (key(), 5_000, 10_000),
+                _ => {
+                    return Err(CertError::Malformed {
+                        reason: "unknown".into(),
+                    });
+                }
+            };
+            Ok(AuthorCert {
+                service: service.into(),
+                public_key: key.verifying_key().to_bytes(),
+                not_before_us,
+                not_after_us,
+                serial: vec![1],
+                der: der.to_vec(),
+            })
+        }
+    }
+
+    fn entropy(i: u64) -> Entropy {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&i.to_be_bytes());
+        id[6] = 0x70;
+        id[8] = 0x80;
+        Entropy {
+            id,
+            nonce: [i as u8; 24],
+        }
+    }
+
+    fn decoded(e: VerifiedEvent) -> DecodedEvent {
+        DecodedEvent::decode(e.into_bytes()).unwrap()
+    }
+
+    /// A verifier past the genesis (at time 1000) and the sealer of its feed.
+    fn start() -> (FeedVerifier, Sealer) {
+        let (sealer, genesis) = Sealer::new_feed(FEED, key())
+            .with_format(FORMAT_VERSION_SIGNED)
+            .start_feed(b"original", entropy(0).id, 1_000);
+        let (verifier, _) = FeedVerifier::genesis(&Ca, decoded(genesis), None).unwrap();
+        (verifier, sealer)
+    }
+
+    fn note(sealer: &mut Sealer, i: u64, now_us: u64) -> DecodedEvent {
+        let channel = ChannelKey::new("default", [3; 32]);
+        let draft = Draft::new("note", 1, vec![], vec![1]).unwrap();
+        let mut sealed = sealer.seal_batch(vec![(draft, &channel, entropy(i))], now_us);
+        decoded(sealed.remove(0))
+    }
+
+    fn apply(v: &mut FeedVerifier, e: &DecodedEvent) -> Result<(), Rejection> {
+        let verdict = v.check_signature(e);
+        v.check_next_with(&Ca, e, verdict)
+    }
+
+    #[test]
+    fn a_renewal_extends_the_window_for_the_events_after_it() {
+        let (mut v, mut sealer) = start();
+        apply(&mut v, &note(&mut sealer, 1, 1_500)).unwrap();
+        // Without a renewal, an event after the original's end is refused.
+        let mut late = v.clone();
+        let mut late_sealer = Sealer::resume(FEED, key(), 1, *v.head_hash(), 1_500)
+            .with_format(FORMAT_VERSION_SIGNED);
+        let r = apply(&mut late, &note(&mut late_sealer, 2, 3_000)).unwrap_err();
+        assert_eq!(r.check, Check::CertificateValidity, "{r:?}");
+
+        // The renewal, itself after the original's end, carries the feed on.
+        let renewal = decoded(sealer.renew_certificate(b"renewed", entropy(2).id, 2_500));
+        apply(&mut v, &renewal).unwrap();
+        assert_eq!(v.cert().der, b"renewed");
+        apply(&mut v, &note(&mut sealer, 3, 3_000)).unwrap();
+        assert_eq!(v.next_seq(), 4);
+    }
+
+    #[test]
+    fn a_renewal_for_another_key_or_refused_by_the_ca_changes_nothing() {
+        for (der, check) in [
+            (&b"other-key"[..], Check::Certificate),
+            (b"forged", Check::Certificate),
+            (b"late", Check::CertificateValidity),
+        ] {
+            let (mut v, mut sealer) = start();
+            let mark = sealer.mark();
+            let renewal = decoded(sealer.renew_certificate(der, entropy(1).id, 1_500));
+            let r = apply(&mut v, &renewal).unwrap_err();
+            assert_eq!(r.check, check, "{}: {r:?}", String::from_utf8_lossy(der));
+            assert_eq!(v.cert().der, b"original");
+            assert_eq!(v.next_seq(), 1);
+            // The feed goes on under the original certificate.
+            sealer.restore(mark);
+            apply(&mut v, &note(&mut sealer, 2, 1_600)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_verifier_without_the_ca_refuses_renewals() {
+        let (mut v, mut sealer) = start();
+        let renewal = decoded(sealer.renew_certificate(b"renewed", entropy(1).id, 1_500));
+        let verdict = v.check_signature(&renewal);
+        let r = v.check_next(&renewal, verdict).unwrap_err();
+        assert_eq!(r.check, Check::Certificate);
+        assert_eq!(v.next_seq(), 1);
+    }
 }

@@ -1,0 +1,135 @@
+//! Certificate expiry warnings (issue 15, renewal before expiry).
+//!
+//! A node warns in its log (at start, then every
+//! [`EXPIRY_CHECK_INTERVAL_MS`]) and in `herald status` once its own
+//! certificate or the cluster CA's is within [`CERT_EXPIRY_WARNING_DAYS`] of
+//! its end. The computation is pure: the caller passes the time.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::format_timestamp;
+use crate::identity::TrustAnchor;
+
+/// How long before a certificate (the node's or the CA's) expires the node
+/// starts warning, in days.
+pub const CERT_EXPIRY_WARNING_DAYS: u64 = 30;
+/// How often a running node re-checks its certificates and logs the warning
+/// again while it applies, in milliseconds (one day).
+pub const EXPIRY_CHECK_INTERVAL_MS: u64 = 24 * 60 * 60 * 1000;
+
+const US_PER_DAY: u64 = 86_400 * 1_000_000;
+
+/// A certificate's end of validity as `herald status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateExpiry {
+    /// End of validity (inclusive), RFC 3339 UTC.
+    pub not_after: String,
+    /// The same, in microseconds since the Unix epoch.
+    pub not_after_us: u64,
+    /// Whole days left until `not_after` (rounded down); negative once it
+    /// has passed (`-1` on the first day after).
+    pub days_left: i64,
+    /// Set within [`CERT_EXPIRY_WARNING_DAYS`] of the end, and once expired:
+    /// what is wrong and what to do.
+    pub warning: Option<String>,
+}
+
+impl CertificateExpiry {
+    /// The expiry of `what` (e.g. `certificate of node "a"`), ending at
+    /// `not_after_us`, seen at `now_us`. `remedy` says how to renew it.
+    pub fn at(what: &str, not_after_us: u64, now_us: u64, remedy: &str) -> CertificateExpiry {
+        let days_left = if now_us <= not_after_us {
+            ((not_after_us - now_us) / US_PER_DAY) as i64
+        } else {
+            -(((now_us - not_after_us).div_ceil(US_PER_DAY)) as i64)
+        };
+        let not_after = format_timestamp(not_after_us);
+        let warning = if now_us > not_after_us {
+            Some(format!("{what} expired at {not_after}; {remedy}"))
+        } else if not_after_us - now_us <= CERT_EXPIRY_WARNING_DAYS * US_PER_DAY {
+            Some(format!(
+                "{what} expires at {not_after}, in {days_left} days; {remedy}"
+            ))
+        } else {
+            None
+        };
+        CertificateExpiry {
+            not_after,
+            not_after_us,
+            days_left,
+            warning,
+        }
+    }
+}
+
+/// What to do about an expiring node certificate.
+pub const NODE_REMEDY: &str =
+    "renew it with `herald keygen renew --dir DIR --name NAME` and restart the node";
+/// What to do about an expiring CA certificate.
+pub const CA_REMEDY: &str =
+    "the CA cannot be renewed in place: plan a CA rollover before it ends (keys/README.md)";
+
+/// The node's certificate expiry, seen at `now_us`.
+pub fn node_expiry(service: &str, not_after_us: u64, now_us: u64) -> CertificateExpiry {
+    CertificateExpiry::at(
+        &format!("the certificate of node \"{service}\""),
+        not_after_us,
+        now_us,
+        NODE_REMEDY,
+    )
+}
+
+/// The CA certificate's expiry, seen at `now_us` (`None` if its validity
+/// cannot be read, which a loaded trust anchor's certificate always has).
+pub fn ca_expiry(trust: &TrustAnchor, now_us: u64) -> Option<CertificateExpiry> {
+    let cert = crate::identity::trust::parse_cert(trust.ca_der()).ok()?;
+    let secs = cert.tbs_certificate.validity.not_after.timestamp();
+    let not_after_us = u64::try_from(secs).unwrap_or(0).saturating_mul(1_000_000);
+    Some(CertificateExpiry::at(
+        "the cluster CA certificate",
+        not_after_us,
+        now_us,
+        CA_REMEDY,
+    ))
+}
+
+/// Logs a `warn` for each of the node's certificate and the CA's that is
+/// within [`CERT_EXPIRY_WARNING_DAYS`] of its end or past it.
+pub fn log_warnings(service: &str, expiries: &[&CertificateExpiry]) {
+    for e in expiries {
+        if let Some(warning) = &e.warning {
+            tracing::warn!(%service, not_after = %e.not_after, days_left = e.days_left, "{warning}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000_000;
+
+    #[test]
+    fn warns_from_thirty_days_before_and_after_expiry() {
+        let far = node_expiry("a", NOW + 31 * US_PER_DAY, NOW);
+        assert_eq!(far.days_left, 31);
+        assert_eq!(far.warning, None);
+
+        let edge = node_expiry("a", NOW + 30 * US_PER_DAY, NOW);
+        assert_eq!(edge.days_left, 30);
+        let w = edge.warning.unwrap();
+        assert!(w.contains("expires at") && w.contains("in 30 days"), "{w}");
+        assert!(w.contains("herald keygen renew"), "{w}");
+
+        let soon = node_expiry("a", NOW + US_PER_DAY / 2, NOW);
+        assert_eq!(soon.days_left, 0);
+        assert!(soon.warning.is_some());
+
+        let past = node_expiry("a", NOW - 1, NOW);
+        assert_eq!(past.days_left, -1);
+        assert!(past.warning.unwrap().contains("expired at"));
+
+        let long_past = node_expiry("a", NOW - 3 * US_PER_DAY, NOW);
+        assert_eq!(long_past.days_left, -3);
+    }
+}
