@@ -331,7 +331,7 @@ impl Sim {
                 if conn.poll_timeout().is_some_and(|t| t <= now) {
                     conn.handle_timeout(now);
                 }
-                let ack = conn.poll_ack(now, &positions);
+                let ack = conn.poll_ack(&positions);
                 let ranges = conn.poll_send(now, &heads);
                 if let Some(ack) = ack {
                     self.send(x, y, ack);

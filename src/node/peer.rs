@@ -394,7 +394,11 @@ async fn outbound(
         let heads: BTreeMap<String, u64> = local.iter().map(|p| (p.feed.clone(), p.seq)).collect();
         let (ack, acked, backlog, ranges) = {
             let mut conn = lock(&shared);
-            let ack = conn.poll_ack(clock::now_us(), &positions(&local));
+            let ack = if conn.ack_due() {
+                conn.poll_ack(&positions(&local))
+            } else {
+                None
+            };
             let acked = conn
                 .take_ack_progress()
                 .then(|| conn.acknowledged().clone());

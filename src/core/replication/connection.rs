@@ -29,11 +29,6 @@ pub const PEER_FRAMES_PER_SECOND_MAX: u32 = 5_000;
 /// few per second per feed, and delays a witness's cosignature by at most
 /// this.
 pub const CHECKPOINT_SEND_INTERVAL_US: u64 = 200_000;
-/// Least time between two `Ack`s sent to a peer that sent us nothing to
-/// commit: they tell it how far this node holds every feed, so it does not
-/// relay what this node already took from the author
-/// ([`super::RELAY_AFTER_PEER_STALLED_US`]). Ten a second per peer.
-pub const ACK_UNSOLICITED_INTERVAL_US: u64 = 100_000;
 /// The length of the window [`PEER_FRAMES_PER_SECOND_MAX`] counts in.
 const FLOOD_WINDOW_US: u64 = 1_000_000;
 
@@ -58,10 +53,6 @@ pub struct Connection {
     session: Session,
     /// Events were committed since the last `Ack`: one is owed.
     ack_due: bool,
-    /// The positions the last `Ack` named, and when it was sent.
-    last_ack: Option<(Vec<FeedPosition>, u64)>,
-    /// When an `Ack` for heads that moved since the last one comes due.
-    unsolicited_ack_due_us: Option<u64>,
     /// The acknowledged heads moved since [`Self::take_ack_progress`].
     ack_progress: bool,
     /// The peer's `Hello` positions, not yet compared with our history.
@@ -111,8 +102,6 @@ impl Connection {
             service: service.to_string(),
             session,
             ack_due: false,
-            last_ack: None,
-            unsolicited_ack_due_us: None,
             ack_progress: false,
             reported_at_hello: Vec::new(),
             reported_acks: BTreeMap::new(),
@@ -249,37 +238,15 @@ impl Connection {
         self.ack_due
     }
 
-    /// The `Ack` to send now, if any, naming `local` (this node's heads):
-    /// the one owed after committing what this peer sent, or, at most every
-    /// `ACK_UNSOLICITED_INTERVAL_US` (100 ms), one that tells the peer this node's
-    /// heads moved (events taken from others).
-    pub fn poll_ack(&mut self, now_us: u64, local: &[FeedPosition]) -> Option<PeerMessage> {
-        if !self.session.established() {
-            return None;
-        }
-        let moved = self
-            .last_ack
-            .as_ref()
-            .is_none_or(|(sent, _)| sent.as_slice() != local);
-        let interval_passed = self
-            .last_ack
-            .as_ref()
-            .is_none_or(|(_, at)| now_us >= at + ACK_UNSOLICITED_INTERVAL_US);
-        if !(std::mem::take(&mut self.ack_due) || (moved && interval_passed)) {
-            // Heads moved too soon after the last `Ack`: tell the driver
-            // when to come back (`poll_timeout`).
-            self.unsolicited_ack_due_us = moved
-                .then(|| {
-                    self.last_ack
-                        .as_ref()
-                        .map(|(_, at)| at + ACK_UNSOLICITED_INTERVAL_US)
-                })
-                .flatten();
-            return None;
-        }
-        self.unsolicited_ack_due_us = None;
-        self.last_ack = Some((local.to_vec(), now_us));
-        Some(Session::ack(local.to_vec()))
+    /// The `Ack` owed after a commit, if one is, naming `local` (this
+    /// node's heads now).
+    ///
+    /// Only owed ones: `Ack`s sent whenever this node's heads moved (to tell
+    /// relays sooner what it took from authors) made every peer answer with
+    /// store reads and checkpoint work, and under load starved the
+    /// cosignature exchange (witness tests timed out).
+    pub fn poll_ack(&mut self, local: &[FeedPosition]) -> Option<PeerMessage> {
+        std::mem::take(&mut self.ack_due).then(|| Session::ack(local.to_vec()))
     }
 
     /// Whether what the peer acknowledged moved since the last call (for
@@ -428,14 +395,12 @@ impl Connection {
     }
 
     /// When the driver should call [`Self::handle_timeout`] and poll again:
-    /// a retransmission, a relayed head, a checkpoint or an `Ack` coming
-    /// due.
+    /// a retransmission, a relayed head or a checkpoint coming due.
     pub fn poll_timeout(&self) -> Option<u64> {
         [
             self.session.poll_timeout(),
             self.relay_due_us,
             self.checkpoint_due_us,
-            self.unsolicited_ack_due_us,
         ]
         .into_iter()
         .flatten()
@@ -534,40 +499,19 @@ mod tests {
     }
 
     #[test]
-    fn an_ack_follows_each_commit_and_moved_heads_at_most_every_interval() {
+    fn an_ack_is_owed_only_after_a_commit_and_sent_once() {
         let mut c = Connection::new("a", "b", 0);
-        assert_eq!(c.poll_ack(0, &[pos("a", 1)]), None, "not before Hello");
         c.handle_message(0, Session::hello("b", &[]), all).unwrap();
-        let ack = |seq| {
-            Some(PeerMessage::Ack {
-                heads: vec![pos("a", seq)],
-            })
-        };
-        assert_eq!(
-            c.poll_ack(10, &[pos("a", 1)]),
-            ack(1),
-            "the first names our heads"
-        );
-        assert_eq!(
-            c.poll_ack(20, &[pos("a", 1)]),
-            None,
-            "nothing moved, nothing owed"
-        );
+        assert_eq!(c.poll_ack(&[pos("a", 1)]), None);
         c.handle_ingested(&[("x".into(), 5), ("x".into(), 3)]);
         assert_eq!(c.skipped_feeds()["x"], 3, "the earliest point wins");
         assert_eq!(
-            c.poll_ack(30, &[pos("a", 1)]),
-            ack(1),
-            "owed after a commit, at once"
+            c.poll_ack(&[pos("a", 1)]),
+            Some(PeerMessage::Ack {
+                heads: vec![pos("a", 1)]
+            })
         );
-        assert_eq!(c.poll_ack(40, &[pos("a", 1)]), None, "and sent once");
-        // Heads moved (events from someone else): announced, but not more
-        // often than the interval, and the driver is told when to return.
-        assert_eq!(c.poll_ack(50, &[pos("a", 2)]), None);
-        assert_eq!(c.poll_timeout(), Some(30 + ACK_UNSOLICITED_INTERVAL_US));
-        let due = 30 + ACK_UNSOLICITED_INTERVAL_US;
-        assert_eq!(c.poll_ack(due, &[pos("a", 2)]), ack(2));
-        assert_eq!(c.poll_timeout(), None);
+        assert_eq!(c.poll_ack(&[pos("a", 1)]), None);
     }
 
     #[test]
