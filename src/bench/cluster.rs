@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::netem::{Impairment, UdpProxy};
-use super::{BenchError, percentile};
+use super::{BENCH_CERT_DAYS, BenchError, percentile};
 use crate::config::NodeConfig;
 use crate::core::verify::Draft;
 use crate::node::Node;
@@ -109,7 +109,7 @@ pub(super) async fn start_cluster_through(
     impairment: Option<Impairment>,
 ) -> Result<(Vec<Node>, Vec<UdpProxy>), BenchError> {
     let names: Vec<String> = CLUSTER_NODES.iter().map(|s| s.to_string()).collect();
-    crate::config::init_cluster(dir, &names, 7400, 30, true)?;
+    crate::config::init_cluster(dir, &names, 7400, BENCH_CERT_DAYS, true)?;
     let ports: Vec<std::net::SocketAddr> = names
         .iter()
         .map(|_| UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()))

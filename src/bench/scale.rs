@@ -61,7 +61,7 @@ fn rss_mb() -> f64 {
 fn configs(work_dir: &Path) -> Result<(NodeConfig, NodeConfig), BenchError> {
     let dir = work_dir.join("scale");
     let names = vec!["scale-a".to_string(), "scale-b".to_string()];
-    crate::config::init_cluster(&dir, &names, 7400, 30, true)?;
+    crate::config::init_cluster(&dir, &names, 7400, super::BENCH_CERT_DAYS, true)?;
     let port = || {
         UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())

@@ -275,6 +275,13 @@ fn print_http(h: &crate::bench::http::HttpReport) {
         h.direct_events_per_s
     );
     println!(
+        "  CPU per event: direct {:.2} us ({}); HTTP batches {:.2} us ({})",
+        h.direct_cpu_us_per_event,
+        h.direct_cpu.describe(),
+        h.http_batch_cpu_us_per_event,
+        h.http_batch_cpu.describe()
+    );
+    println!(
         "  SSE, one subscriber from the start: {} events at {:.0}/s",
         h.sse_events, h.sse_events_per_s
     );
