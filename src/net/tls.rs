@@ -170,28 +170,18 @@ fn transport_config() -> Result<Arc<quinn::TransportConfig>, NetError> {
 /// `herald-client/1`, client certificates required and verified against the
 /// identity's trust anchor, no session resumption. The identity must be a node.
 pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, NetError> {
-    if id.role != Role::Node {
-        return Err(NetError::Unauthorized {
-            reason: format!(
-                "certificate \"{}\" is a client certificate and cannot serve; a server needs a node certificate",
-                id.cert.service
-            ),
-        });
-    }
-    let provider = provider();
-    let verifier = Arc::new(PeerClientVerifier {
-        trust: id.trust.clone(),
-        provider: provider.clone(),
-        now_us: id.now_us,
-    });
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![id.cert_der.clone()], id.key())?;
-    tls.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
-    tls.max_early_data_size = 0;
-    tls.send_tls13_tickets = 0;
-    tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let tls = node_server_tls(
+        id,
+        "",
+        vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()],
+        |provider| {
+            Arc::new(PeerClientVerifier {
+                trust: id.trust.clone(),
+                provider,
+                now_us: id.now_us,
+            })
+        },
+    )?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| NetError::Config(format!("QUIC server TLS: {e}")))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -244,25 +234,40 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// interchangeable, and permissions are granted to client names only. No
 /// session resumption, so every connection runs these checks in full.
 pub fn api_server_config(id: &TlsIdentity) -> Result<rustls::ServerConfig, NetError> {
+    node_server_tls(id, " the HTTP API", vec![ALPN_HTTP1.to_vec()], |provider| {
+        Arc::new(ApiClientVerifier {
+            trust: id.trust.clone(),
+            provider,
+            now_us: id.now_us,
+        })
+    })
+}
+
+/// What both servers share: a node certificate (`serves` names what a
+/// client certificate cannot serve), TLS 1.3 only, client certificates
+/// checked by the verifier `make_verifier` builds on the provider, no early
+/// data and no session resumption.
+fn node_server_tls(
+    id: &TlsIdentity,
+    serves: &str,
+    alpn_protocols: Vec<Vec<u8>>,
+    make_verifier: impl FnOnce(Arc<CryptoProvider>) -> Arc<dyn ClientCertVerifier>,
+) -> Result<rustls::ServerConfig, NetError> {
     if id.role != Role::Node {
         return Err(NetError::Unauthorized {
             reason: format!(
-                "certificate \"{}\" is a client certificate and cannot serve the HTTP API; a server needs a node certificate",
+                "certificate \"{}\" is a client certificate and cannot serve{serves}; a server needs a node certificate",
                 id.cert.service
             ),
         });
     }
     let provider = provider();
-    let verifier = Arc::new(ApiClientVerifier {
-        trust: id.trust.clone(),
-        provider: provider.clone(),
-        now_us: id.now_us,
-    });
+    let verifier = make_verifier(provider.clone());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![id.cert_der.clone()], id.key())?;
-    tls.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    tls.alpn_protocols = alpn_protocols;
     tls.max_early_data_size = 0;
     tls.send_tls13_tickets = 0;
     tls.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
