@@ -293,9 +293,14 @@ async fn a_store_that_diverged_from_the_feed_its_peers_hold_stops_the_node() {
     drop(log);
 
     let a = Node::start(&net.config("a")).await.expect("start a");
-    let reason = tokio::time::timeout(CONVERGE, a.failed())
-        .await
-        .expect("a reports that its store diverged");
+    let Ok(reason) = tokio::time::timeout(CONVERGE, a.failed()).await else {
+        // What each side saw, to tell a lost connection from a missed fork.
+        panic!(
+            "a did not report that its store diverged within {CONVERGE:?}\na: {:#?}\nb: {:#?}",
+            a.status().await,
+            b.status().await
+        );
+    };
     assert!(reason.contains("self-fork"), "{reason}");
     let status = a.status().await;
     assert!(!status.healthy && status.recovering, "{status:?}");
