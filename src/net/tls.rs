@@ -175,10 +175,11 @@ pub fn server_config(id: &TlsIdentity) -> Result<quinn::ServerConfig, NetError> 
         "",
         vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()],
         |provider| {
-            Arc::new(PeerClientVerifier {
+            Arc::new(ClientVerifier {
                 trust: id.trust.clone(),
                 provider,
                 now_us: id.now_us,
+                kind: ClientKind::Peer,
             })
         },
     )?;
@@ -235,10 +236,11 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 /// session resumption, so every connection runs these checks in full.
 pub fn api_server_config(id: &TlsIdentity) -> Result<rustls::ServerConfig, NetError> {
     node_server_tls(id, " the HTTP API", vec![ALPN_HTTP1.to_vec()], |provider| {
-        Arc::new(ApiClientVerifier {
+        Arc::new(ClientVerifier {
             trust: id.trust.clone(),
             provider,
             now_us: id.now_us,
+            kind: ClientKind::Api,
         })
     })
 }
@@ -310,112 +312,43 @@ pub fn api_client_of(
             reason: "no client certificate was presented".into(),
         });
     };
-    ApiClientVerifier::admit(trust, end_entity, intermediates, now_us)
+    admit_api_client(trust, end_entity, intermediates, now_us)
 }
 
-/// Verifies API clients: client certificates of the cluster only.
-#[derive(Debug)]
-struct ApiClientVerifier {
-    trust: Arc<TrustAnchor>,
-    provider: Arc<CryptoProvider>,
-    now_us: fn() -> u64,
-}
-
-impl ApiClientVerifier {
-    fn admit(
-        trust: &TrustAnchor,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now_us: u64,
-    ) -> Result<AuthorCert, CertError> {
-        // Common TLS stacks (OpenSSL, so curl) send the root along with the
-        // client certificate when it is in their trust store: the cluster
-        // CA's own certificate, byte for byte, is not an intermediate.
-        let others: Vec<&CertificateDer<'_>> = intermediates
-            .iter()
-            .filter(|c| c.as_ref() != trust.ca_der())
-            .collect();
-        if !others.is_empty() {
-            return Err(CertError::Malformed {
-                reason: format!(
-                    "{} intermediate certificate(s) presented; herald certificates are issued directly by the cluster CA",
-                    others.len()
-                ),
-            });
-        }
-        let (cert, role) = trust.admit_peer(end_entity)?;
-        if role != Role::Client {
-            return Err(CertError::NotPeerCertificate {
-                reason: format!(
-                    "\"{}\" is a node certificate; the HTTP API takes client certificates only (herald keygen client)",
-                    cert.service
-                ),
-            });
-        }
-        cert.check_time(now_us)?;
-        Ok(cert)
+/// An API client's certificate: a client certificate of the cluster (not a
+/// node's), in its validity window at `now_us`.
+fn admit_api_client(
+    trust: &TrustAnchor,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now_us: u64,
+) -> Result<AuthorCert, CertError> {
+    // Common TLS stacks (OpenSSL, so curl) send the root along with the
+    // client certificate when it is in their trust store: the cluster
+    // CA's own certificate, byte for byte, is not an intermediate.
+    let others: Vec<&CertificateDer<'_>> = intermediates
+        .iter()
+        .filter(|c| c.as_ref() != trust.ca_der())
+        .collect();
+    if !others.is_empty() {
+        return Err(CertError::Malformed {
+            reason: format!(
+                "{} intermediate certificate(s) presented; herald certificates are issued directly by the cluster CA",
+                others.len()
+            ),
+        });
     }
-}
-
-impl ClientCertVerifier for ApiClientVerifier {
-    fn offer_client_auth(&self) -> bool {
-        true
+    let (cert, role) = trust.admit_peer(end_entity)?;
+    if role != Role::Client {
+        return Err(CertError::NotPeerCertificate {
+            reason: format!(
+                "\"{}\" is a node certificate; the HTTP API takes client certificates only (herald keygen client)",
+                cert.service
+            ),
+        });
     }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        match Self::admit(&self.trust, end_entity, intermediates, (self.now_us)()) {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
-            Err(e) => {
-                tracing::warn!(
-                    subject = %subject_of(end_entity),
-                    reason = %e,
-                    "refused HTTP API client certificate"
-                );
-                // A node certificate (or another usage) is the wrong purpose.
-                Err(match e {
-                    CertError::NotPeerCertificate { .. } => {
-                        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)
-                    }
-                    e => refusal(e),
-                })
-            }
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(tls12_refused())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_ed25519_tls13(&self.provider, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        SIGNATURE_SCHEMES.to_vec()
-    }
+    cert.check_time(now_us)?;
+    Ok(cert)
 }
 
 /// The presented certificate's subject, for logs.
@@ -557,27 +490,45 @@ impl ServerCertVerifier for NodeServerVerifier {
     }
 }
 
-/// Verifies clients: node or client certificates of the cluster.
+/// Who a server takes as client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    /// QUIC peers and local tools: node or client certificates.
+    Peer,
+    /// The HTTPS API: client certificates only ([`admit_api_client`]).
+    Api,
+}
+
+/// Verifies client certificates of the cluster, as `kind` says.
 #[derive(Debug)]
-struct PeerClientVerifier {
+struct ClientVerifier {
     trust: Arc<TrustAnchor>,
     provider: Arc<CryptoProvider>,
     now_us: fn() -> u64,
+    kind: ClientKind,
 }
 
-impl PeerClientVerifier {
+impl ClientVerifier {
     fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
     ) -> Result<(), CertError> {
-        no_intermediates(intermediates)?;
-        let (cert, _role) = self.trust.admit_peer(end_entity)?;
-        cert.check_time((self.now_us)())
+        let now_us = (self.now_us)();
+        match self.kind {
+            ClientKind::Api => {
+                admit_api_client(&self.trust, end_entity, intermediates, now_us).map(|_| ())
+            }
+            ClientKind::Peer => {
+                no_intermediates(intermediates)?;
+                let (cert, _role) = self.trust.admit_peer(end_entity)?;
+                cert.check_time(now_us)
+            }
+        }
     }
 }
 
-impl ClientCertVerifier for PeerClientVerifier {
+impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
         true
     }
@@ -602,9 +553,16 @@ impl ClientCertVerifier for PeerClientVerifier {
                 tracing::warn!(
                     subject = %subject_of(end_entity),
                     reason = %e,
+                    api = self.kind == ClientKind::Api,
                     "refused client certificate"
                 );
-                Err(refusal(e))
+                Err(match e {
+                    // A node certificate at the API is the wrong purpose.
+                    CertError::NotPeerCertificate { .. } if self.kind == ClientKind::Api => {
+                        rustls::Error::InvalidCertificate(CertificateError::InvalidPurpose)
+                    }
+                    e => refusal(e),
+                })
             }
         }
     }
@@ -705,10 +663,11 @@ mod tests {
             vec![SignatureScheme::ED25519]
         );
 
-        let client = PeerClientVerifier {
+        let client = ClientVerifier {
             trust: f.trust.clone(),
             provider,
             now_us: || 0,
+            kind: ClientKind::Peer,
         };
         let e = client.check(&a, &[]).unwrap_err();
         assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
@@ -720,19 +679,18 @@ mod tests {
         let f = fixture();
         crate::identity::issue_client(&f.keys, "app", 10, false).unwrap();
         let now = crate::clock::now_us();
-        let app = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], now).unwrap();
+        let app = admit_api_client(&f.trust, &der(&f, "app"), &[], now).unwrap();
         assert_eq!(app.service, "app");
-        let e = ApiClientVerifier::admit(&f.trust, &der(&f, "a"), &[], now).unwrap_err();
+        let e = admit_api_client(&f.trust, &der(&f, "a"), &[], now).unwrap_err();
         assert!(e.to_string().contains("client certificates only"), "{e}");
-        let e = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], 0).unwrap_err();
+        let e = admit_api_client(&f.trust, &der(&f, "app"), &[], 0).unwrap_err();
         assert!(matches!(e, CertError::NotYetValid { .. }), "{e}");
-        let e = ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[], u64::MAX).unwrap_err();
+        let e = admit_api_client(&f.trust, &der(&f, "app"), &[], u64::MAX).unwrap_err();
         assert!(matches!(e, CertError::Expired { .. }), "{e}");
         // The CA's own certificate sent along is not an intermediate; any
         // other certificate is.
-        ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[der(&f, "ca")], now).unwrap();
-        let e =
-            ApiClientVerifier::admit(&f.trust, &der(&f, "app"), &[der(&f, "a")], now).unwrap_err();
+        admit_api_client(&f.trust, &der(&f, "app"), &[der(&f, "ca")], now).unwrap();
+        let e = admit_api_client(&f.trust, &der(&f, "app"), &[der(&f, "a")], now).unwrap_err();
         assert!(e.to_string().contains("intermediate"), "{e}");
         let e = api_client_of(&f.trust, None, now).unwrap_err();
         assert!(e.to_string().contains("no client certificate"), "{e}");
