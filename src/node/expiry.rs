@@ -1,4 +1,4 @@
-//! Certificate expiry warnings (issue 15, renewal before expiry).
+//! Certificate expiry warnings (renewal before expiry).
 //!
 //! A node warns in its log (at start, then every
 //! [`EXPIRY_CHECK_INTERVAL_MS`]) and in `herald status` once its own

@@ -121,7 +121,7 @@ pub struct NodeStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inbox_sinks: Vec<crate::outbox::DbLinkStatus>,
     /// When this node's certificate expires, and a warning from
-    /// [`expiry::CERT_EXPIRY_WARNING_DAYS`] before (issue 15).
+    /// [`expiry::CERT_EXPIRY_WARNING_DAYS`] before.
     #[serde(default)]
     pub certificate: Option<expiry::CertificateExpiry>,
     /// The same for the cluster CA's certificate.
@@ -305,7 +305,7 @@ impl Node {
             api_addr = Some(addr);
             tasks.push(task);
         }
-        // Issue 15: warn of an expiring certificate at start, then daily.
+        // Warn of an expiring certificate at start, then daily.
         tasks.push(tokio::spawn(warn_of_expiry(inner.clone())));
         tracing::info!(service = %config.service, listen = %config.listen, "node started");
         Ok(Node {

@@ -703,7 +703,7 @@ impl Log {
     }
 
     /// Refuses to proclaim once this node's certificate has expired: every
-    /// verifier would reject the events (issue 15; renewal then restart).
+    /// verifier would reject the events (renew, then restart).
     fn check_certificate_time(&self) -> Result<(), LogError> {
         if clock::now_us() > self.cert_not_after_us {
             return Err(LogError::CertificateExpired {
@@ -1161,7 +1161,7 @@ pub(crate) fn start_or_resume(
     Ok(sealer)
 }
 
-/// Issue 15, renewal: when this node starts with a certificate for its
+/// Renewal: when this node starts with a certificate for its
 /// feed's key that is not the feed's current one and lasts longer (it was
 /// renewed with `herald keygen renew`), appends a certificate renewal
 /// event so every verifier checks later events against the new validity.

@@ -478,7 +478,7 @@ impl SealStage {
         }
         if let (false, Some(sealer)) = (drafts.is_empty(), self.sealer.as_mut()) {
             let now_us = clock::now_us();
-            // Issue 15: the last word on expiry, at the time the events
+            // The last word on expiry, at the time the events
             // get (`Log::submit` checks earlier, so callers rarely get here).
             let not_after_us = self.identity.cert.not_after_us;
             if now_us > not_after_us {
@@ -1239,7 +1239,7 @@ pub(crate) fn insert_events(
     events: &[VerifiedEvent],
 ) -> rusqlite::Result<()> {
     super::rows::insert_events(tx, names, events)?;
-    // Issue 15, renewal: the feed's current certificate (the column keeps
+    // Renewal: the feed's current certificate (the column keeps
     // its historical name) is what a verifier resumes with.
     for event in events {
         let h = event.header();

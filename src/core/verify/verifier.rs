@@ -544,7 +544,7 @@ fn admit_genesis(
 
 #[cfg(test)]
 mod renewal_tests {
-    //! Issue 15: a feed follows a renewed certificate for its key.
+    //! A feed follows a renewed certificate for its key.
 
     use ed25519_dalek::SigningKey;
 
