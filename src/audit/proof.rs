@@ -504,6 +504,12 @@ pub enum ProofCheckError {
     PayloadHash { feed: String, seq: u64 },
     #[error("event {feed}/{seq} was made outside its author's certificate validity")]
     CertificateValidity { feed: String, seq: u64 },
+    #[error("event {feed}/{seq} is at or after the cut-off of the revocation of its author's certificate ({cutoff})")]
+    Revoked {
+        feed: String,
+        seq: u64,
+        cutoff: String,
+    },
     #[error("the proof's index {index} is not the event's sequence number {seq}")]
     Index { index: u64, seq: u64 },
     #[error("the inclusion proof does not lead to the checkpoint's root: {0}")]
@@ -543,6 +549,7 @@ impl ProofCheckError {
             EventSignature { .. } => "signature",
             PayloadHash { .. } => "payload-hash",
             CertificateValidity { .. } => "certificate-validity",
+            Revoked { .. } => "revoked",
             Index { .. } | Inclusion(_) => "inclusion",
             WitnessCert(_) | UnderWitnessed { .. } => "witnesses",
             OldSize { .. } | OldFeed { .. } | OldUnreadable(_) | Consistency(_) => "consistency",
@@ -806,6 +813,15 @@ fn check_event(
     }
     if check_cert_window(cert, h).is_err() {
         return Err(ProofCheckError::CertificateValidity { feed, seq });
+    }
+    if let Some(cutoff) = cert.revoked_from
+        && cutoff.refuses(seq, h.timestamp_us)
+    {
+        return Err(ProofCheckError::Revoked {
+            feed,
+            seq,
+            cutoff: cutoff.describe(),
+        });
     }
     Ok(())
 }

@@ -100,8 +100,29 @@ pub struct RevokeArgs {
     /// Name of the certificate to revoke.
     #[arg(long)]
     pub name: String,
+    /// Cut-off: keep the events of NAME's feed before this sequence number
+    /// valid and refuse those from it on (for a stolen key: the first
+    /// sequence number the owner did not write). Without --from-seq and
+    /// --from the certificate is revoked outright, with its whole feed.
+    #[arg(long, value_name = "SEQ")]
+    pub from_seq: Option<u64>,
+    /// Cut-off by time (RFC 3339, e.g. 2026-12-01T00:00:00Z): refuse events
+    /// of NAME's feed timestamped at or after it. Events carry their
+    /// author's clock, which a thief can set back: prefer --from-seq.
+    #[arg(long, value_name = "TIME", value_parser = parse_cutoff_time)]
+    pub from: Option<u64>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+/// Parses an RFC 3339 time into microseconds since the Unix epoch.
+fn parse_cutoff_time(text: &str) -> Result<u64, String> {
+    let time = humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z): {e}"))?;
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?;
+    u64::try_from(since.as_micros()).map_err(|_| format!("{text:?} is too far in the future"))
 }
 
 #[derive(Debug, Args)]
@@ -162,7 +183,13 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
             a.output,
         ),
         KeygenCommand::Revoke(a) => {
-            let (path, changed) = identity::revoke_with_status(&a.dir, &a.name)?;
+            let cutoff = (a.from_seq.is_some() || a.from.is_some()).then_some(
+                crate::core::cert::Cutoff {
+                    from_seq: a.from_seq,
+                    from_us: a.from,
+                },
+            );
+            let (path, changed) = identity::revoke_with_status(&a.dir, &a.name, cutoff)?;
             if !changed {
                 if a.output.json {
                     let path = display(&path);

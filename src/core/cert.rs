@@ -21,6 +21,59 @@ pub struct AuthorCert {
     pub serial: Vec<u8>,
     /// The exact certificate DER.
     pub der: Vec<u8>,
+    /// Set when the revocation list revokes this certificate's key or
+    /// serial with a cut-off: events of its feed from the cut-off on are
+    /// refused, earlier ones stay valid. (Without a cut-off a revoked
+    /// certificate is not admitted at all.)
+    pub revoked_from: Option<Cutoff>,
+}
+
+/// Where a revocation with a cut-off takes effect in its author's feed: the
+/// first sequence number refused, or the first event time refused, or both
+/// (an event is refused when it meets either).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cutoff {
+    /// Events at this sequence number or later are refused.
+    pub from_seq: Option<u64>,
+    /// Events whose timestamp is this time or later are refused
+    /// (microseconds since the Unix epoch, UTC).
+    pub from_us: Option<u64>,
+}
+
+impl Cutoff {
+    /// Whether an event at `seq` with time `timestamp_us` falls at or after
+    /// the cut-off.
+    pub fn refuses(&self, seq: u64, timestamp_us: u64) -> bool {
+        self.from_seq.is_some_and(|s| seq >= s) || self.from_us.is_some_and(|t| timestamp_us >= t)
+    }
+
+    /// The stricter of two cut-offs (each bound the earlier of the two).
+    pub fn stricter(self, other: Cutoff) -> Cutoff {
+        let min = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Cutoff {
+            from_seq: min(self.from_seq, other.from_seq),
+            from_us: min(self.from_us, other.from_us),
+        }
+    }
+
+    /// The cut-off in words, for rejections and reports.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(seq) = self.from_seq {
+            parts.push(format!("from sequence {seq}"));
+        }
+        if let Some(us) = self.from_us {
+            parts.push(format!("from {}", crate::clock::format_timestamp(us)));
+        }
+        if parts.is_empty() {
+            "with no cut-off".into()
+        } else {
+            parts.join(" and ")
+        }
+    }
 }
 
 impl AuthorCert {

@@ -33,10 +33,11 @@ use rcgen::{
 use zeroize::Zeroizing;
 
 use super::pem::{cert_pem, pkcs8_v1_der, private_key_pem, read_private_key};
-use super::revocation::{FILE_HEADER, RevokedEntry, entry_toml};
+use super::revocation::{FILE_HEADER, Revocation, RevokedEntry, entry_toml};
 use super::trust::{parse_cert, subject_ed25519_key};
 use super::{IdentityError, RevocationList, TrustAnchor, read_cert_pem, read_file, validate_name};
 use crate::clock::{now_us, random_bytes};
+use crate::core::cert::Cutoff;
 
 /// Longest validity accepted, in days (100 years).
 pub const VALIDITY_DAYS_MAX: u32 = 36_500;
@@ -707,12 +708,17 @@ pub fn rotate_channel(dir: &Path, name: &str) -> Result<RotatedChannel, Identity
 /// current time to `dir/revoked.toml` (created if needed). Idempotent: a
 /// certificate whose serial and key are both already listed is not added again.
 pub fn revoke(dir: &Path, name: &str) -> Result<PathBuf, IdentityError> {
-    revoke_with_status(dir, name).map(|(path, _)| path)
+    revoke_with_status(dir, name, None).map(|(path, _)| path)
 }
 
-/// Like [`revoke`], also telling whether the file changed (`false`: the
-/// certificate was already listed).
-pub fn revoke_with_status(dir: &Path, name: &str) -> Result<(PathBuf, bool), IdentityError> {
+/// Like [`revoke`], with an optional cut-off (`None`: revoked outright), and
+/// telling whether the file changed (`false`: the list already revokes the
+/// certificate at least as strictly).
+pub fn revoke_with_status(
+    dir: &Path,
+    name: &str,
+    cutoff: Option<Cutoff>,
+) -> Result<(PathBuf, bool), IdentityError> {
     validate_leaf_name(name)?;
     let cert_path = dir.join(format!("{name}.crt"));
     let der = read_cert_pem(&cert_path)?;
@@ -744,7 +750,12 @@ pub fn revoke_with_status(dir: &Path, name: &str) -> Result<(PathBuf, bool), Ide
             path: list_path.clone(),
             reason,
         })?;
-    if list.contains_key(&public_key) && list.contains_serial(&serial) {
+    let already = match (list.revocation(&public_key, &serial), cutoff) {
+        (Revocation::Outright, _) => true,
+        (Revocation::From(held), Some(asked)) => held.stricter(asked) == held,
+        _ => false,
+    };
+    if already {
         return Ok((list_path, false));
     }
     let entry = RevokedEntry {
@@ -752,6 +763,8 @@ pub fn revoke_with_status(dir: &Path, name: &str) -> Result<(PathBuf, bool), Ide
         serial: Some(hex::encode(&serial)),
         public_key: Some(hex::encode(public_key)),
         revoked_at_us: Some(now_us()),
+        from_seq: cutoff.and_then(|c| c.from_seq),
+        from_us: cutoff.and_then(|c| c.from_us),
     };
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');

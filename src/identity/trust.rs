@@ -13,6 +13,7 @@ use x509_parser::oid_registry::{
 };
 use x509_parser::x509::{AlgorithmIdentifier, X509Version};
 
+use super::revocation::Revocation;
 use super::{AuthorCert, CertError, IdentityError, RevocationList, read_cert_pem, validate_name};
 use crate::core::cert::AuthorAdmission;
 use crate::core::limits::CERT_BYTES_MAX;
@@ -248,8 +249,23 @@ impl TrustAnchor {
     /// clientAuth (a node certificate) and keyUsage, if present, allows
     /// digitalSignature; a DNS SAN equals `service`; not revoked. Does not
     /// check time: see [`AuthorCert::check_time`].
+    ///
+    /// A certificate revoked with a cut-off is admitted, with
+    /// [`AuthorCert::revoked_from`] set: the feed verifier refuses its
+    /// events from the cut-off on. One revoked outright is refused.
     pub fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
-        self.admit(cert_der, Some(service), false)
+        self.admit(cert_der, Some(service), false, false)
+            .map(|(cert, _)| cert)
+    }
+
+    /// [`TrustAnchor::admit_author`] for a node certificate presented in a
+    /// TLS handshake: any revocation refuses it, cut-off or not.
+    pub fn admit_author_for_connection(
+        &self,
+        service: &str,
+        cert_der: &[u8],
+    ) -> Result<AuthorCert, CertError> {
+        self.admit(cert_der, Some(service), false, true)
             .map(|(cert, _)| cert)
     }
 
@@ -261,17 +277,20 @@ impl TrustAnchor {
     /// without serverAuth) as [`CertRole::Client`]. Every other check is the
     /// one of [`TrustAnchor::admit_author`], in the same order. Does not check
     /// time: see [`AuthorCert::check_time`].
+    /// Any revocation refuses it, cut-off or not.
     pub fn admit_peer(&self, cert_der: &[u8]) -> Result<(AuthorCert, CertRole), CertError> {
-        self.admit(cert_der, None, true)
+        self.admit(cert_der, None, true, true)
     }
 
     /// The shared admission. `service: None` takes the name from the single
-    /// DNS SAN; `allow_client` admits clientAuth-only certificates.
+    /// DNS SAN; `allow_client` admits clientAuth-only certificates;
+    /// `for_connection` refuses revocations with a cut-off too.
     fn admit(
         &self,
         cert_der: &[u8],
         service: Option<&str>,
         allow_client: bool,
+        for_connection: bool,
     ) -> Result<(AuthorCert, CertRole), CertError> {
         let cert = parse_cert(cert_der)?;
         let tbs = &cert.tbs_certificate;
@@ -389,12 +408,19 @@ impl TrustAnchor {
         };
 
         let serial = tbs.raw_serial().to_vec();
-        if self.revoked.is_revoked(&public_key, &serial) {
-            return Err(CertError::Revoked {
-                service: service.to_string(),
-                serial: hex::encode(&serial),
-            });
-        }
+        // A revocation with a cut-off still admits the certificate for its
+        // feed's history before the cut-off (the feed verifier refuses what
+        // follows), but never for a connection.
+        let revoked_from = match self.revoked.revocation(&public_key, &serial) {
+            Revocation::None => None,
+            Revocation::From(cutoff) if !for_connection => Some(cutoff),
+            Revocation::From(_) | Revocation::Outright => {
+                return Err(CertError::Revoked {
+                    service: service.to_string(),
+                    serial: hex::encode(&serial),
+                });
+            }
+        };
         let admitted = AuthorCert {
             service: service.to_string(),
             public_key,
@@ -402,6 +428,7 @@ impl TrustAnchor {
             not_after_us: time_us(&tbs.validity.not_after),
             serial,
             der: cert_der.to_vec(),
+            revoked_from,
         };
         Ok((admitted, role))
     }
@@ -477,8 +504,9 @@ mod tests {
     use super::*;
     use crate::identity::{
         CertError, CertRole, NodeIdentity, create_ca, issue_client, issue_node,
-        issue_node_with_validity, revoke,
+        issue_node_with_validity, revoke, revoke_with_status,
     };
+    use crate::core::cert::Cutoff;
     use std::path::PathBuf;
 
     struct Cluster {
@@ -717,6 +745,42 @@ mod tests {
         let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
         let e = trust.admit_author("a", &cert(&c.dir, "a")).unwrap_err();
         assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_cut_off_admits_for_history_but_never_for_a_connection() {
+        let c = cluster();
+        let cutoff = Cutoff {
+            from_seq: Some(12),
+            from_us: None,
+        };
+        let path = revoke_with_status(&c.dir, "a", Some(cutoff)).unwrap().0;
+        let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
+        let der = cert(&c.dir, "a");
+        let admitted = trust.admit_author("a", &der).unwrap();
+        assert_eq!(admitted.revoked_from, Some(cutoff));
+        let e = trust.admit_author_for_connection("a", &der).unwrap_err();
+        assert!(matches!(e, CertError::Revoked { .. }), "{e}");
+        assert!(matches!(
+            trust.admit_peer(&der).unwrap_err(),
+            CertError::Revoked { .. }
+        ));
+        // A later, stricter cut-off is added; the same one again changes
+        // nothing; revoking outright then wins over both.
+        assert!(!revoke_with_status(&c.dir, "a", Some(cutoff)).unwrap().1);
+        let earlier = Cutoff {
+            from_seq: Some(8),
+            from_us: None,
+        };
+        assert!(revoke_with_status(&c.dir, "a", Some(earlier)).unwrap().1);
+        let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
+        assert_eq!(trust.admit_author("a", &der).unwrap().revoked_from, Some(earlier));
+        revoke(&c.dir, "a").unwrap();
+        let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
+        assert!(matches!(
+            trust.admit_author("a", &der).unwrap_err(),
+            CertError::Revoked { .. }
+        ));
     }
 
     #[test]

@@ -439,7 +439,7 @@ impl NodeServerVerifier {
                 });
             }
         };
-        let cert = self.trust.admit_author(name, end_entity)?;
+        let cert = self.trust.admit_author_for_connection(name, end_entity)?;
         cert.check_time((self.now_us)())
     }
 }

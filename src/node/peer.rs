@@ -630,6 +630,15 @@ async fn apply(
         );
         skip_from.push((feed.clone(), rejection.seq.unwrap_or(0)));
     }
+    for (feed, rejection) in &report.revoked {
+        tracing::warn!(
+            peer,
+            feed = %feed,
+            %rejection,
+            "peer relays events after the cut-off of their author's revocation; refused, and not taking this feed from this peer from there on"
+        );
+        skip_from.push((feed.clone(), rejection.seq.unwrap_or(0)));
+    }
     skip_from.extend(report.new_forks.iter().cloned());
     if let Some(rejection) = report.rejected {
         if is_misbehaviour(&rejection) {

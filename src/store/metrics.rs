@@ -23,7 +23,7 @@ pub const COMMIT_SECONDS_BUCKETS: [f64; 14] = [
 ];
 
 /// Every check an event can fail, in the order `/metrics` lists them.
-pub const CHECKS: [Check; 13] = [
+pub const CHECKS: [Check; 14] = [
     Check::Decode,
     Check::Certificate,
     Check::CertificateValidity,
@@ -37,6 +37,7 @@ pub const CHECKS: [Check; 13] = [
     Check::Fork,
     Check::Decrypt,
     Check::Truncated,
+    Check::Revoked,
 ];
 
 /// The `check` label of a checkpoint (or equivocation evidence) a peer
@@ -65,6 +66,7 @@ fn check_index(check: Check) -> usize {
         Check::Fork => 10,
         Check::Decrypt => 11,
         Check::Truncated => 12,
+        Check::Revoked => 13,
     }
 }
 
@@ -98,7 +100,7 @@ impl StoreMetrics {
         {
             self.rejected(rejection.check);
         }
-        for (_, rejection) in &report.conflicts {
+        for (_, rejection) in report.conflicts.iter().chain(&report.revoked) {
             self.rejected(rejection.check);
         }
         if report.forks > 0 {

@@ -375,8 +375,10 @@ impl Ingested {
                     (Some(kind), Some(feed)) => {
                         report.skipped += 1;
                         policy.skip_from(&feed, seq);
-                        if kind == Tolerated::Conflict {
-                            report.conflicts.push((feed, rejection.clone()));
+                        match kind {
+                            Tolerated::Conflict => report.conflicts.push((feed, rejection.clone())),
+                            Tolerated::Revoked => report.revoked.push((feed, rejection.clone())),
+                            Tolerated::Forked => {}
                         }
                     }
                     (_, feed) => {

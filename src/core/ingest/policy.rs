@@ -29,6 +29,9 @@ pub enum Tolerated {
     /// A validly signed event that does not follow this node's history of
     /// the feed (the author signed two histories), sent by a relay.
     Conflict,
+    /// An event at or after the cut-off of its author's revocation, sent by
+    /// a relay, which may have taken it before it knew of the revocation.
+    Revoked,
 }
 
 impl IngestPolicy {
@@ -60,6 +63,9 @@ impl IngestPolicy {
             Check::PreviousHash if self.sender.as_deref().is_some_and(|s| s != author) => {
                 Some(Tolerated::Conflict)
             }
+            Check::Revoked if self.sender.as_deref().is_some_and(|s| s != author) => {
+                Some(Tolerated::Revoked)
+            }
             _ => None,
         }
     }
@@ -90,6 +96,11 @@ pub struct IngestReport {
     /// relay, which is not at fault. The driver stops taking those feeds
     /// from that sender and compares histories to obtain fork evidence.
     pub conflicts: Vec<(String, Rejection)>,
+    /// Events a relay sent that are at or after the cut-off of their
+    /// author's revocation: refused, and the feed skipped from there on from
+    /// that sender (it is not at fault: it may have taken them before it
+    /// knew of the revocation).
+    pub revoked: Vec<(String, Rejection)>,
     /// Why ingest stopped early, if it did: the first event that failed
     /// verification (nothing after it was looked at).
     pub rejected: Option<Rejection>,
@@ -108,6 +119,21 @@ mod tests {
             expected: String::new(),
             found: String::new(),
         }
+    }
+
+    #[test]
+    fn only_a_relay_is_forgiven_events_past_a_revocation_cut_off() {
+        let from_b = IngestPolicy::from_peer("b", HashMap::new());
+        assert_eq!(
+            from_b.tolerates("a", &rejection(Check::Revoked)),
+            Some(Tolerated::Revoked),
+            "b may have taken a's events before it knew of the revocation"
+        );
+        assert_eq!(
+            from_b.tolerates("b", &rejection(Check::Revoked)),
+            None,
+            "b sending its own events past its cut-off is b's doing"
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ impl AuthorAdmission for Admit {
             not_after_us: u64::MAX,
             serial: vec![1],
             der: cert_der.to_vec(),
+            revoked_from: None,
         })
     }
 }

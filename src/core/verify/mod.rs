@@ -163,6 +163,9 @@ pub enum Check {
     Decrypt,
     /// The export ends early or its end record disagrees with its contents.
     Truncated,
+    /// The event is at or after the cut-off of a revocation of its
+    /// author's certificate.
+    Revoked,
 }
 
 impl Check {
@@ -182,6 +185,7 @@ impl Check {
             Check::Fork => "fork",
             Check::Decrypt => "decrypt",
             Check::Truncated => "truncated",
+            Check::Revoked => "revoked",
         }
     }
 }

@@ -154,6 +154,7 @@ mod tests {
                 not_after_us: u64::MAX,
                 serial: vec![1],
                 der: cert_der.to_vec(),
+                revoked_from: None,
             })
         }
     }

@@ -53,6 +53,7 @@ impl FeedVerifier {
         };
         verifier.check_verdict(&event, verdict)?;
         check_cert_window(&verifier.cert, header)?;
+        check_cutoff(&verifier.cert, header)?;
         verifier.next_seq = 1;
         verifier.head_hash = event.hash;
         Ok((verifier, VerifiedEvent::from_decoded(event)))
@@ -71,6 +72,7 @@ impl FeedVerifier {
         }
         let (cert, key) = admit_genesis(trust, event)?;
         check_cert_window(&cert, &event.header)?;
+        check_cutoff(&cert, &event.header)?;
         Ok(FeedVerifier {
             cert,
             key,
@@ -366,6 +368,7 @@ impl FeedVerifier {
         }
         // A renewal is itself checked against the certificate it brings.
         check_cert_window(renewed.as_ref().unwrap_or(&self.cert), h)?;
+        check_cutoff(renewed.as_ref().unwrap_or(&self.cert), h)?;
         if let Some(payload) = &event.payload {
             check_payload(h, payload)?;
         }
@@ -499,6 +502,30 @@ pub fn check_cert_window(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejec
     Ok(())
 }
 
+/// Refuses an event at or after the cut-off of a revocation of its author's
+/// certificate (docs/FORMAT.md section 9, "Revocation"): what the revoked
+/// key signs from there on is not the author's.
+pub fn check_cutoff(cert: &AuthorCert, h: &EventHeader) -> Result<(), Rejection> {
+    match cert.revoked_from {
+        Some(cutoff) if cutoff.refuses(h.seq, h.timestamp_us) => Err(Rejection::new(
+            h.seq,
+            Check::Revoked,
+            format!(
+                "an event before the cut-off of the revocation of {}'s certificate (serial {}, revoked {})",
+                cert.service,
+                cert.serial_hex(),
+                cutoff.describe()
+            ),
+            format!(
+                "sequence {} at {}",
+                h.seq,
+                crate::clock::format_timestamp(h.timestamp_us)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A format-1 event offered where only format-2 events may wait for a
 /// checkpoint: its own signature must be checked.
 fn not_sealed(event: &DecodedEvent) -> Rejection {
@@ -585,6 +612,7 @@ mod renewal_tests {
                 not_after_us,
                 serial: vec![1],
                 der: der.to_vec(),
+                revoked_from: None,
             })
         }
     }
@@ -672,5 +700,155 @@ mod renewal_tests {
         let r = v.check_next(&renewal, verdict).unwrap_err();
         assert_eq!(r.check, Check::Certificate);
         assert_eq!(v.next_seq(), 1);
+    }
+}
+
+#[cfg(test)]
+mod cutoff_tests {
+    //! A revocation with a cut-off keeps the history before it valid and
+    //! refuses what the key signs from there on.
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::core::cert::{CertError, Cutoff};
+    use crate::core::crypto::ChannelKey;
+    use crate::core::limits::{FORMAT_VERSION_SEALED, FORMAT_VERSION_SIGNED};
+    use crate::core::verify::{Draft, Entropy, Sealer};
+
+    const FEED: &str = "treasurer";
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[9; 32])
+    }
+
+    /// A CA whose revocation list revokes the feed's certificate with the
+    /// given cut-off.
+    struct Revoking(Cutoff);
+
+    impl AuthorAdmission for Revoking {
+        fn admit_author(&self, service: &str, der: &[u8]) -> Result<AuthorCert, CertError> {
+            Ok(AuthorCert {
+                service: service.into(),
+                public_key: key().verifying_key().to_bytes(),
+                not_before_us: 0,
+                not_after_us: u64::MAX,
+                serial: vec![7],
+                der: der.to_vec(),
+                revoked_from: Some(self.0),
+            })
+        }
+    }
+
+    fn entropy(i: u64) -> Entropy {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&i.to_be_bytes());
+        id[6] = 0x70;
+        id[8] = 0x80;
+        Entropy {
+            id,
+            nonce: [i as u8; 24],
+        }
+    }
+
+    fn decoded(e: VerifiedEvent) -> DecodedEvent {
+        DecodedEvent::decode(e.into_bytes()).unwrap()
+    }
+
+    /// A feed of `n` events (genesis at time 1000, event i at 1000 + i).
+    fn feed(n: u64, format: u8) -> Vec<DecodedEvent> {
+        let (mut sealer, genesis) = Sealer::new_feed(FEED, key())
+            .with_format(format)
+            .start_feed(b"cert", entropy(0).id, 1_000);
+        let channel = ChannelKey::new("default", [3; 32]);
+        let mut events = vec![decoded(genesis)];
+        for i in 1..n {
+            let draft = Draft::new("donation", 1, vec![], vec![i as u8]).unwrap();
+            let mut sealed = sealer.seal_batch(vec![(draft, &channel, entropy(i))], 1_000 + i);
+            events.push(decoded(sealed.remove(0)));
+        }
+        events
+    }
+
+    /// How many events of a format-1 feed pass before the first rejection.
+    fn verified_prefix(cutoff: Cutoff) -> (u64, Option<Rejection>) {
+        let trust = Revoking(cutoff);
+        let mut events = feed(10, FORMAT_VERSION_SIGNED).into_iter();
+        let genesis = events.next().unwrap();
+        let mut v = match FeedVerifier::genesis(&trust, genesis, None) {
+            Ok((v, _)) => v,
+            Err(r) => return (0, Some(r)),
+        };
+        for event in events {
+            let verdict = v.check_signature(&event);
+            if let Err(r) = v.check_next_with(&trust, &event, verdict) {
+                return (v.next_seq(), Some(r));
+            }
+        }
+        (v.next_seq(), None)
+    }
+
+    #[test]
+    fn events_before_a_sequence_cut_off_verify_and_the_rest_are_refused() {
+        let (verified, rejection) = verified_prefix(Cutoff {
+            from_seq: Some(6),
+            from_us: None,
+        });
+        assert_eq!(verified, 6, "seq 0..=5 stay valid");
+        let r = rejection.expect("seq 6 is refused");
+        assert_eq!((r.check, r.seq), (Check::Revoked, Some(6)), "{r}");
+        assert!(r.expected.contains("from sequence 6"), "{r}");
+    }
+
+    #[test]
+    fn a_time_cut_off_refuses_the_first_event_at_or_after_it() {
+        let (verified, rejection) = verified_prefix(Cutoff {
+            from_seq: None,
+            from_us: Some(1_004),
+        });
+        assert_eq!(verified, 4, "events at 1000..=1003 stay valid");
+        assert_eq!(rejection.unwrap().check, Check::Revoked);
+    }
+
+    #[test]
+    fn a_cut_off_at_the_genesis_refuses_the_whole_feed() {
+        let (verified, rejection) = verified_prefix(Cutoff {
+            from_seq: Some(0),
+            from_us: None,
+        });
+        assert_eq!(verified, 0);
+        assert_eq!(rejection.unwrap().check, Check::Revoked);
+    }
+
+    #[test]
+    fn a_resumed_verifier_keeps_refusing_after_the_cut_off() {
+        let events = feed(8, FORMAT_VERSION_SIGNED);
+        let trust = Revoking(Cutoff {
+            from_seq: Some(5),
+            from_us: None,
+        });
+        // A node restarted with the new list resumes at its stored head.
+        let mut v =
+            FeedVerifier::resume(&trust, FEED, b"cert", 4, *events[4].hash(), 1_004).unwrap();
+        let verdict = v.check_signature(&events[5]);
+        let r = v.check_next_with(&trust, &events[5], verdict).unwrap_err();
+        assert_eq!(r.check, Check::Revoked);
+        assert_eq!(v.next_seq(), 5, "nothing changed");
+    }
+
+    #[test]
+    fn a_checkpoint_does_not_carry_sealed_events_past_the_cut_off() {
+        let events = feed(8, FORMAT_VERSION_SEALED);
+        let trust = Revoking(Cutoff {
+            from_seq: Some(3),
+            from_us: None,
+        });
+        let mut v = FeedVerifier::genesis_pending_checkpoint(&trust, &events[0]).unwrap();
+        v.check_next_pending_checkpoint(&trust, &events[1]).unwrap();
+        v.check_next_pending_checkpoint(&trust, &events[2]).unwrap();
+        let r = v
+            .check_next_pending_checkpoint(&trust, &events[3])
+            .unwrap_err();
+        assert_eq!((r.check, r.seq), (Check::Revoked, Some(3)));
     }
 }
