@@ -471,7 +471,11 @@ impl<'a> Auditor<'a> {
                 }
             }
             Err(r) => {
-                if event.is_sealed() {
+                if r.check == Check::Revoked {
+                    // Authentic as far as can be told, but past the cut-off:
+                    // reported, and kept in the tree (section 12).
+                    verifier.adopt_past_cutoff(&event);
+                } else if event.is_sealed() {
                     verifier.resync_pending_checkpoint(&event);
                 } else {
                     verifier.resync(&event, verdict);

@@ -406,6 +406,32 @@ impl FeedVerifier {
         }
     }
 
+    /// For auditors, after `event` was refused for its author's revocation
+    /// cut-off (check `revoked`) and for nothing else: takes it as the head
+    /// when it stands in the next slot and chains on, so the feed's tree
+    /// and chain stay known past it (a checkpoint over the whole feed can
+    /// still vouch for the events before the cut-off). Every later event
+    /// falls at or after the cut-off too, and is refused again. Never used
+    /// on the ingest path, which stores nothing past the cut-off.
+    pub fn adopt_past_cutoff(&mut self, event: &DecodedEvent) {
+        let h = &event.header;
+        let refused = self
+            .cert
+            .revoked_from
+            .is_some_and(|c| c.refuses(h.seq, h.timestamp_us));
+        if refused
+            && h.author == self.cert.service
+            && h.seq == self.next_seq
+            && h.prev == self.head_hash
+            && h.timestamp_us >= self.last_timestamp_us
+        {
+            self.next_seq = h.seq + 1;
+            self.head_hash = event.hash;
+            self.damaged_slot = None;
+            self.last_timestamp_us = h.timestamp_us;
+        }
+    }
+
     /// Accepts `event`'s signature only on a valid verdict about this event
     /// under this feed's key; a verdict about anything else is a caller's
     /// mix-up, refused rather than trusted.
