@@ -173,8 +173,9 @@ async fn a_stolen_key_revoked_with_a_cut_off_keeps_its_history_and_nothing_after
         "the first forged event is reported as revoked: {report:#}"
     );
     assert!(
-        problems.iter().all(|p| p["feed"] == "c"
-            && p["seq"].as_u64().is_some_and(|s| s > OWNED)),
+        problems
+            .iter()
+            .all(|p| p["feed"] == "c" && p["seq"].as_u64().is_some_and(|s| s > OWNED)),
         "nothing before the cut-off, nor any other feed, is a problem: {report:#}"
     );
     // The thief's checkpoint covers the whole feed; it still vouches for

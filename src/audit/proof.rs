@@ -504,7 +504,9 @@ pub enum ProofCheckError {
     PayloadHash { feed: String, seq: u64 },
     #[error("event {feed}/{seq} was made outside its author's certificate validity")]
     CertificateValidity { feed: String, seq: u64 },
-    #[error("event {feed}/{seq} is at or after the cut-off of the revocation of its author's certificate ({cutoff})")]
+    #[error(
+        "event {feed}/{seq} is at or after the cut-off of the revocation of its author's certificate ({cutoff})"
+    )]
     Revoked {
         feed: String,
         seq: u64,

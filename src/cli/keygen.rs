@@ -117,8 +117,9 @@ pub struct RevokeArgs {
 
 /// Parses an RFC 3339 time into microseconds since the Unix epoch.
 fn parse_cutoff_time(text: &str) -> Result<u64, String> {
-    let time = humantime::parse_rfc3339_weak(text)
-        .map_err(|e| format!("{text:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z): {e}"))?;
+    let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+        format!("{text:?} is not an RFC 3339 time (e.g. 2026-12-01T00:00:00Z): {e}")
+    })?;
     let since = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| format!("{text:?} is before 1970"))?;
@@ -183,12 +184,11 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
             a.output,
         ),
         KeygenCommand::Revoke(a) => {
-            let cutoff = (a.from_seq.is_some() || a.from.is_some()).then_some(
-                crate::core::cert::Cutoff {
+            let cutoff =
+                (a.from_seq.is_some() || a.from.is_some()).then_some(crate::core::cert::Cutoff {
                     from_seq: a.from_seq,
                     from_us: a.from,
-                },
-            );
+                });
             let (path, changed) = identity::revoke_with_status(&a.dir, &a.name, cutoff)?;
             if !changed {
                 if a.output.json {

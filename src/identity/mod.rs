@@ -232,7 +232,9 @@ impl NodeIdentity {
             path: cert_path.to_path_buf(),
             source,
         };
-        let cert = trust.admit_author_for_connection(service, &der).map_err(cert_err)?;
+        let cert = trust
+            .admit_author_for_connection(service, &der)
+            .map_err(cert_err)?;
         if signing_key.verifying_key().to_bytes() != cert.public_key {
             return Err(IdentityError::KeyMismatch {
                 key: key_path.to_path_buf(),

@@ -93,7 +93,9 @@ impl Revocation {
     }
 
     fn of(entry: &RevokedEntry) -> Revocation {
-        entry.cutoff().map_or(Revocation::Outright, Revocation::From)
+        entry
+            .cutoff()
+            .map_or(Revocation::Outright, Revocation::From)
     }
 }
 

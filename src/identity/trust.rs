@@ -502,11 +502,11 @@ fn der_sequence(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::cert::Cutoff;
     use crate::identity::{
         CertError, CertRole, NodeIdentity, create_ca, issue_client, issue_node,
         issue_node_with_validity, revoke, revoke_with_status,
     };
-    use crate::core::cert::Cutoff;
     use std::path::PathBuf;
 
     struct Cluster {
@@ -774,7 +774,10 @@ mod tests {
         };
         assert!(revoke_with_status(&c.dir, "a", Some(earlier)).unwrap().1);
         let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
-        assert_eq!(trust.admit_author("a", &der).unwrap().revoked_from, Some(earlier));
+        assert_eq!(
+            trust.admit_author("a", &der).unwrap().revoked_from,
+            Some(earlier)
+        );
         revoke(&c.dir, "a").unwrap();
         let trust = TrustAnchor::load(&c.dir.join("ca.crt"), Some(&path)).unwrap();
         assert!(matches!(
