@@ -141,6 +141,20 @@ const CASES: &[Case] = &[
         known_bug: None,
     },
     Case {
+        name: "revoked-cutoff",
+        file: "valid.hrld",
+        ca: CA,
+        args: &["--revoked", "tests/vectors/revoked-cutoff.toml"],
+        known_bug: None,
+    },
+    Case {
+        name: "sealed-revoked-cutoff",
+        file: "sealed-valid.hrld",
+        ca: CA,
+        args: &["--revoked", "tests/vectors/revoked-cutoff.toml"],
+        known_bug: None,
+    },
+    Case {
         name: "wrong-channel",
         file: "valid.hrld",
         ca: CA,
@@ -731,7 +745,17 @@ fn regenerate_vectors() {
         .expect("kept node key loads despite the note");
     }
 
-    // A revocation list revoking fundraising.
+    // A revocation list revoking fundraising from seq 3 on (its genesis and
+    // first two events stay valid), written first so that the outright
+    // one below is a list of its own.
+    let cutoff = herald::core::cert::Cutoff {
+        from_seq: Some(3),
+        from_us: None,
+    };
+    herald::identity::revoke_with_status(&keys, "fundraising", Some(cutoff)).expect("revoke");
+    std::fs::rename(keys.join("revoked.toml"), dir.join("revoked-cutoff.toml"))
+        .expect("revoked-cutoff.toml");
+    // A revocation list revoking fundraising outright.
     herald::identity::revoke(&keys, "fundraising").expect("revoke");
     std::fs::copy(keys.join("revoked.toml"), dir.join("revoked.toml")).expect("revoked.toml");
 
