@@ -385,18 +385,17 @@ fn renew_refuses_clearly_and_writes_nothing() {
         assert_eq!(old == new, !renewed, "{path}");
     }
 
-    // A revoked key is not renewed.
-    assert_ok(&herald(&[
-        "keygen",
-        "revoke",
-        "--dir",
-        s(keys),
-        "--name",
-        "a",
-    ]));
-    let before = files(keys);
-    let o = herald(&["keygen", "renew", "--dir", s(keys), "--name", "a"]);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
-    assert_eq!(files(keys), before);
+    // A revoked key is not renewed: neither with a cut-off (its history
+    // stays valid, but the key is no longer its owner's alone) nor
+    // outright.
+    for cutoff in [&["--from-seq", "3"][..], &[]] {
+        let mut args = vec!["keygen", "revoke", "--dir", s(keys), "--name", "a"];
+        args.extend_from_slice(cutoff);
+        assert_ok(&herald(&args));
+        let before = files(keys);
+        let o = herald(&["keygen", "renew", "--dir", s(keys), "--name", "a"]);
+        assert_eq!(o.status.code(), Some(2), "{cutoff:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("revoked"), "{}", stderr(&o));
+        assert_eq!(files(keys), before);
+    }
 }

@@ -561,14 +561,15 @@ fn renew_from_dir(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf,
     }
     let ca = load_ca(dir)?;
     let old_der = read_cert_pem(&cert_path)?;
-    // A revoked key is not renewed: every verifier would refuse the result.
+    // A revoked key is not renewed, with a cut-off or without: a renewal
+    // is for a key its owner still holds alone.
     let revoked = dir.join(REVOKED_FILE);
     let revoked = std::fs::symlink_metadata(&revoked)
         .is_ok()
         .then_some(revoked.as_path());
     let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), revoked)?;
     let old = trust
-        .admit_author(name, &old_der)
+        .admit_author_for_connection(name, &old_der)
         .map_err(|source| IdentityError::Certificate {
             path: cert_path.clone(),
             source,
