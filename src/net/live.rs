@@ -12,8 +12,8 @@
 
 use std::sync::{Arc, RwLock};
 
-use super::tls::{TlsIdentity, api_server_config};
 use super::NetError;
+use super::tls::{TlsIdentity, api_server_config};
 use crate::identity::TrustAnchor;
 
 /// One consistent TLS state.

@@ -140,7 +140,9 @@ pub(crate) async fn reload(inner: &Arc<Inner>) -> Result<ReloadReport, ReloadErr
             closed = report.closed.len(),
             "reloaded the CA, revocation list, certificate and channel keys"
         ),
-        Err(e) => tracing::warn!(error = %e, "reload refused; the node keeps its current trust state"),
+        Err(e) => {
+            tracing::warn!(error = %e, "reload refused; the node keeps its current trust state")
+        }
     }
     outcome
 }
@@ -207,14 +209,13 @@ pub(crate) fn close_untrusted(inner: &Inner) -> Vec<ClosedConnection> {
     };
     let mut closed = Vec::new();
     for (peer, conn) in live {
-        let verdict = net::authenticated_peer(&conn, &trust)
-            .and_then(|p| {
-                p.cert
-                    .check_time(now_us)
-                    .map_err(|e| NetError::Unauthorized {
-                        reason: format!("certificate refused: {e}"),
-                    })
-            });
+        let verdict = net::authenticated_peer(&conn, &trust).and_then(|p| {
+            p.cert
+                .check_time(now_us)
+                .map_err(|e| NetError::Unauthorized {
+                    reason: format!("certificate refused: {e}"),
+                })
+        });
         let Err(e) = verdict else { continue };
         let reason = match e {
             NetError::Unauthorized { reason } => reason,
@@ -265,23 +266,35 @@ mod tests {
     #[test]
     fn a_certificate_for_another_key_is_refused_naming_rotation() {
         let dir = tempfile::tempdir().unwrap();
-        crate::config::init_cluster(dir.path(), &["a".to_string(), "b".to_string()], 17500, 30, false)
-            .unwrap();
+        crate::config::init_cluster(
+            dir.path(),
+            &["a".to_string(), "b".to_string()],
+            17500,
+            30,
+            false,
+        )
+        .unwrap();
         let keys = dir.path().join("keys");
         let trust = crate::identity::TrustAnchor::load(&keys.join("ca.crt"), None).unwrap();
         let now = clock::now_us();
-        let a = NodeIdentity::load("a", &keys.join("a.key"), &keys.join("a.crt"), &trust, now)
-            .unwrap();
+        let a =
+            NodeIdentity::load("a", &keys.join("a.key"), &keys.join("a.crt"), &trust, now).unwrap();
         assert_eq!(
             apply_node_identity(&a.cert, &a, &keys.join("a.crt")).unwrap(),
             IdentityChange::SameKey
         );
-        let b = NodeIdentity::load("b", &keys.join("b.key"), &keys.join("b.crt"), &trust, now)
-            .unwrap();
+        let b =
+            NodeIdentity::load("b", &keys.join("b.key"), &keys.join("b.crt"), &trust, now).unwrap();
         let e = apply_node_identity(&a.cert, &b, &keys.join("b.crt")).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("another key") && text.contains("key rotation"), "{text}");
-        assert!(text.contains("b.crt") && text.contains("nothing changed"), "{text}");
+        assert!(
+            text.contains("another key") && text.contains("key rotation"),
+            "{text}"
+        );
+        assert!(
+            text.contains("b.crt") && text.contains("nothing changed"),
+            "{text}"
+        );
     }
 
     #[test]

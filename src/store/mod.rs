@@ -27,8 +27,8 @@ mod writer;
 use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::atomic::AtomicU64;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -1293,8 +1293,9 @@ fn current_own_cert(conn: &Connection, feed: &str) -> Result<Option<Vec<u8>>, Lo
     )?
     .pop();
     if let Some(event) = renewed {
-        let decoded = crate::core::verify::DecodedEvent::decode(event.envelope)
-            .map_err(|e| LogError::Corrupt(format!("a stored certificate renewal of {feed}: {e}")))?;
+        let decoded = crate::core::verify::DecodedEvent::decode(event.envelope).map_err(|e| {
+            LogError::Corrupt(format!("a stored certificate renewal of {feed}: {e}"))
+        })?;
         if let Some(der) = decoded.payload() {
             return Ok(Some(der.to_vec()));
         }

@@ -360,14 +360,8 @@ impl SealStage {
                         channels,
                         reply,
                     } => {
-                        let outcome = self.reload(
-                            trust,
-                            identity,
-                            channels,
-                            &work,
-                            epoch,
-                            &mut sealed_epoch,
-                        );
+                        let outcome =
+                            self.reload(trust, identity, channels, &work, epoch, &mut sealed_epoch);
                         let _ = reply.send(outcome);
                     }
                     _ => {}
