@@ -236,9 +236,6 @@ pub enum ClientResponse {
     SagaStarted(String),
     /// The request failed; nothing (more) was done.
     Error(String),
-    /// A reload succeeded: what it installed, as JSON (the shape `herald
-    /// reload --json` prints).
-    Reloaded(String),
     /// A streamed publish stopped at an event the node refuses: `event` is
     /// its index among the events of the stream (from 0), `field` the field
     /// at fault. Every event before it is durable and was receipted; nothing
@@ -248,6 +245,9 @@ pub enum ClientResponse {
         field: String,
         message: String,
     },
+    /// A reload succeeded: what it installed, as JSON (the shape `herald
+    /// reload --json` prints).
+    Reloaded(String),
 }
 
 /// Serves one client connection (whose certificate has `role`) until it
