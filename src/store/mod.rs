@@ -1254,7 +1254,8 @@ pub(crate) fn renew_own_certificate(
     signer: &crate::core::checkpoint::CheckpointSigner,
     trees: &mut checkpoints::Trees,
 ) -> Result<Option<VerifiedEvent>, LogError> {
-    let current = current_own_cert(conn, &identity.service)?;
+    // The feed's current certificate (the column keeps its historical name).
+    let current = writer::read_head(conn, &identity.service)?.map(|h| h.genesis_cert);
     if current.as_deref() == Some(identity.cert.der.as_slice()) {
         return Ok(None);
     }
@@ -1281,26 +1282,6 @@ pub(crate) fn renew_own_certificate(
         "appended a certificate renewal to this node's feed"
     );
     Ok(Some(event))
-}
-
-/// The certificate `feed` currently runs under: its latest certificate
-/// renewal's, or its genesis certificate (`None`: no such feed).
-fn current_own_cert(conn: &Connection, feed: &str) -> Result<Option<Vec<u8>>, LogError> {
-    let renewed = rows::query_events(
-        conn,
-        "WHERE f.name = ?1 AND t.name = ?2 ORDER BY e.seq DESC LIMIT 1",
-        params![feed, crate::core::event::CERTIFICATE_EVENT_TYPE],
-    )?
-    .pop();
-    if let Some(event) = renewed {
-        let decoded = crate::core::verify::DecodedEvent::decode(event.envelope).map_err(|e| {
-            LogError::Corrupt(format!("a stored certificate renewal of {feed}: {e}"))
-        })?;
-        if let Some(der) = decoded.payload() {
-            return Ok(Some(der.to_vec()));
-        }
-    }
-    Ok(writer::read_head(conn, feed)?.map(|h| h.genesis_cert))
 }
 
 /// Whether another process holds the store's lock (a running node, or a
