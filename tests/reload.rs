@@ -200,6 +200,12 @@ async fn live_reload_closes_a_revoked_peers_connection_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_are_refused_naming_the_file_and_nothing_changes() {
     let net = Net::mesh(&["a", "b"]);
+    net.edit("a", |c| {
+        c.api = Some(herald::config::ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        })
+    });
     let a = start(&net, "a").await;
     let b = start(&net, "b").await;
     wait_connected(&a, "b").await;
@@ -276,6 +282,31 @@ async fn bad_files_are_refused_naming_the_file_and_nothing_changes() {
         "{}",
         text(&o.stdout)
     );
+    // The HTTP API's local operator may ask too: 422 naming a bad file,
+    // 200 with the report once it is good.
+    if let Some(api) = a.api_addr() {
+        let client = reqwest::Client::new();
+        let url = format!("http://{api}/v1/reload");
+        std::fs::write(&revoked, "not toml [[[").unwrap();
+        let refused = client.post(&url).send().await.expect("POST /v1/reload");
+        assert_eq!(refused.status(), 422);
+        let body: Value = refused.json().await.expect("error JSON");
+        assert_eq!(body["error"]["code"], "reload_refused", "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("revoked.toml"),
+            "{body}"
+        );
+        std::fs::write(&revoked, &good_list).unwrap();
+        let ok = client.post(&url).send().await.expect("POST /v1/reload");
+        assert_eq!(ok.status(), 200);
+        let report: Value = ok.json().await.expect("report JSON");
+        assert_eq!(report["service"], "a", "{report}");
+    } else {
+        panic!("a has no HTTP API");
+    }
     // A node that is not running cannot be asked: exit 2.
     b.shutdown().await;
     let o = herald(&["reload", "--config", s(&net.config_path("b"))]);

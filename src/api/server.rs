@@ -55,6 +55,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sagas/{id}/history"),
     ("GET", "/v1/status"),
     ("GET", "/v1/peers"),
+    ("POST", "/v1/reload"),
     // The console (`console::routes`).
     ("GET", "/"),
     ("GET", "/console/console.js"),
@@ -279,6 +280,7 @@ fn v1() -> Router<ApiState> {
         .route("/v1/sagas/{id}/history", get(ops::saga_history))
         .route("/v1/status", get(ops::status))
         .route("/v1/peers", get(ops::peers))
+        .route("/v1/reload", post(ops::reload))
 }
 
 /// The authentication hook: every `/v1` route passes [`auth::guard`]
