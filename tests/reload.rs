@@ -495,3 +495,42 @@ fn sighup_makes_a_running_node_reload() {
     let exit = child.wait().expect("wait for a");
     assert!(exit.success(), "a exited {exit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_whose_certificate_expired_while_connected_is_dropped() {
+    let net = Net::mesh(&["a", "b"]);
+    // b's certificate ends a few seconds from now.
+    let now = herald::clock::now_us();
+    let ends = now + 10_000_000;
+    herald::identity::issue_node_with_validity(&net.keys(), "b", now - 3_600_000_000, ends, true)
+        .expect("short-lived certificate for b");
+    let a = start(&net, "a").await;
+    let b = start(&net, "b").await;
+    wait_connected(&a, "b").await;
+    assert!(
+        herald::clock::now_us() < ends,
+        "the machine was too slow: b's certificate expired before it connected"
+    );
+    let wait_us =
+        (ends / 1_000_000 * 1_000_000 + 1_500_000).saturating_sub(herald::clock::now_us());
+    tokio::time::sleep(Duration::from_micros(wait_us)).await;
+    // Expiry is checked on live connections too (every 60 s, and on a
+    // reload, which runs the same check now).
+    let report = a.reload().await.expect("a reloads");
+    assert!(
+        report
+            .closed
+            .iter()
+            .any(|c| c.peer == "b" && c.reason.contains("expired")),
+        "{report:?}"
+    );
+    common::wait_async("a to drop b", CLOSE_WITHIN, || async {
+        match peer_state(&a, "b").await {
+            (false, Some(e)) if e.contains("expired") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
