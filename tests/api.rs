@@ -732,6 +732,13 @@ async fn every_endpoint_answers_against_a_real_node() {
     let peers = api.get("/v1/peers", "/v1/peers").await;
     assert_eq!(peers.body["peers"][0]["name"], "b");
     assert_eq!(peers.body["peers"][0]["connected"], true);
+    // A reload with unchanged files installs them again and closes nothing
+    // (tests/reload.rs covers what changes).
+    let reloaded = api
+        .send_json("POST", "/v1/reload", "/v1/reload", &json!({}))
+        .await;
+    assert_eq!(reloaded.body["service"], "a", "{}", reloaded.body);
+    assert_eq!(reloaded.body["closed"], json!([]), "{}", reloaded.body);
 
     // The console: a page and its two files (tests/console.rs renders it).
     for (path, kind) in [

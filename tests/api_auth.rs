@@ -534,6 +534,14 @@ async fn each_client_gets_what_its_permissions_allow_and_403_for_the_rest() {
         let allowed = call(&operator, addr, "GET", path, None).await;
         assert_eq!(allowed.0, StatusCode::OK, "{path}: {}", allowed.1);
     }
+    // Reloading the node's trust files: admin only.
+    assert_forbidden(
+        &call(&writer, addr, "POST", "/v1/reload", None).await,
+        "admin",
+    );
+    let reloaded = call(&operator, addr, "POST", "/v1/reload", None).await;
+    assert_eq!(reloaded.0, StatusCode::OK, "{}", reloaded.1);
+    assert_eq!(reloaded.1["service"], "a", "{}", reloaded.1);
     // Metrics name peers, feeds and consumers: admin only.
     assert_forbidden(&call(&writer, addr, "GET", "/metrics", None).await, "admin");
     let scraped = operator

@@ -243,3 +243,14 @@ async fn an_unknown_alpn_fails_the_handshake_with_no_application_protocol() {
     conn.close(0u32.into(), b"done");
     t.shutdown().await;
 }
+
+/// PROTOCOL.md section 6: `ClientRequest::Reload` is the single byte 05;
+/// `ClientResponse::Reloaded` is 06 and the report's JSON as a string.
+#[test]
+fn the_reload_request_and_answer_are_encoded_as_documented() {
+    use herald::node::client::{ClientRequest, ClientResponse};
+    let bytes = postcard::to_stdvec(&ClientRequest::Reload).expect("encode");
+    assert_eq!(bytes, [0x05]);
+    let bytes = postcard::to_stdvec(&ClientResponse::Reloaded("{}".into())).expect("encode");
+    assert_eq!(hex::encode(&bytes), "06027b7d");
+}

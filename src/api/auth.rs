@@ -29,7 +29,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
@@ -49,7 +49,7 @@ use super::server::ApiState;
 use crate::config::{ApiClientConfig, ApiConfig};
 use crate::core::crypto::ChannelKeyId;
 use crate::core::event::{Encryption, glob_match};
-use crate::identity::TrustAnchor;
+use crate::node::Inner;
 use crate::store::{Log, StoredEvent};
 
 /// TLS handshakes the API runs at once; a connection beyond them is closed
@@ -378,20 +378,17 @@ pub struct TlsListener {
 
 impl TlsListener {
     /// Starts accepting on `listener` until the node shuts down or the
-    /// returned listener is dropped.
-    pub fn new(
+    /// returned listener is dropped. Each connection takes the node's TLS
+    /// state as of its arrival (certificate, trust anchor: a reload applies
+    /// to the next handshake).
+    pub(crate) fn new(
         listener: TcpListener,
-        tls: rustls::ServerConfig,
-        trust: Arc<TrustAnchor>,
-        now_us: fn() -> u64,
+        node: Weak<Inner>,
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<TlsListener> {
         let local = listener.local_addr()?;
         let (sender, accepted) = mpsc::channel(ACCEPTED_QUEUE_MAX);
-        let acceptor = TlsAcceptor::from(Arc::new(tls));
-        tokio::spawn(accept_loop(
-            listener, acceptor, trust, now_us, sender, shutdown,
-        ));
+        tokio::spawn(accept_loop(listener, node, sender, shutdown));
         Ok(TlsListener { accepted, local })
     }
 }
@@ -419,9 +416,7 @@ impl Listener for TlsListener {
 
 async fn accept_loop(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
-    trust: Arc<TrustAnchor>,
-    now_us: fn() -> u64,
+    node: Weak<Inner>,
     sender: mpsc::Sender<(TlsStream<TcpStream>, TlsPeer)>,
     shutdown: watch::Receiver<bool>,
 ) {
@@ -445,8 +440,16 @@ async fn accept_loop(
             tracing::warn!(%addr, "HTTPS API: {HANDSHAKES_MAX} handshakes in progress; connection closed");
             continue;
         };
-        let acceptor = acceptor.clone();
-        let trust = Arc::clone(&trust);
+        let Some(state) = node.upgrade().map(|n| n.tls.current()) else {
+            return;
+        };
+        let Some(config) = state.api.clone() else {
+            tracing::error!(%addr, "HTTPS API: no TLS configuration; connection closed");
+            continue;
+        };
+        let acceptor = TlsAcceptor::from(config);
+        let trust = Arc::clone(state.identity.trust());
+        let now_us = state.identity.clock();
         let sender = sender.clone();
         tokio::spawn(async move {
             let _permit = permit;

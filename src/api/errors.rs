@@ -39,6 +39,9 @@ pub mod code {
     pub const TOO_LARGE: &str = "too_large";
     /// 415: the body's content type is not one the endpoint reads.
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
+    /// 422: `POST /v1/reload` refused the node's new trust files (the
+    /// message names the file and why); nothing changed.
+    pub const RELOAD_REFUSED: &str = "reload_refused";
     /// 429: [`STREAMS_MAX`](crate::api::STREAMS_MAX) streams are open.
     pub const TOO_MANY_STREAMS: &str = "too_many_streams";
     /// 500: the store failed (the message says how); nothing is known to

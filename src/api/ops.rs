@@ -426,6 +426,28 @@ pub async fn peers(
     Ok(json_ok(&super::events::Field("peers", &peers)))
 }
 
+/// `POST /v1/reload`: rereads the node's CA, revocation list, certificate
+/// and channel keys, all or nothing (as `herald reload`; admin only).
+/// 200 with the report; 422 `reload_refused` naming the file at fault
+/// (nothing changed).
+pub async fn reload(
+    State(state): State<ApiState>,
+    Extension(access): Extension<Access>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    Params::parse(raw.as_deref())?.finish()?;
+    access.admin("a reload of the node's trust files")?;
+    let node = state.node()?;
+    match crate::node::reload::reload(&node).await {
+        Ok(report) => Ok(json_ok(&report)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            super::errors::code::RELOAD_REFUSED,
+            e.to_string(),
+        )),
+    }
+}
+
 /// `GET /healthz`: liveness. 200 while the node runs; 503 once a
 /// background task met a fault it cannot recover from (a damaged store, a
 /// self-fork): restart it, or look at `herald status`.

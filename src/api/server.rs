@@ -55,6 +55,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sagas/{id}/history"),
     ("GET", "/v1/status"),
     ("GET", "/v1/peers"),
+    ("POST", "/v1/reload"),
     // The console (`console::routes`).
     ("GET", "/"),
     ("GET", "/console/console.js"),
@@ -138,8 +139,10 @@ pub(crate) async fn spawn(
         .map_err(bind)?;
     let addr = tcp.local_addr().map_err(bind)?;
     let shutdown = node.shutdown.clone();
+    // Built from the node's current identity and kept with it, so a
+    // reload rebuilds it (`net::LiveTls`).
     let tls = if config.tls {
-        Some(crate::net::tls::api_server_config(&node.tls)?)
+        Some(node.tls.serve_api()?)
     } else {
         None
     };
@@ -154,15 +157,9 @@ pub(crate) async fn spawn(
     let mut servers = tokio::task::JoinSet::new();
     let stop = || crate::store::stopped(shutdown.clone());
     match tls {
-        Some(tls) => {
-            let listener = TlsListener::new(
-                tcp,
-                tls,
-                Arc::clone(node.tls.trust()),
-                node.tls.clock(),
-                shutdown.clone(),
-            )
-            .map_err(bind)?;
+        Some(_) => {
+            let listener =
+                TlsListener::new(tcp, Arc::downgrade(&node), shutdown.clone()).map_err(bind)?;
             let service = app.clone().into_make_service_with_connect_info::<Caller>();
             servers.spawn(report(
                 "HTTPS",
@@ -283,6 +280,7 @@ fn v1() -> Router<ApiState> {
         .route("/v1/sagas/{id}/history", get(ops::saga_history))
         .route("/v1/status", get(ops::status))
         .route("/v1/peers", get(ops::peers))
+        .route("/v1/reload", post(ops::reload))
 }
 
 /// The authentication hook: every `/v1` route passes [`auth::guard`]

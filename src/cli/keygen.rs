@@ -27,7 +27,7 @@ pub enum KeygenCommand {
     Channel(ChannelArgs),
     /// Revoke DIR/NAME.crt by adding it to DIR/revoked.toml.
     Revoke(RevokeArgs),
-    /// Renew node certificate DIR/NAME.crt for the same key DIR/NAME.key (signed by the CA in DIR); the node uses it from its next restart.
+    /// Renew node certificate DIR/NAME.crt for the same key DIR/NAME.key (signed by the CA in DIR); the node uses it from its next `herald reload` or restart.
     Renew(RenewArgs),
 }
 
@@ -167,7 +167,7 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
                 );
             } else {
                 println!(
-                    "wrote {} (channel {}: generation {}, key id {key_id}; restart the nodes holding it to encrypt new events under it)",
+                    "wrote {} (channel {}: generation {}, key id {key_id}; run `herald reload` on the nodes holding it (or restart them) to encrypt new events under it)",
                     rotated.path.display(),
                     a.name,
                     rotated.generation

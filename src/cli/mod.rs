@@ -24,6 +24,7 @@ pub mod outbox;
 pub mod prove;
 pub mod publish;
 pub mod query;
+pub mod reload;
 pub mod saga;
 pub mod status;
 pub mod tail;
@@ -73,6 +74,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// Show peers (connected, backlog, retries, errors) and feed heads.
     Status(status::StatusArgs),
+    /// Make the running node reread its CA, revocation list, certificate and channel keys (exit 0 done, 1 refused, 2 could not ask).
+    Reload(reload::ReloadArgs),
     /// Ask a service a synchronous question through the running node.
     Query(query::QueryArgs),
     /// Create the outbox table of a source in the service's database (or print its DDL).
@@ -138,6 +141,7 @@ pub fn run(command: Command) -> Result<u8, CliError> {
         Command::Prove(args) => prove::run(args),
         Command::Node(args) => node::run(args),
         Command::Status(args) => status::run(args),
+        Command::Reload(args) => reload::run(args),
         Command::Query(args) => query::run(args),
         Command::Saga(cmd) => saga::run(cmd),
         Command::Outbox(cmd) => outbox::run_outbox(cmd),

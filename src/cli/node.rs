@@ -1,4 +1,7 @@
 //! `herald node`: run one peer in the foreground until SIGINT or SIGTERM.
+//! SIGHUP makes it reread its CA, revocation list, certificate and channel
+//! keys (see `node/reload.rs`; `herald reload` asks the same and prints the
+//! answer).
 
 use std::path::PathBuf;
 
@@ -32,10 +35,14 @@ pub fn run(args: NodeArgs) -> Result<u8, CliError> {
         .build()?;
     runtime.block_on(async {
         let node = Node::start(&config).await?;
-        tracing::info!(service = %config.service, "running; stop with Ctrl-C or SIGTERM");
+        tracing::info!(service = %config.service, "running; stop with Ctrl-C or SIGTERM, reload trust files with SIGHUP");
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
         let failed = tokio::select! {
-            _ = wait_for_signal() => None,
+            _ = &mut stop => None,
             reason = node.failed() => Some(reason),
+            // Never resolves: reloads on SIGHUP until one of the above.
+            _ = reload_on_hangup(&node) => None,
         };
         tracing::info!("shutting down");
         node.shutdown().await;
@@ -47,6 +54,28 @@ pub fn run(args: NodeArgs) -> Result<u8, CliError> {
         }
     })?;
     Ok(EXIT_OK)
+}
+
+/// Reloads the node's trust files on every SIGHUP (the outcome is logged
+/// by the reload itself: info when installed, warn when refused). Never
+/// resolves, unless SIGHUP cannot be listened for (logged).
+async fn reload_on_hangup(node: &Node) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; use `herald reload` to reload");
+                return std::future::pending().await;
+            }
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the trust files");
+            let _ = node.reload().await;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Resolves on SIGINT or SIGTERM.

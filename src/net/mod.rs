@@ -27,10 +27,12 @@ use crate::identity::IdentityError;
 pub mod congestion;
 pub mod endpoint;
 pub mod frame;
+pub mod live;
 pub mod tls;
 
 pub use endpoint::{accept, authenticated_peer, bind, bind_client, connect, open_exchange};
 pub use frame::{read_frame, write_frame};
+pub use live::{LiveTls, TlsState};
 pub use tls::{TlsIdentity, client_config, server_config};
 
 /// What the peer's certificate allows: a node (serves, replicates, authors

@@ -104,6 +104,11 @@ pub enum ClientRequest {
     /// and stops at the first event it refuses (`Rejected`), after the
     /// receipts of every event before it.
     PublishStream,
+    /// Reread the CA file, revocation list, the node's certificate and key,
+    /// and the channel keyrings, and install them all or nothing (what
+    /// SIGHUP does). Only the node's own certificate may ask; the node
+    /// answers `Reloaded` or `Error` (nothing changed).
+    Reload,
 }
 
 /// One event of a streamed publish, as the tool sends it.
@@ -240,10 +245,14 @@ pub enum ClientResponse {
         field: String,
         message: String,
     },
+    /// A reload succeeded: what it installed, as JSON (the shape `herald
+    /// reload --json` prints).
+    Reloaded(String),
 }
 
-/// Serves one client connection until it closes.
-pub(crate) async fn serve(inner: Arc<Inner>, conn: quinn::Connection) {
+/// Serves one client connection (whose certificate has `role`) until it
+/// closes.
+pub(crate) async fn serve(inner: Arc<Inner>, conn: quinn::Connection, role: net::Role) {
     while let Ok((mut send, mut recv)) = conn.accept_bi().await {
         let inner = inner.clone();
         tokio::spawn(async move {
@@ -256,7 +265,7 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: quinn::Connection) {
                     return;
                 }
             };
-            if let Err(e) = handle(&inner, request, &mut send, recv).await {
+            if let Err(e) = handle(&inner, role, request, &mut send, recv).await {
                 let _ = net::write_frame(&mut send, &ClientResponse::Error(e)).await;
             }
             let _ = send.finish();
@@ -266,11 +275,30 @@ pub(crate) async fn serve(inner: Arc<Inner>, conn: quinn::Connection) {
 
 async fn handle(
     inner: &Arc<Inner>,
+    role: net::Role,
     request: ClientRequest,
     send: &mut quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> Result<(), String> {
     match request {
+        ClientRequest::Reload => {
+            // Changing what the node trusts is the operator's: the node's
+            // own certificate (which `herald reload` presents), not a
+            // client certificate issued for a tool.
+            if role != net::Role::Node {
+                return Err(format!(
+                    "only the node's own certificate may ask {} to reload; a client certificate may not",
+                    inner.service
+                ));
+            }
+            let report = super::reload::reload(inner)
+                .await
+                .map_err(|e| e.to_string())?;
+            let json = serde_json::to_string(&report).map_err(|e| e.to_string())?;
+            net::write_frame(send, &ClientResponse::Reloaded(json))
+                .await
+                .map_err(|e| e.to_string())
+        }
         ClientRequest::PublishStream => publish_stream(inner, send, recv).await,
         ClientRequest::Status => {
             let status = status_of(inner).await;
@@ -646,6 +674,22 @@ impl NodeClient {
     /// (its certificate allows client authentication).
     pub async fn connect(config: &NodeConfig) -> Result<NodeClient, NetError> {
         let trust = Arc::new(TrustAnchor::load(&config.ca, config.revoked.as_deref())?);
+        NodeClient::connect_with(config, trust).await
+    }
+
+    /// [`NodeClient::connect`] checking the node's certificate against the
+    /// CA alone, without the revocation list: `herald reload` asks the node
+    /// to read that list, so a list that does not parse must reach the
+    /// node (which refuses it, naming the file) rather than stop the tool.
+    pub async fn connect_without_revocations(config: &NodeConfig) -> Result<NodeClient, NetError> {
+        let trust = Arc::new(TrustAnchor::load(&config.ca, None)?);
+        NodeClient::connect_with(config, trust).await
+    }
+
+    async fn connect_with(
+        config: &NodeConfig,
+        trust: Arc<TrustAnchor>,
+    ) -> Result<NodeClient, NetError> {
         let tls = TlsIdentity::from_files(&config.cert, &config.key, trust)?;
         let bind: SocketAddr = if config.listen.is_ipv6() {
             "[::]:0"

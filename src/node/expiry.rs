@@ -64,7 +64,7 @@ impl CertificateExpiry {
 
 /// What to do about an expiring node certificate.
 pub const NODE_REMEDY: &str =
-    "renew it with `herald keygen renew --dir DIR --name NAME` and restart the node";
+    "renew it with `herald keygen renew --dir DIR --name NAME`, then `herald reload` the node";
 /// What to do about an expiring CA certificate.
 pub const CA_REMEDY: &str =
     "the CA cannot be renewed in place: plan a CA rollover before it ends (keys/README.md)";

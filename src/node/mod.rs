@@ -12,6 +12,7 @@ pub mod expiry;
 pub mod metrics;
 pub mod peer;
 pub mod query;
+pub mod reload;
 mod streams;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,6 @@ use crate::core::query::{
     QueryOutcome, QueryRequest, QueryStatus, SignedQueryResult, verify_result,
 };
 use crate::core::wire::{ALPN_CLIENT, ALPN_PEER, close};
-use crate::identity::TrustAnchor;
 use crate::net::{self, Role, TlsIdentity};
 use crate::store::{Committed, FeedHead, Log, LogError, LogOptions, Receipt, Tx, TxError, stopped};
 use query::QueryRegistry;
@@ -173,8 +173,17 @@ pub(crate) struct Inner {
     pub service: String,
     pub log: Arc<Log>,
     pub signing_key: SigningKey,
-    pub trust: Arc<TrustAnchor>,
-    pub tls: TlsIdentity,
+    /// The node's TLS identity and trust anchor as of now (a reload
+    /// replaces them; see `node/reload.rs`).
+    pub tls: net::LiveTls,
+    /// The config the node started with: where a reload rereads the CA,
+    /// revocation list, certificate, key and channel keyrings.
+    pub config: NodeConfig,
+    /// One reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    /// Why a peer connection was closed for an untrusted certificate, by
+    /// the connection's `stable_id`, so the peer's status shows it.
+    pub closed_untrusted: Mutex<BTreeMap<usize, String>>,
     pub endpoint: quinn::Endpoint,
     pub peers: Mutex<BTreeMap<String, PeerState>>,
     /// Live peer connections and the peer's key (to verify query answers).
@@ -270,8 +279,10 @@ impl Node {
             service: config.service.clone(),
             log,
             signing_key,
-            trust,
-            tls,
+            tls: net::LiveTls::new(tls),
+            config: config.clone(),
+            reload_lock: tokio::sync::Mutex::new(()),
+            closed_untrusted: Mutex::new(BTreeMap::new()),
             endpoint,
             peers: Mutex::new(peers),
             connections: Mutex::new(BTreeMap::new()),
@@ -307,6 +318,8 @@ impl Node {
         }
         // Warn of an expiring certificate at start, then daily.
         tasks.push(tokio::spawn(warn_of_expiry(inner.clone())));
+        // Drop peers whose certificate expires while they are connected.
+        tasks.push(tokio::spawn(reload::recheck_peers(inner.clone())));
         tracing::info!(service = %config.service, listen = %config.listen, "node started");
         Ok(Node {
             inner,
@@ -314,6 +327,14 @@ impl Node {
             tasks: Mutex::new(tasks),
             api_addr,
         })
+    }
+
+    /// Rereads the CA file, revocation list, this node's certificate and
+    /// key, and the channel keyrings the config names, and installs them
+    /// all or nothing; then closes peer connections whose certificate is no
+    /// longer trusted (see `node/reload.rs`). On an error nothing changed.
+    pub async fn reload(&self) -> Result<reload::ReloadReport, reload::ReloadError> {
+        reload::reload(&self.inner).await
     }
 
     /// This node's service name.
@@ -579,7 +600,7 @@ async fn warn_of_expiry(inner: Arc<Inner>) {
     loop {
         let now_us = clock::now_us();
         let node = expiry::node_expiry(&inner.service, inner.log.cert_not_after_us(), now_us);
-        let ca = expiry::ca_expiry(&inner.trust, now_us);
+        let ca = expiry::ca_expiry(&inner.tls.trust(), now_us);
         let mut all = vec![&node];
         all.extend(ca.as_ref());
         expiry::log_warnings(&inner.service, &all);
@@ -630,7 +651,7 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
             inner.log.cert_not_after_us(),
             clock::now_us(),
         )),
-        ca: expiry::ca_expiry(&inner.trust, clock::now_us()),
+        ca: expiry::ca_expiry(&inner.tls.trust(), clock::now_us()),
     }
 }
 
@@ -881,7 +902,7 @@ async fn accept_loop(inner: Arc<Inner>) {
         let inner = inner.clone();
         let clients = clients.clone();
         tokio::spawn(async move {
-            let accepted = net::accept(incoming, &inner.trust).await;
+            let accepted = net::accept(incoming, &inner.tls.trust()).await;
             drop(slot);
             let (conn, peer) = match accepted {
                 Ok(accepted) => accepted,
@@ -923,7 +944,7 @@ async fn accept_loop(inner: Arc<Inner>) {
                     conn.close(close::UNAUTHORIZED.into(), b"too many clients");
                     return;
                 };
-                client::serve(inner, conn).await;
+                client::serve(inner, conn, peer.role).await;
                 return;
             }
             let configured = inner
@@ -949,9 +970,11 @@ async fn dial_loop(inner: Arc<Inner>, name: String, address: std::net::SocketAdd
         if *shutdown.borrow() {
             return;
         }
-        let attempt = net::connect(&inner.endpoint, address, &name, ALPN_PEER, &inner.tls).await;
+        // The identity as of this dial: a reload applies from the next one.
+        let tls = inner.tls.identity();
+        let attempt = net::connect(&inner.endpoint, address, &name, ALPN_PEER, &tls).await;
         match attempt {
-            Ok(conn) => match net::authenticated_peer(&conn, &inner.trust) {
+            Ok(conn) => match net::authenticated_peer(&conn, tls.trust()) {
                 Ok(peer) if peer.service == name => {
                     backoff = RECONNECT_BACKOFF_MIN_MS;
                     serve_peer(
@@ -1043,12 +1066,19 @@ async fn serve_peer(
         Err(_) => false,
     };
     let shutting_down = matches!(error, peer::PeerError::Shutdown);
-    tracing::info!(peer = %name, reason = %error, "peer disconnected");
+    // Closed by a reload or the periodic check: say why.
+    let untrusted = inner
+        .closed_untrusted
+        .lock()
+        .ok()
+        .and_then(|mut why| why.remove(&conn.stable_id()));
+    let reason = untrusted.unwrap_or_else(|| error.to_string());
+    tracing::info!(peer = %name, %reason, "peer disconnected");
     if current {
         peer::update_status(&inner, &name, |s| {
             s.connected = false;
             if !shutting_down {
-                s.last_error = Some(error.to_string());
+                s.last_error = Some(reason);
             }
         });
     }

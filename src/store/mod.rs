@@ -27,8 +27,9 @@ mod writer;
 use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use rusqlite::{Connection, OpenFlags, params};
@@ -111,7 +112,7 @@ pub enum LogError {
     #[error("unsupported event format {0}: this build writes format 1 (signed) or 2 (sealed)")]
     EventFormat(u8),
     #[error(
-        "this node's certificate expired at {}: it cannot proclaim until it is renewed (`herald keygen renew`, then restart the node)",
+        "this node's certificate expired at {}: it cannot proclaim until it is renewed (`herald keygen renew`, then `herald reload` or restart the node)",
         crate::clock::format_timestamp(*.not_after_us)
     )]
     CertificateExpired { not_after_us: u64 },
@@ -329,11 +330,15 @@ pub struct Log {
     reader: Mutex<Connection>,
     /// Channel keys by name and the default; shared with the writer, which
     /// resolves channels for events proclaimed inside transactions.
-    channels: Arc<transact::Channels>,
+    /// Replaced by [`Log::reload`].
+    channels: RwLock<Arc<transact::Channels>>,
     /// Every generation of every channel key, for reading (channel key
     /// rotation): events carry the key id they were encrypted under.
-    all_channel_keys: Arc<Vec<ChannelKey>>,
-    trust: Arc<TrustAnchor>,
+    /// Replaced by [`Log::reload`].
+    all_channel_keys: RwLock<Arc<Vec<ChannelKey>>>,
+    /// The trust anchor ingest admits authors with; replaced by
+    /// [`Log::reload`].
+    trust: RwLock<Arc<TrustAnchor>>,
     /// Moves the WAL into the database in the background.
     _checkpointer: Checkpointer,
     /// True while this node's feed waits to be recovered from peers.
@@ -358,7 +363,29 @@ pub struct Log {
     metrics: Arc<metrics::StoreMetrics>,
     /// End of this node's certificate validity: events sealed after it
     /// would be rejected by every verifier, so proclaiming stops then.
-    cert_not_after_us: u64,
+    /// Moves when [`Log::reload`] takes a renewed certificate.
+    cert_not_after_us: AtomicU64,
+}
+
+/// What [`Log::reload`] installs (live trust updates): everything already
+/// loaded and checked by the caller.
+pub struct TrustUpdate {
+    /// The CA and revocation list ingest admits authors with from now on.
+    pub trust: TrustAnchor,
+    /// This node's identity as reloaded: the same key as the feed's, with a
+    /// certificate that may be a renewal.
+    pub identity: NodeIdentity,
+    /// Every generation of every channel key, oldest first per channel.
+    pub channels: Vec<ChannelKey>,
+}
+
+/// What [`Log::reload`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReloadOutcome {
+    /// The sequence number of the certificate renewal appended to this
+    /// node's feed, if the reloaded certificate lasts longer than the
+    /// feed's current one.
+    pub renewal_seq: Option<u64>,
 }
 
 impl Log {
@@ -422,15 +449,8 @@ impl Log {
         // Channel key rotation: `channels` holds every generation, oldest
         // first per channel. New events use each channel's newest (the last
         // inserted wins); reads decrypt with all of them, by key id.
-        let all_channel_keys = Arc::new(channels.clone());
-        let mut newest = std::collections::BTreeMap::new();
-        for key in channels {
-            newest.insert(key.name().to_string(), Arc::new(key));
-        }
-        let channels = Arc::new(transact::Channels {
-            keys: newest,
-            default: default_channel,
-        });
+        let all_channel_keys = RwLock::new(Arc::new(channels.clone()));
+        let channels = Arc::new(transact::Channels::newest_of(&channels, default_channel));
         let commit = writer::CommitStage {
             channels: Arc::clone(&channels),
             conn,
@@ -452,7 +472,7 @@ impl Log {
         };
         let handle = writer::spawn(seal, commit, rx)
             .map_err(|e| LogError::Corrupt(format!("cannot start writer threads: {e}")))?;
-        let cert_not_after_us = identity.cert.not_after_us;
+        let cert_not_after_us = AtomicU64::new(identity.cert.not_after_us);
         Ok(Log {
             cert_not_after_us,
             service: identity.service,
@@ -460,9 +480,9 @@ impl Log {
             requests: Some(tx),
             writer: Some(handle),
             reader: Mutex::new(reader),
-            channels,
+            channels: RwLock::new(channels),
             all_channel_keys,
-            trust,
+            trust: RwLock::new(trust),
             changes,
             recent,
             heads,
@@ -560,20 +580,72 @@ impl Log {
         self.changes.clone()
     }
 
-    /// The trust anchor this log verifies with.
-    pub fn trust(&self) -> &TrustAnchor {
-        &self.trust
+    /// The trust anchor this log verifies with (the latest one
+    /// [`Log::reload`] installed).
+    pub fn trust(&self) -> Arc<TrustAnchor> {
+        Arc::clone(&self.trust.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The channel keys this node holds: every generation of every channel
     /// (readers pick one by the event header's key id).
     pub fn channel_keys(&self) -> Vec<ChannelKey> {
-        self.all_channel_keys.as_ref().clone()
+        self.all_channel_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .clone()
     }
 
-    /// Resolves a channel name (`None`: the default channel).
+    /// Resolves a channel name (`None`: the default channel) to its newest
+    /// key generation.
     pub fn channel(&self, name: Option<&str>) -> Result<Arc<ChannelKey>, LogError> {
-        self.channels.get(name).cloned()
+        let channels = Arc::clone(&self.channels.read().unwrap_or_else(|p| p.into_inner()));
+        channels.get(name).cloned()
+    }
+
+    /// Installs a reloaded trust state (live trust updates), all or nothing:
+    /// ingest admits authors with `update.trust` from the next batch on
+    /// (cached feed verifiers are dropped, so an author revoked now is
+    /// refused), new events use each channel's newest key generation in
+    /// `update.channels` and reads use every generation, and if
+    /// `update.identity`'s certificate lasts longer than the feed's current
+    /// one, a certificate renewal is appended to this node's feed (as at
+    /// start-up). The identity must hold the feed's key
+    /// ([`LogError::KeyChanged`] otherwise); a default channel missing from
+    /// the keyrings is refused. On an error nothing changed.
+    pub fn reload(&self, update: TrustUpdate) -> Result<ReloadOutcome, LogError> {
+        let TrustUpdate {
+            trust,
+            identity,
+            channels,
+        } = update;
+        let default = self
+            .channels
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .default
+            .clone();
+        let newest = Arc::new(transact::Channels::newest_of(&channels, default));
+        newest.get(None)?;
+        let trust = Arc::new(trust);
+        let not_after_us = identity.cert.not_after_us;
+        let (reply, receiver) = sync_channel(1);
+        self.send(Request::Reload {
+            trust: Arc::clone(&trust),
+            identity: Box::new(identity),
+            channels: Arc::clone(&newest),
+            reply,
+        })?;
+        let outcome = receiver.recv().map_err(|_| LogError::WriterGone)??;
+        *self.trust.write().unwrap_or_else(|p| p.into_inner()) = trust;
+        *self.channels.write().unwrap_or_else(|p| p.into_inner()) = newest;
+        *self
+            .all_channel_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(channels);
+        self.cert_not_after_us
+            .store(not_after_us, std::sync::atomic::Ordering::Release);
+        Ok(outcome)
     }
 
     /// Proclaims one event on the default channel and waits until it is durable.
@@ -700,15 +772,15 @@ impl Log {
     /// Unix epoch (for expiry warnings).
     pub fn cert_not_after_us(&self) -> u64 {
         self.cert_not_after_us
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Refuses to proclaim once this node's certificate has expired: every
-    /// verifier would reject the events (renew, then restart).
+    /// verifier would reject the events (renew, then reload or restart).
     fn check_certificate_time(&self) -> Result<(), LogError> {
-        if clock::now_us() > self.cert_not_after_us {
-            return Err(LogError::CertificateExpired {
-                not_after_us: self.cert_not_after_us,
-            });
+        let not_after_us = self.cert_not_after_us();
+        if clock::now_us() > not_after_us {
+            return Err(LogError::CertificateExpired { not_after_us });
         }
         Ok(())
     }
@@ -1156,28 +1228,39 @@ pub(crate) fn start_or_resume(
     )
     .with_format(format);
     if sign {
-        renew_own_certificate(conn, identity, trust, &head, &mut sealer, &signer)?;
+        renew_own_certificate(
+            conn,
+            identity,
+            trust,
+            &mut sealer,
+            &signer,
+            &mut Default::default(),
+        )?;
     }
     Ok(sealer)
 }
 
-/// Renewal: when this node starts with a certificate for its
-/// feed's key that is not the feed's current one and lasts longer (it was
-/// renewed with `herald keygen renew`), appends a certificate renewal
-/// event so every verifier checks later events against the new validity.
-fn renew_own_certificate(
+/// Renewal: when this node starts (or reloads, see [`Log::reload`]) with
+/// a certificate for its feed's key that is not the feed's current one and
+/// lasts longer (it was renewed with `herald keygen renew`), appends a
+/// certificate renewal event so every verifier checks later events against
+/// the new validity. Returns the event appended, if any. `trees` are the
+/// caller's cached Merkle trees (the commit extends the feed's).
+pub(crate) fn renew_own_certificate(
     conn: &mut Connection,
     identity: &NodeIdentity,
     trust: &TrustAnchor,
-    head: &writer::HeadRow,
     sealer: &mut Sealer,
     signer: &crate::core::checkpoint::CheckpointSigner,
-) -> Result<(), LogError> {
-    if head.genesis_cert == identity.cert.der {
-        return Ok(());
+    trees: &mut checkpoints::Trees,
+) -> Result<Option<VerifiedEvent>, LogError> {
+    // The feed's current certificate (the column keeps its historical name).
+    let current = writer::read_head(conn, &identity.service)?.map(|h| h.genesis_cert);
+    if current.as_deref() == Some(identity.cert.der.as_slice()) {
+        return Ok(None);
     }
-    let current_not_after_us = trust
-        .admit_author(&identity.service, &head.genesis_cert)
+    let current_not_after_us = current
+        .and_then(|der| trust.admit_author(&identity.service, &der).ok())
         .map(|c| c.not_after_us)
         .unwrap_or(0);
     if identity.cert.not_after_us <= current_not_after_us {
@@ -1185,19 +1268,20 @@ fn renew_own_certificate(
             service = %identity.service,
             "the configured certificate ends no later than the feed's current one; not renewing the feed's certificate"
         );
-        return Ok(());
+        return Ok(None);
     }
     let now_us = clock::now_us();
     let id = writer::new_entropy(now_us).id;
     let event = sealer.renew_certificate(&identity.cert.der, id, now_us);
-    writer::commit_own(conn, &[event], &mut Default::default(), signer)?;
+    writer::commit_own(conn, std::slice::from_ref(&event), trees, signer)?;
     tracing::info!(
         service = %identity.service,
         serial = %identity.cert.serial_hex(),
         not_after = %clock::format_timestamp(identity.cert.not_after_us),
+        seq = event.header().seq,
         "appended a certificate renewal to this node's feed"
     );
-    Ok(())
+    Ok(Some(event))
 }
 
 /// Whether another process holds the store's lock (a running node, or a

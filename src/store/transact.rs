@@ -111,6 +111,19 @@ pub(crate) struct Channels {
 }
 
 impl Channels {
+    /// The newest generation of each channel in `keys` (every generation,
+    /// oldest first per channel: the last inserted wins) and the default.
+    pub fn newest_of(keys: &[ChannelKey], default: String) -> Channels {
+        let mut newest = BTreeMap::new();
+        for key in keys {
+            newest.insert(key.name().to_string(), Arc::new(key.clone()));
+        }
+        Channels {
+            keys: newest,
+            default,
+        }
+    }
+
     pub fn get(&self, name: Option<&str>) -> Result<&Arc<ChannelKey>, LogError> {
         let name = name.unwrap_or(&self.default);
         self.keys.get(name).ok_or_else(|| LogError::UnknownChannel {

@@ -100,7 +100,16 @@ pub(crate) enum Request {
         evidence: Box<Equivocation>,
         reply: EquivocationReply,
     },
+    /// Take a reloaded trust state (see [`super::Log::reload`]).
+    Reload {
+        trust: Arc<TrustAnchor>,
+        identity: Box<crate::identity::NodeIdentity>,
+        channels: Arc<Channels>,
+        reply: ReloadReply,
+    },
 }
+
+pub(crate) type ReloadReply = SyncSender<Result<super::ReloadOutcome, LogError>>;
 
 pub(crate) type CheckpointReply =
     SyncSender<Result<Result<CheckpointOutcome, CheckpointError>, LogError>>;
@@ -118,7 +127,8 @@ impl Request {
             | Request::Transact(_)
             | Request::Shutdown
             | Request::FinishRecovery { .. }
-            | Request::Refuse { .. } => 1,
+            | Request::Refuse { .. }
+            | Request::Reload { .. } => 1,
         }
     }
 }
@@ -175,6 +185,18 @@ enum Work {
         /// The event format the node writes.
         format: u8,
         reply: SyncSender<Result<Sealer, LogError>>,
+    },
+    /// Install a reloaded trust state; with the sealer lent (the feed is
+    /// not being recovered), append a certificate renewal if the reloaded
+    /// certificate calls for one. The sealer goes back through `give_back`.
+    Reload {
+        epoch: u64,
+        trust: Arc<TrustAnchor>,
+        identity: Box<crate::identity::NodeIdentity>,
+        channels: Arc<Channels>,
+        sealer: Option<Box<Sealer>>,
+        give_back: SyncSender<Option<Sealer>>,
+        reply: ReloadReply,
     },
 }
 
@@ -306,7 +328,12 @@ impl SealStage {
             }
             let (control, mut batch): (Vec<Request>, Vec<Request>) =
                 batch.into_iter().partition(|r| {
-                    matches!(r, Request::FinishRecovery { .. } | Request::Refuse { .. })
+                    matches!(
+                        r,
+                        Request::FinishRecovery { .. }
+                            | Request::Refuse { .. }
+                            | Request::Reload { .. }
+                    )
                 });
             for request in control {
                 match request {
@@ -326,6 +353,16 @@ impl SealStage {
                         for waiting in std::mem::take(&mut self.deferred) {
                             self.defer(waiting);
                         }
+                    }
+                    Request::Reload {
+                        trust,
+                        identity,
+                        channels,
+                        reply,
+                    } => {
+                        let outcome =
+                            self.reload(trust, identity, channels, &work, epoch, &mut sealed_epoch);
+                        let _ = reply.send(outcome);
                     }
                     _ => {}
                 }
@@ -473,7 +510,11 @@ impl SealStage {
                         "internal: a transaction reached the proclamation sealer".into(),
                     ))));
                 }
-                Request::Shutdown | Request::FinishRecovery { .. } | Request::Refuse { .. } => {}
+                // Control requests are taken out of the batch before it.
+                Request::Shutdown
+                | Request::FinishRecovery { .. }
+                | Request::Refuse { .. }
+                | Request::Reload { .. } => {}
             }
         }
         if let (false, Some(sealer)) = (drafts.is_empty(), self.sealer.as_mut()) {
@@ -538,6 +579,44 @@ impl SealStage {
         tracing::info!(next_seq = sealer.next_seq(), "own feed ready");
         self.sealer = Some(sealer);
         Ok(())
+    }
+
+    /// Hands a reloaded trust state to the commit stage, lending it the
+    /// sealer for a certificate renewal, and keeps the identity for the
+    /// end of recovery. The identity must hold the feed's key.
+    fn reload(
+        &mut self,
+        trust: Arc<TrustAnchor>,
+        identity: Box<crate::identity::NodeIdentity>,
+        channels: Arc<Channels>,
+        work: &SyncSender<Work>,
+        epoch: &AtomicU64,
+        sealed_epoch: &mut u64,
+    ) -> Result<super::ReloadOutcome, LogError> {
+        if identity.cert.public_key != self.identity.cert.public_key {
+            return Err(LogError::KeyChanged);
+        }
+        let (give_back, returned) = sync_channel(1);
+        let (reply, outcome) = sync_channel(1);
+        work.send(Work::Reload {
+            epoch: *sealed_epoch,
+            trust,
+            identity: identity.clone(),
+            channels,
+            sealer: self.sealer.take().map(Box::new),
+            give_back,
+            reply,
+        })
+        .map_err(|_| LogError::WriterGone)?;
+        self.sealer = returned.recv().map_err(|_| LogError::WriterGone)?;
+        let current = epoch.load(Ordering::Acquire);
+        if current != *sealed_epoch {
+            self.rewind_to_durable_head();
+            *sealed_epoch = current;
+        }
+        let outcome = outcome.recv().map_err(|_| LogError::WriterGone)??;
+        self.identity = *identity;
+        Ok(outcome)
     }
 
     /// After a failed commit the sealer ran ahead of the disk: rewind it to
@@ -761,10 +840,69 @@ impl CommitStage {
                     }
                     let _ = give_back.send(*sealer);
                 }
+                Work::Reload {
+                    epoch: sealed_in,
+                    trust,
+                    identity,
+                    channels,
+                    mut sealer,
+                    give_back,
+                    reply,
+                } => {
+                    let outcome = match sealer.as_deref_mut() {
+                        Some(_) if sealed_in != epoch.load(Ordering::Acquire) => {
+                            Err(LogError::Commit(
+                                "an earlier batch failed to commit; the reload did not run".into(),
+                            ))
+                        }
+                        Some(sealer) => self.renew_on_reload(&identity, &trust, sealer, epoch),
+                        None => Ok(None),
+                    };
+                    if let Ok(renewal) = &outcome {
+                        self.trust = trust;
+                        self.channels = channels;
+                        // Verifiers admitted their authors with the old
+                        // anchor: the next batch admits them again.
+                        self.verifiers.forget_all();
+                        if let Some(event) = renewal {
+                            self.announce_commit(vec![event.clone()]);
+                        }
+                    }
+                    let _ = give_back.send(sealer.map(|s| *s));
+                    let outcome = outcome.map(|renewal| super::ReloadOutcome {
+                        renewal_seq: renewal.map(|e| e.header().seq),
+                    });
+                    self.reply_after_sync(reply, outcome);
+                }
             }
         }
         // Every commit's actions run before the writer reports it stopped.
         self.wal_sync.finish();
+    }
+
+    /// Appends a certificate renewal for a reloaded identity if it calls for
+    /// one (see `renew_own_certificate`); a failed commit makes the seal
+    /// stage rewind the sealer.
+    fn renew_on_reload(
+        &mut self,
+        identity: &crate::identity::NodeIdentity,
+        trust: &TrustAnchor,
+        sealer: &mut Sealer,
+        epoch: &AtomicU64,
+    ) -> Result<Option<VerifiedEvent>, LogError> {
+        let renewed = super::renew_own_certificate(
+            &mut self.conn,
+            identity,
+            trust,
+            sealer,
+            &self.signer,
+            &mut self.trees,
+        );
+        if renewed.is_err() {
+            self.trees.clear();
+            epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        renewed
     }
 
     /// Runs each transaction in its own savepoint of one SQLite transaction,
