@@ -324,11 +324,11 @@ fn admit_api_client(
     now_us: u64,
 ) -> Result<AuthorCert, CertError> {
     // Common TLS stacks (OpenSSL, so curl) send the root along with the
-    // client certificate when it is in their trust store: the cluster
-    // CA's own certificate, byte for byte, is not an intermediate.
+    // client certificate when it is in their trust store: a CA
+    // certificate of the bundle, byte for byte, is not an intermediate.
     let others: Vec<&CertificateDer<'_>> = intermediates
         .iter()
-        .filter(|c| c.as_ref() != trust.ca_der())
+        .filter(|c| !trust.is_ca_cert(c.as_ref()))
         .collect();
     if !others.is_empty() {
         return Err(CertError::Malformed {

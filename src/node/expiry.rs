@@ -79,18 +79,40 @@ pub fn node_expiry(service: &str, not_after_us: u64, now_us: u64) -> Certificate
     )
 }
 
-/// The CA certificate's expiry, seen at `now_us` (`None` if its validity
-/// cannot be read, which a loaded trust anchor's certificate always has).
+/// The expiry of each current (not retired) CA of the bundle, seen at
+/// `now_us`, in bundle order. A retired CA is left out: it verifies only
+/// history, for which CA validity dates are not checked.
+pub fn ca_expiries(trust: &TrustAnchor, now_us: u64) -> Vec<CertificateExpiry> {
+    let current: Vec<_> = trust.current_cas().collect();
+    let several = current.len() > 1;
+    current
+        .into_iter()
+        .map(|ca| {
+            let what = if several {
+                format!(
+                    "CA certificate {} of the bundle (\"{}\")",
+                    ca.number(),
+                    ca.subject()
+                )
+            } else {
+                "the cluster CA certificate".to_string()
+            };
+            CertificateExpiry::at(&what, ca.not_after_us(), now_us, CA_REMEDY)
+        })
+        .collect()
+}
+
+/// The CA expiry `herald status` shows: the current CA of the bundle that
+/// ends first, its warning joined with every other current CA's (so a
+/// warning about any CA of the bundle is shown). `None` if every CA is
+/// retired.
 pub fn ca_expiry(trust: &TrustAnchor, now_us: u64) -> Option<CertificateExpiry> {
-    let cert = crate::identity::trust::parse_cert(trust.ca_der()).ok()?;
-    let secs = cert.tbs_certificate.validity.not_after.timestamp();
-    let not_after_us = u64::try_from(secs).unwrap_or(0).saturating_mul(1_000_000);
-    Some(CertificateExpiry::at(
-        "the cluster CA certificate",
-        not_after_us,
-        now_us,
-        CA_REMEDY,
-    ))
+    let all = ca_expiries(trust, now_us);
+    let warnings: Vec<&str> = all.iter().filter_map(|e| e.warning.as_deref()).collect();
+    let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+    let mut first = all.iter().min_by_key(|e| e.not_after_us)?.clone();
+    first.warning = warning;
+    Some(first)
 }
 
 /// Logs a `warn` for each of the node's certificate and the CA's that is
