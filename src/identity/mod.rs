@@ -80,7 +80,7 @@ pub enum IdentityError {
     },
     #[error("CA certificate {origin}: {reason}")]
     BadCa { origin: String, reason: String },
-    #[error("{} is the key of no CA certificate in {} (a CA's key and its certificate in the bundle must match)", .key.display(), .bundle.display())]
+    #[error("private key {} does not match certificate {}: it is the key of none of the CAs the bundle holds", .key.display(), .bundle.display())]
     NoSuchCa { key: PathBuf, bundle: PathBuf },
     #[error("{}: malformed channel key: {reason}", .path.display())]
     MalformedChannelKey { path: PathBuf, reason: String },

@@ -282,6 +282,18 @@ impl TrustAnchor {
         let text = std::str::from_utf8(text)
             .map_err(|_| bad("not UTF-8 text; expected PEM CERTIFICATE blocks".into()))?;
         let blocks = super::bundle::parse_bundle(text).map_err(bad)?;
+        Self::from_blocks(blocks, revoked, origin)
+    }
+
+    fn from_blocks(
+        blocks: Vec<super::bundle::BundleBlock>,
+        revoked: RevocationList,
+        origin: &str,
+    ) -> Result<Self, IdentityError> {
+        let bad = |reason: String| IdentityError::BadCa {
+            origin: origin.to_string(),
+            reason,
+        };
         let total = blocks.len();
         let mut cas: Vec<CaCert> = Vec::with_capacity(total);
         for (i, block) in blocks.into_iter().enumerate() {
@@ -308,12 +320,19 @@ impl TrustAnchor {
     /// Loads the CA bundle (PEM, one or more CA certificates, see
     /// [`super::bundle`]) and, if given, the revocation list.
     pub fn load(ca_pem_path: &Path, revoked_path: Option<&Path>) -> Result<Self, IdentityError> {
-        let text = super::read_file(ca_pem_path)?;
+        let bytes = super::read_file(ca_pem_path)?;
+        let malformed = |reason: String| IdentityError::MalformedPem {
+            path: ca_pem_path.to_path_buf(),
+            reason,
+        };
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| malformed("not UTF-8 text; expected PEM CERTIFICATE blocks".into()))?;
+        let blocks = super::bundle::parse_bundle(text).map_err(malformed)?;
         let revoked = match revoked_path {
             Some(p) => RevocationList::load(p)?,
             None => RevocationList::empty(),
         };
-        Self::from_bundle_pem(&text, revoked, &ca_pem_path.display().to_string())
+        Self::from_blocks(blocks, revoked, &ca_pem_path.display().to_string())
     }
 
     /// The founding CA's certificate DER: the bundle's first certificate.
