@@ -138,7 +138,10 @@ async fn served_certificate(net: &Net, name: &str, client: &TlsIdentity) -> Vec<
         .unwrap_or_else(|e| panic!("connect to {name}: {e}"));
     let chain = conn
         .peer_identity()
-        .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .expect("the server's certificate chain");
     chain[0].as_ref().to_vec()
 }
@@ -225,11 +228,22 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
         .expect("a CA 1 certificate is served before CA 1 is retired");
 
     // 3. Retire CA 1, and restart every node on the bundle that says so.
-    let out = assert_ok(&herald(&["keygen", "ca", "--dir", s(&keys), "--retire", "1"]));
+    let out = assert_ok(&herald(&[
+        "keygen",
+        "ca",
+        "--dir",
+        s(&keys),
+        "--retire",
+        "1",
+    ]));
     assert!(out.contains("CA 1 retired"), "{out}");
     let retired = TrustAnchor::load(&bundle, None).expect("bundle with CA 1 retired");
     assert!(retired.cas()[0].retired_at_us().is_some());
-    assert_eq!(retired.ca_public_key(), cluster_key, "the cluster keeps its id");
+    assert_eq!(
+        retired.ca_public_key(),
+        cluster_key,
+        "the cluster keeps its id"
+    );
     for name in NODES {
         cluster.restart(&net, name).await;
     }
@@ -257,11 +271,7 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
             let heads = node.log().heads().unwrap();
             for feed in NODES {
                 let head = heads.iter().find(|h| h.feed == feed).expect("feed held");
-                assert_eq!(
-                    head.seq,
-                    cluster.last(feed),
-                    "{name} holds {feed} exactly"
-                );
+                assert_eq!(head.seq, cluster.last(feed), "{name} holds {feed} exactly");
                 assert_eq!(head.status, "active", "{name}'s {feed}");
                 // Every event from genesis, with one renewal in it.
                 let events = node.log().read(feed, 0..=u64::MAX).unwrap();
@@ -337,8 +347,7 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
             s(&export),
         ]));
         let out = herald(&["verify", s(&export), "--ca", s(&bundle), "--json"]);
-        let report: serde_json::Value =
-            serde_json::from_slice(&out.stdout).expect("verify JSON");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("verify JSON");
         assert_eq!(out.status.code(), Some(0), "{report}");
         assert_eq!(report["valid"], true, "{report}");
         let feeds = report["feeds"].as_array().expect("feeds");

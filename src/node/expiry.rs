@@ -154,4 +154,29 @@ mod tests {
         let long_past = node_expiry("a", NOW - 3 * US_PER_DAY, NOW);
         assert_eq!(long_past.days_left, -3);
     }
+
+    #[test]
+    fn every_current_ca_of_the_bundle_is_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::identity::create_ca(dir.path(), 3650, false).unwrap();
+        // CA 2 ends in 10 days: its warning shows though CA 1 has years.
+        crate::identity::rollover_ca(dir.path(), 10).unwrap();
+        let trust = TrustAnchor::load(&dir.path().join("ca.crt"), None).unwrap();
+        let now = crate::clock::now_us();
+        let each = ca_expiries(&trust, now);
+        assert_eq!(each.len(), 2);
+        assert_eq!(each[0].warning, None);
+        let w = each[1].warning.as_deref().unwrap();
+        assert!(w.contains("CA certificate 2 of the bundle"), "{w}");
+        let shown = ca_expiry(&trust, now).unwrap();
+        assert_eq!(shown.not_after_us, each[1].not_after_us, "the first to end");
+        assert_eq!(shown.warning.as_deref(), Some(w));
+        // Once retired, CA 2 is no longer watched (it verifies history only,
+        // for which CA dates do not matter).
+        crate::identity::retire_ca(dir.path(), 2).unwrap();
+        let trust = TrustAnchor::load(&dir.path().join("ca.crt"), None).unwrap();
+        let shown = ca_expiry(&trust, now).unwrap();
+        assert_eq!(shown.warning, None);
+        assert!(shown.days_left > 3000);
+    }
 }
