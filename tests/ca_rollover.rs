@@ -367,3 +367,177 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
         assert_ne!(out.status.code(), Some(0), "CA 1 alone does not verify it");
     }
 }
+
+/// Every file of `dir`, with its bytes.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            (p.display().to_string(), std::fs::read(&p).unwrap())
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_refused(args: &[&str], needle: &str, dir: &Path) {
+    let before = files(dir);
+    let o = herald(args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert_eq!(files(dir), before, "{args:?} changed files");
+}
+
+#[test]
+fn keygen_rolls_the_ca_on_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path();
+    assert_ok(&herald(&["keygen", "ca", "--dir", s(keys)]));
+    assert_ok(&herald(&[
+        "keygen",
+        "node",
+        "--dir",
+        s(keys),
+        "--name",
+        "a",
+    ]));
+    // Nothing to retire in favour of: the only CA stays.
+    assert_refused(
+        &["keygen", "ca", "--dir", s(keys), "--retire", "1"],
+        "only current CA",
+        keys,
+    );
+
+    let out = assert_ok(&herald(&[
+        "keygen",
+        "ca",
+        "--dir",
+        s(keys),
+        "--rollover",
+        "--json",
+    ]));
+    let rolled: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rolled["ca"], 2, "{rolled}");
+    let written: Vec<&str> = rolled["written"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        written,
+        [
+            s(&keys.join("ca-2.key")),
+            s(&keys.join("ca-2.crt")),
+            s(&keys.join("ca.crt"))
+        ]
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(keys.join("ca-2.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // OpenSSL reads the bundle, and a CA 2 certificate verifies against it.
+    assert_ok(&herald(&[
+        "keygen",
+        "node",
+        "--dir",
+        s(keys),
+        "--name",
+        "b",
+        "--ca-key",
+        s(&keys.join("ca-2.key")),
+    ]));
+    if let Ok(o) = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(keys.join("ca.crt"))
+        .arg(keys.join("a.crt"))
+        .arg(keys.join("b.crt"))
+        .output()
+    {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    // Bad selectors and keys change nothing.
+    assert_refused(
+        &["keygen", "ca", "--dir", s(keys), "--retire", "3"],
+        "holds CA 1 to 2",
+        keys,
+    );
+    let stranger = tempfile::tempdir().unwrap();
+    assert_ok(&herald(&["keygen", "ca", "--dir", s(stranger.path())]));
+    assert_refused(
+        &[
+            "keygen",
+            "node",
+            "--dir",
+            s(keys),
+            "--name",
+            "c",
+            "--ca-key",
+            s(&stranger.path().join("ca.key")),
+        ],
+        "does not match certificate",
+        keys,
+    );
+
+    let out = assert_ok(&herald(&[
+        "keygen",
+        "ca",
+        "--dir",
+        s(keys),
+        "--retire",
+        "1",
+        "--json",
+    ]));
+    let retired: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(retired["ca"], 1, "{retired}");
+    assert!(retired["retired_at_us"].as_u64().unwrap() > 0);
+    let bundle = std::fs::read_to_string(keys.join("ca.crt")).unwrap();
+    assert!(
+        bundle.contains(&format!(
+            "herald-ca-retired: {}",
+            retired["retired_at"].as_str().unwrap()
+        )),
+        "{bundle}"
+    );
+    assert_refused(
+        &["keygen", "ca", "--dir", s(keys), "--retire", "1"],
+        "already retired",
+        keys,
+    );
+    // The retired CA signs nothing new; renewing under CA 2 moves a.
+    assert_refused(
+        &["keygen", "node", "--dir", s(keys), "--name", "c"],
+        "retired",
+        keys,
+    );
+    assert_refused(
+        &["keygen", "renew", "--dir", s(keys), "--name", "a"],
+        "pass --ca-key",
+        keys,
+    );
+    assert_ok(&herald(&[
+        "keygen",
+        "renew",
+        "--dir",
+        s(keys),
+        "--name",
+        "a",
+        "--ca-key",
+        s(&keys.join("ca-2.key")),
+    ]));
+    let trust = TrustAnchor::load(&keys.join("ca.crt"), None).unwrap();
+    trust
+        .admit_peer(&read_cert_pem(&keys.join("a.crt")).unwrap())
+        .expect("a's renewed certificate is of CA 2");
+    // A rollover never overwrites a key.
+    std::fs::write(keys.join("ca-3.crt"), "in the way").unwrap();
+    assert_refused(
+        &["keygen", "ca", "--dir", s(keys), "--rollover"],
+        "ca-3.crt already exists",
+        keys,
+    );
+}

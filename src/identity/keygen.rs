@@ -1,5 +1,6 @@
-//! Key and certificate generation: the CA, node and client certificates,
-//! channel keys, revocation and whole-cluster provisioning.
+//! Key and certificate generation: the CA (and its rollover), node and
+//! client certificates, channel keys, revocation and whole-cluster
+//! provisioning.
 //!
 //! Every function validates its input and checks *all* target files before
 //! writing *any*. Files are written to a temporary file in the target
@@ -12,7 +13,11 @@
 //!
 //! * `D/ca.crt`, `D/ca.key`: the CA (CN `herald cluster CA <random id>`,
 //!   `basicConstraints CA:TRUE, pathlen:0`, keyUsage keyCertSign, cRLSign,
-//!   digitalSignature).
+//!   digitalSignature). `D/ca.crt` is a CA bundle (see [`super::bundle`]):
+//!   [`rollover_ca`] appends CA `N` and writes its key and certificate to
+//!   `D/ca-N.key`, `D/ca-N.crt`; [`retire_ca`] marks one retired. Leaves are
+//!   signed by `D/ca.key` or the CA key passed (`--ca-key`), which must be
+//!   a current CA of the bundle.
 //! * `D/N.crt`, `D/N.key`: node or client `N` (CN and SAN DNS `N`, random
 //!   positive 16-byte serial, keyUsage digitalSignature, EKU serverAuth +
 //!   clientAuth for nodes, clientAuth only for clients, `CA:FALSE`).

@@ -1,7 +1,8 @@
 //! Identity and trust: certificates, keys, the trust anchor and revocation.
 //!
-//! A cluster has one certificate authority (an Ed25519 key and a self-signed
-//! X.509 CA certificate). Node certificates name their service in a DNS SAN and
+//! A cluster has a certificate authority (an Ed25519 key and a self-signed
+//! X.509 CA certificate); during a CA rollover, several, held in one CA
+//! bundle file, some possibly retired (see [`bundle`]). Node certificates name their service in a DNS SAN and
 //! hold the Ed25519 key that signs the node's events, so the TLS peer and the
 //! event author are one identity (see the architecture brief, section 2).
 //!
@@ -10,7 +11,8 @@
 //!   [`RevocationList`]. [`TrustAnchor::admit_author`] turns certificate DER
 //!   into an [`AuthorCert`] or a [`CertError`] naming the reason.
 //! * [`NodeIdentity`] is a node's own signing key and admitted certificate.
-//! * The `keygen` functions ([`create_ca`], [`issue_node`], [`issue_client`],
+//! * The `keygen` functions ([`create_ca`], [`rollover_ca`], [`retire_ca`],
+//!   [`issue_node`], [`issue_client`],
 //!   [`create_channel`], [`revoke`], [`init_cluster_with`]) write standard PEM files
 //!   that OpenSSL reads. Private keys are PKCS#8 v1, mode 0600, and are never
 //!   overwritten without `force`.
