@@ -1163,8 +1163,9 @@ pub(crate) fn start_or_resume(
 
 /// Renewal: when this node starts with a certificate for its
 /// feed's key that is not the feed's current one and lasts longer (it was
-/// renewed with `herald keygen renew`), appends a certificate renewal
-/// event so every verifier checks later events against the new validity.
+/// renewed with `herald keygen renew`) or is issued by another CA (a CA
+/// rollover), appends a certificate renewal event so every verifier checks
+/// later events against the new certificate.
 fn renew_own_certificate(
     conn: &mut Connection,
     identity: &NodeIdentity,
@@ -1180,7 +1181,16 @@ fn renew_own_certificate(
         .admit_author(&identity.service, &head.genesis_cert)
         .map(|c| c.not_after_us)
         .unwrap_or(0);
-    if identity.cert.not_after_us <= current_not_after_us {
+    // A certificate from another CA (a CA rollover) is recorded even if it
+    // ends sooner: once the old CA is retired, the feed's later events are
+    // checked against it.
+    let issuer = |der: &[u8]| {
+        crate::identity::trust::parse_cert(der)
+            .map(|c| c.tbs_certificate.issuer.as_raw().to_vec())
+            .ok()
+    };
+    let moves_ca = issuer(&head.genesis_cert) != issuer(&identity.cert.der);
+    if identity.cert.not_after_us <= current_not_after_us && !moves_ca {
         tracing::warn!(
             service = %identity.service,
             "the configured certificate ends no later than the feed's current one; not renewing the feed's certificate"
