@@ -414,6 +414,14 @@ impl TrustAnchor {
         self.admit(cert_der, None, true, Purpose::Connection)
     }
 
+    /// [`TrustAnchor::admit_peer`] for history: a certificate named by
+    /// itself (a witness's, checking its cosignatures in a proof), of any
+    /// CA of the bundle, a retired one's with its validity ending at the
+    /// retirement.
+    pub fn admit_peer_history(&self, cert_der: &[u8]) -> Result<(AuthorCert, CertRole), CertError> {
+        self.admit(cert_der, None, true, Purpose::History)
+    }
+
     /// The CA of the bundle that signed `cert`: the first, in bundle order,
     /// whose subject is the certificate's issuer and whose key verifies its
     /// signature. For a connection, a retired CA's signature is refused.
@@ -1114,6 +1122,7 @@ mod tests {
             history.check_time(retired.retired_at_us + 1),
             Err(CertError::Expired { .. })
         ));
+        assert_eq!(trust.admit_peer_history(&a_der).unwrap().0, history);
         // Connections and identities: refused, naming the CA and the time.
         for e in [
             trust.admit_peer(&a_der).unwrap_err(),
