@@ -839,7 +839,7 @@ fn summarize(
     for der in options.witness_certs {
         let (cert, role) = options
             .trust
-            .admit_peer(der)
+            .admit_peer_history(der)
             .map_err(|e| ProofCheckError::WitnessCert(e.to_string()))?;
         if role != CertRole::Node {
             return Err(ProofCheckError::WitnessCert(format!(

@@ -1,5 +1,5 @@
-//! `herald keygen`: create the cluster CA, node and client certificates,
-//! channel keys, renew and revoke certificates. Prints one line per file written
+//! `herald keygen`: create the cluster CA (and roll it over), node and
+//! client certificates, channel keys, renew and revoke certificates. Prints one line per file written
 //! (or, with `--json`, one JSON object `{"written": [...]}`); never prints key
 //! material.
 
@@ -17,7 +17,7 @@ pub const LEAF_DAYS_DEFAULT: u32 = 365;
 
 #[derive(Debug, Subcommand)]
 pub enum KeygenCommand {
-    /// Create the cluster CA: DIR/ca.crt and DIR/ca.key (Ed25519, self-signed).
+    /// Create the cluster CA: DIR/ca.crt and DIR/ca.key (Ed25519, self-signed); with --rollover add a new CA to the bundle DIR/ca.crt, with --retire N retire CA N of it.
     Ca(CaArgs),
     /// Issue a node certificate DIR/NAME.crt and key DIR/NAME.key, signed by the CA in DIR.
     Node(LeafArgs),
@@ -48,8 +48,18 @@ pub struct CaArgs {
     #[arg(long, default_value_t = CA_DAYS_DEFAULT)]
     pub days: u32,
     /// Overwrite existing files.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["rollover", "retire"])]
     pub force: bool,
+    /// Start a CA rollover: create a new CA, DIR/ca-N.key and DIR/ca-N.crt
+    /// (N its number in the bundle), and append its certificate to the
+    /// bundle DIR/ca.crt. Never overwrites a key.
+    #[arg(long, conflicts_with = "retire")]
+    pub rollover: bool,
+    /// End a CA rollover: mark CA N (1 is the first certificate of
+    /// DIR/ca.crt) retired from now. Its certificates then verify feed
+    /// history dated up to now and nothing else.
+    #[arg(long, value_name = "N")]
+    pub retire: Option<usize>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -59,6 +69,10 @@ pub struct LeafArgs {
     /// Key directory holding ca.crt and ca.key.
     #[arg(long)]
     pub dir: PathBuf,
+    /// Sign with this CA key (default DIR/ca.key), e.g. DIR/ca-2.key after
+    /// `keygen ca --rollover`; its CA must be a current CA of DIR/ca.crt.
+    #[arg(long, value_name = "PATH")]
+    pub ca_key: Option<PathBuf>,
     /// Service name: a DNS label ([a-z0-9-], 1 to 63 bytes).
     #[arg(long)]
     pub name: String,
@@ -134,6 +148,11 @@ pub struct RenewArgs {
     /// Service name of the node whose certificate is renewed.
     #[arg(long)]
     pub name: String,
+    /// Sign with this CA key (default DIR/ca.key), e.g. DIR/ca-2.key to move
+    /// the node to the new CA of a rollover; its CA must be a current CA of
+    /// DIR/ca.crt.
+    #[arg(long, value_name = "PATH")]
+    pub ca_key: Option<PathBuf>,
     /// Validity from now, in days (the old not_before is kept).
     #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
     pub days: u32,
@@ -143,13 +162,66 @@ pub struct RenewArgs {
 
 pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
     let (written, output) = match cmd {
+        KeygenCommand::Ca(a) if a.rollover => {
+            let rolled = identity::rollover_ca(&a.dir, a.days)?;
+            if a.output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "written": [display(&rolled.key), display(&rolled.cert), display(&rolled.bundle)],
+                        "ca": rolled.number,
+                        "subject": rolled.subject,
+                    })
+                );
+            } else {
+                println!("wrote {}", rolled.key.display());
+                println!("wrote {}", rolled.cert.display());
+                println!(
+                    "wrote {} (CA {} added: {}; issue under it with --ca-key {})",
+                    rolled.bundle.display(),
+                    rolled.number,
+                    rolled.subject,
+                    rolled.key.display()
+                );
+            }
+            return Ok(EXIT_OK);
+        }
+        KeygenCommand::Ca(CaArgs {
+            dir,
+            retire: Some(number),
+            output,
+            ..
+        }) => {
+            let retired = identity::retire_ca(&dir, number)?;
+            let at = crate::clock::format_timestamp(retired.retired_at_us);
+            if output.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "written": [display(&retired.bundle)],
+                        "ca": retired.number,
+                        "subject": retired.subject,
+                        "retired_at": at,
+                        "retired_at_us": retired.retired_at_us,
+                    })
+                );
+            } else {
+                println!(
+                    "wrote {} (CA {} retired at {at}: {}; destroy its key or move it offline)",
+                    retired.bundle.display(),
+                    retired.number,
+                    retired.subject
+                );
+            }
+            return Ok(EXIT_OK);
+        }
         KeygenCommand::Ca(a) => (identity::create_ca(&a.dir, a.days, a.force)?, a.output),
         KeygenCommand::Node(a) => (
-            identity::issue_node(&a.dir, &a.name, a.days, a.force)?,
+            identity::issue_node_with_ca(&a.dir, &a.name, a.days, a.force, a.ca_key.as_deref())?,
             a.output,
         ),
         KeygenCommand::Client(a) => (
-            identity::issue_client(&a.dir, &a.name, a.days, a.force)?,
+            identity::issue_client_with_ca(&a.dir, &a.name, a.days, a.force, a.ca_key.as_deref())?,
             a.output,
         ),
         KeygenCommand::Channel(a) if a.rotate => {
@@ -180,7 +252,12 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
             a.output,
         ),
         KeygenCommand::Renew(a) => (
-            vec![identity::renew_node(&a.dir, &a.name, a.days)?],
+            vec![identity::renew_node_with_ca(
+                &a.dir,
+                &a.name,
+                a.days,
+                a.ca_key.as_deref(),
+            )?],
             a.output,
         ),
         KeygenCommand::Revoke(a) => {

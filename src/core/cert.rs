@@ -136,6 +136,11 @@ pub enum CertError {
     IsCa,
     #[error("certificate has an unsupported critical extension {oid}")]
     UnknownCriticalExtension { oid: String },
+    #[error(
+        "certificate is issued by CA \"{ca}\", retired at {}: a retired CA's certificates verify feed history dated up to then, never a connection or a new identity; renew it under a current CA (herald keygen renew --ca-key)",
+        crate::clock::format_timestamp(*.retired_at_us)
+    )]
+    RetiredCa { ca: String, retired_at_us: u64 },
     #[error("certificate for \"{service}\" (serial {serial}) is revoked")]
     Revoked { service: String, serial: String },
     #[error(

@@ -1,5 +1,6 @@
-//! Key and certificate generation: the CA, node and client certificates,
-//! channel keys, revocation and whole-cluster provisioning.
+//! Key and certificate generation: the CA (and its rollover), node and
+//! client certificates, channel keys, revocation and whole-cluster
+//! provisioning.
 //!
 //! Every function validates its input and checks *all* target files before
 //! writing *any*. Files are written to a temporary file in the target
@@ -12,7 +13,11 @@
 //!
 //! * `D/ca.crt`, `D/ca.key`: the CA (CN `herald cluster CA <random id>`,
 //!   `basicConstraints CA:TRUE, pathlen:0`, keyUsage keyCertSign, cRLSign,
-//!   digitalSignature).
+//!   digitalSignature). `D/ca.crt` is a CA bundle (see [`super::bundle`]):
+//!   [`rollover_ca`] appends CA `N` and writes its key and certificate to
+//!   `D/ca-N.key`, `D/ca-N.crt`; [`retire_ca`] marks one retired. Leaves are
+//!   signed by `D/ca.key` or the CA key passed (`--ca-key`), which must be
+//!   a current CA of the bundle.
 //! * `D/N.crt`, `D/N.key`: node or client `N` (CN and SAN DNS `N`, random
 //!   positive 16-byte serial, keyUsage digitalSignature, EKU serverAuth +
 //!   clientAuth for nodes, clientAuth only for clients, `CA:FALSE`).
@@ -37,7 +42,7 @@ use super::revocation::{FILE_HEADER, Revocation, RevokedEntry, entry_toml};
 use super::trust::{parse_cert, subject_ed25519_key};
 use super::{IdentityError, RevocationList, TrustAnchor, read_cert_pem, read_file, validate_name};
 use crate::clock::{now_us, random_bytes};
-use crate::core::cert::Cutoff;
+use crate::core::cert::{AuthorCert, CertError, Cutoff};
 
 /// Longest validity accepted, in days (100 years).
 pub const VALIDITY_DAYS_MAX: u32 = 36_500;
@@ -197,32 +202,46 @@ fn generate_ca(not_before_us: u64, not_after_us: u64) -> Result<CaMaterial, Iden
     })
 }
 
-/// Loads and checks the CA in `dir`: a valid CA certificate and the matching key.
-fn load_ca(dir: &Path) -> Result<CaMaterial, IdentityError> {
-    let cert_path = dir.join(CA_CERT_FILE);
-    let key_path = dir.join(CA_KEY_FILE);
-    let cert_der = read_cert_pem(&cert_path)?;
-    let trust = TrustAnchor::load(&cert_path, None)?;
+/// The file name of CA `number`'s key and certificate in a key directory:
+/// `ca.key`/`ca.crt` for the founding CA (whose `ca.crt` grows into the
+/// bundle), `ca-N.key`/`ca-N.crt` for CA `N` added by a rollover.
+pub fn ca_file_names(number: usize) -> (String, String) {
+    if number <= 1 {
+        (CA_KEY_FILE.to_string(), CA_CERT_FILE.to_string())
+    } else {
+        (format!("ca-{number}.key"), format!("ca-{number}.crt"))
+    }
+}
+
+/// Loads and checks the signing CA for `dir`: the key `ca_key` (default
+/// `dir/ca.key`) and the CA certificate of the bundle `dir/ca.crt` holding
+/// its public key, which must not be retired.
+fn load_ca(dir: &Path, ca_key: Option<&Path>) -> Result<CaMaterial, IdentityError> {
+    let bundle_path = dir.join(CA_CERT_FILE);
+    let key_path = ca_key.map_or_else(|| dir.join(CA_KEY_FILE), Path::to_path_buf);
+    let trust = TrustAnchor::load(&bundle_path, None)?;
     let key = read_private_key(&key_path)?;
-    if key.verifying_key().to_bytes() != trust.ca_public_key() {
-        return Err(IdentityError::KeyMismatch {
+    let public = key.verifying_key().to_bytes();
+    let Some(ca) = trust.cas().iter().find(|c| c.public_key() == public) else {
+        return Err(IdentityError::NoSuchCa {
             key: key_path,
-            cert: cert_path,
+            bundle: bundle_path,
+        });
+    };
+    if let Some(at) = ca.retired_at_us() {
+        return Err(IdentityError::BadCa {
+            origin: format!("{} (CA {})", bundle_path.display(), ca.number()),
+            reason: format!(
+                "the CA of {} was retired at {}; it signs nothing new: pass --ca-key with the key of a current CA",
+                key_path.display(),
+                crate::clock::format_timestamp(at)
+            ),
         });
     }
-    let not_after_us = parse_cert(&cert_der)
-        .map(|c| {
-            let secs = c.tbs_certificate.validity.not_after.timestamp();
-            u64::try_from(secs).unwrap_or(0).saturating_mul(1_000_000)
-        })
-        .map_err(|source| IdentityError::Certificate {
-            path: cert_path.clone(),
-            source,
-        })?;
     Ok(CaMaterial {
-        cert_der,
+        cert_der: ca.der().to_vec(),
         key,
-        not_after_us,
+        not_after_us: ca.not_after_us(),
     })
 }
 
@@ -432,6 +451,154 @@ pub fn create_ca(
     )
 }
 
+/// What [`rollover_ca`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledCa {
+    /// The new CA's number in the bundle.
+    pub number: usize,
+    /// Its subject name.
+    pub subject: String,
+    /// The new CA's key, `dir/ca-N.key` (mode 0600).
+    pub key: PathBuf,
+    /// The new CA's certificate alone, `dir/ca-N.crt`.
+    pub cert: PathBuf,
+    /// The bundle, `dir/ca.crt`, now holding the new certificate last.
+    pub bundle: PathBuf,
+}
+
+/// Starts a CA rollover: creates a new CA (a new key and self-signed
+/// certificate, valid `validity_days`), writes its key to `dir/ca-N.key`
+/// and its certificate to `dir/ca-N.crt` (N its number in the bundle), and
+/// appends the certificate to the bundle `dir/ca.crt`, keeping every byte
+/// already there. Nodes trust it once they load the new bundle; certificates
+/// are issued under it with `--ca-key dir/ca-N.key`.
+///
+/// Refuses, writing nothing, when the bundle is missing or invalid, already
+/// holds [`super::bundle::CA_BUNDLE_CERTS_MAX`] certificates, or `ca-N.key`
+/// or `ca-N.crt` exists (keys are never overwritten).
+pub fn rollover_ca(dir: &Path, validity_days: u32) -> Result<RolledCa, IdentityError> {
+    validate_days(validity_days)?;
+    let bundle = dir.join(CA_CERT_FILE);
+    let trust = TrustAnchor::load(&bundle, None)?;
+    let number = trust.cas().len() + 1;
+    if number > super::bundle::CA_BUNDLE_CERTS_MAX {
+        return Err(IdentityError::BadCa {
+            origin: bundle.display().to_string(),
+            reason: format!(
+                "already holds {} CA certificates, the limit; no CA can be added",
+                super::bundle::CA_BUNDLE_CERTS_MAX
+            ),
+        });
+    }
+    let (key_name, cert_name) = ca_file_names(number);
+    let (key, cert) = (dir.join(key_name), dir.join(cert_name));
+    check_targets([key.as_path(), cert.as_path()], false)?;
+    let text = read_file(&bundle)?;
+    let text = std::str::from_utf8(&text).map_err(|_| IdentityError::BadCa {
+        origin: bundle.display().to_string(),
+        reason: "not UTF-8 text".into(),
+    })?;
+    let (nb, na) = window(validity_days);
+    let ca = generate_ca(nb, na)?;
+    let subject = parse_cert(&ca.cert_der)
+        .map(|c| c.tbs_certificate.subject.to_string())
+        .map_err(|e| gen_err(format!("the new CA certificate: {e}")))?;
+    let pem = cert_pem(&ca.cert_der);
+    let comment = format!(
+        "CA {number}: {subject}, added {} (herald keygen ca --rollover)",
+        crate::clock::format_timestamp(now_us())
+    );
+    let new_text = super::bundle::with_appended(text, &pem, &comment);
+    // The new bundle must load, or nothing is written.
+    TrustAnchor::from_bundle_pem(
+        new_text.as_bytes(),
+        RevocationList::empty(),
+        &bundle.display().to_string(),
+    )?;
+    write_files(
+        vec![
+            PendingFile::secret(key.clone(), private_key_pem(&ca.key)),
+            PendingFile::public(cert.clone(), pem),
+            PendingFile::public(bundle.clone(), new_text),
+        ],
+        true,
+    )?;
+    Ok(RolledCa {
+        number,
+        subject,
+        key,
+        cert,
+        bundle,
+    })
+}
+
+/// What [`retire_ca`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredCa {
+    /// The retired CA's number in the bundle.
+    pub number: usize,
+    /// Its subject name.
+    pub subject: String,
+    /// The retirement time written, microseconds since the Unix epoch.
+    pub retired_at_us: u64,
+    /// The bundle rewritten.
+    pub bundle: PathBuf,
+}
+
+/// Ends a CA rollover: marks CA `number` of the bundle `dir/ca.crt` retired
+/// from now (a `herald-ca-retired:` line before its certificate; the
+/// certificate stays, so feeds whose certificates it issued stay
+/// verifiable). From then on every verifier loading the bundle refuses its
+/// certificates for connections and node identities, and admits them for
+/// feed history only with their validity ending at the retirement time.
+///
+/// Refuses, writing nothing, when there is no CA `number`, it is already
+/// retired, or it is the last current CA (the cluster could no longer
+/// connect). Its key is not touched: destroying it is the operator's step
+/// (docs/SECURITY.md).
+pub fn retire_ca(dir: &Path, number: usize) -> Result<RetiredCa, IdentityError> {
+    let bundle = dir.join(CA_CERT_FILE);
+    let trust = TrustAnchor::load(&bundle, None)?;
+    let bad = |reason: String| IdentityError::BadCa {
+        origin: bundle.display().to_string(),
+        reason,
+    };
+    let Some(ca) = number.checked_sub(1).and_then(|i| trust.cas().get(i)) else {
+        return Err(IdentityError::InvalidArgument(format!(
+            "--retire {number}: {} holds CA 1 to {}",
+            bundle.display(),
+            trust.cas().len()
+        )));
+    };
+    if let Some(at) = ca.retired_at_us() {
+        return Err(bad(format!(
+            "CA {number} was already retired at {}; nothing was written",
+            crate::clock::format_timestamp(at)
+        )));
+    }
+    if trust.current_cas().count() < 2 {
+        return Err(bad(format!(
+            "CA {number} is the only current CA; add its successor first (herald keygen ca --rollover), nothing was written"
+        )));
+    }
+    let text = read_file(&bundle)?;
+    let text = std::str::from_utf8(&text).map_err(|_| bad("not UTF-8 text".into()))?;
+    let at = now_us();
+    let new_text = super::bundle::with_retirement(text, number, at).map_err(bad)?;
+    TrustAnchor::from_bundle_pem(
+        new_text.as_bytes(),
+        RevocationList::empty(),
+        &bundle.display().to_string(),
+    )?;
+    write_files(vec![PendingFile::public(bundle.clone(), new_text)], true)?;
+    Ok(RetiredCa {
+        number,
+        subject: ca.subject().to_string(),
+        retired_at_us: at,
+        bundle,
+    })
+}
+
 fn issue_from_dir(
     dir: &Path,
     name: &str,
@@ -439,6 +606,7 @@ fn issue_from_dir(
     window_us: Option<(u64, u64)>,
     validity_days: u32,
     force: bool,
+    ca_key: Option<&Path>,
 ) -> Result<Vec<PathBuf>, IdentityError> {
     validate_leaf_name(name)?;
     if window_us.is_none() {
@@ -451,7 +619,7 @@ fn issue_from_dir(
         ],
         force,
     )?;
-    let ca = load_ca(dir)?;
+    let ca = load_ca(dir, ca_key)?;
     let (nb, na) = match window_us {
         Some(w) => w,
         None => {
@@ -477,7 +645,46 @@ pub fn issue_node(
     validity_days: u32,
     force: bool,
 ) -> Result<Vec<PathBuf>, IdentityError> {
-    issue_from_dir(dir, name, LeafKind::Node, None, validity_days, force)
+    issue_from_dir(dir, name, LeafKind::Node, None, validity_days, force, None)
+}
+
+/// Like [`issue_node`], signed by the CA whose key is `ca_key` (default
+/// `dir/ca.key`); its certificate must be a current CA of `dir/ca.crt`.
+pub fn issue_node_with_ca(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    force: bool,
+    ca_key: Option<&Path>,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    issue_from_dir(
+        dir,
+        name,
+        LeafKind::Node,
+        None,
+        validity_days,
+        force,
+        ca_key,
+    )
+}
+
+/// Like [`issue_client`], signed by the CA whose key is `ca_key`.
+pub fn issue_client_with_ca(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    force: bool,
+    ca_key: Option<&Path>,
+) -> Result<Vec<PathBuf>, IdentityError> {
+    issue_from_dir(
+        dir,
+        name,
+        LeafKind::Client,
+        None,
+        validity_days,
+        force,
+        ca_key,
+    )
 }
 
 /// Issues a client certificate (EKU clientAuth only: may connect, may not
@@ -488,7 +695,15 @@ pub fn issue_client(
     validity_days: u32,
     force: bool,
 ) -> Result<Vec<PathBuf>, IdentityError> {
-    issue_from_dir(dir, name, LeafKind::Client, None, validity_days, force)
+    issue_from_dir(
+        dir,
+        name,
+        LeafKind::Client,
+        None,
+        validity_days,
+        force,
+        None,
+    )
 }
 
 /// Test support: issues a node certificate with an explicit validity window
@@ -507,6 +722,7 @@ pub fn issue_node_with_validity(
         Some((not_before_us, not_after_us)),
         1,
         force,
+        None,
     )
 }
 
@@ -527,6 +743,7 @@ pub fn issue_client_with_validity(
         Some((not_before_us, not_after_us)),
         1,
         force,
+        None,
     )
 }
 
@@ -542,11 +759,29 @@ pub fn issue_client_with_validity(
 /// certificate is not a node certificate of this CA for `name`, or when the
 /// key does not match it.
 pub fn renew_node(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf, IdentityError> {
-    validate_days(validity_days)?;
-    renew_from_dir(dir, name, validity_days)
+    renew_node_with_ca(dir, name, validity_days, None)
 }
 
-fn renew_from_dir(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf, IdentityError> {
+/// Like [`renew_node`], signed by the CA whose key is `ca_key` (default
+/// `dir/ca.key`), which must be a current CA of `dir/ca.crt`: the way a
+/// node moves to a new CA during a rollover. The old certificate may be of
+/// any CA of the bundle, a retired one included.
+pub fn renew_node_with_ca(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    ca_key: Option<&Path>,
+) -> Result<PathBuf, IdentityError> {
+    validate_days(validity_days)?;
+    renew_from_dir(dir, name, validity_days, ca_key)
+}
+
+fn renew_from_dir(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    ca_key: Option<&Path>,
+) -> Result<PathBuf, IdentityError> {
     validate_leaf_name(name)?;
     let cert_path = dir.join(format!("{name}.crt"));
     let key_path = dir.join(format!("{name}.key"));
@@ -559,7 +794,7 @@ fn renew_from_dir(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf,
             });
         }
     }
-    let ca = load_ca(dir)?;
+    let ca = load_ca(dir, ca_key)?;
     let old_der = read_cert_pem(&cert_path)?;
     // A revoked key is not renewed, with a cut-off or without: a renewal
     // is for a key its owner still holds alone.
@@ -568,8 +803,18 @@ fn renew_from_dir(dir: &Path, name: &str, validity_days: u32) -> Result<PathBuf,
         .is_ok()
         .then_some(revoked.as_path());
     let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), revoked)?;
+    let revoked_error = |cert: &AuthorCert| CertError::Revoked {
+        service: cert.service.clone(),
+        serial: cert.serial_hex(),
+    };
+    // History admission: a certificate of a retired CA may be renewed
+    // under a current one (a CA rollover).
     let old = trust
-        .admit_author_for_connection(name, &old_der)
+        .admit_author(name, &old_der)
+        .and_then(|cert| match cert.revoked_from {
+            Some(_) => Err(revoked_error(&cert)),
+            None => Ok(cert),
+        })
         .map_err(|source| IdentityError::Certificate {
             path: cert_path.clone(),
             source,

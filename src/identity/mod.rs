@@ -1,15 +1,18 @@
 //! Identity and trust: certificates, keys, the trust anchor and revocation.
 //!
-//! A cluster has one certificate authority (an Ed25519 key and a self-signed
-//! X.509 CA certificate). Node certificates name their service in a DNS SAN and
+//! A cluster has a certificate authority (an Ed25519 key and a self-signed
+//! X.509 CA certificate); during a CA rollover, several, held in one CA
+//! bundle file, some possibly retired (see [`bundle`]). Node certificates name their service in a DNS SAN and
 //! hold the Ed25519 key that signs the node's events, so the TLS peer and the
 //! event author are one identity (see the architecture brief, section 2).
 //!
-//! * [`TrustAnchor`] is the pure verifier: the CA certificate plus the
+//! * [`TrustAnchor`] is the pure verifier: the CA bundle (one CA, or
+//!   several during a CA rollover, see [`bundle`]) plus the
 //!   [`RevocationList`]. [`TrustAnchor::admit_author`] turns certificate DER
 //!   into an [`AuthorCert`] or a [`CertError`] naming the reason.
 //! * [`NodeIdentity`] is a node's own signing key and admitted certificate.
-//! * The `keygen` functions ([`create_ca`], [`issue_node`], [`issue_client`],
+//! * The `keygen` functions ([`create_ca`], [`rollover_ca`], [`retire_ca`],
+//!   [`issue_node`], [`issue_client`],
 //!   [`create_channel`], [`revoke`], [`init_cluster_with`]) write standard PEM files
 //!   that OpenSSL reads. Private keys are PKCS#8 v1, mode 0600, and are never
 //!   overwritten without `force`.
@@ -26,6 +29,7 @@ use zeroize::Zeroizing;
 
 use crate::core::crypto::ChannelKey;
 
+pub mod bundle;
 pub mod keygen;
 pub mod pem;
 pub mod revocation;
@@ -33,13 +37,14 @@ pub mod trust;
 
 pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
-    ClusterNode, RotatedChannel, create_ca, create_channel, init_cluster_with, issue_client,
-    issue_client_with_validity, issue_node, issue_node_with_validity, renew_node, revoke,
-    revoke_with_status, rotate_channel,
+    ClusterNode, RetiredCa, RolledCa, RotatedChannel, create_ca, create_channel, init_cluster_with,
+    issue_client, issue_client_with_ca, issue_client_with_validity, issue_node, issue_node_with_ca,
+    issue_node_with_validity, renew_node, renew_node_with_ca, retire_ca, revoke,
+    revoke_with_status, rollover_ca, rotate_channel,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
-pub use trust::{CertRole, TrustAnchor};
+pub use trust::{CaCert, CertRole, TrustAnchor};
 
 /// Longest service or channel name, in bytes (a DNS label).
 pub const NAME_BYTES_MAX: usize = 63;
@@ -77,6 +82,8 @@ pub enum IdentityError {
     },
     #[error("CA certificate {origin}: {reason}")]
     BadCa { origin: String, reason: String },
+    #[error("private key {} does not match certificate {}: it is the key of none of the CAs the bundle holds", .key.display(), .bundle.display())]
+    NoSuchCa { key: PathBuf, bundle: PathBuf },
     #[error("{}: malformed channel key: {reason}", .path.display())]
     MalformedChannelKey { path: PathBuf, reason: String },
     #[error("{} already exists; pass --rotate to add a key generation (events under the older ones stay readable), or --force to replace every generation it holds (events under them become unreadable); nothing was written", .path.display())]
@@ -232,9 +239,10 @@ impl NodeIdentity {
             path: cert_path.to_path_buf(),
             source,
         };
-        let cert = trust
-            .admit_author_for_connection(service, &der)
-            .map_err(cert_err)?;
+        // A node's own certificate serves connections: a retired CA's is
+        // refused here, with a message saying to renew it, and so is a
+        // revoked one (with a cut-off or without).
+        let cert = trust.admit_node(service, &der).map_err(cert_err)?;
         if signing_key.verifying_key().to_bytes() != cert.public_key {
             return Err(IdentityError::KeyMismatch {
                 key: key_path.to_path_buf(),

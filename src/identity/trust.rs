@@ -14,7 +14,7 @@ use x509_parser::oid_registry::{
 use x509_parser::x509::{AlgorithmIdentifier, X509Version};
 
 use super::revocation::Revocation;
-use super::{AuthorCert, CertError, IdentityError, RevocationList, read_cert_pem, validate_name};
+use super::{AuthorCert, CertError, IdentityError, RevocationList, validate_name};
 use crate::core::cert::AuthorAdmission;
 use crate::core::limits::CERT_BYTES_MAX;
 
@@ -29,13 +29,65 @@ pub enum CertRole {
     Client,
 }
 
-/// The CA certificate and revocation list every verification honours.
+/// One CA certificate of the bundle, checked at load.
+#[derive(Debug, Clone)]
+pub struct CaCert {
+    number: usize,
+    der: Vec<u8>,
+    subject_raw: Vec<u8>,
+    subject: String,
+    key: VerifyingKey,
+    not_after_us: u64,
+    retired_at_us: Option<u64>,
+}
+
+impl CaCert {
+    /// Its position in the bundle, from 1 (1 is the founding CA).
+    pub fn number(&self) -> usize {
+        self.number
+    }
+
+    /// The certificate DER.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+
+    /// The subject name, for messages.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The CA's Ed25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
+    /// End of the CA certificate's validity, microseconds since the Unix
+    /// epoch (informational: CA validity dates are not checked).
+    pub fn not_after_us(&self) -> u64 {
+        self.not_after_us
+    }
+
+    /// When the CA was retired, if it is.
+    pub fn retired_at_us(&self) -> Option<u64> {
+        self.retired_at_us
+    }
+}
+
+/// What an admission is for: a retired CA's certificates serve history only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// A feed's certificate (genesis, renewal, proofs): a retired CA's
+    /// certificates are admitted with validity ending at the retirement.
+    History,
+    /// A connection or a node's own identity: only current CAs.
+    Connection,
+}
+
+/// The CA bundle and revocation list every verification honours.
 #[derive(Debug, Clone)]
 pub struct TrustAnchor {
-    ca_der: Vec<u8>,
-    ca_subject_raw: Vec<u8>,
-    ca_subject: String,
-    ca_key: VerifyingKey,
+    cas: Vec<CaCert>,
     revoked: RevocationList,
 }
 
@@ -164,15 +216,63 @@ fn time_us(t: &x509_parser::time::ASN1Time) -> u64 {
     }
 }
 
+/// Checks one CA certificate of a bundle: a self-signed Ed25519 v3
+/// certificate with `basicConstraints CA:TRUE` (and keyCertSign if keyUsage
+/// is present). Its validity dates are kept, not checked.
+fn check_ca(ca_der: &[u8], number: usize, retired_at_us: Option<u64>) -> Result<CaCert, String> {
+    let cert = parse_cert(ca_der).map_err(|e| e.to_string())?;
+    let key_bytes = subject_ed25519_key(&cert).map_err(|e| e.to_string())?;
+    let key = verifying_key(&key_bytes).map_err(|e| e.to_string())?;
+    let tbs = &cert.tbs_certificate;
+    let bc = tbs
+        .basic_constraints()
+        .map_err(|e| format!("bad basicConstraints: {e}"))?;
+    if !bc.is_some_and(|b| b.value.ca) {
+        return Err("not a CA certificate (basicConstraints CA:TRUE missing)".into());
+    }
+    if let Some(ku) = tbs.key_usage().map_err(|e| format!("bad keyUsage: {e}"))?
+        && !ku.value.key_cert_sign()
+    {
+        return Err("keyUsage does not allow keyCertSign".into());
+    }
+    if tbs.issuer.as_raw() != tbs.subject.as_raw() {
+        return Err(format!(
+            "not self-signed: issuer \"{}\" differs from subject \"{}\"",
+            tbs.issuer, tbs.subject
+        ));
+    }
+    verify_signature(&cert, &key).map_err(|e| format!("self-signature: {e}"))?;
+    Ok(CaCert {
+        number,
+        der: ca_der.to_vec(),
+        subject_raw: tbs.subject.as_raw().to_vec(),
+        subject: tbs.subject.to_string(),
+        key,
+        not_after_us: time_us(&tbs.validity.not_after),
+        retired_at_us,
+    })
+}
+
 impl TrustAnchor {
-    /// Builds a trust anchor from CA certificate DER. The CA must be a
+    /// Builds a trust anchor from one CA certificate's DER. The CA must be a
     /// self-signed Ed25519 certificate with `basicConstraints CA:TRUE`.
     pub fn from_ca_der(ca_der: &[u8], revoked: RevocationList) -> Result<Self, IdentityError> {
-        Self::from_ca_der_named(ca_der, revoked, "(in-memory DER)")
+        let ca = check_ca(ca_der, 1, None).map_err(|reason| IdentityError::BadCa {
+            origin: "(in-memory DER)".into(),
+            reason,
+        })?;
+        Ok(TrustAnchor {
+            cas: vec![ca],
+            revoked,
+        })
     }
 
-    fn from_ca_der_named(
-        ca_der: &[u8],
+    /// Builds a trust anchor from a CA bundle's text (see
+    /// [`super::bundle`]); `origin` names it in errors. Each certificate must
+    /// be a CA as [`TrustAnchor::from_ca_der`] requires, and no two may hold
+    /// the same key.
+    pub fn from_bundle_pem(
+        text: &[u8],
         revoked: RevocationList,
         origin: &str,
     ) -> Result<Self, IdentityError> {
@@ -180,59 +280,94 @@ impl TrustAnchor {
             origin: origin.to_string(),
             reason,
         };
-        let cert = parse_cert(ca_der).map_err(|e| bad(e.to_string()))?;
-        let key_bytes = subject_ed25519_key(&cert).map_err(|e| bad(e.to_string()))?;
-        let ca_key = verifying_key(&key_bytes).map_err(|e| bad(e.to_string()))?;
-        let tbs = &cert.tbs_certificate;
-        let bc = tbs
-            .basic_constraints()
-            .map_err(|e| bad(format!("bad basicConstraints: {e}")))?;
-        if !bc.is_some_and(|b| b.value.ca) {
-            return Err(bad(
-                "not a CA certificate (basicConstraints CA:TRUE missing)".into(),
-            ));
-        }
-        if let Some(ku) = tbs
-            .key_usage()
-            .map_err(|e| bad(format!("bad keyUsage: {e}")))?
-            && !ku.value.key_cert_sign()
-        {
-            return Err(bad("keyUsage does not allow keyCertSign".into()));
-        }
-        if tbs.issuer.as_raw() != tbs.subject.as_raw() {
-            return Err(bad(format!(
-                "not self-signed: issuer \"{}\" differs from subject \"{}\"",
-                tbs.issuer, tbs.subject
-            )));
-        }
-        verify_signature(&cert, &ca_key).map_err(|e| bad(format!("self-signature: {e}")))?;
-        Ok(TrustAnchor {
-            ca_der: ca_der.to_vec(),
-            ca_subject_raw: tbs.subject.as_raw().to_vec(),
-            ca_subject: tbs.subject.to_string(),
-            ca_key,
-            revoked,
-        })
+        let text = std::str::from_utf8(text)
+            .map_err(|_| bad("not UTF-8 text; expected PEM CERTIFICATE blocks".into()))?;
+        let blocks = super::bundle::parse_bundle(text).map_err(bad)?;
+        Self::from_blocks(blocks, revoked, origin)
     }
 
-    /// Loads the CA certificate (PEM) and, if given, the revocation list.
+    fn from_blocks(
+        blocks: Vec<super::bundle::BundleBlock>,
+        revoked: RevocationList,
+        origin: &str,
+    ) -> Result<Self, IdentityError> {
+        let bad = |reason: String| IdentityError::BadCa {
+            origin: origin.to_string(),
+            reason,
+        };
+        let total = blocks.len();
+        let mut cas: Vec<CaCert> = Vec::with_capacity(total);
+        for (i, block) in blocks.into_iter().enumerate() {
+            let number = i + 1;
+            let which = |reason: String| {
+                if total == 1 {
+                    bad(reason)
+                } else {
+                    bad(format!("certificate {number} of {total}: {reason}"))
+                }
+            };
+            let ca = check_ca(&block.der, number, block.retired_at_us).map_err(which)?;
+            if let Some(twin) = cas.iter().find(|c| c.key == ca.key) {
+                return Err(which(format!(
+                    "holds the same key as certificate {}; each CA of a bundle has its own key",
+                    twin.number
+                )));
+            }
+            cas.push(ca);
+        }
+        Ok(TrustAnchor { cas, revoked })
+    }
+
+    /// Loads the CA bundle (PEM, one or more CA certificates, see
+    /// [`super::bundle`]) and, if given, the revocation list.
     pub fn load(ca_pem_path: &Path, revoked_path: Option<&Path>) -> Result<Self, IdentityError> {
-        let der = read_cert_pem(ca_pem_path)?;
+        let bytes = super::read_file(ca_pem_path)?;
+        let malformed = |reason: String| IdentityError::MalformedPem {
+            path: ca_pem_path.to_path_buf(),
+            reason,
+        };
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| malformed("not UTF-8 text; expected PEM CERTIFICATE blocks".into()))?;
+        let blocks = super::bundle::parse_bundle(text).map_err(malformed)?;
         let revoked = match revoked_path {
             Some(p) => RevocationList::load(p)?,
             None => RevocationList::empty(),
         };
-        Self::from_ca_der_named(&der, revoked, &ca_pem_path.display().to_string())
+        Self::from_blocks(blocks, revoked, &ca_pem_path.display().to_string())
     }
 
-    /// The CA certificate DER.
+    /// The founding CA's certificate DER: the bundle's first certificate.
     pub fn ca_der(&self) -> &[u8] {
-        &self.ca_der
+        &self.founding().der
     }
 
-    /// The CA's Ed25519 public key.
+    /// The founding CA's Ed25519 public key (the bundle's first certificate,
+    /// retired or not). It names the cluster: the cluster id of every
+    /// checkpoint is derived from it (docs/FORMAT.md 15.2), so a CA rollover
+    /// keeps the cluster id.
     pub fn ca_public_key(&self) -> [u8; 32] {
-        self.ca_key.to_bytes()
+        self.founding().key.to_bytes()
+    }
+
+    fn founding(&self) -> &CaCert {
+        // A bundle always holds at least one CA (checked at construction).
+        &self.cas[0]
+    }
+
+    /// Every CA of the bundle, in file order (number 1 first).
+    pub fn cas(&self) -> &[CaCert] {
+        &self.cas
+    }
+
+    /// The CAs not retired, in file order.
+    pub fn current_cas(&self) -> impl Iterator<Item = &CaCert> {
+        self.cas.iter().filter(|c| c.retired_at_us.is_none())
+    }
+
+    /// Whether `der` is, byte for byte, one of the bundle's CA certificates
+    /// (a TLS client may send its root along).
+    pub fn is_ca_cert(&self, der: &[u8]) -> bool {
+        self.cas.iter().any(|c| c.der == der)
     }
 
     /// The revocation list this anchor honours.
@@ -240,32 +375,35 @@ impl TrustAnchor {
         &self.revoked
     }
 
-    /// Admits `cert_der` as the certificate of event author / node `service`.
+    /// Admits `cert_der` as the certificate of event author / node `service`
+    /// in a feed's history (a genesis, a renewal, a proof).
     ///
     /// Checks, in order: size and DER well-formedness (no trailing bytes,
-    /// X.509 v3); issuer name equals the CA subject; the CA's Ed25519
-    /// signature over the TBS bytes; the subject key is Ed25519 and not weak;
+    /// X.509 v3); a CA of the bundle whose subject equals the issuer name
+    /// and whose Ed25519 signature over the TBS bytes verifies (tried in
+    /// bundle order); the subject key is Ed25519 and not weak;
     /// no unknown critical extension; not a CA; EKU has serverAuth and
     /// clientAuth (a node certificate) and keyUsage, if present, allows
-    /// digitalSignature; a DNS SAN equals `service`; not revoked. Does not
-    /// check time: see [`AuthorCert::check_time`].
+    /// digitalSignature; a DNS SAN equals `service`; not revoked. A
+    /// certificate of a **retired** CA is admitted with its validity ending
+    /// no later than the retirement time. Does not check time: see
+    /// [`AuthorCert::check_time`].
     ///
     /// A certificate revoked with a cut-off is admitted, with
     /// [`AuthorCert::revoked_from`] set: the feed verifier refuses its
     /// events from the cut-off on. One revoked outright is refused.
     pub fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
-        self.admit(cert_der, Some(service), false, false)
+        self.admit(cert_der, Some(service), false, Purpose::History)
             .map(|(cert, _)| cert)
     }
 
-    /// [`TrustAnchor::admit_author`] for a node certificate presented in a
-    /// TLS handshake: any revocation refuses it, cut-off or not.
-    pub fn admit_author_for_connection(
-        &self,
-        service: &str,
-        cert_der: &[u8],
-    ) -> Result<AuthorCert, CertError> {
-        self.admit(cert_der, Some(service), false, true)
+    /// Admits `cert_der` as node `service`'s certificate for a connection or
+    /// the node's own identity: the checks of [`TrustAnchor::admit_author`],
+    /// but a certificate of a retired CA is refused
+    /// ([`CertError::RetiredCa`]), and so is any revocation, with a cut-off
+    /// or without.
+    pub fn admit_node(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
+        self.admit(cert_der, Some(service), false, Purpose::Connection)
             .map(|(cert, _)| cert)
     }
 
@@ -275,32 +413,76 @@ impl TrustAnchor {
     /// service name. Node certificates (EKU serverAuth + clientAuth) are
     /// admitted as [`CertRole::Node`], client certificates (EKU clientAuth
     /// without serverAuth) as [`CertRole::Client`]. Every other check is the
-    /// one of [`TrustAnchor::admit_author`], in the same order. Does not check
-    /// time: see [`AuthorCert::check_time`].
-    /// Any revocation refuses it, cut-off or not.
+    /// one of [`TrustAnchor::admit_node`], in the same order: a retired CA's
+    /// certificate is refused. Does not check time: see
+    /// [`AuthorCert::check_time`].
     pub fn admit_peer(&self, cert_der: &[u8]) -> Result<(AuthorCert, CertRole), CertError> {
-        self.admit(cert_der, None, true, true)
+        self.admit(cert_der, None, true, Purpose::Connection)
+    }
+
+    /// [`TrustAnchor::admit_peer`] for history: a certificate named by
+    /// itself (a witness's, checking its cosignatures in a proof), of any
+    /// CA of the bundle, a retired one's with its validity ending at the
+    /// retirement.
+    pub fn admit_peer_history(&self, cert_der: &[u8]) -> Result<(AuthorCert, CertRole), CertError> {
+        self.admit(cert_der, None, true, Purpose::History)
+    }
+
+    /// The CA of the bundle that signed `cert`: the first, in bundle order,
+    /// whose subject is the certificate's issuer and whose key verifies its
+    /// signature. For a connection, a retired CA's signature is refused.
+    fn issuer_of(
+        &self,
+        cert: &X509Certificate<'_>,
+        purpose: Purpose,
+    ) -> Result<&CaCert, CertError> {
+        let issuer = cert.tbs_certificate.issuer.as_raw();
+        let mut candidates = self
+            .cas
+            .iter()
+            .filter(|ca| ca.subject_raw.as_slice() == issuer)
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(CertError::NotIssuedByCa {
+                issuer: cert.tbs_certificate.issuer.to_string(),
+                ca: self
+                    .cas
+                    .iter()
+                    .map(|c| c.subject.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\", \""),
+            });
+        }
+        let mut refusal = CertError::BadSignature;
+        for ca in candidates {
+            match verify_signature(cert, &ca.key) {
+                Ok(()) => {
+                    return match (purpose, ca.retired_at_us) {
+                        (Purpose::Connection, Some(retired_at_us)) => Err(CertError::RetiredCa {
+                            ca: ca.subject.clone(),
+                            retired_at_us,
+                        }),
+                        _ => Ok(ca),
+                    };
+                }
+                Err(e) => refusal = e,
+            }
+        }
+        Err(refusal)
     }
 
     /// The shared admission. `service: None` takes the name from the single
-    /// DNS SAN; `allow_client` admits clientAuth-only certificates;
-    /// `for_connection` refuses revocations with a cut-off too.
+    /// DNS SAN; `allow_client` admits clientAuth-only certificates.
     fn admit(
         &self,
         cert_der: &[u8],
         service: Option<&str>,
         allow_client: bool,
-        for_connection: bool,
+        purpose: Purpose,
     ) -> Result<(AuthorCert, CertRole), CertError> {
         let cert = parse_cert(cert_der)?;
         let tbs = &cert.tbs_certificate;
-        if tbs.issuer.as_raw() != self.ca_subject_raw.as_slice() {
-            return Err(CertError::NotIssuedByCa {
-                issuer: tbs.issuer.to_string(),
-                ca: self.ca_subject.clone(),
-            });
-        }
-        verify_signature(&cert, &self.ca_key)?;
+        let issuer = self.issuer_of(&cert, purpose)?;
         // After the specific checks above, so their errors stay specific.
         check_cert_frame(cert_der).map_err(malformed)?;
         let public_key = subject_ed25519_key(&cert)?;
@@ -413,7 +595,7 @@ impl TrustAnchor {
         // follows), but never for a connection.
         let revoked_from = match self.revoked.revocation(&public_key, &serial) {
             Revocation::None => None,
-            Revocation::From(cutoff) if !for_connection => Some(cutoff),
+            Revocation::From(cutoff) if purpose == Purpose::History => Some(cutoff),
             Revocation::From(_) | Revocation::Outright => {
                 return Err(CertError::Revoked {
                     service: service.to_string(),
@@ -421,11 +603,15 @@ impl TrustAnchor {
                 });
             }
         };
+        let not_after_us = time_us(&tbs.validity.not_after);
         let admitted = AuthorCert {
             service: service.to_string(),
             public_key,
             not_before_us: time_us(&tbs.validity.not_before),
-            not_after_us: time_us(&tbs.validity.not_after),
+            // A retired CA vouches for nothing after its retirement.
+            not_after_us: issuer
+                .retired_at_us
+                .map_or(not_after_us, |retired| retired.min(not_after_us)),
             serial,
             der: cert_der.to_vec(),
             revoked_from,
@@ -502,11 +688,11 @@ fn der_sequence(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::cert::Cutoff;
     use crate::identity::{
         CertError, CertRole, NodeIdentity, create_ca, issue_client, issue_node,
-        issue_node_with_validity, revoke, revoke_with_status,
+        issue_node_with_validity, read_cert_pem, revoke, revoke_with_status,
     };
+    use crate::core::cert::Cutoff;
     use std::path::PathBuf;
 
     struct Cluster {
@@ -582,7 +768,7 @@ mod tests {
         let other_ca = cert(&other.dir, "ca");
         let forged_issuer = TrustAnchor::from_ca_der(&other_ca, RevocationList::empty()).unwrap();
         let mut spoof = forged_issuer.clone();
-        spoof.ca_subject_raw = trust.ca_subject_raw.clone();
+        spoof.cas[0].subject_raw = trust.cas[0].subject_raw.clone();
         let e = spoof.admit_author("a", &cert(&c.dir, "a")).unwrap_err();
         assert_eq!(e, CertError::BadSignature);
     }
@@ -759,7 +945,7 @@ mod tests {
         let der = cert(&c.dir, "a");
         let admitted = trust.admit_author("a", &der).unwrap();
         assert_eq!(admitted.revoked_from, Some(cutoff));
-        let e = trust.admit_author_for_connection("a", &der).unwrap_err();
+        let e = trust.admit_node("a", &der).unwrap_err();
         assert!(matches!(e, CertError::Revoked { .. }), "{e}");
         assert!(matches!(
             trust.admit_peer(&der).unwrap_err(),
@@ -785,6 +971,7 @@ mod tests {
             CertError::Revoked { .. }
         ));
     }
+
 
     #[test]
     fn rejects_tampered_certificates() {
@@ -923,6 +1110,223 @@ mod tests {
                 }
             ),
             "{e}"
+        );
+    }
+
+    // --- CA bundles and rollover ---
+
+    use crate::identity::{issue_node_with_ca, renew_node_with_ca, retire_ca, rollover_ca};
+
+    /// A cluster whose bundle holds CA 1 and CA 2 (`ca-2.key`), with node
+    /// `a` under CA 1 and node `b` under CA 2.
+    fn rolled() -> Cluster {
+        let c = cluster();
+        let rolled = rollover_ca(&c.dir, 30).unwrap();
+        assert_eq!(rolled.number, 2);
+        issue_node_with_ca(&c.dir, "b", 10, false, Some(&rolled.key)).unwrap();
+        c
+    }
+
+    #[test]
+    fn a_bundle_admits_the_certificates_of_each_of_its_cas() {
+        let c = cluster();
+        let before = anchor(&c.dir);
+        let rolled = rollover_ca(&c.dir, 30).unwrap();
+        issue_node_with_ca(&c.dir, "b", 10, false, Some(&rolled.key)).unwrap();
+        let trust = anchor(&c.dir);
+        assert_eq!(trust.cas().len(), 2);
+        assert_eq!(trust.current_cas().count(), 2);
+        // The founding CA still names the cluster.
+        assert_eq!(trust.ca_public_key(), before.ca_public_key());
+        assert_eq!(trust.ca_der(), before.ca_der());
+        assert!(trust.is_ca_cert(&cert(&c.dir, "ca-2")));
+        assert!(!trust.is_ca_cert(&cert(&c.dir, "a")));
+
+        let a = trust.admit_author("a", &cert(&c.dir, "a")).unwrap();
+        let b = trust.admit_author("b", &cert(&c.dir, "b")).unwrap();
+        assert_eq!(trust.admit_peer(&cert(&c.dir, "b")).unwrap().0, b);
+        assert_eq!(trust.admit_node("a", &cert(&c.dir, "a")).unwrap(), a);
+        // The old anchor (CA 1 alone) does not know CA 2.
+        let e = before.admit_author("b", &cert(&c.dir, "b")).unwrap_err();
+        assert!(matches!(e, CertError::NotIssuedByCa { .. }), "{e}");
+        // A certificate of a CA outside the bundle names every CA it holds.
+        let other = cluster();
+        let e = trust.admit_author("a", &cert(&other.dir, "a")).unwrap_err();
+        let CertError::NotIssuedByCa { ca, .. } = &e else {
+            panic!("{e}")
+        };
+        assert!(ca.contains("\", \""), "names both CAs: {e}");
+    }
+
+    #[test]
+    fn a_retired_ca_verifies_history_up_to_its_retirement_and_no_connection() {
+        let c = rolled();
+        let a_der = cert(&c.dir, "a");
+        let before = anchor(&c.dir).admit_author("a", &a_der).unwrap();
+        let retired = retire_ca(&c.dir, 1).unwrap();
+        let trust = anchor(&c.dir);
+        assert_eq!(trust.cas()[0].retired_at_us(), Some(retired.retired_at_us));
+        assert_eq!(trust.current_cas().count(), 1);
+        // History: admitted, its window ending at the retirement.
+        let history = trust.admit_author("a", &a_der).unwrap();
+        assert_eq!(history.not_before_us, before.not_before_us);
+        assert_eq!(history.not_after_us, retired.retired_at_us);
+        assert!(before.not_after_us > retired.retired_at_us);
+        history.check_time(retired.retired_at_us).unwrap();
+        assert!(matches!(
+            history.check_time(retired.retired_at_us + 1),
+            Err(CertError::Expired { .. })
+        ));
+        assert_eq!(trust.admit_peer_history(&a_der).unwrap().0, history);
+        // Connections and identities: refused, naming the CA and the time.
+        for e in [
+            trust.admit_peer(&a_der).unwrap_err(),
+            trust.admit_node("a", &a_der).unwrap_err(),
+        ] {
+            assert!(matches!(e, CertError::RetiredCa { .. }), "{e}");
+            assert!(e.to_string().contains("retired at"), "{e}");
+        }
+        let e = NodeIdentity::load(
+            "a",
+            &c.dir.join("a.key"),
+            &c.dir.join("a.crt"),
+            &trust,
+            crate::clock::now_us(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("renew it under a current CA"), "{e}");
+        // CA 2's certificates are untouched.
+        assert!(trust.admit_peer(&cert(&c.dir, "b")).is_ok());
+        // The same key renewed under CA 2 connects again, and keeps its
+        // history window's start.
+        renew_node_with_ca(&c.dir, "a", 10, Some(&c.dir.join("ca-2.key"))).unwrap();
+        let renewed = trust.admit_peer(&cert(&c.dir, "a")).unwrap().0;
+        assert_eq!(renewed.public_key, before.public_key);
+        assert_eq!(renewed.not_before_us, before.not_before_us);
+    }
+
+    #[test]
+    fn keygen_refuses_a_retired_or_unknown_ca_and_the_last_current_one() {
+        let c = rolled();
+        // The last current CA cannot be retired; nor twice; nor CA 3.
+        retire_ca(&c.dir, 1).unwrap();
+        let bundle = std::fs::read(c.dir.join("ca.crt")).unwrap();
+        let e = retire_ca(&c.dir, 2).unwrap_err().to_string();
+        assert!(e.contains("only current CA"), "{e}");
+        let e = retire_ca(&c.dir, 1).unwrap_err().to_string();
+        assert!(e.contains("already retired"), "{e}");
+        let e = retire_ca(&c.dir, 3).unwrap_err().to_string();
+        assert!(e.contains("CA 1 to 2"), "{e}");
+        assert_eq!(std::fs::read(c.dir.join("ca.crt")).unwrap(), bundle);
+        // A retired CA signs nothing new (ca.key is CA 1's key).
+        let e = issue_node(&c.dir, "n", 10, false).unwrap_err().to_string();
+        assert!(e.contains("retired") && e.contains("--ca-key"), "{e}");
+        assert!(!c.dir.join("n.crt").exists());
+        // A key that is no CA's of the bundle.
+        let other = cluster();
+        let e = issue_node_with_ca(&c.dir, "n", 10, false, Some(&other.dir.join("ca.key")))
+            .unwrap_err();
+        assert!(matches!(e, IdentityError::NoSuchCa { .. }), "{e}");
+        // A rollover never overwrites a key: ca-3.key in the way.
+        std::fs::write(c.dir.join("ca-3.key"), "x").unwrap();
+        let e = rollover_ca(&c.dir, 30).unwrap_err();
+        assert!(matches!(e, IdentityError::WouldOverwrite { .. }), "{e}");
+        assert_eq!(std::fs::read(c.dir.join("ca.crt")).unwrap(), bundle);
+        std::fs::remove_file(c.dir.join("ca-3.key")).unwrap();
+        // Up to the limit, then refused.
+        for n in 3..=crate::identity::bundle::CA_BUNDLE_CERTS_MAX {
+            assert_eq!(rollover_ca(&c.dir, 30).unwrap().number, n);
+        }
+        let e = rollover_ca(&c.dir, 30).unwrap_err().to_string();
+        assert!(e.contains("the limit"), "{e}");
+        assert_eq!(anchor(&c.dir).cas().len(), 8);
+    }
+
+    #[test]
+    fn a_bundle_refuses_bad_members_naming_which() {
+        let c = rolled();
+        let ca1 = std::fs::read_to_string(c.dir.join("ca.crt")).unwrap();
+        let node = std::fs::read_to_string(c.dir.join("a.crt")).unwrap();
+        let path = c.dir.join("bad.crt");
+        // A node certificate among the CAs.
+        std::fs::write(&path, format!("{ca1}{node}")).unwrap();
+        let e = TrustAnchor::load(&path, None).unwrap_err().to_string();
+        assert!(
+            e.contains("certificate 3 of 3") && e.contains("not a CA"),
+            "{e}"
+        );
+        // The same CA twice.
+        let one = std::fs::read_to_string(c.dir.join("ca-2.crt")).unwrap();
+        std::fs::write(&path, format!("{ca1}{one}")).unwrap();
+        let e = TrustAnchor::load(&path, None).unwrap_err().to_string();
+        assert!(e.contains("same key as certificate 2"), "{e}");
+        // More than the limit.
+        let many: String = (0..=crate::identity::bundle::CA_BUNDLE_CERTS_MAX)
+            .map(|_| one.clone())
+            .collect();
+        std::fs::write(&path, many).unwrap();
+        let e = TrustAnchor::load(&path, None).unwrap_err().to_string();
+        assert!(e.contains("more than 8 certificates"), "{e}");
+        // A malformed retirement line.
+        std::fs::write(&path, format!("herald-ca-retired: soon\n{one}")).unwrap();
+        let e = TrustAnchor::load(&path, None).unwrap_err().to_string();
+        assert!(e.contains("line 1") && e.contains("RFC 3339"), "{e}");
+    }
+
+    #[test]
+    fn same_subject_cas_are_told_apart_by_signature() {
+        // Two CAs with one subject name: the certificate's signature picks
+        // its CA, for history and connections alike.
+        let c = cluster();
+        let kp1 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let kp2 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let ca_params = || {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            let mut dn = rcgen::DistinguishedName::new();
+            dn.push(rcgen::DnType::CommonName, "same name");
+            p.distinguished_name = dn;
+            p
+        };
+        let ca1 = ca_params().self_signed(&kp1).unwrap();
+        let ca2 = ca_params().self_signed(&kp2).unwrap();
+        let leaf = |ca: &rcgen::Certificate, kp: &rcgen::KeyPair| {
+            let issuer = rcgen::Issuer::from_ca_cert_der(ca.der(), kp).unwrap();
+            let mut p = rcgen::CertificateParams::new(vec!["x".to_string()]).unwrap();
+            p.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let k = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+            p.signed_by(&k, &issuer).unwrap().der().to_vec()
+        };
+        let (x1, x2) = (leaf(&ca1, &kp1), leaf(&ca2, &kp2));
+        let path = c.dir.join("same.crt");
+        std::fs::write(
+            &path,
+            format!(
+                "herald-ca-retired: 2020-01-01T00:00:00Z\n{}{}",
+                ca1.pem(),
+                ca2.pem()
+            ),
+        )
+        .unwrap();
+        let trust = TrustAnchor::load(&path, None).unwrap();
+        assert!(trust.admit_peer(&x2).is_ok());
+        let e = trust.admit_peer(&x1).unwrap_err();
+        assert!(matches!(e, CertError::RetiredCa { .. }), "{e}");
+        let h = trust.admit_author("x", &x1).unwrap();
+        assert_eq!(
+            h.not_after_us,
+            crate::identity::bundle::parse_rfc3339_us("2020-01-01T00:00:00Z").unwrap()
+        );
+        // Signed by neither: a bad signature, not "unknown issuer".
+        let foreign = ca_params().self_signed(&kp1).unwrap();
+        let kp3 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let x3 = leaf(&foreign, &kp3);
+        assert_eq!(
+            trust.admit_author("x", &x3).unwrap_err(),
+            CertError::BadSignature
         );
     }
 }

@@ -324,11 +324,11 @@ fn admit_api_client(
     now_us: u64,
 ) -> Result<AuthorCert, CertError> {
     // Common TLS stacks (OpenSSL, so curl) send the root along with the
-    // client certificate when it is in their trust store: the cluster
-    // CA's own certificate, byte for byte, is not an intermediate.
+    // client certificate when it is in their trust store: a CA
+    // certificate of the bundle, byte for byte, is not an intermediate.
     let others: Vec<&CertificateDer<'_>> = intermediates
         .iter()
-        .filter(|c| c.as_ref() != trust.ca_der())
+        .filter(|c| !trust.is_ca_cert(c.as_ref()))
         .collect();
     if !others.is_empty() {
         return Err(CertError::Malformed {
@@ -439,7 +439,7 @@ impl NodeServerVerifier {
                 });
             }
         };
-        let cert = self.trust.admit_author_for_connection(name, end_entity)?;
+        let cert = self.trust.admit_node(name, end_entity)?;
         cert.check_time((self.now_us)())
     }
 }

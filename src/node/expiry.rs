@@ -79,18 +79,40 @@ pub fn node_expiry(service: &str, not_after_us: u64, now_us: u64) -> Certificate
     )
 }
 
-/// The CA certificate's expiry, seen at `now_us` (`None` if its validity
-/// cannot be read, which a loaded trust anchor's certificate always has).
+/// The expiry of each current (not retired) CA of the bundle, seen at
+/// `now_us`, in bundle order. A retired CA is left out: it verifies only
+/// history, for which CA validity dates are not checked.
+pub fn ca_expiries(trust: &TrustAnchor, now_us: u64) -> Vec<CertificateExpiry> {
+    let current: Vec<_> = trust.current_cas().collect();
+    let several = current.len() > 1;
+    current
+        .into_iter()
+        .map(|ca| {
+            let what = if several {
+                format!(
+                    "CA certificate {} of the bundle (\"{}\")",
+                    ca.number(),
+                    ca.subject()
+                )
+            } else {
+                "the cluster CA certificate".to_string()
+            };
+            CertificateExpiry::at(&what, ca.not_after_us(), now_us, CA_REMEDY)
+        })
+        .collect()
+}
+
+/// The CA expiry `herald status` shows: the current CA of the bundle that
+/// ends first, its warning joined with every other current CA's (so a
+/// warning about any CA of the bundle is shown). `None` if every CA is
+/// retired.
 pub fn ca_expiry(trust: &TrustAnchor, now_us: u64) -> Option<CertificateExpiry> {
-    let cert = crate::identity::trust::parse_cert(trust.ca_der()).ok()?;
-    let secs = cert.tbs_certificate.validity.not_after.timestamp();
-    let not_after_us = u64::try_from(secs).unwrap_or(0).saturating_mul(1_000_000);
-    Some(CertificateExpiry::at(
-        "the cluster CA certificate",
-        not_after_us,
-        now_us,
-        CA_REMEDY,
-    ))
+    let all = ca_expiries(trust, now_us);
+    let warnings: Vec<&str> = all.iter().filter_map(|e| e.warning.as_deref()).collect();
+    let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+    let mut first = all.iter().min_by_key(|e| e.not_after_us)?.clone();
+    first.warning = warning;
+    Some(first)
 }
 
 /// Logs a `warn` for each of the node's certificate and the CA's that is
@@ -131,5 +153,30 @@ mod tests {
 
         let long_past = node_expiry("a", NOW - 3 * US_PER_DAY, NOW);
         assert_eq!(long_past.days_left, -3);
+    }
+
+    #[test]
+    fn every_current_ca_of_the_bundle_is_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::identity::create_ca(dir.path(), 3650, false).unwrap();
+        // CA 2 ends in 10 days: its warning shows though CA 1 has years.
+        crate::identity::rollover_ca(dir.path(), 10).unwrap();
+        let trust = TrustAnchor::load(&dir.path().join("ca.crt"), None).unwrap();
+        let now = crate::clock::now_us();
+        let each = ca_expiries(&trust, now);
+        assert_eq!(each.len(), 2);
+        assert_eq!(each[0].warning, None);
+        let w = each[1].warning.as_deref().unwrap();
+        assert!(w.contains("CA certificate 2 of the bundle"), "{w}");
+        let shown = ca_expiry(&trust, now).unwrap();
+        assert_eq!(shown.not_after_us, each[1].not_after_us, "the first to end");
+        assert_eq!(shown.warning.as_deref(), Some(w));
+        // Once retired, CA 2 is no longer watched (it verifies history only,
+        // for which CA dates do not matter).
+        crate::identity::retire_ca(dir.path(), 2).unwrap();
+        let trust = TrustAnchor::load(&dir.path().join("ca.crt"), None).unwrap();
+        let shown = ca_expiry(&trust, now).unwrap();
+        assert_eq!(shown.warning, None);
+        assert!(shown.days_left > 3000);
     }
 }

@@ -1242,10 +1242,11 @@ pub(crate) fn start_or_resume(
 
 /// Renewal: when this node starts (or reloads, see [`Log::reload`]) with
 /// a certificate for its feed's key that is not the feed's current one and
-/// lasts longer (it was renewed with `herald keygen renew`), appends a
-/// certificate renewal event so every verifier checks later events against
-/// the new validity. Returns the event appended, if any. `trees` are the
-/// caller's cached Merkle trees (the commit extends the feed's).
+/// lasts longer (it was renewed with `herald keygen renew`) or is issued by
+/// another CA (a CA rollover), appends a certificate renewal event so every
+/// verifier checks later events against the new certificate. Returns the
+/// event appended, if any. `trees` are the caller's cached Merkle trees
+/// (the commit extends the feed's).
 pub(crate) fn renew_own_certificate(
     conn: &mut Connection,
     identity: &NodeIdentity,
@@ -1259,11 +1260,20 @@ pub(crate) fn renew_own_certificate(
     if current.as_deref() == Some(identity.cert.der.as_slice()) {
         return Ok(None);
     }
+    // A certificate from another CA (a CA rollover) is recorded even if it
+    // ends sooner: once the old CA is retired, the feed's later events are
+    // checked against it.
+    let issuer = |der: &[u8]| {
+        crate::identity::trust::parse_cert(der)
+            .map(|c| c.tbs_certificate.issuer.as_raw().to_vec())
+            .ok()
+    };
+    let moves_ca = current.as_deref().and_then(issuer) != issuer(&identity.cert.der);
     let current_not_after_us = current
         .and_then(|der| trust.admit_author(&identity.service, &der).ok())
         .map(|c| c.not_after_us)
         .unwrap_or(0);
-    if identity.cert.not_after_us <= current_not_after_us {
+    if identity.cert.not_after_us <= current_not_after_us && !moves_ca {
         tracing::warn!(
             service = %identity.service,
             "the configured certificate ends no later than the feed's current one; not renewing the feed's certificate"
