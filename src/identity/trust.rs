@@ -688,11 +688,11 @@ fn der_sequence(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::cert::Cutoff;
     use crate::identity::{
         CertError, CertRole, NodeIdentity, create_ca, issue_client, issue_node,
         issue_node_with_validity, read_cert_pem, revoke, revoke_with_status,
     };
-    use crate::core::cert::Cutoff;
     use std::path::PathBuf;
 
     struct Cluster {
@@ -971,7 +971,6 @@ mod tests {
             CertError::Revoked { .. }
         ));
     }
-
 
     #[test]
     fn rejects_tampered_certificates() {
