@@ -122,6 +122,11 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     );
     ok &= super::demo_api::run_api(&dir)?;
 
+    step(
+        "10. keys that change while the cluster runs: a channel key rotated, the CA rolled over (every certificate renewed under the new one), a stolen key revoked with a cut-off, each by a live reload",
+    );
+    ok &= super::demo_trust::run_trust(&dir)?;
+
     println!();
     if ok {
         println!("demo finished: every check behaved as expected");

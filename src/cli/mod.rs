@@ -14,6 +14,7 @@ pub mod demo;
 pub mod demo_api;
 pub mod demo_live;
 pub mod demo_outbox;
+pub mod demo_trust;
 pub mod export;
 pub mod init;
 pub mod keygen;
