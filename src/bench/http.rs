@@ -248,7 +248,7 @@ async fn http_batches(
         let one = format!(r#"{{"type":"{EVENT_TYPE}","data":{payload}}}"#);
         format!("[{}]", vec![one; n].join(","))
     };
-    let full = body_of(BATCH_EVENTS);
+    let full = axum::body::Bytes::from(body_of(BATCH_EVENTS));
     let sizes: Vec<usize> = (0..events.div_ceil(BATCH_EVENTS as u64))
         .map(|i| (events - i * BATCH_EVENTS as u64).min(BATCH_EVENTS as u64) as usize)
         .collect();
@@ -257,7 +257,7 @@ async fn http_batches(
         let body = if n == BATCH_EVENTS {
             full.clone()
         } else {
-            body_of(n)
+            axum::body::Bytes::from(body_of(n))
         };
         let request = client
             .post(&url)
