@@ -624,10 +624,12 @@ impl Log {
             Ok(()) => {}
             Err(TrySendError::Full(request)) => {
                 let requests = requests.clone();
-                tokio::task::spawn_blocking(move || requests.send(request))
+                let queued = tokio::task::spawn_blocking(move || requests.send(request).is_ok())
                     .await
-                    .map_err(|_| LogError::WriterGone)?
-                    .map_err(|_| LogError::WriterGone)?;
+                    .unwrap_or(false);
+                if !queued {
+                    return Err(LogError::WriterGone);
+                }
             }
             Err(TrySendError::Disconnected(_)) => return Err(LogError::WriterGone),
         }
