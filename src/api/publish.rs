@@ -8,6 +8,10 @@
 //! The events then go to the store's writer in batches of
 //! [`PUBLISH_CHUNK_EVENTS`], all in flight at once (sealing one overlaps the
 //! commit of the one before), and the answer waits for the last receipt.
+//! The handler awaits the receipts: no thread is held while the events wait
+//! for their commit. A body up to [`super::DECODE_INLINE_BYTES_MAX`] is
+//! decoded (and its receipts encoded) on the worker that read it; a larger
+//! one on a blocking thread.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

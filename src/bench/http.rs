@@ -27,8 +27,8 @@ use crate::store::{Log, Pending, Proclamation};
 /// Events per request in the batch-publish run.
 pub const BATCH_EVENTS: usize = 1024;
 /// Requests in flight in the batch-publish run. Each request spends a few
-/// milliseconds outside the writer (body, decoding, a blocking-pool hop,
-/// receipts, the client), so an HTTP client keeps more events in flight
+/// milliseconds outside the writer (body, decoding, receipts, the
+/// client), so an HTTP client keeps more events in flight
 /// than an in-process caller to keep the writer as busy; the direct run
 /// keeps `herald bench`'s usual 16 batches of 256 in flight.
 pub const REQUESTS_IN_FLIGHT: usize = 32;
