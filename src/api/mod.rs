@@ -50,6 +50,10 @@ pub const PUBLISH_EVENTS_MAX: usize = 10_000;
 /// keeps all its batches in flight, so sealing one overlaps the commit of
 /// the one before (as `herald publish --count` does).
 pub const PUBLISH_CHUNK_EVENTS: usize = 256;
+/// Largest publish body decoded on the async worker that received it
+/// (64 KiB, well under a millisecond of decoding); a larger one is decoded
+/// on a blocking thread so the worker's other connections are not held up.
+pub const DECODE_INLINE_BYTES_MAX: usize = 64 * 1024;
 /// Events a read returns when the request names no `limit`.
 pub const PAGE_EVENTS_DEFAULT: usize = 100;
 /// Most events one read or pull returns.

@@ -8,6 +8,10 @@
 //! The events then go to the store's writer in batches of
 //! [`PUBLISH_CHUNK_EVENTS`], all in flight at once (sealing one overlaps the
 //! commit of the one before), and the answer waits for the last receipt.
+//! The handler awaits the receipts: no thread is held while the events wait
+//! for their commit. A body up to [`super::DECODE_INLINE_BYTES_MAX`] is
+//! decoded (and its receipts encoded) on the worker that read it; a larger
+//! one on a blocking thread.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,9 +29,9 @@ use super::auth::Access;
 use super::errors::{ApiError, code, json_response};
 use super::input::{BodyFormat, Params, body_format, decode_json, read_body};
 use super::server::ApiState;
-use super::{PUBLISH_CHUNK_EVENTS, PUBLISH_EVENTS_MAX};
+use super::{DECODE_INLINE_BYTES_MAX, PUBLISH_CHUNK_EVENTS, PUBLISH_EVENTS_MAX};
 use crate::core::verify::Draft;
-use crate::store::{Log, LogError, Pending, Proclamation, Receipt};
+use crate::store::{Log, LogError, Pending, PendingAsync, Proclamation, Receipt};
 
 /// One event to publish, as a client sends it.
 #[derive(Debug, Deserialize)]
@@ -63,7 +67,20 @@ pub struct ReceiptView<'a> {
     pub feed: &'a str,
     pub seq: u64,
     pub id: uuid::Uuid,
-    pub hash: String,
+    pub hash: HexHash,
+}
+
+/// A hash written as lowercase hex, without a string allocated per receipt.
+#[derive(Debug, Clone, Copy)]
+pub struct HexHash(pub crate::core::crypto::Hash);
+
+impl Serialize for HexHash {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut text = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut text).map_err(serde::ser::Error::custom)?;
+        let text = std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?;
+        serializer.serialize_str(text)
+    }
 }
 
 #[derive(Serialize)]
@@ -83,24 +100,50 @@ pub async fn publish(
     let format = body_format(&headers, &[BodyFormat::Json, BodyFormat::Ndjson])?;
     let bytes = read_body(&headers, body).await?;
     let log = state.log()?;
-    // Decoding a large batch and waiting for the writer are blocking work.
-    tokio::task::spawn_blocking(move || {
-        let inputs = decode_events(&bytes, format)?;
-        // Nothing is written unless the caller may publish every event.
-        for input in &inputs {
-            access.may_publish(&input.event_type)?;
-        }
-        let drafts = validate(&log, inputs)?;
-        let receipts = proclaim(&log, drafts)?;
-        let body = Receipts {
-            receipts: receipt_views(log.service(), &receipts),
-        };
-        serde_json::to_string(&body)
-            .map(|text| json_response(StatusCode::OK, text))
-            .map_err(|e| ApiError::internal(format!("cannot encode the receipts: {e}")))
-    })
-    .await
-    .map_err(|e| ApiError::task("publishing", e))?
+    // A small body is decoded here; a large one on a blocking thread, so
+    // it does not hold up the other connections this worker serves.
+    let inline = bytes.len() <= DECODE_INLINE_BYTES_MAX;
+    let drafts = if inline {
+        prepare(&log, &access, &bytes, format)?
+    } else {
+        let log = Arc::clone(&log);
+        tokio::task::spawn_blocking(move || prepare(&log, &access, &bytes, format))
+            .await
+            .map_err(|e| ApiError::task("decoding the events", e))??
+    };
+    // Awaited, not waited for: no thread is held until the commit.
+    let receipts = proclaim_async(&log, drafts).await?;
+    if inline {
+        return encode_receipts(&log, &receipts);
+    }
+    tokio::task::spawn_blocking(move || encode_receipts(&log, &receipts))
+        .await
+        .map_err(|e| ApiError::task("encoding the receipts", e))?
+}
+
+/// Decodes and validates every event of the body; refuses the whole
+/// request if the caller may not publish one of them.
+fn prepare(
+    log: &Log,
+    access: &Access,
+    bytes: &[u8],
+    format: BodyFormat,
+) -> Result<Vec<Proclamation>, ApiError> {
+    let inputs = decode_events(bytes, format)?;
+    // Nothing is written unless the caller may publish every event.
+    for input in &inputs {
+        access.may_publish(&input.event_type)?;
+    }
+    validate(log, inputs)
+}
+
+fn encode_receipts(log: &Log, receipts: &[Receipt]) -> Result<Response, ApiError> {
+    let body = Receipts {
+        receipts: receipt_views(log.service(), receipts),
+    };
+    serde_json::to_string(&body)
+        .map(|text| json_response(StatusCode::OK, text))
+        .map_err(|e| ApiError::internal(format!("cannot encode the receipts: {e}")))
 }
 
 fn receipt_views<'a>(feed: &'a str, receipts: &[Receipt]) -> Vec<ReceiptView<'a>> {
@@ -110,7 +153,7 @@ fn receipt_views<'a>(feed: &'a str, receipts: &[Receipt]) -> Vec<ReceiptView<'a>
             feed,
             seq: r.seq,
             id: r.id,
-            hash: hex::encode(r.hash),
+            hash: HexHash(r.hash),
         })
         .collect()
 }
@@ -253,6 +296,16 @@ pub fn proclaim(log: &Log, mut drafts: Vec<Proclamation>) -> Result<Vec<Receipt>
             }
         }
     }
+    finish(log, receipts, failure)
+}
+
+/// The receipts, or the failure with the receipts of the events before it
+/// that are durable.
+fn finish(
+    log: &Log,
+    receipts: Vec<Receipt>,
+    failure: Option<LogError>,
+) -> Result<Vec<Receipt>, ApiError> {
     let Some(e) = failure else {
         return Ok(receipts);
     };
@@ -268,26 +321,72 @@ pub fn proclaim(log: &Log, mut drafts: Vec<Proclamation>) -> Result<Vec<Receipt>
     Err(error)
 }
 
+/// [`proclaim`] for the async handler: the batches are submitted at once
+/// and their receipts awaited, so no thread waits for the commits.
+pub async fn proclaim_async(
+    log: &Log,
+    mut drafts: Vec<Proclamation>,
+) -> Result<Vec<Receipt>, ApiError> {
+    let mut pending: Vec<PendingAsync> =
+        Vec::with_capacity(drafts.len().div_ceil(PUBLISH_CHUNK_EVENTS));
+    let mut failure: Option<LogError> = None;
+    while !drafts.is_empty() {
+        let rest = drafts.split_off(drafts.len().min(PUBLISH_CHUNK_EVENTS));
+        match log.submit_async(std::mem::replace(&mut drafts, rest)).await {
+            Ok(p) => pending.push(p),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let mut receipts = Vec::new();
+    for p in pending {
+        match p.wait().await {
+            Ok(r) if failure.is_none() => receipts.extend(r),
+            Ok(_) => {}
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    finish(log, receipts, failure)
+}
+
 /// `json` (valid JSON text) without its insignificant whitespace: the same
 /// value in the compact form `herald publish` stores.
 pub fn minify_json(json: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in json.as_bytes() {
-        if in_string {
-            out.push(b);
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let bytes = json.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    // Copies runs of bytes rather than single bytes: a string is copied
+    // whole up to its closing quote, and outside strings everything up to
+    // the next whitespace or quote.
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        while i < bytes.len() && !matches!(bytes[i], b' ' | b'\t' | b'\n' | b'\r' | b'"') {
+            i += 1;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match bytes.get(i) {
+            None => break,
+            Some(b'"') => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() {
+                    match bytes[i] {
+                        b'\\' => i += 2,
+                        b'"' => {
+                            i += 1;
+                            break;
+                        }
+                        _ => i += 1,
+                    }
+                }
+                out.extend_from_slice(&bytes[start..i.min(bytes.len())]);
             }
-        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-            if b == b'"' {
-                in_string = true;
-            }
-            out.push(b);
+            // Whitespace between tokens.
+            Some(_) => i += 1,
         }
     }
     out
@@ -296,6 +395,36 @@ pub fn minify_json(json: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn minify_keeps_compact_json_and_edge_cases() {
+        for text in [
+            r#"{"a":"x\\","b":"\"q\" \\\" ","c":[1,{"d":null}]}"#,
+            "\"xxxx\"",
+            "\" a \\\\\"",
+            "  [ 1 , true , \"\" ]  ",
+            "\"\"",
+        ] {
+            let minified = minify_json(text);
+            let before: serde_json::Value = serde_json::from_str(text).unwrap();
+            let after: serde_json::Value = serde_json::from_slice(&minified).unwrap();
+            assert_eq!(before, after, "{text}");
+            assert_eq!(
+                std::str::from_utf8(&minified).unwrap(),
+                serde_json::to_string(&before).unwrap(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn receipt_hashes_are_lowercase_hex() {
+        let mut hash = [0u8; 32];
+        hash[0] = 0xab;
+        hash[31] = 0x0f;
+        let text = serde_json::to_string(&HexHash(hash)).unwrap();
+        assert_eq!(text, format!("\"{}\"", hex::encode(hash)));
+    }
 
     #[test]
     fn minify_drops_only_whitespace_outside_strings() {

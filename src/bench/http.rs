@@ -27,8 +27,8 @@ use crate::store::{Log, Pending, Proclamation};
 /// Events per request in the batch-publish run.
 pub const BATCH_EVENTS: usize = 1024;
 /// Requests in flight in the batch-publish run. Each request spends a few
-/// milliseconds outside the writer (body, decoding, a blocking-pool hop,
-/// receipts, the client), so an HTTP client keeps more events in flight
+/// milliseconds outside the writer (body, decoding, receipts, the
+/// client), so an HTTP client keeps more events in flight
 /// than an in-process caller to keep the writer as busy; the direct run
 /// keeps `herald bench`'s usual 16 batches of 256 in flight.
 pub const REQUESTS_IN_FLIGHT: usize = 32;
@@ -248,7 +248,7 @@ async fn http_batches(
         let one = format!(r#"{{"type":"{EVENT_TYPE}","data":{payload}}}"#);
         format!("[{}]", vec![one; n].join(","))
     };
-    let full = body_of(BATCH_EVENTS);
+    let full = axum::body::Bytes::from(body_of(BATCH_EVENTS));
     let sizes: Vec<usize> = (0..events.div_ceil(BATCH_EVENTS as u64))
         .map(|i| (events - i * BATCH_EVENTS as u64).min(BATCH_EVENTS as u64) as usize)
         .collect();
@@ -257,7 +257,7 @@ async fn http_batches(
         let body = if n == BATCH_EVENTS {
             full.clone()
         } else {
-            body_of(n)
+            axum::body::Bytes::from(body_of(n))
         };
         let request = client
             .post(&url)

@@ -28,7 +28,7 @@ use std::fs::File;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -673,8 +673,39 @@ impl Log {
     pub fn submit(&self, drafts: Vec<Proclamation>) -> Result<Pending, LogError> {
         self.check_certificate_time()?;
         let (reply, receiver) = sync_channel(1);
-        self.send(Request::Proclaim { drafts, reply })?;
+        self.send(Request::Proclaim {
+            drafts,
+            reply: writer::ReceiptReply::Blocking(reply),
+        })?;
         Ok(Pending { receiver })
+    }
+
+    /// [`Log::submit`] for async callers: [`PendingAsync::wait`] is awaited,
+    /// so no thread is held while the events wait for their commit. Returns
+    /// at once unless the writer's queue is full; then it waits for room on
+    /// a blocking thread (back-pressure, without stalling the runtime).
+    pub async fn submit_async(&self, drafts: Vec<Proclamation>) -> Result<PendingAsync, LogError> {
+        self.check_certificate_time()?;
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        let request = Request::Proclaim {
+            drafts,
+            reply: writer::ReceiptReply::Async(reply),
+        };
+        let requests = self.requests.as_ref().ok_or(LogError::WriterGone)?;
+        match requests.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(request)) => {
+                let requests = requests.clone();
+                let queued = tokio::task::spawn_blocking(move || requests.send(request).is_ok())
+                    .await
+                    .unwrap_or(false);
+                if !queued {
+                    return Err(LogError::WriterGone);
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return Err(LogError::WriterGone),
+        }
+        Ok(PendingAsync { receiver })
     }
 
     /// Verifies events of other feeds and commits those that pass, in order.
@@ -932,6 +963,18 @@ impl Pending {
     /// Waits until the batch is durable.
     pub fn wait(self) -> Result<Vec<Receipt>, LogError> {
         self.receiver.recv().map_err(|_| LogError::WriterGone)?
+    }
+}
+
+/// Receipts an async caller awaits (see [`Log::submit_async`]).
+pub struct PendingAsync {
+    receiver: tokio::sync::oneshot::Receiver<Result<Vec<Receipt>, LogError>>,
+}
+
+impl PendingAsync {
+    /// Resolves when the batch is durable.
+    pub async fn wait(self) -> Result<Vec<Receipt>, LogError> {
+        self.receiver.await.map_err(|_| LogError::WriterGone)?
     }
 }
 

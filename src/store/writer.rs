@@ -40,8 +40,24 @@ use crate::identity::TrustAnchor;
 /// how far the seal stage runs ahead of the disk).
 pub const SEALED_BATCHES_QUEUED_MAX: usize = 2;
 
-/// Where the writer sends a proclamation's receipts.
-pub(crate) type ReceiptReply = SyncSender<Result<Vec<Receipt>, LogError>>;
+/// Where the writer sends a proclamation's receipts: to a thread that
+/// blocks on them ([`super::Pending`]) or to a task that awaits them
+/// ([`super::PendingAsync`]), so an async caller holds no thread while its
+/// events wait for their commit.
+pub(crate) enum ReceiptReply {
+    Blocking(SyncSender<Result<Vec<Receipt>, LogError>>),
+    Async(tokio::sync::oneshot::Sender<Result<Vec<Receipt>, LogError>>),
+}
+
+impl ReceiptReply {
+    /// Hands the outcome over; false if the caller stopped waiting.
+    pub(crate) fn send(self, outcome: Result<Vec<Receipt>, LogError>) -> bool {
+        match self {
+            ReceiptReply::Blocking(reply) => reply.send(outcome).is_ok(),
+            ReceiptReply::Async(reply) => reply.send(outcome).is_ok(),
+        }
+    }
+}
 /// Where the writer sends an ingest's outcome.
 pub(crate) type IngestReply = SyncSender<Result<IngestReport, LogError>>;
 /// Where the writer sends the outcome of checking fork evidence.
