@@ -119,6 +119,20 @@ impl CpuSplit {
         }
     }
 
+    /// The CPU of two spans together: their seconds added, each role's
+    /// share weighted by its span's seconds.
+    pub fn plus(&self, other: &CpuSplit) -> CpuSplit {
+        let cpu_s = self.cpu_s + other.cpu_s;
+        let mut shares: BTreeMap<String, f64> = BTreeMap::new();
+        for split in [self, other] {
+            for (role, share) in &split.shares {
+                *shares.entry(role.clone()).or_default() +=
+                    share * split.cpu_s / cpu_s.max(f64::MIN_POSITIVE);
+            }
+        }
+        CpuSplit { cpu_s, shares }
+    }
+
     /// One line for people: `signatures 69%, commit 17%, ...`, largest first.
     pub fn describe(&self) -> String {
         let mut shares: Vec<(&String, &f64)> = self.shares.iter().collect();
@@ -169,6 +183,17 @@ mod tests {
         assert_eq!(split.shares["commit"], 0.2);
         assert_eq!(split.shares["seal"], 0.2);
         assert_eq!(split.describe(), "signatures 60%, commit 20%, seal 20%");
+    }
+
+    #[test]
+    fn two_spans_add_their_seconds_and_weigh_their_shares() {
+        let split = |ns: &[(&'static str, u64)]| CpuSplit::from_nanos(ns.iter().copied().collect());
+        // 1 ms all commit, then 3 ms half commit, half seal.
+        let both = split(&[("commit", 1_000_000)])
+            .plus(&split(&[("commit", 1_500_000), ("seal", 1_500_000)]));
+        assert!((both.cpu_s - 0.004).abs() < 1e-12, "{both:?}");
+        assert!((both.shares["commit"] - 0.625).abs() < 1e-12, "{both:?}");
+        assert!((both.shares["seal"] - 0.375).abs() < 1e-12, "{both:?}");
     }
 
     #[test]

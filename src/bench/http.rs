@@ -5,7 +5,8 @@
 //! * Batch publish: `POST /v1/events` with JSON arrays of
 //!   [`BATCH_EVENTS`] events, [`REQUESTS_IN_FLIGHT`] requests at once,
 //!   against the node's own durable proclaim rate (`submit`, 16 batches of
-//!   256 in flight, as the proclaim line of `herald bench`).
+//!   256 in flight, as the proclaim line of `herald bench`), measured in
+//!   two halves, one before the HTTP run and one after it.
 //! * Server-Sent Events: one `GET /v1/stream?from=start` reading every
 //!   event the run wrote (decrypted, as a subscriber gets them).
 //! * Single-event latency: one event at a time at [`PACED_RATE_PER_S`],
@@ -117,16 +118,28 @@ async fn run_http_async(
     let draft = Draft::new(EVENT_TYPE, 1, Vec::new(), payload.clone().into_bytes())?;
     let channel = log.channel(None)?;
 
-    let before = super::cpu::Snapshot::take();
-    let direct_events_per_s = {
+    // Direct, HTTP, direct (half the events in each direct run): the
+    // direct rate is taken over both runs, so a machine that speeds up or
+    // slows down during the section, and the store that grows under it,
+    // weigh on both paths alike instead of on the one measured second.
+    let direct_run = |n: u64| {
         let log = Arc::clone(&log);
         let (draft, channel) = (draft.clone(), Arc::clone(&channel));
-        blocking(move || direct_batches(&log, &draft, &channel, events)).await??
+        blocking(move || direct_batches(&log, &draft, &channel, n))
     };
-    let between = super::cpu::Snapshot::take();
+    let (first_half, second_half) = (events / 2, events - events / 2);
+    let start = super::cpu::Snapshot::take();
+    let first_rate = direct_run(first_half).await??;
+    let http_start = super::cpu::Snapshot::take();
     let http_batch_events_per_s = http_batches(&client, &base, &payload, events).await?;
-    let after = super::cpu::Snapshot::take();
-    let (direct_cpu, http_batch_cpu) = (between.since(&before), after.since(&between));
+    let http_end = super::cpu::Snapshot::take();
+    let second_rate = direct_run(second_half).await??;
+    let end = super::cpu::Snapshot::take();
+    let direct_seconds =
+        first_half as f64 / first_rate.max(1.0) + second_half as f64 / second_rate.max(1.0);
+    let direct_events_per_s = events as f64 / direct_seconds.max(f64::MIN_POSITIVE);
+    let direct_cpu = http_start.since(&start).plus(&end.since(&http_end));
+    let http_batch_cpu = http_end.since(&http_start);
     // Every event of every feed, from each genesis (seq 0) on.
     let sse_events = log.heads()?.iter().map(|h| h.seq + 1).sum::<u64>();
     let sse_events_per_s = sse_read(&client, &base, sse_events).await?;
