@@ -20,7 +20,8 @@ use herald::node::Node;
 /// Longest any convergence wait may take before the test fails.
 const CONVERGE: Duration = Duration::from_secs(30);
 
-/// Waits until `node` holds equivocation evidence against mallory's feed.
+/// Waits until `node` holds equivocation evidence against mallory's feed
+/// and its status shows the feed frozen.
 async fn wait_for_evidence_against_mallory(node: &Node) {
     wait_async(
         &format!(
@@ -30,9 +31,15 @@ async fn wait_for_evidence_against_mallory(node: &Node) {
         CONVERGE,
         || async {
             let evidence = node.log().equivocations().map_err(|e| e.to_string())?;
-            match evidence.iter().find(|(feed, _)| feed == "mallory") {
-                Some(_) => Ok(()),
-                None => Err(format!("{} pieces of evidence", evidence.len())),
+            if !evidence.iter().any(|(feed, _)| feed == "mallory") {
+                return Err(format!("{} pieces of evidence", evidence.len()));
+            }
+            // Status reports heads as of the last durable commit: the
+            // evidence can be read in the store a moment before.
+            let status = node.status().await;
+            match status.feeds.iter().find(|h| h.feed == "mallory") {
+                Some(head) if head.status == "forked" => Ok(()),
+                head => Err(format!("evidence held, status shows {head:?}")),
             }
         },
     )

@@ -802,6 +802,12 @@ impl CommitStage {
                         self.metrics.checkpoint_rejected();
                     }
                     if let Ok(Ok(true)) = &outcome {
+                        let cluster = self.signer.cluster().to_string();
+                        if let Ok((_, _, feed)) =
+                            crate::core::checkpoint::claimed_feed(&cluster, &evidence.first)
+                        {
+                            self.check_self_equivocation(&feed);
+                        }
                         self.announce_commit(Vec::new());
                     }
                     self.reply_after_sync(reply, outcome);
@@ -1094,6 +1100,9 @@ impl CommitStage {
     /// Wakes replication when a checkpoint gained signatures (to pass them
     /// on) or a feed was frozen.
     fn announce_checkpoint(&mut self, outcome: &CheckpointOutcome) {
+        if let CheckpointOutcome::Equivocation { feed } = outcome {
+            self.check_self_equivocation(feed);
+        }
         match outcome {
             CheckpointOutcome::Accepted { feed, .. } | CheckpointOutcome::Equivocation { feed } => {
                 let feed = feed.clone();
@@ -1262,6 +1271,24 @@ impl CommitStage {
                 _ => None,
             });
         let Some(evidence) = evidence else { return };
+        self.report_self_fork(&evidence);
+    }
+
+    /// While recovering, equivocation evidence about this node's own feed
+    /// (its checkpoint and a peer's of the same feed that no consistency
+    /// proof joins) proves the same as a diverging event: the store and the
+    /// feed peers hold are two histories. Which one is noticed first, the
+    /// events or the checkpoints, depends on arrival order; either stops
+    /// the node.
+    fn check_self_equivocation(&self, feed: &str) {
+        if self.recovering.load(Ordering::Acquire) && feed == self.own_service {
+            self.report_self_fork(
+                "checkpoints of two histories of the feed: equivocation evidence recorded",
+            );
+        }
+    }
+
+    fn report_self_fork(&self, evidence: &str) {
         self.health.permanent(
             super::health::RECOVERY_TASK,
             &format!(
