@@ -643,7 +643,7 @@ mod renewal_tests {
         }
     }
 
-    fn entropy(i: u64) -> Entropy {
+    pub(super) fn entropy(i: u64) -> Entropy {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&i.to_be_bytes());
         id[6] = 0x70;
@@ -654,7 +654,7 @@ mod renewal_tests {
         }
     }
 
-    fn decoded(e: VerifiedEvent) -> DecodedEvent {
+    pub(super) fn decoded(e: VerifiedEvent) -> DecodedEvent {
         DecodedEvent::decode(e.into_bytes()).unwrap()
     }
 
@@ -736,11 +736,12 @@ mod cutoff_tests {
 
     use ed25519_dalek::SigningKey;
 
+    use super::renewal_tests::{decoded, entropy};
     use super::*;
     use crate::core::cert::{CertError, Cutoff};
     use crate::core::crypto::ChannelKey;
     use crate::core::limits::{FORMAT_VERSION_SEALED, FORMAT_VERSION_SIGNED};
-    use crate::core::verify::{Draft, Entropy, Sealer};
+    use crate::core::verify::{Draft, Sealer};
 
     const FEED: &str = "treasurer";
 
@@ -764,21 +765,6 @@ mod cutoff_tests {
                 revoked_from: Some(self.0),
             })
         }
-    }
-
-    fn entropy(i: u64) -> Entropy {
-        let mut id = [0u8; 16];
-        id[..8].copy_from_slice(&i.to_be_bytes());
-        id[6] = 0x70;
-        id[8] = 0x80;
-        Entropy {
-            id,
-            nonce: [i as u8; 24],
-        }
-    }
-
-    fn decoded(e: VerifiedEvent) -> DecodedEvent {
-        DecodedEvent::decode(e.into_bytes()).unwrap()
     }
 
     /// A feed of `n` events (genesis at time 1000, event i at 1000 + i).
