@@ -172,4 +172,11 @@ pub trait AuthorAdmission {
     /// Admits `cert_der` as the certificate of `service`, or says why not.
     /// Does not check time: see [`AuthorCert::check_time`].
     fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError>;
+
+    /// The public keys of the cluster's CAs, any of which may authorize a
+    /// recovery transition (see `core::transition`). None by default: an
+    /// admission without CA keys refuses every recovery.
+    fn ca_keys(&self) -> Vec<[u8; 32]> {
+        Vec::new()
+    }
 }

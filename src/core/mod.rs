@@ -15,5 +15,6 @@ pub mod note;
 pub mod query;
 pub mod replication;
 pub mod signature;
+pub mod transition;
 pub mod verify;
 pub mod wire;

@@ -33,6 +33,7 @@ pub mod bundle;
 pub mod keygen;
 pub mod pem;
 pub mod revocation;
+pub mod transition;
 pub mod trust;
 
 pub use crate::core::cert::{AuthorCert, CertError};
@@ -119,6 +120,8 @@ pub enum IdentityError {
         dir: PathBuf,
         missing: PathBuf,
     },
+    #[error("{}: malformed key transition authorization: {reason}", .path.display())]
+    BadTransition { path: PathBuf, reason: String },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("cannot create certificate: {0}")]
@@ -209,6 +212,10 @@ pub struct NodeIdentity {
     pub service: String,
     pub signing_key: ed25519_dalek::SigningKey,
     pub cert: AuthorCert,
+    /// The authorization next to the certificate (`NAME.transition`) for
+    /// a move of the feed to this certificate's key, if there is one for
+    /// this very certificate (see [`transition`]).
+    pub transition: Option<transition::TransitionAuthorization>,
 }
 
 impl std::fmt::Debug for NodeIdentity {
@@ -250,10 +257,15 @@ impl NodeIdentity {
             });
         }
         cert.check_time(now_us).map_err(cert_err)?;
+        // One for an earlier certificate is left over from a transition
+        // done before: it means nothing for this one.
+        let transition =
+            transition::read_transition(cert_path)?.filter(|t| t.is_for(service, &cert.der));
         Ok(NodeIdentity {
             service: service.to_string(),
             signing_key,
             cert,
+            transition,
         })
     }
 }

@@ -631,6 +631,10 @@ impl AuthorAdmission for TrustAnchor {
     fn admit_author(&self, service: &str, cert_der: &[u8]) -> Result<AuthorCert, CertError> {
         TrustAnchor::admit_author(self, service, cert_der)
     }
+
+    fn ca_keys(&self) -> Vec<[u8; 32]> {
+        self.cas().iter().map(CaCert::public_key).collect()
+    }
 }
 
 /// The Ed25519 `AlgorithmIdentifier` (RFC 8410) in DER.

@@ -23,7 +23,7 @@ pub const COMMIT_SECONDS_BUCKETS: [f64; 14] = [
 ];
 
 /// Every check an event can fail, in the order `/metrics` lists them.
-pub const CHECKS: [Check; 14] = [
+pub const CHECKS: [Check; 15] = [
     Check::Decode,
     Check::Certificate,
     Check::CertificateValidity,
@@ -38,6 +38,7 @@ pub const CHECKS: [Check; 14] = [
     Check::Decrypt,
     Check::Truncated,
     Check::Revoked,
+    Check::Transition,
 ];
 
 /// The `check` label of a checkpoint (or equivocation evidence) a peer
@@ -67,6 +68,7 @@ fn check_index(check: Check) -> usize {
         Check::Decrypt => 11,
         Check::Truncated => 12,
         Check::Revoked => 13,
+        Check::Transition => 14,
     }
 }
 

@@ -21,6 +21,7 @@ pub(crate) mod rows;
 mod schema;
 mod subscribe;
 mod transact;
+pub mod transitions;
 pub mod tree;
 mod writer;
 

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension};
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Migrations, in order: `MIGRATIONS[i]` moves a store from version `i` to
 /// `i + 1`. Never edit a released migration; append a new one.
@@ -202,6 +202,20 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (feed, seq)
     );
     CREATE INDEX event_rows_by_id ON event_rows (id);
+    "#,
+    // 6 -> 7: key transitions (`store::transitions`).
+    r#"
+    -- Every key transition of a feed this node holds: the certificate in
+    -- force before it, the one after, and the old key's checkpoint of the
+    -- `seq` events before it that the transition carries.
+    CREATE TABLE key_transitions (
+        feed       TEXT    NOT NULL,
+        seq        INTEGER NOT NULL,
+        old_cert   BLOB    NOT NULL,
+        new_cert   BLOB    NOT NULL,
+        checkpoint BLOB    NOT NULL,
+        PRIMARY KEY (feed, seq)
+    ) WITHOUT ROWID;
     "#,
 ];
 

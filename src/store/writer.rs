@@ -1420,14 +1420,15 @@ pub(crate) fn insert_events(
     events: &[VerifiedEvent],
 ) -> rusqlite::Result<()> {
     super::rows::insert_events(tx, names, events)?;
-    // Renewal: the feed's current certificate (the column keeps
-    // its historical name) is what a verifier resumes with.
+    // Renewal or key transition: the feed's current certificate (the
+    // column keeps its historical name) is what a verifier resumes with.
     for event in events {
         let h = event.header();
         if h.event_type == crate::core::event::CERTIFICATE_EVENT_TYPE {
             tx.prepare_cached("UPDATE feeds SET genesis_cert = ?2 WHERE feed = ?1")?
                 .execute(params![h.author, event.payload().unwrap_or_default()])?;
         }
+        super::transitions::record(tx, event)?;
     }
     Ok(())
 }

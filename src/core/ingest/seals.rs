@@ -103,8 +103,10 @@ pub(super) fn check_seals<S: FeedState, A: AuthorAdmission>(
         }
     }
     named.sort_by_key(|(_, seal)| seal.end);
-    // Per feed, the frontier after the runs vouched for so far.
+    // Per feed, the frontier after the runs vouched for so far, and the
+    // key in force after them when a run of the batch moved it.
     let mut frontiers: HashMap<String, Frontier> = HashMap::new();
+    let mut moved_keys: HashMap<String, ed25519_dalek::VerifyingKey> = HashMap::new();
     for (feed, seal) in named {
         if cx.own_feed == Some(feed.as_str())
             || cx.policy.skips(&feed, seal.end.saturating_sub(1))
@@ -118,6 +120,7 @@ pub(super) fn check_seals<S: FeedState, A: AuthorAdmission>(
             // its events are refused when applied.
             continue;
         };
+        let key = moved_keys.get(&feed).copied().unwrap_or(key);
         let held = match frontiers.get(&feed) {
             Some(f) => f.clone(),
             None => state.frontier(&feed, stored)?,
@@ -144,6 +147,17 @@ pub(super) fn check_seals<S: FeedState, A: AuthorAdmission>(
             .iter()
             .filter_map(|&i| events[i].as_ref().ok())
             .collect();
+        // A key transition starts its run, sealed by the new key; the events
+        // before it are sealed by the old key's checkpoint it carries.
+        let key = match run_key(cx, &feed, &key, &held, &run_events) {
+            Ok(key) => key,
+            Err(reason) => {
+                check
+                    .failures
+                    .insert(feed, SealFailure::Misbehaviour(reason));
+                continue;
+            }
+        };
         let outcome = check_sealed_run(
             cx.cluster,
             &feed,
@@ -163,6 +177,7 @@ pub(super) fn check_seals<S: FeedState, A: AuthorAdmission>(
                     }
                 }
                 let complete = sealed.checkpoint_is_complete();
+                moved_keys.insert(feed.clone(), key);
                 frontiers.insert(feed, sealed.frontier);
                 if complete {
                     check.notes.push(SealNote::Verified(sealed.checkpoint));
@@ -195,6 +210,53 @@ pub(super) fn check_seals<S: FeedState, A: AuthorAdmission>(
         }
     }
     Ok(check)
+}
+
+/// The key the seal of `run` (the next events of `feed` after `held`) must
+/// be signed with: `current`, unless the run starts with a key transition,
+/// whose new key seals it. A transition anywhere else in the run, or one
+/// whose old-key checkpoint is not `current`'s signature over exactly the
+/// tree `held`, is the sender's fault (docs/PROTOCOL.md: a frame ends
+/// before a transition).
+fn run_key<A: AuthorAdmission>(
+    cx: &SealContext<'_, A>,
+    feed: &str,
+    current: &ed25519_dalek::VerifyingKey,
+    held: &Frontier,
+    run: &[&DecodedEvent],
+) -> Result<ed25519_dalek::VerifyingKey, String> {
+    use crate::core::transition::{KEY_TRANSITION_EVENT_TYPE, KeyTransition};
+    let is_transition = |e: &DecodedEvent| e.header().event_type == KEY_TRANSITION_EVENT_TYPE;
+    if let Some(inside) = run.iter().skip(1).find(|e| is_transition(e)) {
+        return Err(format!(
+            "a run of {feed} crosses its key transition at {}: the events before it must come sealed by the old key's checkpoint",
+            inside.header().seq
+        ));
+    }
+    let Some(first) = run.first().filter(|e| is_transition(e)) else {
+        return Ok(*current);
+    };
+    let seq = first.header().seq;
+    // Malformed or unadmitted transitions are refused, with the reason,
+    // when the feed's verifier applies them: only the seal is judged here.
+    let Some(new_key) = verify::transition_key(cx.trust, first) else {
+        return Ok(*current);
+    };
+    let transition = first
+        .payload()
+        .and_then(|p| KeyTransition::decode(p).ok())
+        .ok_or_else(|| format!("the key transition {feed}/{seq} has no readable payload"))?;
+    let old = checkpoint::open_checkpoint(cx.cluster, &transition.final_checkpoint, current)
+        .map_err(|e| format!("the old key's checkpoint in key transition {feed}/{seq}: {e}"))?;
+    if old.feed() != feed || old.size() != held.size() || *old.root() != held.root() {
+        return Err(format!(
+            "the old key's checkpoint in key transition {feed}/{seq} is of {} at size {}, not of the feed's {} events before it",
+            old.feed(),
+            old.size(),
+            held.size()
+        ));
+    }
+    Ok(new_key)
 }
 
 /// The key `feed`'s checkpoints must be signed with and the number of its

@@ -27,7 +27,7 @@ pub use sealer::{ChainedBatch, Draft, DraftError, Entropy, Sealer, SealerMark};
 pub use signatures::{
     SignatureVerdict, batch_signatures_valid, check_event_signatures, signature_valid,
 };
-pub use verifier::{FeedVerifier, check_cert_window};
+pub use verifier::{FeedVerifier, check_cert_window, transition_key};
 
 use std::fmt;
 
@@ -166,6 +166,9 @@ pub enum Check {
     /// The event is at or after the cut-off of a revocation of its
     /// author's certificate.
     Revoked,
+    /// A key transition is malformed or not authorized (by the old key for
+    /// a rotation, by a CA for a recovery).
+    Transition,
 }
 
 impl Check {
@@ -186,6 +189,7 @@ impl Check {
             Check::Decrypt => "decrypt",
             Check::Truncated => "truncated",
             Check::Revoked => "revoked",
+            Check::Transition => "transition",
         }
     }
 }

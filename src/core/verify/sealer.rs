@@ -213,6 +213,45 @@ impl Sealer {
         self.sign(unsigned)
     }
 
+    /// Writes a key transition (`core::transition`) whose payload is
+    /// `payload`, and moves the sealer to `new_key`: the transition and
+    /// every later event are sealed by checkpoints under it. Always a
+    /// format-2 event. If its commit fails, the caller puts the old key
+    /// back with [`Sealer::restore_key`] along with [`Sealer::restore`].
+    pub fn transition_key(
+        &mut self,
+        new_key: SigningKey,
+        payload: Vec<u8>,
+        id: [u8; 16],
+        now_us: u64,
+    ) -> VerifiedEvent {
+        let header = EventHeader {
+            version: FORMAT_VERSION_SEALED,
+            id,
+            author: self.author.clone(),
+            seq: self.next_seq,
+            prev: self.head_hash,
+            timestamp_us: now_us.max(self.last_timestamp_us),
+            event_type: crate::core::transition::KEY_TRANSITION_EVENT_TYPE.into(),
+            schema_version: 1,
+            meta: Vec::new(),
+            payload: PayloadDescriptor {
+                encryption: Encryption::Plain,
+                hash: crypto::sha256(&[&payload]),
+                len: payload.len() as u32,
+            },
+            signature_scope: scope_of(FORMAT_VERSION_SEALED),
+        };
+        let unsigned = self.chain(header, payload);
+        self.key = new_key;
+        self.sign(unsigned)
+    }
+
+    /// Puts back the key a failed transition's commit moved away from.
+    pub fn restore_key(&mut self, key: SigningKey) {
+        self.key = key;
+    }
+
     /// Resumes a feed from its stored head.
     pub fn resume(
         author: &str,

@@ -9,6 +9,20 @@ use super::{Check, DecodedEvent, Rejection, VerifiedEvent, hx};
 use crate::core::cert::{AuthorAdmission, AuthorCert};
 use crate::core::crypto::Hash;
 use crate::core::event::*;
+use crate::core::transition::{KEY_TRANSITION_EVENT_TYPE, KeyTransition, TransitionKind};
+
+/// The key a key transition event moves its feed to, if `event` is one
+/// whose certificate `trust` admits: what its checkpoint is signed with.
+/// Nothing else about the transition is checked here.
+pub fn transition_key(trust: &impl AuthorAdmission, event: &DecodedEvent) -> Option<VerifyingKey> {
+    let h = &event.header;
+    if h.event_type != KEY_TRANSITION_EVENT_TYPE {
+        return None;
+    }
+    let transition = KeyTransition::decode(event.payload.as_deref()?).ok()?;
+    let cert = trust.admit_author(&h.author, &transition.new_cert).ok()?;
+    VerifyingKey::from_bytes(&cert.public_key).ok()
+}
 
 /// The state of one feed as seen by a verifier: its author's admitted
 /// certificate and its head.
@@ -94,7 +108,8 @@ impl FeedVerifier {
         if !event.is_sealed() {
             return Err(not_sealed(event));
         }
-        let verdict = SignatureVerdict::covered(&self.key, event);
+        let key = transition_key(trust, event).unwrap_or(self.key);
+        let verdict = SignatureVerdict::covered(&key, event);
         self.check_next_with(trust, event, verdict)
     }
 
@@ -242,12 +257,12 @@ impl FeedVerifier {
         event: &DecodedEvent,
         verdict: SignatureVerdict,
     ) -> Result<(), Rejection> {
-        let renewed = if event.header.event_type == CERTIFICATE_EVENT_TYPE {
-            Some(self.admit_renewal(trust, event)?)
-        } else {
-            None
+        let changed = match event.header.event_type.as_str() {
+            CERTIFICATE_EVENT_TYPE => Some((self.admit_renewal(trust, event)?, self.key)),
+            KEY_TRANSITION_EVENT_TYPE => Some(self.admit_transition(trust, event)?),
+            _ => None,
         };
-        self.check_next_inner(event, verdict, renewed)
+        self.check_next_inner(event, verdict, changed)
     }
 
     /// [`Self::verify_next`] without producing the verified value (for
@@ -258,11 +273,13 @@ impl FeedVerifier {
         event: &DecodedEvent,
         verdict: SignatureVerdict,
     ) -> Result<(), Rejection> {
-        if event.header.event_type == CERTIFICATE_EVENT_TYPE {
+        if event.header.event_type == CERTIFICATE_EVENT_TYPE
+            || event.header.event_type == KEY_TRANSITION_EVENT_TYPE
+        {
             return Err(Rejection::new(
                 event.header.seq,
                 Check::Certificate,
-                "a certificate renewal checked against the CA",
+                "a certificate renewal or key transition checked against the CA",
                 "a verifier without the CA",
             ));
         }
@@ -318,11 +335,113 @@ impl FeedVerifier {
         Ok(cert)
     }
 
+    /// The certificate and key a key transition moves the feed to, if it is
+    /// well formed and authorized (see `core::transition`): a format-2
+    /// event with a plain payload naming a certificate the CA admits for
+    /// the feed's author, for another key, not revoked; a rotation's
+    /// authorization signed by the feed's current key (and the transition
+    /// before that key's revocation cut-off, if any), a recovery's by a CA.
+    /// The checkpoint it carries is checked where the feed's tree is known
+    /// (ingest, audits). Its own authenticity is the new key's checkpoint.
+    fn admit_transition(
+        &self,
+        trust: &impl AuthorAdmission,
+        event: &DecodedEvent,
+    ) -> Result<(AuthorCert, VerifyingKey), Rejection> {
+        let h = &event.header;
+        let refuse = |expected: &str, found: String| {
+            Rejection::new(h.seq, Check::Transition, expected, found)
+        };
+        if !event.is_sealed() {
+            return Err(refuse(
+                "a key transition in a format-2 (sealed) event",
+                "a format-1 event".into(),
+            ));
+        }
+        let Some(bytes) = &event.payload else {
+            return Err(refuse(
+                "a key transition holding its payload",
+                "a pruned payload".into(),
+            ));
+        };
+        if h.payload.encryption != Encryption::Plain {
+            return Err(refuse(
+                "a key transition with a plain payload",
+                "an encrypted payload".into(),
+            ));
+        }
+        check_payload(h, bytes)?;
+        let transition = KeyTransition::decode(bytes)
+            .map_err(|e| refuse("a well-formed key transition payload", e.to_string()))?;
+        let cert = trust
+            .admit_author(&self.cert.service, &transition.new_cert)
+            .map_err(|e| {
+                Rejection::new(
+                    h.seq,
+                    Check::Transition,
+                    "a new certificate admitted by the CA",
+                    e,
+                )
+            })?;
+        if let Some(cutoff) = cert.revoked_from {
+            return Err(refuse(
+                "a new certificate that is not revoked",
+                format!(
+                    "certificate {} revoked {}",
+                    cert.serial_hex(),
+                    cutoff.describe()
+                ),
+            ));
+        }
+        if cert.public_key == self.cert.public_key {
+            return Err(refuse(
+                "a new certificate for another key (the same key is a renewal)",
+                format!("the feed's key {}", hx(&cert.public_key)),
+            ));
+        }
+        let key = VerifyingKey::from_bytes(&cert.public_key)
+            .map_err(|e| refuse("a valid Ed25519 public key", e.to_string()))?;
+        match transition.kind {
+            TransitionKind::Rotation => {
+                // A key past its revocation cut-off cannot hand the feed on.
+                check_cutoff(&self.cert, h)?;
+                if !transition.authorized_by(&self.cert.service, &self.key) {
+                    return Err(refuse(
+                        "a rotation authorized by the feed's current key",
+                        format!(
+                            "an authorization that does not verify under key {}",
+                            hx(&self.cert.public_key)
+                        ),
+                    ));
+                }
+            }
+            TransitionKind::Recovery => {
+                let by_a_ca = trust.ca_keys().iter().any(|ca| {
+                    VerifyingKey::from_bytes(ca)
+                        .is_ok_and(|ca| transition.authorized_by(&self.cert.service, &ca))
+                });
+                if !by_a_ca {
+                    return Err(refuse(
+                        "a recovery authorized by a CA of the cluster",
+                        "an authorization that no CA's key verifies".into(),
+                    ));
+                }
+            }
+        }
+        if transition.final_checkpoint.is_empty() {
+            return Err(refuse(
+                "the old key's checkpoint at the transition",
+                "none".into(),
+            ));
+        }
+        Ok((cert, key))
+    }
+
     fn check_next_inner(
         &mut self,
         event: &DecodedEvent,
         verdict: SignatureVerdict,
-        renewed: Option<AuthorCert>,
+        changed: Option<(AuthorCert, VerifyingKey)>,
     ) -> Result<(), Rejection> {
         let h = &event.header;
         if h.author != self.cert.service {
@@ -333,7 +452,9 @@ impl FeedVerifier {
                 &h.author,
             ));
         }
-        self.check_verdict(event, verdict)?;
+        // A transition is sealed by the key it moves to.
+        let key = changed.as_ref().map_or(self.key, |(_, key)| *key);
+        self.check_verdict_under(&key, event, verdict)?;
         let after_damage = self.damaged_slot == Some(self.next_seq) && h.seq == self.next_seq + 1;
         if h.seq != self.next_seq && !after_damage {
             if h.seq + 1 == self.next_seq {
@@ -366,14 +487,17 @@ impl FeedVerifier {
                 crate::clock::format_timestamp(h.timestamp_us),
             ));
         }
-        // A renewal is itself checked against the certificate it brings.
-        check_cert_window(renewed.as_ref().unwrap_or(&self.cert), h)?;
-        check_cutoff(renewed.as_ref().unwrap_or(&self.cert), h)?;
+        // A renewal or transition is itself checked against the certificate
+        // it brings (a recovery stands past the old certificate's cut-off).
+        let cert = changed.as_ref().map_or(&self.cert, |(cert, _)| cert);
+        check_cert_window(cert, h)?;
+        check_cutoff(cert, h)?;
         if let Some(payload) = &event.payload {
             check_payload(h, payload)?;
         }
-        if let Some(cert) = renewed {
+        if let Some((cert, key)) = changed {
             self.cert = cert;
+            self.key = key;
         }
         self.next_seq = h.seq + 1;
         self.head_hash = event.hash;
@@ -440,8 +564,18 @@ impl FeedVerifier {
         event: &DecodedEvent,
         verdict: SignatureVerdict,
     ) -> Result<(), Rejection> {
+        self.check_verdict_under(&self.key, event, verdict)
+    }
+
+    /// [`Self::check_verdict`] under `key` (a transition's new key).
+    fn check_verdict_under(
+        &self,
+        key: &VerifyingKey,
+        event: &DecodedEvent,
+        verdict: SignatureVerdict,
+    ) -> Result<(), Rejection> {
         let seq = event.header.seq;
-        if !verdict.is_about(&self.key, event) {
+        if !verdict.is_about(key, event) {
             return Err(Rejection::new(
                 seq,
                 Check::Signature,
@@ -453,7 +587,7 @@ impl FeedVerifier {
                 format!(
                     "a verdict about event {}{}",
                     hx(verdict.event_hash()),
-                    if verdict.is_about_key(&self.key) {
+                    if verdict.is_about_key(key) {
                         ""
                     } else {
                         " under another key"
