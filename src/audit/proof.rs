@@ -191,8 +191,31 @@ fn prove_inclusion_in(
     target: &ProofTarget,
 ) -> Result<InclusionProofFile, ProveError> {
     let (feed, seq, envelope) = find_event(conn, target)?;
-    let stored = crate::store::read_checkpoint(conn, &feed)?
-        .ok_or_else(|| ProveError::NoCheckpoint(feed.clone()))?;
+    // An event before a key transition is proved under the key in force
+    // for it: the old key's checkpoint the first later transition carries,
+    // with the certificate the feed had then.
+    let before_transition = crate::store::transitions::read_feed(conn, &feed)
+        .map_err(|e| ProveError::Tree {
+            feed: feed.clone(),
+            message: e.to_string(),
+        })?
+        .into_iter()
+        .find(|t| t.seq > seq);
+    let (stored, cert_der) = match before_transition {
+        Some(t) => {
+            let stored =
+                crate::store::transitions::checkpoint_before(&t).map_err(|e| ProveError::Tree {
+                    feed: feed.clone(),
+                    message: e.to_string(),
+                })?;
+            (stored, t.old_cert)
+        }
+        None => (
+            crate::store::read_checkpoint(conn, &feed)?
+                .ok_or_else(|| ProveError::NoCheckpoint(feed.clone()))?,
+            genesis_cert(conn, &feed)?,
+        ),
+    };
     if seq >= stored.size {
         return Err(ProveError::NotCovered {
             feed,
@@ -202,7 +225,6 @@ fn prove_inclusion_in(
     }
     let path = merkle::inclusion_proof(&mut TileReader::new(conn, &feed), seq, stored.size)
         .map_err(|e| tree_error(&feed, e))?;
-    let cert_der = genesis_cert(conn, &feed)?;
     let (extra, payload_pruned) = inclusion_extra(&feed, seq, envelope, cert_der)?;
     let hashes = path.len();
     let text = ProofText::new(Some(extra), seq, path, stored.note.as_bytes())?.to_text();

@@ -443,11 +443,17 @@ impl<'a> Auditor<'a> {
         let Some(verifier) = feed.verifier.as_mut() else {
             return;
         };
+        let key_before = *verifier.key();
         let checked = if event.is_sealed() {
             verifier.check_next_pending_checkpoint(&self.options.trust, &event)
         } else {
             verifier.check_next_with(&self.options.trust, &event, verdict)
         };
+        // A key transition carries the old key's checkpoint of the events
+        // before it: it must be that key's, over this very tree.
+        let checked = checked.and_then(|()| {
+            check_transition_checkpoint(&self.cluster, &event, &key_before, &feed.tree)
+        });
         match checked {
             Ok(()) => {
                 feed.grow_tree(event.header().seq, event.hash());
@@ -981,6 +987,47 @@ impl<'a> Auditor<'a> {
 
 /// `None` when no keys were given or the payload is plain or pruned;
 /// otherwise whether it decrypted.
+/// For a key transition: its old-key checkpoint must be signed by
+/// `old_key` and be of the feed's tree `before` it (the events before the
+/// transition). Other events pass.
+fn check_transition_checkpoint(
+    cluster: &str,
+    event: &DecodedEvent,
+    old_key: &VerifyingKey,
+    before: &merkle::Frontier,
+) -> Result<(), Rejection> {
+    use crate::core::transition::{KEY_TRANSITION_EVENT_TYPE, KeyTransition};
+    let h = event.header();
+    if h.event_type != KEY_TRANSITION_EVENT_TYPE {
+        return Ok(());
+    }
+    let refuse = |found: String| {
+        Rejection::new(
+            h.seq,
+            Check::Transition,
+            format!(
+                "the old key's checkpoint of the {} events before the transition",
+                h.seq
+            ),
+            found,
+        )
+    };
+    let Some(transition) = event.payload().and_then(|p| KeyTransition::decode(p).ok()) else {
+        return Err(refuse("no readable transition payload".into()));
+    };
+    let old = checkpoint::open_checkpoint(cluster, &transition.final_checkpoint, old_key)
+        .map_err(|e| refuse(e.to_string()))?;
+    if old.feed() != h.author || old.size() != h.seq || *old.root() != before.root() {
+        return Err(refuse(format!(
+            "a checkpoint of {} at size {} with root {}",
+            old.feed(),
+            old.size(),
+            hex::encode(old.root())
+        )));
+    }
+    Ok(())
+}
+
 fn decrypt_check(event: &DecodedEvent, keys: &[ChannelKey]) -> Option<bool> {
     if keys.is_empty() || event.header().payload.encryption == Encryption::Plain {
         return None;

@@ -108,9 +108,15 @@ fn print_report(r: &ReloadReport) {
         r.certificate_serial,
         format_timestamp(r.certificate_not_after_us)
     );
+    if let Some(seq) = r.transition_seq {
+        println!(
+            "  key transition appended to the feed at seq {seq}: the feed continues under the new key"
+        );
+    }
     match r.renewal_seq {
         Some(seq) => println!("  renewal appended to the feed at seq {seq}"),
-        None => println!("  feed certificate unchanged"),
+        None if r.transition_seq.is_none() => println!("  feed certificate unchanged"),
+        None => {}
     }
     let channels: Vec<String> = r
         .channels

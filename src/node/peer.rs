@@ -825,10 +825,24 @@ async fn send_missing(
             }
             for mut frame in frames(envelopes) {
                 let mut seals = Vec::new();
+                let mut split_at_transition = false;
                 if frame
                     .iter()
                     .any(|e| crate::core::codec::is_sealed_envelope(e))
                 {
+                    // A frame ends before a key transition: the events
+                    // before it are sealed under the old key, the
+                    // transition and what follows under the new one.
+                    let frame_end = from + frame.len() as u64;
+                    if let Some(t) = inner
+                        .log
+                        .key_transitions(&range.feed)
+                        .iter()
+                        .find(|t| t.seq > from && t.seq < frame_end)
+                    {
+                        frame.truncate((t.seq - from) as usize);
+                        split_at_transition = true;
+                    }
                     let covered = inner
                         .log
                         .latest_checkpoint(&range.feed)
@@ -861,6 +875,10 @@ async fn send_missing(
                     },
                 )
                 .await?;
+                if split_at_transition {
+                    // The rest of this read starts at the transition.
+                    continue 'range;
+                }
             }
         }
     }

@@ -45,7 +45,7 @@ pub enum ReloadError {
     Files(#[from] IdentityError),
     /// The certificate is for another key than the feed's.
     #[error(
-        "reload refused, nothing changed: the certificate {} is for another key ({new}) than this node's feed ({current}): key rotation (a key transition in the feed) is not something a reload does; restore the certificate and key of the feed's key",
+        "reload refused, nothing changed: the certificate {} is for another key ({new}) than this node's feed ({current}), and no key transition authorization for it sits next to it (NAME.transition): rotate with `herald keygen rotate` (or recover with `herald keygen recover`), or restore the certificate and key of the feed's key",
         .cert.display()
     )]
     OtherKey {
@@ -90,6 +90,11 @@ pub struct ReloadReport {
     /// node's feed, if the reloaded certificate lasts longer than the
     /// feed's current one.
     pub renewal_seq: Option<u64>,
+    /// The sequence number of the key transition appended to the node's
+    /// feed, if the reloaded certificate is for a new key (`herald keygen
+    /// rotate` or `recover`).
+    #[serde(default)]
+    pub transition_seq: Option<u64>,
     /// Key generations per channel.
     pub channels: BTreeMap<String, usize>,
     /// Peer connections closed because their certificate is no longer
@@ -104,17 +109,24 @@ pub(crate) enum IdentityChange {
     /// appends a renewal event if it lasts longer than the feed's current
     /// certificate).
     SameKey,
+    /// Another key, with the authorization for the move next to the
+    /// certificate: the store appends a key transition (it checks the
+    /// authorization against the feed's key or the CA).
+    NewKey,
 }
 
 /// Decides what the reloaded identity `reloaded` (from `cert_path`) means
 /// for a node whose feed runs under `current`. The one place this is
 /// decided: the same key is taken (a renewal or no change); another key
-/// would be a key rotation, which a reload refuses.
+/// is a key transition when its authorization is there, refused when not.
 pub(crate) fn apply_node_identity(
     current: &AuthorCert,
     reloaded: &NodeIdentity,
     cert_path: &Path,
 ) -> Result<IdentityChange, ReloadError> {
+    if reloaded.cert.public_key != current.public_key && reloaded.transition.is_some() {
+        return Ok(IdentityChange::NewKey);
+    }
     if reloaded.cert.public_key != current.public_key {
         return Err(ReloadError::OtherKey {
             cert: cert_path.to_path_buf(),
@@ -137,6 +149,7 @@ pub(crate) async fn reload(inner: &Arc<Inner>) -> Result<ReloadReport, ReloadErr
             certificate_serial = %report.certificate_serial,
             revoked_entries = report.revoked_entries,
             renewal_seq = ?report.renewal_seq,
+            transition_seq = ?report.transition_seq,
             closed = report.closed.len(),
             "reloaded the CA, revocation list, certificate and channel keys"
         ),
@@ -153,9 +166,9 @@ async fn reload_now(inner: &Arc<Inner>) -> Result<ReloadReport, ReloadError> {
     let (trust, identity) = config.load_identity(clock::now_us())?;
     let channels = config.load_channel_keys()?;
     let current = inner.tls.identity();
-    match apply_node_identity(current.cert(), &identity, &config.cert)? {
-        IdentityChange::SameKey => {}
-    }
+    // Same key, or a new key with its authorization (the store appends the
+    // transition); anything else is refused here.
+    apply_node_identity(current.cert(), &identity, &config.cert)?;
     let tls_identity = TlsIdentity::from_files(&config.cert, &config.key, Arc::new(trust.clone()))?
         .with_clock(current.clock());
     let server = net::server_config(&tls_identity)?;
@@ -172,6 +185,7 @@ async fn reload_now(inner: &Arc<Inner>) -> Result<ReloadReport, ReloadError> {
         certificate_serial: identity.cert.serial_hex(),
         certificate_not_after_us: identity.cert.not_after_us,
         renewal_seq: None,
+        transition_seq: None,
         channels: generations,
         closed: Vec::new(),
     };
@@ -187,6 +201,8 @@ async fn reload_now(inner: &Arc<Inner>) -> Result<ReloadReport, ReloadError> {
         .await
         .map_err(|e| ReloadError::Task(e.to_string()))??;
     report.renewal_seq = stored.renewal_seq;
+    report.transition_seq = stored.transition_seq;
+
     inner.endpoint.set_server_config(Some(server));
     inner.tls.install(tls_state);
     report.closed = close_untrusted(inner);

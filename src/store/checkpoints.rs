@@ -341,10 +341,25 @@ pub(crate) fn accept(
         Ok(v) => *v.key(),
         Err(_) => return Ok(Ok(CheckpointOutcome::UnknownFeed)),
     };
-    match checkpoint::verify_claimed(note, claimed, feed, &author_key) {
+    let size = claimed.size();
+    match checkpoint::verify_claimed(note, claimed, feed.clone(), &author_key) {
         Ok(verified) => accept_verified(tx, w, verified),
+        // A checkpoint from before the feed's latest key transition is
+        // under an earlier key, and superseded: a peer may still pass one
+        // on that it sent before it saw the transition.
+        Err(_) if before_latest_transition(tx, &feed, size)? => {
+            Ok(Ok(CheckpointOutcome::Unchanged))
+        }
         Err(e) => Ok(Err(e)),
     }
+}
+
+/// Whether a checkpoint of `feed` at `size` is from before its latest key
+/// transition (of `size` at most the transition's sequence number).
+fn before_latest_transition(tx: &Connection, feed: &str, size: u64) -> Result<bool, LogError> {
+    Ok(super::transitions::read_feed(tx, feed)?
+        .last()
+        .is_some_and(|t| size <= t.seq))
 }
 
 /// [`accept`] for a checkpoint whose author's signature is checked already

@@ -101,9 +101,11 @@ pub enum LogError {
         found: String,
     },
     #[error(
-        "this node's certificate key differs from the key its feed began with; key rotation is not supported, restore the original key"
+        "this node's certificate is for another key than its feed's, and no key transition authorization for it sits next to it (NAME.transition): rotate with `herald keygen rotate` (or recover with `herald keygen recover`), or restore the feed's key and certificate"
     )]
     KeyChanged,
+    #[error("the key transition of this node's feed was refused, nothing changed: {0}")]
+    KeyTransition(String),
     #[error("store is damaged: {0}")]
     Corrupt(String),
     #[error(
@@ -358,6 +360,8 @@ pub struct Log {
     _lock: File,
     /// Every feed's latest checkpoint (with cosignatures), for replication.
     checkpoint_cache: Arc<checkpoints::CheckpointCache>,
+    /// Every feed's key transitions, for replication's seals.
+    transition_cache: Arc<transitions::TransitionCache>,
     /// This cluster's id, which every checkpoint origin names.
     cluster: String,
     /// Counters for `/metrics`, shared with the writer.
@@ -383,6 +387,9 @@ pub struct TrustUpdate {
 /// What [`Log::reload`] did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ReloadOutcome {
+    /// The sequence number of the key transition appended to this node's
+    /// feed, if the reloaded certificate is for a new key.
+    pub transition_seq: Option<u64>,
     /// The sequence number of the certificate renewal appended to this
     /// node's feed, if the reloaded certificate lasts longer than the
     /// feed's current one.
@@ -443,6 +450,7 @@ impl Log {
         let heads = Arc::new(HeadsCache::default());
         heads.refresh_from(&conn);
         let checkpoint_cache = Arc::new(checkpoints::CheckpointCache::load(&conn)?);
+        let transition_cache = Arc::new(transitions::TransitionCache::load(&conn)?);
         let cluster = crate::core::checkpoint::cluster_id(&trust.ca_public_key());
         let own_feed = Arc::new(own_feed::OwnFeedCache::default());
         let health = Arc::new(Health::default());
@@ -468,6 +476,7 @@ impl Log {
             trees: Default::default(),
             signer: checkpoints::signer_for(&identity, &trust),
             checkpoint_cache: Arc::clone(&checkpoint_cache),
+            transition_cache: Arc::clone(&transition_cache),
             unmatched_checkpoints: Default::default(),
             metrics: Arc::clone(&store_metrics),
         };
@@ -493,6 +502,7 @@ impl Log {
             _checkpointer: checkpointer,
             _lock: lock,
             checkpoint_cache,
+            transition_cache,
             cluster,
             metrics: store_metrics,
         })
@@ -526,12 +536,28 @@ impl Log {
         let Some(stored) = self.latest_checkpoint(feed) else {
             return Ok(None);
         };
+        // A checkpoint past a key transition after `end` is under a key the
+        // receiver cannot know yet: the old key's checkpoint that the first
+        // such transition carries seals the run instead.
+        let transitions = self.transition_cache.of(feed);
+        let before_transition = transitions
+            .iter()
+            .find(|t| t.seq >= end && t.seq < stored.size);
+        let stored = match before_transition {
+            Some(t) => Arc::new(transitions::checkpoint_before(t)?),
+            None => stored,
+        };
         if stored.size == end {
             // Ends here: no proof, so no read.
             return checkpoints::seal_of(None, &self.cluster, &stored, end);
         }
         let reader = self.reader()?;
         checkpoints::seal_of(Some(&reader), &self.cluster, &stored, end)
+    }
+
+    /// `feed`'s key transitions, in order (see [`transitions`]).
+    pub fn key_transitions(&self, feed: &str) -> Vec<Arc<transitions::TransitionPoint>> {
+        self.transition_cache.of(feed)
     }
 
     /// Checks a checkpoint a peer sent against this node's copy of the
@@ -1225,7 +1251,7 @@ pub(crate) fn start_or_resume(
     format: u8,
 ) -> Result<Sealer, LogError> {
     let service = &identity.service;
-    let signer = checkpoints::signer_for(identity, trust);
+    let mut signer = checkpoints::signer_for(identity, trust);
     let Some(head) = writer::read_head(conn, service)? else {
         let now_us = clock::now_us();
         let id = writer::new_entropy(now_us).id;
@@ -1239,7 +1265,11 @@ pub(crate) fn start_or_resume(
         .admit_author(service, &head.genesis_cert)
         .map(|c| c.public_key)
         .ok();
-    if genesis_key.as_ref() != Some(&identity.cert.public_key) {
+    // Another key: a key transition is due (`herald keygen rotate` or
+    // `recover` left its authorization next to the certificate). A
+    // recovering node appends it once its feed is back.
+    let transition_due = genesis_key.as_ref() != Some(&identity.cert.public_key);
+    if transition_due && identity.transition.is_none() {
         return Err(LogError::KeyChanged);
     }
     // The last row and the hash the feed's tree holds for it; the row
@@ -1260,9 +1290,6 @@ pub(crate) fn start_or_resume(
             head.seq
         )));
     }
-    if sign {
-        checkpoints::cover_own_feed(conn, &signer, head.seq + 1)?;
-    }
     let mut sealer = Sealer::resume(
         service,
         identity.signing_key.clone(),
@@ -1271,7 +1298,20 @@ pub(crate) fn start_or_resume(
         head.last_timestamp_us,
     )
     .with_format(format);
+    if sign && transition_due {
+        // Before anything is signed with the new key: the old key's
+        // checkpoint of the feed so far goes into the transition.
+        transition_own_feed(
+            conn,
+            identity,
+            trust,
+            &mut sealer,
+            &mut signer,
+            &mut Default::default(),
+        )?;
+    }
     if sign {
+        checkpoints::cover_own_feed(conn, &signer, sealer.next_seq())?;
         renew_own_certificate(
             conn,
             identity,
@@ -1282,6 +1322,107 @@ pub(crate) fn start_or_resume(
         )?;
     }
     Ok(sealer)
+}
+
+/// Key transition: when this node starts (or reloads, see [`Log::reload`])
+/// with a certificate for another key than its feed's and the
+/// authorization for it (`identity.transition`, from `NAME.transition`),
+/// appends the key transition (`core::transition`): its payload carries
+/// the authorization and the old key's checkpoint of the feed so far, and
+/// the new key seals it. On success `sealer` and `signer` are on the new
+/// key; on failure they are as they were and nothing is stored. `None` if
+/// the feed is on the identity's key already.
+pub(crate) fn transition_own_feed(
+    conn: &mut Connection,
+    identity: &NodeIdentity,
+    trust: &TrustAnchor,
+    sealer: &mut Sealer,
+    signer: &mut crate::core::checkpoint::CheckpointSigner,
+    trees: &mut checkpoints::Trees,
+) -> Result<Option<VerifiedEvent>, LogError> {
+    use crate::core::transition::{KeyTransition, TransitionKind};
+    let service = &identity.service;
+    let refuse = |why: String| LogError::KeyTransition(why);
+    let Some(head) = writer::read_head(conn, service)? else {
+        return Ok(None);
+    };
+    let current = trust
+        .admit_author(service, &head.genesis_cert)
+        .map_err(|e| refuse(format!("the feed's current certificate: {e}")))?;
+    if current.public_key == identity.cert.public_key {
+        return Ok(None);
+    }
+    let Some(authorization) = &identity.transition else {
+        return Err(LogError::KeyChanged);
+    };
+    let stored = checkpoints::read_checkpoint(conn, service)?
+        .filter(|c| c.size == head.seq + 1)
+        .ok_or_else(|| {
+            refuse(format!(
+                "no checkpoint by the old key covers the feed's {} events",
+                head.seq + 1
+            ))
+        })?;
+    let transition = KeyTransition {
+        kind: authorization.kind,
+        new_cert: identity.cert.der.clone(),
+        authorization: authorization.signature,
+        final_checkpoint: checkpoints::author_only(signer.cluster(), &stored)?.into_bytes(),
+    };
+    let authorized = match transition.kind {
+        TransitionKind::Rotation => ed25519_dalek::VerifyingKey::from_bytes(&current.public_key)
+            .is_ok_and(|old| transition.authorized_by(service, &old)),
+        TransitionKind::Recovery => trust.cas().iter().any(|ca| {
+            ed25519_dalek::VerifyingKey::from_bytes(&ca.public_key())
+                .is_ok_and(|ca| transition.authorized_by(service, &ca))
+        }),
+    };
+    if !authorized {
+        return Err(refuse(format!(
+            "the {} authorization next to the certificate does not verify under {} (was the key rotated twice before the node switched?)",
+            transition.kind.name(),
+            match transition.kind {
+                TransitionKind::Rotation =>
+                    format!("the feed's current key {}", hex::encode(current.public_key)),
+                TransitionKind::Recovery => "any CA of the bundle".to_string(),
+            }
+        )));
+    }
+    if transition.kind == TransitionKind::Rotation && current.revoked_from.is_some() {
+        return Err(refuse(
+            "the feed's current certificate is revoked: a revoked key cannot hand the feed on; recover with `herald keygen recover` (the CA authorizes it)".into(),
+        ));
+    }
+    let old_key = sealer.signing_key().clone();
+    let mark = sealer.mark();
+    let now_us = clock::now_us();
+    let id = writer::new_entropy(now_us).id;
+    let event = sealer.transition_key(
+        identity.signing_key.clone(),
+        transition.encode(),
+        id,
+        now_us,
+    );
+    let new_signer = crate::core::checkpoint::CheckpointSigner::new(
+        signer.cluster().to_string(),
+        service.clone(),
+        identity.signing_key.clone(),
+    );
+    if let Err(e) = writer::commit_own(conn, std::slice::from_ref(&event), trees, &new_signer) {
+        sealer.restore(mark);
+        sealer.restore_key(old_key);
+        return Err(e);
+    }
+    *signer = new_signer;
+    tracing::info!(
+        service = %service,
+        kind = transition.kind.name(),
+        seq = event.header().seq,
+        new_key = %hex::encode(identity.cert.public_key),
+        serial = %identity.cert.serial_hex(),
+        "appended a key transition: this node's feed continues under the new key"
+    );
+    Ok(Some(event))
 }
 
 /// Renewal: when this node starts (or reloads, see [`Log::reload`]) with

@@ -61,6 +61,28 @@ pub(crate) fn record(tx: &Connection, event: &VerifiedEvent) -> rusqlite::Result
     Ok(())
 }
 
+/// The old key's checkpoint `t` carries, as a stored checkpoint (for a
+/// seal: its author's signature is all a seal sends).
+pub fn checkpoint_before(t: &TransitionPoint) -> Result<super::StoredCheckpoint, LogError> {
+    use crate::core::note::{Checkpoint, Note};
+    let corrupt = |why: String| {
+        LogError::Corrupt(format!(
+            "the checkpoint in key transition {}/{}: {why}",
+            t.feed, t.seq
+        ))
+    };
+    let note = String::from_utf8(t.checkpoint.clone()).map_err(|_| corrupt("not UTF-8".into()))?;
+    let parsed = Note::parse(note.as_bytes()).map_err(|e| corrupt(e.to_string()))?;
+    let body = Checkpoint::parse_body(parsed.text()).map_err(|e| corrupt(e.to_string()))?;
+    Ok(super::StoredCheckpoint {
+        feed: t.feed.clone(),
+        size: body.size(),
+        root: *body.root(),
+        note,
+        cosigned_size: 0,
+    })
+}
+
 /// Every transition held, by feed, in order.
 pub(crate) fn read_all(conn: &Connection) -> Result<Vec<TransitionPoint>, LogError> {
     let mut statement = conn.prepare_cached(
@@ -79,7 +101,7 @@ pub(crate) fn read_all(conn: &Connection) -> Result<Vec<TransitionPoint>, LogErr
 }
 
 /// The transitions of `feed`, in order.
-pub(crate) fn read_feed(conn: &Connection, feed: &str) -> Result<Vec<TransitionPoint>, LogError> {
+pub fn read_feed(conn: &Connection, feed: &str) -> Result<Vec<TransitionPoint>, LogError> {
     Ok(read_all(conn)?
         .into_iter()
         .filter(|t| t.feed == feed)

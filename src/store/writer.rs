@@ -265,6 +265,8 @@ pub(crate) struct CommitStage {
     pub signer: crate::core::checkpoint::CheckpointSigner,
     /// The latest checkpoints, for replication.
     pub checkpoint_cache: Arc<super::checkpoints::CheckpointCache>,
+    /// Key transitions, for replication's seals.
+    pub transition_cache: Arc<super::transitions::TransitionCache>,
     /// Author-signed checkpoints that did not match this node's trees yet
     /// (see `checkpoints::Witness::unmatched`).
     pub unmatched_checkpoints: HashMap<String, crate::core::checkpoint::VerifiedCheckpoint>,
@@ -609,7 +611,9 @@ impl SealStage {
         epoch: &AtomicU64,
         sealed_epoch: &mut u64,
     ) -> Result<super::ReloadOutcome, LogError> {
-        if identity.cert.public_key != self.identity.cert.public_key {
+        if identity.cert.public_key != self.identity.cert.public_key
+            && identity.transition.is_none()
+        {
             return Err(LogError::KeyChanged);
         }
         let (give_back, returned) = sync_channel(1);
@@ -690,6 +694,7 @@ impl CommitStage {
                 .ok()
                 .flatten()
         });
+        self.refresh_transitions();
         if let Err(e) = self.recent.record_from(&self.conn) {
             tracing::debug!(error = %e, "cannot summarise the commit; subscriptions will read it");
         }
@@ -711,6 +716,21 @@ impl CommitStage {
             }
             changes.send_modify(|v| *v += 1);
         }));
+    }
+
+    /// Reloads the key transitions if the commit added one (one count of
+    /// a small table per commit).
+    fn refresh_transitions(&self) {
+        let read = super::transitions::count(&self.conn).and_then(|held| {
+            if self.transition_cache.is_behind(held) {
+                let all = super::transitions::read_all(&self.conn)?;
+                self.transition_cache.set(held, all);
+            }
+            Ok(())
+        });
+        if let Err(e) = read {
+            tracing::warn!(error = %e, "cannot read the key transitions");
+        }
     }
 
     /// Sends `outcome` on `reply` once everything committed so far is
@@ -877,21 +897,24 @@ impl CommitStage {
                                 "an earlier batch failed to commit; the reload did not run".into(),
                             ))
                         }
-                        Some(sealer) => self.renew_on_reload(&identity, &trust, sealer, epoch),
-                        None => Ok(None),
+                        Some(sealer) => self.move_on_reload(&identity, &trust, sealer, epoch),
+                        None => Ok((None, None)),
                     };
-                    if let Ok(renewal) = &outcome {
+                    if let Ok((transition, renewal)) = &outcome {
                         self.trust = trust;
                         self.channels = channels;
                         // Verifiers admitted their authors with the old
                         // anchor: the next batch admits them again.
                         self.verifiers.forget_all();
-                        if let Some(event) = renewal {
-                            self.announce_commit(vec![event.clone()]);
+                        let appended: Vec<VerifiedEvent> =
+                            transition.iter().chain(renewal).cloned().collect();
+                        if !appended.is_empty() {
+                            self.announce_commit(appended);
                         }
                     }
                     let _ = give_back.send(sealer.map(|s| *s));
-                    let outcome = outcome.map(|renewal| super::ReloadOutcome {
+                    let outcome = outcome.map(|(transition, renewal)| super::ReloadOutcome {
+                        transition_seq: transition.map(|e| e.header().seq),
                         renewal_seq: renewal.map(|e| e.header().seq),
                     });
                     self.reply_after_sync(reply, outcome);
@@ -905,6 +928,36 @@ impl CommitStage {
     /// Appends a certificate renewal for a reloaded identity if it calls for
     /// one (see `renew_own_certificate`); a failed commit makes the seal
     /// stage rewind the sealer.
+    /// A key transition first, if the reloaded identity is for another key
+    /// (see `transition_own_feed`), then a renewal if one is due.
+    #[allow(clippy::type_complexity)]
+    fn move_on_reload(
+        &mut self,
+        identity: &crate::identity::NodeIdentity,
+        trust: &TrustAnchor,
+        sealer: &mut Sealer,
+        epoch: &AtomicU64,
+    ) -> Result<(Option<VerifiedEvent>, Option<VerifiedEvent>), LogError> {
+        let moved = super::transition_own_feed(
+            &mut self.conn,
+            identity,
+            trust,
+            sealer,
+            &mut self.signer,
+            &mut self.trees,
+        );
+        let transition = match moved {
+            Ok(transition) => transition,
+            Err(e) => {
+                self.trees.clear();
+                epoch.fetch_add(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        let renewal = self.renew_on_reload(identity, trust, sealer, epoch)?;
+        Ok((transition, renewal))
+    }
+
     fn renew_on_reload(
         &mut self,
         identity: &crate::identity::NodeIdentity,

@@ -212,7 +212,12 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(seq: u64, check: Check, expected: impl ToString, found: impl ToString) -> Rejection {
+    pub(crate) fn new(
+        seq: u64,
+        check: Check,
+        expected: impl ToString,
+        found: impl ToString,
+    ) -> Rejection {
         Rejection {
             seq: Some(seq),
             check,

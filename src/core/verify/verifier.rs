@@ -998,3 +998,247 @@ mod cutoff_tests {
         assert_eq!((r.check, r.seq), (Check::Revoked, Some(3)));
     }
 }
+
+#[cfg(test)]
+mod transition_tests {
+    //! A feed follows a key transition to its new key: a rotation
+    //! authorized by the old key, a recovery authorized by a CA; anything
+    //! else is refused with the check `transition` and changes nothing.
+
+    use ed25519_dalek::SigningKey;
+
+    use super::renewal_tests::{decoded, entropy};
+    use super::*;
+    use crate::core::cert::{CertError, Cutoff};
+    use crate::core::crypto::ChannelKey;
+    use crate::core::transition::{KeyTransition, TransitionKind, sign_authorization};
+    use crate::core::verify::{Draft, Sealer};
+
+    const FEED: &str = "registrar";
+
+    fn old_key() -> SigningKey {
+        SigningKey::from_bytes(&[11; 32])
+    }
+    fn new_key() -> SigningKey {
+        SigningKey::from_bytes(&[12; 32])
+    }
+    fn ca_key() -> SigningKey {
+        SigningKey::from_bytes(&[13; 32])
+    }
+
+    /// A CA that knows certificates by their bytes: `old` (the feed's),
+    /// `new` (another key), `same` (the feed's key again), `new-revoked`
+    /// (another key, revoked) and `old-cut` (the feed's key, revoked from
+    /// sequence 3). Anything else it refuses.
+    struct Ca;
+
+    impl AuthorAdmission for Ca {
+        fn admit_author(&self, service: &str, der: &[u8]) -> Result<AuthorCert, CertError> {
+            let (key, revoked_from) = match der {
+                b"old" | b"same" => (old_key(), None),
+                b"old-cut" => (
+                    old_key(),
+                    Some(Cutoff {
+                        from_seq: Some(3),
+                        from_us: None,
+                    }),
+                ),
+                b"new" => (new_key(), None),
+                b"new-revoked" => (
+                    new_key(),
+                    Some(Cutoff {
+                        from_seq: Some(0),
+                        from_us: None,
+                    }),
+                ),
+                _ => {
+                    return Err(CertError::Malformed {
+                        reason: "unknown".into(),
+                    });
+                }
+            };
+            Ok(AuthorCert {
+                service: service.into(),
+                public_key: key.verifying_key().to_bytes(),
+                not_before_us: 0,
+                not_after_us: u64::MAX,
+                serial: vec![3],
+                der: der.to_vec(),
+                revoked_from,
+            })
+        }
+
+        fn ca_keys(&self) -> Vec<[u8; 32]> {
+            vec![ca_key().verifying_key().to_bytes()]
+        }
+    }
+
+    /// A sealed feed under `genesis_cert` with `n` events; its verifier past
+    /// them (each event vouched for as if by a checkpoint under the old
+    /// key) and its sealer.
+    fn feed(genesis_cert: &[u8], n: u64) -> (FeedVerifier, Sealer) {
+        let (mut sealer, genesis) =
+            Sealer::new_feed(FEED, old_key()).start_feed(genesis_cert, entropy(0).id, 1_000);
+        let genesis = decoded(genesis);
+        let verdict = SignatureVerdict::covered(&old_key().verifying_key(), &genesis);
+        let (mut v, _) = FeedVerifier::genesis(&Ca, genesis, Some(verdict)).unwrap();
+        for i in 1..n {
+            let e = note(&mut sealer, i);
+            apply(&mut v, &e, &old_key()).unwrap();
+        }
+        (v, sealer)
+    }
+
+    fn note(sealer: &mut Sealer, i: u64) -> DecodedEvent {
+        let channel = ChannelKey::new("default", [3; 32]);
+        let draft = Draft::new("note", 1, vec![], vec![i as u8]).unwrap();
+        let mut sealed = sealer.seal_batch(vec![(draft, &channel, entropy(i))], 1_000 + i);
+        decoded(sealed.remove(0))
+    }
+
+    /// Applies `e` as vouched for by a checkpoint under `sealed_by`.
+    fn apply(
+        v: &mut FeedVerifier,
+        e: &DecodedEvent,
+        sealed_by: &SigningKey,
+    ) -> Result<(), Rejection> {
+        let verdict = SignatureVerdict::covered(&sealed_by.verifying_key(), e);
+        v.check_next_with(&Ca, e, verdict)
+    }
+
+    fn transition(
+        sealer: &mut Sealer,
+        i: u64,
+        kind: TransitionKind,
+        new_cert: &[u8],
+        authorizer: &SigningKey,
+    ) -> DecodedEvent {
+        let payload = KeyTransition {
+            kind,
+            new_cert: new_cert.to_vec(),
+            authorization: sign_authorization(kind, FEED, new_cert, authorizer),
+            final_checkpoint: b"the old key's checkpoint".to_vec(),
+        };
+        decoded(sealer.transition_key(new_key(), payload.encode(), entropy(i).id, 1_000 + i))
+    }
+
+    #[test]
+    fn a_rotation_moves_the_feed_to_the_new_key() {
+        let (mut v, mut sealer) = feed(b"old", 3);
+        let t = transition(&mut sealer, 3, TransitionKind::Rotation, b"new", &old_key());
+        apply(&mut v, &t, &new_key()).unwrap();
+        assert_eq!(v.cert().der, b"new");
+        assert_eq!(v.key(), &new_key().verifying_key());
+        apply(&mut v, &note(&mut sealer, 4), &new_key()).unwrap();
+        // The old key vouches for nothing after the transition.
+        let mut after = v.clone();
+        let r = apply(&mut after, &note(&mut sealer, 5), &old_key()).unwrap_err();
+        assert_eq!(r.check, Check::Signature, "{r:?}");
+    }
+
+    #[test]
+    fn a_recovery_authorized_by_a_ca_moves_the_feed_past_the_old_keys_cut_off() {
+        // The old certificate is revoked from sequence 3: a rotation there
+        // is refused (the stolen key cannot hand the feed on), a recovery
+        // by the CA is taken, and the feed goes on under the new key.
+        let (mut v, mut sealer) = feed(b"old-cut", 3);
+        let mark = sealer.mark();
+        let rotation = transition(&mut sealer, 3, TransitionKind::Rotation, b"new", &old_key());
+        let r = apply(&mut v, &rotation, &new_key()).unwrap_err();
+        assert_eq!(r.check, Check::Revoked, "{r:?}");
+        sealer.restore(mark);
+        sealer.restore_key(old_key());
+
+        let t = transition(&mut sealer, 3, TransitionKind::Recovery, b"new", &ca_key());
+        apply(&mut v, &t, &new_key()).unwrap();
+        apply(&mut v, &note(&mut sealer, 4), &new_key()).unwrap();
+        assert_eq!(v.next_seq(), 5);
+    }
+
+    #[test]
+    fn a_transition_without_the_right_authorization_or_certificate_changes_nothing() {
+        let other = SigningKey::from_bytes(&[14; 32]);
+        let cases: [(TransitionKind, &[u8], SigningKey, &str); 6] = [
+            (
+                TransitionKind::Rotation,
+                b"new",
+                other.clone(),
+                "signed by a stranger",
+            ),
+            (
+                TransitionKind::Rotation,
+                b"new",
+                new_key(),
+                "signed by the new key alone",
+            ),
+            (
+                TransitionKind::Rotation,
+                b"new",
+                ca_key(),
+                "a rotation signed by the CA",
+            ),
+            (
+                TransitionKind::Recovery,
+                b"new",
+                old_key(),
+                "a recovery signed by the old key",
+            ),
+            (
+                TransitionKind::Rotation,
+                b"new-revoked",
+                old_key(),
+                "to a revoked certificate",
+            ),
+            (
+                TransitionKind::Rotation,
+                b"forged",
+                old_key(),
+                "to a certificate the CA refuses",
+            ),
+        ];
+        for (kind, cert, authorizer, what) in cases {
+            let (mut v, mut sealer) = feed(b"old", 3);
+            let mark = sealer.mark();
+            let t = transition(&mut sealer, 3, kind, cert, &authorizer);
+            let r = apply(&mut v, &t, &new_key()).unwrap_err();
+            assert_eq!(r.check, Check::Transition, "{what}: {r:?}");
+            assert_eq!(v.cert().der, b"old", "{what}");
+            assert_eq!(v.next_seq(), 3, "{what}");
+            // The feed goes on under the old key.
+            sealer.restore(mark);
+            sealer.restore_key(old_key());
+            apply(&mut v, &note(&mut sealer, 3), &old_key()).unwrap();
+        }
+        // The same key again is a renewal's job.
+        let (mut v, mut sealer) = feed(b"old", 3);
+        let payload = KeyTransition {
+            kind: TransitionKind::Rotation,
+            new_cert: b"same".to_vec(),
+            authorization: sign_authorization(TransitionKind::Rotation, FEED, b"same", &old_key()),
+            final_checkpoint: b"x".to_vec(),
+        };
+        let t = decoded(sealer.transition_key(old_key(), payload.encode(), entropy(3).id, 1_003));
+        let r = apply(&mut v, &t, &old_key()).unwrap_err();
+        assert_eq!(r.check, Check::Transition, "{r:?}");
+    }
+
+    #[test]
+    fn a_transition_sealed_by_the_old_key_is_not_authentic() {
+        let (mut v, mut sealer) = feed(b"old", 3);
+        let t = transition(&mut sealer, 3, TransitionKind::Rotation, b"new", &old_key());
+        let r = apply(&mut v, &t, &old_key()).unwrap_err();
+        assert_eq!(r.check, Check::Signature, "{r:?}");
+        assert_eq!(v.next_seq(), 3);
+    }
+
+    #[test]
+    fn a_verifier_without_the_ca_refuses_transitions() {
+        let (mut v, mut sealer) = feed(b"old", 2);
+        let t = transition(&mut sealer, 2, TransitionKind::Rotation, b"new", &old_key());
+        let verdict = SignatureVerdict::covered(&new_key().verifying_key(), &t);
+        assert_eq!(
+            v.check_next(&t, verdict).unwrap_err().check,
+            Check::Certificate
+        );
+    }
+}
