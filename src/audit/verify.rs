@@ -204,6 +204,9 @@ pub struct Problem {
 #[derive(Default)]
 struct FeedAudit {
     verifier: Option<FeedVerifier>,
+    /// The keys the feed had before its key transitions, oldest first: its
+    /// author's cosignatures made under them still count.
+    earlier_keys: Vec<VerifyingKey>,
     events: u64,
     verified: u64,
     decrypted: u64,
@@ -454,6 +457,9 @@ impl<'a> Auditor<'a> {
         let checked = checked.and_then(|()| {
             check_transition_checkpoint(&self.cluster, &event, &key_before, &feed.tree)
         });
+        if verifier.key() != &key_before {
+            feed.earlier_keys.push(key_before);
+        }
         match checked {
             Ok(()) => {
                 feed.grow_tree(event.header().seq, event.hash());
@@ -859,17 +865,24 @@ impl<'a> Auditor<'a> {
                 let Some(witness) = checkpoint::feed_of_origin(&self.cluster, &sig.name) else {
                     continue;
                 };
-                let key = self
+                let Some(w) = self
                     .feeds
                     .get(witness)
-                    .filter(|w| !w.untrusted)
-                    .and_then(|w| w.verifier.as_ref())
-                    .map(|v| *v.key());
-                let Some(key) = key.filter(|_| witness != feed) else {
+                    .filter(|w| !w.untrusted && witness != feed)
+                else {
                     continue;
                 };
-                match checkpoint::cosignature_by(&self.cluster, &cp.checkpoint, sig, witness, &key)
-                {
+                let Some(current) = w.verifier.as_ref().map(|v| *v.key()) else {
+                    continue;
+                };
+                // Under the witness's key now, or one it had before a key
+                // transition (a cosignature made then).
+                let cosigned = std::iter::once(&current)
+                    .chain(w.earlier_keys.iter().rev())
+                    .find_map(|key| {
+                        checkpoint::cosignature_by(&self.cluster, &cp.checkpoint, sig, witness, key)
+                    });
+                match cosigned {
                     Some(_) if !names.iter().any(|n| n == witness) => {
                         names.push(witness.to_string())
                     }

@@ -611,10 +611,16 @@ impl SealStage {
         epoch: &AtomicU64,
         sealed_epoch: &mut u64,
     ) -> Result<super::ReloadOutcome, LogError> {
-        if identity.cert.public_key != self.identity.cert.public_key
-            && identity.transition.is_none()
-        {
+        let new_key = identity.cert.public_key != self.identity.cert.public_key;
+        if new_key && identity.transition.is_none() {
             return Err(LogError::KeyChanged);
+        }
+        if new_key && self.sealer.is_none() {
+            // The transition needs the feed's head, which recovery is
+            // still fetching from the peers.
+            return Err(LogError::KeyTransition(
+                "this node is still recovering its feed from its peers; reload once it has (`herald status` shows when)".into(),
+            ));
         }
         let (give_back, returned) = sync_channel(1);
         let (reply, outcome) = sync_channel(1);

@@ -1,0 +1,553 @@
+//! Feeds outlive keys (issue 15 parts 1 and 3): a node moves its feed to a
+//! new key with a key transition, while the cluster keeps publishing and
+//! replicating; a recovery transition authorized by the CA carries a feed
+//! past a stolen key's cut-off; a transition without the right
+//! authorization is refused and changes nothing; a node killed around its
+//! transition starts again on one key. Real nodes on 127.0.0.1, real
+//! QUIC/mTLS, real SQLite; exports verified by the real binary with the CA
+//! alone.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::net::Net;
+use ed25519_dalek::SigningKey;
+use herald::core::transition::{TransitionKind, cert_digest, sign_authorization};
+use herald::identity::transition::{TransitionAuthorization, transition_path};
+use herald::node::Node;
+use tokio::sync::RwLock;
+
+const NODES: [&str; 3] = ["a", "b", "c"];
+const WAIT: Duration = Duration::from_secs(60);
+
+fn herald(args: &[&str]) -> Output {
+    Command::new(common::herald_bin())
+        .args(args)
+        .output()
+        .expect("run herald")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("UTF-8 path")
+}
+
+#[track_caller]
+fn assert_ok(o: &Output) -> String {
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "stdout: {} stderr: {}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Issues `name` a new key and certificate and writes the transition's
+/// authorization next to it, signed by `authorizer` (the old key for a
+/// rotation, the CA key for a recovery), as `herald keygen rotate` and
+/// `recover` do.
+fn new_key_for(net: &Net, name: &str, kind: TransitionKind, authorizer: &SigningKey) {
+    let keys = net.keys();
+    let now = herald::clock::now_us();
+    let day = 86_400_000_000;
+    herald::identity::issue_node_with_validity(&keys, name, now - day, now + 300 * day, true)
+        .expect("new key and certificate");
+    let cert_path = keys.join(format!("{name}.crt"));
+    let cert = herald::identity::read_cert_pem(&cert_path).expect("new certificate");
+    let authorization = TransitionAuthorization {
+        kind,
+        service: name.to_string(),
+        cert_sha256: cert_digest(&cert),
+        signature: sign_authorization(kind, name, &cert, authorizer),
+    };
+    std::fs::write(transition_path(&cert_path), authorization.to_text()).expect("write");
+}
+
+fn key_of(net: &Net, file: &str) -> SigningKey {
+    herald::identity::pem::read_private_key(&net.keys().join(file)).expect("read key")
+}
+
+/// The running nodes and the last sequence number each one's receipts
+/// reached.
+struct Cluster {
+    nodes: RwLock<BTreeMap<String, Node>>,
+    last: std::sync::Mutex<BTreeMap<String, u64>>,
+    errors: std::sync::Mutex<Vec<String>>,
+}
+
+impl Cluster {
+    async fn start(net: &Net, names: &[&str]) -> Arc<Cluster> {
+        let mut nodes = BTreeMap::new();
+        for name in names {
+            let node = Node::start(&net.config(name))
+                .await
+                .unwrap_or_else(|e| panic!("start {name}: {e}"));
+            nodes.insert(name.to_string(), node);
+        }
+        Arc::new(Cluster {
+            nodes: RwLock::new(nodes),
+            last: Default::default(),
+            errors: Default::default(),
+        })
+    }
+
+    /// Publishes one event on every node, then sleeps a little, until
+    /// `stop`.
+    async fn publish_until(self: Arc<Self>, stop: Arc<AtomicBool>) {
+        let mut i = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            for (name, node) in self.nodes.read().await.iter() {
+                match node
+                    .proclaim("note", format!("{name} {i}").as_bytes(), vec![])
+                    .await
+                {
+                    Ok(receipt) => {
+                        self.last.lock().unwrap().insert(name.clone(), receipt.seq);
+                    }
+                    Err(e) => self.errors.lock().unwrap().push(format!("{name}: {e}")),
+                }
+            }
+            i += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn last(&self, node: &str) -> u64 {
+        self.last.lock().unwrap().get(node).copied().unwrap_or(0)
+    }
+
+    /// Waits until every node holds every feed up to where its author's
+    /// receipts reached.
+    async fn converge(&self) {
+        for at in NODES {
+            for feed in NODES {
+                self.wait_for(at, feed, self.last(feed)).await;
+            }
+        }
+    }
+
+    async fn wait_for(&self, at: &str, feed: &str, seq: u64) {
+        common::wait_async(
+            &format!("{at} to hold {feed} up to {seq}"),
+            WAIT,
+            || async {
+                let nodes = self.nodes.read().await;
+                let node = nodes.get(at).ok_or("not running")?;
+                let head = node
+                    .log()
+                    .heads()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|h| h.feed == feed)
+                    .map(|h| h.seq);
+                match head {
+                    Some(h) if h >= seq => Ok(()),
+                    other => Err(format!("head {other:?}")),
+                }
+            },
+        )
+        .await
+    }
+
+    async fn shutdown(&self) {
+        let nodes = std::mem::take(&mut *self.nodes.write().await);
+        for (_, node) in nodes {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// The sequence numbers of `feed`'s key transitions as `log` holds them.
+fn transitions(log: &herald::store::Log, feed: &str) -> Vec<u64> {
+    let head = log
+        .heads()
+        .unwrap()
+        .into_iter()
+        .find(|h| h.feed == feed)
+        .expect("feed held");
+    log.read(feed, 0..=head.seq)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.header.event_type == herald::core::transition::KEY_TRANSITION_EVENT_TYPE)
+        .map(|e| e.header.seq)
+        .collect()
+}
+
+/// Exports `name`'s store and verifies it with the CA alone (plus
+/// `extra` arguments): the verify report.
+fn export_and_verify(net: &Net, name: &str, extra: &[&str]) -> serde_json::Value {
+    let export = net.path().join(format!("{name}.hrld"));
+    assert_ok(&herald(&[
+        "export",
+        "--config",
+        s(&net.config_path(name)),
+        "--out",
+        s(&export),
+    ]));
+    let ca = net.ca();
+    let mut args = vec!["verify", s(&export), "--ca", s(&ca), "--json"];
+    args.extend_from_slice(extra);
+    let out = herald(&args);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "verify JSON: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    report
+}
+
+/// Writes and checks, with the real binary, the proof of `feed`/`seq`
+/// from `name`'s store.
+fn prove_and_check(net: &Net, name: &str, feed: &str, seq: u64) {
+    let proof = net.path().join(format!("{feed}-{seq}.proof"));
+    assert_ok(&herald(&[
+        "prove",
+        "--config",
+        s(&net.config_path(name)),
+        "--feed",
+        feed,
+        "--seq",
+        &seq.to_string(),
+        "--out",
+        s(&proof),
+    ]));
+    let ca = net.ca();
+    assert_ok(&herald(&["verify", s(&proof), "--ca", s(&ca)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_node_rotates_its_key_while_all_three_publish() {
+    let net = Net::mesh(&NODES);
+    let cluster = Cluster::start(&net, &NODES).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = tokio::spawn(Arc::clone(&cluster).publish_until(Arc::clone(&stop)));
+    cluster.converge().await;
+
+    let mut moved_at = BTreeMap::new();
+    for name in NODES {
+        let old = key_of(&net, &format!("{name}.key"));
+        new_key_for(&net, name, TransitionKind::Rotation, &old);
+        let report = cluster.nodes.read().await[name]
+            .reload()
+            .await
+            .unwrap_or_else(|e| panic!("{name} reloads: {e}"));
+        let seq = report.transition_seq.expect("a transition was appended");
+        moved_at.insert(name, seq);
+        // Its peers take the transition and what follows it.
+        let after = seq + 5;
+        common::wait_async(
+            &format!("{name} to publish past its transition"),
+            WAIT,
+            || async {
+                if cluster.last(name) >= after {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            },
+        )
+        .await;
+        for other in NODES.iter().filter(|n| **n != name) {
+            cluster.wait_for(other, name, after).await;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    publisher.await.unwrap();
+    assert!(
+        cluster.errors.lock().unwrap().is_empty(),
+        "publishing never failed: {:?}",
+        cluster.errors.lock().unwrap()
+    );
+    cluster.converge().await;
+    // No connection was lost: every node still has both peers.
+    for (name, node) in cluster.nodes.read().await.iter() {
+        for peer in node.status().await.peers {
+            assert!(peer.connected, "{name} lost {}", peer.name);
+        }
+        for feed in NODES {
+            assert_eq!(
+                transitions(node.log(), feed),
+                vec![moved_at[feed]],
+                "{name} holds {feed}'s one transition"
+            );
+        }
+    }
+    cluster.shutdown().await;
+
+    // Every export verifies with the CA alone, every feed whole and
+    // authenticated by its final checkpoint (under the new key).
+    for name in NODES {
+        let report = export_and_verify(&net, name, &[]);
+        assert_eq!(report["valid"], true, "{report:#}");
+        let feeds = report["feeds"].as_array().expect("feeds");
+        assert_eq!(feeds.len(), NODES.len(), "{report:#}");
+        for feed in feeds {
+            assert_eq!(feed["status"], "valid", "{feed}");
+            assert_eq!(feed["checkpoint"]["verified"], true, "{feed}");
+        }
+    }
+    // One event is proved under the key in force for it: before the
+    // transition under the old key and certificate, after it the new.
+    let t = moved_at["b"];
+    prove_and_check(&net, "a", "b", t - 1);
+    prove_and_check(&net, "a", "b", t + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transition_without_its_authorization_is_refused_and_changes_nothing() {
+    let net = Net::mesh(&["a", "b"]);
+    let cluster = Cluster::start(&net, &["a", "b"]).await;
+    let keys = net.keys();
+    let a_cert = keys.join("a.crt");
+    let saved_key = std::fs::read(keys.join("a.key")).unwrap();
+    let saved_cert = std::fs::read(&a_cert).unwrap();
+    let restore = || {
+        std::fs::write(keys.join("a.key"), &saved_key).unwrap();
+        std::fs::write(&a_cert, &saved_cert).unwrap();
+        let _ = std::fs::remove_file(transition_path(&a_cert));
+    };
+    let first = cluster.nodes.read().await["a"]
+        .proclaim("note", b"a", vec![])
+        .await
+        .expect("a proclaims");
+    cluster.wait_for("b", "a", first.seq).await;
+    // Signed by a stranger, by the new key alone, a recovery signed by the
+    // old key; or no authorization at all.
+    let stranger = SigningKey::from_bytes(&[42; 32]);
+    let cases: [(&str, Option<(TransitionKind, SigningKey)>); 3] = [
+        (
+            "signed by a stranger",
+            Some((TransitionKind::Rotation, stranger)),
+        ),
+        (
+            "a recovery signed by the old key",
+            Some((TransitionKind::Recovery, key_of(&net, "a.key"))),
+        ),
+        ("without an authorization", None),
+    ];
+    for (what, authorization) in cases {
+        match authorization {
+            Some((kind, signer)) => new_key_for(&net, "a", kind, &signer),
+            None => {
+                new_key_for(&net, "a", TransitionKind::Rotation, &key_of(&net, "a.key"));
+                std::fs::remove_file(transition_path(&a_cert)).unwrap();
+            }
+        }
+        let e = match cluster.nodes.read().await["a"].reload().await {
+            Ok(report) => panic!("{what}: the reload must be refused: {report:?}"),
+            Err(e) => e,
+        };
+        let e = e.to_string();
+        assert!(e.contains("nothing changed"), "{what}: {e}");
+        restore();
+        // The node goes on under its key; b takes what it publishes.
+        let receipt = cluster.nodes.read().await["a"]
+            .proclaim("note", b"still a", vec![])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: a proclaims: {e}"));
+        cluster.wait_for("b", "a", receipt.seq).await;
+        assert!(transitions(cluster.nodes.read().await["b"].log(), "a").is_empty());
+    }
+    cluster.shutdown().await;
+
+    // A node does not start on a new key without the authorization.
+    new_key_for(&net, "a", TransitionKind::Rotation, &key_of(&net, "a.key"));
+    std::fs::remove_file(transition_path(&a_cert)).unwrap();
+    let e = Node::start(&net.config("a"))
+        .await
+        .err()
+        .expect("a node on another key without authorization must not start");
+    assert!(e.to_string().contains("keygen rotate"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recovery_by_the_ca_carries_the_feed_past_a_stolen_keys_cut_off() {
+    let net = Net::mesh(&NODES);
+    let cluster = Cluster::start(&net, &NODES).await;
+    let mut owned = 0;
+    for i in 0..5 {
+        owned = cluster.nodes.read().await["c"]
+            .proclaim("donation", format!("owned {i}").as_bytes(), vec![])
+            .await
+            .unwrap()
+            .seq;
+    }
+    for at in ["a", "b"] {
+        cluster.wait_for(at, "c", owned).await;
+    }
+    // c's key is stolen: revoked from the next sequence number on. The
+    // CA (offline) authorizes c's new key; a and b learn of the revocation.
+    let keys = net.keys();
+    let cutoff = herald::core::cert::Cutoff {
+        from_seq: Some(owned + 1),
+        from_us: None,
+    };
+    herald::identity::revoke_with_status(&keys, "c", Some(cutoff)).expect("revoke");
+    let revoked = keys.join("revoked.toml");
+    for name in NODES {
+        net.edit(name, |c| c.revoked = Some(revoked.clone()));
+    }
+    for at in ["a", "b"] {
+        cluster.nodes.read().await[at]
+            .reload()
+            .await
+            .unwrap_or_else(|e| panic!("{at} reloads: {e}"));
+    }
+    let ca = key_of(&net, "ca.key");
+    new_key_for(&net, "c", TransitionKind::Recovery, &ca);
+    let report = cluster.nodes.read().await["c"]
+        .reload()
+        .await
+        .expect("c takes its new key");
+    let at = report.transition_seq.expect("a recovery transition");
+    assert_eq!(at, owned + 1, "the recovery stands at the cut-off");
+    let mut last = at;
+    for i in 0..5 {
+        last = cluster.nodes.read().await["c"]
+            .proclaim("donation", format!("recovered {i}").as_bytes(), vec![])
+            .await
+            .expect("c proclaims under its new key")
+            .seq;
+    }
+    for peer in ["a", "b"] {
+        cluster.wait_for(peer, "c", last).await;
+    }
+    cluster.shutdown().await;
+    // The export verifies with the CA and the revocation list: the events
+    // before the cut-off under the stolen key's certificate, the recovery
+    // and what follows under the new one.
+    let report = export_and_verify(&net, "a", &["--revoked", s(&revoked)]);
+    assert_eq!(report["valid"], true, "{report:#}");
+    let c = report["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["service"] == "c")
+        .expect("feed c")
+        .clone();
+    assert_eq!(c["status"], "valid", "{c}");
+    assert_eq!(c["events"], last + 1, "{c}");
+}
+
+#[test]
+fn a_node_killed_around_its_transition_starts_again_on_one_key() {
+    let net = Net::mesh(&["a", "b"]);
+    let bin = Path::new(common::herald_bin());
+    let log_a = net.path().join("a.log");
+    let log_b = net.path().join("b.log");
+    let mut b = common::spawn_node(bin, &net.config_path("b"), &log_b);
+    for round in 0..3u64 {
+        let mut a = common::spawn_node(bin, &net.config_path("a"), &log_a);
+        publish(&net, "a", &format!("before {round}"));
+        let old = key_of(&net, "a.key");
+        new_key_for(&net, "a", TransitionKind::Rotation, &old);
+        // Ask for the reload and kill the node a few milliseconds later:
+        // before, during or after the transition's commit.
+        let _ = Command::new("kill")
+            .args(["-HUP", &a.id().to_string()])
+            .status();
+        std::thread::sleep(Duration::from_millis(round * 15));
+        a.kill().expect("SIGKILL");
+        a.wait().expect("reaped");
+        // It starts again (finishing the transition if it had not), and
+        // appends under its new key.
+        let mut a = common::spawn_node(bin, &net.config_path("a"), &log_a);
+        publish(&net, "a", &format!("after {round}"));
+        a.kill().expect("SIGKILL");
+        a.wait().expect("reaped");
+    }
+    b.kill().expect("stop b");
+    b.wait().expect("reaped");
+    // Three transitions, one per round, and the feed verifies whole.
+    let report = export_and_verify(&net, "a", &[]);
+    assert_eq!(report["valid"], true, "{report:#}");
+    let log = herald::store::Log::open(&net.config("a")).expect("open a");
+    assert_eq!(transitions(&log, "a").len(), 3, "one transition per round");
+    log.close();
+}
+
+/// Publishes one event through `name`'s running node (waiting for it to
+/// answer).
+fn publish(net: &Net, name: &str, text: &str) {
+    let config = net.config_path(name);
+    let data = serde_json::Value::from(text).to_string();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let out = herald(&[
+            "publish",
+            "--config",
+            s(&config),
+            "--type",
+            "note",
+            "--data",
+            &data,
+        ]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "publish through {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peer_that_was_away_catches_up_across_the_transition_through_a_relay() {
+    // a — b — c: c learns a's feed from b alone, and only after a moved to
+    // its new key, so b must send the events before the transition sealed
+    // by the old key's checkpoint the transition carries.
+    let net = Net::with_peers(&NODES, |me| match me {
+        "a" => vec!["b".into()],
+        "b" => vec!["a".into(), "c".into()],
+        _ => vec!["b".into()],
+    });
+    let cluster = Cluster::start(&net, &["a", "b"]).await;
+    let publish = |n: u64, what: &'static str| {
+        let cluster = Arc::clone(&cluster);
+        async move {
+            let mut last = 0;
+            for i in 0..n {
+                last = cluster.nodes.read().await["a"]
+                    .proclaim("note", format!("{what} {i}").as_bytes(), vec![])
+                    .await
+                    .expect("a proclaims")
+                    .seq;
+            }
+            last
+        }
+    };
+    publish(30, "before").await;
+    let old = key_of(&net, "a.key");
+    new_key_for(&net, "a", TransitionKind::Rotation, &old);
+    let moved = cluster.nodes.read().await["a"]
+        .reload()
+        .await
+        .expect("a reloads")
+        .transition_seq
+        .expect("a transition");
+    let last = publish(30, "after").await;
+    cluster.wait_for("b", "a", last).await;
+    let c = Node::start(&net.config("c")).await.expect("start c");
+    cluster.nodes.write().await.insert("c".into(), c);
+    cluster.wait_for("c", "a", last).await;
+    assert_eq!(
+        transitions(cluster.nodes.read().await["c"].log(), "a"),
+        vec![moved]
+    );
+    cluster.shutdown().await;
+    let report = export_and_verify(&net, "c", &[]);
+    assert_eq!(report["valid"], true, "{report:#}");
+}
