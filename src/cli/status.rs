@@ -149,7 +149,41 @@ fn offline_status(config_path: &Path, config: &NodeConfig) -> Result<NodeStatus,
             .collect(),
         certificate: Some(certificate),
         ca: crate::node::expiry::ca_expiry(&trust, now_us),
+        feed_key: offline_feed_key(&conn, &trust, &config.service)?,
     })
+}
+
+/// The key of `service`'s feed as its store holds it (none before its
+/// genesis).
+fn offline_feed_key(
+    conn: &rusqlite::Connection,
+    trust: &crate::identity::TrustAnchor,
+    service: &str,
+) -> Result<Option<crate::node::FeedKeyStatus>, CliError> {
+    use rusqlite::OptionalExtension;
+    let current: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT genesis_cert FROM feeds WHERE feed = ?1",
+            [service],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(crate::store::LogError::from)?;
+    let Some(der) = current else {
+        return Ok(None);
+    };
+    let public_key = trust
+        .admit_author(service, &der)
+        .map(|c| hex::encode(c.public_key))
+        .unwrap_or_else(|e| format!("(certificate not admitted: {e})"));
+    let transitions = crate::store::transitions::read_feed(conn, service)?
+        .iter()
+        .map(|t| t.seq)
+        .collect();
+    Ok(Some(crate::node::FeedKeyStatus {
+        public_key,
+        transitions,
+    }))
 }
 
 /// A configured source or sink of a node that is not running.
@@ -242,6 +276,19 @@ fn print_status(s: &NodeStatus) {
     }
     print_expiry("certificate", s.certificate.as_ref());
     print_expiry("ca", s.ca.as_ref());
+    if let Some(key) = &s.feed_key {
+        let transitions = match key.transitions.as_slice() {
+            [] => "no key transitions".to_string(),
+            seqs => format!(
+                "key transitions at seq {}",
+                seqs.iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        println!("feed key: {} ({transitions})", key.public_key);
+    }
     println!(
         "{:<16} {:<22} {:<10} {:>8} {:>8} {:<28} LAST ERROR",
         "PEER", "ADDRESS", "STATE", "BACKLOG", "RETRIES", "LAST ACK"

@@ -127,6 +127,19 @@ pub struct NodeStatus {
     /// The same for the cluster CA's certificate.
     #[serde(default)]
     pub ca: Option<expiry::CertificateExpiry>,
+    /// The key this node's feed is under now, and where its key
+    /// transitions stand (`herald keygen rotate` / `recover`).
+    #[serde(default)]
+    pub feed_key: Option<FeedKeyStatus>,
+}
+
+/// The key of this node's feed as `herald status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedKeyStatus {
+    /// The Ed25519 public key, hex.
+    pub public_key: String,
+    /// Sequence numbers of the feed's key transitions, in order.
+    pub transitions: Vec<u64>,
 }
 
 /// A feed's latest checkpoint as `herald status` shows it.
@@ -652,6 +665,16 @@ pub(crate) async fn status_of(inner: &Inner) -> NodeStatus {
             clock::now_us(),
         )),
         ca: expiry::ca_expiry(&inner.tls.trust(), clock::now_us()),
+        feed_key: Some(FeedKeyStatus {
+            // The TLS identity moves with the feed (reload, start).
+            public_key: hex::encode(inner.tls.identity().cert().public_key),
+            transitions: inner
+                .log
+                .key_transitions(&inner.service)
+                .iter()
+                .map(|t| t.seq)
+                .collect(),
+        }),
     }
 }
 
