@@ -1489,3 +1489,324 @@ pub fn init_cluster_with(
     ensure_dir(&keys_dir)?;
     write_files(files, force)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    use ed25519_dalek::VerifyingKey;
+
+    use super::*;
+    use crate::core::transition::KeyTransition;
+    use crate::identity::transition::read_transition;
+
+    const DAY_US: u64 = US_PER_DAY;
+
+    /// A key directory with a CA and node `a`.
+    fn cluster() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), 30, false).unwrap();
+        issue_node(dir.path(), "a", 10, false).unwrap();
+        dir
+    }
+
+    /// Every file of `dir` with its bytes: what "nothing was written" is
+    /// checked against.
+    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn public_key_of(path: &Path) -> VerifyingKey {
+        read_private_key(path).unwrap().verifying_key()
+    }
+
+    fn admitted(dir: &Path, name: &str) -> AuthorCert {
+        let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), None).unwrap();
+        let der = read_cert_pem(&dir.join(format!("{name}.crt"))).unwrap();
+        trust.admit_node(name, &der).unwrap()
+    }
+
+    /// The transition file next to `dir/name.crt`, as the payload a node
+    /// would append (without its checkpoint), after checking that the file
+    /// is for that very certificate.
+    fn transition_for_installed_cert(dir: &Path, name: &str) -> KeyTransition {
+        let cert_path = dir.join(format!("{name}.crt"));
+        let der = read_cert_pem(&cert_path).unwrap();
+        let auth = read_transition(&cert_path)
+            .unwrap()
+            .expect("a transition file");
+        assert!(
+            auth.is_for(name, &der),
+            "the file names the installed certificate"
+        );
+        KeyTransition {
+            kind: auth.kind,
+            new_cert: der,
+            authorization: auth.signature,
+            final_checkpoint: Vec::new(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn revoke_a(dir: &Path, cutoff: Option<Cutoff>) {
+        assert!(revoke_with_status(dir, "a", cutoff).unwrap().1);
+    }
+
+    const CUTOFF: Option<Cutoff> = Some(Cutoff {
+        from_seq: Some(5),
+        from_us: None,
+    });
+
+    #[test]
+    fn rotate_writes_an_authorization_by_the_old_key_for_the_new_certificate() {
+        let dir = cluster();
+        let d = dir.path();
+        let old_key_file = std::fs::read(d.join("a.key")).unwrap();
+        let old_public = public_key_of(&d.join("a.key"));
+        let old_cert = admitted(d, "a");
+
+        let done = rotate_node_key(d, "a", 20, None).unwrap();
+
+        assert_eq!(done.kind, TransitionKind::Rotation);
+        assert_eq!(
+            done.written,
+            vec![
+                d.join("a.prev.key"),
+                d.join("a.transition"),
+                d.join("a.key"),
+                d.join("a.crt")
+            ]
+        );
+        let transition = transition_for_installed_cert(d, "a");
+        assert_eq!(transition.kind, TransitionKind::Rotation);
+        assert!(transition.authorized_by("a", &old_public));
+        let ca_public = public_key_of(&d.join(CA_KEY_FILE));
+        assert!(!transition.authorized_by("a", &ca_public), "not the CA's");
+
+        let new_cert = admitted(d, "a");
+        let new_public = public_key_of(&d.join("a.key"));
+        assert_eq!(
+            new_cert.public_key,
+            new_public.to_bytes(),
+            "key matches cert"
+        );
+        assert_ne!(new_public, old_public, "a new key");
+        assert_eq!(done.public_key, new_public.to_bytes());
+        assert_eq!(done.serial, new_cert.serial);
+        assert_ne!(new_cert.serial, old_cert.serial);
+        assert!(new_cert.not_after_us > now_us() + 19 * DAY_US);
+        assert!(new_cert.not_before_us <= now_us());
+
+        assert_eq!(std::fs::read(d.join("a.prev.key")).unwrap(), old_key_file);
+        assert_eq!(done.previous_key, Some(d.join("a.prev.key")));
+        assert_eq!(mode(&d.join("a.key")), 0o600);
+        assert_eq!(mode(&d.join("a.prev.key")), 0o600);
+        assert_eq!(mode(&d.join("a.transition")), 0o644);
+        assert!(
+            snapshot(d).keys().all(|name| !name.contains(".tmp-")),
+            "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn rotate_is_refused_for_a_revoked_certificate_with_or_without_cutoff() {
+        for cutoff in [CUTOFF, None] {
+            let dir = cluster();
+            let d = dir.path();
+            revoke_a(d, cutoff);
+            let before = snapshot(d);
+            let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+            assert!(
+                matches!(e, IdentityError::RotateRevoked { .. }),
+                "{cutoff:?}: {e}"
+            );
+            assert!(e.to_string().contains("herald keygen recover"), "{e}");
+            assert_eq!(snapshot(d), before, "nothing written");
+        }
+    }
+
+    #[test]
+    fn rotate_is_refused_for_an_unknown_name() {
+        let dir = cluster();
+        let d = dir.path();
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "zz", 10, None).unwrap_err();
+        assert!(
+            matches!(&e, IdentityError::UnknownService { name, .. } if name == "zz"),
+            "{e}"
+        );
+        // A certificate without its key cannot be rotated either.
+        std::fs::remove_file(d.join("a.key")).unwrap();
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(
+            matches!(&e, IdentityError::UnknownService { missing, .. } if missing.ends_with("a.key")),
+            "{e}"
+        );
+        let mut without_key = before;
+        without_key.remove("a.key");
+        assert_eq!(snapshot(d), without_key, "nothing written");
+    }
+
+    #[test]
+    fn rotate_is_refused_under_an_expired_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let now = now_us();
+        let ca = generate_ca(now - 30 * DAY_US, now - DAY_US).unwrap();
+        write_files(
+            vec![
+                PendingFile::public(d.join(CA_CERT_FILE), cert_pem(&ca.cert_der)),
+                PendingFile::secret(d.join(CA_KEY_FILE), private_key_pem(&ca.key)),
+            ],
+            false,
+        )
+        .unwrap();
+        issue_node_with_validity(d, "a", now - 20 * DAY_US, now - 2 * DAY_US, false).unwrap();
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::BadCa { .. }), "{e}");
+        assert!(e.to_string().contains("expired"), "{e}");
+        assert_eq!(snapshot(d), before, "nothing written");
+    }
+
+    #[test]
+    fn rotate_is_refused_when_the_key_is_not_the_certificates() {
+        let dir = cluster();
+        let d = dir.path();
+        issue_node(d, "b", 10, false).unwrap();
+        std::fs::copy(d.join("b.key"), d.join("a.key")).unwrap();
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::KeyMismatch { .. }), "{e}");
+        assert_eq!(snapshot(d), before, "nothing written");
+    }
+
+    #[test]
+    fn a_second_rotation_waits_until_the_old_key_is_deleted() {
+        let dir = cluster();
+        let d = dir.path();
+        rotate_node_key(d, "a", 10, None).unwrap();
+        let second_key = public_key_of(&d.join("a.key"));
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::RotationPending { .. }), "{e}");
+        assert_eq!(snapshot(d), before, "the roll-back key is kept");
+
+        // The operator saw the node switch and deleted the old key.
+        std::fs::remove_file(d.join("a.prev.key")).unwrap();
+        rotate_node_key(d, "a", 10, None).unwrap();
+        assert!(transition_for_installed_cert(d, "a").authorized_by("a", &second_key));
+    }
+
+    #[test]
+    fn a_rotation_interrupted_between_key_and_certificate_is_completed_by_a_rerun() {
+        let dir = cluster();
+        let d = dir.path();
+        let old_public = public_key_of(&d.join("a.key"));
+        // What a crash after renaming the new key leaves: the old key in
+        // a.prev.key, an uncertified key in a.key, the old a.crt.
+        std::fs::copy(d.join("a.key"), d.join("a.prev.key")).unwrap();
+        write_files(
+            vec![PendingFile::secret(
+                d.join("a.key"),
+                private_key_pem(&generate_key()),
+            )],
+            true,
+        )
+        .unwrap();
+
+        rotate_node_key(d, "a", 10, None).unwrap();
+        assert!(transition_for_installed_cert(d, "a").authorized_by("a", &old_public));
+        assert_eq!(
+            admitted(d, "a").public_key,
+            public_key_of(&d.join("a.key")).to_bytes()
+        );
+        assert_eq!(public_key_of(&d.join("a.prev.key")), old_public);
+    }
+
+    #[test]
+    fn recover_is_refused_while_the_certificate_is_not_revoked() {
+        let dir = cluster();
+        let d = dir.path();
+        let before = snapshot(d);
+        let e = recover_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::RecoverNotRevoked { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("herald keygen revoke --name a --from-seq"),
+            "{e}"
+        );
+        assert_eq!(snapshot(d), before, "nothing written");
+    }
+
+    #[test]
+    fn recover_is_authorized_by_the_ca_key_and_needs_no_old_key() {
+        let dir = cluster();
+        let d = dir.path();
+        let old_key_file = std::fs::read(d.join("a.key")).unwrap();
+        let old_public = public_key_of(&d.join("a.key"));
+        revoke_a(d, CUTOFF);
+
+        let done = recover_node_key(d, "a", 10, None).unwrap();
+        assert_eq!(done.kind, TransitionKind::Recovery);
+        let transition = transition_for_installed_cert(d, "a");
+        assert_eq!(transition.kind, TransitionKind::Recovery);
+        assert!(transition.authorized_by("a", &public_key_of(&d.join(CA_KEY_FILE))));
+        assert!(
+            !transition.authorized_by("a", &old_public),
+            "not the thief's key"
+        );
+        assert_eq!(
+            admitted(d, "a").public_key,
+            public_key_of(&d.join("a.key")).to_bytes()
+        );
+        assert_eq!(std::fs::read(d.join("a.prev.key")).unwrap(), old_key_file);
+
+        // Without the old key (it is on the stolen machine): no a.prev.key.
+        let dir = cluster();
+        let d = dir.path();
+        revoke_a(d, None);
+        std::fs::remove_file(d.join("a.key")).unwrap();
+        let done = recover_node_key(d, "a", 10, None).unwrap();
+        assert_eq!(done.previous_key, None);
+        assert!(!d.join("a.prev.key").exists());
+        assert_eq!(
+            done.written,
+            vec![d.join("a.transition"), d.join("a.key"), d.join("a.crt")]
+        );
+        assert!(
+            transition_for_installed_cert(d, "a")
+                .authorized_by("a", &public_key_of(&d.join(CA_KEY_FILE)))
+        );
+    }
+
+    #[test]
+    fn recover_with_the_key_of_a_rolled_over_ca_is_authorized_by_that_ca() {
+        let dir = cluster();
+        let d = dir.path();
+        let rolled = rollover_ca(d, 30).unwrap();
+        revoke_a(d, CUTOFF);
+
+        recover_node_key(d, "a", 10, Some(&rolled.key)).unwrap();
+        let transition = transition_for_installed_cert(d, "a");
+        assert!(transition.authorized_by("a", &public_key_of(&rolled.key)));
+        assert!(!transition.authorized_by("a", &public_key_of(&d.join(CA_KEY_FILE))));
+        // The new certificate is CA 2's too.
+        let ca2 = TrustAnchor::load(&rolled.cert, None).unwrap();
+        let der = read_cert_pem(&d.join("a.crt")).unwrap();
+        assert!(ca2.admit_node("a", &der).is_ok());
+    }
+}
