@@ -906,8 +906,9 @@ struct OldNode {
 
 /// Reads `dir/name.crt` and admits it as a node certificate for `name` of
 /// a CA of the bundle (a retired one included, as for history), and looks
-/// it up in `dir/revoked.toml` (if there is one). Every path in `required`
-/// must exist, else [`IdentityError::UnknownService`].
+/// it up in `dir/revoked.toml` (if there is one). `dir/name.crt`, and with
+/// `require_key` `dir/name.key`, must exist, else
+/// [`IdentityError::UnknownService`].
 fn read_old_node(dir: &Path, name: &str, require_key: bool) -> Result<OldNode, IdentityError> {
     validate_leaf_name(name)?;
     let cert_path = dir.join(format!("{name}.crt"));
@@ -970,27 +971,27 @@ fn load_current_ca(dir: &Path, ca_key: Option<&Path>) -> Result<CaMaterial, Iden
     Ok(ca)
 }
 
-/// Reads the private key at `path` and its file bytes if it is the key of
-/// `public_key`; `Ok(None)` if it is another key.
+/// A private key and its file's bytes (kept byte for byte as
+/// `NAME.prev.key`).
+type KeyAndFile = (SigningKey, Zeroizing<Vec<u8>>);
+
+/// Reads the private key at `path`, with its file's bytes, if it is the key
+/// of `public_key`; `Ok(None)` if it is another key.
 fn read_key_if_matching(
     path: &Path,
     public_key: &[u8; 32],
-) -> Result<Option<Zeroizing<Vec<u8>>>, IdentityError> {
+) -> Result<Option<KeyAndFile>, IdentityError> {
     let key = read_private_key(path)?;
     if key.verifying_key().to_bytes() != *public_key {
         return Ok(None);
     }
-    read_file(path).map(Some)
+    Ok(Some((key, read_file(path)?)))
 }
 
-/// Plans a planned rotation of node `name` in `dir` to a new key: checks
-/// the old certificate and key, and returns the old key (whose signature
-/// authorizes the move) with the bytes to keep as `NAME.prev.key`.
-fn rotation_authorizer(
-    dir: &Path,
-    name: &str,
-    old: &OldNode,
-) -> Result<(SigningKey, Zeroizing<Vec<u8>>), IdentityError> {
+/// For a rotation of node `name` in `dir`: checks that the old certificate
+/// is not revoked and finds its key, whose signature authorizes the move,
+/// with the bytes to keep as `NAME.prev.key`.
+fn rotation_authorizer(dir: &Path, name: &str, old: &OldNode) -> Result<KeyAndFile, IdentityError> {
     if old.revocation != Revocation::None {
         return Err(IdentityError::RotateRevoked {
             name: name.to_string(),
@@ -1000,7 +1001,7 @@ fn rotation_authorizer(
     }
     let previous = previous_key_path(dir, name);
     let previous_exists = std::fs::symlink_metadata(&previous).is_ok();
-    if let Some(bytes) = read_key_if_matching(&old.key_path, &old.cert.public_key)? {
+    if let Some(current) = read_key_if_matching(&old.key_path, &old.cert.public_key)? {
         // A `NAME.prev.key` for another key is the old key of an earlier
         // rotation the node may not have followed yet: overwriting it would
         // lose the feed's key and its roll-back.
@@ -1011,17 +1012,15 @@ fn rotation_authorizer(
                 cert: old.cert_path.clone(),
             });
         }
-        return Ok((read_private_key(&old.key_path)?, bytes));
+        return Ok(current);
     }
     // `NAME.key` is not the certificate's key. If `NAME.prev.key` is, a
     // rotation stopped after installing its new key and before its
     // certificate (see the crash notes in `write_transition`): the new key
     // was never certified, so it never signed anything; this rotation
     // starts again from the old key and replaces it.
-    if previous_exists {
-        if let Some(bytes) = read_key_if_matching(&previous, &old.cert.public_key)? {
-            return Ok((read_private_key(&previous)?, bytes));
-        }
+    if previous_exists && let Some(kept) = read_key_if_matching(&previous, &old.cert.public_key)? {
+        return Ok(kept);
     }
     Err(IdentityError::KeyMismatch {
         key: old.key_path.clone(),
@@ -1100,7 +1099,9 @@ pub fn recover_node_key(
     // certificate's: anything else in `NAME.key` (a damaged file, the new
     // key of an interrupted recovery) is nothing to roll back to.
     let old_key_bytes = match std::fs::symlink_metadata(&old.key_path) {
-        Ok(_) => read_key_if_matching(&old.key_path, &old.cert.public_key).unwrap_or(None),
+        Ok(_) => read_key_if_matching(&old.key_path, &old.cert.public_key)
+            .unwrap_or(None)
+            .map(|(_, bytes)| bytes),
         Err(_) => None,
     };
     let ca = load_current_ca(dir, ca_key)?;
