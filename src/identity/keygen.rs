@@ -7,7 +7,8 @@
 //! directory (private keys created with mode 0600, others 0644) and renamed
 //! into place, so a failure never leaves a half-written file and a key file
 //! never exists with looser permissions. Existing files are only replaced
-//! with `force`.
+//! with `force`, except where replacing is the command's point (renewal,
+//! rotation, recovery, revocation, CA rollover and retirement).
 //!
 //! Layout of a key directory `D`:
 //!
