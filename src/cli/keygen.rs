@@ -1,5 +1,6 @@
 //! `herald keygen`: create the cluster CA (and roll it over), node and
-//! client certificates, channel keys, renew and revoke certificates. Prints one line per file written
+//! client certificates, channel keys, renew and revoke certificates, rotate
+//! and recover node keys. Prints one line per file written
 //! (or, with `--json`, one JSON object `{"written": [...]}`); never prints key
 //! material.
 
@@ -29,6 +30,10 @@ pub enum KeygenCommand {
     Revoke(RevokeArgs),
     /// Renew node certificate DIR/NAME.crt for the same key DIR/NAME.key (signed by the CA in DIR); the node uses it from its next `herald reload` or restart.
     Renew(RenewArgs),
+    /// Planned key rotation: a new key DIR/NAME.key and certificate DIR/NAME.crt, authorized by the old key (kept as DIR/NAME.prev.key) in DIR/NAME.transition; the node moves its feed to the new key on its next `herald reload` or restart.
+    Rotate(TransitionArgs),
+    /// Key recovery after a compromise: a new key and certificate for NAME, whose revoked certificate's feed moves to it by an authorization signed with the CA key (DIR/NAME.transition).
+    Recover(TransitionArgs),
 }
 
 /// Options shared by every keygen command.
@@ -160,6 +165,27 @@ pub struct RenewArgs {
     pub output: OutputArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct TransitionArgs {
+    /// Key directory holding ca.crt, the CA key, NAME.crt (and, to rotate,
+    /// NAME.key).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Service name of the node whose key is replaced.
+    #[arg(long)]
+    pub name: String,
+    /// Sign the new certificate (and, for a recovery, the authorization)
+    /// with this CA key (default DIR/ca.key), e.g. DIR/ca-2.key after a CA
+    /// rollover; its CA must be a current CA of DIR/ca.crt.
+    #[arg(long, value_name = "PATH")]
+    pub ca_key: Option<PathBuf>,
+    /// Validity of the new certificate from now, in days.
+    #[arg(long, default_value_t = LEAF_DAYS_DEFAULT)]
+    pub days: u32,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
 pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
     let (written, output) = match cmd {
         KeygenCommand::Ca(a) if a.rollover => {
@@ -260,6 +286,16 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
             )?],
             a.output,
         ),
+        KeygenCommand::Rotate(a) => {
+            let done = identity::rotate_node_key(&a.dir, &a.name, a.days, a.ca_key.as_deref())?;
+            print_transition(&done, a.output.json);
+            return Ok(EXIT_OK);
+        }
+        KeygenCommand::Recover(a) => {
+            let done = identity::recover_node_key(&a.dir, &a.name, a.days, a.ca_key.as_deref())?;
+            print_transition(&done, a.output.json);
+            return Ok(EXIT_OK);
+        }
         KeygenCommand::Revoke(a) => {
             let cutoff =
                 (a.from_seq.is_some() || a.from.is_some()).then_some(crate::core::cert::Cutoff {
@@ -288,6 +324,41 @@ pub fn run(cmd: KeygenCommand) -> Result<u8, CliError> {
     };
     print_written(&written, output.json);
     Ok(EXIT_OK)
+}
+
+/// Prints what a key rotation or recovery wrote: one `wrote PATH` line each
+/// and what to do next, or one JSON object.
+fn print_transition(done: &identity::NodeKeyTransition, json: bool) {
+    let name = &done.service;
+    if json {
+        let written: Vec<String> = done.written.iter().map(|p| display(p)).collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "written": written,
+                "kind": done.kind.name(),
+                "service": name,
+                "public_key": hex::encode(done.public_key),
+                "serial": hex::encode(&done.serial),
+            })
+        );
+        return;
+    }
+    for p in &done.written {
+        println!("wrote {}", p.display());
+    }
+    let copy = match done.kind {
+        crate::core::transition::TransitionKind::Rotation => String::new(),
+        crate::core::transition::TransitionKind::Recovery => format!(
+            "copy {}, {} and {} to node {name}, then ",
+            done.key.display(),
+            done.cert.display(),
+            done.transition.display()
+        ),
+    };
+    println!(
+        "{copy}run `herald reload --config C` on node {name} (or send it SIGHUP, or restart it) to move its feed to the new key"
+    );
 }
 
 /// Prints the written paths: one line each, or `{"written": [...]}`.

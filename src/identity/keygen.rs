@@ -7,7 +7,8 @@
 //! directory (private keys created with mode 0600, others 0644) and renamed
 //! into place, so a failure never leaves a half-written file and a key file
 //! never exists with looser permissions. Existing files are only replaced
-//! with `force`.
+//! with `force`, except where replacing is the command's point (renewal,
+//! rotation, recovery, revocation, CA rollover and retirement).
 //!
 //! Layout of a key directory `D`:
 //!
@@ -24,6 +25,9 @@
 //! * `D/channel-C.key`: channel key `C`, one line per key generation, oldest
 //!   first, see [`super::load_channel_keyring`] and [`rotate_channel`].
 //! * `D/revoked.toml`: the revocation list, see [`super::revocation`].
+//! * `D/N.transition`, `D/N.prev.key`: written by a key transition of node
+//!   `N` ([`rotate_node_key`], [`recover_node_key`]): the authorization the
+//!   node appends to its feed, and the old key kept for a roll-back.
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,10 +43,12 @@ use zeroize::Zeroizing;
 
 use super::pem::{cert_pem, pkcs8_v1_der, private_key_pem, read_private_key};
 use super::revocation::{FILE_HEADER, Revocation, RevokedEntry, entry_toml};
+use super::transition::{TransitionAuthorization, transition_path};
 use super::trust::{parse_cert, subject_ed25519_key};
 use super::{IdentityError, RevocationList, TrustAnchor, read_cert_pem, read_file, validate_name};
 use crate::clock::{now_us, random_bytes};
 use crate::core::cert::{AuthorCert, CertError, Cutoff};
+use crate::core::transition::{TransitionKind, cert_digest, sign_authorization};
 
 /// Longest validity accepted, in days (100 years).
 pub const VALIDITY_DAYS_MAX: u32 = 36_500;
@@ -81,6 +87,14 @@ impl PendingFile {
             path,
             contents: Zeroizing::new(contents.into()),
             secret: false,
+        }
+    }
+
+    fn secret_bytes(path: PathBuf, contents: Zeroizing<Vec<u8>>) -> Self {
+        PendingFile {
+            path,
+            contents,
+            secret: true,
         }
     }
 
@@ -846,6 +860,345 @@ fn renew_from_dir(
     Ok(cert_path)
 }
 
+/// What [`rotate_node_key`] or [`recover_node_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeKeyTransition {
+    /// Rotation (authorized by the old key) or recovery (by the CA key).
+    pub kind: TransitionKind,
+    /// The node's service name.
+    pub service: String,
+    /// Every file written, in the order it was renamed into place.
+    pub written: Vec<PathBuf>,
+    /// `dir/NAME.transition`: the authorization the node appends to its
+    /// feed when it moves to the new key.
+    pub transition: PathBuf,
+    /// `dir/NAME.key`: the new key (mode 0600).
+    pub key: PathBuf,
+    /// `dir/NAME.crt`: the new certificate.
+    pub cert: PathBuf,
+    /// `dir/NAME.prev.key`: the old key, kept for a roll-back (`None` when
+    /// a recovery found no old key matching the old certificate).
+    pub previous_key: Option<PathBuf>,
+    /// The new key's Ed25519 public key.
+    pub public_key: [u8; 32],
+    /// The new certificate's serial (DER INTEGER content).
+    pub serial: Vec<u8>,
+    /// The new certificate's DER.
+    pub cert_der: Vec<u8>,
+    /// What `dir/NAME.transition` holds.
+    pub authorization: TransitionAuthorization,
+}
+
+/// The file that keeps a node's old key after a transition:
+/// `dir/NAME.prev.key`.
+pub fn previous_key_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.prev.key"))
+}
+
+/// A node's current certificate and where its files are, checked against
+/// the key directory's CA bundle.
+struct OldNode {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    cert: AuthorCert,
+    revocation: Revocation,
+    revocation_list: PathBuf,
+}
+
+/// Reads `dir/name.crt` and admits it as a node certificate for `name` of
+/// a CA of the bundle (a retired one included, as for history), and looks
+/// it up in `dir/revoked.toml` (if there is one). `dir/name.crt`, and with
+/// `require_key` `dir/name.key`, must exist, else
+/// [`IdentityError::UnknownService`].
+fn read_old_node(dir: &Path, name: &str, require_key: bool) -> Result<OldNode, IdentityError> {
+    validate_leaf_name(name)?;
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    let required: &[&PathBuf] = if require_key {
+        &[&cert_path, &key_path]
+    } else {
+        &[&cert_path]
+    };
+    for path in required {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(IdentityError::UnknownService {
+                name: name.to_string(),
+                dir: dir.to_path_buf(),
+                missing: path.to_path_buf(),
+            });
+        }
+    }
+    let old_der = read_cert_pem(&cert_path)?;
+    // Admitted without the revocation list: a certificate revoked outright
+    // is still this cluster's certificate for `name`, and whether it is
+    // revoked is what rotation and recovery decide on, each its own way.
+    let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), None)?;
+    let cert = trust
+        .admit_author(name, &old_der)
+        .map_err(|source| IdentityError::Certificate {
+            path: cert_path.clone(),
+            source,
+        })?;
+    let revocation_list = dir.join(REVOKED_FILE);
+    let revocation = match std::fs::symlink_metadata(&revocation_list) {
+        Ok(_) => RevocationList::load(&revocation_list)?.revocation(&cert.public_key, &cert.serial),
+        Err(_) => Revocation::None,
+    };
+    Ok(OldNode {
+        cert_path,
+        key_path,
+        cert,
+        revocation,
+        revocation_list,
+    })
+}
+
+/// The signing CA, refused when it has expired: a new certificate under
+/// it would be born invalid.
+fn load_current_ca(dir: &Path, ca_key: Option<&Path>) -> Result<CaMaterial, IdentityError> {
+    let ca = load_ca(dir, ca_key)?;
+    if ca.not_after_us < now_us() {
+        return Err(IdentityError::BadCa {
+            origin: dir.join(CA_CERT_FILE).display().to_string(),
+            reason: format!(
+                "the CA of {} expired at {}; it cannot issue the new certificate (pass --ca-key with the key of a current CA, or create a new CA)",
+                ca_key
+                    .map_or_else(|| dir.join(CA_KEY_FILE), Path::to_path_buf)
+                    .display(),
+                crate::clock::format_timestamp(ca.not_after_us)
+            ),
+        });
+    }
+    Ok(ca)
+}
+
+/// A private key and its file's bytes (kept byte for byte as
+/// `NAME.prev.key`).
+type KeyAndFile = (SigningKey, Zeroizing<Vec<u8>>);
+
+/// Reads the private key at `path`, with its file's bytes, if it is the key
+/// of `public_key`; `Ok(None)` if it is another key.
+fn read_key_if_matching(
+    path: &Path,
+    public_key: &[u8; 32],
+) -> Result<Option<KeyAndFile>, IdentityError> {
+    let key = read_private_key(path)?;
+    if key.verifying_key().to_bytes() != *public_key {
+        return Ok(None);
+    }
+    Ok(Some((key, read_file(path)?)))
+}
+
+/// For a rotation of node `name` in `dir`: checks that the old certificate
+/// is not revoked and finds its key, whose signature authorizes the move,
+/// with the bytes to keep as `NAME.prev.key`.
+fn rotation_authorizer(dir: &Path, name: &str, old: &OldNode) -> Result<KeyAndFile, IdentityError> {
+    if old.revocation != Revocation::None {
+        return Err(IdentityError::RotateRevoked {
+            name: name.to_string(),
+            cert: old.cert_path.clone(),
+            list: old.revocation_list.clone(),
+        });
+    }
+    let previous = previous_key_path(dir, name);
+    let previous_exists = std::fs::symlink_metadata(&previous).is_ok();
+    if let Some(current) = read_key_if_matching(&old.key_path, &old.cert.public_key)? {
+        // A `NAME.prev.key` for another key is the old key of an earlier
+        // rotation the node may not have followed yet: overwriting it would
+        // lose the feed's key and its roll-back.
+        if previous_exists && read_key_if_matching(&previous, &old.cert.public_key)?.is_none() {
+            return Err(IdentityError::RotationPending {
+                name: name.to_string(),
+                previous,
+                cert: old.cert_path.clone(),
+            });
+        }
+        return Ok(current);
+    }
+    // `NAME.key` is not the certificate's key. If `NAME.prev.key` is, a
+    // rotation stopped after installing its new key and before its
+    // certificate (see the crash notes in `write_transition`): the new key
+    // was never certified, so it never signed anything; this rotation
+    // starts again from the old key and replaces it.
+    if previous_exists && let Some(kept) = read_key_if_matching(&previous, &old.cert.public_key)? {
+        return Ok(kept);
+    }
+    Err(IdentityError::KeyMismatch {
+        key: old.key_path.clone(),
+        cert: old.cert_path.clone(),
+    })
+}
+
+/// Planned key rotation of node `name` in `dir`: generates a new Ed25519
+/// key, issues a node certificate for it (validity now to `validity_days`
+/// from now, clamped to the CA's; signed by `ca_key`, default
+/// `dir/ca.key`, which must be a current, unexpired CA of `dir/ca.crt`),
+/// signs the rotation authorization with the **old** key over the new
+/// certificate, and writes `dir/NAME.prev.key` (the old key, 0600),
+/// `dir/NAME.transition`, `dir/NAME.key` (the new key, 0600) and
+/// `dir/NAME.crt`. The node moves its feed to the new key on its next
+/// reload or start.
+///
+/// Refuses, writing nothing, when `name` has no certificate or key in
+/// `dir`, the certificate is not a node certificate of a CA of the bundle
+/// for `name`, it is revoked in `dir/revoked.toml` (in any way: a revoked
+/// key is replaced by [`recover_node_key`]), the key does not match it, or
+/// `dir/NAME.prev.key` holds the old key of an earlier rotation
+/// ([`IdentityError::RotationPending`]).
+pub fn rotate_node_key(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    ca_key: Option<&Path>,
+) -> Result<NodeKeyTransition, IdentityError> {
+    validate_days(validity_days)?;
+    let old = read_old_node(dir, name, true)?;
+    let (old_key, old_key_bytes) = rotation_authorizer(dir, name, &old)?;
+    let ca = load_current_ca(dir, ca_key)?;
+    let (cert_der, new_key) = issue_transition_cert(&ca, name, validity_days)?;
+    let signature = sign_authorization(TransitionKind::Rotation, name, &cert_der, &old_key);
+    write_transition(
+        dir,
+        name,
+        TransitionKind::Rotation,
+        signature,
+        cert_der,
+        &new_key,
+        Some(old_key_bytes),
+    )
+}
+
+/// Key recovery of node `name` in `dir` after a compromise: generates a new
+/// Ed25519 key and node certificate as [`rotate_node_key`] does, but the
+/// recovery authorization is signed by the **CA key** (`ca_key`, default
+/// `dir/ca.key`), and the old key is not needed. Writes
+/// `dir/NAME.transition`, `dir/NAME.key` and `dir/NAME.crt`, and keeps the
+/// old `dir/NAME.key` as `dir/NAME.prev.key` when it is the old
+/// certificate's key.
+///
+/// Refuses, writing nothing, when `dir/NAME.crt` is missing or not a node
+/// certificate of a CA of the bundle for `name`, or when it is **not**
+/// revoked in `dir/revoked.toml` ([`IdentityError::RecoverNotRevoked`]: a
+/// key that is still trusted would go on signing for the thief), and when
+/// the CA is missing, retired or expired.
+pub fn recover_node_key(
+    dir: &Path,
+    name: &str,
+    validity_days: u32,
+    ca_key: Option<&Path>,
+) -> Result<NodeKeyTransition, IdentityError> {
+    validate_days(validity_days)?;
+    let old = read_old_node(dir, name, false)?;
+    if old.revocation == Revocation::None {
+        return Err(IdentityError::RecoverNotRevoked {
+            name: name.to_string(),
+            cert: old.cert_path,
+            list: old.revocation_list,
+        });
+    }
+    // The old key is kept only when it is there and is the old
+    // certificate's: anything else in `NAME.key` (a damaged file, the new
+    // key of an interrupted recovery) is nothing to roll back to.
+    let old_key_bytes = match std::fs::symlink_metadata(&old.key_path) {
+        Ok(_) => read_key_if_matching(&old.key_path, &old.cert.public_key)
+            .unwrap_or(None)
+            .map(|(_, bytes)| bytes),
+        Err(_) => None,
+    };
+    let ca = load_current_ca(dir, ca_key)?;
+    let (cert_der, new_key) = issue_transition_cert(&ca, name, validity_days)?;
+    let signature = sign_authorization(TransitionKind::Recovery, name, &cert_der, &ca.key);
+    write_transition(
+        dir,
+        name,
+        TransitionKind::Recovery,
+        signature,
+        cert_der,
+        &new_key,
+        old_key_bytes,
+    )
+}
+
+/// A new key and its node certificate, valid from now (back-dated for
+/// skew) for `validity_days`.
+fn issue_transition_cert(
+    ca: &CaMaterial,
+    name: &str,
+    validity_days: u32,
+) -> Result<(Vec<u8>, SigningKey), IdentityError> {
+    let (nb, na) = window(validity_days);
+    issue_leaf(ca, name, LeafKind::Node, nb, na)
+}
+
+/// Writes a transition's files, each atomically (temp file + rename), all
+/// staged before any is renamed, and renamed in this order:
+///
+/// 1. `NAME.prev.key`, the old key: it exists before `NAME.key` is
+///    replaced, so no crash loses it;
+/// 2. `NAME.transition`: harmless alone, since the node uses it only for
+///    the certificate whose digest it names, which is not installed yet;
+/// 3. `NAME.key`, the new key;
+/// 4. `NAME.crt`, the new certificate.
+///
+/// Two renames cannot be one atomic step, so a crash between 3 and 4 leaves
+/// the new `NAME.key` with the old `NAME.crt` (the node then refuses to
+/// start, and a reload keeps its current identity). The key goes first
+/// because that state is repairable: `NAME.prev.key` still matches
+/// `NAME.crt`, and rerunning `rotate` takes it as the old key and completes
+/// the rotation with a fresh key (the discarded one was never certified);
+/// rerunning `recover` works as before since `NAME.crt` is unchanged. A
+/// crash before the renames leaves only `.NAME.*.tmp-*` files behind.
+fn write_transition(
+    dir: &Path,
+    name: &str,
+    kind: TransitionKind,
+    signature: [u8; 64],
+    cert_der: Vec<u8>,
+    new_key: &SigningKey,
+    old_key_bytes: Option<Zeroizing<Vec<u8>>>,
+) -> Result<NodeKeyTransition, IdentityError> {
+    let cert_path = dir.join(format!("{name}.crt"));
+    let key_path = dir.join(format!("{name}.key"));
+    let transition = transition_path(&cert_path);
+    let previous_key = old_key_bytes.as_ref().map(|_| previous_key_path(dir, name));
+    let authorization = TransitionAuthorization {
+        kind,
+        service: name.to_string(),
+        cert_sha256: cert_digest(&cert_der),
+        signature,
+    };
+    let mut files = Vec::with_capacity(4);
+    if let (Some(path), Some(bytes)) = (&previous_key, old_key_bytes) {
+        files.push(PendingFile::secret_bytes(path.clone(), bytes));
+    }
+    files.push(PendingFile::public(
+        transition.clone(),
+        authorization.to_text(),
+    ));
+    files.push(PendingFile::secret(
+        key_path.clone(),
+        private_key_pem(new_key),
+    ));
+    files.push(PendingFile::public(cert_path.clone(), cert_pem(&cert_der)));
+    let serial = parse_cert(&cert_der)
+        .map(|c| c.tbs_certificate.raw_serial().to_vec())
+        .map_err(|e| gen_err(format!("the new certificate: {e}")))?;
+    let written = write_files(files, true)?;
+    Ok(NodeKeyTransition {
+        kind,
+        service: name.to_string(),
+        written,
+        transition,
+        key: key_path,
+        cert: cert_path,
+        previous_key,
+        public_key: new_key.verifying_key().to_bytes(),
+        serial,
+        cert_der,
+        authorization,
+    })
+}
+
 fn channel_file(dir: &Path, name: &str) -> PendingFile {
     let key = Zeroizing::new(random_bytes::<32>());
     let mut text = Zeroizing::new(hex::encode(&key[..]));
@@ -1137,4 +1490,325 @@ pub fn init_cluster_with(
     ensure_dir(dir)?;
     ensure_dir(&keys_dir)?;
     write_files(files, force)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::os::unix::fs::PermissionsExt;
+
+    use ed25519_dalek::VerifyingKey;
+
+    use super::*;
+    use crate::core::transition::KeyTransition;
+    use crate::identity::transition::read_transition;
+
+    const DAY_US: u64 = US_PER_DAY;
+
+    /// A key directory with a CA and node `a`.
+    fn cluster() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        create_ca(dir.path(), 30, false).unwrap();
+        issue_node(dir.path(), "a", 10, false).unwrap();
+        dir
+    }
+
+    /// Every file of `dir` with its bytes: what "nothing was written" is
+    /// checked against.
+    fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn public_key_of(path: &Path) -> VerifyingKey {
+        read_private_key(path).unwrap().verifying_key()
+    }
+
+    fn admitted(dir: &Path, name: &str) -> AuthorCert {
+        let trust = TrustAnchor::load(&dir.join(CA_CERT_FILE), None).unwrap();
+        let der = read_cert_pem(&dir.join(format!("{name}.crt"))).unwrap();
+        trust.admit_node(name, &der).unwrap()
+    }
+
+    /// The transition file next to `dir/name.crt`, as the payload a node
+    /// would append (without its checkpoint), after checking that the file
+    /// is for that very certificate.
+    fn transition_for_installed_cert(dir: &Path, name: &str) -> KeyTransition {
+        let cert_path = dir.join(format!("{name}.crt"));
+        let der = read_cert_pem(&cert_path).unwrap();
+        let auth = read_transition(&cert_path)
+            .unwrap()
+            .expect("a transition file");
+        assert!(
+            auth.is_for(name, &der),
+            "the file names the installed certificate"
+        );
+        KeyTransition {
+            kind: auth.kind,
+            new_cert: der,
+            authorization: auth.signature,
+            final_checkpoint: Vec::new(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    fn revoke_a(dir: &Path, cutoff: Option<Cutoff>) {
+        assert!(revoke_with_status(dir, "a", cutoff).unwrap().1);
+    }
+
+    const CUTOFF: Option<Cutoff> = Some(Cutoff {
+        from_seq: Some(5),
+        from_us: None,
+    });
+
+    #[test]
+    fn rotate_writes_an_authorization_by_the_old_key_for_the_new_certificate() {
+        let dir = cluster();
+        let d = dir.path();
+        let old_key_file = std::fs::read(d.join("a.key")).unwrap();
+        let old_public = public_key_of(&d.join("a.key"));
+        let old_cert = admitted(d, "a");
+
+        let done = rotate_node_key(d, "a", 20, None).unwrap();
+
+        assert_eq!(done.kind, TransitionKind::Rotation);
+        assert_eq!(
+            done.written,
+            vec![
+                d.join("a.prev.key"),
+                d.join("a.transition"),
+                d.join("a.key"),
+                d.join("a.crt")
+            ]
+        );
+        let transition = transition_for_installed_cert(d, "a");
+        assert_eq!(transition.kind, TransitionKind::Rotation);
+        assert!(transition.authorized_by("a", &old_public));
+        let ca_public = public_key_of(&d.join(CA_KEY_FILE));
+        assert!(!transition.authorized_by("a", &ca_public), "not the CA's");
+
+        let new_cert = admitted(d, "a");
+        let new_public = public_key_of(&d.join("a.key"));
+        assert_eq!(
+            new_cert.public_key,
+            new_public.to_bytes(),
+            "key matches cert"
+        );
+        assert_ne!(new_public, old_public, "a new key");
+        assert_eq!(done.public_key, new_public.to_bytes());
+        assert_eq!(done.serial, new_cert.serial);
+        assert_ne!(new_cert.serial, old_cert.serial);
+        assert!(new_cert.not_after_us > now_us() + 19 * DAY_US);
+        assert!(new_cert.not_before_us <= now_us());
+
+        assert_eq!(std::fs::read(d.join("a.prev.key")).unwrap(), old_key_file);
+        assert_eq!(done.previous_key, Some(d.join("a.prev.key")));
+        assert_eq!(mode(&d.join("a.key")), 0o600);
+        assert_eq!(mode(&d.join("a.prev.key")), 0o600);
+        assert_eq!(mode(&d.join("a.transition")), 0o644);
+        assert!(
+            snapshot(d).keys().all(|name| !name.contains(".tmp-")),
+            "no temporary file left"
+        );
+    }
+
+    #[test]
+    fn rotate_is_refused_for_a_revoked_certificate_with_or_without_cutoff() {
+        for cutoff in [CUTOFF, None] {
+            let dir = cluster();
+            let d = dir.path();
+            revoke_a(d, cutoff);
+            let before = snapshot(d);
+            let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+            assert!(
+                matches!(e, IdentityError::RotateRevoked { .. }),
+                "{cutoff:?}: {e}"
+            );
+            assert!(e.to_string().contains("herald keygen recover"), "{e}");
+            assert_eq!(snapshot(d), before, "nothing written");
+        }
+    }
+
+    #[test]
+    fn rotate_is_refused_for_an_unknown_name() {
+        let dir = cluster();
+        let d = dir.path();
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "zz", 10, None).unwrap_err();
+        assert!(
+            matches!(&e, IdentityError::UnknownService { name, .. } if name == "zz"),
+            "{e}"
+        );
+        // A certificate without its key cannot be rotated either.
+        std::fs::remove_file(d.join("a.key")).unwrap();
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(
+            matches!(&e, IdentityError::UnknownService { missing, .. } if missing.ends_with("a.key")),
+            "{e}"
+        );
+        let mut without_key = before;
+        without_key.remove("a.key");
+        assert_eq!(snapshot(d), without_key, "nothing written");
+    }
+
+    #[test]
+    fn rotate_is_refused_under_an_expired_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let now = now_us();
+        let ca = generate_ca(now - 30 * DAY_US, now - DAY_US).unwrap();
+        write_files(
+            vec![
+                PendingFile::public(d.join(CA_CERT_FILE), cert_pem(&ca.cert_der)),
+                PendingFile::secret(d.join(CA_KEY_FILE), private_key_pem(&ca.key)),
+            ],
+            false,
+        )
+        .unwrap();
+        issue_node_with_validity(d, "a", now - 20 * DAY_US, now - 2 * DAY_US, false).unwrap();
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::BadCa { .. }), "{e}");
+        assert!(e.to_string().contains("expired"), "{e}");
+        assert_eq!(snapshot(d), before, "nothing written");
+    }
+
+    #[test]
+    fn rotate_is_refused_when_the_key_is_not_the_certificates() {
+        let dir = cluster();
+        let d = dir.path();
+        issue_node(d, "b", 10, false).unwrap();
+        std::fs::copy(d.join("b.key"), d.join("a.key")).unwrap();
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::KeyMismatch { .. }), "{e}");
+        assert_eq!(snapshot(d), before, "nothing written");
+    }
+
+    #[test]
+    fn a_second_rotation_waits_until_the_old_key_is_deleted() {
+        let dir = cluster();
+        let d = dir.path();
+        rotate_node_key(d, "a", 10, None).unwrap();
+        let second_key = public_key_of(&d.join("a.key"));
+        let before = snapshot(d);
+        let e = rotate_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::RotationPending { .. }), "{e}");
+        assert_eq!(snapshot(d), before, "the roll-back key is kept");
+
+        // The operator saw the node switch and deleted the old key.
+        std::fs::remove_file(d.join("a.prev.key")).unwrap();
+        rotate_node_key(d, "a", 10, None).unwrap();
+        assert!(transition_for_installed_cert(d, "a").authorized_by("a", &second_key));
+    }
+
+    #[test]
+    fn a_rotation_interrupted_between_key_and_certificate_is_completed_by_a_rerun() {
+        let dir = cluster();
+        let d = dir.path();
+        let old_public = public_key_of(&d.join("a.key"));
+        // What a crash after renaming the new key leaves: the old key in
+        // a.prev.key, an uncertified key in a.key, the old a.crt.
+        std::fs::copy(d.join("a.key"), d.join("a.prev.key")).unwrap();
+        write_files(
+            vec![PendingFile::secret(
+                d.join("a.key"),
+                private_key_pem(&generate_key()),
+            )],
+            true,
+        )
+        .unwrap();
+
+        rotate_node_key(d, "a", 10, None).unwrap();
+        assert!(transition_for_installed_cert(d, "a").authorized_by("a", &old_public));
+        assert_eq!(
+            admitted(d, "a").public_key,
+            public_key_of(&d.join("a.key")).to_bytes()
+        );
+        assert_eq!(public_key_of(&d.join("a.prev.key")), old_public);
+    }
+
+    #[test]
+    fn recover_is_refused_while_the_certificate_is_not_revoked() {
+        let dir = cluster();
+        let d = dir.path();
+        let before = snapshot(d);
+        let e = recover_node_key(d, "a", 10, None).unwrap_err();
+        assert!(matches!(e, IdentityError::RecoverNotRevoked { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains("herald keygen revoke --name a --from-seq"),
+            "{e}"
+        );
+        assert_eq!(snapshot(d), before, "nothing written");
+    }
+
+    #[test]
+    fn recover_is_authorized_by_the_ca_key_and_needs_no_old_key() {
+        let dir = cluster();
+        let d = dir.path();
+        let old_key_file = std::fs::read(d.join("a.key")).unwrap();
+        let old_public = public_key_of(&d.join("a.key"));
+        revoke_a(d, CUTOFF);
+
+        let done = recover_node_key(d, "a", 10, None).unwrap();
+        assert_eq!(done.kind, TransitionKind::Recovery);
+        let transition = transition_for_installed_cert(d, "a");
+        assert_eq!(transition.kind, TransitionKind::Recovery);
+        assert!(transition.authorized_by("a", &public_key_of(&d.join(CA_KEY_FILE))));
+        assert!(
+            !transition.authorized_by("a", &old_public),
+            "not the thief's key"
+        );
+        assert_eq!(
+            admitted(d, "a").public_key,
+            public_key_of(&d.join("a.key")).to_bytes()
+        );
+        assert_eq!(std::fs::read(d.join("a.prev.key")).unwrap(), old_key_file);
+
+        // Without the old key (it is on the stolen machine): no a.prev.key.
+        let dir = cluster();
+        let d = dir.path();
+        revoke_a(d, None);
+        std::fs::remove_file(d.join("a.key")).unwrap();
+        let done = recover_node_key(d, "a", 10, None).unwrap();
+        assert_eq!(done.previous_key, None);
+        assert!(!d.join("a.prev.key").exists());
+        assert_eq!(
+            done.written,
+            vec![d.join("a.transition"), d.join("a.key"), d.join("a.crt")]
+        );
+        assert!(
+            transition_for_installed_cert(d, "a")
+                .authorized_by("a", &public_key_of(&d.join(CA_KEY_FILE)))
+        );
+    }
+
+    #[test]
+    fn recover_with_the_key_of_a_rolled_over_ca_is_authorized_by_that_ca() {
+        let dir = cluster();
+        let d = dir.path();
+        let rolled = rollover_ca(d, 30).unwrap();
+        revoke_a(d, CUTOFF);
+
+        recover_node_key(d, "a", 10, Some(&rolled.key)).unwrap();
+        let transition = transition_for_installed_cert(d, "a");
+        assert!(transition.authorized_by("a", &public_key_of(&rolled.key)));
+        assert!(!transition.authorized_by("a", &public_key_of(&d.join(CA_KEY_FILE))));
+        // The new certificate is CA 2's too.
+        let ca2 = TrustAnchor::load(&rolled.cert, None).unwrap();
+        let der = read_cert_pem(&d.join("a.crt")).unwrap();
+        assert!(ca2.admit_node("a", &der).is_ok());
+    }
 }

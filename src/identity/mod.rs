@@ -38,10 +38,11 @@ pub mod trust;
 
 pub use crate::core::cert::{AuthorCert, CertError};
 pub use keygen::{
-    ClusterNode, RetiredCa, RolledCa, RotatedChannel, create_ca, create_channel, init_cluster_with,
-    issue_client, issue_client_with_ca, issue_client_with_validity, issue_node, issue_node_with_ca,
-    issue_node_with_validity, renew_node, renew_node_with_ca, retire_ca, revoke,
-    revoke_with_status, rollover_ca, rotate_channel,
+    ClusterNode, NodeKeyTransition, RetiredCa, RolledCa, RotatedChannel, create_ca, create_channel,
+    init_cluster_with, issue_client, issue_client_with_ca, issue_client_with_validity, issue_node,
+    issue_node_with_ca, issue_node_with_validity, previous_key_path, recover_node_key, renew_node,
+    renew_node_with_ca, retire_ca, revoke, revoke_with_status, rollover_ca, rotate_channel,
+    rotate_node_key,
 };
 pub use pem::read_cert_pem;
 pub use revocation::RevocationList;
@@ -122,6 +123,38 @@ pub enum IdentityError {
     },
     #[error("{}: malformed key transition authorization: {reason}", .path.display())]
     BadTransition { path: PathBuf, reason: String },
+    #[error(
+        "certificate {} of \"{name}\" is revoked in {}: a revoked key cannot authorize its successor; move the feed with `herald keygen recover --name {name}` (authorized by the CA key) instead; nothing was written",
+        .cert.display(),
+        .list.display()
+    )]
+    RotateRevoked {
+        name: String,
+        cert: PathBuf,
+        list: PathBuf,
+    },
+    #[error(
+        "certificate {} of \"{name}\" is not revoked in {}: a recovery of a key that is still trusted would let whoever holds it keep signing; revoke it first with `herald keygen revoke --name {name} --from-seq S` (S: the first sequence number its owner did not write), or, if the key is not compromised, use `herald keygen rotate`; nothing was written",
+        .cert.display(),
+        .list.display()
+    )]
+    RecoverNotRevoked {
+        name: String,
+        cert: PathBuf,
+        list: PathBuf,
+    },
+    #[error(
+        "{} holds the old key of an earlier rotation of \"{name}\", not the key of {}: rotating again before node {name} has moved its feed to the current key would leave the feed without an authorization from its own key; once `herald status` on node {name} shows the key of {}, delete {} and rerun; nothing was written",
+        .previous.display(),
+        .cert.display(),
+        .cert.display(),
+        .previous.display()
+    )]
+    RotationPending {
+        name: String,
+        previous: PathBuf,
+        cert: PathBuf,
+    },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("cannot create certificate: {0}")]
