@@ -235,13 +235,18 @@ async fn every_node_rotates_its_key_while_all_three_publish() {
 
     let mut moved_at = BTreeMap::new();
     for name in NODES {
-        let old = key_of(&net, &format!("{name}.key"));
-        new_key_for(&net, name, TransitionKind::Rotation, &old);
+        let rotated =
+            herald::identity::rotate_node_key(&net.keys(), name, 300, None).expect("keygen rotate");
         let report = cluster.nodes.read().await[name]
             .reload()
             .await
             .unwrap_or_else(|e| panic!("{name} reloads: {e}"));
         let seq = report.transition_seq.expect("a transition was appended");
+        // `herald status` shows the feed on the new key.
+        let key = cluster.nodes.read().await[name].status().await.feed_key;
+        let key = key.expect("the feed's key");
+        assert_eq!(key.public_key, hex::encode(rotated.public_key));
+        assert_eq!(key.transitions, vec![seq]);
         moved_at.insert(name, seq);
         // Its peers take the transition and what follows it.
         let after = seq + 5;
@@ -403,8 +408,7 @@ async fn a_recovery_by_the_ca_carries_the_feed_past_a_stolen_keys_cut_off() {
             .await
             .unwrap_or_else(|e| panic!("{at} reloads: {e}"));
     }
-    let ca = key_of(&net, "ca.key");
-    new_key_for(&net, "c", TransitionKind::Recovery, &ca);
+    herald::identity::recover_node_key(&keys, "c", 300, None).expect("keygen recover");
     let report = cluster.nodes.read().await["c"]
         .reload()
         .await
@@ -449,8 +453,15 @@ fn a_node_killed_around_its_transition_starts_again_on_one_key() {
     for round in 0..3u64 {
         let mut a = common::spawn_node(bin, &net.config_path("a"), &log_a);
         publish(&net, "a", &format!("before {round}"));
-        let old = key_of(&net, "a.key");
-        new_key_for(&net, "a", TransitionKind::Rotation, &old);
+        let keys = net.keys();
+        assert_ok(&herald(&[
+            "keygen",
+            "rotate",
+            "--dir",
+            s(&keys),
+            "--name",
+            "a",
+        ]));
         // Ask for the reload and kill the node a few milliseconds later:
         // before, during or after the transition's commit.
         let _ = Command::new("kill")
@@ -465,6 +476,9 @@ fn a_node_killed_around_its_transition_starts_again_on_one_key() {
         publish(&net, "a", &format!("after {round}"));
         a.kill().expect("SIGKILL");
         a.wait().expect("reaped");
+        // The node runs on the new key: the old one may go (the runbook's
+        // step before the next rotation).
+        std::fs::remove_file(herald::identity::previous_key_path(&keys, "a")).expect("rm");
     }
     b.kill().expect("stop b");
     b.wait().expect("reaped");

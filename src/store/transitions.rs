@@ -117,10 +117,14 @@ pub(crate) fn count(conn: &Connection) -> Result<u64, LogError> {
     )
 }
 
-/// The transitions of every feed, in memory, for replication's hot path.
+/// Each feed's transitions, in order.
+type ByFeed = BTreeMap<String, Vec<Arc<TransitionPoint>>>;
+
+/// The transitions of every feed, in memory, for replication's hot path:
+/// how many the store held when read, and them by feed.
 #[derive(Debug, Default)]
 pub struct TransitionCache {
-    by_feed: Mutex<(u64, BTreeMap<String, Vec<Arc<TransitionPoint>>>)>,
+    by_feed: Mutex<(u64, ByFeed)>,
 }
 
 impl TransitionCache {
@@ -137,7 +141,7 @@ impl TransitionCache {
     }
 
     pub(crate) fn set(&self, held: u64, all: Vec<TransitionPoint>) {
-        let mut by_feed: BTreeMap<String, Vec<Arc<TransitionPoint>>> = BTreeMap::new();
+        let mut by_feed = ByFeed::new();
         for t in all {
             by_feed.entry(t.feed.clone()).or_default().push(Arc::new(t));
         }
