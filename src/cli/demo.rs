@@ -123,7 +123,7 @@ pub fn run(args: DemoArgs) -> Result<u8, CliError> {
     ok &= super::demo_api::run_api(&dir)?;
 
     step(
-        "10. keys that change while the cluster runs: a channel key rotated, the CA rolled over (every certificate renewed under the new one), a stolen key revoked with a cut-off, each by a live reload",
+        "10. keys that change while the cluster runs: a channel key rotated, the CA rolled over (every certificate renewed under the new one), a node key rotated, a stolen key revoked with a cut-off and its feed recovered under a new key, each by a live reload",
     );
     ok &= super::demo_trust::run_trust(&dir)?;
 

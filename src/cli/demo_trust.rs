@@ -1,8 +1,10 @@
 //! `herald demo`, keys that change while the cluster runs: three nodes keep
 //! replicating while a channel key is rotated, every certificate is renewed
-//! under a new CA and the old CA retired, and a stolen key is revoked with
-//! a cut-off, each taken by a live reload (no restart). At the end every feed
-//! verifies from its genesis against the CA bundle and the revocation list.
+//! under a new CA and the old CA retired, a node's key is rotated (a key
+//! transition in its feed), and a stolen key is revoked with a cut-off and
+//! its feed recovered under a new key by the CA, each taken by a live
+//! reload (no restart). At the end every feed verifies from its genesis
+//! against the CA bundle and the revocation list.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -130,6 +132,26 @@ async fn drive(dir: &Path, configs: &[PathBuf]) -> Result<bool, CliError> {
         "the cluster kept replicating through the rollover",
     );
 
+    // registrar's key is rotated as planned: a new key and certificate,
+    // the old key's authorization next to it; the reload appends the key
+    // transition and the feed goes on under the new key.
+    let rotated = identity::rotate_node_key(&keys, "registrar", 365, Some(&rolled.key))?;
+    let transition = nodes[0].reload().await?.transition_seq;
+    println!(
+        "   keygen rotate --name registrar, reload: key transition at registrar/{}, new key {}",
+        transition.map_or("-".to_string(), |s| s.to_string()),
+        &hex::encode(rotated.public_key)[..16]
+    );
+    ok &= expect(
+        transition.is_some(),
+        "registrar moved its feed to a new key without a restart",
+    );
+    publish_round(&nodes, "after the key rotation").await?;
+    ok &= expect(
+        converged(&nodes).await,
+        "its peers followed the feed to the new key",
+    );
+
     // treasurer's key is stolen: revoked from the first sequence number
     // its owner did not write; the others reload and drop its connections.
     let head = own_head(&nodes[2], "treasurer")?;
@@ -148,10 +170,29 @@ async fn drive(dir: &Path, configs: &[PathBuf]) -> Result<bool, CliError> {
     );
     ok &= expect(closed > 0, "the stolen key's connections were closed");
 
+    // The CA (offline) authorizes a new key for treasurer: its node appends
+    // a recovery transition at the cut-off and goes on under the new key.
+    identity::recover_node_key(&keys, "treasurer", 365, Some(&rolled.key))?;
+    let recovery = nodes[2].reload().await?.transition_seq;
+    println!(
+        "   keygen recover --name treasurer (CA key), reload: recovery transition at treasurer/{}",
+        recovery.map_or("-".to_string(), |s| s.to_string())
+    );
+    ok &= expect(
+        recovery == Some(head + 1),
+        "treasurer's feed continues at the cut-off under a key the CA vouched for",
+    );
+    publish_round(&nodes, "after the recovery").await?;
+    ok &= expect(
+        converged(&nodes).await,
+        "its peers took the recovery and what followed",
+    );
+    let treasurer_head = own_head(&nodes[2], "treasurer")?;
+
     for node in nodes {
         node.shutdown().await;
     }
-    ok &= audit_with_bundle(dir, &keys, head)?;
+    ok &= audit_with_bundle(dir, &keys, treasurer_head)?;
     Ok(ok)
 }
 
@@ -228,6 +269,6 @@ fn audit_with_bundle(dir: &Path, keys: &Path, treasurer_head: u64) -> Result<boo
         report.valid
             && report.feeds.len() == SERVICES.len()
             && treasurer.is_some_and(|f| f.head_seq == Some(treasurer_head)),
-        "every feed verifies from genesis, treasurer's up to the cut-off",
+        "every feed verifies from genesis, across both key transitions",
     ))
 }

@@ -304,7 +304,7 @@ mod tests {
         let e = apply_node_identity(&a.cert, &b, &keys.join("b.crt")).unwrap_err();
         let text = e.to_string();
         assert!(
-            text.contains("another key") && text.contains("key rotation"),
+            text.contains("another key") && text.contains("keygen rotate"),
             "{text}"
         );
         assert!(
