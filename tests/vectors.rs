@@ -155,6 +155,20 @@ const CASES: &[Case] = &[
         known_bug: None,
     },
     Case {
+        name: "rotated-valid",
+        file: "rotated-valid.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    Case {
+        name: "rotated-forged-authorization",
+        file: "rotated-forged-authorization.hrld",
+        ca: CA,
+        args: &[],
+        known_bug: None,
+    },
+    Case {
         name: "wrong-channel",
         file: "valid.hrld",
         ca: CA,
@@ -891,6 +905,7 @@ fn regenerate_vectors() {
     // Format 2, from the keys just written.
     write_format2_vectors(&dir);
     write_sealed_vectors(&dir);
+    write_rotation_vectors(&dir);
 
     // Expected reports, from the built binary. READ THEM before committing.
     for case in CASES {
@@ -1605,6 +1620,131 @@ fn write_sealed_vectors(dir: &Path) {
 fn regenerate_sealed_vectors() {
     write_sealed_vectors(&vectors_dir());
     for case in CASES.iter().filter(|c| c.name.starts_with("sealed-")) {
+        let projected = auditor_expectation(case, run_case(case));
+        let text = serde_json::to_string_pretty(&projected).expect("json") + "\n";
+        std::fs::write(expected_path(case), text).expect("write expected");
+    }
+}
+
+/// Writes the key-transition vectors (docs/FORMAT.md section 9, *Key
+/// transition*) from the test-only keys, in a copy of `keys/` (the new key
+/// is made fresh and not kept: verifying needs the CA alone):
+/// `rotated-valid.hrld` (council holds fundraising's feed, which moved to a
+/// new key at seq 3 by a rotation: two donations before, two after) and
+/// `rotated-forged-authorization.hrld` (the same, with the transition's
+/// authorization replaced by a stranger's signature and the header made to
+/// match the new payload: the transition is refused as `transition`, and
+/// the events after it cannot be authenticated).
+fn write_rotation_vectors(dir: &Path) {
+    use herald::core::transition::{KEY_TRANSITION_EVENT_TYPE, KeyTransition, sign_authorization};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(&keys).expect("keys");
+    for entry in std::fs::read_dir(dir.join("keys")).expect("vector keys") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            std::fs::copy(&path, keys.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    let sealed = herald::core::limits::FORMAT_VERSION_SEALED;
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data");
+    let council_config = vector_config(tmp.path(), &data, "council", 17494, sealed);
+    let fundraising_config = vector_config(tmp.path(), &data, "fundraising", 17495, sealed);
+    let council = Log::open(&council_config).expect("council");
+    let fundraising = Log::open(&fundraising_config).expect("fundraising");
+    proclaim(&council, "meeting.held", json!({"minutes": "m-3"}), &[]);
+    let donate = |log: &Log, donor: &str, cents: u64| {
+        let payload = json!({"donor": donor, "amount_cents": cents});
+        proclaim(log, "donation.received", payload, &[]);
+    };
+    donate(&fundraising, "D-4001", 1500);
+    donate(&fundraising, "D-4002", 700);
+    // The planned rotation: the node takes the new key when it next opens
+    // its store, appending the transition at seq 3.
+    fundraising.close();
+    herald::identity::rotate_node_key(&keys, "fundraising", 36_500, None).expect("rotate");
+    let fundraising = Log::open(&fundraising_config).expect("fundraising on its new key");
+    assert_eq!(
+        fundraising
+            .key_transitions("fundraising")
+            .iter()
+            .map(|t| t.seq)
+            .collect::<Vec<_>>(),
+        vec![3]
+    );
+    donate(&fundraising, "D-4003", 4200);
+    donate(&fundraising, "D-4004", 90);
+    for (to, from, feed) in [
+        (&council, &fundraising, "fundraising"),
+        (&fundraising, &council, "council"),
+    ] {
+        let report = common::hand_over(from, to, feed);
+        assert_eq!(report.rejected, None, "{feed} handed over");
+    }
+    for (log, from, feed) in [
+        (&council, &fundraising, "council"),
+        (&fundraising, &council, "fundraising"),
+    ] {
+        let cp = from.latest_checkpoint(feed).expect("checkpoint");
+        log.accept_checkpoint(cp.note.clone().into_bytes())
+            .expect("accept")
+            .expect("the checkpoint matches");
+    }
+    fundraising.close();
+    council.close();
+    let council_key = vector_key(dir, "council");
+    let conn = herald::store::open_read_only(&council_config.data_dir).expect("store");
+    export::export_store(
+        &conn,
+        "council",
+        &council_key,
+        herald::clock::now_us(),
+        &dir.join("rotated-valid.hrld"),
+    )
+    .expect("export");
+
+    // The forged transition: same place, same new certificate, an
+    // authorization by a key that is neither fundraising's nor a CA's.
+    let valid = std::fs::read(dir.join("rotated-valid.hrld")).expect("read");
+    let stranger = SigningKey::from_bytes(&[0x5a; 32]);
+    let mut out = valid[..8].to_vec();
+    let mut at = 8;
+    while at < valid.len() {
+        let len = u32::from_le_bytes(valid[at..at + 4].try_into().expect("len")) as usize;
+        let mut record = export::decode_record_v2(&valid[at + 4..at + 4 + len]).expect("record");
+        if let ExportRecordV2::Event(bytes) = &record {
+            let (envelope, mut header) =
+                herald::core::codec::decode_envelope(bytes).expect("envelope");
+            if header.event_type == KEY_TRANSITION_EVENT_TYPE {
+                let mut t = KeyTransition::decode(envelope.payload.as_deref().expect("payload"))
+                    .expect("transition");
+                t.authorization =
+                    sign_authorization(t.kind, &header.author, &t.new_cert, &stranger);
+                let payload = t.encode();
+                header.payload.hash = herald::core::crypto::sha256(&[&payload]);
+                let forged = herald::core::event::Envelope {
+                    header: herald::core::codec::encode_header(&header),
+                    signature: None,
+                    payload: Some(payload),
+                };
+                record = ExportRecordV2::Event(herald::core::codec::encode_envelope(&forged));
+            }
+        }
+        let body = postcard::to_stdvec(&record).expect("encode");
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        at += 4 + len;
+    }
+    std::fs::write(dir.join("rotated-forged-authorization.hrld"), out).expect("write");
+}
+
+/// Rewrites only the key-transition vectors and their expected reports.
+#[test]
+#[ignore = "rewrites the key-transition vectors; run explicitly and review the expected reports"]
+fn regenerate_rotation_vectors() {
+    write_rotation_vectors(&vectors_dir());
+    for case in CASES.iter().filter(|c| c.name.starts_with("rotated-")) {
         let projected = auditor_expectation(case, run_case(case));
         let text = serde_json::to_string_pretty(&projected).expect("json") + "\n";
         std::fs::write(expected_path(case), text).expect("write expected");

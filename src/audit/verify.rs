@@ -235,6 +235,10 @@ struct FeedAudit {
     pending: u64,
     pending_from: Option<u64>,
     pending_to: u64,
+    /// The size of the tree the old key's checkpoint carried by the feed's
+    /// last key transition vouches for (checked against this tree): those
+    /// events are authentic whatever becomes of the transition.
+    carried_covers: u64,
 }
 
 /// A checkpoint signed by the feed's author, and whether it passed the
@@ -262,7 +266,8 @@ impl FeedAudit {
             .checkpoint
             .as_ref()
             .filter(|c| c.verified)
-            .map_or(0, |c| c.checkpoint.size());
+            .map_or(0, |c| c.checkpoint.size())
+            .max(self.carried_covers);
         let first = covered.max(from);
         (first < self.pending_to).then(|| (first, (self.pending_to - first).min(self.pending)))
     }
@@ -447,16 +452,19 @@ impl<'a> Auditor<'a> {
             return;
         };
         let key_before = *verifier.key();
+        // A key transition carries the old key's checkpoint of the events
+        // before it: it must be that key's, over this very tree; then it
+        // vouches for them even if the transition itself is refused.
+        let carried = check_transition_checkpoint(&self.cluster, &event, &key_before, &feed.tree);
+        if carried == Ok(true) {
+            feed.carried_covers = feed.carried_covers.max(event.header().seq);
+        }
         let checked = if event.is_sealed() {
             verifier.check_next_pending_checkpoint(&self.options.trust, &event)
         } else {
             verifier.check_next_with(&self.options.trust, &event, verdict)
         };
-        // A key transition carries the old key's checkpoint of the events
-        // before it: it must be that key's, over this very tree.
-        let checked = checked.and_then(|()| {
-            check_transition_checkpoint(&self.cluster, &event, &key_before, &feed.tree)
-        });
+        let checked = checked.and(carried.map(|_| ()));
         if verifier.key() != &key_before {
             feed.earlier_keys.push(key_before);
         }
@@ -1002,17 +1010,17 @@ impl<'a> Auditor<'a> {
 /// otherwise whether it decrypted.
 /// For a key transition: its old-key checkpoint must be signed by
 /// `old_key` and be of the feed's tree `before` it (the events before the
-/// transition). Other events pass.
+/// transition): `Ok(true)` when it is. Other events pass (`Ok(false)`).
 fn check_transition_checkpoint(
     cluster: &str,
     event: &DecodedEvent,
     old_key: &VerifyingKey,
     before: &merkle::Frontier,
-) -> Result<(), Rejection> {
+) -> Result<bool, Rejection> {
     use crate::core::transition::{KEY_TRANSITION_EVENT_TYPE, KeyTransition};
     let h = event.header();
     if h.event_type != KEY_TRANSITION_EVENT_TYPE {
-        return Ok(());
+        return Ok(false);
     }
     let refuse = |found: String| {
         Rejection::new(
@@ -1038,7 +1046,7 @@ fn check_transition_checkpoint(
             hex::encode(old.root())
         )));
     }
-    Ok(())
+    Ok(true)
 }
 
 fn decrypt_check(event: &DecodedEvent, keys: &[ChannelKey]) -> Option<bool> {

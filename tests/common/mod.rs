@@ -123,8 +123,9 @@ where
     }
 }
 
-/// Every event `log` holds of `feed`, and the seal its latest checkpoint
-/// gives them (format-2 events are authentic only through one).
+/// Every event `log` holds of `feed`, and the seals that authenticate them
+/// (format-2 events are authentic only through one): one per run between
+/// key transitions, as a peer sends them (docs/PROTOCOL.md, *Seals*).
 pub fn sealed_feed(log: &Log, feed: &str) -> (Vec<Vec<u8>>, Vec<herald::core::wire::Seal>) {
     let events: Vec<Vec<u8>> = log
         .read(feed, 0..=u64::MAX)
@@ -132,12 +133,15 @@ pub fn sealed_feed(log: &Log, feed: &str) -> (Vec<Vec<u8>>, Vec<herald::core::wi
         .into_iter()
         .map(|e| e.envelope)
         .collect();
-    let seal = log
-        .seal_for(feed, events.len() as u64)
-        .expect("seal")
-        .into_iter()
+    let transitions = log.key_transitions(feed);
+    let ends = transitions
+        .iter()
+        .map(|t| t.seq)
+        .chain([events.len() as u64]);
+    let seals = ends
+        .filter_map(|end| log.seal_for(feed, end).expect("seal"))
         .collect();
-    (events, seal)
+    (events, seals)
 }
 
 /// Hands every event `from` holds of `feed` to `to`, as a peer would:
