@@ -565,3 +565,97 @@ async fn a_peer_that_was_away_catches_up_across_the_transition_through_a_relay()
     let report = export_and_verify(&net, "c", &[]);
     assert_eq!(report["valid"], true, "{report:#}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotation_to_a_certificate_the_ca_does_not_admit_is_refused() {
+    let net = Net::mesh(&["a", "b"]);
+    let cluster = Cluster::start(&net, &["a", "b"]).await;
+    let keys = net.keys();
+    let (a_key, a_cert) = (keys.join("a.key"), keys.join("a.crt"));
+    let saved = (
+        std::fs::read(&a_key).unwrap(),
+        std::fs::read(&a_cert).unwrap(),
+    );
+    let old = key_of(&net, "a.key");
+    // Puts `key` and `cert` in a's place with an authorization for them
+    // signed by a's key: only the certificate is wrong.
+    let install = |key: &[u8], cert: &[u8]| {
+        std::fs::write(&a_key, key).unwrap();
+        std::fs::write(&a_cert, cert).unwrap();
+        let der = herald::identity::read_cert_pem(&a_cert).unwrap();
+        let authorization = TransitionAuthorization {
+            kind: TransitionKind::Rotation,
+            service: "a".into(),
+            cert_sha256: cert_digest(&der),
+            signature: sign_authorization(TransitionKind::Rotation, "a", &der, &old),
+        };
+        std::fs::write(transition_path(&a_cert), authorization.to_text()).unwrap();
+    };
+    // Another service's certificate, one from another cluster's CA, and a
+    // new certificate for a that is already revoked.
+    let foreign = tempfile::tempdir().unwrap();
+    herald::config::init_cluster(foreign.path(), &["a".to_string()], 17600, 30, false).unwrap();
+    let foreign_keys = foreign.path().join("keys");
+    let now = herald::clock::now_us();
+    let day = 86_400_000_000;
+    let revoked_dir = tempfile::tempdir().unwrap();
+    for f in ["ca.crt", "ca.key"] {
+        std::fs::copy(keys.join(f), revoked_dir.path().join(f)).unwrap();
+    }
+    herald::identity::issue_node_with_validity(revoked_dir.path(), "a", now - day, now + day, true)
+        .unwrap();
+    herald::identity::revoke_with_status(revoked_dir.path(), "a", None).unwrap();
+    std::fs::copy(
+        revoked_dir.path().join("revoked.toml"),
+        keys.join("revoked.toml"),
+    )
+    .unwrap();
+    net.edit("a", |c| c.revoked = Some(keys.join("revoked.toml")));
+    let read = |dir: &Path, f: &str| std::fs::read(dir.join(f)).unwrap();
+    let cases = [
+        (
+            "another service's",
+            read(&keys, "b.key"),
+            read(&keys, "b.crt"),
+            "b",
+        ),
+        (
+            "another CA's",
+            read(&foreign_keys, "a.key"),
+            read(&foreign_keys, "a.crt"),
+            "CA",
+        ),
+        (
+            "a revoked",
+            read(revoked_dir.path(), "a.key"),
+            read(revoked_dir.path(), "a.crt"),
+            "revoked",
+        ),
+    ];
+    let first = cluster.nodes.read().await["a"]
+        .proclaim("note", b"a", vec![])
+        .await
+        .expect("a proclaims");
+    cluster.wait_for("b", "a", first.seq).await;
+    for (what, key, cert, why) in cases {
+        install(&key, &cert);
+        let e = match cluster.nodes.read().await["a"].reload().await {
+            Ok(report) => panic!("{what} certificate: the reload must be refused: {report:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("nothing changed") && e.contains("a.crt") && e.contains(why),
+            "{what} certificate: {e}"
+        );
+        std::fs::write(&a_key, &saved.0).unwrap();
+        std::fs::write(&a_cert, &saved.1).unwrap();
+        // The feed is unchanged and goes on under a's key.
+        let receipt = cluster.nodes.read().await["a"]
+            .proclaim("note", what.as_bytes(), vec![])
+            .await
+            .expect("a proclaims");
+        cluster.wait_for("b", "a", receipt.seq).await;
+        assert!(transitions(cluster.nodes.read().await["b"].log(), "a").is_empty());
+    }
+    cluster.shutdown().await;
+}
