@@ -5,7 +5,6 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::de::DeserializeOwned;
 
 use http_body_util::BodyExt as _;
 
@@ -140,7 +139,10 @@ async fn drain(mut body: Body) {
 /// Decodes `text` as `T`. A syntax error is `invalid_json` with its line
 /// and column; a value that does not fit is `invalid_field` naming the field
 /// by its path (`[3].type`) under `prefix`.
-pub fn decode_json<T: DeserializeOwned>(text: &[u8], prefix: &str) -> Result<T, ApiError> {
+pub fn decode_json<'a, T: serde::Deserialize<'a>>(
+    text: &'a [u8],
+    prefix: &str,
+) -> Result<T, ApiError> {
     // Tracking the path costs on every field; it is only needed to name
     // the field of an error, so a body is decoded again with it only then.
     if let Ok(value) = serde_json::from_slice(text) {

@@ -303,11 +303,18 @@ pub fn parse_line(text: &[u8], line: u64, channel: Option<&str>) -> Result<WireD
         }
     };
     let draft = WireDraft {
-        event_type: input.event_type,
+        event_type: input.event_type.into_owned(),
         schema_version: input.schema_version,
         payload,
-        meta: input.meta.into_iter().collect(),
-        channel: input.channel.or_else(|| channel.map(str::to_owned)),
+        meta: input
+            .meta
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+        channel: input
+            .channel
+            .map(std::borrow::Cow::into_owned)
+            .or_else(|| channel.map(str::to_owned)),
     };
     draft
         .check()
