@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::net::Net;
+use common::publishing::Publishing;
 use herald::core::wire::ALPN_CLIENT;
 use herald::identity::{RevocationList, TrustAnchor, read_cert_pem};
 use herald::net::{self, TlsIdentity};
 use herald::node::Node;
 use herald::node::client::{ClientRequest, ClientResponse};
-use tokio::sync::RwLock;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 
@@ -51,95 +51,30 @@ fn assert_ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// The running nodes, and the last sequence number each one's own feed
-/// reached by its receipts.
-struct Cluster {
-    nodes: RwLock<BTreeMap<String, Node>>,
-    last: std::sync::Mutex<BTreeMap<String, u64>>,
-    errors: std::sync::Mutex<Vec<String>>,
-}
-
-impl Cluster {
-    /// Publishes one event on every running node, then sleeps a little,
-    /// until `stop`.
-    async fn publish_until(self: Arc<Self>, stop: Arc<AtomicBool>) {
-        let mut i = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            {
-                let nodes = self.nodes.read().await;
-                for (name, node) in nodes.iter() {
-                    match node
-                        .proclaim("note", format!("{name} {i}").as_bytes(), vec![])
-                        .await
-                    {
-                        Ok(receipt) => {
-                            self.last.lock().unwrap().insert(name.clone(), receipt.seq);
-                        }
-                        Err(e) => self.errors.lock().unwrap().push(format!("{name}: {e}")),
-                    }
-                }
+/// Stops `name` and starts it again from its config (so it reloads the CA
+/// bundle, its certificate and key), while the others keep publishing;
+/// waits until it holds what the others published.
+async fn restart(cluster: &Publishing, net: &Net, name: &str) {
+    let node = cluster.nodes.write().await.remove(name).expect("running");
+    node.shutdown().await;
+    // The stopped node's UDP socket closes once its last task lets go of
+    // it, which on a busy machine may take a moment after shutdown.
+    let node = common::wait_async(
+        &format!("{name} to restart"),
+        Duration::from_secs(20),
+        || async {
+            match Node::start(&net.config(name)).await {
+                Ok(node) => Ok(Ok(node)),
+                Err(e) if e.to_string().contains("Address already in use") => Err(e.to_string()),
+                Err(e) => Ok(Err(e)),
             }
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-    }
-
-    fn last(&self, node: &str) -> u64 {
-        self.last.lock().unwrap().get(node).copied().unwrap_or(0)
-    }
-
-    /// Stops `name` and starts it again from its config (so it reloads the
-    /// CA bundle, its certificate and key), while the others keep
-    /// publishing; waits until it holds what the others published.
-    async fn restart(&self, net: &Net, name: &str) {
-        let node = self.nodes.write().await.remove(name).expect("running");
-        node.shutdown().await;
-        // The stopped node's UDP socket closes once its last task lets go
-        // of it, which on a busy machine may take a moment after shutdown.
-        let node = common::wait_async(
-            &format!("{name} to restart"),
-            Duration::from_secs(20),
-            || async {
-                match Node::start(&net.config(name)).await {
-                    Ok(node) => Ok(Ok(node)),
-                    Err(e) if e.to_string().contains("Address already in use") => {
-                        Err(e.to_string())
-                    }
-                    Err(e) => Ok(Err(e)),
-                }
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("restart {name}: {e}"));
-        self.nodes.write().await.insert(name.to_string(), node);
-        for other in NODES.iter().filter(|n| **n != name) {
-            let seq = self.last(other);
-            self.wait_for(name, other, seq).await;
-        }
-    }
-
-    /// Waits until `at` holds `feed` up to `seq`.
-    async fn wait_for(&self, at: &str, feed: &str, seq: u64) {
-        common::wait_async(
-            &format!("{at} to hold {feed} up to {seq}"),
-            Duration::from_secs(60),
-            || async {
-                let nodes = self.nodes.read().await;
-                let node = nodes.get(at).ok_or("not running")?;
-                let head = node
-                    .log()
-                    .heads()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .find(|h| h.feed == feed)
-                    .map(|h| h.seq);
-                match head {
-                    Some(h) if h >= seq => Ok(()),
-                    other => Err(format!("head {other:?}")),
-                }
-            },
-        )
-        .await
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restart {name}: {e}"));
+    cluster.nodes.write().await.insert(name.to_string(), node);
+    for other in NODES.iter().filter(|n| **n != name) {
+        cluster.wait_for(name, other, cluster.last(other)).await;
     }
 }
 
@@ -182,18 +117,13 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
     let ca1_only = TrustAnchor::load(&bundle, None).expect("CA 1");
     let cluster_key = ca1_only.ca_public_key();
 
-    let mut started = BTreeMap::new();
-    for name in NODES {
-        let node = Node::start(&net.config(name)).await.expect("start");
-        started.insert(name.to_string(), node);
-    }
-    let cluster = Arc::new(Cluster {
-        nodes: RwLock::new(started),
-        last: Default::default(),
-        errors: Default::default(),
-    });
+    let cluster = Publishing::start(&net, &NODES).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(cluster.clone().publish_until(stop.clone()));
+    let publisher = tokio::spawn(
+        cluster
+            .clone()
+            .publish_until(stop.clone(), Duration::from_millis(30)),
+    );
     for name in NODES {
         for other in NODES {
             cluster.wait_for(name, other, 3).await;
@@ -210,7 +140,7 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
     assert_eq!(two.cas().len(), 2);
     assert_eq!(two.ca_public_key(), cluster_key, "the cluster keeps its id");
     for name in NODES {
-        cluster.restart(&net, name).await;
+        restart(&cluster, &net, name).await;
     }
 
     // 2. Re-issue every node under CA 2 for its same key, and restart it:
@@ -233,7 +163,7 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
             "--days",
             days,
         ]));
-        cluster.restart(&net, name).await;
+        restart(&cluster, &net, name).await;
     }
     // Before the retirement, CA 1's certificates still connect.
     let c_old = TlsIdentity::from_files(
@@ -264,7 +194,7 @@ async fn a_ca_rollover_with_the_cluster_replicating_throughout() {
         "the cluster keeps its id"
     );
     for name in NODES {
-        cluster.restart(&net, name).await;
+        restart(&cluster, &net, name).await;
     }
     // The cluster keeps replicating after the retirement.
     let after: BTreeMap<&str, u64> = NODES.iter().map(|n| (*n, cluster.last(n) + 3)).collect();

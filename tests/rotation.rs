@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::net::Net;
+use common::publishing::Publishing;
 use ed25519_dalek::SigningKey;
 use herald::core::transition::{TransitionKind, cert_digest, sign_authorization};
 use herald::identity::transition::{TransitionAuthorization, transition_path};
 use herald::node::Node;
-use tokio::sync::RwLock;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 const WAIT: Duration = Duration::from_secs(60);
@@ -74,92 +74,12 @@ fn key_of(net: &Net, file: &str) -> SigningKey {
     herald::identity::pem::read_private_key(&net.keys().join(file)).expect("read key")
 }
 
-/// The running nodes and the last sequence number each one's receipts
-/// reached.
-struct Cluster {
-    nodes: RwLock<BTreeMap<String, Node>>,
-    last: std::sync::Mutex<BTreeMap<String, u64>>,
-    errors: std::sync::Mutex<Vec<String>>,
-}
-
-impl Cluster {
-    async fn start(net: &Net, names: &[&str]) -> Arc<Cluster> {
-        let mut nodes = BTreeMap::new();
-        for name in names {
-            let node = Node::start(&net.config(name))
-                .await
-                .unwrap_or_else(|e| panic!("start {name}: {e}"));
-            nodes.insert(name.to_string(), node);
-        }
-        Arc::new(Cluster {
-            nodes: RwLock::new(nodes),
-            last: Default::default(),
-            errors: Default::default(),
-        })
-    }
-
-    /// Publishes one event on every node, then sleeps a little, until
-    /// `stop`.
-    async fn publish_until(self: Arc<Self>, stop: Arc<AtomicBool>) {
-        let mut i = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            for (name, node) in self.nodes.read().await.iter() {
-                match node
-                    .proclaim("note", format!("{name} {i}").as_bytes(), vec![])
-                    .await
-                {
-                    Ok(receipt) => {
-                        self.last.lock().unwrap().insert(name.clone(), receipt.seq);
-                    }
-                    Err(e) => self.errors.lock().unwrap().push(format!("{name}: {e}")),
-                }
-            }
-            i += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn last(&self, node: &str) -> u64 {
-        self.last.lock().unwrap().get(node).copied().unwrap_or(0)
-    }
-
-    /// Waits until every node holds every feed up to where its author's
-    /// receipts reached.
-    async fn converge(&self) {
-        for at in NODES {
-            for feed in NODES {
-                self.wait_for(at, feed, self.last(feed)).await;
-            }
-        }
-    }
-
-    async fn wait_for(&self, at: &str, feed: &str, seq: u64) {
-        common::wait_async(
-            &format!("{at} to hold {feed} up to {seq}"),
-            WAIT,
-            || async {
-                let nodes = self.nodes.read().await;
-                let node = nodes.get(at).ok_or("not running")?;
-                let head = node
-                    .log()
-                    .heads()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .find(|h| h.feed == feed)
-                    .map(|h| h.seq);
-                match head {
-                    Some(h) if h >= seq => Ok(()),
-                    other => Err(format!("head {other:?}")),
-                }
-            },
-        )
-        .await
-    }
-
-    async fn shutdown(&self) {
-        let nodes = std::mem::take(&mut *self.nodes.write().await);
-        for (_, node) in nodes {
-            node.shutdown().await;
+/// Waits until every node of `cluster` holds every feed up to where its
+/// author's receipts reached.
+async fn converge(cluster: &Publishing) {
+    for at in NODES {
+        for feed in NODES {
+            cluster.wait_for(at, feed, cluster.last(feed)).await;
         }
     }
 }
@@ -228,10 +148,12 @@ fn prove_and_check(net: &Net, name: &str, feed: &str, seq: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_node_rotates_its_key_while_all_three_publish() {
     let net = Net::mesh(&NODES);
-    let cluster = Cluster::start(&net, &NODES).await;
+    let cluster = Publishing::start(&net, &NODES).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = tokio::spawn(Arc::clone(&cluster).publish_until(Arc::clone(&stop)));
-    cluster.converge().await;
+    let publisher = tokio::spawn(
+        Arc::clone(&cluster).publish_until(Arc::clone(&stop), Duration::from_millis(20)),
+    );
+    converge(&cluster).await;
 
     let mut moved_at = BTreeMap::new();
     for name in NODES {
@@ -273,7 +195,7 @@ async fn every_node_rotates_its_key_while_all_three_publish() {
         "publishing never failed: {:?}",
         cluster.errors.lock().unwrap()
     );
-    cluster.converge().await;
+    converge(&cluster).await;
     // No connection was lost: every node still has both peers.
     for (name, node) in cluster.nodes.read().await.iter() {
         for peer in node.status().await.peers {
@@ -311,7 +233,7 @@ async fn every_node_rotates_its_key_while_all_three_publish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_transition_without_its_authorization_is_refused_and_changes_nothing() {
     let net = Net::mesh(&["a", "b"]);
-    let cluster = Cluster::start(&net, &["a", "b"]).await;
+    let cluster = Publishing::start(&net, &["a", "b"]).await;
     let keys = net.keys();
     let a_cert = keys.join("a.crt");
     let saved_key = std::fs::read(keys.join("a.key")).unwrap();
@@ -378,7 +300,7 @@ async fn a_transition_without_its_authorization_is_refused_and_changes_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_recovery_by_the_ca_carries_the_feed_past_a_stolen_keys_cut_off() {
     let net = Net::mesh(&NODES);
-    let cluster = Cluster::start(&net, &NODES).await;
+    let cluster = Publishing::start(&net, &NODES).await;
     let mut owned = 0;
     for i in 0..5 {
         owned = cluster.nodes.read().await["c"]
@@ -528,7 +450,7 @@ async fn a_peer_that_was_away_catches_up_across_the_transition_through_a_relay()
         "b" => vec!["a".into(), "c".into()],
         _ => vec!["b".into()],
     });
-    let cluster = Cluster::start(&net, &["a", "b"]).await;
+    let cluster = Publishing::start(&net, &["a", "b"]).await;
     let publish = |n: u64, what: &'static str| {
         let cluster = Arc::clone(&cluster);
         async move {
@@ -569,7 +491,7 @@ async fn a_peer_that_was_away_catches_up_across_the_transition_through_a_relay()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_to_a_certificate_the_ca_does_not_admit_is_refused() {
     let net = Net::mesh(&["a", "b"]);
-    let cluster = Cluster::start(&net, &["a", "b"]).await;
+    let cluster = Publishing::start(&net, &["a", "b"]).await;
     let keys = net.keys();
     let (a_key, a_cert) = (keys.join("a.key"), keys.join("a.crt"));
     let saved = (

@@ -1570,19 +1570,7 @@ fn write_sealed_vectors(dir: &Path) {
     // Rewrites the valid file record by record.
     let valid = std::fs::read(dir.join("sealed-valid.hrld")).expect("read");
     let rewrite = |name: &str, edit: &dyn Fn(ExportRecordV2) -> Option<ExportRecordV2>| {
-        let mut out = valid[..8].to_vec();
-        let mut at = 8;
-        while at < valid.len() {
-            let len = u32::from_le_bytes(valid[at..at + 4].try_into().expect("len")) as usize;
-            let record = export::decode_record_v2(&valid[at + 4..at + 4 + len]).expect("record");
-            if let Some(record) = edit(record) {
-                let body = postcard::to_stdvec(&record).expect("encode");
-                out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-                out.extend_from_slice(&body);
-            }
-            at += 4 + len;
-        }
-        std::fs::write(dir.join(name), out).expect("write");
+        rewrite_export(&valid, &dir.join(name), edit)
     };
     let fundraising_event = |bytes: &[u8], seq: u64| {
         herald::core::codec::decode_envelope(bytes)
@@ -1708,11 +1696,7 @@ fn write_rotation_vectors(dir: &Path) {
     // authorization by a key that is neither fundraising's nor a CA's.
     let valid = std::fs::read(dir.join("rotated-valid.hrld")).expect("read");
     let stranger = SigningKey::from_bytes(&[0x5a; 32]);
-    let mut out = valid[..8].to_vec();
-    let mut at = 8;
-    while at < valid.len() {
-        let len = u32::from_le_bytes(valid[at..at + 4].try_into().expect("len")) as usize;
-        let mut record = export::decode_record_v2(&valid[at + 4..at + 4 + len]).expect("record");
+    let forge = |mut record: ExportRecordV2| {
         if let ExportRecordV2::Event(bytes) = &record {
             let (envelope, mut header) =
                 herald::core::codec::decode_envelope(bytes).expect("envelope");
@@ -1731,12 +1715,35 @@ fn write_rotation_vectors(dir: &Path) {
                 record = ExportRecordV2::Event(herald::core::codec::encode_envelope(&forged));
             }
         }
-        let body = postcard::to_stdvec(&record).expect("encode");
-        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        out.extend_from_slice(&body);
+        Some(record)
+    };
+    rewrite_export(
+        &valid,
+        &dir.join("rotated-forged-authorization.hrld"),
+        &forge,
+    );
+}
+
+/// Writes `valid` (a format-2 export) to `path` record by record, each
+/// record through `edit` (`None` leaves it out).
+fn rewrite_export(
+    valid: &[u8],
+    path: &Path,
+    edit: &dyn Fn(ExportRecordV2) -> Option<ExportRecordV2>,
+) {
+    let mut out = valid[..8].to_vec();
+    let mut at = 8;
+    while at < valid.len() {
+        let len = u32::from_le_bytes(valid[at..at + 4].try_into().expect("len")) as usize;
+        let record = export::decode_record_v2(&valid[at + 4..at + 4 + len]).expect("record");
+        if let Some(record) = edit(record) {
+            let body = postcard::to_stdvec(&record).expect("encode");
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&body);
+        }
         at += 4 + len;
     }
-    std::fs::write(dir.join("rotated-forged-authorization.hrld"), out).expect("write");
+    std::fs::write(path, out).expect("write");
 }
 
 /// Rewrites only the key-transition vectors and their expected reports.

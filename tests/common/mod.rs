@@ -8,6 +8,7 @@ use herald::store::Log;
 
 pub mod attack;
 pub mod net;
+pub mod publishing;
 
 /// A provisioned cluster directory (`herald init` layout).
 pub struct Cluster {
