@@ -239,6 +239,9 @@ struct FeedAudit {
     /// last key transition vouches for (checked against this tree): those
     /// events are authentic whatever becomes of the transition.
     carried_covers: u64,
+    /// How many events were pending when that checkpoint was found (all of
+    /// them before the transition, so all authenticated by it).
+    pending_at_carried: u64,
 }
 
 /// A checkpoint signed by the feed's author, and whether it passed the
@@ -262,13 +265,18 @@ impl FeedAudit {
     /// and from which sequence number.
     fn unauthenticated(&self) -> Option<(u64, u64)> {
         let from = self.pending_from?;
-        let covered = self
+        let checkpointed = self
             .checkpoint
             .as_ref()
             .filter(|c| c.verified)
-            .map_or(0, |c| c.checkpoint.size())
-            .max(self.carried_covers);
-        let first = covered.max(from);
+            .map_or(0, |c| c.checkpoint.size());
+        if self.carried_covers > checkpointed {
+            // Exactly the events noted after the transition's checkpoint.
+            let first = self.carried_covers.max(from);
+            let count = self.pending - self.pending_at_carried;
+            return (first < self.pending_to && count > 0).then_some((first, count));
+        }
+        let first = checkpointed.max(from);
         (first < self.pending_to).then(|| (first, (self.pending_to - first).min(self.pending)))
     }
 
@@ -456,8 +464,9 @@ impl<'a> Auditor<'a> {
         // before it: it must be that key's, over this very tree; then it
         // vouches for them even if the transition itself is refused.
         let carried = check_transition_checkpoint(&self.cluster, &event, &key_before, &feed.tree);
-        if carried == Ok(true) {
-            feed.carried_covers = feed.carried_covers.max(event.header().seq);
+        if carried == Ok(true) && event.header().seq > feed.carried_covers {
+            feed.carried_covers = event.header().seq;
+            feed.pending_at_carried = feed.pending;
         }
         let checked = if event.is_sealed() {
             verifier.check_next_pending_checkpoint(&self.options.trust, &event)
@@ -923,11 +932,14 @@ impl<'a> Auditor<'a> {
                 continue;
             };
             f.verified = f.verified.saturating_sub(count);
+            // The feed's own checkpoint, or the old key's checkpoint a key
+            // transition carried, whichever covers more.
             let size = f
                 .checkpoint
                 .as_ref()
                 .filter(|c| c.verified)
-                .map(|c| c.checkpoint.size());
+                .map(|c| c.checkpoint.size())
+                .max((f.carried_covers > 0).then_some(f.carried_covers));
             found.push((feed.clone(), first, f.pending_to, size));
         }
         for (feed, first, end, size) in found {
