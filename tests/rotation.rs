@@ -408,8 +408,34 @@ fn a_node_killed_around_its_transition_starts_again_on_one_key() {
     let report = export_and_verify(&net, "a", &[]);
     assert_eq!(report["valid"], true, "{report:#}");
     let log = herald::store::Log::open(&net.config("a")).expect("open a");
-    assert_eq!(transitions(&log, "a").len(), 3, "one transition per round");
+    let moved = transitions(&log, "a");
+    assert_eq!(moved.len(), 3, "one transition per round");
     log.close();
+    // The stopped node's status, read from its store, shows the feed on the
+    // key of a's current certificate and where it moved.
+    let out = herald(&["status", "--config", s(&net.config_path("a")), "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&assert_ok(&out)).expect("JSON");
+    let cert = herald::identity::read_cert_pem(&net.keys().join("a.crt")).expect("a.crt");
+    let key = net
+        .trust()
+        .admit_author("a", &cert)
+        .expect("admitted")
+        .public_key;
+    assert_eq!(
+        status["feed_key"]["public_key"],
+        hex::encode(key),
+        "{status}"
+    );
+    assert_eq!(
+        status["feed_key"]["transitions"],
+        serde_json::json!(moved),
+        "{status}"
+    );
+    let text = assert_ok(&herald(&["status", "--config", s(&net.config_path("a"))]));
+    assert!(
+        text.contains(&format!("feed key: {}", hex::encode(key))),
+        "{text}"
+    );
 }
 
 /// Publishes one event through `name`'s running node (waiting for it to
