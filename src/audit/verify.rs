@@ -1048,16 +1048,9 @@ fn check_transition_checkpoint(
     let Some(transition) = event.payload().and_then(|p| KeyTransition::decode(p).ok()) else {
         return Err(refuse("no readable transition payload".into()));
     };
-    let old = checkpoint::open_checkpoint(cluster, &transition.final_checkpoint, old_key)
-        .map_err(|e| refuse(e.to_string()))?;
-    if old.feed() != h.author || old.size() != h.seq || *old.root() != before.root() {
-        return Err(refuse(format!(
-            "a checkpoint of {} at size {} with root {}",
-            old.feed(),
-            old.size(),
-            hex::encode(old.root())
-        )));
-    }
+    transition
+        .check_carried_checkpoint(cluster, &h.author, h.seq, old_key, before)
+        .map_err(refuse)?;
     Ok(true)
 }
 

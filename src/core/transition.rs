@@ -19,8 +19,10 @@
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
+use super::checkpoint;
 use super::crypto::{self, Hash};
 use super::limits::CERT_BYTES_MAX;
+use super::merkle::Frontier;
 
 /// Event type of a key transition.
 pub const KEY_TRANSITION_EVENT_TYPE: &str = "herald.key-transition";
@@ -160,6 +162,54 @@ impl KeyTransition {
         authorizer
             .verify_strict(&message, &Signature::from_bytes(&self.authorization))
             .is_ok()
+    }
+}
+
+impl KeyTransition {
+    /// Whether the authorization verifies under the key its kind needs:
+    /// the feed's current key `feed_key` for a rotation, one of `ca_keys`
+    /// (the cluster's CAs) for a recovery.
+    pub fn is_authorized(
+        &self,
+        author: &str,
+        feed_key: &VerifyingKey,
+        ca_keys: &[[u8; 32]],
+    ) -> bool {
+        match self.kind {
+            TransitionKind::Rotation => self.authorized_by(author, feed_key),
+            TransitionKind::Recovery => ca_keys.iter().any(|ca| {
+                VerifyingKey::from_bytes(ca).is_ok_and(|ca| self.authorized_by(author, &ca))
+            }),
+        }
+    }
+
+    /// Checks the old key's checkpoint this transition of `author`'s feed
+    /// at `seq` carries: signed by `old_key` (the key in force before it),
+    /// of the feed's origin in `cluster`, over exactly the tree `before`
+    /// (the `seq` events before the transition). Says what is wrong if not.
+    pub fn check_carried_checkpoint(
+        &self,
+        cluster: &str,
+        author: &str,
+        seq: u64,
+        old_key: &VerifyingKey,
+        before: &Frontier,
+    ) -> Result<(), String> {
+        let old = checkpoint::open_checkpoint(cluster, &self.final_checkpoint, old_key)
+            .map_err(|e| e.to_string())?;
+        if old.feed() != author
+            || old.size() != seq
+            || before.size() != seq
+            || *old.root() != before.root()
+        {
+            return Err(format!(
+                "a checkpoint of {} at size {} with root {}, not of the feed's {seq} events before the transition",
+                old.feed(),
+                old.size(),
+                hex::encode(old.root())
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -1369,14 +1369,9 @@ pub(crate) fn transition_own_feed(
         authorization: authorization.signature,
         final_checkpoint: checkpoints::author_only(signer.cluster(), &stored)?.into_bytes(),
     };
-    let authorized = match transition.kind {
-        TransitionKind::Rotation => ed25519_dalek::VerifyingKey::from_bytes(&current.public_key)
-            .is_ok_and(|old| transition.authorized_by(service, &old)),
-        TransitionKind::Recovery => trust.cas().iter().any(|ca| {
-            ed25519_dalek::VerifyingKey::from_bytes(&ca.public_key())
-                .is_ok_and(|ca| transition.authorized_by(service, &ca))
-        }),
-    };
+    let ca_keys: Vec<[u8; 32]> = trust.cas().iter().map(|ca| ca.public_key()).collect();
+    let authorized = ed25519_dalek::VerifyingKey::from_bytes(&current.public_key)
+        .is_ok_and(|old| transition.is_authorized(service, &old, &ca_keys));
     if !authorized {
         return Err(refuse(format!(
             "the {} authorization next to the certificate does not verify under {} (was the key rotated twice before the node switched?)",

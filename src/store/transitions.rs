@@ -85,10 +85,23 @@ pub fn checkpoint_before(t: &TransitionPoint) -> Result<super::StoredCheckpoint,
 
 /// Every transition held, by feed, in order.
 pub(crate) fn read_all(conn: &Connection) -> Result<Vec<TransitionPoint>, LogError> {
-    let mut statement = conn.prepare_cached(
-        "SELECT feed, seq, old_cert, new_cert, checkpoint FROM key_transitions ORDER BY feed, seq",
-    )?;
-    let rows = statement.query_map([], |r| {
+    read_where(conn, "", [])
+}
+
+/// The transitions of `feed`, in order.
+pub fn read_feed(conn: &Connection, feed: &str) -> Result<Vec<TransitionPoint>, LogError> {
+    read_where(conn, "WHERE feed = ?1", [feed])
+}
+
+fn read_where<P: rusqlite::Params>(
+    conn: &Connection,
+    filter: &str,
+    params: P,
+) -> Result<Vec<TransitionPoint>, LogError> {
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT feed, seq, old_cert, new_cert, checkpoint FROM key_transitions {filter} ORDER BY feed, seq"
+    ))?;
+    let rows = statement.query_map(params, |r| {
         Ok(TransitionPoint {
             feed: r.get(0)?,
             seq: r.get::<_, i64>(1)? as u64,
@@ -98,14 +111,6 @@ pub(crate) fn read_all(conn: &Connection) -> Result<Vec<TransitionPoint>, LogErr
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// The transitions of `feed`, in order.
-pub fn read_feed(conn: &Connection, feed: &str) -> Result<Vec<TransitionPoint>, LogError> {
-    Ok(read_all(conn)?
-        .into_iter()
-        .filter(|t| t.feed == feed)
-        .collect())
 }
 
 /// How many transitions the store holds (the cache reloads when it grows).

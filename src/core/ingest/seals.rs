@@ -246,16 +246,9 @@ fn run_key<A: AuthorAdmission>(
         .payload()
         .and_then(|p| KeyTransition::decode(p).ok())
         .ok_or_else(|| format!("the key transition {feed}/{seq} has no readable payload"))?;
-    let old = checkpoint::open_checkpoint(cx.cluster, &transition.final_checkpoint, current)
+    transition
+        .check_carried_checkpoint(cx.cluster, feed, seq, current, held)
         .map_err(|e| format!("the old key's checkpoint in key transition {feed}/{seq}: {e}"))?;
-    if old.feed() != feed || old.size() != held.size() || *old.root() != held.root() {
-        return Err(format!(
-            "the old key's checkpoint in key transition {feed}/{seq} is of {} at size {}, not of the feed's {} events before it",
-            old.feed(),
-            old.size(),
-            held.size()
-        ));
-    }
     Ok(new_key)
 }
 

@@ -401,32 +401,26 @@ impl FeedVerifier {
         }
         let key = VerifyingKey::from_bytes(&cert.public_key)
             .map_err(|e| refuse("a valid Ed25519 public key", e.to_string()))?;
-        match transition.kind {
-            TransitionKind::Rotation => {
-                // A key past its revocation cut-off cannot hand the feed on.
-                check_cutoff(&self.cert, h)?;
-                if !transition.authorized_by(&self.cert.service, &self.key) {
-                    return Err(refuse(
-                        "a rotation authorized by the feed's current key",
-                        format!(
-                            "an authorization that does not verify under key {}",
-                            hx(&self.cert.public_key)
-                        ),
-                    ));
-                }
-            }
-            TransitionKind::Recovery => {
-                let by_a_ca = trust.ca_keys().iter().any(|ca| {
-                    VerifyingKey::from_bytes(ca)
-                        .is_ok_and(|ca| transition.authorized_by(&self.cert.service, &ca))
-                });
-                if !by_a_ca {
-                    return Err(refuse(
-                        "a recovery authorized by a CA of the cluster",
-                        "an authorization that no CA's key verifies".into(),
-                    ));
-                }
-            }
+        if transition.kind == TransitionKind::Rotation {
+            // A key past its revocation cut-off cannot hand the feed on.
+            check_cutoff(&self.cert, h)?;
+        }
+        if !transition.is_authorized(&self.cert.service, &self.key, &trust.ca_keys()) {
+            return Err(refuse(
+                match transition.kind {
+                    TransitionKind::Rotation => "a rotation authorized by the feed's current key",
+                    TransitionKind::Recovery => "a recovery authorized by a CA of the cluster",
+                },
+                match transition.kind {
+                    TransitionKind::Rotation => format!(
+                        "an authorization that does not verify under key {}",
+                        hx(&self.cert.public_key)
+                    ),
+                    TransitionKind::Recovery => {
+                        "an authorization that no CA's key verifies".to_string()
+                    }
+                },
+            ));
         }
         if transition.final_checkpoint.is_empty() {
             return Err(refuse(
