@@ -13,11 +13,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::cli::{assert_ok, herald, s};
 use common::net::Net;
 use common::publishing::Publishing;
 use herald::core::wire::ALPN_CLIENT;
@@ -27,29 +28,6 @@ use herald::node::Node;
 use herald::node::client::{ClientRequest, ClientResponse};
 
 const NODES: [&str; 3] = ["a", "b", "c"];
-
-fn herald(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .output()
-        .expect("run herald")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {} stderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Stops `name` and starts it again from its config (so it reloads the CA
 /// bundle, its certificate and key), while the others keep publishing;

@@ -11,11 +11,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::cli::{assert_ok, herald, s};
 use common::net::Net;
 use common::publishing::Publishing;
 use ed25519_dalek::SigningKey;
@@ -25,29 +26,6 @@ use herald::node::Node;
 
 const NODES: [&str; 3] = ["a", "b", "c"];
 const WAIT: Duration = Duration::from_secs(60);
-
-fn herald(args: &[&str]) -> Output {
-    Command::new(common::herald_bin())
-        .args(args)
-        .output()
-        .expect("run herald")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
-
-#[track_caller]
-fn assert_ok(o: &Output) -> String {
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "stdout: {} stderr: {}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 /// Issues `name` a new key and certificate and writes the transition's
 /// authorization next to it, signed by `authorizer` (the old key for a

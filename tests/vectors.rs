@@ -1536,23 +1536,7 @@ fn write_sealed_vectors(dir: &Path) {
         let payload = json!({"donor": donor, "amount_cents": cents});
         proclaim(&fundraising, "donation.received", payload, &[]);
     }
-    for (to, from, feed) in [
-        (&council, &fundraising, "fundraising"),
-        (&fundraising, &council, "council"),
-    ] {
-        let report = common::hand_over(from, to, feed);
-        assert_eq!(report.rejected, None, "{feed} handed over");
-    }
-    // Each gets its own checkpoint back, cosigned by the other.
-    for (log, from, feed) in [
-        (&council, &fundraising, "council"),
-        (&fundraising, &council, "fundraising"),
-    ] {
-        let cp = from.latest_checkpoint(feed).expect("checkpoint");
-        log.accept_checkpoint(cp.note.clone().into_bytes())
-            .expect("accept")
-            .expect("the checkpoint matches");
-    }
+    exchange_feeds(&council, &fundraising);
     fundraising.close();
     council.close();
     let now = herald::clock::now_us();
@@ -1600,6 +1584,27 @@ fn write_sealed_vectors(dir: &Path) {
         }
         other => Some(other),
     });
+}
+
+/// Hands each store the other's feed, then each its own checkpoint back
+/// cosigned by the other.
+fn exchange_feeds(council: &Log, fundraising: &Log) {
+    for (to, from, feed) in [
+        (council, fundraising, "fundraising"),
+        (fundraising, council, "council"),
+    ] {
+        let report = common::hand_over(from, to, feed);
+        assert_eq!(report.rejected, None, "{feed} handed over");
+    }
+    for (log, from, feed) in [
+        (council, fundraising, "council"),
+        (fundraising, council, "fundraising"),
+    ] {
+        let cp = from.latest_checkpoint(feed).expect("checkpoint");
+        log.accept_checkpoint(cp.note.clone().into_bytes())
+            .expect("accept")
+            .expect("the checkpoint matches");
+    }
 }
 
 /// Rewrites only the sealed-event vectors and their expected reports.
@@ -1663,22 +1668,7 @@ fn write_rotation_vectors(dir: &Path) {
     );
     donate(&fundraising, "D-4003", 4200);
     donate(&fundraising, "D-4004", 90);
-    for (to, from, feed) in [
-        (&council, &fundraising, "fundraising"),
-        (&fundraising, &council, "council"),
-    ] {
-        let report = common::hand_over(from, to, feed);
-        assert_eq!(report.rejected, None, "{feed} handed over");
-    }
-    for (log, from, feed) in [
-        (&council, &fundraising, "council"),
-        (&fundraising, &council, "fundraising"),
-    ] {
-        let cp = from.latest_checkpoint(feed).expect("checkpoint");
-        log.accept_checkpoint(cp.note.clone().into_bytes())
-            .expect("accept")
-            .expect("the checkpoint matches");
-    }
+    exchange_feeds(&council, &fundraising);
     fundraising.close();
     council.close();
     let council_key = vector_key(dir, "council");

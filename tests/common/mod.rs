@@ -7,6 +7,7 @@ use herald::config::NodeConfig;
 use herald::store::Log;
 
 pub mod attack;
+pub mod cli;
 pub mod net;
 pub mod publishing;
 
