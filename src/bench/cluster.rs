@@ -31,6 +31,15 @@ const BATCHES_IN_FLIGHT: usize = 8;
 const PACED_BATCH_EVENTS: usize = 32;
 /// Batches in flight in the paced run (the same events in flight as above).
 const PACED_BATCHES_IN_FLIGHT: usize = 64;
+/// Events a saturating publisher may have proclaimed that are not yet
+/// durable on every node: it waits for replication beyond this, as an
+/// async NATS JetStream publisher waits for its acknowledgements beyond
+/// its window (`nats-jetstream.sh`: 4,000 messages, each acknowledged once
+/// a quorum of R3 holds it). Without it the publisher runs ahead of its
+/// peers without bound, and the run measures how fast they catch up on a
+/// backlog read back from the store, not the rate the cluster sustains.
+/// The paced run is not held back: it submits on schedule.
+const PUBLISH_WINDOW_EVENTS: u64 = 4096;
 /// Seed of the WAN profile's proxies (the pair's index is added).
 const PROXY_SEED: u64 = 0x4845_5241_4c44;
 /// Longest the benchmark waits for the cluster to converge.
@@ -223,11 +232,22 @@ async fn publish_and_measure(
         Some(_) => (PACED_BATCH_EVENTS, PACED_BATCHES_IN_FLIGHT),
         None => (BATCH_EVENTS, BATCHES_IN_FLIGHT),
     };
+    // The feed's head before the run: the run's events follow it.
+    let base = min_head(std::slice::from_ref(&publisher), &feed).unwrap_or(0);
+    let window = rate_per_s.is_none().then_some(PUBLISH_WINDOW_EVENTS);
     let start = Instant::now();
     let deadline = start + CONVERGE_TIMEOUT + Duration::from_secs(events / 1000);
     // The last sequence number of the run, once known.
     let target = Arc::new(AtomicU64::new(u64::MAX));
-    let monitor = tokio::spawn(monitor_heads(all, feed, target.clone(), deadline));
+    // The lowest head of the feed across the nodes, as last sampled.
+    let everywhere = Arc::new(AtomicU64::new(base));
+    let monitor = tokio::spawn(monitor_heads(
+        all,
+        feed,
+        target.clone(),
+        everywhere.clone(),
+        deadline,
+    ));
     // (last seq of the batch, size, submitted at), in submission order.
     let mut durable_here: Vec<(u64, usize, Instant)> = Vec::new();
     let mut in_flight: VecDeque<(Pending, usize, Instant)> = VecDeque::new();
@@ -246,6 +266,11 @@ async fn publish_and_measure(
                 break;
             }
             let n = remaining.min(batch_events as u64) as usize;
+            let not_everywhere =
+                (base + submitted + n as u64).saturating_sub(everywhere.load(Ordering::Acquire));
+            if window.is_some_and(|w| not_everywhere > w) {
+                break;
+            }
             let drafts = (0..n).map(|_| (draft.clone(), channel.clone())).collect();
             in_flight.push_back((publisher.submit(drafts)?, n, Instant::now()));
             remaining -= n as u64;
@@ -306,6 +331,7 @@ async fn monitor_heads(
     logs: Vec<Arc<Log>>,
     feed: String,
     target: Arc<AtomicU64>,
+    everywhere: Arc<AtomicU64>,
     deadline: Instant,
 ) -> Result<Vec<(Instant, u64)>, BenchError> {
     let mut timeline: Vec<(Instant, u64)> = Vec::new();
@@ -313,6 +339,7 @@ async fn monitor_heads(
         if let Some(head) = min_head(&logs, &feed) {
             if timeline.last().is_none_or(|(_, seen)| *seen < head) {
                 timeline.push((Instant::now(), head));
+                everywhere.store(head, Ordering::Release);
             }
             if head >= target.load(Ordering::Acquire) {
                 return Ok(timeline);
