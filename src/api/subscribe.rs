@@ -102,7 +102,7 @@ async fn produce(
     state: ApiState,
     encoder: EventEncoder,
     reader: ReadFilter,
-    mut follower: Follower,
+    follower: Follower,
     chunks: mpsc::Sender<Bytes>,
     _permit: OwnedSemaphorePermit,
 ) {
@@ -113,38 +113,69 @@ async fn produce(
     if !send(&chunks, start, &mut shutdown).await {
         return;
     }
+    // The follower, while no read-ahead holds it.
+    let mut follower = Some(follower);
+    // The next batch, read while the one before it is encoded and sent:
+    // reading and encoding each take a large part of a stream's time, so on
+    // two cores they overlap. At most one batch is read ahead.
+    let mut ahead: Option<ReadAhead> = None;
     loop {
         if state.stopping() {
             return;
         }
-        let next = read_chunk(follower, encoder.clone(), reader.clone()).await;
-        let chunk = match next {
-            Ok((f, chunk)) => {
-                follower = f;
-                chunk
+        let outcome = match (ahead.take(), follower.take()) {
+            (Some(task), _) => joined(task.await),
+            (None, Some(f)) => {
+                let reader = reader.clone();
+                joined(tokio::task::spawn_blocking(move || read_batch(f, reader)).await)
             }
+            (None, None) => return,
+        };
+        let (f, batch, position) = match outcome {
+            Ok(read) => read,
             Err(e) => {
                 send(&chunks, error_event(&e), &mut shutdown).await;
                 return;
             }
         };
-        let position = follower.position();
-        let chunk = match chunk {
-            Some(chunk) => Some(chunk),
-            // Looked past events it did not want: say so, so a resuming
-            // client does not look at them again.
-            None if position > announced => Some(Bytes::from(format!("id: {position}\n\n"))),
-            None => None,
-        };
-        if let Some(chunk) = chunk {
+        if !batch.is_empty() {
+            let reader = reader.clone();
+            ahead = Some(tokio::task::spawn_blocking(move || read_batch(f, reader)));
+            let encoder = encoder.clone();
+            let encoded =
+                tokio::task::spawn_blocking(move || encode_batch(&encoder, &batch, position)).await;
+            let chunk = match encoded {
+                Ok(chunk) => chunk.unwrap_or_default(),
+                Err(e) => {
+                    let e = ApiError::task("encoding a stream", e);
+                    send(&chunks, error_event(&e), &mut shutdown).await;
+                    return;
+                }
+            };
             announced = position;
             if !send(&chunks, chunk, &mut shutdown).await {
                 return;
             }
             continue;
         }
+        let f = follower.insert(f);
+        if position > announced {
+            // Looked past events it did not want: say so, so a resuming
+            // client does not look at them again.
+            announced = position;
+            if !send(
+                &chunks,
+                Bytes::from(format!("id: {position}\n\n")),
+                &mut shutdown,
+            )
+            .await
+            {
+                return;
+            }
+            continue;
+        }
         tokio::select! {
-            more = follower.wait(Duration::from_millis(STREAM_KEEPALIVE_MS)) => {
+            more = f.wait(Duration::from_millis(STREAM_KEEPALIVE_MS)) => {
                 let keep_alive = Bytes::from_static(b": keep-alive\n\n");
                 if !more && !send(&chunks, keep_alive, &mut shutdown).await {
                     return;
@@ -169,21 +200,25 @@ async fn send(
     }
 }
 
-/// The next batch as one SSE chunk (`None`: nothing wanted was found),
-/// read and encoded off the runtime. The follower comes back with it.
-async fn read_chunk(
-    mut follower: Follower,
-    encoder: EventEncoder,
-    reader: ReadFilter,
-) -> Result<(Follower, Option<Bytes>), ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let mut batch = follower.next_batch()?;
-        batch.retain(|e| reader.allows(e));
-        let position = follower.position();
-        Ok((follower, encode_batch(&encoder, &batch, position)))
-    })
-    .await
-    .map_err(|e| ApiError::task("reading a stream", e))?
+/// A batch read ahead on the blocking pool.
+type ReadAhead = tokio::task::JoinHandle<Result<BatchRead, ApiError>>;
+/// The follower back, the batch's events the client may read, and the
+/// position the follower reached.
+type BatchRead = (Follower, Vec<StoredEvent>, u64);
+
+/// The next batch (blocking: run on the blocking pool). The follower comes
+/// back with it.
+fn read_batch(mut follower: Follower, reader: ReadFilter) -> Result<BatchRead, ApiError> {
+    let mut batch = follower.next_batch()?;
+    batch.retain(|e| reader.allows(e));
+    let position = follower.position();
+    Ok((follower, batch, position))
+}
+
+fn joined(
+    outcome: Result<Result<BatchRead, ApiError>, tokio::task::JoinError>,
+) -> Result<BatchRead, ApiError> {
+    outcome.map_err(|e| ApiError::task("reading a stream", e))?
 }
 
 /// SSE messages for `batch`, then an `id:`-only block if the follower
