@@ -10,7 +10,8 @@
 //!
 //! One task per stream reads batches of events from the store
 //! ([`Follower`]: pages of rows, not a query per event), encodes a whole
-//! batch into one body chunk off the runtime, and hands it to the connection
+//! batch into one body chunk off the runtime while the next batch is read
+//! (at most one ahead, so the two overlap on two cores), and hands it to the connection
 //! through a small queue ([`STREAM_BUFFER_BATCHES`]), so a slow client holds
 //! the reader back instead of filling memory. Idle, it waits on the log's
 //! change notification and sends a keep-alive comment every
