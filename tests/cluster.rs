@@ -1272,13 +1272,7 @@ fn status_query_and_graceful_shutdown_of_processes() {
         .arg(net.config_path("a"))
         .output()
         .expect("run herald query");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "herald query: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli::assert_ok(&out);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("query JSON");
     assert_eq!(v["status"], "success", "{v}");
     assert_eq!(v["source"], "b");

@@ -233,7 +233,11 @@ async fn publish_and_measure(
         None => (BATCH_EVENTS, BATCHES_IN_FLIGHT),
     };
     // The feed's head before the run: the run's events follow it.
-    let base = min_head(std::slice::from_ref(&publisher), &feed).unwrap_or(0);
+    let base = publisher
+        .heads()?
+        .into_iter()
+        .find(|h| h.feed == feed)
+        .map_or(0, |h| h.seq);
     let window = rate_per_s.is_none().then_some(PUBLISH_WINDOW_EVENTS);
     let start = Instant::now();
     let deadline = start + CONVERGE_TIMEOUT + Duration::from_secs(events / 1000);

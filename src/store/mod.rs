@@ -1369,7 +1369,7 @@ pub(crate) fn transition_own_feed(
         authorization: authorization.signature,
         final_checkpoint: checkpoints::author_only(signer.cluster(), &stored)?.into_bytes(),
     };
-    let ca_keys: Vec<[u8; 32]> = trust.cas().iter().map(|ca| ca.public_key()).collect();
+    let ca_keys = crate::core::cert::AuthorAdmission::ca_keys(trust);
     let authorized = ed25519_dalek::VerifyingKey::from_bytes(&current.public_key)
         .is_ok_and(|old| transition.is_authorized(service, &old, &ca_keys));
     if !authorized {

@@ -406,21 +406,20 @@ impl FeedVerifier {
             check_cutoff(&self.cert, h)?;
         }
         if !transition.is_authorized(&self.cert.service, &self.key, &trust.ca_keys()) {
-            return Err(refuse(
-                match transition.kind {
-                    TransitionKind::Rotation => "a rotation authorized by the feed's current key",
-                    TransitionKind::Recovery => "a recovery authorized by a CA of the cluster",
-                },
-                match transition.kind {
-                    TransitionKind::Rotation => format!(
+            let (expected, found) = match transition.kind {
+                TransitionKind::Rotation => (
+                    "a rotation authorized by the feed's current key",
+                    format!(
                         "an authorization that does not verify under key {}",
                         hx(&self.cert.public_key)
                     ),
-                    TransitionKind::Recovery => {
-                        "an authorization that no CA's key verifies".to_string()
-                    }
-                },
-            ));
+                ),
+                TransitionKind::Recovery => (
+                    "a recovery authorized by a CA of the cluster",
+                    "an authorization that no CA's key verifies".to_string(),
+                ),
+            };
+            return Err(refuse(expected, found));
         }
         if transition.final_checkpoint.is_empty() {
             return Err(refuse(
