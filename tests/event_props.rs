@@ -249,6 +249,105 @@ fn trailing_bytes_and_unknown_versions_are_refused() {
     ));
 }
 
+/// `n` as a varint one byte longer than it needs to be (postcard decodes
+/// it to the same number).
+fn overlong_varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        out.push(byte | 0x80);
+        if n == 0 {
+            break;
+        }
+    }
+    out.push(0);
+    out
+}
+
+/// An envelope written by hand, each length prefix minimal or overlong.
+fn hand_encoded(
+    header: &[u8],
+    signature: Option<&[u8; 64]>,
+    payload: &[u8],
+    overlong: [bool; 2],
+) -> Vec<u8> {
+    let length = |n: usize, long: bool| {
+        if long {
+            overlong_varint(n)
+        } else {
+            let mut v = overlong_varint(n);
+            v.pop();
+            if let Some(last) = v.last_mut() {
+                *last &= 0x7f;
+            }
+            v
+        }
+    };
+    let mut out = Vec::new();
+    if signature.is_none() {
+        out.push(codec::SEALED_ENVELOPE_MARKER);
+    }
+    out.extend(length(header.len(), overlong[0]));
+    out.extend_from_slice(header);
+    if let Some(signature) = signature {
+        out.push(64);
+        out.extend_from_slice(signature);
+    }
+    out.push(1); // Some(payload)
+    out.extend(length(payload.len(), overlong[1]));
+    out.extend_from_slice(payload);
+    out
+}
+
+#[test]
+fn overlong_length_prefixes_are_not_canonical_in_either_form() {
+    let f = fixture();
+    let signed = f.events[0].bytes();
+    let (parts, _) = codec::decode_envelope(signed).unwrap();
+    let signature = parts.signature.unwrap();
+    let payload = parts.payload.clone().unwrap();
+    // Written by hand with minimal prefixes, the bytes are the canonical ones.
+    let minimal = hand_encoded(&parts.header, Some(&signature), &payload, [false, false]);
+    assert_eq!(
+        minimal, signed,
+        "the hand encoder writes what the sealer writes"
+    );
+    for overlong in [[true, false], [false, true], [true, true]] {
+        let bytes = hand_encoded(&parts.header, Some(&signature), &payload, overlong);
+        assert!(
+            matches!(
+                DecodedEvent::decode(bytes).err(),
+                Some(DecodeError::NotCanonical { what: "envelope" })
+            ),
+            "signed envelope with overlong prefixes {overlong:?}"
+        );
+    }
+    // The same for a format-2 envelope of the same header's fields.
+    let (_, mut header) = codec::decode_envelope(signed).unwrap();
+    header.version = FORMAT_VERSION_SEALED;
+    header.signature_scope = SignatureScope::Checkpoint;
+    let header_bytes = codec::encode_header(&header);
+    let sealed = hand_encoded(&header_bytes, None, &payload, [false, false]);
+    assert!(DecodedEvent::decode(sealed).is_ok());
+    for overlong in [[true, false], [false, true], [true, true]] {
+        let bytes = hand_encoded(&header_bytes, None, &payload, overlong);
+        assert!(
+            matches!(
+                DecodedEvent::decode(bytes).err(),
+                Some(DecodeError::NotCanonical { what: "envelope" })
+            ),
+            "sealed envelope with overlong prefixes {overlong:?}"
+        );
+    }
+    // An option tag other than 0 or 1 is not an encoding of anything.
+    let mut bad_tag = hand_encoded(&header_bytes, None, &payload, [false, false]);
+    let tag_at = 1 + 2 + header_bytes.len();
+    assert_eq!(bad_tag[tag_at], 1);
+    bad_tag[tag_at] = 2;
+    assert!(DecodedEvent::decode(bad_tag).is_err());
+}
+
 fn arb_header() -> impl Strategy<Value = EventHeader> {
     (
         any::<[u8; 16]>(),

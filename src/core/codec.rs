@@ -63,16 +63,6 @@ struct SignedWire<'a> {
     payload: Option<&'a [u8]>,
 }
 
-#[derive(serde::Deserialize)]
-struct SignedWireOwned {
-    #[serde(with = "serde_bytes")]
-    header: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    signature: [u8; 64],
-    #[serde(with = "serde_bytes")]
-    payload: Option<Vec<u8>>,
-}
-
 /// A format-2 envelope after its marker byte: header bytes, payload.
 #[derive(serde::Serialize)]
 struct SealedWire<'a> {
@@ -80,14 +70,6 @@ struct SealedWire<'a> {
     header: &'a [u8],
     #[serde(with = "serde_bytes")]
     payload: Option<&'a [u8]>,
-}
-
-#[derive(serde::Deserialize)]
-struct SealedWireOwned {
-    #[serde(with = "serde_bytes")]
-    header: Vec<u8>,
-    #[serde(with = "serde_bytes")]
-    payload: Option<Vec<u8>>,
 }
 
 /// Encodes an envelope canonically: format 1 when it carries a signature,
@@ -135,8 +117,57 @@ pub fn signing_message(hash: &Hash) -> [u8; 58] {
     msg
 }
 
+/// An envelope's parts, borrowed from its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvelopeRef<'a> {
+    /// The canonical header bytes the hash (and a signature) cover.
+    pub header: &'a [u8],
+    /// Ed25519 signature of a format-1 event; `None` in format 2.
+    pub signature: Option<[u8; 64]>,
+    /// Payload bytes, or `None` when pruned. Always the envelope's last
+    /// bytes when present.
+    pub payload: Option<&'a [u8]>,
+}
+
+#[derive(serde::Deserialize)]
+struct SignedWireRef<'a> {
+    #[serde(borrow, with = "serde_bytes")]
+    header: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    signature: [u8; 64],
+    #[serde(borrow, with = "serde_bytes")]
+    payload: Option<&'a [u8]>,
+}
+
+#[derive(serde::Deserialize)]
+struct SealedWireRef<'a> {
+    #[serde(borrow, with = "serde_bytes")]
+    header: &'a [u8],
+    #[serde(borrow, with = "serde_bytes")]
+    payload: Option<&'a [u8]>,
+}
+
+/// The length of a value's postcard encoding, counted without writing it.
+fn encoded_len<T: serde::Serialize>(value: &T) -> Result<usize, postcard::Error> {
+    postcard::serialize_with_flavor::<T, postcard::ser_flavors::Size, usize>(
+        value,
+        postcard::ser_flavors::Size::default(),
+    )
+}
+
 /// Decodes an envelope and its header, checking limits and canonical form.
 pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, EventHeader), DecodeError> {
+    let (parts, header) = decode_envelope_ref(bytes)?;
+    let envelope = Envelope {
+        header: parts.header.to_vec(),
+        signature: parts.signature,
+        payload: parts.payload.map(<[u8]>::to_vec),
+    };
+    Ok((envelope, header))
+}
+
+/// [`decode_envelope`] without copying: the parts borrow from `bytes`.
+pub fn decode_envelope_ref(bytes: &[u8]) -> Result<(EnvelopeRef<'_>, EventHeader), DecodeError> {
     if bytes.len() > ENVELOPE_BYTES_MAX {
         return Err(DecodeError::EnvelopeTooLarge {
             found: bytes.len(),
@@ -144,26 +175,37 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, EventHeader), DecodeEr
         });
     }
     let not_decodable = |e: postcard::Error| DecodeError::Envelope(e.to_string());
-    let (envelope, rest) = match bytes.split_first() {
+    let (envelope, rest, canonical_len) = match bytes.split_first() {
         Some((&SEALED_ENVELOPE_MARKER, sealed)) => {
-            let (wire, rest): (SealedWireOwned, &[u8]) =
+            let (wire, rest): (SealedWireRef<'_>, &[u8]) =
                 postcard::take_from_bytes(sealed).map_err(not_decodable)?;
-            let envelope = Envelope {
+            let canonical_len = 1 + encoded_len(&SealedWire {
+                header: wire.header,
+                payload: wire.payload,
+            })
+            .map_err(not_decodable)?;
+            let envelope = EnvelopeRef {
                 header: wire.header,
                 signature: None,
                 payload: wire.payload,
             };
-            (envelope, rest)
+            (envelope, rest, canonical_len)
         }
         _ => {
-            let (wire, rest): (SignedWireOwned, &[u8]) =
+            let (wire, rest): (SignedWireRef<'_>, &[u8]) =
                 postcard::take_from_bytes(bytes).map_err(not_decodable)?;
-            let envelope = Envelope {
+            let canonical_len = encoded_len(&SignedWire {
+                header: wire.header,
+                signature: &wire.signature,
+                payload: wire.payload,
+            })
+            .map_err(not_decodable)?;
+            let envelope = EnvelopeRef {
                 header: wire.header,
                 signature: Some(wire.signature),
                 payload: wire.payload,
             };
-            (envelope, rest)
+            (envelope, rest, canonical_len)
         }
     };
     if !rest.is_empty() {
@@ -172,10 +214,15 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, EventHeader), DecodeEr
             found: rest.len(),
         });
     }
-    if encode_envelope(&envelope) != bytes {
+    // Canonical without encoding it again: every part is a byte string (or
+    // the option tag, which postcard takes only as 0 or 1), so the bytes
+    // can differ from the canonical encoding of what they decode to only in
+    // a length prefix written longer than it needs to be, and then they are
+    // longer than the canonical encoding.
+    if canonical_len != bytes.len() {
         return Err(DecodeError::NotCanonical { what: "envelope" });
     }
-    let header = decode_header(&envelope.header)?;
+    let header = decode_header(envelope.header)?;
     // The envelope's form and the header's version must agree: a format-2
     // header in a signed envelope (or the reverse) is two events in one.
     if (header.version == FORMAT_VERSION_SEALED) != envelope.signature.is_none() {
@@ -192,7 +239,7 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<(Envelope, EventHeader), DecodeEr
             ),
         });
     }
-    if let Some(payload) = &envelope.payload
+    if let Some(payload) = envelope.payload
         && payload.len() > PAYLOAD_BYTES_MAX
     {
         return Err(DecodeError::Field {

@@ -44,25 +44,33 @@ pub struct DecodedEvent {
     header: EventHeader,
     hash: Hash,
     signature: Option<[u8; 64]>,
-    payload: Option<Vec<u8>>,
+    /// The payload's length, if present: it is the last bytes of `bytes`.
+    payload_len: Option<usize>,
     bytes: Vec<u8>,
+}
+
+/// The payload an envelope ends with, if it has one of `len` bytes.
+fn payload_tail(bytes: &[u8], len: Option<usize>) -> Option<&[u8]> {
+    len.and_then(|n| bytes.get(bytes.len().checked_sub(n)?..))
 }
 
 impl DecodedEvent {
     /// The payload bytes, if present.
     pub fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_deref()
+        payload_tail(&self.bytes, self.payload_len)
     }
 
     /// Decodes envelope bytes (checks limits and canonical form, hashes the header).
     pub fn decode(bytes: Vec<u8>) -> Result<DecodedEvent, DecodeError> {
-        let (envelope, header) = codec::decode_envelope(&bytes)?;
-        let hash = codec::event_hash(&envelope.header);
+        let (envelope, header) = codec::decode_envelope_ref(&bytes)?;
+        let hash = codec::event_hash(envelope.header);
+        let signature = envelope.signature;
+        let payload_len = envelope.payload.map(<[u8]>::len);
         Ok(DecodedEvent {
             header,
             hash,
-            signature: envelope.signature,
-            payload: envelope.payload,
+            signature,
+            payload_len,
             bytes,
         })
     }
@@ -102,7 +110,8 @@ pub struct VerifiedEvent {
     header: EventHeader,
     hash: Hash,
     signature: Option<[u8; 64]>,
-    payload: Option<Vec<u8>>,
+    /// The payload's length, if present: it is the last bytes of `bytes`.
+    payload_len: Option<usize>,
     bytes: Vec<u8>,
 }
 
@@ -117,7 +126,7 @@ impl VerifiedEvent {
     }
     /// The stored payload bytes (ciphertext when encrypted), if not pruned.
     pub fn payload(&self) -> Option<&[u8]> {
-        self.payload.as_deref()
+        payload_tail(&self.bytes, self.payload_len)
     }
     /// The signature of a format-1 event; `None` in format 2.
     pub fn signature_bytes(&self) -> Option<&[u8; 64]> {
@@ -248,7 +257,7 @@ impl VerifiedEvent {
             header: event.header,
             hash: event.hash,
             signature: event.signature,
-            payload: event.payload,
+            payload_len: event.payload_len,
             bytes: event.bytes,
         }
     }

@@ -19,7 +19,7 @@ pub fn transition_key(trust: &impl AuthorAdmission, event: &DecodedEvent) -> Opt
     if h.event_type != KEY_TRANSITION_EVENT_TYPE {
         return None;
     }
-    let transition = KeyTransition::decode(event.payload.as_deref()?).ok()?;
+    let transition = KeyTransition::decode(event.payload()?).ok()?;
     let cert = trust.admit_author(&h.author, &transition.new_cert).ok()?;
     VerifyingKey::from_bytes(&cert.public_key).ok()
 }
@@ -294,7 +294,7 @@ impl FeedVerifier {
         event: &DecodedEvent,
     ) -> Result<AuthorCert, Rejection> {
         let h = &event.header;
-        let Some(cert_der) = &event.payload else {
+        let Some(cert_der) = event.payload() else {
             return Err(Rejection::new(
                 h.seq,
                 Check::Certificate,
@@ -358,7 +358,7 @@ impl FeedVerifier {
                 "a format-1 event".into(),
             ));
         }
-        let Some(bytes) = &event.payload else {
+        let Some(bytes) = event.payload() else {
             return Err(refuse(
                 "a key transition holding its payload",
                 "a pruned payload".into(),
@@ -485,7 +485,7 @@ impl FeedVerifier {
         let cert = changed.as_ref().map_or(&self.cert, |(cert, _)| cert);
         check_cert_window(cert, h)?;
         check_cutoff(cert, h)?;
-        if let Some(payload) = &event.payload {
+        if let Some(payload) = event.payload() {
             check_payload(h, payload)?;
         }
         if let Some((cert, key)) = changed {
@@ -705,7 +705,7 @@ fn admit_genesis(
             format!("{} at sequence {}", header.event_type, header.seq),
         ));
     }
-    let Some(cert_der) = &event.payload else {
+    let Some(cert_der) = event.payload() else {
         return Err(Rejection::new(
             0,
             Check::Certificate,
