@@ -54,6 +54,10 @@ pub(crate) struct Names {
     feeds: HashMap<String, i64>,
     types: HashMap<String, i64>,
     channels: HashMap<ChannelKeyId, i64>,
+    /// The last feed and type looked up: a batch's events mostly share
+    /// both, and comparing a short name costs less than hashing it.
+    last_feed: Option<(String, i64)>,
+    last_type: Option<(String, i64)>,
 }
 
 impl Names {
@@ -62,14 +66,20 @@ impl Names {
         self.feeds.clear();
         self.types.clear();
         self.channels.clear();
+        self.last_feed = None;
+        self.last_type = None;
     }
 
     fn feed(&mut self, tx: &Connection, name: &str) -> rusqlite::Result<i64> {
-        name_id(&mut self.feeds, tx, "feed_names", name)
+        remembered(&mut self.last_feed, name, |name| {
+            name_id(&mut self.feeds, tx, "feed_names", name)
+        })
     }
 
     fn event_type(&mut self, tx: &Connection, name: &str) -> rusqlite::Result<i64> {
-        name_id(&mut self.types, tx, "type_names", name)
+        remembered(&mut self.last_type, name, |name| {
+            name_id(&mut self.types, tx, "type_names", name)
+        })
     }
 
     fn channel(&mut self, tx: &Connection, key_id: &ChannelKeyId) -> rusqlite::Result<i64> {
@@ -80,6 +90,23 @@ impl Names {
         self.channels.insert(*key_id, id);
         Ok(id)
     }
+}
+
+/// `name`'s id from `last` if it was the last one looked up, else from
+/// `look_up` (and remembered).
+fn remembered(
+    last: &mut Option<(String, i64)>,
+    name: &str,
+    look_up: impl FnOnce(&str) -> rusqlite::Result<i64>,
+) -> rusqlite::Result<i64> {
+    if let Some((last_name, id)) = last
+        && last_name == name
+    {
+        return Ok(*id);
+    }
+    let id = look_up(name)?;
+    *last = Some((name.to_string(), id));
+    Ok(id)
 }
 
 /// The id of `name` in the names table `table`, from `ids` when cached.
@@ -120,28 +147,34 @@ const INSERT_ROW_SQL: &str = "INSERT INTO event_rows (feed, seq, id, type, times
      schema_version, meta, channel, nonce, payload, payload_digest, signature, arrival)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
-/// Stores verified events, in order; their hashes go to the feed's tree,
+/// Stores verified events, in order, through one prepared statement (the
+/// statement cache hashes the SQL text on every lookup, so a lookup per
+/// event costs more than binding it). Their hashes go to the feed's tree,
 /// which the caller extends in the same transaction.
-pub(crate) fn insert_events(
-    tx: &Connection,
-    names: &mut Names,
-    events: &[VerifiedEvent],
-) -> rusqlite::Result<()> {
-    // One statement lookup for the whole run (the statement cache hashes
-    // the SQL text on every lookup).
-    let mut statement = tx.prepare_cached(INSERT_ROW_SQL)?;
-    for event in events {
-        insert_with(
-            &mut statement,
+pub(crate) struct RowInserter<'c> {
+    tx: &'c Connection,
+    statement: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> RowInserter<'c> {
+    pub fn new(tx: &'c Connection) -> rusqlite::Result<RowInserter<'c>> {
+        Ok(RowInserter {
             tx,
+            statement: tx.prepare_cached(INSERT_ROW_SQL)?,
+        })
+    }
+
+    pub fn insert(&mut self, names: &mut Names, event: &VerifiedEvent) -> rusqlite::Result<()> {
+        insert_with(
+            &mut self.statement,
+            self.tx,
             names,
             None,
             event.header(),
             event.signature_bytes(),
             event.payload(),
-        )?;
+        )
     }
-    Ok(())
 }
 
 /// Stores one event from its parts (also the migration's path, which keeps

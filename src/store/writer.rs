@@ -1463,25 +1463,18 @@ pub(crate) fn extend_own_tree(
     super::checkpoints::sign_own(tx, signer, tree)
 }
 
-pub(crate) fn insert_event(
-    tx: &Transaction<'_>,
-    names: &mut super::rows::Names,
-    event: &VerifiedEvent,
-) -> rusqlite::Result<()> {
-    insert_events(tx, names, std::slice::from_ref(event))
-}
-
 /// Stores events as compact rows (`store::rows`); their hashes go to the
 /// feed's tree, which the caller extends in the same transaction.
-pub(crate) fn insert_events(
+pub(crate) fn insert_events<'e>(
     tx: &Transaction<'_>,
     names: &mut super::rows::Names,
-    events: &[VerifiedEvent],
+    events: impl IntoIterator<Item = &'e VerifiedEvent>,
 ) -> rusqlite::Result<()> {
-    super::rows::insert_events(tx, names, events)?;
-    // Renewal or key transition: the feed's current certificate (the
-    // column keeps its historical name) is what a verifier resumes with.
+    let mut rows = super::rows::RowInserter::new(tx)?;
     for event in events {
+        rows.insert(names, event)?;
+        // Renewal or key transition: the feed's current certificate (the
+        // column keeps its historical name) is what a verifier resumes with.
         let h = event.header();
         if h.event_type == crate::core::event::CERTIFICATE_EVENT_TYPE {
             tx.prepare_cached("UPDATE feeds SET genesis_cert = ?2 WHERE feed = ?1")?
