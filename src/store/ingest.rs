@@ -8,12 +8,12 @@ use super::LogError;
 use super::checkpoints::Trees;
 use super::tree::FeedTree;
 use super::writer::{
-    event_at, insert_events, read_head, record_fork, set_head, stored_hash, upsert_head,
+    event_at, insert_event_with, read_head, record_fork, set_head, stored_hash, upsert_head,
 };
 use crate::core::crypto::Hash;
 use crate::core::ingest::{Decision, FeedState, Ingested, StoredHead};
 use crate::core::merkle::Frontier;
-use crate::core::verify::{DecodedEvent, VerifiedEvent};
+use crate::core::verify::DecodedEvent;
 
 /// The store as the ingest rules see it, inside one write transaction.
 pub(super) struct TxFeeds<'a, 'c> {
@@ -54,23 +54,6 @@ impl FeedState for TxFeeds<'_, '_> {
     }
 }
 
-/// Inserts `applied` and empties it.
-fn insert_applied(
-    tx: &Transaction<'_>,
-    trees: &mut Trees,
-    applied: &mut Vec<&VerifiedEvent>,
-) -> Result<(), LogError> {
-    insert_events(tx, trees.names(), applied.iter().copied())?;
-    for event in applied.drain(..) {
-        if event.header().seq == 0 {
-            // The feed's row (with its certificate) must exist from
-            // genesis on.
-            upsert_head(tx, event)?;
-        }
-    }
-    Ok(())
-}
-
 /// Writes what an ingest decided: the verified events and fork evidence in
 /// batch order, then each touched feed's head and tree.
 pub(super) fn write_ingested(
@@ -78,20 +61,23 @@ pub(super) fn write_ingested(
     trees: &mut Trees,
     ingested: &Ingested,
 ) -> Result<(), LogError> {
-    // Runs of applied events are inserted with one statement; fork
-    // evidence (which may name an event of the same batch) waits for the
-    // events before it.
-    let mut applied: Vec<&VerifiedEvent> = Vec::new();
+    // One prepared insert for the whole batch (the statement cache hashes
+    // the SQL text on every lookup).
+    let mut rows = super::rows::RowInserter::new(tx)?;
     for decision in &ingested.decisions {
         match decision {
-            Decision::Applied(event) => applied.push(event),
+            Decision::Applied(event) => {
+                insert_event_with(&mut rows, tx, trees.names(), event)?;
+                if event.header().seq == 0 {
+                    // The feed's row (with its certificate) must exist from
+                    // genesis on.
+                    upsert_head(tx, event)?;
+                }
+            }
             Decision::Fork {
                 conflicting,
                 stored,
-            } => {
-                insert_applied(tx, trees, &mut applied)?;
-                record_fork(tx, conflicting, *stored, None)?;
-            }
+            } => record_fork(tx, conflicting, *stored, None)?,
             Decision::Duplicate
             | Decision::Conflict(_)
             | Decision::SealedConflict(_)
@@ -99,7 +85,6 @@ pub(super) fn write_ingested(
             | Decision::Skipped => {}
         }
     }
-    insert_applied(tx, trees, &mut applied)?;
     for (feed, head) in &ingested.heads {
         set_head(tx, feed, head.seq, &head.hash, head.timestamp_us)?;
     }

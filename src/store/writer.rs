@@ -1472,17 +1472,27 @@ pub(crate) fn insert_events<'e>(
 ) -> rusqlite::Result<()> {
     let mut rows = super::rows::RowInserter::new(tx)?;
     for event in events {
-        rows.insert(names, event)?;
-        // Renewal or key transition: the feed's current certificate (the
-        // column keeps its historical name) is what a verifier resumes with.
-        let h = event.header();
-        if h.event_type == crate::core::event::CERTIFICATE_EVENT_TYPE {
-            tx.prepare_cached("UPDATE feeds SET genesis_cert = ?2 WHERE feed = ?1")?
-                .execute(params![h.author, event.payload().unwrap_or_default()])?;
-        }
-        super::transitions::record(tx, event)?;
+        insert_event_with(&mut rows, tx, names, event)?;
     }
     Ok(())
+}
+
+/// Stores one event through `rows` (see [`insert_events`]).
+pub(crate) fn insert_event_with(
+    rows: &mut super::rows::RowInserter<'_>,
+    tx: &Transaction<'_>,
+    names: &mut super::rows::Names,
+    event: &VerifiedEvent,
+) -> rusqlite::Result<()> {
+    rows.insert(names, event)?;
+    // Renewal or key transition: the feed's current certificate (the
+    // column keeps its historical name) is what a verifier resumes with.
+    let h = event.header();
+    if h.event_type == crate::core::event::CERTIFICATE_EVENT_TYPE {
+        tx.prepare_cached("UPDATE feeds SET genesis_cert = ?2 WHERE feed = ?1")?
+            .execute(params![h.author, event.payload().unwrap_or_default()])?;
+    }
+    super::transitions::record(tx, event)
 }
 
 /// Moves a feed's head to `event`; a genesis event creates the feed row.
