@@ -67,10 +67,11 @@ pub const DB_FILE: &str = "herald.db";
 pub const LOCK_FILE: &str = "herald.lock";
 /// How often the checkpointer moves the WAL into the database file. The
 /// writer checkpoints only past [`WAL_RESTART_PAGES`], so copying pages and
-/// their fsync stay off the commit path. Short, because the database file's fsync still
-/// delays the writer's WAL fsync on the same file system: copying 60 ms of
-/// commits at a time instead of 250 ms cut the bench's half-rate p99 from
-/// about 29 to 16 ms (median of six runs each) at the same CPU cost.
+/// their fsync stay off the commit path. Short, because the database file's
+/// fsync still delays the writer's WAL fsync on the same file system:
+/// copying 60 ms of commits at a time instead of 250 ms cut the bench's
+/// half-rate p99 from about 29 to 16 ms (median of six runs each) at the
+/// same CPU cost.
 pub const CHECKPOINT_INTERVAL_MS: u64 = 60;
 /// WAL size, in pages (32 MiB of 8 KiB pages), past which the writer
 /// checkpoints the WAL itself after a commit. The checkpointer thread alone

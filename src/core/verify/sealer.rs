@@ -512,7 +512,12 @@ fn sign_with(key: &SigningKey, u: Unsigned) -> VerifiedEvent {
     // Assert before the bytes reach the disk: our own events must verify.
     debug_assert!(signature.is_none_or(|s| signature_valid(&key.verifying_key(), &u.hash, &s)));
     debug_assert!(codec::decode_envelope(&bytes).is_ok());
-    debug_assert!(bytes.ends_with(&envelope.payload.clone().unwrap_or_default()));
+    debug_assert!(
+        envelope
+            .payload
+            .as_deref()
+            .is_none_or(|p| bytes.ends_with(p))
+    );
     VerifiedEvent {
         header: u.header,
         hash: u.hash,
