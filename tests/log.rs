@@ -433,3 +433,82 @@ fn sealed_events_are_applied_with_their_seal_and_refused_without() {
     assert_eq!((again.applied, again.duplicates), (0, 6));
     b.close();
 }
+
+/// A fresh peer catching up receives a feed's genesis and its certificate
+/// renewal in one ingest. The certificate it then keeps for the feed must be
+/// the renewed one (the feed's row is created by the genesis and updated by
+/// the renewal after it), or once the first certificate has ended the peer,
+/// restarted, refuses the feed's next events.
+#[test]
+fn a_genesis_and_its_renewal_ingested_together_leave_the_renewed_certificate_in_force() {
+    let cluster = Cluster::new(&["a", "b"]);
+    let keys = cluster.keys();
+    let now_us = herald::clock::now_us();
+    // X.509 keeps whole seconds; the first certificate ends a few seconds
+    // from now, long enough for a's first events.
+    let first_ends_us = (now_us / 1_000_000 + 5) * 1_000_000;
+    herald::identity::issue_node_with_validity(
+        &keys,
+        "a",
+        now_us - 3_600_000_000,
+        first_ends_us,
+        true,
+    )
+    .expect("short-lived certificate for a");
+    let a = cluster.open("a");
+    for i in 0..2 {
+        a.proclaim("note", format!("before renewal {i}").as_bytes(), vec![])
+            .expect("a proclaims while its first certificate is valid");
+    }
+    a.close();
+    herald::identity::renew_node(&keys, "a", 30).expect("renew a's certificate");
+    let a = cluster.open("a");
+    let renewal = a.read("a", 3..=3).expect("read a's renewal");
+    assert_eq!(
+        renewal.first().map(|e| e.header.event_type.as_str()),
+        Some(herald::core::event::CERTIFICATE_EVENT_TYPE),
+        "reopened with the renewed certificate, a appends the renewal at 3"
+    );
+    let wait_us = (first_ends_us + 1_000_000).saturating_sub(herald::clock::now_us());
+    std::thread::sleep(std::time::Duration::from_micros(wait_us));
+    a.proclaim("note", b"after the first certificate ended", vec![])
+        .expect("a proclaims under its renewed certificate");
+    let caught_up: Vec<Vec<u8>> = a
+        .read("a", 0..=4)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    let seal = a.seal_for("a", 5).unwrap().expect("a's checkpoint at 5");
+
+    let b = cluster.open("b");
+    let report = b
+        .ingest_sealed(caught_up, vec![seal], IngestPolicy::default())
+        .unwrap();
+    assert_eq!((report.applied, report.rejected), (5, None));
+    b.close();
+
+    // Restarted, b resumes a's feed from its store alone.
+    let later = a.proclaim("note", b"later", vec![]).unwrap();
+    let next: Vec<Vec<u8>> = a
+        .read("a", later.seq..=later.seq)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    let seal = a
+        .seal_for("a", later.seq + 1)
+        .unwrap()
+        .expect("a's checkpoint");
+    a.close();
+    let b = cluster.open("b");
+    let report = b
+        .ingest_sealed(next, vec![seal], IngestPolicy::default())
+        .unwrap();
+    assert_eq!(
+        (report.applied, report.rejected),
+        (1, None),
+        "b checks a's event against the renewed certificate"
+    );
+    b.close();
+}
