@@ -54,6 +54,8 @@ fn a_small_bench_run_reports_every_section_as_json() {
             "3000",
             "--cluster-events",
             "900",
+            "--cluster-runs",
+            "2",
             "--sagas",
             "6",
             "--http-events",
@@ -118,6 +120,24 @@ fn a_small_bench_run_reports_every_section_as_json() {
         assert!(number(run, "latency_us_p50") <= number(run, "latency_us_p99"));
         assert_cpu_split(&run["cpu"], &["commit", "network"]);
     }
+    // Each saturating scenario ran twice; the report is the median run (the
+    // lower of two) and lists both rates in run order.
+    for run in runs {
+        let rates: Vec<f64> = run["runs_events_per_s"]
+            .as_array()
+            .expect("the rate of every run")
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect();
+        assert_eq!(rates.len(), 2, "{run}");
+        assert_eq!(number(run, "events_per_s"), rates[0].min(rates[1]), "{run}");
+    }
+    assert_eq!(
+        cluster["half_rate"]["runs_events_per_s"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
     assert_eq!(
         cluster["half_rate"]["scenario"].as_str(),
         Some("one-publisher-half-rate")
@@ -155,4 +175,17 @@ fn a_small_bench_run_reports_every_section_as_json() {
         number(http, "http_single_p99_overhead_us"),
         number(http, "http_single_us_p99") - number(http, "direct_single_us_p99")
     );
+}
+
+#[test]
+fn cluster_runs_out_of_range_are_a_usage_error() {
+    for runs in ["0", "10"] {
+        let out = Command::new(herald_bin())
+            .args(["bench", "--cluster-runs", runs])
+            .output()
+            .expect("run herald bench");
+        assert_eq!(out.status.code(), Some(2), "--cluster-runs {runs}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--cluster-runs"), "{stderr}");
+    }
 }

@@ -44,6 +44,8 @@ const PUBLISH_WINDOW_EVENTS: u64 = 4096;
 const PROXY_SEED: u64 = 0x4845_5241_4c44;
 /// Longest the benchmark waits for the cluster to converge.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Most runs of each saturating scenario `--cluster-runs` may ask for.
+pub const CLUSTER_RUNS_MAX: u32 = 9;
 
 /// One cluster scenario's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -61,6 +63,9 @@ pub struct ClusterRun {
     pub fraction_of_topology_ceiling: f64,
     /// Where the three nodes' CPU time went, by thread role.
     pub cpu: super::cpu::CpuSplit,
+    /// The rate of every run of this scenario, in the order run; the
+    /// figures above are the median run's (the run itself when run once).
+    pub runs_events_per_s: Vec<f64>,
 }
 
 /// The cluster section of the report.
@@ -397,6 +402,7 @@ async fn scenario(
         latency_us_p999: percentile(&latencies, 0.999),
         fraction_of_topology_ceiling: events_per_s / ceiling,
         cpu,
+        runs_events_per_s: vec![events_per_s],
     })
 }
 
@@ -407,15 +413,36 @@ pub fn topology_ceiling(storage_per_s: f64, nodes: usize) -> f64 {
     storage_per_s / nodes.max(1) as f64
 }
 
+/// The run of median rate among `runs` (the lower middle one of an even
+/// count), carrying every run's rate in run order.
+fn median_run(runs: Vec<ClusterRun>) -> Option<ClusterRun> {
+    let rates: Vec<f64> = runs.iter().map(|r| r.events_per_s).collect();
+    let mut by_rate = runs;
+    by_rate.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    let middle = by_rate.len().checked_sub(1)? / 2;
+    let mut median = by_rate.swap_remove(middle);
+    median.runs_events_per_s = rates;
+    Some(median)
+}
+
 /// Runs the cluster scenarios. `storage_per_s` is the storage ceiling
-/// measured in the same run.
+/// measured in the same run. The two saturating scenarios run `runs` times
+/// each, alternating, and report their median run (as
+/// `nats-jetstream.sh` reports the median of its runs): one run of a
+/// second or less on a shared machine moves by a fifth from run to run.
 pub fn run_cluster(
     work_dir: &Path,
     events: u64,
+    runs: u32,
     payload_bytes: usize,
     storage_per_s: f64,
     network: Network,
 ) -> Result<ClusterReport, BenchError> {
+    if runs == 0 || runs > CLUSTER_RUNS_MAX {
+        return Err(BenchError::Setup(format!(
+            "cluster runs must be 1 to {CLUSTER_RUNS_MAX}, not {runs}"
+        )));
+    }
     let ceiling = topology_ceiling(storage_per_s, CLUSTER_NODES.len());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -423,26 +450,37 @@ pub fn run_cluster(
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     runtime.block_on(async {
         let nodes = start_cluster(&work_dir.join("cluster")).await?;
-        let one = scenario(
-            &nodes,
-            "one-publisher",
-            &[0],
-            events,
-            payload_bytes,
-            None,
-            ceiling,
-        )
-        .await?;
-        let all = scenario(
-            &nodes,
-            "all-publish",
-            &[0, 1, 2],
-            events,
-            payload_bytes,
-            None,
-            ceiling,
-        )
-        .await?;
+        let mut ones = Vec::new();
+        let mut alls = Vec::new();
+        for _ in 0..runs {
+            ones.push(
+                scenario(
+                    &nodes,
+                    "one-publisher",
+                    &[0],
+                    events,
+                    payload_bytes,
+                    None,
+                    ceiling,
+                )
+                .await?,
+            );
+            alls.push(
+                scenario(
+                    &nodes,
+                    "all-publish",
+                    &[0, 1, 2],
+                    events,
+                    payload_bytes,
+                    None,
+                    ceiling,
+                )
+                .await?,
+            );
+        }
+        let no_run = || BenchError::Setup("no cluster run".into());
+        let one = median_run(ones).ok_or_else(no_run)?;
+        let all = median_run(alls).ok_or_else(no_run)?;
         let half_rate = scenario(
             &nodes,
             "one-publisher-half-rate",
@@ -508,4 +546,37 @@ pub fn peak_rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(events_per_s: f64) -> ClusterRun {
+        ClusterRun {
+            scenario: "one-publisher".into(),
+            events: 1,
+            events_per_s,
+            latency_us_p50: events_per_s as u64,
+            latency_us_p99: 0,
+            latency_us_p999: 0,
+            fraction_of_topology_ceiling: 0.0,
+            cpu: Default::default(),
+            runs_events_per_s: vec![events_per_s],
+        }
+    }
+
+    #[test]
+    fn the_median_run_is_reported_with_every_rate_in_run_order() {
+        let median = median_run(vec![run(3.0), run(1.0), run(2.0)]).expect("a run");
+        assert_eq!(median.events_per_s, 2.0);
+        assert_eq!(
+            median.latency_us_p50, 2,
+            "the figures are the median run's own"
+        );
+        assert_eq!(median.runs_events_per_s, [3.0, 1.0, 2.0]);
+        let even = median_run(vec![run(4.0), run(1.0), run(3.0), run(2.0)]).expect("a run");
+        assert_eq!(even.events_per_s, 2.0, "the lower middle of an even count");
+        assert!(median_run(Vec::new()).is_none());
+    }
 }

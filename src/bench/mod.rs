@@ -45,6 +45,8 @@ pub struct BenchOptions {
     pub events: u64,
     /// Events for each cluster scenario (0 skips the cluster).
     pub cluster_events: u64,
+    /// Runs of each saturating cluster scenario; the median run is reported.
+    pub cluster_runs: u32,
     /// Events for the scale run (0 skips it).
     pub scale_events: u64,
     /// Three-step sagas across the cluster (0 skips them).
@@ -193,6 +195,7 @@ pub fn run(options: &BenchOptions, work_dir: &Path) -> Result<BenchReport, Bench
         Some(cluster::run_cluster(
             work_dir,
             options.cluster_events,
+            options.cluster_runs,
             options.payload_bytes,
             storage_per_s,
             options.network,

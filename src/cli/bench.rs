@@ -17,6 +17,11 @@ pub struct BenchArgs {
     /// Events per cluster scenario (three nodes on loopback); 0 skips it.
     #[arg(long, default_value_t = 60_000)]
     pub cluster_events: u64,
+    /// Runs of each saturating cluster scenario (one publisher, all
+    /// publishing), alternating; the median run is reported, as
+    /// nats-jetstream.sh reports the median of its runs. 1 to 9.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=crate::bench::cluster::CLUSTER_RUNS_MAX as i64))]
+    pub cluster_runs: u32,
     /// Three-step sagas across the three-node cluster; 0 skips them.
     #[arg(long, default_value_t = 500)]
     pub sagas: u64,
@@ -79,6 +84,7 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     let options = BenchOptions {
         events: args.events,
         cluster_events: args.cluster_events,
+        cluster_runs: args.cluster_runs,
         scale_events: args.scale,
         sagas: args.sagas,
         payload_bytes: args.payload,
@@ -181,6 +187,19 @@ fn print_table(r: &BenchReport) {
                 run.latency_us_p50,
                 run.latency_us_p99,
                 run.latency_us_p999
+            );
+        }
+        for run in c.runs.iter().filter(|r| r.runs_events_per_s.len() > 1) {
+            let rates: Vec<String> = run
+                .runs_events_per_s
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect();
+            println!(
+                "{}: median of {} runs shown ({}/s, in the order run)",
+                run.scenario,
+                rates.len(),
+                rates.join(", ")
             );
         }
         for run in c.runs.iter().chain(std::iter::once(&c.half_rate)) {
