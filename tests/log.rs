@@ -19,6 +19,12 @@ fn audit_options(cluster: &Cluster) -> AuditOptions {
     }
 }
 
+/// The envelopes of `feed`'s events at `seqs`, as `log` holds them.
+fn envelopes(log: &Log, feed: &str, seqs: std::ops::RangeInclusive<u64>) -> Vec<Vec<u8>> {
+    let events = log.read(feed, seqs).expect("read the feed");
+    events.into_iter().map(|e| e.envelope).collect()
+}
+
 #[test]
 fn proclaim_read_and_reopen_continue_one_valid_chain() {
     let cluster = Cluster::new(&["a"]);
@@ -124,12 +130,7 @@ fn ingest_verifies_applies_once_and_keeps_fork_evidence() {
         a.proclaim("volunteer.signed_up", format!("{i}").as_bytes(), vec![])
             .unwrap();
     }
-    let a_events: Vec<Vec<u8>> = a
-        .read("a", 0..=10)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.envelope)
-        .collect();
+    let a_events = envelopes(&a, "a", 0..=10);
     a.close();
 
     let b = cluster.open("b");
@@ -381,12 +382,7 @@ fn sealed_events_are_applied_with_their_seal_and_refused_without() {
         a.proclaim("volunteer.signed_up", format!("{i}").as_bytes(), vec![])
             .unwrap();
     }
-    let events: Vec<Vec<u8>> = a
-        .read("a", 0..=5)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.envelope)
-        .collect();
+    let events = envelopes(&a, "a", 0..=5);
     assert!(
         events
             .iter()
@@ -473,12 +469,7 @@ fn a_genesis_and_its_renewal_ingested_together_leave_the_renewed_certificate_in_
     std::thread::sleep(std::time::Duration::from_micros(wait_us));
     a.proclaim("note", b"after the first certificate ended", vec![])
         .expect("a proclaims under its renewed certificate");
-    let caught_up: Vec<Vec<u8>> = a
-        .read("a", 0..=4)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.envelope)
-        .collect();
+    let caught_up = envelopes(&a, "a", 0..=4);
     let seal = a.seal_for("a", 5).unwrap().expect("a's checkpoint at 5");
 
     let b = cluster.open("b");
@@ -490,12 +481,7 @@ fn a_genesis_and_its_renewal_ingested_together_leave_the_renewed_certificate_in_
 
     // Restarted, b resumes a's feed from its store alone.
     let later = a.proclaim("note", b"later", vec![]).unwrap();
-    let next: Vec<Vec<u8>> = a
-        .read("a", later.seq..=later.seq)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.envelope)
-        .collect();
+    let next = envelopes(&a, "a", later.seq..=later.seq);
     let seal = a
         .seal_for("a", later.seq + 1)
         .unwrap()
