@@ -67,7 +67,7 @@ pub(super) fn write_ingested(
     for decision in &ingested.decisions {
         match decision {
             Decision::Applied(event) => {
-                insert_event_with(&mut rows, tx, trees.names(), event)?;
+                insert_event_with(&mut rows, trees.names(), event)?;
                 if event.header().seq == 0 {
                     // The feed's row (with its certificate) must exist from
                     // genesis on.

@@ -164,6 +164,11 @@ impl<'c> RowInserter<'c> {
         })
     }
 
+    /// The transaction the rows go into.
+    pub fn tx(&self) -> &'c Connection {
+        self.tx
+    }
+
     pub fn insert(&mut self, names: &mut Names, event: &VerifiedEvent) -> rusqlite::Result<()> {
         insert_with(
             &mut self.statement,

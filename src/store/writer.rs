@@ -1472,7 +1472,7 @@ pub(crate) fn insert_events<'e>(
 ) -> rusqlite::Result<()> {
     let mut rows = super::rows::RowInserter::new(tx)?;
     for event in events {
-        insert_event_with(&mut rows, tx, names, event)?;
+        insert_event_with(&mut rows, names, event)?;
     }
     Ok(())
 }
@@ -1480,11 +1480,11 @@ pub(crate) fn insert_events<'e>(
 /// Stores one event through `rows` (see [`insert_events`]).
 pub(crate) fn insert_event_with(
     rows: &mut super::rows::RowInserter<'_>,
-    tx: &Transaction<'_>,
     names: &mut super::rows::Names,
     event: &VerifiedEvent,
 ) -> rusqlite::Result<()> {
     rows.insert(names, event)?;
+    let tx = rows.tx();
     // Renewal or key transition: the feed's current certificate (the
     // column keeps its historical name) is what a verifier resumes with.
     let h = event.header();
